@@ -1,0 +1,1 @@
+"""Turnout: serve Python functions and classes with weighted traffic between backends."""

@@ -1,0 +1,94 @@
+"""Turnout's exceptions, and their mapping to gRPC status codes.
+
+::
+
+    TurnoutError
+    ├── TurnoutValueError (also ValueError)   bad input, refused before anything changed
+    │   ├── AlreadyExistsError                ALREADY_EXISTS: tag, name or route taken
+    │   ├── NotFoundError                     NOT_FOUND: no such backend or endpoint
+    │   ├── InUseError                        FAILED_PRECONDITION: e.g. backend used by an endpoint
+    │   └── InvalidArgumentError              INVALID_ARGUMENT: malformed value
+    ├── NotRunningError (also ConnectionError) no Turnout instance to talk to
+    ├── UnimplementedError                    UNIMPLEMENTED: not built yet
+    └── BackendError                          a handler raised; carries the remote traceback
+
+Wrong argument *types* raise the built-in ``TypeError``. The controller's core
+raises these classes; its gRPC servicer maps them to status codes with
+``STATUS_FOR``, and the client maps status codes back with ``error_from_status``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class TurnoutError(Exception):
+    """Base class of every error Turnout raises on purpose."""
+
+
+class TurnoutValueError(TurnoutError, ValueError):
+    """A request was refused because of its content; nothing changed."""
+
+
+class AlreadyExistsError(TurnoutValueError):
+    """A backend tag, endpoint name or route is already taken."""
+
+
+class NotFoundError(TurnoutValueError):
+    """No backend or endpoint has that name."""
+
+
+class InUseError(TurnoutValueError):
+    """The object is still needed, e.g. a backend an endpoint sends traffic to."""
+
+
+class InvalidArgumentError(TurnoutValueError):
+    """A value is malformed or out of range."""
+
+
+class NotRunningError(TurnoutError, ConnectionError):
+    """No Turnout instance answers at the address."""
+
+
+class UnimplementedError(TurnoutError, NotImplementedError):
+    """The controller does not implement this call yet."""
+
+
+class BackendError(TurnoutError):
+    """A backend's handler raised.
+
+    ``remote_type`` is the exception class name, ``remote_message`` its
+    message and ``remote_traceback`` the traceback formatted on the replica.
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+
+STATUS_FOR: dict[type[TurnoutError], grpc.StatusCode] = {
+    AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+    NotFoundError: grpc.StatusCode.NOT_FOUND,
+    InUseError: grpc.StatusCode.FAILED_PRECONDITION,
+    InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
+    NotRunningError: grpc.StatusCode.UNAVAILABLE,
+}
+
+_ERROR_FOR = {code: cls for cls, code in STATUS_FOR.items()}
+
+
+def status_for(error: TurnoutError) -> grpc.StatusCode:
+    """The gRPC status code that carries ``error``."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_FOR:
+            return STATUS_FOR[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def error_from_status(code: grpc.StatusCode, details: str) -> TurnoutError:
+    """The exception a client raises for a failed call."""
+    cls = _ERROR_FOR.get(code, TurnoutError)
+    return cls(details)
