@@ -1,1 +1,69 @@
-"""Turnout: serve Python functions and classes with weighted traffic between backends."""
+"""Turnout: serve Python functions and classes, with weighted traffic between backends.
+
+Example::
+
+    import requests
+    import turnout as serve
+
+    serve.init()
+    serve.create_backend("hello", lambda request: "hello world")
+    serve.create_endpoint("hello", "hello", route="/hello")
+    print(requests.get("http://127.0.0.1:8000/hello").text)
+"""
+
+from turnout._version import __version__
+from turnout.api import (
+    create_backend,
+    create_endpoint,
+    delete_backend,
+    delete_endpoint,
+    get_backend_config,
+    init,
+    list_backends,
+    list_endpoints,
+    list_replicas,
+    set_traffic,
+    shutdown,
+    update_backend_config,
+)
+from turnout.client import Client, ReplicaInfo
+from turnout.config import BackendConfig
+from turnout.errors import (
+    AlreadyExistsError,
+    BackendError,
+    InUseError,
+    InvalidArgumentError,
+    NotFoundError,
+    NotRunningError,
+    TurnoutError,
+    TurnoutValueError,
+    UnimplementedError,
+)
+
+__all__ = [
+    "AlreadyExistsError",
+    "BackendConfig",
+    "BackendError",
+    "Client",
+    "InUseError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "NotRunningError",
+    "ReplicaInfo",
+    "TurnoutError",
+    "TurnoutValueError",
+    "UnimplementedError",
+    "__version__",
+    "create_backend",
+    "create_endpoint",
+    "delete_backend",
+    "delete_endpoint",
+    "get_backend_config",
+    "init",
+    "list_backends",
+    "list_endpoints",
+    "list_replicas",
+    "set_traffic",
+    "shutdown",
+    "update_backend_config",
+]

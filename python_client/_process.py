@@ -75,7 +75,11 @@ def read_report(fd: int, timeout: float) -> dict[str, Any]:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return {"ok": False, "code": "DEADLINE_EXCEEDED", "message": "not ready in time"}
+                    return {
+                        "ok": False,
+                        "code": "DEADLINE_EXCEEDED",
+                        "message": "not ready in time",
+                    }
                 if not sel.select(remaining):
                     continue
                 chunk = os.read(fd, 65536)
@@ -91,9 +95,7 @@ async def read_report_async(fd: int) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), pipe
-    )
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
     try:
         return _decode(await reader.read())
     finally:

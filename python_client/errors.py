@@ -84,7 +84,7 @@ def status_for(error: TurnoutError) -> grpc.StatusCode:
     """The gRPC status code that carries ``error``."""
     for cls in type(error).__mro__:
         if cls in STATUS_FOR:
-            return STATUS_FOR[cls]  # type: ignore[index]
+            return STATUS_FOR[cls]
     return grpc.StatusCode.INTERNAL
 
 

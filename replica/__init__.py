@@ -1,1 +1,1 @@
-"""turnout.replica"""
+"""The replica process: hosts one backend and serves turnout.v1.ReplicaService over gRPC."""

@@ -1,0 +1,100 @@
+"""``python -m turnout.controller``: run a controller (normally started by turnout.init)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from turnout import _process
+
+from .server import Controller, ControllerOptions, ProxyStartError
+
+OWNER_POLL_S = 0.5
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m turnout.controller")
+    parser.add_argument("--host", default="127.0.0.1", help="gRPC bind host (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="gRPC port; 0 = any free port")
+    parser.add_argument("--http-host", default="127.0.0.1", help="HTTP proxy bind host")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP proxy port; 0 = any")
+    parser.add_argument(
+        "--instance-dir", type=Path, help="logs and run files (default: a temp dir)"
+    )
+    parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
+    parser.add_argument(
+        "--owner-pid", type=int, help="shut down when this process (the parent) exits"
+    )
+    return parser.parse_args(argv)
+
+
+async def _watch_owner(owner_pid: int, stop: asyncio.Event) -> None:
+    # Polling the parent id works whichever thread of the owner started us,
+    # unlike PR_SET_PDEATHSIG, which fires when that *thread* exits.
+    while os.getppid() == owner_pid:
+        await asyncio.sleep(OWNER_POLL_S)
+    logging.getLogger(__name__).info("owner process %d exited; shutting down", owner_pid)
+    stop.set()
+
+
+async def _main(args: argparse.Namespace) -> int:
+    instance_dir = args.instance_dir or Path(tempfile.mkdtemp(prefix="turnout-"))
+    options = ControllerOptions(
+        instance_dir=instance_dir,
+        host=args.host,
+        port=args.port,
+        http_host=args.http_host,
+        http_port=args.http_port,
+    )
+    controller = Controller(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await controller.start()
+    except (OSError, ProxyStartError) as exc:
+        await controller.shutdown()
+        await controller.close()
+        if args.ready_fd is not None:
+            _process.report_failure(args.ready_fd, "UNAVAILABLE", str(exc), traceback.format_exc())
+        print(f"turnout controller: {exc}", file=sys.stderr)
+        return 1
+    if args.ready_fd is not None:
+        _process.report_ready(
+            args.ready_fd,
+            address=controller.address,
+            http_address=controller.http_address,
+            pid=os.getpid(),
+            log_dir=str(options.log_dir),
+        )
+    tasks = [asyncio.create_task(stop.wait()), asyncio.create_task(controller.wait_stopped())]
+    if args.owner_pid is not None:
+        tasks.append(asyncio.create_task(_watch_owner(args.owner_pid, stop)))
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    await controller.shutdown()
+    await controller.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s controller %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(_main(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The controller's core: admin operations on desired state.
+
+Plain class, no gRPC: the servicer translates requests into these calls and
+``turnout.errors`` exceptions into status codes. Every change is validated
+first and applied only if valid, so a refused call changes nothing. Changes
+that affect routing return only after the proxy applied them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from turnout.errors import (
+    AlreadyExistsError,
+    InUseError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnimplementedError,
+)
+from turnout.v1 import controller_pb2 as pb
+
+from . import validation
+from .launcher import ProcessLauncher
+from .replica_set import ReplicaSet, ReplicaStartError, start_error_to_user_error
+from .routing import RoutePublisher
+from .store import BackendRecord, EndpointRecord, Store
+
+logger = logging.getLogger(__name__)
+
+
+class ControlPlane:
+    def __init__(self, store: Store, launcher: ProcessLauncher, publisher: RoutePublisher) -> None:
+        self._store = store
+        self._launcher = launcher
+        self._publisher = publisher
+        self._sets: dict[str, ReplicaSet] = {}
+        self._spec_versions: dict[str, int] = {}
+        # Admin changes run one at a time: each sees the state the previous left.
+        self._lock = asyncio.Lock()
+
+    # ---- backends -------------------------------------------------------
+
+    async def create_backend(self, request: pb.CreateBackendRequest) -> pb.Backend:
+        tag = validation.name(request.tag, "backend tag")
+        spec = validation.spec(request.spec)
+        config = validation.full_config(request.config)
+        async with self._lock:
+            if tag in self._store.backends():
+                raise AlreadyExistsError(f"backend {tag!r} already exists")
+            version = self._spec_versions.get(tag, 0) + 1
+            self._spec_versions[tag] = version
+            spec_path = self._launcher.write_spec(
+                pb.CreateBackendRequest(tag=tag, spec=spec, config=config), version
+            )
+            replicas = ReplicaSet(tag, spec_path, self._launcher, self.routes_changed)
+            self._sets[tag] = replicas
+            try:
+                await replicas.scale(config.num_replicas)
+            except ReplicaStartError as exc:
+                await replicas.stop()
+                del self._sets[tag]
+                raise start_error_to_user_error(exc, tag) from None
+            self._store.put_backend(BackendRecord(tag=tag, spec=spec, config=config))
+        return self._backend(tag)
+
+    def get_backend(self, tag: str) -> pb.Backend:
+        record = self._backend_record(tag)
+        backend = self._backend(tag)
+        backend.spec.CopyFrom(record.spec)
+        return backend
+
+    def list_backends(self) -> list[pb.Backend]:
+        return [self._backend(tag) for tag in self._store.backends()]
+
+    async def update_backend_config(self, tag: str, update: pb.BackendConfig) -> pb.Backend:
+        validation.config_update(update)
+        async with self._lock:
+            record = self._backend_record(tag)
+            config = pb.BackendConfig()
+            config.CopyFrom(record.config)
+            config.MergeFrom(update)
+            replicas = self._sets[tag]
+            try:
+                await replicas.scale(config.num_replicas)
+            except ReplicaStartError as exc:
+                raise start_error_to_user_error(exc, tag) from None
+            self._store.put_backend(BackendRecord(tag=tag, spec=record.spec, config=config))
+            await self.routes_changed()
+        return self._backend(tag)
+
+    async def delete_backend(self, tag: str) -> None:
+        async with self._lock:
+            self._backend_record(tag)
+            users = sorted(e.name for e in self._store.endpoints().values() if tag in e.backends())
+            if users:
+                raise InUseError(
+                    f"backend {tag!r} is used by endpoint(s) {', '.join(users)}; "
+                    "change their traffic or delete them first"
+                )
+            self._store.delete_backend(tag)
+            replicas = self._sets.pop(tag)
+            await replicas.stop()
+            await self.routes_changed()
+
+    # ---- endpoints ------------------------------------------------------
+
+    async def create_endpoint(self, request: pb.CreateEndpointRequest) -> pb.Endpoint:
+        name = validation.name(request.name, "endpoint name")
+        route = validation.route(request.route)
+        methods = validation.methods(list(request.methods))
+        async with self._lock:
+            endpoints = self._store.endpoints()
+            if name in endpoints:
+                raise AlreadyExistsError(f"endpoint {name!r} already exists")
+            if route:
+                for other in endpoints.values():
+                    if other.route == route:
+                        raise AlreadyExistsError(
+                            f"route {route!r} is already taken by endpoint {other.name!r}"
+                        )
+            traffic: dict[str, float] = {}
+            if request.backend:
+                self._backend_record(request.backend)
+                traffic = {request.backend: 1.0}
+            record = EndpointRecord(name=name, route=route, methods=methods, traffic=traffic)
+            self._store.put_endpoint(record)
+            await self.routes_changed()
+        return _endpoint_proto(record)
+
+    def get_endpoint(self, name: str) -> pb.Endpoint:
+        return _endpoint_proto(self._endpoint_record(name))
+
+    def list_endpoints(self) -> list[pb.Endpoint]:
+        return [_endpoint_proto(e) for e in self._store.endpoints().values()]
+
+    async def delete_endpoint(self, name: str) -> None:
+        async with self._lock:
+            self._endpoint_record(name)
+            self._store.delete_endpoint(name)
+            await self.routes_changed()
+
+    async def set_traffic(self, endpoint: str, weights: list[pb.TrafficWeight]) -> pb.Endpoint:
+        traffic: dict[str, float] = {}
+        for item in weights:
+            if item.backend in traffic:
+                raise InvalidArgumentError(f"backend {item.backend!r} is listed twice")
+            traffic[item.backend] = item.weight
+        traffic = validation.traffic(traffic)
+        async with self._lock:
+            record = self._endpoint_record(endpoint)
+            for tag in traffic:
+                self._backend_record(tag)
+            record = EndpointRecord(
+                name=record.name,
+                route=record.route,
+                methods=record.methods,
+                traffic=traffic,
+                shadows=record.shadows,
+            )
+            self._store.put_endpoint(record)
+            await self.routes_changed()
+        return _endpoint_proto(record)
+
+    async def shadow_traffic(self, endpoint: str, backend: str, proportion: float) -> pb.Endpoint:
+        raise UnimplementedError("shadow traffic is not implemented yet")
+
+    # ---- replicas and routing --------------------------------------------
+
+    def list_replicas(self, backend: str = "") -> list[pb.Replica]:
+        if backend:
+            self._backend_record(backend)
+            return self._sets[backend].describe()
+        return [r for replicas in self._sets.values() for r in replicas.describe()]
+
+    def snapshot_parts(self) -> tuple[list[pb.Endpoint], list[pb.BackendTargets]]:
+        endpoints = [_endpoint_proto(e) for e in self._store.endpoints().values()]
+        backends = []
+        records = self._store.backends()
+        for tag, replicas in self._sets.items():
+            record = records.get(tag)
+            backends.append(
+                pb.BackendTargets(
+                    tag=tag,
+                    replicas=[
+                        pb.ReplicaTarget(replica_id=s.replica_id, address=s.child.address)
+                        for s in replicas.running()
+                        if s.child is not None
+                    ],
+                    max_concurrent_queries=(
+                        record.config.max_concurrent_queries
+                        if record
+                        else validation.DEFAULT_MAX_CONCURRENT_QUERIES
+                    ),
+                )
+            )
+        return endpoints, backends
+
+    async def routes_changed(self) -> None:
+        """Publish a new snapshot and wait (bounded) until the proxy applied it."""
+        version = await self._publisher.publish(*self.snapshot_parts())
+        if not await self._publisher.wait_applied(version):
+            logger.warning("routers did not apply routing version %d in time", version)
+
+    async def stop(self) -> None:
+        """Stops every replica (used at shutdown)."""
+        sets = list(self._sets.values())
+        self._sets.clear()
+        await asyncio.gather(*(s.stop() for s in sets), return_exceptions=True)
+
+    # ---- helpers --------------------------------------------------------
+
+    def _backend_record(self, tag: str) -> BackendRecord:
+        record = self._store.backends().get(tag)
+        if record is None:
+            raise NotFoundError(f"backend {tag!r} does not exist")
+        return record
+
+    def _endpoint_record(self, name: str) -> EndpointRecord:
+        record = self._store.endpoints().get(name)
+        if record is None:
+            raise NotFoundError(f"endpoint {name!r} does not exist")
+        return record
+
+    def _backend(self, tag: str) -> pb.Backend:
+        record = self._backend_record(tag)
+        return pb.Backend(tag=tag, config=record.config, replicas=self._sets[tag].describe())
+
+
+def _endpoint_proto(record: EndpointRecord) -> pb.Endpoint:
+    return pb.Endpoint(
+        name=record.name,
+        route=record.route,
+        methods=record.methods,
+        traffic=[pb.TrafficWeight(backend=b, weight=w) for b, w in record.traffic.items()],
+        shadows=[pb.ShadowTarget(backend=b, proportion=p) for b, p in record.shadows.items()],
+    )

@@ -1,0 +1,90 @@
+"""Versioned routing snapshots and the routers that follow them.
+
+The controller publishes a new ``RoutingSnapshot`` whenever endpoints, traffic
+or the set of running replicas change. Watchers get the newest snapshot, never
+a backlog: a slow router skips versions it no longer needs. Named subscribers
+(the proxy) acknowledge what they applied, so an admin call can wait until its
+change is live before it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from turnout.v1 import controller_pb2 as pb
+
+# How long an admin call waits for routers to apply its change. A router that
+# is slower than this (or hung) must not block the control plane forever.
+APPLY_TIMEOUT_S = 10.0
+
+
+class RoutePublisher:
+    def __init__(self) -> None:
+        self._snapshot = pb.RoutingSnapshot(version=0)
+        self._changed = asyncio.Condition()
+        # subscriber_id -> number of open streams under that id
+        self._open: dict[str, int] = {}
+        # subscriber_id -> newest version it acknowledged
+        self._acked: dict[str, int] = {}
+
+    @property
+    def snapshot(self) -> pb.RoutingSnapshot:
+        return self._snapshot
+
+    async def publish(self, endpoints: list[pb.Endpoint], backends: list[pb.BackendTargets]) -> int:
+        """Make a new version current and wake every watcher; returns the version."""
+        version = self._snapshot.version + 1
+        self._snapshot = pb.RoutingSnapshot(version=version, endpoints=endpoints, backends=backends)
+        async with self._changed:
+            self._changed.notify_all()
+        return version
+
+    async def watch(self, subscriber_id: str = "") -> AsyncIterator[pb.RoutingSnapshot]:
+        """The current snapshot at once, then each newer one, until cancelled."""
+        if subscriber_id:
+            self._open[subscriber_id] = self._open.get(subscriber_id, 0) + 1
+        try:
+            sent = -1
+            while True:
+                async with self._changed:
+                    while self._snapshot.version == sent:
+                        await self._changed.wait()
+                snapshot = self._snapshot
+                sent = snapshot.version
+                yield snapshot
+        finally:
+            if subscriber_id:
+                self._open[subscriber_id] -= 1
+                if not self._open[subscriber_id]:
+                    del self._open[subscriber_id]
+                async with self._changed:
+                    self._changed.notify_all()
+
+    async def ack(self, subscriber_id: str, version: int) -> None:
+        if version > self._acked.get(subscriber_id, -1):
+            self._acked[subscriber_id] = version
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _applied(self, version: int) -> bool:
+        return all(self._acked.get(sub, -1) >= version for sub in self._open)
+
+    async def wait_applied(self, version: int, timeout: float = APPLY_TIMEOUT_S) -> bool:
+        """Wait until every connected named subscriber applied ``version``.
+
+        Returns False on timeout. Subscribers that disconnect stop counting, so
+        a dead proxy delays an admin call by at most ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        async with self._changed:
+            while not self._applied(version):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    return self._applied(version)
+        return True

@@ -1,0 +1,158 @@
+"""The controller process: gRPC server, proxy supervision, orderly shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from turnout._grpc import SERVER_OPTIONS
+from turnout._version import __version__
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import controller_pb2_grpc
+
+from .control_plane import ControlPlane
+from .launcher import ChildProcess, ProcessLauncher
+from .routing import RoutePublisher
+from .servicer import ControllerServicer
+from .store import MemoryStore
+
+logger = logging.getLogger(__name__)
+
+PROXY_BACKOFF_MAX_S = 10.0
+SHUTDOWN_GRACE_S = 2.0
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    """Everything the controller process is told at start."""
+
+    instance_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+
+    @property
+    def log_dir(self) -> Path:
+        return self.instance_dir / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.instance_dir / "run"
+
+
+class ProxyStartError(Exception):
+    pass
+
+
+class Controller:
+    def __init__(self, options: ControllerOptions) -> None:
+        self.options = options
+        self.launcher = ProcessLauncher(options.run_dir, options.log_dir)
+        self.publisher = RoutePublisher()
+        self.plane = ControlPlane(MemoryStore(), self.launcher, self.publisher)
+        self.health = health.aio.HealthServicer()
+        self.address = ""
+        self.http_address = ""
+        self._server: grpc.aio.Server | None = None
+        self._proxy: ChildProcess | None = None
+        self._proxy_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._shutdown_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Serve gRPC, then start the proxy; raises ProxyStartError if it cannot."""
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        self._server = server
+        port = server.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        if port == 0:
+            raise OSError(f"cannot listen on {self.options.host}:{self.options.port}")
+        self.address = f"{self.options.host}:{port}"
+        instance = pb.GetInstanceResponse(
+            controller_address=self.address,
+            controller_pid=os.getpid(),
+            log_dir=str(self.options.log_dir),
+            version=__version__,
+        )
+        controller_pb2_grpc.add_ControllerServiceServicer_to_server(
+            ControllerServicer(self.plane, self.publisher, instance, self.shutdown), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [
+                pb.DESCRIPTOR.services_by_name["ControllerService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        await server.start()
+        proxy = await self.launcher.start_proxy(
+            self.address, self.options.http_host, self.options.http_port
+        )
+        if not proxy.ok:
+            raise ProxyStartError(str(proxy.report.get("message", "proxy failed to start")))
+        self._proxy = proxy
+        self.http_address = f"http://{proxy.address}"
+        instance.http_address = self.http_address
+        self._proxy_task = asyncio.create_task(self._supervise_proxy())
+        for service in ("", "turnout.v1.ControllerService"):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        logger.info("controller on %s, proxy on %s", self.address, self.http_address)
+
+    async def _supervise_proxy(self) -> None:
+        """Restart the proxy on the same port whenever it dies."""
+        host, _, port = self.http_address.removeprefix("http://").rpartition(":")
+        backoff = 0.2
+        while not self._stopping:
+            assert self._proxy is not None
+            began = time.monotonic()
+            code = await self._proxy.wait()
+            if self._stopping:
+                return
+            logger.warning("proxy exited with code %s; restarting it", code)
+            if time.monotonic() - began < 10:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, PROXY_BACKOFF_MAX_S)
+            else:
+                backoff = 0.2
+            proxy = await self.launcher.start_proxy(self.address, host, int(port))
+            if proxy.ok:
+                self._proxy = proxy
+            else:
+                logger.error("proxy restart failed: %s", proxy.report.get("message"))
+
+    async def shutdown(self) -> None:
+        """Stop replicas, then the proxy; idempotent, waits until done."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.create_task(self._shutdown())
+        await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self) -> None:
+        self._stopping = True
+        await self.health.enter_graceful_shutdown()
+        await self.plane.stop()
+        if self._proxy_task is not None:
+            self._proxy_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._proxy_task
+        await self.launcher.stop_all()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def close(self) -> None:
+        """Stop the gRPC server (after shutdown), letting a Shutdown reply go out."""
+        if self._server is not None:
+            await self._server.stop(SHUTDOWN_GRACE_S)

@@ -1,0 +1,157 @@
+"""gRPC transport of the controller: protobuf in, ControlPlane call, protobuf out.
+
+No logic lives here. ``turnout.errors`` raised by the core become status codes
+in one place (``_translate_errors``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from turnout.errors import TurnoutError, status_for
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import controller_pb2_grpc
+
+from .control_plane import ControlPlane
+from .routing import RoutePublisher
+
+logger = logging.getLogger(__name__)
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[Any, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]
+
+
+def _translate_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except TurnoutError as exc:
+            await context.abort(status_for(exc), str(exc))
+            raise  # abort raises; this line only satisfies the type checker
+
+    return wrapper
+
+
+class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
+    def __init__(
+        self,
+        plane: ControlPlane,
+        publisher: RoutePublisher,
+        instance: pb.GetInstanceResponse,
+        shutdown: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._plane = plane
+        self._publisher = publisher
+        self._instance = instance
+        self._shutdown = shutdown
+
+    @_translate_errors
+    async def CreateBackend(
+        self, request: pb.CreateBackendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateBackendResponse:
+        return pb.CreateBackendResponse(backend=await self._plane.create_backend(request))
+
+    @_translate_errors
+    async def GetBackend(
+        self, request: pb.GetBackendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetBackendResponse:
+        return pb.GetBackendResponse(backend=self._plane.get_backend(request.tag))
+
+    @_translate_errors
+    async def ListBackends(
+        self, request: pb.ListBackendsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListBackendsResponse:
+        return pb.ListBackendsResponse(backends=self._plane.list_backends())
+
+    @_translate_errors
+    async def UpdateBackendConfig(
+        self, request: pb.UpdateBackendConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.UpdateBackendConfigResponse:
+        backend = await self._plane.update_backend_config(request.tag, request.config)
+        return pb.UpdateBackendConfigResponse(backend=backend)
+
+    @_translate_errors
+    async def DeleteBackend(
+        self, request: pb.DeleteBackendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteBackendResponse:
+        await self._plane.delete_backend(request.tag)
+        return pb.DeleteBackendResponse()
+
+    @_translate_errors
+    async def CreateEndpoint(
+        self, request: pb.CreateEndpointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.CreateEndpointResponse:
+        return pb.CreateEndpointResponse(endpoint=await self._plane.create_endpoint(request))
+
+    @_translate_errors
+    async def GetEndpoint(
+        self, request: pb.GetEndpointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetEndpointResponse:
+        return pb.GetEndpointResponse(endpoint=self._plane.get_endpoint(request.name))
+
+    @_translate_errors
+    async def ListEndpoints(
+        self, request: pb.ListEndpointsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListEndpointsResponse:
+        return pb.ListEndpointsResponse(endpoints=self._plane.list_endpoints())
+
+    @_translate_errors
+    async def DeleteEndpoint(
+        self, request: pb.DeleteEndpointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DeleteEndpointResponse:
+        await self._plane.delete_endpoint(request.name)
+        return pb.DeleteEndpointResponse()
+
+    @_translate_errors
+    async def SetTraffic(
+        self, request: pb.SetTrafficRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SetTrafficResponse:
+        endpoint = await self._plane.set_traffic(request.endpoint, list(request.traffic))
+        return pb.SetTrafficResponse(endpoint=endpoint)
+
+    @_translate_errors
+    async def ShadowTraffic(
+        self, request: pb.ShadowTrafficRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ShadowTrafficResponse:
+        endpoint = await self._plane.shadow_traffic(
+            request.endpoint, request.backend, request.proportion
+        )
+        return pb.ShadowTrafficResponse(endpoint=endpoint)
+
+    @_translate_errors
+    async def ListReplicas(
+        self, request: pb.ListReplicasRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListReplicasResponse:
+        return pb.ListReplicasResponse(replicas=self._plane.list_replicas(request.backend))
+
+    async def WatchRoutes(
+        self, request: pb.WatchRoutesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.WatchRoutesResponse]:
+        async for snapshot in self._publisher.watch(request.subscriber_id):
+            yield pb.WatchRoutesResponse(snapshot=snapshot)
+
+    async def AckRoutes(
+        self, request: pb.AckRoutesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.AckRoutesResponse:
+        await self._publisher.ack(request.subscriber_id, request.version)
+        return pb.AckRoutesResponse()
+
+    async def GetInstance(
+        self, request: pb.GetInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetInstanceResponse:
+        return self._instance
+
+    async def Shutdown(
+        self, request: pb.ShutdownRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ShutdownResponse:
+        logger.info("shutdown requested over gRPC")
+        # Answer only once every child process is gone, so the caller can rely on it.
+        await self._shutdown()
+        return pb.ShutdownResponse()

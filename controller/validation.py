@@ -1,0 +1,142 @@
+"""Checks on every admin request, before anything changes.
+
+Each function returns the normalised value or raises one of ``turnout.errors``;
+the servicer turns those into gRPC status codes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from turnout.errors import InvalidArgumentError, UnimplementedError
+from turnout.v1 import controller_pb2 as pb
+
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+DEFAULT_METHODS = ["GET"]
+# Paths under /-/ belong to the proxy (/-/routes, /-/healthz, /-/metrics).
+SYSTEM_PREFIX = "/-/"
+DEFAULT_MAX_CONCURRENT_QUERIES = 100
+MAX_NAME_LENGTH = 256
+WEIGHT_TOLERANCE = 1e-6
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def name(value: str, what: str) -> str:
+    """A backend tag or endpoint name: non-empty, printable, bounded."""
+    if not value:
+        raise InvalidArgumentError(f"{what} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidArgumentError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
+    if not value.isprintable():
+        raise InvalidArgumentError(f"{what} {value!r} contains control characters")
+    return value
+
+
+def route(value: str) -> str:
+    """An HTTP route: empty (no HTTP exposure) or an absolute path."""
+    if not value:
+        return ""
+    if not value.startswith("/"):
+        raise InvalidArgumentError(f"route {value!r} must start with '/'")
+    if any(c in value for c in "?# ") or not value.isprintable():
+        raise InvalidArgumentError(f"route {value!r} must be a plain path (no '?', '#' or spaces)")
+    if value.startswith(SYSTEM_PREFIX) or value == SYSTEM_PREFIX.rstrip("/"):
+        raise InvalidArgumentError(f"route {value!r} is reserved: paths under /-/ are the proxy's")
+    return value
+
+
+def methods(values: list[str]) -> list[str]:
+    """HTTP methods, upper-cased and de-duplicated; empty means GET."""
+    if not values:
+        return list(DEFAULT_METHODS)
+    result: list[str] = []
+    for value in values:
+        upper = value.upper()
+        if upper not in HTTP_METHODS:
+            known = ", ".join(sorted(HTTP_METHODS))
+            raise InvalidArgumentError(f"unknown HTTP method {value!r}; use one of {known}")
+        if upper not in result:
+            result.append(upper)
+    return result
+
+
+def spec(value: pb.BackendSpec) -> pb.BackendSpec:
+    source = value.WhichOneof("source")
+    if source is None:
+        raise InvalidArgumentError("backend spec needs pickled_callable or import_path")
+    if source == "import_path" and not _IMPORT_PATH.match(value.import_path):
+        raise InvalidArgumentError(
+            f"import path {value.import_path!r} must look like 'package.module:attribute'"
+        )
+    if source == "pickled_callable" and not value.pickled_callable:
+        raise InvalidArgumentError("pickled_callable is empty")
+    if value.pickled_init_args and value.init_args_json:
+        raise InvalidArgumentError(
+            "give init args as pickled_init_args or init_args_json, not both"
+        )
+    if value.init_args_json:
+        try:
+            args = json.loads(value.init_args_json)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"init_args_json is not valid JSON: {exc}") from None
+        if not isinstance(args, list):
+            raise InvalidArgumentError("init_args_json must be a JSON array")
+    return value
+
+
+def config_update(update: pb.BackendConfig) -> None:
+    """Checks the fields set in ``update`` (a full or partial config)."""
+    if update.HasField("num_replicas") and update.num_replicas < 1:
+        raise InvalidArgumentError(f"num_replicas must be >= 1, got {update.num_replicas}")
+    if update.HasField("max_concurrent_queries") and update.max_concurrent_queries < 1:
+        raise InvalidArgumentError(
+            f"max_concurrent_queries must be >= 1, got {update.max_concurrent_queries}"
+        )
+    if update.HasField("max_batch_size"):
+        if update.max_batch_size < 1:
+            raise InvalidArgumentError(f"max_batch_size must be >= 1, got {update.max_batch_size}")
+        if update.max_batch_size > 1:
+            raise UnimplementedError("batching (max_batch_size > 1) is not implemented yet")
+    if update.HasField("batch_wait_timeout"):
+        timeout = update.batch_wait_timeout
+        if not math.isfinite(timeout) or timeout < 0:
+            raise InvalidArgumentError(
+                f"batch_wait_timeout must be a finite number >= 0, got {timeout}"
+            )
+    if update.HasField("user_config_json"):
+        try:
+            json.loads(update.user_config_json)
+        except ValueError as exc:
+            raise InvalidArgumentError(f"user_config_json is not valid JSON: {exc}") from None
+        raise UnimplementedError("user_config (reconfigure) is not implemented yet")
+
+
+def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
+    """``requested`` with every unset field given its default."""
+    config_update(requested)
+    config = pb.BackendConfig(
+        num_replicas=1,
+        max_concurrent_queries=DEFAULT_MAX_CONCURRENT_QUERIES,
+        max_batch_size=1,
+        batch_wait_timeout=0.0,
+    )
+    config.MergeFrom(requested)
+    return config
+
+
+def traffic(weights: dict[str, float]) -> dict[str, float]:
+    """Weights >= 0 and finite that sum to 1."""
+    for backend, weight in weights.items():
+        if not math.isfinite(weight) or weight < 0:
+            raise InvalidArgumentError(
+                f"weight of {backend!r} must be a finite number >= 0, got {weight}"
+            )
+    total = math.fsum(weights.values())
+    if abs(total - 1.0) > WEIGHT_TOLERANCE:
+        raise InvalidArgumentError(f"traffic weights must sum to 1, got {total}")
+    return dict(weights)

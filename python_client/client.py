@@ -1,0 +1,290 @@
+"""``Client``: an explicit connection to one Turnout instance."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import cloudpickle
+import grpc
+
+from turnout._grpc import CHANNEL_OPTIONS
+from turnout.config import BackendConfig
+from turnout.errors import InvalidArgumentError, NotRunningError, error_from_status
+from turnout.instance import LocalInstance
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import controller_pb2_grpc
+
+Resp = TypeVar("Resp")
+
+# Admin calls that only read or change state answer fast; creating or scaling
+# a backend waits for replica processes to boot, which can take minutes when
+# they load large models.
+_QUICK_TIMEOUT_S = 30.0
+_SLOW_TIMEOUT_S = 600.0
+
+_STATE_NAMES = {
+    pb.REPLICA_STATE_STARTING: "STARTING",
+    pb.REPLICA_STATE_RUNNING: "RUNNING",
+    pb.REPLICA_STATE_STOPPING: "STOPPING",
+    pb.REPLICA_STATE_FAILED: "FAILED",
+}
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """One replica process as the controller sees it."""
+
+    replica_id: str
+    backend: str
+    state: str
+    address: str
+    pid: int
+    error: str
+
+
+def _check_str(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, got {type(value).__name__}")
+    return value
+
+
+class Client:
+    """A connection to a Turnout controller.
+
+    ``turnout.init()`` returns one; create one yourself to talk to several
+    instances. Every method raises ``TypeError`` for arguments of the wrong
+    type, a ``ValueError`` subclass from ``turnout.errors`` for refused values,
+    and ``NotRunningError`` when the controller does not answer.
+
+    Example::
+
+        client = turnout.Client("127.0.0.1:50051")
+        client.create_backend("echo", lambda request: request.args.get("q"))
+        client.create_endpoint("echo", "echo", route="/echo")
+    """
+
+    def __init__(self, address: str, *, _instance: LocalInstance | None = None) -> None:
+        self._address = _check_str(address, "address")
+        self._instance = _instance
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._info = self._call(self._stub.GetInstance, pb.GetInstanceRequest())
+
+    # ---- connection -------------------------------------------------------
+
+    @property
+    def controller_address(self) -> str:
+        """The controller's "host:port", as grpcurl and ``init(address=...)`` take it."""
+        return self._address
+
+    @property
+    def http_address(self) -> str:
+        """Base URL of the HTTP proxy, e.g. ``"http://127.0.0.1:8000"``."""
+        return self._info.http_address
+
+    @property
+    def controller_pid(self) -> int:
+        """OS process id of the controller."""
+        return self._info.controller_pid
+
+    @property
+    def log_dir(self) -> str:
+        """Directory with the controller, proxy and replica logs."""
+        return self._info.log_dir
+
+    @property
+    def owns_instance(self) -> bool:
+        """True when this process started the instance (and stops it at exit)."""
+        return self._instance is not None
+
+    def _call(
+        self, method: Callable[..., Resp], request: Any, timeout: float = _QUICK_TIMEOUT_S
+    ) -> Resp:
+        if self._closed:
+            raise NotRunningError("this client was shut down; call turnout.init() again")
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code: grpc.StatusCode = exc.code()
+            details: str = exc.details() or code.name
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise NotRunningError(
+                    f"no Turnout controller answers at {self._address} ({details}); "
+                    "start one with turnout.init()"
+                ) from None
+            raise error_from_status(code, details) from None
+
+    def shutdown(self) -> None:
+        """Stop the instance: every replica, the proxy and the controller."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._call(self._stub.Shutdown, pb.ShutdownRequest(), timeout=_SLOW_TIMEOUT_S)
+            except NotRunningError:
+                pass
+            finally:
+                self._closed = True
+                self._channel.close()
+                if self._instance is not None:
+                    self._instance.wait_stopped()
+
+    # ---- backends ---------------------------------------------------------
+
+    def create_backend(
+        self,
+        tag: str,
+        func_or_class: Callable[..., Any] | type | str,
+        *init_args: Any,
+        config: BackendConfig | dict[str, Any] | None = None,
+    ) -> None:
+        """Create a backend and wait until its replicas are serving.
+
+        ``func_or_class`` is a function, a class (constructed once per replica
+        with ``init_args``; its ``__call__`` handles requests), or an import
+        path ``"package.module:attr"`` naming one.
+
+        Example::
+
+            class Counter:
+                def __init__(self, start):
+                    self.count = start
+                def __call__(self, request):
+                    self.count += 1
+                    return {"count": self.count}
+
+            serve.create_backend("counter", Counter, 10, config={"num_replicas": 2})
+        """
+        _check_str(tag, "tag")
+        spec = pb.BackendSpec()
+        if isinstance(func_or_class, str):
+            spec.import_path = func_or_class
+        elif callable(func_or_class):
+            if init_args and not inspect.isclass(func_or_class):
+                raise InvalidArgumentError(
+                    f"backend {tag!r} is a function: init args are only for classes"
+                )
+            spec.pickled_callable = cloudpickle.dumps(func_or_class)
+        else:
+            raise TypeError(
+                "func_or_class must be a function, a class or an import path str, "
+                f"got {type(func_or_class).__name__}"
+            )
+        if init_args:
+            spec.pickled_init_args = cloudpickle.dumps(tuple(init_args))
+        request = pb.CreateBackendRequest(
+            tag=tag, spec=spec, config=BackendConfig.coerce(config).to_proto()
+        )
+        self._call(self._stub.CreateBackend, request, timeout=_SLOW_TIMEOUT_S)
+
+    def get_backend_config(self, tag: str) -> BackendConfig:
+        """The backend's effective config, every field filled in."""
+        reply = self._call(self._stub.GetBackend, pb.GetBackendRequest(tag=_check_str(tag, "tag")))
+        return BackendConfig.from_proto(reply.backend.config)
+
+    def update_backend_config(self, tag: str, config: BackendConfig | dict[str, Any]) -> None:
+        """Change the given fields of a backend's config (e.g. scale it)."""
+        _check_str(tag, "tag")
+        if config is None:
+            raise TypeError("config must be a dict or BackendConfig, got NoneType")
+        update = BackendConfig.coerce(config).to_proto()
+        request = pb.UpdateBackendConfigRequest(tag=tag, config=update)
+        self._call(self._stub.UpdateBackendConfig, request, timeout=_SLOW_TIMEOUT_S)
+
+    def list_backends(self) -> dict[str, dict[str, Any]]:
+        """``{tag: config as a dict}`` for every backend."""
+        reply = self._call(self._stub.ListBackends, pb.ListBackendsRequest())
+        return {b.tag: BackendConfig.from_proto(b.config).to_dict() for b in reply.backends}
+
+    def delete_backend(self, tag: str) -> None:
+        """Delete a backend and stop its replicas. Refused (InUseError) while an
+        endpoint sends it traffic."""
+        request = pb.DeleteBackendRequest(tag=_check_str(tag, "tag"))
+        self._call(self._stub.DeleteBackend, request, timeout=_SLOW_TIMEOUT_S)
+
+    def list_replicas(self, backend: str | None = None) -> list[ReplicaInfo]:
+        """Replica processes (of one backend, or all) with state, address and pid."""
+        request = pb.ListReplicasRequest(backend=_check_str(backend or "", "backend"))
+        reply = self._call(self._stub.ListReplicas, request)
+        return [
+            ReplicaInfo(
+                replica_id=r.replica_id,
+                backend=r.backend,
+                state=_STATE_NAMES.get(r.state, "UNKNOWN"),
+                address=r.address,
+                pid=r.pid,
+                error=r.error,
+            )
+            for r in reply.replicas
+        ]
+
+    # ---- endpoints --------------------------------------------------------
+
+    def create_endpoint(
+        self,
+        name: str,
+        backend: str | None = None,
+        *,
+        route: str | None = None,
+        methods: Iterable[str] = ("GET",),
+    ) -> None:
+        """Create an endpoint, optionally on an HTTP route, sending all traffic to
+        ``backend``.
+
+        Example::
+
+            serve.create_endpoint("simple_endpoint", "simple_backend",
+                                  route="/simple", methods=["GET"])
+        """
+        _check_str(name, "name")
+        if backend is not None:
+            _check_str(backend, "backend")
+        if route is not None:
+            _check_str(route, "route")
+        if isinstance(methods, str):
+            raise TypeError("methods must be a list of str, e.g. ['GET'], not a str")
+        method_list = [_check_str(m, "each method") for m in methods]
+        request = pb.CreateEndpointRequest(
+            name=name, backend=backend or "", route=route or "", methods=method_list
+        )
+        self._call(self._stub.CreateEndpoint, request)
+
+    def set_traffic(self, endpoint: str, traffic: dict[str, float]) -> None:
+        """Split an endpoint's requests between backends by weight.
+
+        Weights are >= 0 and sum to 1, e.g. ``{"v1": 0.9, "v2": 0.1}``.
+        """
+        _check_str(endpoint, "endpoint")
+        if not isinstance(traffic, dict):
+            raise TypeError(f"traffic must be a dict, got {type(traffic).__name__}")
+        weights = []
+        for backend, weight in traffic.items():
+            _check_str(backend, "each backend")
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise TypeError(f"weight of {backend!r} must be a number")
+            weights.append(pb.TrafficWeight(backend=backend, weight=float(weight)))
+        self._call(self._stub.SetTraffic, pb.SetTrafficRequest(endpoint=endpoint, traffic=weights))
+
+    def list_endpoints(self) -> dict[str, dict[str, Any]]:
+        """``{name: {"route", "methods", "traffic", "shadows"}}`` for every endpoint."""
+        reply = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
+        return {
+            e.name: {
+                "route": e.route or None,
+                "methods": list(e.methods),
+                "traffic": {t.backend: t.weight for t in e.traffic},
+                "shadows": {s.backend: s.proportion for s in e.shadows},
+            }
+            for e in reply.endpoints
+        }
+
+    def delete_endpoint(self, name: str) -> None:
+        """Delete an endpoint; its backends stay."""
+        request = pb.DeleteEndpointRequest(name=_check_str(name, "name"))
+        self._call(self._stub.DeleteEndpoint, request)

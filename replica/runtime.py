@@ -1,0 +1,273 @@
+"""The user's code: loading a backend and calling it.
+
+``BackendRuntime`` knows nothing of gRPC or HTTP. It loads the backend named by
+a ``CreateBackendRequest`` (raising ``LoadError``), and runs one request
+through a handler (raising ``MethodNotFound`` or whatever the handler raised).
+Synchronous handlers run on a thread pool so they never block the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import inspect
+import json
+import os
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import cloudpickle
+
+from turnout.v1 import controller_pb2
+
+DEFAULT_MAX_CONCURRENT_QUERIES = 100
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+
+
+class LoadError(Exception):
+    """The backend could not be loaded; ``code`` is a gRPC status code name."""
+
+    def __init__(self, code: str, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.traceback = traceback
+
+
+class MethodNotFound(Exception):
+    """The request names a method the backend does not have."""
+
+
+@dataclass
+class Backend:
+    """A loaded backend: the object to call and what kind of thing it is."""
+
+    tag: str
+    target: Any
+    # Only instances of a class backend have named methods; a function's
+    # attributes are not handlers.
+    is_instance: bool
+    user_config: Any = None
+
+
+class BackendRuntime:
+    """Runs requests through one loaded backend."""
+
+    def __init__(self, backend: Backend, max_concurrent_queries: int) -> None:
+        self.backend = backend
+        self._executor = ThreadPoolExecutor(
+            max_workers=max_concurrent_queries, thread_name_prefix=f"handler-{backend.tag}"
+        )
+        self._lock = threading.Lock()
+        self._running_in_threads = 0
+
+    @classmethod
+    def load(cls, request: controller_pb2.CreateBackendRequest) -> BackendRuntime:
+        """Import or unpickle the backend, construct it, and get ready to call it."""
+        config = request.config
+        max_queries = (
+            config.max_concurrent_queries
+            if config.HasField("max_concurrent_queries")
+            else DEFAULT_MAX_CONCURRENT_QUERIES
+        )
+        if max_queries < 1:
+            raise LoadError(INVALID_ARGUMENT, "max_concurrent_queries must be >= 1")
+        backend = load_backend(request)
+        return cls(backend, max_queries)
+
+    @property
+    def running_in_threads(self) -> int:
+        """Synchronous handler calls still running (they cannot be cancelled)."""
+        with self._lock:
+            return self._running_in_threads
+
+    async def handle(self, method_name: str, request: Any) -> Any:
+        """Call the handler ``method_name`` ("" = ``__call__``) with ``request``."""
+        handler = self._resolve(method_name)
+        if _is_async(handler):
+            result = handler(request)
+        else:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(
+                self._executor, functools.partial(self._run_in_thread, handler, request)
+            )
+        # A sync callable may still hand back a coroutine (a decorated async
+        # function, a partial); it belongs to the loop, not to the thread.
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def close(self) -> None:
+        """Stop taking handler calls; calls still running are not waited for."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _run_in_thread(self, handler: Callable[[Any], Any], request: Any) -> Any:
+        with self._lock:
+            self._running_in_threads += 1
+        try:
+            return handler(request)
+        finally:
+            with self._lock:
+                self._running_in_threads -= 1
+
+    def _resolve(self, method_name: str) -> Callable[[Any], Any]:
+        backend = self.backend
+        name = method_name or "__call__"
+        if name == "__call__" and not backend.is_instance:
+            target: Callable[[Any], Any] = backend.target
+            return target
+        if name.startswith("_") and name != "__call__":
+            raise MethodNotFound(f"backend {backend.tag!r} has no method {name!r}")
+        if not backend.is_instance:
+            raise MethodNotFound(
+                f"backend {backend.tag!r} is a function; it has no method {name!r}"
+            )
+        handler = getattr(backend.target, name, None)
+        if handler is None or not callable(handler):
+            kind = type(backend.target).__name__
+            raise MethodNotFound(f"backend {backend.tag!r} ({kind}) has no method {name!r}")
+        return handler  # type: ignore[no-any-return]
+
+
+def load_backend(request: controller_pb2.CreateBackendRequest) -> Backend:
+    """The backend a ``CreateBackendRequest`` describes, constructed if a class."""
+    spec = request.spec
+    obj = _load_callable(spec)
+    init_args = _init_args(spec)
+    if inspect.isclass(obj):
+        instance = _construct(obj, init_args)
+        backend = Backend(tag=request.tag, target=instance, is_instance=True)
+    elif not callable(obj):
+        raise LoadError(
+            INVALID_ARGUMENT,
+            f"backend must be a function or a class, not {type(obj).__name__}",
+        )
+    elif init_args:
+        raise LoadError(
+            INVALID_ARGUMENT,
+            f"init args were given but {_name(obj)} is a function, not a class",
+        )
+    else:
+        backend = Backend(tag=request.tag, target=obj, is_instance=False)
+    if request.config.HasField("user_config_json"):
+        backend.user_config = _reconfigure(backend, request.config.user_config_json)
+    return backend
+
+
+def _load_callable(spec: controller_pb2.BackendSpec) -> Any:
+    source = spec.WhichOneof("source")
+    if source == "pickled_callable":
+        try:
+            return cloudpickle.loads(spec.pickled_callable)
+        except Exception as exc:
+            raise _load_error(f"cannot unpickle the backend: {_describe(exc)}") from exc
+    if source == "import_path":
+        return _import(spec.import_path)
+    raise LoadError(INVALID_ARGUMENT, "backend spec has neither pickled_callable nor import_path")
+
+
+def _import(path: str) -> Any:
+    module_name, sep, attr_path = path.partition(":")
+    if not sep or not module_name or not attr_path or ":" in attr_path:
+        raise LoadError(
+            INVALID_ARGUMENT,
+            f"import path {path!r} is not of the form 'package.module:attribute'",
+        )
+    # `python -m` puts the cwd on sys.path, but only for the main module's
+    # sake; make the user's modules next to it importable explicitly.
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise _load_error(f"cannot import module {module_name!r}: {_describe(exc)}") from exc
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise LoadError(
+                INVALID_ARGUMENT, f"module {module_name!r} has no attribute {attr_path!r}"
+            ) from exc
+    return obj
+
+
+def _init_args(spec: controller_pb2.BackendSpec) -> tuple[Any, ...]:
+    if spec.pickled_init_args and spec.init_args_json:
+        raise LoadError(INVALID_ARGUMENT, "set at most one of pickled_init_args and init_args_json")
+    if spec.pickled_init_args:
+        try:
+            args = cloudpickle.loads(spec.pickled_init_args)
+        except Exception as exc:
+            raise _load_error(f"cannot unpickle the init args: {_describe(exc)}") from exc
+        if not isinstance(args, tuple | list):
+            raise LoadError(
+                INVALID_ARGUMENT, f"pickled_init_args must hold a tuple, not {type(args).__name__}"
+            )
+        return tuple(args)
+    if spec.init_args_json:
+        try:
+            args = json.loads(spec.init_args_json)
+        except ValueError as exc:
+            raise LoadError(INVALID_ARGUMENT, f"init_args_json is not valid JSON: {exc}") from exc
+        if not isinstance(args, list):
+            raise LoadError(
+                INVALID_ARGUMENT,
+                f"init_args_json must be a JSON array, not {type(args).__name__}",
+            )
+        return tuple(args)
+    return ()
+
+
+def _construct(cls: type, init_args: tuple[Any, ...]) -> Any:
+    try:
+        return cls(*init_args)
+    except Exception as exc:
+        raise _load_error(f"{cls.__name__}.__init__ raised {_describe(exc)}") from exc
+
+
+def _reconfigure(backend: Backend, user_config_json: str) -> Any:
+    try:
+        user_config = json.loads(user_config_json)
+    except ValueError as exc:
+        raise LoadError(INVALID_ARGUMENT, f"user_config_json is not valid JSON: {exc}") from exc
+    reconfigure = getattr(backend.target, "reconfigure", None) if backend.is_instance else None
+    if not callable(reconfigure):
+        raise LoadError(
+            INVALID_ARGUMENT,
+            f"a user_config was given but {_name(backend.target)} has no reconfigure() method",
+        )
+    try:
+        reconfigure(user_config)
+    except Exception as exc:
+        name = type(backend.target).__name__
+        raise _load_error(f"{name}.reconfigure raised {_describe(exc)}") from exc
+    return user_config
+
+
+def _is_async(handler: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(handler):
+        return True
+    # A callable object whose __call__ is `async def`.
+    call = getattr(handler, "__call__", None)  # noqa: B004
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _load_error(message: str) -> LoadError:
+    """A LoadError carrying the traceback of the exception being handled."""
+    return LoadError(INVALID_ARGUMENT, message, traceback.format_exc())
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _name(obj: Any) -> str:
+    name = getattr(obj, "__name__", None)
+    return name if isinstance(name, str) else type(obj).__name__

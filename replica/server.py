@@ -1,0 +1,165 @@
+"""The replica process: load one backend, serve it over gRPC, stop on SIGTERM.
+
+::
+
+    python -m turnout.replica --spec-file PATH --replica-id ID
+        [--host 127.0.0.1] [--ready-fd N] [--parent-pid PID]
+
+The spec file holds a serialized ``turnout.v1.CreateBackendRequest``. Readiness
+(or the reason for giving up) is reported on ``--ready-fd`` as described in
+``turnout._process``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf.message import DecodeError
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from turnout._grpc import SERVER_OPTIONS
+from turnout._process import die_with_parent, report_failure, report_ready
+from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
+from turnout.replica.servicer import ReplicaServicer
+from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
+
+log = logging.getLogger("turnout.replica")
+
+REPLICA_SERVICE = replica_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Seconds in-flight requests get to finish after SIGTERM.
+SHUTDOWN_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    spec_file: Path
+    replica_id: str
+    host: str = "127.0.0.1"
+    ready_fd: int | None = None
+    parent_pid: int | None = None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
+    parser = argparse.ArgumentParser(
+        prog="python -m turnout.replica", description="Serve one Turnout backend over gRPC."
+    )
+    parser.add_argument(
+        "--spec-file", required=True, type=Path, help="a serialized CreateBackendRequest"
+    )
+    parser.add_argument("--replica-id", required=True, help="id used in logs, e.g. 'backend#1'")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (port is chosen)")
+    parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
+    ns = parser.parse_args(argv)
+    return ReplicaOptions(
+        spec_file=ns.spec_file,
+        replica_id=ns.replica_id,
+        host=ns.host,
+        ready_fd=ns.ready_fd,
+        parent_pid=ns.parent_pid,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a replica until SIGTERM/SIGINT; the process exit status."""
+    options = parse_args(argv)
+    if options.parent_pid is not None:
+        die_with_parent(options.parent_pid)
+    configure_logging(options.replica_id)
+    try:
+        runtime = BackendRuntime.load(read_spec(options.spec_file))
+    except LoadError as exc:
+        log.error("cannot load the backend: %s\n%s", exc.message, exc.traceback)
+        if options.ready_fd is not None:
+            report_failure(options.ready_fd, exc.code, exc.message, exc.traceback)
+        return 1
+    try:
+        return asyncio.run(serve(options, runtime))
+    finally:
+        runtime.close()
+        busy = runtime.running_in_threads
+        if busy:
+            # Handler threads cannot be interrupted, and the interpreter would
+            # wait for them at exit: a hung handler must not keep us alive.
+            log.warning("%d handler calls still running; exiting without them", busy)
+            logging.shutdown()
+            os._exit(0)
+
+
+def configure_logging(replica_id: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s replica %(replica_id)s %(levelname)s %(name)s: %(message)s",
+            defaults={"replica_id": replica_id},
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:
+    try:
+        return controller_pb2.CreateBackendRequest.FromString(path.read_bytes())
+    except (OSError, DecodeError) as exc:
+        raise LoadError(INVALID_ARGUMENT, f"cannot read spec file {str(path)!r}: {exc}") from exc
+
+
+async def serve(options: ReplicaOptions, runtime: BackendRuntime) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(runtime), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
+    )
+    host = options.host
+    bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    try:
+        port = server.add_insecure_port(f"{bind_host}:0")
+    except RuntimeError as exc:
+        return _give_up(options, "UNAVAILABLE", f"cannot bind {host}: {exc}")
+    await server.start()
+    for service in ("", REPLICA_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    address = f"{bind_host}:{port}"
+    log.info("serving backend %r on %s (pid %d)", runtime.backend.tag, address, os.getpid())
+    if options.ready_fd is not None:
+        try:
+            report_ready(options.ready_fd, address=address, pid=os.getpid())
+        except OSError as exc:
+            log.error("cannot report readiness: %s", exc)
+            await server.stop(grace=None)
+            return 1
+
+    await stop.wait()
+    log.info("shutting down; in-flight requests get %.0fs", SHUTDOWN_GRACE)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(grace=SHUTDOWN_GRACE)
+    log.info("stopped")
+    return 0
+
+
+def _give_up(options: ReplicaOptions, code: str, message: str) -> int:
+    log.error("%s", message)
+    if options.ready_fd is not None:
+        report_failure(options.ready_fd, code, message)
+    return 1

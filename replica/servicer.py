@@ -1,0 +1,105 @@
+"""The ReplicaService transport: protobuf in, runtime call, protobuf out.
+
+Every failure of the user's code becomes an answer, never a gRPC error: an
+HTTP request gets a JSON error body, a Python call gets a ``RemoteError``.
+Tracebacks go to the log (and, for Python callers, into the ``RemoteError``),
+never into an HTTP body.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+import cloudpickle
+import grpc
+from werkzeug.exceptions import HTTPException
+
+from turnout.replica import codec
+from turnout.replica.runtime import BackendRuntime, MethodNotFound
+from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
+
+log = logging.getLogger("turnout.replica")
+
+Context = grpc.aio.ServicerContext[replica_pb2.HandleRequest, replica_pb2.HandleResponse]
+
+
+class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
+    def __init__(self, runtime: BackendRuntime) -> None:
+        self._runtime = runtime
+
+    async def Handle(
+        self, request: replica_pb2.HandleRequest, context: Context
+    ) -> replica_pb2.HandleResponse:
+        payload = request.WhichOneof("payload")
+        if payload == "http":
+            return replica_pb2.HandleResponse(http=await self._handle_http(request))
+        if payload == "call":
+            return await self._handle_call(request)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "HandleRequest has no payload")
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    async def _handle_http(self, request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
+        rid = request.request_id
+        http_request = codec.http_to_request(request.http)
+        try:
+            value = await self._runtime.handle(request.method_name, http_request)
+            return codec.encode_http(value)
+        except MethodNotFound as exc:
+            log.warning("request %s: %s", rid, exc)
+            return codec.error_response(exc, rid, status=404)
+        except HTTPException as exc:
+            # Flask's abort(): an intended answer, logged like an access line.
+            log.info("request %s: handler aborted with %s", rid, exc)
+            return codec.error_response(exc, rid)
+        except Exception as exc:
+            log.exception("request %s: %s", rid, _what_failed(exc))
+            return codec.error_response(exc, rid)
+        finally:
+            http_request.close()
+
+    async def _handle_call(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
+        rid = request.request_id
+        try:
+            call_request = codec.call_to_request(request.call)
+        except Exception as exc:
+            log.exception("request %s: cannot unpickle the call's arguments", rid)
+            return _error(replica_pb2.ERROR_KIND_USER, exc, with_traceback=True)
+        try:
+            value = await self._runtime.handle(request.method_name, call_request)
+        except MethodNotFound as exc:
+            log.warning("request %s: %s", rid, exc)
+            return _error(replica_pb2.ERROR_KIND_METHOD_NOT_FOUND, exc, with_traceback=False)
+        except Exception as exc:
+            log.exception("request %s: %s", rid, _what_failed(exc))
+            return _error(replica_pb2.ERROR_KIND_USER, exc, with_traceback=True)
+        finally:
+            call_request.close()
+        try:
+            return replica_pb2.HandleResponse(pickled=cloudpickle.dumps(value))
+        except Exception as exc:
+            bad = codec.BadReturnValue(
+                f"handler returned a {codec.type_name(value)}, which cannot be pickled: "
+                f"{type(exc).__name__}: {exc}"
+            )
+            log.error("request %s: %s", rid, bad, exc_info=exc)
+            return _error(replica_pb2.ERROR_KIND_BAD_RETURN, bad, with_traceback=False)
+
+
+def _what_failed(exc: Exception) -> str:
+    if isinstance(exc, codec.BadReturnValue):
+        return "bad return value"
+    return "handler raised"
+
+
+def _error(
+    kind: replica_pb2.ErrorKind.ValueType, exc: BaseException, *, with_traceback: bool
+) -> replica_pb2.HandleResponse:
+    return replica_pb2.HandleResponse(
+        error=replica_pb2.RemoteError(
+            kind=kind,
+            type=type(exc).__name__,
+            message=str(exc),
+            traceback="".join(traceback.format_exception(exc)) if with_traceback else "",
+        )
+    )

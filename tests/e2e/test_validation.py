@@ -1,0 +1,257 @@
+"""Every refused admin call: as a Python exception and as a gRPC status code.
+A refused call changes nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+import turnout
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import controller_pb2_grpc
+
+
+def hello(request: Any) -> str:
+    return "hello"
+
+
+@pytest.fixture(scope="module")
+def stub(client: turnout.Client) -> Iterator[controller_pb2_grpc.ControllerServiceStub]:
+    with grpc.insecure_channel(client.controller_address) as channel:
+        yield controller_pb2_grpc.ControllerServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def existing(client: turnout.Client) -> dict[str, str]:
+    """A backend and an endpoint (on a route) that the cases collide with."""
+    client.create_backend("v-backend", hello)
+    client.create_endpoint("v-endpoint", "v-backend", route="/v-route")
+    return {"backend": "v-backend", "endpoint": "v-endpoint", "route": "/v-route"}
+
+
+def status_of(call: Callable[[], Any]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    code: grpc.StatusCode = info.value.code()
+    return code
+
+
+def pickled_spec() -> pb.BackendSpec:
+    import cloudpickle
+
+    return pb.BackendSpec(pickled_callable=cloudpickle.dumps(hello))
+
+
+GRPC_CASES: list[tuple[str, grpc.StatusCode, Callable[[Any], Any]]] = [
+    (
+        "duplicate backend tag",
+        grpc.StatusCode.ALREADY_EXISTS,
+        lambda s: s.CreateBackend(pb.CreateBackendRequest(tag="v-backend", spec=pickled_spec())),
+    ),
+    (
+        "duplicate endpoint name",
+        grpc.StatusCode.ALREADY_EXISTS,
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="v-endpoint")),
+    ),
+    (
+        "duplicate route",
+        grpc.StatusCode.ALREADY_EXISTS,
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="other", route="/v-route")),
+    ),
+    (
+        "unknown backend",
+        grpc.StatusCode.NOT_FOUND,
+        lambda s: s.GetBackend(pb.GetBackendRequest(tag="nope")),
+    ),
+    (
+        "endpoint on unknown backend",
+        grpc.StatusCode.NOT_FOUND,
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="e2", backend="nope")),
+    ),
+    (
+        "unknown endpoint",
+        grpc.StatusCode.NOT_FOUND,
+        lambda s: s.DeleteEndpoint(pb.DeleteEndpointRequest(name="nope")),
+    ),
+    (
+        "delete backend in use",
+        grpc.StatusCode.FAILED_PRECONDITION,
+        lambda s: s.DeleteBackend(pb.DeleteBackendRequest(tag="v-backend")),
+    ),
+    (
+        "empty backend tag",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateBackend(pb.CreateBackendRequest(tag="", spec=pickled_spec())),
+    ),
+    (
+        "empty endpoint name",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="")),
+    ),
+    (
+        "route without leading slash",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="e3", route="simple")),
+    ),
+    (
+        "unknown HTTP method",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="e4", methods=["FETCH"])),
+    ),
+    (
+        "num_replicas 0",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateBackend(
+            pb.CreateBackendRequest(
+                tag="zero", spec=pickled_spec(), config=pb.BackendConfig(num_replicas=0)
+            )
+        ),
+    ),
+    (
+        "function backend given init args",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateBackend(
+            pb.CreateBackendRequest(
+                tag="fn-args",
+                spec=pb.BackendSpec(import_path="importable_backends:shout", init_args_json="[1]"),
+            )
+        ),
+    ),
+    (
+        "import path that does not import",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateBackend(
+            pb.CreateBackendRequest(
+                tag="bad-import", spec=pb.BackendSpec(import_path="no_such_module:thing")
+            )
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "call"), GRPC_CASES, ids=[case for case, _, _ in GRPC_CASES]
+)
+def test_grpc_status_codes(
+    client: turnout.Client,
+    stub: controller_pb2_grpc.ControllerServiceStub,
+    existing: dict[str, str],
+    case: str,
+    code: grpc.StatusCode,
+    call: Callable[[Any], Any],
+) -> None:
+    before = (client.list_backends(), client.list_endpoints())
+    assert status_of(lambda: call(stub)) == code
+    assert (client.list_backends(), client.list_endpoints()) == before
+
+
+PYTHON_CASES: list[tuple[str, type[Exception], Callable[[turnout.Client], Any]]] = [
+    (
+        "duplicate backend tag",
+        turnout.AlreadyExistsError,
+        lambda c: c.create_backend("v-backend", hello),
+    ),
+    (
+        "duplicate endpoint name",
+        turnout.AlreadyExistsError,
+        lambda c: c.create_endpoint("v-endpoint", "v-backend"),
+    ),
+    (
+        "duplicate route",
+        turnout.AlreadyExistsError,
+        lambda c: c.create_endpoint("other", "v-backend", route="/v-route"),
+    ),
+    ("unknown backend", turnout.NotFoundError, lambda c: c.get_backend_config("nope")),
+    (
+        "endpoint on unknown backend",
+        turnout.NotFoundError,
+        lambda c: c.create_endpoint("e2", "nope"),
+    ),
+    (
+        "scale unknown backend",
+        turnout.NotFoundError,
+        lambda c: c.update_backend_config("nope", {"num_replicas": 2}),
+    ),
+    ("unknown endpoint", turnout.NotFoundError, lambda c: c.delete_endpoint("nope")),
+    ("delete backend in use", turnout.InUseError, lambda c: c.delete_backend("v-backend")),
+    ("empty backend tag", turnout.InvalidArgumentError, lambda c: c.create_backend("", hello)),
+    ("empty endpoint name", turnout.InvalidArgumentError, lambda c: c.create_endpoint("")),
+    (
+        "route without leading slash",
+        turnout.InvalidArgumentError,
+        lambda c: c.create_endpoint("e3", route="simple"),
+    ),
+    (
+        "unknown HTTP method",
+        turnout.InvalidArgumentError,
+        lambda c: c.create_endpoint("e4", methods=["FETCH"]),
+    ),
+    (
+        "num_replicas 0",
+        turnout.InvalidArgumentError,
+        lambda c: c.create_backend("zero", hello, config={"num_replicas": 0}),
+    ),
+    (
+        "unknown config key",
+        turnout.InvalidArgumentError,
+        lambda c: c.create_backend("typo", hello, config={"num_replica": 2}),
+    ),
+    (
+        "function backend given init args",
+        turnout.InvalidArgumentError,
+        lambda c: c.create_backend("fn-args", hello, 1, 2),
+    ),
+    (
+        "import path that does not import",
+        turnout.InvalidArgumentError,
+        lambda c: c.create_backend("bad-import", "no_such_module:thing"),
+    ),
+    ("tag of wrong type", TypeError, lambda c: c.create_backend(42, hello)),  # type: ignore[arg-type]
+    ("backend of wrong type", TypeError, lambda c: c.create_backend("t", 42)),  # type: ignore[arg-type]
+    ("methods as a str", TypeError, lambda c: c.create_endpoint("e5", methods="GET")),
+    (
+        "num_replicas of wrong type",
+        TypeError,
+        lambda c: c.create_backend("t2", hello, config={"num_replicas": "2"}),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "error", "call"), PYTHON_CASES, ids=[case for case, _, _ in PYTHON_CASES]
+)
+def test_python_exceptions(
+    client: turnout.Client,
+    existing: dict[str, str],
+    case: str,
+    error: type[Exception],
+    call: Callable[[turnout.Client], Any],
+) -> None:
+    before = (client.list_backends(), client.list_endpoints())
+    with pytest.raises(error) as info:
+        call(client)
+    if error is not TypeError:
+        assert isinstance(info.value, ValueError)
+        assert str(info.value)
+    assert (client.list_backends(), client.list_endpoints()) == before
+
+
+def test_constructor_error_names_the_cause(client: turnout.Client) -> None:
+    class Broken:
+        def __init__(self) -> None:
+            raise RuntimeError("weights file missing")
+
+        def __call__(self, request: Any) -> str:
+            return "never"
+
+    with pytest.raises(turnout.InvalidArgumentError, match="weights file missing"):
+        client.create_backend("broken", Broken)
+    assert "broken" not in client.list_backends()
+
+
+def test_calls_without_an_instance_say_how_to_start_one() -> None:
+    with pytest.raises(turnout.NotRunningError, match=r"turnout\.init\(\)"):
+        turnout.Client("127.0.0.1:1")
