@@ -14,7 +14,7 @@ from pathlib import Path
 
 from turnout import _process
 
-from .server import Controller, ControllerOptions, ProxyStartError
+from .server import Controller, ControllerOptions
 
 OWNER_POLL_S = 0.5
 
@@ -60,7 +60,7 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await controller.start()
-    except (OSError, ProxyStartError) as exc:
+    except Exception as exc:  # whatever it is, the owner must hear why we gave up
         await controller.shutdown()
         await controller.close()
         if args.ready_fd is not None:

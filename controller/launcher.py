@@ -29,7 +29,7 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 
 
-@dataclass
+@dataclass(eq=False)
 class ChildProcess:
     """A started child and what it reported when it came up."""
 

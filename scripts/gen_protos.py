@@ -38,7 +38,10 @@ def generate(out: Path) -> None:
         f"--mypy_grpc_out={out}",
         *protos,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
+    result = subprocess.run(cmd, cwd=PROTO_ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr)
+        raise SystemExit(f"protoc failed with exit code {result.returncode}")
 
 
 def generated_files(directory: Path) -> dict[str, Path]:

@@ -1,0 +1,97 @@
+"""The proxy process: bind, follow the controller's routes, serve until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from turnout import _process
+
+from .app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_app
+from .replica_pool import default_pool
+from .routes_watcher import watch_routes
+
+logger = logging.getLogger("turnout.proxy")
+
+FIRST_SNAPSHOT_TIMEOUT_S = 30.0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m turnout.proxy")
+    parser.add_argument("--controller", required=True, help="controller gRPC address host:port")
+    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind host (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="HTTP port; 0 = any free port")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body accepted; larger ones get 413 (default 16 MiB)",
+    )
+    parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
+    parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
+    return parser.parse_args(argv)
+
+
+def _fail(args: argparse.Namespace, code: str, message: str) -> int:
+    logger.error("%s", message)
+    if args.ready_fd is not None:
+        _process.report_failure(args.ready_fd, code, message)
+    return 1
+
+
+async def serve(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    state = ProxyState(default_pool())
+    runner = web.AppRunner(build_app(state, args.max_body_bytes), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, reuse_port=False)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        return _fail(args, "UNAVAILABLE", f"cannot listen on {args.host}:{args.port}: {exc}")
+    host, port = runner.addresses[0][:2]
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    watcher = asyncio.create_task(watch_routes(args.controller, state.apply))
+    try:
+        await asyncio.wait_for(state.first_snapshot.wait(), FIRST_SNAPSHOT_TIMEOUT_S)
+    except TimeoutError:
+        watcher.cancel()
+        await runner.cleanup()
+        return _fail(args, "UNAVAILABLE", f"no routes from the controller at {args.controller}")
+    if args.ready_fd is not None:
+        _process.report_ready(args.ready_fd, address=address, pid=os.getpid())
+    logger.info("proxy listening on http://%s", address)
+
+    await stop.wait()
+    logger.info("proxy stopping")
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    # Stops accepting, lets in-flight requests finish, then runs on_cleanup.
+    await runner.cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.parent_pid is not None:
+        _process.die_with_parent(args.parent_pid)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s proxy %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    return asyncio.run(serve(args))

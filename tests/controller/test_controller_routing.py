@@ -1,0 +1,57 @@
+"""RoutePublisher: versions, coalescing watchers, acknowledgements."""
+
+from __future__ import annotations
+
+import asyncio
+
+from turnout.controller.routing import RoutePublisher
+from turnout.v1 import controller_pb2 as pb
+
+
+def endpoint(name: str) -> pb.Endpoint:
+    return pb.Endpoint(name=name, route=f"/{name}", methods=["GET"])
+
+
+def test_watcher_gets_current_then_newest_snapshot() -> None:
+    async def scenario() -> list[int]:
+        publisher = RoutePublisher()
+        await publisher.publish([endpoint("a")], [])
+        watch = publisher.watch()
+        first = await anext(watch)
+        # Two changes before the watcher looks again: it gets only the newest.
+        await publisher.publish([endpoint("b")], [])
+        await publisher.publish([endpoint("c")], [])
+        second = await anext(watch)
+        await watch.aclose()
+        assert [e.name for e in second.endpoints] == ["c"]
+        return [first.version, second.version]
+
+    assert asyncio.run(scenario()) == [1, 3]
+
+
+def test_wait_applied_waits_for_named_subscribers_only() -> None:
+    async def scenario() -> None:
+        publisher = RoutePublisher()
+        passive = publisher.watch()
+        await anext(passive)
+        # Nobody named is connected: nothing to wait for.
+        version = await publisher.publish([endpoint("a")], [])
+        assert await publisher.wait_applied(version, timeout=0.01)
+
+        proxy = publisher.watch("proxy")
+        await anext(proxy)
+        version = await publisher.publish([endpoint("b")], [])
+        assert not await publisher.wait_applied(version, timeout=0.05)
+        waiter = asyncio.create_task(publisher.wait_applied(version, timeout=5))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+        await publisher.ack("proxy", version)
+        assert await waiter
+
+        # A subscriber that disconnects stops holding changes back.
+        version = await publisher.publish([endpoint("c")], [])
+        await proxy.aclose()
+        assert await publisher.wait_applied(version, timeout=0.05)
+        await passive.aclose()
+
+    asyncio.run(scenario())

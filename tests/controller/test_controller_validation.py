@@ -1,0 +1,102 @@
+"""Validation rules of the controller, without processes or sockets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from turnout.controller import validation
+from turnout.errors import InvalidArgumentError, UnimplementedError
+from turnout.v1 import controller_pb2 as pb
+
+
+@pytest.mark.parametrize("value", ["", "x" * 257, "tab\there"])
+def test_bad_names_are_refused(value: str) -> None:
+    with pytest.raises(InvalidArgumentError):
+        validation.name(value, "backend tag")
+
+
+def test_names_may_hold_any_printable_text() -> None:
+    assert validation.name("my model v2.1", "tag") == "my model v2.1"
+
+
+@pytest.mark.parametrize("value", ["simple", "/a?b", "/a#b", "/a b", "/-/routes", "/-"])
+def test_bad_routes_are_refused(value: str) -> None:
+    with pytest.raises(InvalidArgumentError):
+        validation.route(value)
+
+
+def test_routes_and_no_route() -> None:
+    assert validation.route("/api/v1/predict") == "/api/v1/predict"
+    assert validation.route("") == ""
+
+
+def test_methods_are_normalised() -> None:
+    assert validation.methods([]) == ["GET"]
+    assert validation.methods(["get", "POST", "Get"]) == ["GET", "POST"]
+    with pytest.raises(InvalidArgumentError, match="FETCH"):
+        validation.methods(["FETCH"])
+
+
+def test_config_defaults_fill_unset_fields() -> None:
+    config = validation.full_config(pb.BackendConfig(num_replicas=3))
+    assert config.num_replicas == 3
+    assert config.max_concurrent_queries == validation.DEFAULT_MAX_CONCURRENT_QUERIES
+    assert config.max_batch_size == 1
+    assert config.batch_wait_timeout == 0.0
+    assert not config.HasField("user_config_json")
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        pb.BackendConfig(num_replicas=0),
+        pb.BackendConfig(max_concurrent_queries=0),
+        pb.BackendConfig(max_batch_size=0),
+        pb.BackendConfig(batch_wait_timeout=-1),
+        pb.BackendConfig(batch_wait_timeout=math.inf),
+        pb.BackendConfig(user_config_json="{not json"),
+    ],
+)
+def test_bad_configs_are_refused(config: pb.BackendConfig) -> None:
+    with pytest.raises(InvalidArgumentError):
+        validation.config_update(config)
+
+
+@pytest.mark.parametrize(
+    "config", [pb.BackendConfig(max_batch_size=8), pb.BackendConfig(user_config_json="{}")]
+)
+def test_features_not_built_yet_say_so(config: pb.BackendConfig) -> None:
+    with pytest.raises(UnimplementedError):
+        validation.config_update(config)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pb.BackendSpec(),
+        pb.BackendSpec(import_path="no_colon"),
+        pb.BackendSpec(import_path="a.b:"),
+        pb.BackendSpec(import_path="1a:b"),
+        pb.BackendSpec(import_path="a:b", init_args_json="{}"),
+        pb.BackendSpec(import_path="a:b", init_args_json="[1"),
+        pb.BackendSpec(import_path="a:b", init_args_json="[1]", pickled_init_args=b"x"),
+    ],
+)
+def test_bad_specs_are_refused(spec: pb.BackendSpec) -> None:
+    with pytest.raises(InvalidArgumentError):
+        validation.spec(spec)
+
+
+def test_import_paths_may_name_nested_attributes() -> None:
+    spec = pb.BackendSpec(import_path="pkg.mod:Outer.Inner", init_args_json='["a", 1]')
+    assert validation.spec(spec) is spec
+
+
+def test_traffic_weights_must_sum_to_one() -> None:
+    assert validation.traffic({"a": 0.2, "b": 0.8}) == {"a": 0.2, "b": 0.8}
+    assert validation.traffic({"a": 1 / 3, "b": 1 / 3, "c": 1 / 3})
+    for bad in ({"a": 0.5}, {"a": 1.5, "b": -0.5}, {"a": math.nan}, {"a": math.inf}, {}):
+        with pytest.raises(InvalidArgumentError):
+            validation.traffic(bad)

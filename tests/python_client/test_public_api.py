@@ -1,0 +1,76 @@
+"""The names ``import turnout`` offers are a deliberate list."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+import turnout
+from turnout.errors import error_from_status, status_for
+
+EXPECTED = {
+    "AlreadyExistsError",
+    "BackendConfig",
+    "BackendError",
+    "Client",
+    "InUseError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "NotRunningError",
+    "ReplicaInfo",
+    "TurnoutError",
+    "TurnoutValueError",
+    "UnimplementedError",
+    "__version__",
+    "create_backend",
+    "create_endpoint",
+    "delete_backend",
+    "delete_endpoint",
+    "get_backend_config",
+    "init",
+    "list_backends",
+    "list_endpoints",
+    "list_replicas",
+    "set_traffic",
+    "shutdown",
+    "update_backend_config",
+}
+
+
+def test_public_exports() -> None:
+    assert set(turnout.__all__) == EXPECTED
+    for name in EXPECTED:
+        assert hasattr(turnout, name)
+
+
+def test_value_errors_are_value_errors() -> None:
+    for cls in (
+        turnout.AlreadyExistsError,
+        turnout.NotFoundError,
+        turnout.InUseError,
+        turnout.InvalidArgumentError,
+    ):
+        assert issubclass(cls, ValueError)
+        assert issubclass(cls, turnout.TurnoutError)
+
+
+def test_status_codes_map_both_ways() -> None:
+    pairs = {
+        turnout.AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
+        turnout.NotFoundError: grpc.StatusCode.NOT_FOUND,
+        turnout.InUseError: grpc.StatusCode.FAILED_PRECONDITION,
+        turnout.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+        turnout.UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
+    }
+    for cls, code in pairs.items():
+        assert status_for(cls("x")) == code
+        error = error_from_status(code, "details")
+        assert type(error) is cls and str(error) == "details"
+    assert type(error_from_status(grpc.StatusCode.INTERNAL, "boom")) is turnout.TurnoutError
+
+
+def test_module_functions_before_init_say_how_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As in a fresh interpreter, whatever other tests of this session did.
+    monkeypatch.setattr(turnout.api, "_client", None)
+    with pytest.raises(turnout.NotRunningError, match=r"turnout\.init\(\)"):
+        turnout.list_backends()
