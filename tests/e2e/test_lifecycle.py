@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import pytest
 from conftest import processes_mentioning, wait_until
 
-# Starts an instance with a two-replica backend, prints where it lives, then
-# does what argv[1] says.
+# Starts an instance with a two-replica backend, prints where it lives, waits
+# for a line on stdin, then does what argv[1] says.
 OWNER = textwrap.dedent(
     """
     import json, os, sys, time
@@ -26,6 +27,7 @@ OWNER = textwrap.dedent(
     print(json.dumps({"instance": client.log_dir.rsplit("/", 1)[0],
                       "controller": client.controller_pid,
                       "address": client.controller_address}), flush=True)
+    sys.stdin.readline()
     mode = sys.argv[1]
     if mode == "shutdown":
         turnout.shutdown()
@@ -37,12 +39,35 @@ OWNER = textwrap.dedent(
 )
 
 
+_owners: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def reap_owners() -> Iterator[None]:
+    yield
+    while _owners:
+        owner = _owners.pop()
+        owner.kill()
+        owner.wait()
+        for pipe in (owner.stdin, owner.stdout):
+            assert pipe is not None
+            pipe.close()
+
+
 def start_owner(mode: str) -> tuple[subprocess.Popen[str], dict[str, object]]:
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, mode], stdout=subprocess.PIPE, text=True)
-    assert owner.stdout is not None
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, mode],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    _owners.append(owner)
+    assert owner.stdout is not None and owner.stdin is not None
     info = json.loads(owner.stdout.readline())
     # controller, proxy and two replicas
     assert len(turnout_processes(info)) == 4
+    owner.stdin.write("go\n")
+    owner.stdin.flush()
     return owner, info
 
 
@@ -64,8 +89,6 @@ def test_shutdown_stops_every_process() -> None:
     assert owner.stdout.readline().strip() == "stopped"
     # shutdown() returns only once everything is gone: no waiting needed.
     assert turnout_processes(info) == set()
-    owner.kill()
-    owner.wait()
 
 
 def test_normal_exit_of_the_owner_stops_the_instance() -> None:
@@ -84,9 +107,5 @@ def test_sigkill_of_the_owner_stops_the_instance() -> None:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_killing_the_controller_leaves_no_orphans(sig: signal.Signals) -> None:
     owner, info = start_owner("wait")
-    try:
-        os.kill(int(str(info["controller"])), sig)
-        assert_all_gone(info)
-    finally:
-        owner.kill()
-        owner.wait()
+    os.kill(int(str(info["controller"])), sig)
+    assert_all_gone(info)
