@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from turnout.v1 import controller_pb2 as pb
 
@@ -41,7 +41,7 @@ class RoutePublisher:
             self._changed.notify_all()
         return version
 
-    async def watch(self, subscriber_id: str = "") -> AsyncIterator[pb.RoutingSnapshot]:
+    async def watch(self, subscriber_id: str = "") -> AsyncGenerator[pb.RoutingSnapshot, None]:
         """The current snapshot at once, then each newer one, until cancelled."""
         if subscriber_id:
             self._open[subscriber_id] = self._open.get(subscriber_id, 0) + 1

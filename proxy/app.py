@@ -33,8 +33,9 @@ SYSTEM_PREFIX = "/-/"
 class ProxyState:
     """What the handler reads on every request; replaced, never mutated, per snapshot."""
 
-    def __init__(self, pool: ReplicaPool) -> None:
+    def __init__(self, pool: ReplicaPool, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.table = RouteTable.empty()
+        self.max_body_bytes = max_body_bytes
         self.pool = pool
         self.rng = random.Random()
         self.first_snapshot = asyncio.Event()
@@ -78,11 +79,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
     try:
         body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
+    except web.HTTPRequestEntityTooLarge:
         return http_codec.json_error(
             413,
             "PayloadTooLarge",
-            f"request body is larger than {exc.max_size} bytes",
+            f"request body is larger than the limit of {state.max_body_bytes} bytes",
             request_id,
         )
     backend = route.choose_backend(state.rng)
@@ -146,8 +147,8 @@ def _system(state: ProxyState, path: str) -> web.Response:
     return http_codec.json_error(404, "NotFound", f"no system path {path}")
 
 
-def build_app(state: ProxyState, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> web.Application:
-    app = web.Application(client_max_size=max_body_bytes)
+def build_app(state: ProxyState) -> web.Application:
+    app = web.Application(client_max_size=state.max_body_bytes)
     app[STATE] = state
     app.router.add_route("*", "/{path:.*}", handle)
 

@@ -6,12 +6,16 @@ import asyncio
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2_grpc
+
+if TYPE_CHECKING:
+    from turnout.v1.replica_pb2_grpc import ReplicaServiceAsyncStub
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
@@ -27,7 +31,7 @@ class ReplicaConn:
     replica_id: str
     address: str
     channel: grpc.aio.Channel | None = None
-    stub: replica_pb2_grpc.ReplicaServiceStub | None = None
+    stub: ReplicaServiceAsyncStub | None = None
     outstanding: int = field(default=0)
 
 

@@ -52,8 +52,8 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    state = ProxyState(default_pool())
-    runner = web.AppRunner(build_app(state, args.max_body_bytes), access_log=None)
+    state = ProxyState(default_pool(), args.max_body_bytes)
+    runner = web.AppRunner(build_app(state), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_port=False)
     try:
