@@ -285,3 +285,41 @@ def test_return_values_convert_as_documented(
     other = http.get(target, params={"kind": "json"})
     assert other.headers["Content-Type"] == "application/json"
     assert json.loads(other.text) == {"kind": "json", "list": [1, 2.5, "three"]}
+
+
+class Model:
+    def __call__(self, request: Any) -> str:
+        return "call"
+
+    def explain(self, request: Any) -> str:
+        return f"explain {request.args.get('x')}"
+
+
+def test_call_method_header_picks_the_method(
+    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+) -> None:
+    backend, endpoint = unique("model"), unique("model")
+    client.create_backend(backend, Model)
+    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
+    target = url(f"/{endpoint}")
+    assert http.get(target).text == "call"
+    assert http.get(target + "?x=1", headers={"X-Serve-Call-Method": "explain"}).text == (
+        "explain 1"
+    )
+    missing = http.get(target, headers={"X-Serve-Call-Method": "nope"})
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "MethodNotFound"
+    private = http.get(target, headers={"X-Serve-Call-Method": "__init__"})
+    assert private.status_code == 404
+
+
+def test_request_id_is_echoed_and_made_when_missing(
+    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+) -> None:
+    backend, endpoint = unique("rid"), unique("rid")
+    client.create_backend(backend, whoami)
+    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
+    given = http.get(url(f"/{endpoint}"), headers={"X-Request-Id": "abc-123"})
+    assert given.headers["X-Request-Id"] == "abc-123"
+    made = http.get(url(f"/{endpoint}")).headers["X-Request-Id"]
+    assert made and made != "abc-123"

@@ -1,0 +1,144 @@
+"""The proxy's HTTP answers that need no replica, on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from turnout.proxy import http_codec
+from turnout.proxy.app import ProxyState, build_app
+from turnout.proxy.replica_pool import ReplicaPool
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import http_pb2
+
+SNAPSHOT = pb.RoutingSnapshot(
+    version=5,
+    endpoints=[
+        pb.Endpoint(
+            name="model",
+            route="/model",
+            methods=["POST"],
+            traffic=[pb.TrafficWeight(backend="a", weight=1.0)],
+        ),
+        pb.Endpoint(name="idle", route="/idle", methods=["GET"]),
+    ],
+    backends=[pb.BackendTargets(tag="a")],
+)
+
+Scenario = Callable[[aiohttp.ClientSession, str], Awaitable[None]]
+
+
+def run_proxy(scenario: Scenario, max_body_bytes: int = 1024) -> None:
+    async def main() -> None:
+        state = ProxyState(ReplicaPool(), max_body_bytes)
+        state.apply(SNAPSHOT)
+        runner = web.AppRunner(build_app(state), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        try:
+            async with aiohttp.ClientSession() as session:
+                await scenario(session, f"http://{host}:{port}")
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+
+
+def test_system_paths() -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        async with session.get(base + "/-/healthz") as reply:
+            assert reply.status == 200
+            assert await reply.json() == {"status": "ok", "routes_version": 5}
+        async with session.get(base + "/-/routes") as reply:
+            assert await reply.json() == {
+                "version": 5,
+                "routes": {
+                    "/idle": {"endpoint": "idle", "methods": ["GET"], "traffic": {}},
+                    "/model": {"endpoint": "model", "methods": ["POST"], "traffic": {"a": 1.0}},
+                },
+            }
+
+    run_proxy(scenario)
+
+
+def test_errors_are_json_with_the_right_status() -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        async with session.get(base + "/nowhere") as reply:
+            assert reply.status == 404
+            assert (await reply.json())["error"] == "NotFound"
+            assert reply.headers["X-Request-Id"]
+        async with session.get(base + "/model") as reply:
+            assert reply.status == 405
+            assert reply.headers["Allow"] == "POST"
+            assert (await reply.json())["error"] == "MethodNotAllowed"
+        async with session.post(base + "/model", data=b"x" * 2048) as reply:
+            assert reply.status == 413
+            body = await reply.json()
+            assert body["error"] == "PayloadTooLarge" and "1024" in body["message"]
+        async with session.post(base + "/model", data=b"small") as reply:
+            assert reply.status == 503
+            assert (await reply.json())["error"] == "NoReplica"
+        async with session.get(base + "/idle", headers={"X-Request-Id": "req-1"}) as reply:
+            assert reply.status == 503
+            assert await reply.json() == {
+                "error": "NoBackend",
+                "message": "endpoint 'idle' has no backend",
+                "request_id": "req-1",
+            }
+
+    run_proxy(scenario)
+
+
+def test_request_reaches_the_proto_intact() -> None:
+    seen: list[http_pb2.HttpRequest] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        seen.append(http_codec.to_proto(request, await request.read()))
+        reply = http_pb2.HttpResponse(
+            status=201,
+            headers=[
+                http_pb2.Header(name="Set-Cookie", value="a=1"),
+                http_pb2.Header(name="Set-Cookie", value="b=2"),
+                http_pb2.Header(name="Content-Length", value="999"),
+            ],
+            body=b"made",
+        )
+        return http_codec.from_proto(reply, "rid")
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", capture)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        try:
+            async with aiohttp.ClientSession() as session:
+                # encoded=True: the client must send the path and query as written.
+                url = URL(f"http://{host}:{port}/a%20b/c?x=1&x=2&y=%2F", encoded=True)
+                headers = [("X-Multi", "1"), ("X-Multi", "2")]
+                async with session.put(url, data=b"payload", headers=headers) as reply:
+                    assert reply.status == 201
+                    assert reply.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+                    assert reply.headers["Content-Length"] == "4"
+                    assert reply.headers["X-Request-Id"] == "rid"
+                    assert await reply.read() == b"made"
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    (message,) = seen
+    assert message.method == "PUT"
+    assert message.path == "/a%20b/c"
+    assert message.query_string == "x=1&x=2&y=%2F"
+    assert message.body == b"payload"
+    assert [h.value for h in message.headers if h.name == "X-Multi"] == ["1", "2"]
+    assert message.remote_addr.startswith("127.0.0.1:")
+    assert message.scheme == "http"

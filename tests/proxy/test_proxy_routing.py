@@ -1,0 +1,111 @@
+"""Route table and replica pool of the proxy, without sockets."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from turnout.proxy.replica_pool import ReplicaPool
+from turnout.proxy.route_table import RouteTable
+from turnout.v1 import controller_pb2 as pb
+
+
+def snapshot(
+    version: int = 1,
+    traffic: dict[str, float] | None = None,
+    replicas: dict[str, list[str]] | None = None,
+) -> pb.RoutingSnapshot:
+    traffic = {"a": 1.0} if traffic is None else traffic
+    replicas = {"a": ["127.0.0.1:1"]} if replicas is None else replicas
+    return pb.RoutingSnapshot(
+        version=version,
+        endpoints=[
+            pb.Endpoint(
+                name="model",
+                route="/model",
+                methods=["GET", "POST"],
+                traffic=[pb.TrafficWeight(backend=b, weight=w) for b, w in traffic.items()],
+            ),
+            pb.Endpoint(name="internal", methods=["GET"]),
+        ],
+        backends=[
+            pb.BackendTargets(
+                tag=tag,
+                replicas=[
+                    pb.ReplicaTarget(replica_id=f"{tag}#{i}", address=a)
+                    for i, a in enumerate(addresses)
+                ],
+            )
+            for tag, addresses in replicas.items()
+        ],
+    )
+
+
+def test_routes_match_exactly() -> None:
+    table = RouteTable.from_snapshot(snapshot())
+    route = table.match("/model")
+    assert route is not None and route.name == "model"
+    for path in ("/model/", "/model/x", "/mode", "/", "/Model"):
+        assert table.match(path) is None
+    assert route.allow == "GET, POST"
+    assert "DELETE" not in route.methods
+
+
+def test_endpoints_without_route_are_not_on_http() -> None:
+    table = RouteTable.from_snapshot(snapshot())
+    assert set(table.describe()["routes"]) == {"/model"}
+
+
+def test_weighted_choice_is_statistically_right() -> None:
+    table = RouteTable.from_snapshot(snapshot(traffic={"a": 0.2, "b": 0.8}))
+    route = table.match("/model")
+    assert route is not None
+    rng = random.Random(7)
+    counts = Counter(route.choose_backend(rng) for _ in range(10_000))
+    assert set(counts) == {"a", "b"}
+    assert abs(counts["a"] / 10_000 - 0.2) < 0.02
+
+
+def test_zero_weight_backends_get_nothing_and_no_traffic_means_none() -> None:
+    route = RouteTable.from_snapshot(snapshot(traffic={"a": 0.0, "b": 1.0})).match("/model")
+    assert route is not None
+    rng = random.Random(1)
+    assert {route.choose_backend(rng) for _ in range(1000)} == {"b"}
+    empty = RouteTable.from_snapshot(snapshot(traffic={})).match("/model")
+    assert empty is not None and empty.choose_backend(rng) is None
+
+
+def test_pool_picks_the_least_loaded_replica() -> None:
+    pool = ReplicaPool()
+    pool.update(snapshot(replicas={"a": ["h:1", "h:2", "h:3"]}))
+    one, two, three = pool.replicas("a")
+    one.outstanding, two.outstanding, three.outstanding = 3, 1, 2
+    rng = random.Random(0)
+    assert {pool.pick("a", rng) for _ in range(50)} == {two}
+    two.outstanding = 3
+    assert {pool.pick("a", rng) for _ in range(200)} == {three}
+    three.outstanding = 3
+    # All equal: every replica gets its turn.
+    assert {pool.pick("a", rng) for _ in range(200)} == {one, two, three}
+
+
+def test_pool_follows_snapshots_and_keeps_live_connections() -> None:
+    pool = ReplicaPool()
+    pool.update(snapshot(replicas={"a": ["h:1", "h:2"]}))
+    kept = pool.replicas("a")[0]
+    kept.outstanding = 4
+    gone = pool.update(snapshot(version=2, replicas={"a": ["h:1", "h:3"], "b": ["h:4"]}))
+    assert [c.address for c in gone] == ["h:2"]
+    assert pool.replicas("a")[0] is kept and kept.outstanding == 4
+    assert [c.address for c in pool.replicas("a")] == ["h:1", "h:3"]
+    assert pool.pick("b", random.Random()) is not None
+    assert pool.pick("missing", random.Random()) is None
+
+
+@pytest.mark.parametrize("backends", [{}, {"a": []}])
+def test_no_replicas_means_none(backends: dict[str, list[str]]) -> None:
+    pool = ReplicaPool()
+    pool.update(snapshot(replicas=backends))
+    assert pool.pick("a", random.Random()) is None
