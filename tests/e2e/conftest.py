@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import pytest
 import requests
@@ -39,6 +41,41 @@ _counter = iter(range(1_000_000))
 def unique() -> Callable[[str], str]:
     """Distinct names, so tests sharing one instance never collide."""
     return lambda prefix: f"{prefix}-{os.getpid()}-{next(_counter)}"
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A backend served by an endpoint of the same name on the route ``/<name>``."""
+
+    backend: str
+    route: str
+    url: str
+
+
+class Deploy(Protocol):
+    def __call__(
+        self,
+        func_or_class: Any,
+        *init_args: Any,
+        config: dict[str, Any] | None = None,
+        methods: Iterable[str] = ("GET",),
+    ) -> Deployed: ...
+
+
+@pytest.fixture
+def deploy(client: turnout.Client, unique: Callable[[str], str]) -> Deploy:
+    def deploy(
+        func_or_class: Any,
+        *init_args: Any,
+        config: dict[str, Any] | None = None,
+        methods: Iterable[str] = ("GET",),
+    ) -> Deployed:
+        name = unique(func_or_class.__name__.lower())
+        client.create_backend(name, func_or_class, *init_args, config=config)
+        client.create_endpoint(name, name, route=f"/{name}", methods=methods)
+        return Deployed(backend=name, route=f"/{name}", url=f"{client.http_address}/{name}")
+
+    return deploy
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from conftest import processes_mentioning, wait_until
+from conftest import Deploy, processes_mentioning, wait_until
 from werkzeug.wrappers import Response
 
 import turnout
@@ -51,39 +51,35 @@ def test_key_concepts_example_prints_hello_world() -> None:
 
 
 def test_class_backend_keeps_state(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("counter"), unique("counter")
-    client.create_backend(backend, Counter, 41)
-    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
-    first = http.get(url(f"/{endpoint}")).json()
-    second = http.get(url(f"/{endpoint}")).json()
+    app = deploy(Counter, 41)
+    first = http.get(app.url).json()
+    second = http.get(app.url).json()
     assert first["count"] == 42
     assert second == {"count": 43, "pid": first["pid"]}
 
 
 def test_two_replicas_answer_from_two_processes_and_scale(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("whoami"), unique("whoami")
-    client.create_backend(backend, whoami, config={"num_replicas": 2})
-    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
+    app = deploy(whoami, config={"num_replicas": 2})
 
     def pids_seen(n: int = 60) -> set[int]:
-        return {http.get(url(f"/{endpoint}")).json() for _ in range(n)}
+        return {http.get(app.url).json() for _ in range(n)}
 
-    listed = {r.pid for r in client.list_replicas(backend) if r.state == "RUNNING"}
+    listed = {r.pid for r in client.list_replicas(app.backend) if r.state == "RUNNING"}
     assert len(listed) == 2
     assert pids_seen() == listed
 
-    client.update_backend_config(backend, {"num_replicas": 1})
-    assert client.get_backend_config(backend).num_replicas == 1
-    remaining = {r.pid for r in client.list_replicas(backend)}
+    client.update_backend_config(app.backend, {"num_replicas": 1})
+    assert client.get_backend_config(app.backend).num_replicas == 1
+    remaining = {r.pid for r in client.list_replicas(app.backend)}
     assert len(remaining) == 1 and remaining < listed
     assert pids_seen(20) == remaining
 
-    client.update_backend_config(backend, turnout.BackendConfig(num_replicas=2))
-    again = {r.pid for r in client.list_replicas(backend) if r.state == "RUNNING"}
+    client.update_backend_config(app.backend, turnout.BackendConfig(num_replicas=2))
+    again = {r.pid for r in client.list_replicas(app.backend) if r.state == "RUNNING"}
     assert len(again) == 2 and remaining < again
     assert pids_seen() == again
 
@@ -96,25 +92,21 @@ def test_unknown_route_is_404_json(http: requests.Session, url: Callable[[str], 
 
 
 def test_wrong_method_is_405_with_allow(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("hello"), unique("hello")
-    client.create_backend(backend, whoami)
-    client.create_endpoint(endpoint, backend, route=f"/{endpoint}", methods=["GET", "post"])
-    reply = http.delete(url(f"/{endpoint}"))
+    app = deploy(whoami, methods=["GET", "post"])
+    reply = http.delete(app.url)
     assert reply.status_code == 405
     assert set(reply.headers["Allow"].replace(" ", "").split(",")) == {"GET", "POST"}
     assert reply.json()["error"] == "MethodNotAllowed"
-    assert http.post(url(f"/{endpoint}")).status_code == 200
+    assert http.post(app.url).status_code == 200
 
 
 def test_handler_exception_is_500_json_and_traceback_is_logged(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("fail"), unique("fail")
-    client.create_backend(backend, fail)
-    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
-    reply = http.get(url(f"/{endpoint}"))
+    app = deploy(fail)
+    reply = http.get(app.url)
     assert reply.status_code == 500
     body = reply.json()
     assert body["error"] == "ZeroDivisionError"
@@ -130,43 +122,39 @@ def test_handler_exception_is_500_json_and_traceback_is_logged(
 
 
 def test_killed_replica_is_replaced_and_serves_again(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("phoenix"), unique("phoenix")
-    client.create_backend(backend, whoami)
-    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
-    old = http.get(url(f"/{endpoint}")).json()
+    app = deploy(whoami)
+    old = http.get(app.url).json()
     os.kill(old, signal.SIGKILL)
 
     def replaced() -> bool:
-        replicas = client.list_replicas(backend)
+        replicas = client.list_replicas(app.backend)
         return any(r.state == "RUNNING" and r.pid not in (0, old) for r in replicas)
 
     wait_until(replaced)
 
     def serves_from_new_pid() -> bool:
-        reply = http.get(url(f"/{endpoint}"))
+        reply = http.get(app.url)
         return reply.status_code == 200 and reply.json() != old
 
     wait_until(serves_from_new_pid)
 
 
 def test_503_when_only_replica_dies_while_controller_is_stopped(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("lonely"), unique("lonely")
-    client.create_backend(backend, whoami)
-    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
-    replica_pid = http.get(url(f"/{endpoint}")).json()
+    app = deploy(whoami)
+    replica_pid = http.get(app.url).json()
     controller_pid = client.controller_pid
     os.kill(controller_pid, signal.SIGSTOP)
     try:
         # With the controller frozen, the proxy keeps serving on its last snapshot...
-        assert http.get(url(f"/{endpoint}")).json() == replica_pid
+        assert http.get(app.url).json() == replica_pid
         os.kill(replica_pid, signal.SIGKILL)
-        wait_until(lambda: not processes_mentioning(f"--replica-id {backend}#"), timeout=10)
+        wait_until(lambda: not processes_mentioning(f"--replica-id {app.backend}#"), timeout=10)
         # ...and a backend whose only replica is gone answers 503 JSON, promptly.
-        reply = http.get(url(f"/{endpoint}"), timeout=10)
+        reply = http.get(app.url, timeout=10)
         assert reply.status_code == 503
         assert reply.headers["Content-Type"].startswith("application/json")
         assert reply.json()["error"]
@@ -174,7 +162,7 @@ def test_503_when_only_replica_dies_while_controller_is_stopped(
         os.kill(controller_pid, signal.SIGCONT)
 
     def recovered() -> bool:
-        reply = http.get(url(f"/{endpoint}"))
+        reply = http.get(app.url)
         return reply.status_code == 200 and reply.json() != replica_pid
 
     wait_until(recovered)
@@ -200,14 +188,10 @@ def echo_request(request: Any) -> dict[str, Any]:
 
 
 def test_flask_request_surface(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("echo"), unique("echo")
-    client.create_backend(backend, echo_request)
-    client.create_endpoint(
-        endpoint, backend, route=f"/{endpoint}", methods=["GET", "POST", "PUT", "PATCH"]
-    )
-    target = url(f"/{endpoint}")
+    app = deploy(echo_request, methods=["GET", "POST", "PUT", "PATCH"])
+    target = app.url
 
     got = http.get(
         target + "?a=1&a=2&b=x%20y",
@@ -215,7 +199,7 @@ def test_flask_request_surface(
         cookies={"session": "abc"},
     ).json()
     assert got["method"] == "GET"
-    assert got["path"] == f"/{endpoint}"
+    assert got["path"] == app.route
     assert got["url"] == target + "?a=1&a=2&b=x%20y"
     assert got["args"] == {"a": ["1", "2"], "b": ["x y"]}
     assert got["header"] == "hi"
@@ -258,12 +242,10 @@ def returns(request: Any) -> Any:
 
 
 def test_return_values_convert_as_documented(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("returns"), unique("returns")
-    client.create_backend(backend, returns)
-    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
-    target = url(f"/{endpoint}")
+    app = deploy(returns)
+    target = app.url
 
     none = http.get(target, params={"kind": "none"})
     assert (none.status_code, none.content) == (200, b"")
@@ -296,12 +278,10 @@ class Model:
 
 
 def test_call_method_header_picks_the_method(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("model"), unique("model")
-    client.create_backend(backend, Model)
-    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
-    target = url(f"/{endpoint}")
+    app = deploy(Model)
+    target = app.url
     assert http.get(target).text == "call"
     assert http.get(target + "?x=1", headers={"X-Serve-Call-Method": "explain"}).text == (
         "explain 1"
@@ -314,12 +294,10 @@ def test_call_method_header_picks_the_method(
 
 
 def test_request_id_is_echoed_and_made_when_missing(
-    client: turnout.Client, http: requests.Session, url: Callable[[str], str], unique: Any
+    client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
-    backend, endpoint = unique("rid"), unique("rid")
-    client.create_backend(backend, whoami)
-    client.create_endpoint(endpoint, backend, route=f"/{endpoint}")
-    given = http.get(url(f"/{endpoint}"), headers={"X-Request-Id": "abc-123"})
+    app = deploy(whoami)
+    given = http.get(app.url, headers={"X-Request-Id": "abc-123"})
     assert given.headers["X-Request-Id"] == "abc-123"
-    made = http.get(url(f"/{endpoint}")).headers["X-Request-Id"]
+    made = http.get(app.url).headers["X-Request-Id"]
     assert made and made != "abc-123"

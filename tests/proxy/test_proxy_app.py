@@ -32,11 +32,11 @@ SNAPSHOT = pb.RoutingSnapshot(
 Scenario = Callable[[aiohttp.ClientSession, str], Awaitable[None]]
 
 
-def run_proxy(scenario: Scenario, max_body_bytes: int = 1024) -> None:
+def serve(app: web.Application, scenario: Scenario) -> None:
+    """Run ``app`` on an ephemeral port while ``scenario`` talks to it."""
+
     async def main() -> None:
-        state = ProxyState(ReplicaPool(), max_body_bytes)
-        state.apply(SNAPSHOT)
-        runner = web.AppRunner(build_app(state), access_log=None)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -48,6 +48,12 @@ def run_proxy(scenario: Scenario, max_body_bytes: int = 1024) -> None:
             await runner.cleanup()
 
     asyncio.run(main())
+
+
+def run_proxy(scenario: Scenario, max_body_bytes: int = 1024) -> None:
+    state = ProxyState(ReplicaPool(), max_body_bytes)
+    state.apply(SNAPSHOT)
+    serve(build_app(state), scenario)
 
 
 def test_system_paths() -> None:
@@ -111,29 +117,20 @@ def test_request_reaches_the_proto_intact() -> None:
         )
         return http_codec.from_proto(reply, "rid")
 
-    async def main() -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", capture)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        try:
-            async with aiohttp.ClientSession() as session:
-                # encoded=True: the client must send the path and query as written.
-                url = URL(f"http://{host}:{port}/a%20b/c?x=1&x=2&y=%2F", encoded=True)
-                headers = [("X-Multi", "1"), ("X-Multi", "2")]
-                async with session.put(url, data=b"payload", headers=headers) as reply:
-                    assert reply.status == 201
-                    assert reply.headers.getall("Set-Cookie") == ["a=1", "b=2"]
-                    assert reply.headers["Content-Length"] == "4"
-                    assert reply.headers["X-Request-Id"] == "rid"
-                    assert await reply.read() == b"made"
-        finally:
-            await runner.cleanup()
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        # encoded=True: the client must send the path and query as written.
+        url = URL(f"{base}/a%20b/c?x=1&x=2&y=%2F", encoded=True)
+        headers = [("X-Multi", "1"), ("X-Multi", "2")]
+        async with session.put(url, data=b"payload", headers=headers) as reply:
+            assert reply.status == 201
+            assert reply.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+            assert reply.headers["Content-Length"] == "4"
+            assert reply.headers["X-Request-Id"] == "rid"
+            assert await reply.read() == b"made"
 
-    asyncio.run(main())
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", capture)
+    serve(app, scenario)
     (message,) = seen
     assert message.method == "PUT"
     assert message.path == "/a%20b/c"
