@@ -971,6 +971,178 @@ class AckRoutesResponse(_message.Message):
 Global___AckRoutesResponse: _TypeAlias = AckRoutesResponse  # noqa: Y015
 
 @_typing.final
+class ShadowStats(_message.Message):
+    """How the copies of an endpoint's requests sent to one shadow backend compared
+    with the primary's answers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    MATCHED_FIELD_NUMBER: _builtins.int
+    DIFFERED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    sent: _builtins.int
+    """Copies sent."""
+    matched: _builtins.int
+    """Shadow answered the same as the primary: same HTTP status and body, or the
+    same pickled result (or the same error type and message) through a handle.
+    """
+    differed: _builtins.int
+    """Shadow answered differently."""
+    failed: _builtins.int
+    """The copy got no answer: replica unreachable, timed out, or dropped because
+    too many copies were in flight.
+    """
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        sent: _builtins.int = ...,
+        matched: _builtins.int = ...,
+        differed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "differed", b"differed", "failed", b"failed", "matched", b"matched", "sent", b"sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowStats: _TypeAlias = ShadowStats  # noqa: Y015
+
+@_typing.final
+class EndpointStats(_message.Message):
+    """Counters of one endpoint, cumulative since the reporter started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RequestsByBackendEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    REQUESTS_BY_BACKEND_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    SHADOWS_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    errors: _builtins.int
+    """Requests that failed: HTTP status >= 500, or an error through a handle."""
+    @_builtins.property
+    def requests_by_backend(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Requests answered, by the backend that answered them."""
+
+    @_builtins.property
+    def shadows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowStats]: ...
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        requests_by_backend: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        errors: _builtins.int = ...,
+        shadows: _abc.Iterable[Global___ShadowStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "errors", b"errors", "requests_by_backend", b"requests_by_backend", "shadows", b"shadows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndpointStats: _TypeAlias = EndpointStats  # noqa: Y015
+
+@_typing.final
+class ReportStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTER_ID_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    reporter_id: _builtins.str
+    """Stable id of the reporting router; a later report replaces an earlier one."""
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointStats]: ...
+    def __init__(
+        self,
+        *,
+        reporter_id: _builtins.str = ...,
+        endpoints: _abc.Iterable[Global___EndpointStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "reporter_id", b"reporter_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportStatsRequest: _TypeAlias = ReportStatsRequest  # noqa: Y015
+
+@_typing.final
+class ReportStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportStatsResponse: _TypeAlias = ReportStatsResponse  # noqa: Y015
+
+@_typing.final
+class GetStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsRequest: _TypeAlias = GetStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointStats]: ...
+    def __init__(
+        self,
+        *,
+        endpoints: _abc.Iterable[Global___EndpointStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
 class GetInstanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

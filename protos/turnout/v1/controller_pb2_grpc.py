@@ -111,6 +111,16 @@ class ControllerServiceStub:
                 request_serializer=turnout_dot_v1_dot_controller__pb2.AckRoutesRequest.SerializeToString,
                 response_deserializer=turnout_dot_v1_dot_controller__pb2.AckRoutesResponse.FromString,
                 _registered_method=True)
+        self.ReportStats = channel.unary_unary(
+                '/turnout.v1.ControllerService/ReportStats',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.ReportStatsRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.ReportStatsResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/turnout.v1.ControllerService/GetStats',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
         self.GetInstance = channel.unary_unary(
                 '/turnout.v1.ControllerService/GetInstance',
                 request_serializer=turnout_dot_v1_dot_controller__pb2.GetInstanceRequest.SerializeToString,
@@ -233,6 +243,21 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportStats(self, request, context):
+        """A router (the proxy, or a process holding handles) reports its counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """Counters summed over every router that reported: requests per backend,
+        errors, and how shadow backends compared with the primary.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetInstance(self, request, context):
         """Where this instance's processes listen.
         """
@@ -319,6 +344,16 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.AckRoutes,
                     request_deserializer=turnout_dot_v1_dot_controller__pb2.AckRoutesRequest.FromString,
                     response_serializer=turnout_dot_v1_dot_controller__pb2.AckRoutesResponse.SerializeToString,
+            ),
+            'ReportStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportStats,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.ReportStatsRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.ReportStatsResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.GetStatsRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.GetStatsResponse.SerializeToString,
             ),
             'GetInstance': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInstance,
@@ -716,6 +751,60 @@ class ControllerService:
             '/turnout.v1.ControllerService/AckRoutes',
             turnout_dot_v1_dot_controller__pb2.AckRoutesRequest.SerializeToString,
             turnout_dot_v1_dot_controller__pb2.AckRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/ReportStats',
+            turnout_dot_v1_dot_controller__pb2.ReportStatsRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.ReportStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/GetStats',
+            turnout_dot_v1_dot_controller__pb2.GetStatsRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,12 @@ class ControllerServiceStub:
     their caller only once every named subscriber has applied them, so a route
     answers as soon as CreateEndpoint returns.
     """
+    ReportStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReportStatsRequest, _controller_pb2.ReportStatsResponse]
+    """A router (the proxy, or a process holding handles) reports its counters."""
+    GetStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetStatsRequest, _controller_pb2.GetStatsResponse]
+    """Counters summed over every router that reported: requests per backend,
+    errors, and how shadow backends compared with the primary.
+    """
     GetInstance: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetInstanceRequest, _controller_pb2.GetInstanceResponse]
     """Where this instance's processes listen."""
     Shutdown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]
@@ -118,6 +124,12 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """A router says it now serves a snapshot version. Changes are acknowledged to
     their caller only once every named subscriber has applied them, so a route
     answers as soon as CreateEndpoint returns.
+    """
+    ReportStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReportStatsRequest, _controller_pb2.ReportStatsResponse]  # type: ignore[assignment]
+    """A router (the proxy, or a process holding handles) reports its counters."""
+    GetStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetStatsRequest, _controller_pb2.GetStatsResponse]  # type: ignore[assignment]
+    """Counters summed over every router that reported: requests per backend,
+    errors, and how shadow backends compared with the primary.
     """
     GetInstance: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetInstanceRequest, _controller_pb2.GetInstanceResponse]  # type: ignore[assignment]
     """Where this instance's processes listen."""
@@ -247,6 +259,24 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         """A router says it now serves a snapshot version. Changes are acknowledged to
         their caller only once every named subscriber has applied them, so a route
         answers as soon as CreateEndpoint returns.
+        """
+
+    @_abc_1.abstractmethod
+    def ReportStats(
+        self,
+        request: _controller_pb2.ReportStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ReportStatsResponse, _abc.Awaitable[_controller_pb2.ReportStatsResponse]]:
+        """A router (the proxy, or a process holding handles) reports its counters."""
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _controller_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GetStatsResponse, _abc.Awaitable[_controller_pb2.GetStatsResponse]]:
+        """Counters summed over every router that reported: requests per backend,
+        errors, and how shadow backends compared with the primary.
         """
 
     @_abc_1.abstractmethod
