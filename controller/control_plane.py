@@ -9,6 +9,7 @@ that affect routing return only after the proxy applied them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 
 from turnout.errors import (
@@ -16,7 +17,6 @@ from turnout.errors import (
     InUseError,
     InvalidArgumentError,
     NotFoundError,
-    UnimplementedError,
 )
 from turnout.v1 import controller_pb2 as pb
 
@@ -151,19 +151,25 @@ class ControlPlane:
             record = self._endpoint_record(endpoint)
             for tag in traffic:
                 self._backend_record(tag)
-            record = EndpointRecord(
-                name=record.name,
-                route=record.route,
-                methods=record.methods,
-                traffic=traffic,
-                shadows=record.shadows,
-            )
+            record = dataclasses.replace(record, traffic=traffic)
             self._store.put_endpoint(record)
             await self.routes_changed()
         return _endpoint_proto(record)
 
     async def shadow_traffic(self, endpoint: str, backend: str, proportion: float) -> pb.Endpoint:
-        raise UnimplementedError("shadow traffic is not implemented yet")
+        proportion = validation.proportion(proportion)
+        async with self._lock:
+            record = self._endpoint_record(endpoint)
+            self._backend_record(backend)
+            shadows = dict(record.shadows)
+            if proportion == 0:
+                shadows.pop(backend, None)
+            else:
+                shadows[backend] = proportion
+            record = dataclasses.replace(record, shadows=shadows)
+            self._store.put_endpoint(record)
+            await self.routes_changed()
+        return _endpoint_proto(record)
 
     # ---- replicas and routing --------------------------------------------
 

@@ -19,6 +19,7 @@ from turnout.v1 import controller_pb2_grpc
 
 from .control_plane import ControlPlane
 from .routing import RoutePublisher
+from .stats_book import StatsBook
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         instance: pb.GetInstanceResponse,
         shutdown: Callable[[], Awaitable[None]],
     ) -> None:
+        self._stats = StatsBook()
         self._plane = plane
         self._publisher = publisher
         self._instance = instance
@@ -142,6 +144,17 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     ) -> pb.AckRoutesResponse:
         await self._publisher.ack(request.subscriber_id, request.version)
         return pb.AckRoutesResponse()
+
+    async def ReportStats(
+        self, request: pb.ReportStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ReportStatsResponse:
+        self._stats.record(request.reporter_id, list(request.endpoints))
+        return pb.ReportStatsResponse()
+
+    async def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetStatsResponse:
+        return pb.GetStatsResponse(endpoints=self._stats.totals())
 
     async def GetInstance(
         self, request: pb.GetInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]

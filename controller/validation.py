@@ -129,6 +129,13 @@ def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
     return config
 
 
+def proportion(value: float) -> float:
+    """Share of requests copied to a shadow: 0 (remove) to 1."""
+    if not math.isfinite(value) or not 0 <= value <= 1:
+        raise InvalidArgumentError(f"proportion must be between 0 and 1, got {value}")
+    return value
+
+
 def traffic(weights: dict[str, float]) -> dict[str, float]:
     """Weights >= 0 and finite that sum to 1."""
     for backend, weight in weights.items():

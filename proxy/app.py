@@ -1,25 +1,33 @@
 """The proxy's aiohttp application: match, choose, forward, answer.
 
-The handler stays thin: routing lives in ``RouteTable``, replica choice in
-``ReplicaPool``, message conversion in ``http_codec``.
+The handler stays thin: traffic policy lives in ``Router``, message conversion
+in ``http_codec``, counters in ``RouterStats``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-import random
 import uuid
+from collections.abc import Coroutine, Hashable
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from aiohttp import web
 
+from turnout._grpc import CHANNEL_OPTIONS
 from turnout.v1 import controller_pb2 as pb
-from turnout.v1 import replica_pb2
+from turnout.v1 import replica_pb2, replica_pb2_grpc
 
-from . import http_codec
-from .replica_pool import ReplicaPool, close_channels
-from .route_table import RouteTable
+from . import http_codec, metrics
+from .replica_pool import ReplicaConn
+from .route_table import EndpointRoute
+from .router import Router
+from .stats import compare
+
+if TYPE_CHECKING:
+    from turnout.v1.replica_pb2_grpc import ReplicaServiceAsyncStub
 
 logger = logging.getLogger(__name__)
 
@@ -27,34 +35,62 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 # How long requests already sent to a replica that left the snapshot may take
 # before its channel is closed under them.
 DRAIN_GRACE_S = 30.0
+# A shadow gets this long to answer before it counts as failed.
+SHADOW_TIMEOUT_S = 30.0
+# Copies in flight at once; beyond this a copy is not sent (counted as failed),
+# so a slow shadow backend cannot pile up memory in the proxy.
+MAX_SHADOWS_IN_FLIGHT = 1000
 SYSTEM_PREFIX = "/-/"
+SHARD_KEY_HEADER = "X-Serve-Shard-Key"
+CALL_METHOD_HEADER = "X-Serve-Call-Method"
+
+Conn = ReplicaConn["ReplicaServiceAsyncStub"]
+
+
+def connect(conn: Conn) -> None:
+    channel = grpc.aio.insecure_channel(conn.address, options=CHANNEL_OPTIONS)
+    conn.stub = replica_pb2_grpc.ReplicaServiceStub(channel)
+    conn.close = channel.close
+
+
+def response_key(reply: replica_pb2.HandleResponse) -> Hashable:
+    """What two answers must share to count as the same (status and body)."""
+    return (reply.http.status, reply.http.body)
 
 
 class ProxyState:
-    """What the handler reads on every request; replaced, never mutated, per snapshot."""
+    """The router and the background work hanging off it."""
 
-    def __init__(self, pool: ReplicaPool, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-        self.table = RouteTable.empty()
+    def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.router: Router[ReplicaServiceAsyncStub] = Router(connect)
         self.max_body_bytes = max_body_bytes
-        self.pool = pool
-        self.rng = random.Random()
         self.first_snapshot = asyncio.Event()
-        self._draining: set[asyncio.Task[None]] = set()
+        self.registry = metrics.registry_for(self.router.stats, lambda: self.router.table.version)
+        self._background: set[asyncio.Task[None]] = set()
+        self.shadows_in_flight = 0
 
     def apply(self, snapshot: pb.RoutingSnapshot) -> None:
-        gone = self.pool.update(snapshot)
-        self.table = RouteTable.from_snapshot(snapshot)
+        gone = self.router.apply(snapshot)
         if gone:
-            task = asyncio.create_task(close_channels(gone, DRAIN_GRACE_S))
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
+            self.spawn(_close(gone, DRAIN_GRACE_S))
         self.first_snapshot.set()
         logger.info("serving routing version %d", snapshot.version)
 
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, holding a reference until it ends."""
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def close(self) -> None:
-        for task in list(self._draining):
+        for task in list(self._background):
             task.cancel()
-        await self.pool.close()
+        await _close(self.router.pool.clear(), None)
+
+
+async def _close(conns: list[Conn], grace: float | None) -> None:
+    closing = [c.close(grace) for c in conns if c.close is not None]
+    await asyncio.gather(*(c for c in closing if inspect.isawaitable(c)), return_exceptions=True)
 
 
 STATE = web.AppKey("state", ProxyState)
@@ -66,7 +102,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if path.startswith(SYSTEM_PREFIX):
         return _system(state, path)
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-    route = state.table.match(path)
+    route = state.router.table.match(path)
     if route is None:
         return http_codec.json_error(404, "NotFound", f"no endpoint at {path}", request_id)
     if request.method not in route.methods:
@@ -86,33 +122,91 @@ async def handle(request: web.Request) -> web.StreamResponse:
             f"request body is larger than the limit of {state.max_body_bytes} bytes",
             request_id,
         )
-    backend = route.choose_backend(state.rng)
-    if backend is None:
-        return http_codec.json_error(
-            503, "NoBackend", f"endpoint {route.name!r} has no backend", request_id
-        )
-    conn = state.pool.pick(backend, state.rng)
-    if conn is None or conn.stub is None:
+    backend, conn = state.router.choose(route, request.headers.get(SHARD_KEY_HEADER, ""))
+    if backend is None or conn is None or conn.stub is None:
+        state.router.stats.failed_unrouted(route.name)
+        if backend is None:
+            return http_codec.json_error(
+                503, "NoBackend", f"endpoint {route.name!r} has no backend", request_id
+            )
         return http_codec.json_error(
             503, "NoReplica", f"backend {backend!r} has no running replica", request_id
         )
     message = replica_pb2.HandleRequest(
         request_id=request_id,
-        method_name=request.headers.get("X-Serve-Call-Method", ""),
+        method_name=request.headers.get(CALL_METHOD_HEADER, ""),
         http=http_codec.to_proto(request, body),
     )
+    primary: asyncio.Future[Hashable | None] | None = None
+    if route.shadows:
+        primary = _send_shadows(state, route, message)
+    response: web.Response | None = None
     conn.outstanding += 1
     try:
         reply = await conn.stub.Handle(message)
+        if reply.WhichOneof("result") == "http":
+            response = http_codec.from_proto(reply.http, request_id)
+            if primary is not None:
+                primary.set_result(response_key(reply))
+        else:
+            response = http_codec.json_error(
+                502, "BadGateway", f"replica {conn.replica_id} sent no HTTP answer", request_id
+            )
     except grpc.aio.AioRpcError as exc:
-        return _rpc_error(exc, backend, conn.replica_id, request_id)
+        response = _rpc_error(exc, backend, conn.replica_id, request_id)
     finally:
         conn.outstanding -= 1
-    if reply.WhichOneof("result") != "http":
-        return http_codec.json_error(
-            502, "BadGateway", f"replica {conn.replica_id} sent no HTTP answer", request_id
+        if primary is not None and not primary.done():
+            # No answer to compare with: the shadows count as failed.
+            primary.set_result(None)
+        state.router.stats.answered(
+            route.name, backend, failed=response is None or response.status >= 500
         )
-    return http_codec.from_proto(reply.http, request_id)
+    return response
+
+
+def _send_shadows(
+    state: ProxyState, route: EndpointRoute, message: replica_pb2.HandleRequest
+) -> asyncio.Future[Hashable | None] | None:
+    targets = state.router.shadow_targets(route)
+    if not targets:
+        return None
+    primary: asyncio.Future[Hashable | None] = asyncio.get_running_loop().create_future()
+    copy = replica_pb2.HandleRequest()
+    copy.CopyFrom(message)
+    copy.request_id = message.request_id + "-shadow"
+    for backend, conn in targets:
+        state.spawn(_shadow(state, route.name, backend, conn, copy, primary))
+    return primary
+
+
+async def _shadow(
+    state: ProxyState,
+    endpoint: str,
+    backend: str,
+    conn: Conn | None,
+    message: replica_pb2.HandleRequest,
+    primary: asyncio.Future[Hashable | None],
+) -> None:
+    stats = state.router.stats
+    stats.shadow_sent(endpoint, backend)
+    key: Hashable | None = None
+    if (
+        conn is not None
+        and conn.stub is not None
+        and state.shadows_in_flight < MAX_SHADOWS_IN_FLIGHT
+    ):
+        state.shadows_in_flight += 1
+        conn.outstanding += 1
+        try:
+            reply = await conn.stub.Handle(message, timeout=SHADOW_TIMEOUT_S)
+            key = response_key(reply)
+        except grpc.aio.AioRpcError as exc:
+            logger.info("shadow %s of %s failed: %s", backend, endpoint, exc.code().name)
+        finally:
+            conn.outstanding -= 1
+            state.shadows_in_flight -= 1
+    stats.shadow_outcome(endpoint, backend, compare(await primary, key))
 
 
 def _rpc_error(
@@ -141,9 +235,13 @@ def _rpc_error(
 
 def _system(state: ProxyState, path: str) -> web.Response:
     if path == "/-/routes":
-        return web.json_response(state.table.describe())
+        return web.json_response(state.router.table.describe())
     if path == "/-/healthz":
-        return web.json_response({"status": "ok", "routes_version": state.table.version})
+        return web.json_response({"status": "ok", "routes_version": state.router.table.version})
+    if path == "/-/metrics":
+        return web.Response(
+            body=metrics.render(state.registry), headers={"Content-Type": metrics.CONTENT_TYPE}
+        )
     return http_codec.json_error(404, "NotFound", f"no system path {path}")
 
 

@@ -1,67 +1,65 @@
-"""Channels to replicas, and the choice of replica for each request."""
+"""Connections to replicas, and the choice of replica for each request.
+
+The pool does not care what kind of stub it holds: the proxy keeps grpc.aio
+stubs, a process with handles keeps blocking ones.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
-import grpc
-
-from turnout._grpc import CHANNEL_OPTIONS
 from turnout.v1 import controller_pb2 as pb
-from turnout.v1 import replica_pb2_grpc
 
-if TYPE_CHECKING:
-    from turnout.v1.replica_pb2_grpc import ReplicaServiceAsyncStub
+from .route_table import stable_fraction
 
-ChannelFactory = Callable[[str], grpc.aio.Channel]
-
-
-def _insecure_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+Stub = TypeVar("Stub")
 
 
 @dataclass(eq=False)
-class ReplicaConn:
-    """One replica as this proxy sees it: a channel and what is in flight on it."""
+class ReplicaConn(Generic[Stub]):
+    """One replica as a sender sees it: a stub and what is in flight on it."""
 
     replica_id: str
     address: str
-    channel: grpc.aio.Channel | None = None
-    stub: ReplicaServiceAsyncStub | None = None
-    outstanding: int = field(default=0)
+    stub: Stub | None = None
+    # Closes the channel under the stub, letting calls in flight finish within
+    # the grace period (seconds; None = at once). Set by the connect function.
+    close: Callable[[float | None], object] | None = None
+    outstanding: int = 0
 
 
-class ReplicaPool:
-    """The replicas of every backend, with a pooled channel to each."""
+Connect = Callable[[ReplicaConn[Stub]], None]
 
-    def __init__(self, channel_factory: ChannelFactory | None = None) -> None:
-        self._factory = channel_factory
-        self._backends: dict[str, list[ReplicaConn]] = {}
-        self._by_address: dict[str, ReplicaConn] = {}
 
-    def replicas(self, backend: str) -> list[ReplicaConn]:
+class ReplicaPool(Generic[Stub]):
+    """The replicas of every backend, with one connection to each."""
+
+    def __init__(self, connect: Connect[Stub] | None = None) -> None:
+        self._connect = connect
+        self._backends: dict[str, list[ReplicaConn[Stub]]] = {}
+        self._by_address: dict[str, ReplicaConn[Stub]] = {}
+
+    def replicas(self, backend: str) -> list[ReplicaConn[Stub]]:
         return self._backends.get(backend, [])
 
-    def update(self, snapshot: pb.RoutingSnapshot) -> list[ReplicaConn]:
+    def update(self, snapshot: pb.RoutingSnapshot) -> list[ReplicaConn[Stub]]:
         """Follow a snapshot; returns the replicas that left (their channels to close).
 
-        A replica that stays keeps its channel and its in-flight count.
+        A replica that stays keeps its connection and its in-flight count.
         """
-        backends: dict[str, list[ReplicaConn]] = {}
-        by_address: dict[str, ReplicaConn] = {}
+        backends: dict[str, list[ReplicaConn[Stub]]] = {}
+        by_address: dict[str, ReplicaConn[Stub]] = {}
         for targets in snapshot.backends:
             conns = []
             for target in targets.replicas:
                 conn = self._by_address.get(target.address) or by_address.get(target.address)
                 if conn is None:
                     conn = ReplicaConn(replica_id=target.replica_id, address=target.address)
-                    if self._factory is not None:
-                        conn.channel = self._factory(target.address)
-                        conn.stub = replica_pb2_grpc.ReplicaServiceStub(conn.channel)
+                    if self._connect is not None:
+                        self._connect(conn)
                 by_address[target.address] = conn
                 conns.append(conn)
             backends[targets.tag] = conns
@@ -70,28 +68,32 @@ class ReplicaPool:
         self._by_address = by_address
         return gone
 
-    def pick(self, backend: str, rng: random.Random) -> ReplicaConn | None:
-        """The replica with the fewest requests in flight from here (ties at random)."""
+    def pick(
+        self, backend: str, rng: random.Random, shard_key: str = ""
+    ) -> ReplicaConn[Stub] | None:
+        """The replica for one request.
+
+        Without a shard key: the one with the fewest requests in flight from
+        this sender (ties at random). With one: rendezvous hashing, so a key
+        stays on its replica while the replica set is unchanged, and adding a
+        replica moves only the keys that the new one wins.
+        """
         conns = self._backends.get(backend)
         if not conns:
             return None
+        if shard_key:
+            return max(conns, key=lambda c: stable_fraction(shard_key, backend, c.replica_id))
         if len(conns) == 1:
             return conns[0]
         least = min(c.outstanding for c in conns)
         return rng.choice([c for c in conns if c.outstanding == least])
 
-    async def close(self) -> None:
-        await close_channels(list(self._by_address.values()))
+    def all(self) -> list[ReplicaConn[Stub]]:
+        return list(self._by_address.values())
+
+    def clear(self) -> list[ReplicaConn[Stub]]:
+        """Forget every replica; returns them so their channels can be closed."""
+        conns = self.all()
         self._backends = {}
         self._by_address = {}
-
-
-async def close_channels(conns: list[ReplicaConn], grace: float | None = None) -> None:
-    await asyncio.gather(
-        *(c.channel.close(grace) for c in conns if c.channel is not None),
-        return_exceptions=True,
-    )
-
-
-def default_pool() -> ReplicaPool:
-    return ReplicaPool(_insecure_channel)
+        return conns

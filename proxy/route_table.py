@@ -1,4 +1,4 @@
-"""Which endpoint answers a path, and which backend gets a request.
+"""Which endpoint answers a path or name, and which backend gets a request.
 
 Built once per routing snapshot, then read on every request: lookups are a
 dict access and a bisect, nothing is allocated per request.
@@ -7,12 +7,22 @@ dict access and a bisect, nothing is allocated per request.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import itertools
 import random
 from dataclasses import dataclass
 from typing import Any
 
 from turnout.v1 import controller_pb2 as pb
+
+_UNIT = float(2**64)
+
+
+def stable_fraction(*parts: str) -> float:
+    """A number in [0, 1) that depends only on ``parts``: the same in every
+    process and every run (unlike ``hash()``), so affinity survives restarts."""
+    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / _UNIT
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,8 @@ class EndpointRoute:
     # Running sums of the weights, for a weighted draw by bisection.
     cumulative: tuple[float, ...]
     traffic: dict[str, float]
+    # (backend, proportion of requests copied to it)
+    shadows: tuple[tuple[str, float], ...]
 
     @classmethod
     def from_proto(cls, endpoint: pb.Endpoint) -> EndpointRoute:
@@ -38,37 +50,50 @@ class EndpointRoute:
             backends=tuple(b for b, _ in weighted),
             cumulative=tuple(itertools.accumulate(w for _, w in weighted)),
             traffic={t.backend: t.weight for t in endpoint.traffic},
+            shadows=tuple((s.backend, s.proportion) for s in endpoint.shadows),
         )
 
-    def choose_backend(self, rng: random.Random) -> str | None:
-        """A backend drawn by weight; None when the endpoint has no traffic."""
+    def choose_backend(self, rng: random.Random, shard_key: str = "") -> str | None:
+        """A backend drawn by weight; None when the endpoint has no traffic.
+
+        With a shard key the draw is a hash of the key instead of a random
+        number, so a key keeps its backend while the weights stay the same.
+        """
         if not self.backends:
             return None
         if len(self.backends) == 1:
             return self.backends[0]
-        point = rng.random() * self.cumulative[-1]
-        index = bisect.bisect_right(self.cumulative, point)
+        point = stable_fraction(self.name, shard_key) if shard_key else rng.random()
+        index = bisect.bisect_right(self.cumulative, point * self.cumulative[-1])
         return self.backends[min(index, len(self.backends) - 1)]
+
+    def choose_shadows(self, rng: random.Random) -> list[str]:
+        """The shadow backends that get a copy of this request."""
+        return [backend for backend, share in self.shadows if rng.random() < share]
 
 
 class RouteTable:
-    """Exact-match routes of one snapshot version."""
+    """The endpoints of one snapshot version, by route and by name."""
 
-    def __init__(self, version: int, routes: dict[str, EndpointRoute]) -> None:
+    def __init__(self, version: int, endpoints: list[EndpointRoute]) -> None:
         self.version = version
-        self._routes = routes
+        self._by_name = {e.name: e for e in endpoints}
+        self._by_route = {e.route: e for e in endpoints if e.route}
 
     @classmethod
     def empty(cls) -> RouteTable:
-        return cls(0, {})
+        return cls(0, [])
 
     @classmethod
     def from_snapshot(cls, snapshot: pb.RoutingSnapshot) -> RouteTable:
-        routes = {e.route: EndpointRoute.from_proto(e) for e in snapshot.endpoints if e.route}
-        return cls(snapshot.version, routes)
+        return cls(snapshot.version, [EndpointRoute.from_proto(e) for e in snapshot.endpoints])
 
     def match(self, path: str) -> EndpointRoute | None:
-        return self._routes.get(path)
+        """The endpoint on exactly this HTTP path."""
+        return self._by_route.get(path)
+
+    def endpoint(self, name: str) -> EndpointRoute | None:
+        return self._by_name.get(name)
 
     def describe(self) -> dict[str, Any]:
         """The JSON of ``GET /-/routes``."""
@@ -79,7 +104,8 @@ class RouteTable:
                     "endpoint": r.name,
                     "methods": sorted(r.methods),
                     "traffic": r.traffic,
+                    "shadows": dict(r.shadows),
                 }
-                for path, r in sorted(self._routes.items())
+                for path, r in sorted(self._by_route.items())
             },
         }

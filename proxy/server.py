@@ -15,8 +15,7 @@ from aiohttp import web
 from turnout import _process
 
 from .app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_app
-from .replica_pool import default_pool
-from .routes_watcher import watch_routes
+from .controller_link import SUBSCRIBER_ID, report_stats, watch_routes
 
 logger = logging.getLogger("turnout.proxy")
 
@@ -52,7 +51,7 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    state = ProxyState(default_pool(), args.max_body_bytes)
+    state = ProxyState(args.max_body_bytes)
     runner = web.AppRunner(build_app(state), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_port=False)
@@ -65,6 +64,7 @@ async def serve(args: argparse.Namespace) -> int:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     watcher = asyncio.create_task(watch_routes(args.controller, state.apply))
+    state.spawn(report_stats(args.controller, state.router.stats, SUBSCRIBER_ID))
     try:
         await asyncio.wait_for(state.first_snapshot.wait(), FIRST_SNAPSHOT_TIMEOUT_S)
     except TimeoutError:

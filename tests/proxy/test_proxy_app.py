@@ -11,7 +11,6 @@ from yarl import URL
 
 from turnout.proxy import http_codec
 from turnout.proxy.app import ProxyState, build_app
-from turnout.proxy.replica_pool import ReplicaPool
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import http_pb2
 
@@ -51,7 +50,7 @@ def serve(app: web.Application, scenario: Scenario) -> None:
 
 
 def run_proxy(scenario: Scenario, max_body_bytes: int = 1024) -> None:
-    state = ProxyState(ReplicaPool(), max_body_bytes)
+    state = ProxyState(max_body_bytes)
     state.apply(SNAPSHOT)
     serve(build_app(state), scenario)
 
@@ -65,8 +64,18 @@ def test_system_paths() -> None:
             assert await reply.json() == {
                 "version": 5,
                 "routes": {
-                    "/idle": {"endpoint": "idle", "methods": ["GET"], "traffic": {}},
-                    "/model": {"endpoint": "model", "methods": ["POST"], "traffic": {"a": 1.0}},
+                    "/idle": {
+                        "endpoint": "idle",
+                        "methods": ["GET"],
+                        "traffic": {},
+                        "shadows": {},
+                    },
+                    "/model": {
+                        "endpoint": "model",
+                        "methods": ["POST"],
+                        "traffic": {"a": 1.0},
+                        "shadows": {},
+                    },
                 },
             }
 

@@ -1,4 +1,5 @@
-"""Follows the controller's routing snapshots, and acknowledges each one."""
+"""The proxy's two conversations with the controller: routing snapshots in,
+counters out. Both outlive a controller that is down or restarting."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ from turnout._grpc import CHANNEL_OPTIONS
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
+from .stats import RouterStats
+
 logger = logging.getLogger(__name__)
 
 SUBSCRIBER_ID = "proxy"
 BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 2.0
 ACK_TIMEOUT_S = 5.0
+REPORT_INTERVAL_S = 1.0
 
 
 async def watch_routes(
@@ -54,3 +58,22 @@ async def watch_routes(
             logger.info("routing stream from %s ended: %s", controller_address, exc.code().name)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+
+async def report_stats(controller_address: str, stats: RouterStats, reporter_id: str) -> None:
+    """Send the counters to the controller about once a second when they changed."""
+    async with grpc.aio.insecure_channel(controller_address, options=CHANNEL_OPTIONS) as channel:
+        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        reported = 0
+        while True:
+            await asyncio.sleep(REPORT_INTERVAL_S)
+            changes = stats.changes
+            if changes == reported:
+                continue
+            request = pb.ReportStatsRequest(reporter_id=reporter_id, endpoints=stats.to_proto())
+            try:
+                await stub.ReportStats(request, timeout=ACK_TIMEOUT_S)
+            except grpc.aio.AioRpcError as exc:
+                logger.debug("stats report failed: %s", exc.code().name)
+                continue
+            reported = changes

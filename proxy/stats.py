@@ -1,0 +1,106 @@
+"""Request and shadow-comparison counters of one router (the proxy, or the
+handles of one process), reported to the controller and shown as metrics."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from turnout.v1 import controller_pb2 as pb
+
+Outcome = Literal["matched", "differed", "failed"]
+
+
+@dataclass
+class ShadowCounts:
+    sent: int = 0
+    matched: int = 0
+    differed: int = 0
+    failed: int = 0
+
+
+@dataclass
+class EndpointCounts:
+    requests_by_backend: dict[str, int] = field(default_factory=dict)
+    errors: int = 0
+    shadows: dict[str, ShadowCounts] = field(default_factory=dict)
+
+
+def compare(primary: Hashable | None, shadow: Hashable | None) -> Outcome:
+    """How a shadow's answer compares with the primary's (None: no answer, so
+    nothing to compare)."""
+    if primary is None or shadow is None:
+        return "failed"
+    return "matched" if shadow == primary else "differed"
+
+
+class RouterStats:
+    """Cumulative counters; safe to update from several threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._endpoints: dict[str, EndpointCounts] = {}
+        # Bumped on every change, so a reporter can skip unchanged reports.
+        self.changes = 0
+
+    def _counts(self, endpoint: str) -> EndpointCounts:
+        counts = self._endpoints.get(endpoint)
+        if counts is None:
+            counts = self._endpoints[endpoint] = EndpointCounts()
+        return counts
+
+    def answered(self, endpoint: str, backend: str, failed: bool) -> None:
+        with self._lock:
+            counts = self._counts(endpoint)
+            counts.requests_by_backend[backend] = counts.requests_by_backend.get(backend, 0) + 1
+            counts.errors += failed
+            self.changes += 1
+
+    def failed_unrouted(self, endpoint: str) -> None:
+        """A request that failed before any backend took it (no replica)."""
+        with self._lock:
+            self._counts(endpoint).errors += 1
+            self.changes += 1
+
+    def shadow_sent(self, endpoint: str, backend: str) -> None:
+        with self._lock:
+            shadows = self._counts(endpoint).shadows
+            shadows.setdefault(backend, ShadowCounts()).sent += 1
+            self.changes += 1
+
+    def shadow_outcome(self, endpoint: str, backend: str, outcome: Outcome) -> None:
+        with self._lock:
+            counts = self._counts(endpoint).shadows.setdefault(backend, ShadowCounts())
+            setattr(counts, outcome, getattr(counts, outcome) + 1)
+            self.changes += 1
+
+    def items(self) -> Iterator[tuple[str, EndpointCounts]]:
+        with self._lock:
+            snapshot = [
+                (
+                    name,
+                    EndpointCounts(
+                        dict(c.requests_by_backend),
+                        c.errors,
+                        {b: ShadowCounts(**vars(s)) for b, s in c.shadows.items()},
+                    ),
+                )
+                for name, c in self._endpoints.items()
+            ]
+        return iter(snapshot)
+
+    def to_proto(self) -> list[pb.EndpointStats]:
+        return [
+            pb.EndpointStats(
+                endpoint=name,
+                requests_by_backend=counts.requests_by_backend,
+                errors=counts.errors,
+                shadows=[
+                    pb.ShadowStats(backend=backend, **vars(shadow))
+                    for backend, shadow in counts.shadows.items()
+                ],
+            )
+            for name, counts in self.items()
+        ]
