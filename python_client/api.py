@@ -14,6 +14,7 @@ from typing import Any
 from turnout.client import Client, ReplicaInfo
 from turnout.config import BackendConfig
 from turnout.errors import NotRunningError, TurnoutError
+from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
 
 _lock = threading.Lock()
@@ -112,6 +113,21 @@ def create_endpoint(
 def set_traffic(endpoint: str, traffic: dict[str, float]) -> None:
     """See ``Client.set_traffic``."""
     _current().set_traffic(endpoint, traffic)
+
+
+def shadow_traffic(endpoint: str, backend: str, proportion: float) -> None:
+    """See ``Client.shadow_traffic``."""
+    _current().shadow_traffic(endpoint, backend, proportion)
+
+
+def get_handle(endpoint: str, missing_ok: bool = False) -> EndpointHandle:
+    """See ``Client.get_handle``."""
+    return _current().get_handle(endpoint, missing_ok)
+
+
+def stat() -> dict[str, dict[str, Any]]:
+    """See ``Client.stat``."""
+    return _current().stat()
 
 
 def update_backend_config(tag: str, config: BackendConfig | dict[str, Any]) -> None:

@@ -12,8 +12,10 @@ import cloudpickle
 import grpc
 
 from turnout._grpc import CHANNEL_OPTIONS
+from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
 from turnout.errors import InvalidArgumentError, NotRunningError, error_from_status
+from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
@@ -280,6 +282,63 @@ class Client:
                 "methods": list(e.methods),
                 "traffic": {t.backend: t.weight for t in e.traffic},
                 "shadows": {s.backend: s.proportion for s in e.shadows},
+            }
+            for e in reply.endpoints
+        }
+
+    def shadow_traffic(self, endpoint: str, backend: str, proportion: float) -> None:
+        """Copy a share of an endpoint's requests to ``backend``; 0 removes the shadow.
+
+        The copies' answers never reach the client; ``stat()`` counts how many
+        matched the primary's answer and how many differed.
+
+        Example::
+
+            serve.shadow_traffic("model", "model-v2", 0.25)
+        """
+        _check_str(endpoint, "endpoint")
+        _check_str(backend, "backend")
+        if isinstance(proportion, bool) or not isinstance(proportion, int | float):
+            raise TypeError(f"proportion must be a number, got {type(proportion).__name__}")
+        request = pb.ShadowTrafficRequest(
+            endpoint=endpoint, backend=backend, proportion=float(proportion)
+        )
+        self._call(self._stub.ShadowTraffic, request)
+
+    def get_handle(self, endpoint: str, missing_ok: bool = False) -> EndpointHandle:
+        """A handle to call ``endpoint`` from Python.
+
+        Raises NotFoundError for an unknown endpoint unless ``missing_ok``, in
+        which case calls wait (up to 30 s) for the endpoint to be created.
+        """
+        _check_str(endpoint, "endpoint")
+        if not missing_ok:
+            self._call(self._stub.GetEndpoint, pb.GetEndpointRequest(name=endpoint))
+        return EndpointHandle(self._address, endpoint)
+
+    def stat(self) -> dict[str, dict[str, Any]]:
+        """Counters per endpoint, summed over the proxy and every process's handles:
+
+        ``{endpoint: {"requests": {backend: n}, "errors": n,
+        "shadows": {backend: {"sent", "matched", "differed", "failed"}}}}``.
+        Routers report about once a second, so the numbers may lag by that much;
+        this process's own handle calls are always included.
+        """
+        HandleRouter.flush_local(self._address)
+        reply = self._call(self._stub.GetStats, pb.GetStatsRequest())
+        return {
+            e.endpoint: {
+                "requests": dict(e.requests_by_backend),
+                "errors": e.errors,
+                "shadows": {
+                    s.backend: {
+                        "sent": s.sent,
+                        "matched": s.matched,
+                        "differed": s.differed,
+                        "failed": s.failed,
+                    }
+                    for s in e.shadows
+                },
             }
             for e in reply.endpoints
         }

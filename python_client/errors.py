@@ -6,9 +6,11 @@
     ├── TurnoutValueError (also ValueError)   bad input, refused before anything changed
     │   ├── AlreadyExistsError                ALREADY_EXISTS: tag, name or route taken
     │   ├── NotFoundError                     NOT_FOUND: no such backend or endpoint
+    │   │   └── MethodNotFoundError           the backend has no such method
     │   ├── InUseError                        FAILED_PRECONDITION: e.g. backend used by an endpoint
     │   └── InvalidArgumentError              INVALID_ARGUMENT: malformed value
     ├── NotRunningError (also ConnectionError) no Turnout instance to talk to
+    ├── UnavailableError                      no running replica, or it could not be reached
     ├── UnimplementedError                    UNIMPLEMENTED: not built yet
     └── BackendError                          a handler raised; carries the remote traceback
 
@@ -38,6 +40,10 @@ class NotFoundError(TurnoutValueError):
     """No backend or endpoint has that name."""
 
 
+class MethodNotFoundError(NotFoundError):
+    """A handle or the X-Serve-Call-Method header named a method the backend lacks."""
+
+
 class InUseError(TurnoutValueError):
     """The object is still needed, e.g. a backend an endpoint sends traffic to."""
 
@@ -48,6 +54,10 @@ class InvalidArgumentError(TurnoutValueError):
 
 class NotRunningError(TurnoutError, ConnectionError):
     """No Turnout instance answers at the address."""
+
+
+class UnavailableError(TurnoutError):
+    """No replica could take the request: none is running, or it could not be reached."""
 
 
 class UnimplementedError(TurnoutError, NotImplementedError):

@@ -78,7 +78,7 @@ def test_zero_weight_backends_get_nothing_and_no_traffic_means_none() -> None:
 
 
 def test_pool_picks_the_least_loaded_replica() -> None:
-    pool = ReplicaPool()
+    pool: ReplicaPool[object] = ReplicaPool()
     pool.update(snapshot(replicas={"a": ["h:1", "h:2", "h:3"]}))
     one, two, three = pool.replicas("a")
     one.outstanding, two.outstanding, three.outstanding = 3, 1, 2
@@ -92,7 +92,7 @@ def test_pool_picks_the_least_loaded_replica() -> None:
 
 
 def test_pool_follows_snapshots_and_keeps_live_connections() -> None:
-    pool = ReplicaPool()
+    pool: ReplicaPool[object] = ReplicaPool()
     pool.update(snapshot(replicas={"a": ["h:1", "h:2"]}))
     kept = pool.replicas("a")[0]
     kept.outstanding = 4
@@ -106,6 +106,6 @@ def test_pool_follows_snapshots_and_keeps_live_connections() -> None:
 
 @pytest.mark.parametrize("backends", [{}, {"a": []}])
 def test_no_replicas_means_none(backends: dict[str, list[str]]) -> None:
-    pool = ReplicaPool()
+    pool: ReplicaPool[object] = ReplicaPool()
     pool.update(snapshot(replicas=backends))
     assert pool.pick("a", random.Random()) is None
