@@ -109,3 +109,44 @@ def test_no_replicas_means_none(backends: dict[str, list[str]]) -> None:
     pool: ReplicaPool[object] = ReplicaPool()
     pool.update(snapshot(replicas=backends))
     assert pool.pick("a", random.Random()) is None
+
+
+def test_shard_keys_pick_backends_by_weight_and_stably() -> None:
+    route = RouteTable.from_snapshot(snapshot(traffic={"a": 0.25, "b": 0.75})).match("/model")
+    assert route is not None
+    rng = random.Random(3)
+    first = {f"k{i}": route.choose_backend(rng, f"k{i}") for i in range(4000)}
+    again = {f"k{i}": route.choose_backend(random.Random(9), f"k{i}") for i in range(4000)}
+    assert first == again
+    share_a = sum(1 for b in first.values() if b == "a") / len(first)
+    assert abs(share_a - 0.25) < 0.03
+
+
+def test_rendezvous_hashing_moves_only_keys_won_by_a_new_replica() -> None:
+    pool: ReplicaPool[object] = ReplicaPool()
+    pool.update(snapshot(replicas={"a": ["h:1", "h:2", "h:3"]}))
+    rng = random.Random()
+    keys = [f"user-{i}" for i in range(3000)]
+    before = {k: pool.pick("a", rng, k).replica_id for k in keys}  # type: ignore[union-attr]
+    assert len(set(before.values())) == 3
+    pool.update(snapshot(version=2, replicas={"a": ["h:1", "h:2", "h:3", "h:4"]}))
+    after = {k: pool.pick("a", rng, k).replica_id for k in keys}  # type: ignore[union-attr]
+    moved = [k for k in keys if after[k] != before[k]]
+    assert all(after[k] == "a#3" for k in moved)
+    assert abs(len(moved) / len(keys) - 0.25) < 0.05
+
+
+def test_shadow_selection_follows_proportions() -> None:
+    endpoint = pb.Endpoint(
+        name="m",
+        route="/m",
+        methods=["GET"],
+        shadows=[pb.ShadowTarget(backend="s1", proportion=1.0),
+                 pb.ShadowTarget(backend="s2", proportion=0.1)],
+    )  # fmt: skip
+    route = RouteTable.from_snapshot(pb.RoutingSnapshot(endpoints=[endpoint])).match("/m")
+    assert route is not None
+    rng = random.Random(5)
+    draws = [route.choose_shadows(rng) for _ in range(5000)]
+    assert all("s1" in d for d in draws)
+    assert abs(sum("s2" in d for d in draws) / 5000 - 0.1) < 0.02

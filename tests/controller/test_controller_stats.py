@@ -1,0 +1,49 @@
+"""Stats from several routers add up; a router's newer report replaces its older one."""
+
+from __future__ import annotations
+
+from turnout.controller.stats_book import StatsBook
+from turnout.proxy.stats import RouterStats, compare
+from turnout.v1 import controller_pb2 as pb
+
+
+def test_router_stats_count_answers_errors_and_shadows() -> None:
+    stats = RouterStats()
+    stats.answered("e", "v1", failed=False)
+    stats.answered("e", "v1", failed=True)
+    stats.answered("e", "v2", failed=False)
+    stats.failed_unrouted("e")
+    stats.shadow_sent("e", "cand")
+    stats.shadow_outcome("e", "cand", compare((200, b"x"), (200, b"x")))
+    stats.shadow_sent("e", "cand")
+    stats.shadow_outcome("e", "cand", compare((200, b"x"), (500, b"x")))
+    stats.shadow_sent("e", "cand")
+    stats.shadow_outcome("e", "cand", compare(None, (200, b"x")))
+    (report,) = stats.to_proto()
+    assert dict(report.requests_by_backend) == {"v1": 2, "v2": 1}
+    assert report.errors == 2
+    assert report.shadows[0] == pb.ShadowStats(
+        backend="cand", sent=3, matched=1, differed=1, failed=1
+    )
+
+
+def report(requests: int, matched: int) -> list[pb.EndpointStats]:
+    return [
+        pb.EndpointStats(
+            endpoint="e",
+            requests_by_backend={"v1": requests},
+            errors=1,
+            shadows=[pb.ShadowStats(backend="c", sent=matched, matched=matched)],
+        )
+    ]
+
+
+def test_totals_sum_reporters_and_keep_only_the_latest_of_each() -> None:
+    book = StatsBook()
+    book.record("proxy", report(10, 4))
+    book.record("handles-1", report(5, 1))
+    book.record("proxy", report(12, 6))
+    (total,) = book.totals()
+    assert dict(total.requests_by_backend) == {"v1": 17}
+    assert total.errors == 2
+    assert total.shadows[0] == pb.ShadowStats(backend="c", sent=7, matched=7)
