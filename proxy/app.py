@@ -41,6 +41,7 @@ SHADOW_TIMEOUT_S = 30.0
 # so a slow shadow backend cannot pile up memory in the proxy.
 MAX_SHADOWS_IN_FLIGHT = 1000
 SYSTEM_PREFIX = "/-/"
+SYSTEM_PATHS = frozenset({"/-/routes", "/-/healthz", "/-/metrics"})
 SHARD_KEY_HEADER = "X-Serve-Shard-Key"
 CALL_METHOD_HEADER = "X-Serve-Call-Method"
 
@@ -67,14 +68,24 @@ class ProxyState:
         self.first_snapshot = asyncio.Event()
         self.registry = metrics.registry_for(self.router.stats, lambda: self.router.table.version)
         self._background: set[asyncio.Task[None]] = set()
+        # Replicas that left the snapshot, their channels closing with a grace.
+        self._draining: set[Conn] = set()
         self.shadows_in_flight = 0
 
     def apply(self, snapshot: pb.RoutingSnapshot) -> None:
+        """Serve ``snapshot`` from now on; must run on the event loop."""
         gone = self.router.apply(snapshot)
         if gone:
-            self.spawn(_close(gone, DRAIN_GRACE_S))
+            self.spawn(self._drain(gone))
         self.first_snapshot.set()
         logger.info("serving routing version %d", snapshot.version)
+
+    async def _drain(self, conns: list[Conn]) -> None:
+        self._draining.update(conns)
+        try:
+            await _close(conns, DRAIN_GRACE_S)
+        finally:
+            self._draining.difference_update(conns)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, holding a reference until it ends."""
@@ -83,9 +94,13 @@ class ProxyState:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
-        for task in list(self._background):
+        """Stop the background work and close every replica channel at once."""
+        tasks = list(self._background)
+        for task in tasks:
             task.cancel()
-        await _close(self.router.pool.clear(), None)
+        conns = [*self._draining, *self.router.pool.clear()]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await _close(conns, None)
 
 
 async def _close(conns: list[Conn], grace: float | None) -> None:
@@ -100,7 +115,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     path = request.path
     if path.startswith(SYSTEM_PREFIX):
-        return _system(state, path)
+        return _system(state, path, request.method)
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     route = state.router.table.match(path)
     if route is None:
@@ -143,17 +158,29 @@ async def handle(request: web.Request) -> web.StreamResponse:
     response: web.Response | None = None
     conn.outstanding += 1
     try:
-        reply = await conn.stub.Handle(message)
-        if reply.WhichOneof("result") == "http":
+        # wait_for_ready=False: a replica that cannot be reached fails the
+        # call at once (UNAVAILABLE, answered 503) instead of holding it.
+        reply = await conn.stub.Handle(message, wait_for_ready=False)
+        if reply.WhichOneof("result") == "http" and http_codec.valid_status(reply.http.status):
             response = http_codec.from_proto(reply.http, request_id)
             if primary is not None:
                 primary.set_result(response_key(reply))
         else:
             response = http_codec.json_error(
-                502, "BadGateway", f"replica {conn.replica_id} sent no HTTP answer", request_id
+                502,
+                "BadGateway",
+                f"replica {conn.replica_id} of backend {backend!r} sent no valid HTTP answer",
+                request_id,
             )
     except grpc.aio.AioRpcError as exc:
         response = _rpc_error(exc, backend, conn.replica_id, request_id)
+    except Exception:
+        # Anything else (a channel closed under the call, a malformed answer)
+        # is still answered, and in JSON like every other error.
+        logger.exception("forwarding request %s to %s failed", request_id, conn.replica_id)
+        response = http_codec.json_error(
+            502, "BadGateway", f"forwarding to backend {backend!r} failed", request_id
+        )
     finally:
         conn.outstanding -= 1
         if primary is not None and not primary.done():
@@ -203,6 +230,8 @@ async def _shadow(
             key = response_key(reply)
         except grpc.aio.AioRpcError as exc:
             logger.info("shadow %s of %s failed: %s", backend, endpoint, exc.code().name)
+        except Exception:
+            logger.exception("shadow %s of %s failed", backend, endpoint)
         finally:
             conn.outstanding -= 1
             state.shadows_in_flight -= 1
@@ -233,16 +262,27 @@ def _rpc_error(
     )
 
 
-def _system(state: ProxyState, path: str) -> web.Response:
+SYSTEM_METHODS = frozenset({"GET", "HEAD"})
+SYSTEM_ALLOW = "GET, HEAD"
+
+
+def _system(state: ProxyState, path: str, method: str) -> web.Response:
+    if path not in SYSTEM_PATHS:
+        return http_codec.json_error(404, "NotFound", f"no system path {path}")
+    if method not in SYSTEM_METHODS:
+        return http_codec.json_error(
+            405,
+            "MethodNotAllowed",
+            f"{method} is not allowed on {path}; allowed: {SYSTEM_ALLOW}",
+            Allow=SYSTEM_ALLOW,
+        )
     if path == "/-/routes":
         return web.json_response(state.router.table.describe())
     if path == "/-/healthz":
         return web.json_response({"status": "ok", "routes_version": state.router.table.version})
-    if path == "/-/metrics":
-        return web.Response(
-            body=metrics.render(state.registry), headers={"Content-Type": metrics.CONTENT_TYPE}
-        )
-    return http_codec.json_error(404, "NotFound", f"no system path {path}")
+    return web.Response(
+        body=metrics.render(state.registry), headers={"Content-Type": metrics.CONTENT_TYPE}
+    )
 
 
 def build_app(state: ProxyState) -> web.Application:

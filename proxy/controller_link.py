@@ -56,6 +56,10 @@ async def watch_routes(
                     )
         except grpc.aio.AioRpcError as exc:
             logger.info("routing stream from %s ended: %s", controller_address, exc.code().name)
+        except Exception:
+            # A snapshot that could not be applied must not end the watch: the
+            # proxy goes on serving the last good one and tries again.
+            logger.exception("following routes from %s failed", controller_address)
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, BACKOFF_MAX_S)
 
@@ -75,5 +79,8 @@ async def report_stats(controller_address: str, stats: RouterStats, reporter_id:
                 await stub.ReportStats(request, timeout=ACK_TIMEOUT_S)
             except grpc.aio.AioRpcError as exc:
                 logger.debug("stats report failed: %s", exc.code().name)
+                continue
+            except Exception:
+                logger.exception("stats report failed")
                 continue
             reported = changes

@@ -35,6 +35,11 @@ def to_proto(request: web.BaseRequest, body: bytes) -> http_pb2.HttpRequest:
     )
 
 
+def valid_status(status: int) -> bool:
+    """Whether a replica's status code can be sent as a final HTTP answer."""
+    return 200 <= status <= 599
+
+
 def from_proto(reply: http_pb2.HttpResponse, request_id: str) -> web.Response:
     headers: CIMultiDict[str] = CIMultiDict()
     for header in reply.headers:

@@ -65,24 +65,49 @@ async def serve(args: argparse.Namespace) -> int:
 
     watcher = asyncio.create_task(watch_routes(args.controller, state.apply))
     state.spawn(report_stats(args.controller, state.router.stats, SUBSCRIBER_ID))
-    try:
-        await asyncio.wait_for(state.first_snapshot.wait(), FIRST_SNAPSHOT_TIMEOUT_S)
-    except TimeoutError:
-        watcher.cancel()
-        await runner.cleanup()
-        return _fail(args, "UNAVAILABLE", f"no routes from the controller at {args.controller}")
+    if not await _first_snapshot_or_stop(state, stop):
+        await _shut_down(watcher, runner)
+        if stop.is_set():
+            _fail(args, "UNAVAILABLE", "stopped before the first routing snapshot arrived")
+            return 0
+        return _fail(
+            args,
+            "UNAVAILABLE",
+            f"no routes from the controller at {args.controller} "
+            f"within {FIRST_SNAPSHOT_TIMEOUT_S:.0f} s",
+        )
     if args.ready_fd is not None:
         _process.report_ready(args.ready_fd, address=address, pid=os.getpid())
     logger.info("proxy listening on http://%s", address)
 
     await stop.wait()
     logger.info("proxy stopping")
+    await _shut_down(watcher, runner)
+    return 0
+
+
+async def _first_snapshot_or_stop(state: ProxyState, stop: asyncio.Event) -> bool:
+    """Wait for the first routing snapshot; False on timeout or a stop signal."""
+    waits = [
+        asyncio.create_task(state.first_snapshot.wait()),
+        asyncio.create_task(stop.wait()),
+    ]
+    await asyncio.wait(
+        waits, timeout=FIRST_SNAPSHOT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+    )
+    for task in waits:
+        task.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    return state.first_snapshot.is_set() and not stop.is_set()
+
+
+async def _shut_down(watcher: asyncio.Task[None], runner: web.AppRunner) -> None:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
-    # Stops accepting, lets in-flight requests finish, then runs on_cleanup.
+    # Stops accepting, lets in-flight requests finish, then runs on_cleanup
+    # (which closes the replica channels).
     await runner.cleanup()
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

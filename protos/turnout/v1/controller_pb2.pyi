@@ -62,6 +62,11 @@ class BackendConfig(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
     BATCH_WAIT_TIMEOUT_FIELD_NUMBER: _builtins.int
     USER_CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    GRACEFUL_SHUTDOWN_TIMEOUT_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECK_PERIOD_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECK_FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
+    QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     num_replicas: _builtins.int
     """Number of replica processes. Default 1; must be >= 1."""
     max_concurrent_queries: _builtins.int
@@ -71,7 +76,30 @@ class BackendConfig(_message.Message):
     batch_wait_timeout: _builtins.float
     """Seconds a replica waits to fill a batch. Default 0; must be >= 0."""
     user_config_json: _builtins.str
-    """JSON text passed to the class's reconfigure(). Unset = none."""
+    """JSON text passed to the class's reconfigure() at start and whenever it
+    changes, on live replicas, without restarting them. Unset = none.
+    """
+    graceful_shutdown_timeout: _builtins.float
+    """Seconds a stopping replica gets to finish the requests it holds before it
+    is killed. Default 20; must be >= 0.
+    """
+    health_check_period: _builtins.float
+    """Seconds between health checks of a running replica (which call the
+    class's check_health() if it has one). Default 10; must be > 0.
+    """
+    health_check_failure_threshold: _builtins.int
+    """Consecutive failed health checks after which a replica is replaced.
+    Default 3; must be >= 1.
+    """
+    max_queued_requests: _builtins.int
+    """Requests a sender (proxy or handles) holds waiting for a free replica once
+    every replica has max_concurrent_queries in flight; beyond it they are
+    refused (HTTP 503 with Retry-After). Default 1000.
+    """
+    queue_timeout: _builtins.float
+    """Seconds a request may wait in that queue before it is refused. Default 30;
+    must be >= 0.
+    """
     def __init__(
         self,
         *,
@@ -80,33 +108,114 @@ class BackendConfig(_message.Message):
         max_batch_size: _builtins.int | None = ...,
         batch_wait_timeout: _builtins.float | None = ...,
         user_config_json: _builtins.str | None = ...,
+        graceful_shutdown_timeout: _builtins.float | None = ...,
+        health_check_period: _builtins.float | None = ...,
+        health_check_failure_threshold: _builtins.int | None = ...,
+        max_queued_requests: _builtins.int | None = ...,
+        queue_timeout: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_num_replicas", b"_num_replicas", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "num_replicas", b"num_replicas", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_num_replicas", b"_num_replicas", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "num_replicas", b"num_replicas", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batch_wait_timeout: _TypeAlias = _typing.Literal["batch_wait_timeout"]  # noqa: Y015
     _WhichOneofArgType__batch_wait_timeout: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout"]  # noqa: Y015
+    _WhichOneofReturnType__graceful_shutdown_timeout: _TypeAlias = _typing.Literal["graceful_shutdown_timeout"]  # noqa: Y015
+    _WhichOneofArgType__graceful_shutdown_timeout: _TypeAlias = _typing.Literal["_graceful_shutdown_timeout", b"_graceful_shutdown_timeout"]  # noqa: Y015
+    _WhichOneofReturnType__health_check_failure_threshold: _TypeAlias = _typing.Literal["health_check_failure_threshold"]  # noqa: Y015
+    _WhichOneofArgType__health_check_failure_threshold: _TypeAlias = _typing.Literal["_health_check_failure_threshold", b"_health_check_failure_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__health_check_period: _TypeAlias = _typing.Literal["health_check_period"]  # noqa: Y015
+    _WhichOneofArgType__health_check_period: _TypeAlias = _typing.Literal["_health_check_period", b"_health_check_period"]  # noqa: Y015
     _WhichOneofReturnType__max_batch_size: _TypeAlias = _typing.Literal["max_batch_size"]  # noqa: Y015
     _WhichOneofArgType__max_batch_size: _TypeAlias = _typing.Literal["_max_batch_size", b"_max_batch_size"]  # noqa: Y015
     _WhichOneofReturnType__max_concurrent_queries: _TypeAlias = _typing.Literal["max_concurrent_queries"]  # noqa: Y015
     _WhichOneofArgType__max_concurrent_queries: _TypeAlias = _typing.Literal["_max_concurrent_queries", b"_max_concurrent_queries"]  # noqa: Y015
+    _WhichOneofReturnType__max_queued_requests: _TypeAlias = _typing.Literal["max_queued_requests"]  # noqa: Y015
+    _WhichOneofArgType__max_queued_requests: _TypeAlias = _typing.Literal["_max_queued_requests", b"_max_queued_requests"]  # noqa: Y015
     _WhichOneofReturnType__num_replicas: _TypeAlias = _typing.Literal["num_replicas"]  # noqa: Y015
     _WhichOneofArgType__num_replicas: _TypeAlias = _typing.Literal["_num_replicas", b"_num_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__queue_timeout: _TypeAlias = _typing.Literal["queue_timeout"]  # noqa: Y015
+    _WhichOneofArgType__queue_timeout: _TypeAlias = _typing.Literal["_queue_timeout", b"_queue_timeout"]  # noqa: Y015
     _WhichOneofReturnType__user_config_json: _TypeAlias = _typing.Literal["user_config_json"]  # noqa: Y015
     _WhichOneofArgType__user_config_json: _TypeAlias = _typing.Literal["_user_config_json", b"_user_config_json"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_wait_timeout) -> _WhichOneofReturnType__batch_wait_timeout | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__graceful_shutdown_timeout) -> _WhichOneofReturnType__graceful_shutdown_timeout | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__health_check_failure_threshold) -> _WhichOneofReturnType__health_check_failure_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__health_check_period) -> _WhichOneofReturnType__health_check_period | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_batch_size) -> _WhichOneofReturnType__max_batch_size | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_queries) -> _WhichOneofReturnType__max_concurrent_queries | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_queued_requests) -> _WhichOneofReturnType__max_queued_requests | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__num_replicas) -> _WhichOneofReturnType__num_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__queue_timeout) -> _WhichOneofReturnType__queue_timeout | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__user_config_json) -> _WhichOneofReturnType__user_config_json | None: ...
 
 Global___BackendConfig: _TypeAlias = BackendConfig  # noqa: Y015
+
+@_typing.final
+class ReplicaOptions(_message.Message):
+    """Where and how a backend's replica processes run."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NUM_CPUS_FIELD_NUMBER: _builtins.int
+    NUM_GPUS_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    num_cpus: _builtins.float
+    """CPU cores per replica; the replica is pinned to that many cores (rounded
+    up) when the machine has enough. 0 = no pinning.
+    """
+    num_gpus: _builtins.float
+    """GPUs per replica, from those the controller sees: whole GPUs are never
+    shared; a fraction (e.g. 0.5) shares one GPU. 0 = none.
+    """
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Extra environment variables of the replica process."""
+
+    def __init__(
+        self,
+        *,
+        num_cpus: _builtins.float = ...,
+        num_gpus: _builtins.float = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "num_cpus", b"num_cpus", "num_gpus", b"num_gpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaOptions: _TypeAlias = ReplicaOptions  # noqa: Y015
 
 @_typing.final
 class BackendSpec(_message.Message):
@@ -156,6 +265,8 @@ class Replica(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    CPUS_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     """Unique id, "<backend>#<n>"."""
     backend: _builtins.str
@@ -167,6 +278,12 @@ class Replica(_message.Message):
     """OS process id; 0 until started."""
     error: _builtins.str
     """Why it failed; empty otherwise."""
+    gpus: _builtins.str
+    """Value of CUDA_VISIBLE_DEVICES given to it; empty = no GPU."""
+    @_builtins.property
+    def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Cores it is pinned to; empty = not pinned."""
+
     def __init__(
         self,
         *,
@@ -176,10 +293,12 @@ class Replica(_message.Message):
         address: _builtins.str = ...,
         pid: _builtins.int = ...,
         error: _builtins.str = ...,
+        gpus: _builtins.str = ...,
+        cpus: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "error", b"error", "pid", b"pid", "replica_id", b"replica_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "pid", b"pid", "replica_id", b"replica_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,6 +312,7 @@ class Backend(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
+    REPLICA_OPTIONS_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     @_builtins.property
     def spec(self) -> Global___BackendSpec:
@@ -206,6 +326,8 @@ class Backend(_message.Message):
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___Replica]:
         """Its replicas, any state."""
 
+    @_builtins.property
+    def replica_options(self) -> Global___ReplicaOptions: ...
     def __init__(
         self,
         *,
@@ -213,10 +335,11 @@ class Backend(_message.Message):
         spec: Global___BackendSpec | None = ...,
         config: Global___BackendConfig | None = ...,
         replicas: _abc.Iterable[Global___Replica] | None = ...,
+        replica_options: Global___ReplicaOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "replica_options", b"replica_options", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "replicas", b"replicas", "spec", b"spec", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "replica_options", b"replica_options", "replicas", b"replicas", "spec", b"spec", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -281,9 +404,15 @@ class Endpoint(_message.Message):
     METHODS_FIELD_NUMBER: _builtins.int
     TRAFFIC_FIELD_NUMBER: _builtins.int
     SHADOWS_FIELD_NUMBER: _builtins.int
+    REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     route: _builtins.str
     """HTTP route such as "/simple"; empty = reachable through handles only."""
+    request_timeout: _builtins.float
+    """Seconds a request may take before the client gets 504 and the replica is
+    told to cancel it. 0 = no limit. A request's X-Serve-Timeout-Ms header (or
+    a handle's timeout option) overrides it.
+    """
     @_builtins.property
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allowed HTTP methods, upper case. Default ["GET"]."""
@@ -300,10 +429,11 @@ class Endpoint(_message.Message):
         methods: _abc.Iterable[_builtins.str] | None = ...,
         traffic: _abc.Iterable[Global___TrafficWeight] | None = ...,
         shadows: _abc.Iterable[Global___ShadowTarget] | None = ...,
+        request_timeout: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["methods", b"methods", "name", b"name", "route", b"route", "shadows", b"shadows", "traffic", b"traffic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route", "shadows", b"shadows", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -316,6 +446,7 @@ class CreateBackendRequest(_message.Message):
     TAG_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
+    REPLICA_OPTIONS_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     """Unique name; non-empty."""
     @_builtins.property
@@ -324,16 +455,19 @@ class CreateBackendRequest(_message.Message):
     def config(self) -> Global___BackendConfig:
         """Unset fields take their defaults."""
 
+    @_builtins.property
+    def replica_options(self) -> Global___ReplicaOptions: ...
     def __init__(
         self,
         *,
         tag: _builtins.str = ...,
         spec: Global___BackendSpec | None = ...,
         config: Global___BackendConfig | None = ...,
+        replica_options: Global___ReplicaOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "replica_options", b"replica_options", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "spec", b"spec", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "replica_options", b"replica_options", "spec", b"spec", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -434,6 +568,51 @@ class ListBackendsResponse(_message.Message):
 Global___ListBackendsResponse: _TypeAlias = ListBackendsResponse  # noqa: Y015
 
 @_typing.final
+class UpdateBackendRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TAG_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    tag: _builtins.str
+    @_builtins.property
+    def spec(self) -> Global___BackendSpec:
+        """The new code and init args; config and replica options stay."""
+
+    def __init__(
+        self,
+        *,
+        tag: _builtins.str = ...,
+        spec: Global___BackendSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateBackendRequest: _TypeAlias = UpdateBackendRequest  # noqa: Y015
+
+@_typing.final
+class UpdateBackendResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def backend(self) -> Global___Backend: ...
+    def __init__(
+        self,
+        *,
+        backend: Global___Backend | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateBackendResponse: _TypeAlias = UpdateBackendResponse  # noqa: Y015
+
+@_typing.final
 class UpdateBackendConfigRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -520,12 +699,15 @@ class CreateEndpointRequest(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
+    REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name; non-empty."""
     backend: _builtins.str
     """Backend that gets all traffic; empty = none yet (set it with SetTraffic)."""
     route: _builtins.str
     """HTTP route, starting with "/"; empty = no HTTP route."""
+    request_timeout: _builtins.float
+    """Seconds per request before 504; 0 = no limit. See Endpoint.request_timeout."""
     @_builtins.property
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allowed HTTP methods (any case). Empty = ["GET"]."""
@@ -537,10 +719,11 @@ class CreateEndpointRequest(_message.Message):
         backend: _builtins.str = ...,
         route: _builtins.str = ...,
         methods: _abc.Iterable[_builtins.str] | None = ...,
+        request_timeout: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "methods", b"methods", "name", b"name", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -839,9 +1022,15 @@ class BackendTargets(_message.Message):
     TAG_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     MAX_CONCURRENT_QUERIES_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
+    QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     max_concurrent_queries: _builtins.int
     """Most requests a sender may have outstanding at one replica."""
+    max_queued_requests: _builtins.int
+    """Most requests a sender queues for this backend when its replicas are full."""
+    queue_timeout: _builtins.float
+    """Seconds a request may wait in that queue."""
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaTarget]: ...
     def __init__(
@@ -850,10 +1039,12 @@ class BackendTargets(_message.Message):
         tag: _builtins.str = ...,
         replicas: _abc.Iterable[Global___ReplicaTarget] | None = ...,
         max_concurrent_queries: _builtins.int = ...,
+        max_queued_requests: _builtins.int = ...,
+        queue_timeout: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_queries", b"max_concurrent_queries", "replicas", b"replicas", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "queue_timeout", b"queue_timeout", "replicas", b"replicas", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

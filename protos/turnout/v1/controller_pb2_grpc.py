@@ -56,6 +56,11 @@ class ControllerServiceStub:
                 request_serializer=turnout_dot_v1_dot_controller__pb2.ListBackendsRequest.SerializeToString,
                 response_deserializer=turnout_dot_v1_dot_controller__pb2.ListBackendsResponse.FromString,
                 _registered_method=True)
+        self.UpdateBackend = channel.unary_unary(
+                '/turnout.v1.ControllerService/UpdateBackend',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.UpdateBackendRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.UpdateBackendResponse.FromString,
+                _registered_method=True)
         self.UpdateBackendConfig = channel.unary_unary(
                 '/turnout.v1.ControllerService/UpdateBackendConfig',
                 request_serializer=turnout_dot_v1_dot_controller__pb2.UpdateBackendConfigRequest.SerializeToString,
@@ -159,6 +164,14 @@ class ControllerServiceServicer:
 
     def ListBackends(self, request, context):
         """Every backend (without specs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateBackend(self, request, context):
+        """Replaces a backend's code (a new version under the same tag), rolling its
+        replicas one at a time, new before old, so capacity never drops to zero.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -289,6 +302,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListBackends,
                     request_deserializer=turnout_dot_v1_dot_controller__pb2.ListBackendsRequest.FromString,
                     response_serializer=turnout_dot_v1_dot_controller__pb2.ListBackendsResponse.SerializeToString,
+            ),
+            'UpdateBackend': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateBackend,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.UpdateBackendRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.UpdateBackendResponse.SerializeToString,
             ),
             'UpdateBackendConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateBackendConfig,
@@ -454,6 +472,33 @@ class ControllerService:
             '/turnout.v1.ControllerService/ListBackends',
             turnout_dot_v1_dot_controller__pb2.ListBackendsRequest.SerializeToString,
             turnout_dot_v1_dot_controller__pb2.ListBackendsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateBackend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/UpdateBackend',
+            turnout_dot_v1_dot_controller__pb2.UpdateBackendRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.UpdateBackendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class ControllerServiceStub:
     """One backend, with its spec and replicas."""
     ListBackends: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListBackendsRequest, _controller_pb2.ListBackendsResponse]
     """Every backend (without specs)."""
+    UpdateBackend: _grpc.UnaryUnaryMultiCallable[_controller_pb2.UpdateBackendRequest, _controller_pb2.UpdateBackendResponse]
+    """Replaces a backend's code (a new version under the same tag), rolling its
+    replicas one at a time, new before old, so capacity never drops to zero.
+    """
     UpdateBackendConfig: _grpc.UnaryUnaryMultiCallable[_controller_pb2.UpdateBackendConfigRequest, _controller_pb2.UpdateBackendConfigResponse]
     """Changes the fields of a backend's config that are set in the request."""
     DeleteBackend: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteBackendRequest, _controller_pb2.DeleteBackendResponse]
@@ -100,6 +104,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """One backend, with its spec and replicas."""
     ListBackends: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListBackendsRequest, _controller_pb2.ListBackendsResponse]  # type: ignore[assignment]
     """Every backend (without specs)."""
+    UpdateBackend: _aio.UnaryUnaryMultiCallable[_controller_pb2.UpdateBackendRequest, _controller_pb2.UpdateBackendResponse]  # type: ignore[assignment]
+    """Replaces a backend's code (a new version under the same tag), rolling its
+    replicas one at a time, new before old, so capacity never drops to zero.
+    """
     UpdateBackendConfig: _aio.UnaryUnaryMultiCallable[_controller_pb2.UpdateBackendConfigRequest, _controller_pb2.UpdateBackendConfigResponse]  # type: ignore[assignment]
     """Changes the fields of a backend's config that are set in the request."""
     DeleteBackend: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteBackendRequest, _controller_pb2.DeleteBackendResponse]  # type: ignore[assignment]
@@ -169,6 +177,16 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListBackendsResponse, _abc.Awaitable[_controller_pb2.ListBackendsResponse]]:
         """Every backend (without specs)."""
+
+    @_abc_1.abstractmethod
+    def UpdateBackend(
+        self,
+        request: _controller_pb2.UpdateBackendRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.UpdateBackendResponse, _abc.Awaitable[_controller_pb2.UpdateBackendResponse]]:
+        """Replaces a backend's code (a new version under the same tag), rolling its
+        replicas one at a time, new before old, so capacity never drops to zero.
+        """
 
     @_abc_1.abstractmethod
     def UpdateBackendConfig(

@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from turnout.v1 import http_pb2 as turnout_dot_v1_dot_http__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18turnout/v1/replica.proto\x12\nturnout.v1\x1a\x15turnout/v1/http.proto\"t\n\nPythonCall\x12\x14\n\x0cpickled_data\x18\x01 \x01(\x0c\x12\x16\n\x0epickled_kwargs\x18\x02 \x01(\x0c\x12\x13\n\x0bhttp_method\x18\x03 \x01(\t\x12#\n\x07headers\x18\x04 \x03(\x0b\x32\x12.turnout.v1.Header\"\x94\x01\n\rHandleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bmethod_name\x18\x02 \x01(\t\x12\'\n\x04http\x18\x03 \x01(\x0b\x32\x17.turnout.v1.HttpRequestH\x00\x12&\n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x16.turnout.v1.PythonCallH\x00\x42\t\n\x07payload\"d\n\x0bRemoteError\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.turnout.v1.ErrorKind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\x81\x01\n\x0eHandleResponse\x12(\n\x04http\x18\x01 \x01(\x0b\x32\x18.turnout.v1.HttpResponseH\x00\x12\x11\n\x07pickled\x18\x02 \x01(\x0cH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.turnout.v1.RemoteErrorH\x00\x42\x08\n\x06result*x\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45RROR_KIND_USER\x10\x01\x12\x1f\n\x1b\x45RROR_KIND_METHOD_NOT_FOUND\x10\x02\x12\x19\n\x15\x45RROR_KIND_BAD_RETURN\x10\x03\x32Q\n\x0eReplicaService\x12?\n\x06Handle\x12\x19.turnout.v1.HandleRequest\x1a\x1a.turnout.v1.HandleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18turnout/v1/replica.proto\x12\nturnout.v1\x1a\x15turnout/v1/http.proto\".\n\x12ReconfigureRequest\x12\x18\n\x10user_config_json\x18\x01 \x01(\t\"\x15\n\x13ReconfigureResponse\"t\n\nPythonCall\x12\x14\n\x0cpickled_data\x18\x01 \x01(\x0c\x12\x16\n\x0epickled_kwargs\x18\x02 \x01(\x0c\x12\x13\n\x0bhttp_method\x18\x03 \x01(\t\x12#\n\x07headers\x18\x04 \x03(\x0b\x32\x12.turnout.v1.Header\"\x94\x01\n\rHandleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bmethod_name\x18\x02 \x01(\t\x12\'\n\x04http\x18\x03 \x01(\x0b\x32\x17.turnout.v1.HttpRequestH\x00\x12&\n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x16.turnout.v1.PythonCallH\x00\x42\t\n\x07payload\"d\n\x0bRemoteError\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.turnout.v1.ErrorKind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\x81\x01\n\x0eHandleResponse\x12(\n\x04http\x18\x01 \x01(\x0b\x32\x18.turnout.v1.HttpResponseH\x00\x12\x11\n\x07pickled\x18\x02 \x01(\x0cH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.turnout.v1.RemoteErrorH\x00\x42\x08\n\x06result*\x92\x01\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45RROR_KIND_USER\x10\x01\x12\x1f\n\x1b\x45RROR_KIND_METHOD_NOT_FOUND\x10\x02\x12\x19\n\x15\x45RROR_KIND_BAD_RETURN\x10\x03\x12\x18\n\x14\x45RROR_KIND_BAD_BATCH\x10\x04\x32\xa1\x01\n\x0eReplicaService\x12?\n\x06Handle\x12\x19.turnout.v1.HandleRequest\x1a\x1a.turnout.v1.HandleResponse\x12N\n\x0bReconfigure\x12\x1e.turnout.v1.ReconfigureRequest\x1a\x1f.turnout.v1.ReconfigureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'turnout.v1.replica_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORKIND']._serialized_start=566
-  _globals['_ERRORKIND']._serialized_end=686
-  _globals['_PYTHONCALL']._serialized_start=63
-  _globals['_PYTHONCALL']._serialized_end=179
-  _globals['_HANDLEREQUEST']._serialized_start=182
-  _globals['_HANDLEREQUEST']._serialized_end=330
-  _globals['_REMOTEERROR']._serialized_start=332
-  _globals['_REMOTEERROR']._serialized_end=432
-  _globals['_HANDLERESPONSE']._serialized_start=435
-  _globals['_HANDLERESPONSE']._serialized_end=564
-  _globals['_REPLICASERVICE']._serialized_start=688
-  _globals['_REPLICASERVICE']._serialized_end=769
+  _globals['_ERRORKIND']._serialized_start=638
+  _globals['_ERRORKIND']._serialized_end=784
+  _globals['_RECONFIGUREREQUEST']._serialized_start=63
+  _globals['_RECONFIGUREREQUEST']._serialized_end=109
+  _globals['_RECONFIGURERESPONSE']._serialized_start=111
+  _globals['_RECONFIGURERESPONSE']._serialized_end=132
+  _globals['_PYTHONCALL']._serialized_start=134
+  _globals['_PYTHONCALL']._serialized_end=250
+  _globals['_HANDLEREQUEST']._serialized_start=253
+  _globals['_HANDLEREQUEST']._serialized_end=401
+  _globals['_REMOTEERROR']._serialized_start=403
+  _globals['_REMOTEERROR']._serialized_end=503
+  _globals['_HANDLERESPONSE']._serialized_start=506
+  _globals['_HANDLERESPONSE']._serialized_end=635
+  _globals['_REPLICASERVICE']._serialized_start=787
+  _globals['_REPLICASERVICE']._serialized_end=948
 # @@protoc_insertion_point(module_scope)

@@ -33,6 +33,8 @@ class _ErrorKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorKind.V
     """The method named in method_name does not exist on the backend."""
     ERROR_KIND_BAD_RETURN: _ErrorKind.ValueType  # 3
     """The handler's return value could not be encoded."""
+    ERROR_KIND_BAD_BATCH: _ErrorKind.ValueType  # 4
+    """A batch handler returned a sequence of the wrong length."""
 
 class ErrorKind(_ErrorKind, metaclass=_ErrorKindEnumTypeWrapper):
     """Why a call failed."""
@@ -44,7 +46,44 @@ ERROR_KIND_METHOD_NOT_FOUND: ErrorKind.ValueType  # 2
 """The method named in method_name does not exist on the backend."""
 ERROR_KIND_BAD_RETURN: ErrorKind.ValueType  # 3
 """The handler's return value could not be encoded."""
+ERROR_KIND_BAD_BATCH: ErrorKind.ValueType  # 4
+"""A batch handler returned a sequence of the wrong length."""
 Global___ErrorKind: _TypeAlias = ErrorKind  # noqa: Y015
+
+@_typing.final
+class ReconfigureRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    user_config_json: _builtins.str
+    """JSON text of the new user_config."""
+    def __init__(
+        self,
+        *,
+        user_config_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_config_json", b"user_config_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconfigureRequest: _TypeAlias = ReconfigureRequest  # noqa: Y015
+
+@_typing.final
+class ReconfigureResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconfigureResponse: _TypeAlias = ReconfigureResponse  # noqa: Y015
 
 @_typing.final
 class PythonCall(_message.Message):

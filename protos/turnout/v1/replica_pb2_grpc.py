@@ -41,6 +41,11 @@ class ReplicaServiceStub:
                 request_serializer=turnout_dot_v1_dot_replica__pb2.HandleRequest.SerializeToString,
                 response_deserializer=turnout_dot_v1_dot_replica__pb2.HandleResponse.FromString,
                 _registered_method=True)
+        self.Reconfigure = channel.unary_unary(
+                '/turnout.v1.ReplicaService/Reconfigure',
+                request_serializer=turnout_dot_v1_dot_replica__pb2.ReconfigureRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_replica__pb2.ReconfigureResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServiceServicer:
@@ -49,7 +54,16 @@ class ReplicaServiceServicer:
     """
 
     def Handle(self, request, context):
-        """Runs the backend's handler on one request.
+        """Runs the backend's handler on one request. The call's gRPC deadline is the
+        request's: a replica refuses work whose deadline has passed, and a call
+        cancelled by its deadline cancels an async handler.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reconfigure(self, request, context):
+        """Calls the class's reconfigure(user_config) on this live replica.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -62,6 +76,11 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
                     servicer.Handle,
                     request_deserializer=turnout_dot_v1_dot_replica__pb2.HandleRequest.FromString,
                     response_serializer=turnout_dot_v1_dot_replica__pb2.HandleResponse.SerializeToString,
+            ),
+            'Reconfigure': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reconfigure,
+                    request_deserializer=turnout_dot_v1_dot_replica__pb2.ReconfigureRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_replica__pb2.ReconfigureResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +112,33 @@ class ReplicaService:
             '/turnout.v1.ReplicaService/Handle',
             turnout_dot_v1_dot_replica__pb2.HandleRequest.SerializeToString,
             turnout_dot_v1_dot_replica__pb2.HandleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reconfigure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ReplicaService/Reconfigure',
+            turnout_dot_v1_dot_replica__pb2.ReconfigureRequest.SerializeToString,
+            turnout_dot_v1_dot_replica__pb2.ReconfigureResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,7 +36,12 @@ class ReplicaServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ReplicaServiceAsyncStub: ...
     Handle: _grpc.UnaryUnaryMultiCallable[_replica_pb2.HandleRequest, _replica_pb2.HandleResponse]
-    """Runs the backend's handler on one request."""
+    """Runs the backend's handler on one request. The call's gRPC deadline is the
+    request's: a replica refuses work whose deadline has passed, and a call
+    cancelled by its deadline cancels an async handler.
+    """
+    Reconfigure: _grpc.UnaryUnaryMultiCallable[_replica_pb2.ReconfigureRequest, _replica_pb2.ReconfigureResponse]
+    """Calls the class's reconfigure(user_config) on this live replica."""
 
 @_typing.type_check_only
 class ReplicaServiceAsyncStub(ReplicaServiceStub):
@@ -46,7 +51,12 @@ class ReplicaServiceAsyncStub(ReplicaServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Handle: _aio.UnaryUnaryMultiCallable[_replica_pb2.HandleRequest, _replica_pb2.HandleResponse]  # type: ignore[assignment]
-    """Runs the backend's handler on one request."""
+    """Runs the backend's handler on one request. The call's gRPC deadline is the
+    request's: a replica refuses work whose deadline has passed, and a call
+    cancelled by its deadline cancels an async handler.
+    """
+    Reconfigure: _aio.UnaryUnaryMultiCallable[_replica_pb2.ReconfigureRequest, _replica_pb2.ReconfigureResponse]  # type: ignore[assignment]
+    """Calls the class's reconfigure(user_config) on this live replica."""
 
 class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
     """The data plane: what a replica serves. A replica in any language that serves
@@ -59,6 +69,17 @@ class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _replica_pb2.HandleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_replica_pb2.HandleResponse, _abc.Awaitable[_replica_pb2.HandleResponse]]:
-        """Runs the backend's handler on one request."""
+        """Runs the backend's handler on one request. The call's gRPC deadline is the
+        request's: a replica refuses work whose deadline has passed, and a call
+        cancelled by its deadline cancels an async handler.
+        """
+
+    @_abc_1.abstractmethod
+    def Reconfigure(
+        self,
+        request: _replica_pb2.ReconfigureRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.ReconfigureResponse, _abc.Awaitable[_replica_pb2.ReconfigureResponse]]:
+        """Calls the class's reconfigure(user_config) on this live replica."""
 
 def add_ReplicaServiceServicer_to_server(servicer: ReplicaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
