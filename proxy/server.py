@@ -92,9 +92,7 @@ async def _first_snapshot_or_stop(state: ProxyState, stop: asyncio.Event) -> boo
         asyncio.create_task(state.first_snapshot.wait()),
         asyncio.create_task(stop.wait()),
     ]
-    await asyncio.wait(
-        waits, timeout=FIRST_SNAPSHOT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
-    )
+    await asyncio.wait(waits, timeout=FIRST_SNAPSHOT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
     for task in waits:
         task.cancel()
     await asyncio.gather(*waits, return_exceptions=True)

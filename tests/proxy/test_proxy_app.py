@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import socket
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -108,6 +110,106 @@ def test_errors_are_json_with_the_right_status() -> None:
             }
 
     run_proxy(scenario)
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def with_replicas(version: int, addresses: list[str]) -> pb.RoutingSnapshot:
+    snapshot = pb.RoutingSnapshot()
+    snapshot.CopyFrom(SNAPSHOT)
+    snapshot.version = version
+    del snapshot.backends[:]
+    snapshot.backends.add(
+        tag="a",
+        replicas=[
+            pb.ReplicaTarget(replica_id=f"a#{i}", address=address)
+            for i, address in enumerate(addresses)
+        ],
+    )
+    return snapshot
+
+
+def test_unreachable_replica_is_a_prompt_503() -> None:
+    state = ProxyState(1024)
+
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        # Applied on the loop, as the routes watcher does: it opens the channels.
+        state.apply(with_replicas(6, [f"127.0.0.1:{closed_port()}"]))
+        async with session.post(
+            base + "/model", data=b"hi", timeout=aiohttp.ClientTimeout(total=10)
+        ) as reply:
+            assert reply.status == 503
+            body = await reply.json()
+            assert body["error"] == "ReplicaUnavailable"
+            assert "'a'" in body["message"]
+            assert re.fullmatch("[0-9a-f]{32}", reply.headers["X-Request-Id"])
+            assert body["request_id"] == reply.headers["X-Request-Id"]
+        (conn,) = state.router.pool.replicas("a")
+        assert conn.outstanding == 0
+
+    serve(build_app(state), scenario)
+
+
+def test_a_replica_that_leaves_the_snapshot_gets_no_more_requests() -> None:
+    state = ProxyState(1024)
+
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        state.apply(with_replicas(6, [f"127.0.0.1:{closed_port()}"]))
+        state.apply(with_replicas(7, []))
+        async with session.post(base + "/model", data=b"hi") as reply:
+            assert reply.status == 503
+            assert (await reply.json())["error"] == "NoReplica"
+        async with session.get(base + "/-/healthz") as reply:
+            assert (await reply.json())["routes_version"] == 7
+
+    serve(build_app(state), scenario)
+
+
+def test_system_paths_are_read_only_and_known() -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        async with session.post(base + "/-/healthz") as reply:
+            assert reply.status == 405
+            assert reply.headers["Allow"] == "GET, HEAD"
+            assert (await reply.json())["error"] == "MethodNotAllowed"
+        async with session.get(base + "/-/nothing") as reply:
+            assert reply.status == 404
+            assert (await reply.json())["error"] == "NotFound"
+        async with session.get(base + "/-/metrics") as reply:
+            assert reply.status == 200
+            assert "turnout_routes_version 5.0" in await reply.text()
+
+    run_proxy(scenario)
+
+
+def test_replica_answers_become_http_responses() -> None:
+    reply = http_pb2.HttpResponse(
+        status=418,
+        headers=[
+            http_pb2.Header(name="X-B", value="2"),
+            http_pb2.Header(name="X-A", value="1"),
+            http_pb2.Header(name="x-a", value="3"),
+            http_pb2.Header(name="Transfer-Encoding", value="chunked"),
+            http_pb2.Header(name="Connection", value="close"),
+        ],
+        body=b"teapot",
+    )
+    response = http_codec.from_proto(reply, "rid")
+    assert response.status == 418
+    assert list(response.headers.items()) == [
+        ("X-B", "2"),
+        ("X-A", "1"),
+        ("x-a", "3"),
+        ("X-Request-Id", "rid"),
+    ]
+    assert response.body == b"teapot"
+    assert not http_codec.valid_status(0) and not http_codec.valid_status(600)
+    assert http_codec.valid_status(200) and http_codec.valid_status(599)
 
 
 def test_request_reaches_the_proto_intact() -> None:
