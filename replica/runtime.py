@@ -9,6 +9,7 @@ Synchronous handlers run on a thread pool so they never block the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import importlib
 import inspect
@@ -24,6 +25,8 @@ from typing import Any
 
 import cloudpickle
 
+from turnout.batching import accepts_batch, set_call_context
+from turnout.replica.batcher import Batcher
 from turnout.v1 import controller_pb2
 
 DEFAULT_MAX_CONCURRENT_QUERIES = 100
@@ -57,13 +60,29 @@ class Backend:
 
 
 class BackendRuntime:
-    """Runs requests through one loaded backend."""
+    """Runs requests through one loaded backend.
 
-    def __init__(self, backend: Backend, max_concurrent_queries: int) -> None:
+    At most ``max_concurrent_queries`` calls run at once (async handlers on the
+    loop, sync ones in a thread pool of that size); handlers marked with
+    ``@accept_batch`` get lists of up to ``max_batch_size`` requests.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        max_concurrent_queries: int,
+        max_batch_size: int = 1,
+        batch_wait_timeout: float = 0.0,
+    ) -> None:
         self.backend = backend
+        self.max_concurrent_queries = max_concurrent_queries
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout = batch_wait_timeout
         self._executor = ThreadPoolExecutor(
             max_workers=max_concurrent_queries, thread_name_prefix=f"handler-{backend.tag}"
         )
+        self._slots = asyncio.Semaphore(max_concurrent_queries)
+        self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
         self._running_in_threads = 0
 
@@ -79,7 +98,37 @@ class BackendRuntime:
         if max_queries < 1:
             raise LoadError(INVALID_ARGUMENT, "max_concurrent_queries must be >= 1")
         backend = load_backend(request)
-        return cls(backend, max_queries)
+        max_batch = config.max_batch_size if config.HasField("max_batch_size") else 1
+        runtime = cls(backend, max_queries, max_batch, config.batch_wait_timeout)
+        if max_batch > 1 and not runtime.batch_methods():
+            raise LoadError(
+                INVALID_ARGUMENT,
+                f"max_batch_size is {max_batch} but {_name(backend.target)} has no handler "
+                "decorated with @turnout.accept_batch",
+            )
+        return runtime
+
+    def capabilities(self) -> dict[str, Any]:
+        """What the controller needs to validate later config changes."""
+        return {
+            "batch_methods": self.batch_methods(),
+            "reconfigure": self._instance_has("reconfigure"),
+            "check_health": self.has_check_health,
+        }
+
+    def batch_methods(self) -> list[str]:
+        target = self.backend.target
+        if not self.backend.is_instance:
+            return ["__call__"] if accepts_batch(target) else []
+        names = [n for n in dir(type(target)) if n == "__call__" or not n.startswith("_")]
+        return [n for n in names if accepts_batch(getattr(target, n, None))]
+
+    @property
+    def has_check_health(self) -> bool:
+        return self._instance_has("check_health")
+
+    def _instance_has(self, method: str) -> bool:
+        return self.backend.is_instance and callable(getattr(self.backend.target, method, None))
 
     @property
     def running_in_threads(self) -> int:
@@ -87,21 +136,70 @@ class BackendRuntime:
         with self._lock:
             return self._running_in_threads
 
-    async def handle(self, method_name: str, request: Any) -> Any:
-        """Call the handler ``method_name`` ("" = ``__call__``) with ``request``."""
+    async def handle(self, method_name: str, request: Any, web: bool = False) -> Any:
+        """Call the handler ``method_name`` ("" = ``__call__``) with ``request``.
+
+        ``web`` says whether the request came over HTTP (``turnout.context.web``).
+        """
         handler = self._resolve(method_name)
+        async with self._slots:
+            if accepts_batch(handler):
+                return await self._batcher(method_name or "__call__", handler).submit(request, web)
+            return await self._invoke(handler, request, None, web)
+
+    def _batcher(self, name: str, handler: Callable[[Any], Any]) -> Batcher:
+        batcher = self._batchers.get(name)
+        if batcher is None:
+
+            async def call(requests: list[Any], web: bool) -> Any:
+                return await self._invoke(handler, requests, len(requests), web)
+
+            batcher = Batcher(name, call, self.max_batch_size, self.batch_wait_timeout)
+            self._batchers[name] = batcher
+        return batcher
+
+    async def _invoke(
+        self, handler: Callable[[Any], Any], arg: Any, batch_size: int | None, web: bool
+    ) -> Any:
+        # Each call runs in its own task (or the batcher's), so this sets the
+        # context for this call only; threads get a copy of it.
+        set_call_context(batch_size, web)
         if _is_async(handler):
-            result = handler(request)
+            result = handler(arg)
         else:
             loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()
             result = await loop.run_in_executor(
-                self._executor, functools.partial(self._run_in_thread, handler, request)
+                self._executor, functools.partial(context.run, self._run_in_thread, handler, arg)
             )
         # A sync callable may still hand back a coroutine (a decorated async
         # function, a partial); it belongs to the loop, not to the thread.
         if inspect.isawaitable(result):
             result = await result
         return result
+
+    async def reconfigure(self, user_config_json: str) -> None:
+        """Call the instance's ``reconfigure(user_config)`` (raises LoadError)."""
+        target = self.backend.target
+        method = getattr(target, "reconfigure", None) if self.backend.is_instance else None
+        if not callable(method):
+            raise LoadError(INVALID_ARGUMENT, f"{_name(target)} has no reconfigure() method")
+        try:
+            user_config = json.loads(user_config_json)
+        except ValueError as exc:
+            raise LoadError(INVALID_ARGUMENT, f"user_config_json is not valid JSON: {exc}") from exc
+        try:
+            await _call_aside(method, user_config)
+        except Exception as exc:
+            raise _load_error(
+                f"{type(target).__name__}.reconfigure raised {_describe(exc)}"
+            ) from exc
+        self.backend.user_config = user_config
+
+    async def check_health(self) -> None:
+        """Run the instance's ``check_health()``; raises whatever it raises."""
+        if self.has_check_health:
+            await _call_aside(lambda _: self.backend.target.check_health(), None)
 
     def close(self) -> None:
         """Stop taking handler calls; calls still running are not waited for."""
@@ -249,6 +347,15 @@ def _reconfigure(backend: Backend, user_config_json: str) -> Any:
         name = type(backend.target).__name__
         raise _load_error(f"{name}.reconfigure raised {_describe(exc)}") from exc
     return user_config
+
+
+async def _call_aside(method: Callable[[Any], Any], arg: Any) -> Any:
+    """Run a lifecycle method (reconfigure, check_health) outside the handler
+    pool, so a pool full of slow requests cannot starve a health check."""
+    result = await asyncio.to_thread(method, arg) if not _is_async(method) else method(arg)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:

@@ -37,8 +37,41 @@ log = logging.getLogger("turnout.replica")
 
 REPLICA_SERVICE = replica_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-# Seconds in-flight requests get to finish after SIGTERM.
+# Seconds in-flight requests get to finish after SIGTERM, unless the backend's
+# graceful_shutdown_timeout says otherwise.
 SHUTDOWN_GRACE = 5.0
+# A check_health() that takes longer than this counts as failed.
+HEALTH_CHECK_TIMEOUT = 10.0
+
+
+class BackendHealth(health.aio.HealthServicer):
+    """The standard health service, which also asks the backend's check_health().
+
+    The controller's periodic Check therefore tells a dead or hung replica
+    (no answer in time) from one whose own check fails (NOT_SERVING).
+    """
+
+    def __init__(self, runtime: BackendRuntime) -> None:
+        super().__init__()
+        self._runtime = runtime
+
+    async def Check(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ],
+    ) -> health_pb2.HealthCheckResponse:
+        if self._runtime.has_check_health and request.service in ("", REPLICA_SERVICE):
+            try:
+                await asyncio.wait_for(self._runtime.check_health(), HEALTH_CHECK_TIMEOUT)
+            except Exception as exc:
+                log.warning("check_health failed: %s: %s", type(exc).__name__, exc)
+                return health_pb2.HealthCheckResponse(
+                    status=health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+        reply: health_pb2.HealthCheckResponse = await super().Check(request, context)
+        return reply
 
 
 @dataclass(frozen=True)
@@ -78,14 +111,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         die_with_parent(options.parent_pid)
     configure_logging(options.replica_id)
     try:
-        runtime = BackendRuntime.load(read_spec(options.spec_file))
+        spec = read_spec(options.spec_file)
+        runtime = BackendRuntime.load(spec)
     except LoadError as exc:
         log.error("cannot load the backend: %s\n%s", exc.message, exc.traceback)
         if options.ready_fd is not None:
             report_failure(options.ready_fd, exc.code, exc.message, exc.traceback)
         return 1
     try:
-        return asyncio.run(serve(options, runtime))
+        grace = (
+            spec.config.graceful_shutdown_timeout
+            if spec.config.HasField("graceful_shutdown_timeout")
+            else SHUTDOWN_GRACE
+        )
+        return asyncio.run(serve(options, runtime, grace))
     finally:
         runtime.close()
         busy = runtime.running_in_threads
@@ -117,7 +156,9 @@ def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:
         raise LoadError(INVALID_ARGUMENT, f"cannot read spec file {str(path)!r}: {exc}") from exc
 
 
-async def serve(options: ReplicaOptions, runtime: BackendRuntime) -> int:
+async def serve(
+    options: ReplicaOptions, runtime: BackendRuntime, grace: float = SHUTDOWN_GRACE
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -125,7 +166,7 @@ async def serve(options: ReplicaOptions, runtime: BackendRuntime) -> int:
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(runtime), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = BackendHealth(runtime)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
@@ -144,16 +185,21 @@ async def serve(options: ReplicaOptions, runtime: BackendRuntime) -> int:
     log.info("serving backend %r on %s (pid %d)", runtime.backend.tag, address, os.getpid())
     if options.ready_fd is not None:
         try:
-            report_ready(options.ready_fd, address=address, pid=os.getpid())
+            report_ready(
+                options.ready_fd,
+                address=address,
+                pid=os.getpid(),
+                capabilities=runtime.capabilities(),
+            )
         except OSError as exc:
             log.error("cannot report readiness: %s", exc)
             await server.stop(grace=None)
             return 1
 
     await stop.wait()
-    log.info("shutting down; in-flight requests get %.0fs", SHUTDOWN_GRACE)
+    log.info("shutting down; in-flight requests get %.1fs", grace)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace=SHUTDOWN_GRACE)
+    await server.stop(grace=grace)
     log.info("stopped")
     return 0
 

@@ -16,7 +16,8 @@ import grpc
 from werkzeug.exceptions import HTTPException
 
 from turnout.replica import codec
-from turnout.replica.runtime import BackendRuntime, MethodNotFound
+from turnout.replica.batcher import BadBatch
+from turnout.replica.runtime import BackendRuntime, LoadError, MethodNotFound
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
 
 log = logging.getLogger("turnout.replica")
@@ -31,6 +32,10 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
     async def Handle(
         self, request: replica_pb2.HandleRequest, context: Context
     ) -> replica_pb2.HandleResponse:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # The sender has given up already: running it would be wasted work.
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before start")
         payload = request.WhichOneof("payload")
         if payload == "http":
             return replica_pb2.HandleResponse(http=await self._handle_http(request))
@@ -43,11 +48,14 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         rid = request.request_id
         http_request = codec.http_to_request(request.http)
         try:
-            value = await self._runtime.handle(request.method_name, http_request)
+            value = await self._runtime.handle(request.method_name, http_request, web=True)
             return codec.encode_http(value)
         except MethodNotFound as exc:
             log.warning("request %s: %s", rid, exc)
             return codec.error_response(exc, rid, status=404)
+        except BadBatch as exc:
+            log.error("request %s: %s", rid, exc)
+            return codec.error_response(exc, rid)
         except HTTPException as exc:
             # Flask's abort(): an intended answer, logged like an access line.
             log.info("request %s: handler aborted with %s", rid, exc)
@@ -70,6 +78,9 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         except MethodNotFound as exc:
             log.warning("request %s: %s", rid, exc)
             return _error(replica_pb2.ERROR_KIND_METHOD_NOT_FOUND, exc, with_traceback=False)
+        except BadBatch as exc:
+            log.error("request %s: %s", rid, exc)
+            return _error(replica_pb2.ERROR_KIND_BAD_BATCH, exc, with_traceback=False)
         except Exception as exc:
             log.exception("request %s: %s", rid, _what_failed(exc))
             return _error(replica_pb2.ERROR_KIND_USER, exc, with_traceback=True)
@@ -84,6 +95,21 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             )
             log.error("request %s: %s", rid, bad, exc_info=exc)
             return _error(replica_pb2.ERROR_KIND_BAD_RETURN, bad, with_traceback=False)
+
+    async def Reconfigure(
+        self,
+        request: replica_pb2.ReconfigureRequest,
+        context: grpc.aio.ServicerContext[
+            replica_pb2.ReconfigureRequest, replica_pb2.ReconfigureResponse
+        ],
+    ) -> replica_pb2.ReconfigureResponse:
+        try:
+            await self._runtime.reconfigure(request.user_config_json)
+        except LoadError as exc:
+            log.error("reconfigure failed: %s\n%s", exc.message, exc.traceback)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        log.info("reconfigured")
+        return replica_pb2.ReconfigureResponse()
 
 
 def _what_failed(exc: Exception) -> str:

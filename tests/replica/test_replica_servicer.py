@@ -45,6 +45,11 @@ def servicer() -> Iterator[ReplicaServicer]:
 
 
 class AbortingContext:
+    """Stands in for grpc's ServicerContext: no deadline, abort raises."""
+
+    def time_remaining(self) -> float | None:
+        return None
+
     async def abort(self, code: grpc.StatusCode, details: str) -> NoReturn:
         raise RuntimeError(f"{code.name}: {details}")
 
