@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import uuid
 from collections.abc import Coroutine, Hashable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,7 @@ from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
 from . import http_codec, metrics
+from .admission import Admission, NoReplica, Overloaded
 from .replica_pool import ReplicaConn
 from .route_table import EndpointRoute
 from .router import Router
@@ -44,6 +46,11 @@ SYSTEM_PREFIX = "/-/"
 SYSTEM_PATHS = frozenset({"/-/routes", "/-/healthz", "/-/metrics"})
 SHARD_KEY_HEADER = "X-Serve-Shard-Key"
 CALL_METHOD_HEADER = "X-Serve-Call-Method"
+TIMEOUT_HEADER = "X-Serve-Timeout-Ms"
+# Seconds an overloaded client is asked to wait before it tries again.
+RETRY_AFTER_S = "1"
+# Other replicas a request may be retried on when one cannot be connected to.
+MAX_CONNECT_RETRIES = 2
 
 Conn = ReplicaConn["ReplicaServiceAsyncStub"]
 
@@ -64,6 +71,7 @@ class ProxyState:
 
     def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.router: Router[ReplicaServiceAsyncStub] = Router(connect)
+        self.admission = Admission(self.router)
         self.max_body_bytes = max_body_bytes
         self.first_snapshot = asyncio.Event()
         self.registry = metrics.registry_for(self.router.stats, lambda: self.router.table.version)
@@ -75,6 +83,7 @@ class ProxyState:
     def apply(self, snapshot: pb.RoutingSnapshot) -> None:
         """Serve ``snapshot`` from now on; must run on the event loop."""
         gone = self.router.apply(snapshot)
+        self.admission.replicas_changed()
         if gone:
             self.spawn(self._drain(gone))
         self.first_snapshot.set()
@@ -137,15 +146,17 @@ async def handle(request: web.Request) -> web.StreamResponse:
             f"request body is larger than the limit of {state.max_body_bytes} bytes",
             request_id,
         )
-    backend, conn = state.router.choose(route, request.headers.get(SHARD_KEY_HEADER, ""))
-    if backend is None or conn is None or conn.stub is None:
+    try:
+        timeout = _timeout(request, route)
+    except ValueError as exc:
+        return http_codec.json_error(400, "BadRequest", str(exc), request_id)
+    deadline = time.monotonic() + timeout if timeout else None
+    shard_key = request.headers.get(SHARD_KEY_HEADER, "")
+    backend = route.choose_backend(state.router.rng, shard_key)
+    if backend is None:
         state.router.stats.failed_unrouted(route.name)
-        if backend is None:
-            return http_codec.json_error(
-                503, "NoBackend", f"endpoint {route.name!r} has no backend", request_id
-            )
         return http_codec.json_error(
-            503, "NoReplica", f"backend {backend!r} has no running replica", request_id
+            503, "NoBackend", f"endpoint {route.name!r} has no backend", request_id
         )
     message = replica_pb2.HandleRequest(
         request_id=request_id,
@@ -156,33 +167,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if route.shadows:
         primary = _send_shadows(state, route, message)
     response: web.Response | None = None
-    conn.outstanding += 1
     try:
-        # wait_for_ready=False: a replica that cannot be reached fails the
-        # call at once (UNAVAILABLE, answered 503) instead of holding it.
-        reply = await conn.stub.Handle(message, wait_for_ready=False)
-        if reply.WhichOneof("result") == "http" and http_codec.valid_status(reply.http.status):
-            response = http_codec.from_proto(reply.http, request_id)
-            if primary is not None:
-                primary.set_result(response_key(reply))
-        else:
-            response = http_codec.json_error(
-                502,
-                "BadGateway",
-                f"replica {conn.replica_id} of backend {backend!r} sent no valid HTTP answer",
-                request_id,
-            )
-    except grpc.aio.AioRpcError as exc:
-        response = _rpc_error(exc, backend, conn.replica_id, request_id)
-    except Exception:
-        # Anything else (a channel closed under the call, a malformed answer)
-        # is still answered, and in JSON like every other error.
-        logger.exception("forwarding request %s to %s failed", request_id, conn.replica_id)
-        response = http_codec.json_error(
-            502, "BadGateway", f"forwarding to backend {backend!r} failed", request_id
-        )
+        response, key = await _forward(state, backend, shard_key, deadline, message)
+        if primary is not None:
+            primary.set_result(key)
     finally:
-        conn.outstanding -= 1
         if primary is not None and not primary.done():
             # No answer to compare with: the shadows count as failed.
             primary.set_result(None)
@@ -190,6 +179,94 @@ async def handle(request: web.Request) -> web.StreamResponse:
             route.name, backend, failed=response is None or response.status >= 500
         )
     return response
+
+
+async def _forward(
+    state: ProxyState,
+    backend: str,
+    shard_key: str,
+    deadline: float | None,
+    message: replica_pb2.HandleRequest,
+) -> tuple[web.Response, Hashable | None]:
+    """Send the request to a replica of ``backend``: queue if all are full,
+    retry elsewhere if a replica cannot be connected to.
+
+    Returns the response and what shadows compare with (None when the replica
+    gave no answer).
+    """
+    rid = message.request_id
+    tried: frozenset[str] = frozenset()
+    while True:
+        try:
+            conn = await state.admission.acquire(backend, shard_key, deadline, tried)
+        except NoReplica:
+            if tried:
+                return _error(
+                    503, "ReplicaUnavailable", f"no replica of {backend!r} could be reached", rid
+                )
+            return _error(503, "NoReplica", f"backend {backend!r} has no running replica", rid)
+        except Overloaded as exc:
+            message_ = f"backend {backend!r} is overloaded: {exc}"
+            return _error(503, "Overloaded", message_, rid, **{"Retry-After": RETRY_AFTER_S})
+        except TimeoutError:
+            return _error(504, "GatewayTimeout", f"no replica of {backend!r} was free in time", rid)
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            # wait_for_ready=False: a replica that cannot be reached fails the
+            # call at once instead of holding it.
+            reply = await conn.stub.Handle(  # type: ignore[union-attr]
+                message, timeout=remaining, wait_for_ready=False
+            )
+        except grpc.aio.AioRpcError as exc:
+            if _never_delivered(exc) and len(tried) < MAX_CONNECT_RETRIES:
+                logger.info("replica %s unreachable; retrying request %s", conn.replica_id, rid)
+                tried |= {conn.replica_id}
+                continue
+            return _rpc_error(exc, backend, conn.replica_id, rid), None
+        except Exception:
+            # Anything else (a channel closed under the call, a malformed
+            # answer) is still answered, and in JSON like every other error.
+            logger.exception("forwarding request %s to %s failed", rid, conn.replica_id)
+            return _error(502, "BadGateway", f"forwarding to backend {backend!r} failed", rid)
+        finally:
+            state.admission.release(backend, conn)
+        if reply.WhichOneof("result") != "http" or not http_codec.valid_status(reply.http.status):
+            return _error(
+                502,
+                "BadGateway",
+                f"replica {conn.replica_id} of backend {backend!r} sent no valid HTTP answer",
+                rid,
+            )
+        return http_codec.from_proto(reply.http, rid), response_key(reply)
+
+
+def _error(
+    status: int, error: str, message: str, request_id: str, **headers: str
+) -> tuple[web.Response, None]:
+    return http_codec.json_error(status, error, message, request_id, **headers), None
+
+
+def _never_delivered(exc: grpc.aio.AioRpcError) -> bool:
+    """True when the call failed to connect, so the replica never saw it and
+    another replica may safely take it."""
+    return (
+        exc.code() == grpc.StatusCode.UNAVAILABLE
+        and "failed to connect" in (exc.details() or "").lower()
+    )
+
+
+def _timeout(request: web.Request, route: EndpointRoute) -> float | None:
+    """Seconds the request may take: the header's, else the endpoint's."""
+    header = request.headers.get(TIMEOUT_HEADER)
+    if header is None:
+        return route.request_timeout or None
+    try:
+        millis = int(header)
+    except ValueError:
+        millis = 0
+    if millis <= 0:
+        raise ValueError(f"{TIMEOUT_HEADER} must be a positive number of milliseconds")
+    return millis / 1000
 
 
 def _send_shadows(
@@ -224,7 +301,7 @@ async def _shadow(
         and state.shadows_in_flight < MAX_SHADOWS_IN_FLIGHT
     ):
         state.shadows_in_flight += 1
-        conn.outstanding += 1
+        conn.outstanding += 1  # a shadow takes a slot like any request
         try:
             reply = await conn.stub.Handle(message, timeout=SHADOW_TIMEOUT_S)
             key = response_key(reply)
@@ -233,7 +310,7 @@ async def _shadow(
         except Exception:
             logger.exception("shadow %s of %s failed", backend, endpoint)
         finally:
-            conn.outstanding -= 1
+            state.admission.release(backend, conn)
             state.shadows_in_flight -= 1
     stats.shadow_outcome(endpoint, backend, compare(await primary, key))
 
@@ -243,11 +320,20 @@ def _rpc_error(
 ) -> web.Response:
     code = exc.code()
     logger.warning("replica %s failed request %s: %s", replica_id, request_id, code.name)
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE and _never_delivered(exc):
         return http_codec.json_error(
             503,
             "ReplicaUnavailable",
             f"a replica of backend {backend!r} could not be reached",
+            request_id,
+        )
+    if code == grpc.StatusCode.UNAVAILABLE:
+        # The connection broke after the request was sent: it may have run,
+        # so it is not retried.
+        return http_codec.json_error(
+            502,
+            "ReplicaFailed",
+            f"the replica of backend {backend!r} stopped before answering",
             request_id,
         )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -34,6 +34,24 @@ class ReplicaConn(Generic[Stub]):
 Connect = Callable[[ReplicaConn[Stub]], None]
 
 
+@dataclass(frozen=True)
+class BackendLimits:
+    """How much a sender may load one backend (from its BackendConfig)."""
+
+    max_concurrent_queries: int = 100
+    max_queued_requests: int = 1000
+    queue_timeout: float = 30.0
+
+    @classmethod
+    def from_proto(cls, targets: pb.BackendTargets) -> BackendLimits:
+        default = cls()
+        return cls(
+            max_concurrent_queries=targets.max_concurrent_queries or default.max_concurrent_queries,
+            max_queued_requests=targets.max_queued_requests or default.max_queued_requests,
+            queue_timeout=targets.queue_timeout or default.queue_timeout,
+        )
+
+
 class ReplicaPool(Generic[Stub]):
     """The replicas of every backend, with one connection to each."""
 
@@ -41,6 +59,10 @@ class ReplicaPool(Generic[Stub]):
         self._connect = connect
         self._backends: dict[str, list[ReplicaConn[Stub]]] = {}
         self._by_address: dict[str, ReplicaConn[Stub]] = {}
+        self._limits: dict[str, BackendLimits] = {}
+
+    def limits(self, backend: str) -> BackendLimits:
+        return self._limits.get(backend) or BackendLimits()
 
     def replicas(self, backend: str) -> list[ReplicaConn[Stub]]:
         return self._backends.get(backend, [])
@@ -52,6 +74,7 @@ class ReplicaPool(Generic[Stub]):
         """
         backends: dict[str, list[ReplicaConn[Stub]]] = {}
         by_address: dict[str, ReplicaConn[Stub]] = {}
+        self._limits = {t.tag: BackendLimits.from_proto(t) for t in snapshot.backends}
         for targets in snapshot.backends:
             conns = []
             for target in targets.replicas:
@@ -69,23 +92,35 @@ class ReplicaPool(Generic[Stub]):
         return gone
 
     def pick(
-        self, backend: str, rng: random.Random, shard_key: str = ""
+        self,
+        backend: str,
+        rng: random.Random,
+        shard_key: str = "",
+        exclude: frozenset[str] = frozenset(),
     ) -> ReplicaConn[Stub] | None:
-        """The replica for one request.
+        """The replica for one request, or None when every replica is full
+        (``max_concurrent_queries`` in flight from this sender) or there is none.
 
-        Without a shard key: the one with the fewest requests in flight from
-        this sender (ties at random). With one: rendezvous hashing, so a key
-        stays on its replica while the replica set is unchanged, and adding a
-        replica moves only the keys that the new one wins.
+        Without a shard key: the one with the fewest requests in flight (ties
+        at random). With one: rendezvous hashing, so a key stays on its replica
+        while the replica set is unchanged, and adding a replica moves only the
+        keys that the new one wins. ``exclude`` names replicas not to use (ones
+        a retry already failed on).
         """
         conns = self._backends.get(backend)
+        if exclude and conns:
+            conns = [c for c in conns if c.replica_id not in exclude]
         if not conns:
             return None
+        limit = self.limits(backend).max_concurrent_queries
         if shard_key:
-            return max(conns, key=lambda c: stable_fraction(shard_key, backend, c.replica_id))
+            pinned = max(conns, key=lambda c: stable_fraction(shard_key, backend, c.replica_id))
+            return pinned if pinned.outstanding < limit else None
+        least = min(c.outstanding for c in conns)
+        if least >= limit:
+            return None
         if len(conns) == 1:
             return conns[0]
-        least = min(c.outstanding for c in conns)
         return rng.choice([c for c in conns if c.outstanding == least])
 
     def all(self) -> list[ReplicaConn[Stub]]:

@@ -38,6 +38,8 @@ class EndpointRoute:
     traffic: dict[str, float]
     # (backend, proportion of requests copied to it)
     shadows: tuple[tuple[str, float], ...]
+    # Seconds a request may take; 0 = no limit.
+    request_timeout: float = 0.0
 
     @classmethod
     def from_proto(cls, endpoint: pb.Endpoint) -> EndpointRoute:
@@ -51,6 +53,7 @@ class EndpointRoute:
             cumulative=tuple(itertools.accumulate(w for _, w in weighted)),
             traffic={t.backend: t.weight for t in endpoint.traffic},
             shadows=tuple((s.backend, s.proportion) for s in endpoint.shadows),
+            request_timeout=endpoint.request_timeout,
         )
 
     def choose_backend(self, rng: random.Random, shard_key: str = "") -> str | None:
