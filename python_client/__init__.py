@@ -29,16 +29,19 @@ from turnout.api import (
     stat,
     update_backend_config,
 )
+from turnout.batching import accept_batch, context
 from turnout.client import Client, ReplicaInfo
 from turnout.config import BackendConfig
 from turnout.errors import (
     AlreadyExistsError,
     BackendError,
+    DeadlineExceededError,
     InUseError,
     InvalidArgumentError,
     MethodNotFoundError,
     NotFoundError,
     NotRunningError,
+    OverloadedError,
     TurnoutError,
     TurnoutValueError,
     UnavailableError,
@@ -50,6 +53,7 @@ __all__ = [
     "AlreadyExistsError",
     "BackendConfig",
     "BackendError",
+    "DeadlineExceededError",
     "Client",
     "EndpointHandle",
     "HandleFuture",
@@ -58,12 +62,15 @@ __all__ = [
     "MethodNotFoundError",
     "NotFoundError",
     "NotRunningError",
+    "OverloadedError",
     "ReplicaInfo",
     "TurnoutError",
     "TurnoutValueError",
     "UnavailableError",
     "UnimplementedError",
     "__version__",
+    "accept_batch",
+    "context",
     "create_backend",
     "create_endpoint",
     "delete_backend",

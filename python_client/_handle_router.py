@@ -8,6 +8,7 @@ loop (or none) without a loop of its own.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import threading
@@ -15,7 +16,7 @@ import time
 import uuid
 from collections.abc import Hashable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import cloudpickle
@@ -24,8 +25,10 @@ import grpc
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout.errors import (
     BackendError,
+    DeadlineExceededError,
     MethodNotFoundError,
     NotFoundError,
+    OverloadedError,
     TurnoutError,
     UnavailableError,
 )
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Other replicas a call may be retried on when one cannot be connected to.
+MAX_CONNECT_RETRIES = 2
 # How long a call waits for its endpoint to show up in the routing snapshot
 # (a handle made with missing_ok=True, or right after create_endpoint).
 ENDPOINT_WAIT_S = 30.0
@@ -61,6 +66,30 @@ class CallOptions:
     shard_key: str = ""
     http_method: str = "GET"
     http_headers: tuple[tuple[str, str], ...] = ()
+    # Seconds the call may take, queueing included; None = no limit.
+    timeout: float | None = None
+
+
+@dataclass(eq=False)
+class _Call:
+    """One handle call on its way: queued, sent, or retried elsewhere."""
+
+    endpoint: str
+    backend: str
+    shard_key: str
+    message: replica_pb2.HandleRequest
+    deadline: float | None
+    tried: frozenset[str] = frozenset()
+    queued_until: float = 0.0
+    result: Future[Any] = field(default_factory=Future)
+    # What shadows compare their answers with; None = no answer.
+    primary: Future[Hashable | None] = field(default_factory=Future)
+
+    def due(self) -> float:
+        """When it must leave the queue."""
+        if self.deadline is None:
+            return self.queued_until
+        return min(self.deadline, self.queued_until)
 
 
 def _connect(conn: Conn) -> None:
@@ -128,7 +157,10 @@ class HandleRouter:
             self._channel
         )
         self._reported = 0
-        for target, name in ((self._watch, "routes"), (self._report_loop, "stats")):
+        # backend -> calls waiting for a free replica slot, oldest first
+        self._queues: dict[str, collections.deque[_Call]] = {}
+        threads = ((self._watch, "routes"), (self._report_loop, "stats"), (self._reap, "queue"))
+        for target, name in threads:
             threading.Thread(target=target, name=f"turnout-handles-{name}", daemon=True).start()
 
     # ---- following the controller ------------------------------------------
@@ -141,6 +173,7 @@ class HandleRouter:
                     with self._changed:
                         gone = self._router.apply(reply.snapshot)
                         self._changed.notify_all()
+                    self._retry_queued()
                     for conn in gone:
                         if conn.close is not None:
                             conn.close(DRAIN_GRACE_S)
@@ -184,8 +217,11 @@ class HandleRouter:
     def submit(
         self, endpoint: str, options: CallOptions, data: Any, kwargs: dict[str, Any]
     ) -> Future[Any]:
-        """Send one call; the future holds the handler's result or a turnout error."""
-        result: Future[Any] = Future()
+        """Send one call; the future holds the handler's result or a turnout error.
+
+        Never blocks on a full backend: the call then waits in this router's
+        bounded queue and is sent when a replica has a free slot.
+        """
         message = replica_pb2.HandleRequest(
             request_id=uuid.uuid4().hex,
             method_name=options.method_name,
@@ -197,62 +233,146 @@ class HandleRouter:
             ),
         )
         route = self._endpoint(endpoint)
-        with self._changed:
-            backend, conn = self._router.choose(route, options.shard_key)
-            shadows = self._router.shadow_targets(route) if route.shadows else []
-            if conn is not None:
-                conn.outstanding += 1
-        if backend is None or conn is None or conn.stub is None:
-            self._router.stats.failed_unrouted(endpoint)
-            what = (
-                f"endpoint {endpoint!r} has no backend"
-                if backend is None
-                else (f"backend {backend!r} has no running replica")
-            )
-            result.set_exception(UnavailableError(what))
-            return result
-        primary: Future[Hashable | None] = Future()
-        for shadow_backend, shadow_conn in shadows:
-            self._shadow(endpoint, shadow_backend, shadow_conn, message, primary)
-        call = conn.stub.Handle.future(message)
-        call.add_done_callback(
-            lambda done: self._finish(done, result, primary, conn, endpoint, backend)
+        call = _Call(
+            endpoint=endpoint,
+            backend="",
+            shard_key=options.shard_key,
+            message=message,
+            deadline=None if options.timeout is None else time.monotonic() + options.timeout,
         )
-        return result
+        with self._changed:
+            backend = route.choose_backend(self._router.rng, options.shard_key)
+            shadows = self._router.shadow_targets(route) if route.shadows else []
+        if backend is None:
+            self._router.stats.failed_unrouted(endpoint)
+            call.result.set_exception(UnavailableError(f"endpoint {endpoint!r} has no backend"))
+            return call.result
+        call.backend = backend
+        for shadow_backend, shadow_conn in shadows:
+            self._shadow(endpoint, shadow_backend, shadow_conn, message, call.primary)
+        self._dispatch(call)
+        return call.result
 
-    def _finish(
-        self,
-        call: grpc.Future[replica_pb2.HandleResponse],
-        result: Future[Any],
-        primary: Future[Hashable | None],
-        conn: Conn,
-        endpoint: str,
-        backend: str,
-    ) -> None:
+    def _dispatch(self, call: _Call) -> None:
+        """Send ``call`` now if a replica has room, else queue it (or refuse it)."""
+        with self._changed:
+            conn = self._router.pool.pick(
+                call.backend, self._router.rng, call.shard_key, call.tried
+            )
+            if conn is None:
+                self._queue_or_fail(call)
+                return
+            conn.outstanding += 1
+        remaining = None if call.deadline is None else max(call.deadline - time.monotonic(), 0)
+        assert conn.stub is not None
+        future = conn.stub.Handle.future(call.message, timeout=remaining, wait_for_ready=False)
+        future.add_done_callback(lambda done: self._finish(done, call, conn))
+
+    def _queue_or_fail(self, call: _Call) -> None:
+        # Under self._changed.
+        pool = self._router.pool
+        if not any(c.replica_id not in call.tried for c in pool.replicas(call.backend)):
+            what = "could be reached" if call.tried else "is running"
+            self._fail(call, UnavailableError(f"no replica of backend {call.backend!r} {what}"))
+            return
+        limits = pool.limits(call.backend)
+        queue = self._queues.setdefault(call.backend, collections.deque())
+        if len(queue) >= limits.max_queued_requests:
+            self._fail(call, OverloadedError(f"backend {call.backend!r} is overloaded"))
+            return
+        call.queued_until = time.monotonic() + limits.queue_timeout
+        queue.append(call)
+        self._changed.notify_all()  # the reaper may need to wake earlier
+
+    def _fail(self, call: _Call, error: TurnoutError) -> None:
+        self._router.stats.answered(call.endpoint, call.backend, failed=True)
+        if not call.primary.done():
+            call.primary.set_result(None)
+        call.result.set_exception(error)
+
+    def _release(self, backend: str, conn: Conn) -> None:
+        """A slot of ``conn`` is free: send the oldest queued call that can use it."""
         with self._changed:
             conn.outstanding -= 1
+            queue = self._queues.get(backend)
+            waiting = queue.popleft() if queue else None
+        if waiting is not None:
+            self._dispatch(waiting)
+
+    def _reap(self) -> None:
+        """Refuse queued calls whose queue timeout or deadline has passed."""
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                expired: list[_Call] = []
+                next_due = now + 1.0
+                for queue in self._queues.values():
+                    for call in list(queue):
+                        due = call.due()
+                        if due <= now:
+                            queue.remove(call)
+                            expired.append(call)
+                        else:
+                            next_due = min(next_due, due)
+                if not expired:
+                    self._changed.wait(next_due - now)
+            for call in expired:
+                if call.deadline is not None and call.deadline <= call.queued_until:
+                    error: TurnoutError = DeadlineExceededError(
+                        f"no replica of backend {call.backend!r} was free before the deadline"
+                    )
+                else:
+                    error = OverloadedError(
+                        f"no replica of backend {call.backend!r} was free in time"
+                    )
+                self._fail(call, error)
+
+    def _retry_queued(self) -> None:
+        """Replicas changed: queued calls may fit now (or have nowhere to go)."""
+        with self._changed:
+            waiting = [call for queue in self._queues.values() for call in queue]
+            for queue in self._queues.values():
+                queue.clear()
+        for call in waiting:
+            self._dispatch(call)
+
+    def _finish(
+        self, done: grpc.Future[replica_pb2.HandleResponse], call: _Call, conn: Conn
+    ) -> None:
+        self._release(call.backend, conn)
         try:
-            reply: replica_pb2.HandleResponse = call.result()
+            reply: replica_pb2.HandleResponse = done.result()
         except grpc.RpcError as exc:
-            primary.set_result(None)
-            self._router.stats.answered(endpoint, backend, failed=True)
             code = exc.code()
-            result.set_exception(
-                UnavailableError(
-                    f"a replica of backend {backend!r} failed the call: {code.name}: "
-                    f"{exc.details()}"
+            details = exc.details() or ""
+            if (
+                code == grpc.StatusCode.UNAVAILABLE
+                and "failed to connect" in details.lower()
+                and len(call.tried) < MAX_CONNECT_RETRIES
+            ):
+                # Never delivered: another replica may take it.
+                call.tried |= {conn.replica_id}
+                self._dispatch(call)
+                return
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                error: TurnoutError = DeadlineExceededError(
+                    f"backend {call.backend!r} did not answer before the deadline"
                 )
-            )
+            else:
+                error = UnavailableError(
+                    f"a replica of backend {call.backend!r} failed the call: {code.name}: {details}"
+                )
+            self._fail(call, error)
             return
-        primary.set_result(_answer_key(reply))
+        call.primary.set_result(_answer_key(reply))
         try:
-            value = _decode(reply, endpoint)
+            value = _decode(reply, call.endpoint)
         except TurnoutError as exc:
-            self._router.stats.answered(endpoint, backend, failed=True)
-            result.set_exception(exc)
+            self._router.stats.answered(call.endpoint, call.backend, failed=True)
+            call.result.set_exception(exc)
         else:
-            self._router.stats.answered(endpoint, backend, failed=False)
-            result.set_result(value)
+            self._router.stats.answered(call.endpoint, call.backend, failed=False)
+            call.result.set_result(value)
 
     def _shadow(
         self,
@@ -280,8 +400,7 @@ class HandleRouter:
             conn.outstanding += 1
 
         def done(call: grpc.Future[replica_pb2.HandleResponse]) -> None:
-            with self._changed:
-                conn.outstanding -= 1
+            self._release(backend, conn)
             try:
                 settle(_answer_key(call.result()))
             except grpc.RpcError:

@@ -11,6 +11,8 @@
     │   └── InvalidArgumentError              INVALID_ARGUMENT: malformed value
     ├── NotRunningError (also ConnectionError) no Turnout instance to talk to
     ├── UnavailableError                      no running replica, or it could not be reached
+    │   └── OverloadedError                   every replica full and the queue too (HTTP 503)
+    ├── DeadlineExceededError (also TimeoutError) the call's timeout passed (HTTP 504)
     ├── UnimplementedError                    UNIMPLEMENTED: not built yet
     └── BackendError                          a handler raised; carries the remote traceback
 
@@ -58,6 +60,16 @@ class NotRunningError(TurnoutError, ConnectionError):
 
 class UnavailableError(TurnoutError):
     """No replica could take the request: none is running, or it could not be reached."""
+
+
+class OverloadedError(UnavailableError):
+    """Every replica had max_concurrent_queries in flight and the queue was full,
+    or the call waited longer than queue_timeout. Try again later."""
+
+
+class DeadlineExceededError(TurnoutError, TimeoutError):
+    """The call's timeout passed before the backend answered; the replica was told
+    to cancel it."""
 
 
 class UnimplementedError(TurnoutError, NotImplementedError):

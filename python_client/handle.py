@@ -86,6 +86,7 @@ class EndpointHandle:
         shard_key: str | None = None,
         http_method: str | None = None,
         http_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        timeout: float | None = None,
     ) -> EndpointHandle:
         """A new handle with some call options changed.
 
@@ -94,6 +95,9 @@ class EndpointHandle:
           weights stay) and the same replica (while its replicas stay).
         - ``http_method``: what the handler sees as ``request.method`` (default GET).
         - ``http_headers``: what it sees as ``request.headers``.
+        - ``timeout``: seconds a call may take, waiting for a free replica
+          included; then it raises ``DeadlineExceededError`` and the replica is
+          told to cancel the work (an ``async def`` handler is cancelled).
         """
         changes: dict[str, Any] = {}
         if method_name is not None:
@@ -110,6 +114,12 @@ class EndpointHandle:
             changes["http_headers"] = tuple(
                 (_str(k, "header name"), _str(v, "header value")) for k, v in pairs
             )
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+                raise TypeError(f"timeout must be a number, got {type(timeout).__name__}")
+            if not timeout > 0:
+                raise InvalidArgumentError(f"timeout must be > 0 seconds, got {timeout}")
+            changes["timeout"] = float(timeout)
         return EndpointHandle(
             self._address, self._endpoint, dataclasses.replace(self._options, **changes)
         )
