@@ -11,18 +11,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from pathlib import Path
+from typing import Any
 
 from turnout.errors import (
     AlreadyExistsError,
     InUseError,
     InvalidArgumentError,
     NotFoundError,
+    TurnoutError,
 )
 from turnout.v1 import controller_pb2 as pb
 
 from . import validation
 from .launcher import ProcessLauncher
-from .replica_set import ReplicaSet, ReplicaStartError, start_error_to_user_error
+from .replica_set import ReplicaSet, ReplicaStartError
+from .resources import ResourcePool
 from .routing import RoutePublisher
 from .store import BackendRecord, EndpointRecord, Store
 
@@ -30,10 +34,17 @@ logger = logging.getLogger(__name__)
 
 
 class ControlPlane:
-    def __init__(self, store: Store, launcher: ProcessLauncher, publisher: RoutePublisher) -> None:
+    def __init__(
+        self,
+        store: Store,
+        launcher: ProcessLauncher,
+        publisher: RoutePublisher,
+        resources: ResourcePool | None = None,
+    ) -> None:
         self._store = store
         self._launcher = launcher
         self._publisher = publisher
+        self._resources = resources or ResourcePool()
         self._sets: dict[str, ReplicaSet] = {}
         self._spec_versions: dict[str, int] = {}
         # Admin changes run one at a time: each sees the state the previous left.
@@ -41,19 +52,34 @@ class ControlPlane:
 
     # ---- backends -------------------------------------------------------
 
+    def _write_spec(self, record: BackendRecord) -> Path:
+        """A new version of what the backend's replicas load."""
+        version = self._spec_versions.get(record.tag, 0) + 1
+        self._spec_versions[record.tag] = version
+        request = pb.CreateBackendRequest(
+            tag=record.tag, spec=record.spec, config=record.config, replica_options=record.options
+        )
+        return self._launcher.write_spec(request, version)
+
     async def create_backend(self, request: pb.CreateBackendRequest) -> pb.Backend:
         tag = validation.name(request.tag, "backend tag")
         spec = validation.spec(request.spec)
         config = validation.full_config(request.config)
+        options = validation.replica_options(request.replica_options)
         async with self._lock:
             if tag in self._store.backends():
                 raise AlreadyExistsError(f"backend {tag!r} already exists")
-            version = self._spec_versions.get(tag, 0) + 1
-            self._spec_versions[tag] = version
-            spec_path = self._launcher.write_spec(
-                pb.CreateBackendRequest(tag=tag, spec=spec, config=config), version
+            record = BackendRecord(tag=tag, spec=spec, config=config, options=options)
+            replicas = ReplicaSet(
+                tag,
+                self._write_spec(record),
+                self._launcher,
+                self.routes_changed,
+                config,
+                options,
+                self._resources,
             )
-            replicas = ReplicaSet(tag, spec_path, self._launcher, self.routes_changed)
+            replicas.check_fits(config.num_replicas)
             self._sets[tag] = replicas
             try:
                 await replicas.scale(config.num_replicas)
@@ -61,7 +87,19 @@ class ControlPlane:
                 await replicas.stop()
                 del self._sets[tag]
                 raise start_error_to_user_error(exc, tag) from None
-            self._store.put_backend(BackendRecord(tag=tag, spec=spec, config=config))
+            self._store.put_backend(record)
+        return self._backend(tag)
+
+    async def update_backend(self, tag: str, spec: pb.BackendSpec) -> pb.Backend:
+        """New code under the same tag, rolled out replica by replica."""
+        spec = validation.spec(spec)
+        async with self._lock:
+            record = dataclasses.replace(self._backend_record(tag), spec=spec)
+            try:
+                await self._sets[tag].roll(self._write_spec(record))
+            except ReplicaStartError as exc:
+                raise start_error_to_user_error(exc, tag) from None
+            self._store.put_backend(record)
         return self._backend(tag)
 
     def get_backend(self, tag: str) -> pb.Backend:
@@ -77,15 +115,36 @@ class ControlPlane:
         validation.config_update(update)
         async with self._lock:
             record = self._backend_record(tag)
+            replicas = self._sets[tag]
             config = pb.BackendConfig()
             config.CopyFrom(record.config)
             config.MergeFrom(update)
-            replicas = self._sets[tag]
+            _check_capabilities(tag, config, replicas.capabilities)
+            new = dataclasses.replace(record, config=config)
+            spec_path = self._write_spec(new)
+            restart = any(
+                getattr(config, f) != getattr(record.config, f) for f in validation.RESTART_FIELDS
+            )
+            reconfigure = config.user_config_json != record.config.user_config_json or (
+                config.HasField("user_config_json") != record.config.HasField("user_config_json")
+            )
+            previous_path, previous_config = replicas.spec_path, replicas.config
+            replicas.config = config
             try:
+                if restart:
+                    await replicas.roll(spec_path)
+                else:
+                    replicas.spec_path = spec_path
+                    if reconfigure and config.HasField("user_config_json"):
+                        await replicas.reconfigure(config.user_config_json)
                 await replicas.scale(config.num_replicas)
             except ReplicaStartError as exc:
+                replicas.spec_path, replicas.config = previous_path, previous_config
                 raise start_error_to_user_error(exc, tag) from None
-            self._store.put_backend(BackendRecord(tag=tag, spec=record.spec, config=config))
+            except InvalidArgumentError:
+                replicas.spec_path, replicas.config = previous_path, previous_config
+                raise
+            self._store.put_backend(new)
             await self.routes_changed()
         return self._backend(tag)
 
@@ -123,7 +182,13 @@ class ControlPlane:
             if request.backend:
                 self._backend_record(request.backend)
                 traffic = {request.backend: 1.0}
-            record = EndpointRecord(name=name, route=route, methods=methods, traffic=traffic)
+            record = EndpointRecord(
+                name=name,
+                route=route,
+                methods=methods,
+                traffic=traffic,
+                request_timeout=validation.request_timeout(request.request_timeout),
+            )
             self._store.put_endpoint(record)
             await self.routes_changed()
         return _endpoint_proto(record)
@@ -182,9 +247,7 @@ class ControlPlane:
     def snapshot_parts(self) -> tuple[list[pb.Endpoint], list[pb.BackendTargets]]:
         endpoints = [_endpoint_proto(e) for e in self._store.endpoints().values()]
         backends = []
-        records = self._store.backends()
         for tag, replicas in self._sets.items():
-            record = records.get(tag)
             backends.append(
                 pb.BackendTargets(
                     tag=tag,
@@ -193,11 +256,9 @@ class ControlPlane:
                         for s in replicas.running()
                         if s.child is not None
                     ],
-                    max_concurrent_queries=(
-                        record.config.max_concurrent_queries
-                        if record
-                        else validation.DEFAULT_MAX_CONCURRENT_QUERIES
-                    ),
+                    max_concurrent_queries=replicas.config.max_concurrent_queries,
+                    max_queued_requests=replicas.config.max_queued_requests,
+                    queue_timeout=replicas.config.queue_timeout,
                 )
             )
         return endpoints, backends
@@ -230,7 +291,32 @@ class ControlPlane:
 
     def _backend(self, tag: str) -> pb.Backend:
         record = self._backend_record(tag)
-        return pb.Backend(tag=tag, config=record.config, replicas=self._sets[tag].describe())
+        return pb.Backend(
+            tag=tag,
+            config=record.config,
+            replicas=self._sets[tag].describe(),
+            replica_options=record.options,
+        )
+
+
+def start_error_to_user_error(error: ReplicaStartError, tag: str) -> TurnoutError:
+    """What the admin caller sees when a backend's replica cannot start."""
+    if error.code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"):
+        return InvalidArgumentError(f"backend {tag!r} cannot start: {error}")
+    return TurnoutError(f"backend {tag!r}: a replica failed to start: {error}")
+
+
+def _check_capabilities(tag: str, config: pb.BackendConfig, capabilities: dict[str, Any]) -> None:
+    """Refuse config the backend's code cannot honour (as its replica reported)."""
+    if config.max_batch_size > 1 and not capabilities.get("batch_methods"):
+        raise InvalidArgumentError(
+            f"backend {tag!r} has no handler decorated with @turnout.accept_batch, "
+            f"so max_batch_size must stay 1 (got {config.max_batch_size})"
+        )
+    if config.HasField("user_config_json") and not capabilities.get("reconfigure"):
+        raise InvalidArgumentError(
+            f"backend {tag!r} has no reconfigure() method to take a user_config"
+        )
 
 
 def _endpoint_proto(record: EndpointRecord) -> pb.Endpoint:
@@ -240,4 +326,5 @@ def _endpoint_proto(record: EndpointRecord) -> pb.Endpoint:
         methods=record.methods,
         traffic=[pb.TrafficWeight(backend=b, weight=w) for b, w in record.traffic.items()],
         shadows=[pb.ShadowTarget(backend=b, proportion=p) for b, p in record.shadows.items()],
+        request_timeout=record.request_timeout,
     )

@@ -92,15 +92,29 @@ class ProcessLauncher:
         path.write_bytes(request.SerializeToString())
         return path
 
-    async def start_replica(self, replica_id: str, spec_path: Path) -> ChildProcess:
+    async def start_replica(
+        self,
+        replica_id: str,
+        spec_path: Path,
+        env: dict[str, str] | None = None,
+        cpus: tuple[int, ...] = (),
+    ) -> ChildProcess:
+        """Start a replica with extra environment variables, pinned to ``cpus``."""
         args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
-        return await self._start("turnout.replica", f"replica {replica_id}", args)
+        return await self._start("turnout.replica", f"replica {replica_id}", args, env, cpus)
 
     async def start_proxy(self, controller_address: str, host: str, port: int) -> ChildProcess:
         args = ["--controller", controller_address, "--host", host, "--port", str(port)]
         return await self._start("turnout.proxy", "proxy", args)
 
-    async def _start(self, module: str, name: str, args: list[str]) -> ChildProcess:
+    async def _start(
+        self,
+        module: str,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        cpus: tuple[int, ...] = (),
+    ) -> ChildProcess:
         read_fd, write_fd = os.pipe()
         log_path = self.log_dir / f"{_file_safe(name.replace(' ', '-'))}.log"
         argv = _process.child_argv(
@@ -114,12 +128,18 @@ class ProcessLauncher:
                     stdout=log,
                     stderr=log,
                     pass_fds=(write_fd,),
+                    env={**os.environ, **env} if env else None,
                 )
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
+        if cpus:
+            # Set from here rather than in the child: the threads it starts
+            # while importing inherit the mask.
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(process.pid, cpus)
         child = ChildProcess(name=name, process=process, log_path=log_path)
         self._children.add(child)
         process_done = asyncio.ensure_future(process.wait())

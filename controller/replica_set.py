@@ -1,10 +1,12 @@
-"""The replicas of one backend: start, health-check, restart, scale, stop.
+"""The replicas of one backend: start, health-check, restart, scale, roll, stop.
 
 Each replica slot has one supervising task that loops: start a process, wait
-until its health check answers, mark it RUNNING, wait for it to exit, and (if
-nobody asked it to stop) start it again after a backoff. A replica that fails
-on its very first start fails the call that asked for it (create or scale up),
-so a broken backend is refused instead of crash-looping.
+until its health check answers, mark it RUNNING, then watch it (process exit,
+and a health check every ``health_check_period``) until it dies or fails
+``health_check_failure_threshold`` checks in a row, and (unless asked to stop)
+start it again after a backoff. A replica that fails on its very first start
+fails the call that asked for it (create, scale up, roll), so a broken backend
+is refused instead of crash-looping.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -23,8 +26,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout.errors import InvalidArgumentError, TurnoutError
 from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import replica_pb2, replica_pb2_grpc
 
 from .launcher import ChildProcess, ProcessLauncher
+from .resources import Allocation, ResourcePool
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,9 @@ BACKOFF_INITIAL_S = 0.5
 BACKOFF_MAX_S = 30.0
 # A replica that ran this long before dying restarts without backoff.
 STABLE_AFTER_S = 30.0
+# Beyond its graceful_shutdown_timeout, what a stopping replica gets before SIGKILL.
+KILL_MARGIN_S = 5.0
+RECONFIGURE_TIMEOUT_S = 60.0
 
 OnChange = Callable[[], Awaitable[None]]
 
@@ -50,6 +58,7 @@ class ReplicaSlot:
     replica_id: str
     state: pb.ReplicaState.ValueType = pb.REPLICA_STATE_STARTING
     child: ChildProcess | None = None
+    allocation: Allocation = field(default_factory=Allocation)
     error: str = ""
     stopping: bool = False
     started: asyncio.Future[None] = field(default_factory=asyncio.Future)
@@ -64,11 +73,13 @@ class ReplicaSlot:
             address=child.address if child else "",
             pid=child.pid if child else 0,
             error=self.error,
+            gpus=self.allocation.cuda_visible_devices,
+            cpus=self.allocation.cpus,
         )
 
 
 async def health_ok(address: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
-    """True when the replica's grpc.health.v1 service says SERVING."""
+    """True when the replica's grpc.health.v1 service says SERVING in time."""
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
@@ -83,12 +94,25 @@ async def health_ok(address: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
 
 class ReplicaSet:
     def __init__(
-        self, tag: str, spec_path: Path, launcher: ProcessLauncher, on_change: OnChange
+        self,
+        tag: str,
+        spec_path: Path,
+        launcher: ProcessLauncher,
+        on_change: OnChange,
+        config: pb.BackendConfig,
+        options: pb.ReplicaOptions | None = None,
+        resources: ResourcePool | None = None,
     ) -> None:
         self.tag = tag
+        # What new (and restarted) replicas load.
         self.spec_path = spec_path
+        self.config = config
+        self.options = options or pb.ReplicaOptions()
+        # What the backend's code can do, as its first replica reported it.
+        self.capabilities: dict[str, Any] = {}
         self._launcher = launcher
         self._on_change = on_change
+        self._resources = resources or ResourcePool(gpus=[])
         self._slots: dict[str, ReplicaSlot] = {}
         self._next_index = 0
 
@@ -105,6 +129,11 @@ class ReplicaSet:
     def _live(self) -> list[ReplicaSlot]:
         return [s for s in self._slots.values() if not s.stopping]
 
+    def check_fits(self, count: int) -> None:
+        """Raise InvalidArgumentError unless ``count`` more replicas fit the machine."""
+        if count > 0:
+            self._resources.check(self.options.num_cpus, self.options.num_gpus, count)
+
     async def scale(self, count: int) -> None:
         """Run exactly ``count`` replicas; returns once new ones are RUNNING.
 
@@ -113,21 +142,59 @@ class ReplicaSet:
         """
         live = self._live()
         if count > len(live):
-            new = [self._add_slot() for _ in range(count - len(live))]
-            results = await asyncio.gather(*(s.started for s in new), return_exceptions=True)
-            failures = [r for r in results if isinstance(r, BaseException)]
-            if failures:
-                await self._stop_slots(new)
-                failure = failures[0]
-                if isinstance(failure, ReplicaStartError):
-                    raise failure
-                raise ReplicaStartError("INTERNAL", str(failure))
+            self.check_fits(count - len(live))
+            await self._start_slots(count - len(live))
         elif count < len(live):
             # Newest first: the oldest replicas are the warmest.
             await self._stop_slots(live[count:][::-1])
 
+    async def roll(self, spec_path: Path) -> None:
+        """Replace every replica by one loading ``spec_path``, one at a time,
+        each new replica RUNNING before its old one stops.
+
+        If the first new replica cannot start nothing has changed; a later
+        failure stops the roll where it is.
+        """
+        previous, self.spec_path = self.spec_path, spec_path
+        for index, old in enumerate(self._live()):
+            try:
+                await self._start_slots(1)
+            except ReplicaStartError:
+                if index == 0:
+                    self.spec_path = previous
+                raise
+            await self._stop_slots([old])
+
+    async def reconfigure(self, user_config_json: str) -> None:
+        """Call reconfigure() on every running replica, in place."""
+        request = replica_pb2.ReconfigureRequest(user_config_json=user_config_json)
+        for slot in self.running():
+            assert slot.child is not None
+            async with grpc.aio.insecure_channel(
+                slot.child.address, options=CHANNEL_OPTIONS
+            ) as channel:
+                stub = replica_pb2_grpc.ReplicaServiceStub(channel)
+                try:
+                    await stub.Reconfigure(request, timeout=RECONFIGURE_TIMEOUT_S)
+                except grpc.aio.AioRpcError as exc:
+                    raise InvalidArgumentError(
+                        f"backend {self.tag!r}: replica {slot.replica_id} could not "
+                        f"reconfigure: {exc.details()}"
+                    ) from None
+
     async def stop(self) -> None:
         await self._stop_slots(list(self._slots.values()))
+
+    async def _start_slots(self, count: int) -> None:
+        new = [self._add_slot() for _ in range(count)]
+        results = await asyncio.gather(*(s.started for s in new), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self._stop_slots(new)
+            failure = failures[0]
+            if isinstance(failure, ReplicaStartError):
+                raise failure
+            raise ReplicaStartError("INTERNAL", str(failure))
 
     def _add_slot(self) -> ReplicaSlot:
         self._next_index += 1
@@ -141,14 +208,15 @@ class ReplicaSet:
             slot.stopping = True
             slot.state = pb.REPLICA_STATE_STOPPING
         # Routers drop the replicas before they are told to exit, so no new
-        # request reaches a replica that is shutting down.
+        # request reaches a replica that is shutting down; the replica then
+        # finishes what it holds within graceful_shutdown_timeout.
         await self._on_change()
         await asyncio.gather(*(self._stop_slot(slot) for slot in slots))
         await self._on_change()
 
     async def _stop_slot(self, slot: ReplicaSlot) -> None:
         if slot.child is not None:
-            await slot.child.stop()
+            await slot.child.stop(self.config.graceful_shutdown_timeout + KILL_MARGIN_S)
         if slot.task is not None:
             slot.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -156,25 +224,49 @@ class ReplicaSet:
         if not slot.started.done():
             slot.started.set_exception(ReplicaStartError("CANCELLED", "replica stopped"))
             slot.started.exception()  # mark retrieved: nobody may be waiting
+        self._resources.release(slot.replica_id)
         self._slots.pop(slot.replica_id, None)
+
+    def _environment(self, allocation: Allocation) -> dict[str, str]:
+        env = dict(self.options.env)
+        if allocation.gpus or self._resources.gpus:
+            # On a GPU machine a replica sees only the GPUs it was given.
+            env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices
+        return env
+
+    async def _start_once(self, slot: ReplicaSlot) -> tuple[ChildProcess | None, dict[str, Any]]:
+        """One attempt to start the slot's process: the child if it serves, and
+        its report (why it failed, or what it can do)."""
+        self._resources.release(slot.replica_id)
+        try:
+            slot.allocation = self._resources.allocate(
+                slot.replica_id, self.options.num_cpus, self.options.num_gpus
+            )
+        except InvalidArgumentError as exc:
+            return None, {"ok": False, "code": "RESOURCE_EXHAUSTED", "message": str(exc)}
+        child = await self._launcher.start_replica(
+            slot.replica_id,
+            self.spec_path,
+            self._environment(slot.allocation),
+            slot.allocation.cpus,
+        )
+        if not child.ok:
+            return None, child.report
+        if not await health_ok(child.address):
+            await child.stop()
+            return None, {"ok": False, "code": "UNAVAILABLE", "message": "health check failed"}
+        return child, child.report
 
     async def _supervise(self, slot: ReplicaSlot) -> None:
         backoff = BACKOFF_INITIAL_S
         while not slot.stopping:
             slot.state = pb.REPLICA_STATE_STARTING
-            child = await self._launcher.start_replica(slot.replica_id, self.spec_path)
-            if child.ok and not await health_ok(child.address):
-                child.report = {
-                    "ok": False,
-                    "code": "UNAVAILABLE",
-                    "message": "health check failed",
-                }
-                await child.stop()
-            if not child.ok:
+            child, report = await self._start_once(slot)
+            if child is None:
                 slot.state = pb.REPLICA_STATE_FAILED
-                slot.error = str(child.report.get("message", "failed to start"))
+                slot.error = str(report.get("message", "failed to start"))
                 if not slot.started.done():
-                    code = str(child.report.get("code", "INTERNAL"))
+                    code = str(report.get("code", "INTERNAL"))
                     slot.started.set_exception(ReplicaStartError(code, slot.error))
                     return
                 await self._on_change()
@@ -184,17 +276,19 @@ class ReplicaSet:
             slot.child = child
             slot.state = pb.REPLICA_STATE_RUNNING
             slot.error = ""
+            if not self.capabilities:
+                self.capabilities = dict(report.get("capabilities", {}))
             await self._on_change()
             if not slot.started.done():
                 slot.started.set_result(None)
             began = time.monotonic()
-            exit_code = await child.wait()
+            reason = await self._watch(slot, child)
             if slot.stopping:
                 return
             slot.child = None
             slot.state = pb.REPLICA_STATE_FAILED
-            slot.error = f"process exited with code {exit_code}"
-            logger.warning("replica %s died (%s); restarting", slot.replica_id, slot.error)
+            slot.error = reason
+            logger.warning("replica %s: %s; restarting", slot.replica_id, reason)
             await self._on_change()
             if time.monotonic() - began >= STABLE_AFTER_S:
                 backoff = BACKOFF_INITIAL_S
@@ -202,9 +296,27 @@ class ReplicaSet:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
-
-def start_error_to_user_error(error: ReplicaStartError, tag: str) -> TurnoutError:
-    """What the admin caller sees when a backend's replica cannot start."""
-    if error.code == "INVALID_ARGUMENT":
-        return InvalidArgumentError(f"backend {tag!r} cannot start: {error}")
-    return TurnoutError(f"backend {tag!r}: a replica failed to start: {error}")
+    async def _watch(self, slot: ReplicaSlot, child: ChildProcess) -> str:
+        """Wait until the replica exits or fails its health checks; says which."""
+        exited = asyncio.ensure_future(child.wait())
+        failures = 0
+        try:
+            while True:
+                period = self.config.health_check_period or 10.0
+                done, _ = await asyncio.wait({exited}, timeout=period)
+                if done:
+                    return f"process exited with code {exited.result()}"
+                if slot.stopping:
+                    await exited
+                    return "stopped"
+                if await health_ok(child.address, timeout=min(period, HEALTH_TIMEOUT_S)):
+                    failures = 0
+                    continue
+                failures += 1
+                threshold = self.config.health_check_failure_threshold or 3
+                if failures >= threshold:
+                    child.kill()
+                    await exited
+                    return f"failed {failures} health checks in a row"
+        finally:
+            exited.cancel()

@@ -73,6 +73,13 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         return pb.ListBackendsResponse(backends=self._plane.list_backends())
 
     @_translate_errors
+    async def UpdateBackend(
+        self, request: pb.UpdateBackendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.UpdateBackendResponse:
+        backend = await self._plane.update_backend(request.tag, request.spec)
+        return pb.UpdateBackendResponse(backend=backend)
+
+    @_translate_errors
     async def UpdateBackendConfig(
         self, request: pb.UpdateBackendConfigRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.UpdateBackendConfigResponse:

@@ -19,6 +19,7 @@ class BackendRecord:
     spec: pb.BackendSpec
     # Effective config: every field set.
     config: pb.BackendConfig
+    options: pb.ReplicaOptions = field(default_factory=pb.ReplicaOptions)
 
 
 @dataclass
@@ -30,6 +31,8 @@ class EndpointRecord:
     traffic: dict[str, float] = field(default_factory=dict)
     # backend tag -> proportion of requests copied.
     shadows: dict[str, float] = field(default_factory=dict)
+    # Seconds a request may take; 0 = no limit.
+    request_timeout: float = 0.0
 
     def backends(self) -> set[str]:
         """Every backend this endpoint sends requests to, shadows included."""

@@ -10,7 +10,7 @@ import json
 import math
 import re
 
-from turnout.errors import InvalidArgumentError, UnimplementedError
+from turnout.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
 HTTP_METHODS = frozenset(
@@ -89,31 +89,37 @@ def spec(value: pb.BackendSpec) -> pb.BackendSpec:
     return value
 
 
+def _non_negative(update: pb.BackendConfig, field: str, positive: bool = False) -> None:
+    if update.HasField(field):  # type: ignore[arg-type]
+        value = getattr(update, field)
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            bound = "> 0" if positive else ">= 0"
+            raise InvalidArgumentError(f"{field} must be a finite number {bound}, got {value}")
+
+
+def _at_least_one(update: pb.BackendConfig, field: str) -> None:
+    if update.HasField(field) and getattr(update, field) < 1:  # type: ignore[arg-type]
+        raise InvalidArgumentError(f"{field} must be >= 1, got {getattr(update, field)}")
+
+
 def config_update(update: pb.BackendConfig) -> None:
     """Checks the fields set in ``update`` (a full or partial config)."""
-    if update.HasField("num_replicas") and update.num_replicas < 1:
-        raise InvalidArgumentError(f"num_replicas must be >= 1, got {update.num_replicas}")
-    if update.HasField("max_concurrent_queries") and update.max_concurrent_queries < 1:
-        raise InvalidArgumentError(
-            f"max_concurrent_queries must be >= 1, got {update.max_concurrent_queries}"
-        )
-    if update.HasField("max_batch_size"):
-        if update.max_batch_size < 1:
-            raise InvalidArgumentError(f"max_batch_size must be >= 1, got {update.max_batch_size}")
-        if update.max_batch_size > 1:
-            raise UnimplementedError("batching (max_batch_size > 1) is not implemented yet")
-    if update.HasField("batch_wait_timeout"):
-        timeout = update.batch_wait_timeout
-        if not math.isfinite(timeout) or timeout < 0:
-            raise InvalidArgumentError(
-                f"batch_wait_timeout must be a finite number >= 0, got {timeout}"
-            )
+    for field in (
+        "num_replicas",
+        "max_concurrent_queries",
+        "max_batch_size",
+        "health_check_failure_threshold",
+        "max_queued_requests",
+    ):
+        _at_least_one(update, field)
+    for field in ("batch_wait_timeout", "graceful_shutdown_timeout", "queue_timeout"):
+        _non_negative(update, field)
+    _non_negative(update, "health_check_period", positive=True)
     if update.HasField("user_config_json"):
         try:
             json.loads(update.user_config_json)
         except ValueError as exc:
             raise InvalidArgumentError(f"user_config_json is not valid JSON: {exc}") from None
-        raise UnimplementedError("user_config (reconfigure) is not implemented yet")
 
 
 def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
@@ -124,9 +130,41 @@ def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
         max_concurrent_queries=DEFAULT_MAX_CONCURRENT_QUERIES,
         max_batch_size=1,
         batch_wait_timeout=0.0,
+        graceful_shutdown_timeout=20.0,
+        health_check_period=10.0,
+        health_check_failure_threshold=3,
+        max_queued_requests=1000,
+        queue_timeout=30.0,
     )
     config.MergeFrom(requested)
     return config
+
+
+# Config fields a running replica reads only at start: changing one restarts the
+# replicas, one at a time.
+RESTART_FIELDS = ("max_concurrent_queries", "max_batch_size", "batch_wait_timeout")
+
+
+def replica_options(options: pb.ReplicaOptions) -> pb.ReplicaOptions:
+    for field in ("num_cpus", "num_gpus"):
+        value = getattr(options, field)
+        if not math.isfinite(value) or value < 0:
+            raise InvalidArgumentError(f"{field} must be a finite number >= 0, got {value}")
+    if options.num_gpus > 1 and options.num_gpus != int(options.num_gpus):
+        raise InvalidArgumentError(
+            f"num_gpus {options.num_gpus} mixes whole and shared GPUs; use a whole number "
+            "or a fraction below 1"
+        )
+    for key in options.env:
+        if not key or "=" in key or "\0" in key:
+            raise InvalidArgumentError(f"environment variable name {key!r} is not valid")
+    return options
+
+
+def request_timeout(value: float) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise InvalidArgumentError(f"request_timeout must be a number >= 0, got {value}")
+    return value
 
 
 def proportion(value: float) -> float:

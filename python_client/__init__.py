@@ -27,6 +27,7 @@ from turnout.api import (
     shadow_traffic,
     shutdown,
     stat,
+    update_backend,
     update_backend_config,
 )
 from turnout.batching import accept_batch, context
@@ -85,5 +86,6 @@ __all__ = [
     "shadow_traffic",
     "shutdown",
     "stat",
+    "update_backend",
     "update_backend_config",
 ]

@@ -94,9 +94,19 @@ def create_backend(
     func_or_class: Callable[..., Any] | type | str,
     *init_args: Any,
     config: BackendConfig | dict[str, Any] | None = None,
+    replica_options: dict[str, Any] | None = None,
 ) -> None:
     """See ``Client.create_backend``."""
-    _current().create_backend(tag, func_or_class, *init_args, config=config)
+    _current().create_backend(
+        tag, func_or_class, *init_args, config=config, replica_options=replica_options
+    )
+
+
+def update_backend(
+    tag: str, func_or_class: Callable[..., Any] | type | str, *init_args: Any
+) -> None:
+    """See ``Client.update_backend``."""
+    _current().update_backend(tag, func_or_class, *init_args)
 
 
 def create_endpoint(
@@ -105,9 +115,12 @@ def create_endpoint(
     *,
     route: str | None = None,
     methods: Iterable[str] = ("GET",),
+    request_timeout: float | None = None,
 ) -> None:
     """See ``Client.create_endpoint``."""
-    _current().create_endpoint(name, backend, route=route, methods=methods)
+    _current().create_endpoint(
+        name, backend, route=route, methods=methods, request_timeout=request_timeout
+    )
 
 
 def set_traffic(endpoint: str, traffic: dict[str, float]) -> None:

@@ -38,7 +38,7 @@ def accept_batch(handler: F) -> F:
     return handler
 
 
-def accepts_batch(handler: Callable[..., Any]) -> bool:
+def accepts_batch(handler: object) -> bool:
     return bool(getattr(handler, BATCH_ATTRIBUTE, False))
 
 

@@ -46,12 +46,65 @@ class ReplicaInfo:
     address: str
     pid: int
     error: str
+    # Cores it is pinned to, and its CUDA_VISIBLE_DEVICES ("" = no GPU).
+    cpus: tuple[int, ...] = ()
+    gpus: str = ""
 
 
 def _check_str(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
     return value
+
+
+def _spec(
+    tag: str, func_or_class: Callable[..., Any] | type | str, init_args: tuple[Any, ...]
+) -> pb.BackendSpec:
+    spec = pb.BackendSpec()
+    if isinstance(func_or_class, str):
+        spec.import_path = func_or_class
+    elif callable(func_or_class):
+        if init_args and not inspect.isclass(func_or_class):
+            raise InvalidArgumentError(
+                f"backend {tag!r} is a function: init args are only for classes"
+            )
+        spec.pickled_callable = cloudpickle.dumps(func_or_class)
+    else:
+        raise TypeError(
+            "func_or_class must be a function, a class or an import path str, "
+            f"got {type(func_or_class).__name__}"
+        )
+    if init_args:
+        spec.pickled_init_args = cloudpickle.dumps(tuple(init_args))
+    return spec
+
+
+_REPLICA_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "env"})
+
+
+def _replica_options(options: dict[str, Any] | None) -> pb.ReplicaOptions:
+    if options is None:
+        return pb.ReplicaOptions()
+    if not isinstance(options, dict):
+        raise TypeError(f"replica_options must be a dict, got {type(options).__name__}")
+    unknown = sorted(str(k) for k in options if k not in _REPLICA_OPTION_KEYS)
+    if unknown:
+        raise InvalidArgumentError(
+            f"unknown replica option(s) {', '.join(unknown)}; known: num_cpus, num_gpus, env"
+        )
+    message = pb.ReplicaOptions()
+    for key in ("num_cpus", "num_gpus"):
+        value = options.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{key} must be a number, got {type(value).__name__}")
+        setattr(message, key, float(value))
+    env = options.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise TypeError("env must be a dict of str to str")
+    message.env.update(env)
+    return message
 
 
 class Client:
@@ -145,12 +198,16 @@ class Client:
         func_or_class: Callable[..., Any] | type | str,
         *init_args: Any,
         config: BackendConfig | dict[str, Any] | None = None,
+        replica_options: dict[str, Any] | None = None,
     ) -> None:
         """Create a backend and wait until its replicas are serving.
 
         ``func_or_class`` is a function, a class (constructed once per replica
         with ``init_args``; its ``__call__`` handles requests), or an import
-        path ``"package.module:attr"`` naming one.
+        path ``"package.module:attr"`` naming one. ``replica_options`` places
+        the replica processes: ``num_cpus`` (pin to that many cores),
+        ``num_gpus`` (whole GPUs, or a fraction of one, via
+        ``CUDA_VISIBLE_DEVICES``) and ``env`` (extra environment variables).
 
         Example::
 
@@ -161,29 +218,34 @@ class Client:
                     self.count += 1
                     return {"count": self.count}
 
-            serve.create_backend("counter", Counter, 10, config={"num_replicas": 2})
+            serve.create_backend("counter", Counter, 10, config={"num_replicas": 2},
+                                 replica_options={"num_cpus": 1})
         """
         _check_str(tag, "tag")
-        spec = pb.BackendSpec()
-        if isinstance(func_or_class, str):
-            spec.import_path = func_or_class
-        elif callable(func_or_class):
-            if init_args and not inspect.isclass(func_or_class):
-                raise InvalidArgumentError(
-                    f"backend {tag!r} is a function: init args are only for classes"
-                )
-            spec.pickled_callable = cloudpickle.dumps(func_or_class)
-        else:
-            raise TypeError(
-                "func_or_class must be a function, a class or an import path str, "
-                f"got {type(func_or_class).__name__}"
-            )
-        if init_args:
-            spec.pickled_init_args = cloudpickle.dumps(tuple(init_args))
         request = pb.CreateBackendRequest(
-            tag=tag, spec=spec, config=BackendConfig.coerce(config).to_proto()
+            tag=tag,
+            spec=_spec(tag, func_or_class, init_args),
+            config=BackendConfig.coerce(config).to_proto(),
+            replica_options=_replica_options(replica_options),
         )
         self._call(self._stub.CreateBackend, request, timeout=_SLOW_TIMEOUT_S)
+
+    def update_backend(
+        self, tag: str, func_or_class: Callable[..., Any] | type | str, *init_args: Any
+    ) -> None:
+        """Deploy new code under an existing tag without downtime.
+
+        Replicas are replaced one at a time, each new one serving before an old
+        one stops (and the old one finishing what it holds). If the new code
+        cannot start, nothing changes and the error is raised.
+
+        Example::
+
+            serve.update_backend("counter", CounterV2, 10)
+        """
+        _check_str(tag, "tag")
+        request = pb.UpdateBackendRequest(tag=tag, spec=_spec(tag, func_or_class, init_args))
+        self._call(self._stub.UpdateBackend, request, timeout=_SLOW_TIMEOUT_S)
 
     def get_backend_config(self, tag: str) -> BackendConfig:
         """The backend's effective config, every field filled in."""
@@ -222,6 +284,8 @@ class Client:
                 address=r.address,
                 pid=r.pid,
                 error=r.error,
+                cpus=tuple(r.cpus),
+                gpus=r.gpus,
             )
             for r in reply.replicas
         ]
@@ -235,9 +299,11 @@ class Client:
         *,
         route: str | None = None,
         methods: Iterable[str] = ("GET",),
+        request_timeout: float | None = None,
     ) -> None:
         """Create an endpoint, optionally on an HTTP route, sending all traffic to
-        ``backend``.
+        ``backend``. ``request_timeout`` (seconds) answers 504 to requests that
+        take longer and cancels their work; ``X-Serve-Timeout-Ms`` overrides it.
 
         Example::
 
@@ -252,8 +318,17 @@ class Client:
         if isinstance(methods, str):
             raise TypeError("methods must be a list of str, e.g. ['GET'], not a str")
         method_list = [_check_str(m, "each method") for m in methods]
+        if request_timeout is not None and (
+            isinstance(request_timeout, bool) or not isinstance(request_timeout, int | float)
+        ):
+            kind = type(request_timeout).__name__
+            raise TypeError(f"request_timeout must be a number, got {kind}")
         request = pb.CreateEndpointRequest(
-            name=name, backend=backend or "", route=route or "", methods=method_list
+            name=name,
+            backend=backend or "",
+            route=route or "",
+            methods=method_list,
+            request_timeout=float(request_timeout or 0),
         )
         self._call(self._stub.CreateEndpoint, request)
 

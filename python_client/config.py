@@ -11,6 +11,20 @@ from typing import Any
 from turnout.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
+_INT_FIELDS = (
+    "num_replicas",
+    "max_concurrent_queries",
+    "max_batch_size",
+    "health_check_failure_threshold",
+    "max_queued_requests",
+)
+_SECONDS_FIELDS = (
+    "batch_wait_timeout",
+    "graceful_shutdown_timeout",
+    "health_check_period",
+    "queue_timeout",
+)
+
 
 @dataclass
 class BackendConfig:
@@ -28,12 +42,27 @@ class BackendConfig:
     Fields:
         num_replicas: replica processes, >= 1 (default 1).
         max_concurrent_queries: requests one replica works on at once, >= 1
-            (default 100); sync handlers run in a thread pool of this size.
-        max_batch_size: items per call of an ``@accept_batch`` handler
-            (default 1: no batching).
+            (default 100); sync handlers run in a thread pool of this size, and
+            senders never have more than this in flight at one replica.
+        max_batch_size: requests per call of an ``@accept_batch`` handler
+            (default 1).
         batch_wait_timeout: seconds a replica waits to fill a batch (default 0).
         user_config: JSON-compatible value passed to the class's
-            ``reconfigure()`` (default: none).
+            ``reconfigure()`` at start and, when it changes, on live replicas
+            without restarting them (default: none).
+        graceful_shutdown_timeout: seconds a stopping replica gets to finish
+            the requests it holds (default 20).
+        health_check_period: seconds between health checks, which call the
+            class's ``check_health()`` if it has one (default 10).
+        health_check_failure_threshold: failed checks in a row after which a
+            replica is replaced (default 3).
+        max_queued_requests: requests a sender holds while every replica is
+            full; more are refused with 503 / OverloadedError (default 1000).
+        queue_timeout: seconds a request may wait in that queue (default 30).
+
+    Changing ``max_concurrent_queries``, ``max_batch_size`` or
+    ``batch_wait_timeout`` restarts the replicas one at a time (no downtime);
+    the other fields apply without a restart.
     """
 
     num_replicas: int | None = None
@@ -41,9 +70,14 @@ class BackendConfig:
     max_batch_size: int | None = None
     batch_wait_timeout: float | None = None
     user_config: Any = None
+    graceful_shutdown_timeout: float | None = None
+    health_check_period: float | None = None
+    health_check_failure_threshold: int | None = None
+    max_queued_requests: int | None = None
+    queue_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_replicas", "max_concurrent_queries", "max_batch_size"):
+        for name in _INT_FIELDS:
             value = getattr(self, name)
             if value is None:
                 continue
@@ -51,14 +85,16 @@ class BackendConfig:
                 raise TypeError(f"{name} must be an int, got {type(value).__name__}")
             if value < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1, got {value}")
-        timeout = self.batch_wait_timeout
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-                raise TypeError(
-                    f"batch_wait_timeout must be a number, got {type(timeout).__name__}"
-                )
-            if not math.isfinite(timeout) or timeout < 0:
-                raise InvalidArgumentError(f"batch_wait_timeout must be >= 0, got {timeout}")
+        for name in _SECONDS_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            positive = name == "health_check_period"
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                bound = "> 0" if positive else ">= 0"
+                raise InvalidArgumentError(f"{name} must be a finite number {bound}, got {value}")
         if self.user_config is not None:
             try:
                 json.dumps(self.user_config)
@@ -84,37 +120,24 @@ class BackendConfig:
 
     def to_proto(self) -> pb.BackendConfig:
         message = pb.BackendConfig()
-        if self.num_replicas is not None:
-            message.num_replicas = self.num_replicas
-        if self.max_concurrent_queries is not None:
-            message.max_concurrent_queries = self.max_concurrent_queries
-        if self.max_batch_size is not None:
-            message.max_batch_size = self.max_batch_size
-        if self.batch_wait_timeout is not None:
-            message.batch_wait_timeout = float(self.batch_wait_timeout)
+        for name in (*_INT_FIELDS, *_SECONDS_FIELDS):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(message, name, value)
         if self.user_config is not None:
             message.user_config_json = json.dumps(self.user_config)
         return message
 
     @classmethod
     def from_proto(cls, message: pb.BackendConfig) -> BackendConfig:
-        return cls(
-            num_replicas=message.num_replicas if message.HasField("num_replicas") else None,
-            max_concurrent_queries=(
-                message.max_concurrent_queries
-                if message.HasField("max_concurrent_queries")
-                else None
-            ),
-            max_batch_size=message.max_batch_size if message.HasField("max_batch_size") else None,
-            batch_wait_timeout=(
-                message.batch_wait_timeout if message.HasField("batch_wait_timeout") else None
-            ),
-            user_config=(
-                json.loads(message.user_config_json)
-                if message.HasField("user_config_json")
-                else None
-            ),
-        )
+        values: dict[str, Any] = {
+            name: getattr(message, name)
+            for name in (*_INT_FIELDS, *_SECONDS_FIELDS)
+            if message.HasField(name)  # type: ignore[arg-type]
+        }
+        if message.HasField("user_config_json"):
+            values["user_config"] = json.loads(message.user_config_json)
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

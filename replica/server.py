@@ -44,7 +44,7 @@ SHUTDOWN_GRACE = 5.0
 HEALTH_CHECK_TIMEOUT = 10.0
 
 
-class BackendHealth(health.aio.HealthServicer):
+class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped base
     """The standard health service, which also asks the backend's check_health().
 
     The controller's periodic Check therefore tells a dead or hung replica

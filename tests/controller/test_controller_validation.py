@@ -7,7 +7,7 @@ import math
 import pytest
 
 from turnout.controller import validation
-from turnout.errors import InvalidArgumentError, UnimplementedError
+from turnout.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
 
@@ -57,6 +57,11 @@ def test_config_defaults_fill_unset_fields() -> None:
         pb.BackendConfig(batch_wait_timeout=-1),
         pb.BackendConfig(batch_wait_timeout=math.inf),
         pb.BackendConfig(user_config_json="{not json"),
+        pb.BackendConfig(health_check_period=0),
+        pb.BackendConfig(health_check_failure_threshold=0),
+        pb.BackendConfig(graceful_shutdown_timeout=-1),
+        pb.BackendConfig(queue_timeout=math.nan),
+        pb.BackendConfig(max_queued_requests=0),
     ],
 )
 def test_bad_configs_are_refused(config: pb.BackendConfig) -> None:
@@ -64,12 +69,18 @@ def test_bad_configs_are_refused(config: pb.BackendConfig) -> None:
         validation.config_update(config)
 
 
-@pytest.mark.parametrize(
-    "config", [pb.BackendConfig(max_batch_size=8), pb.BackendConfig(user_config_json="{}")]
-)
-def test_features_not_built_yet_say_so(config: pb.BackendConfig) -> None:
-    with pytest.raises(UnimplementedError):
-        validation.config_update(config)
+def test_replica_options_are_checked() -> None:
+    ok = pb.ReplicaOptions(num_cpus=1.5, num_gpus=0.5, env={"MODEL": "small"})
+    assert validation.replica_options(ok) is ok
+    for bad in (
+        pb.ReplicaOptions(num_cpus=-1),
+        pb.ReplicaOptions(num_gpus=math.nan),
+        pb.ReplicaOptions(num_gpus=1.5),
+        pb.ReplicaOptions(env={"A=B": "x"}),
+        pb.ReplicaOptions(env={"": "x"}),
+    ):
+        with pytest.raises(InvalidArgumentError):
+            validation.replica_options(bad)
 
 
 @pytest.mark.parametrize(

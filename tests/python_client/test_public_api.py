@@ -44,6 +44,7 @@ EXPECTED = {
     "shadow_traffic",
     "shutdown",
     "stat",
+    "update_backend",
     "update_backend_config",
 }
 
