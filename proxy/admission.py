@@ -31,8 +31,9 @@ class Admission(Generic[Stub]):
         self._router = router
         self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
 
-    def queued(self, backend: str) -> int:
-        return len(self._waiting.get(backend, ()))
+    def queued(self) -> dict[str, int]:
+        """Requests waiting, by backend."""
+        return {backend: len(waiting) for backend, waiting in self._waiting.items()}
 
     async def acquire(
         self,

@@ -74,7 +74,9 @@ class ProxyState:
         self.admission = Admission(self.router)
         self.max_body_bytes = max_body_bytes
         self.first_snapshot = asyncio.Event()
-        self.registry = metrics.registry_for(self.router.stats, lambda: self.router.table.version)
+        self.registry = metrics.registry_for(
+            self.router.stats, lambda: self.router.table.version, self.admission.queued
+        )
         self._background: set[asyncio.Task[None]] = set()
         # Replicas that left the snapshot, their channels closing with a grace.
         self._draining: set[Conn] = set()

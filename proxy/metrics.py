@@ -18,9 +18,15 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class RouterCollector(Collector):
-    def __init__(self, stats: RouterStats, routes_version: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        stats: RouterStats,
+        routes_version: Callable[[], int],
+        queued: Callable[[], dict[str, int]] = dict,
+    ) -> None:
         self._stats = stats
         self._routes_version = routes_version
+        self._queued = queued
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -53,12 +59,23 @@ class RouterCollector(Collector):
             "turnout_routes_version", "Version of the routing snapshot being served."
         )
         version.add_metric([], self._routes_version())
-        yield from (requests, errors, sent, compared, version)
+        queued = GaugeMetricFamily(
+            "turnout_queued_requests",
+            "Requests waiting for a free replica, by backend.",
+            labels=["backend"],
+        )
+        for backend, count in sorted(self._queued().items()):
+            queued.add_metric([backend], count)
+        yield from (requests, errors, sent, compared, version, queued)
 
 
-def registry_for(stats: RouterStats, routes_version: Callable[[], int]) -> CollectorRegistry:
+def registry_for(
+    stats: RouterStats,
+    routes_version: Callable[[], int],
+    queued: Callable[[], dict[str, int]] = dict,
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(stats, routes_version))
+    registry.register(RouterCollector(stats, routes_version, queued))
     return registry
 
 

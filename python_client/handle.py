@@ -36,6 +36,9 @@ class HandleFuture:
         try:
             return self._future.result(timeout)
         except concurrent.futures.TimeoutError:
+            if self._future.done():
+                # The call's own error (DeadlineExceededError is a TimeoutError too).
+                raise
             raise TimeoutError(f"no result within {timeout} s") from None
 
     def done(self) -> bool:
