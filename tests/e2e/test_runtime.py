@@ -61,7 +61,7 @@ class Batched:
 
 
 def test_batches_fill_up_to_max_batch_size(client: turnout.Client, deploy: Deploy) -> None:
-    app = deploy(Batched, config={"max_batch_size": 4, "batch_wait_timeout": 10})
+    app = deploy(Batched, config={"max_batch_size": 4, "batch_wait_timeout": 2})
     handle = client.get_handle(app.backend)
     # Four calls at once fill a batch, which then runs without waiting out the timeout.
     results = [f.result(timeout=30) for f in [handle.remote(i) for i in range(4)]]
@@ -93,7 +93,7 @@ def test_methods_are_never_mixed_in_a_batch(client: turnout.Client, deploy: Depl
 def test_bad_batches_fail_every_request_of_that_batch_only(
     client: turnout.Client, deploy: Deploy
 ) -> None:
-    app = deploy(Batched, config={"max_batch_size": 4, "batch_wait_timeout": 10})
+    app = deploy(Batched, config={"max_batch_size": 4, "batch_wait_timeout": 2})
     handle = client.get_handle(app.backend)
     short = handle.options(method_name="short")
     futures = [short.remote(i) for i in range(4)]
