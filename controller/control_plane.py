@@ -67,9 +67,13 @@ class ControlPlane:
         config = validation.full_config(request.config)
         options = validation.replica_options(request.replica_options)
         async with self._lock:
-            if tag in self._store.backends():
-                raise AlreadyExistsError(f"backend {tag!r} already exists")
             record = BackendRecord(tag=tag, spec=spec, config=config, options=options)
+            existing = self._store.backends().get(tag)
+            if existing is not None:
+                if existing == record:
+                    # A retry of a call that succeeded: same answer, no duplicate.
+                    return self._backend(tag)
+                raise AlreadyExistsError(f"backend {tag!r} already exists with other content")
             replicas = ReplicaSet(
                 tag,
                 self._write_spec(record),
@@ -168,27 +172,27 @@ class ControlPlane:
         name = validation.name(request.name, "endpoint name")
         route = validation.route(request.route)
         methods = validation.methods(list(request.methods))
+        timeout = validation.request_timeout(request.request_timeout)
         async with self._lock:
+            traffic: dict[str, float] = {}
+            if request.backend:
+                self._backend_record(request.backend)
+                traffic = {request.backend: 1.0}
+            record = EndpointRecord(
+                name=name, route=route, methods=methods, traffic=traffic, request_timeout=timeout
+            )
             endpoints = self._store.endpoints()
-            if name in endpoints:
-                raise AlreadyExistsError(f"endpoint {name!r} already exists")
+            existing = endpoints.get(name)
+            if existing is not None:
+                if existing == record:
+                    return _endpoint_proto(existing)
+                raise AlreadyExistsError(f"endpoint {name!r} already exists with other content")
             if route:
                 for other in endpoints.values():
                     if other.route == route:
                         raise AlreadyExistsError(
                             f"route {route!r} is already taken by endpoint {other.name!r}"
                         )
-            traffic: dict[str, float] = {}
-            if request.backend:
-                self._backend_record(request.backend)
-                traffic = {request.backend: 1.0}
-            record = EndpointRecord(
-                name=name,
-                route=route,
-                methods=methods,
-                traffic=traffic,
-                request_timeout=validation.request_timeout(request.request_timeout),
-            )
             self._store.put_endpoint(record)
             await self.routes_changed()
         return _endpoint_proto(record)

@@ -47,9 +47,13 @@ def pickled_spec() -> pb.BackendSpec:
 
 GRPC_CASES: list[tuple[str, grpc.StatusCode, Callable[[Any], Any]]] = [
     (
-        "duplicate backend tag",
+        "duplicate backend tag, other content",
         grpc.StatusCode.ALREADY_EXISTS,
-        lambda s: s.CreateBackend(pb.CreateBackendRequest(tag="v-backend", spec=pickled_spec())),
+        lambda s: s.CreateBackend(
+            pb.CreateBackendRequest(
+                tag="v-backend", spec=pickled_spec(), config=pb.BackendConfig(num_replicas=2)
+            )
+        ),
     ),
     (
         "duplicate endpoint name",
@@ -150,9 +154,9 @@ def test_grpc_status_codes(
 
 PYTHON_CASES: list[tuple[str, type[Exception], Callable[[turnout.Client], Any]]] = [
     (
-        "duplicate backend tag",
+        "duplicate backend tag, other content",
         turnout.AlreadyExistsError,
-        lambda c: c.create_backend("v-backend", hello),
+        lambda c: c.create_backend("v-backend", hello, config={"max_concurrent_queries": 5}),
     ),
     (
         "duplicate endpoint name",
@@ -255,3 +259,20 @@ def test_constructor_error_names_the_cause(client: turnout.Client) -> None:
 def test_calls_without_an_instance_say_how_to_start_one() -> None:
     with pytest.raises(turnout.NotRunningError, match=r"turnout\.init\(\)"):
         turnout.Client("127.0.0.1:1")
+
+
+def test_resending_the_same_create_calls_is_harmless(
+    client: turnout.Client,
+    stub: controller_pb2_grpc.ControllerServiceStub,
+    existing: dict[str, str],
+) -> None:
+    """A client that timed out may retry: the same content succeeds, once."""
+    replicas = client.list_replicas("v-backend")
+    client.create_backend("v-backend", hello)
+    client.create_endpoint("v-endpoint", "v-backend", route="/v-route")
+    stub.CreateBackend(pb.CreateBackendRequest(tag="v-backend", spec=pickled_spec()))
+    stub.CreateEndpoint(
+        pb.CreateEndpointRequest(name="v-endpoint", backend="v-backend", route="/v-route")
+    )
+    assert client.list_replicas("v-backend") == replicas
+    assert list(client.list_endpoints()).count("v-endpoint") == 1
