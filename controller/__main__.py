@@ -28,6 +28,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--instance-dir", type=Path, help="logs and run files (default: a temp dir)"
     )
+    parser.add_argument(
+        "--state", type=Path, help="SQLite file of desired state, kept across restarts"
+    )
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
     parser.add_argument(
         "--owner-pid", type=int, help="shut down when this process (the parent) exits"
@@ -52,6 +55,7 @@ async def _main(args: argparse.Namespace) -> int:
         port=args.port,
         http_host=args.http_host,
         http_port=args.http_port,
+        state_path=args.state,
     )
     controller = Controller(options)
     stop = asyncio.Event()

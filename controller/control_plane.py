@@ -94,6 +94,28 @@ class ControlPlane:
             self._store.put_backend(record)
         return self._backend(tag)
 
+    async def recover(self) -> None:
+        """Bring back the backends of a store written by an earlier controller.
+
+        Their replicas start in the background (retrying with backoff); routes
+        are published as they come up.
+        """
+        async with self._lock:
+            for record in self._store.backends().values():
+                replicas = ReplicaSet(
+                    record.tag,
+                    self._write_spec(record),
+                    self._launcher,
+                    self.routes_changed,
+                    record.config,
+                    record.options,
+                    self._resources,
+                )
+                self._sets[record.tag] = replicas
+                replicas.resume(record.config.num_replicas)
+                logger.info("recovering backend %r", record.tag)
+        await self.routes_changed()
+
     async def update_backend(self, tag: str, spec: pb.BackendSpec) -> pb.Backend:
         """New code under the same tag, rolled out replica by replica."""
         spec = validation.spec(spec)

@@ -148,6 +148,13 @@ class ReplicaSet:
             # Newest first: the oldest replicas are the warmest.
             await self._stop_slots(live[count:][::-1])
 
+    def resume(self, count: int) -> None:
+        """Start ``count`` replicas without waiting, retrying failed starts with
+        backoff (recovery after a restart: nobody is there to refuse to)."""
+        for _ in range(count):
+            slot = self._add_slot()
+            slot.started.set_result(None)
+
     async def roll(self, spec_path: Path) -> None:
         """Replace every replica by one loading ``spec_path``, one at a time,
         each new replica RUNNING before its old one stops.

@@ -23,7 +23,7 @@ from .control_plane import ControlPlane
 from .launcher import ChildProcess, ProcessLauncher
 from .routing import RoutePublisher
 from .servicer import ControllerServicer
-from .store import MemoryStore
+from .sqlite_store import SqliteStore
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class ControllerOptions:
     port: int = 0
     http_host: str = "127.0.0.1"
     http_port: int = 8000
+    # SQLite file of desired state; None = a fresh one in the instance dir.
+    state_path: Path | None = None
 
     @property
     def log_dir(self) -> Path:
@@ -59,7 +61,8 @@ class Controller:
         self.options = options
         self.launcher = ProcessLauncher(options.run_dir, options.log_dir)
         self.publisher = RoutePublisher()
-        self.plane = ControlPlane(MemoryStore(), self.launcher, self.publisher)
+        self.store = SqliteStore(options.state_path or options.instance_dir / "state.db")
+        self.plane = ControlPlane(self.store, self.launcher, self.publisher)
         self.health = health.aio.HealthServicer()
         self.address = ""
         self.http_address = ""
@@ -97,6 +100,7 @@ class Controller:
             server,
         )
         await server.start()
+        await self.plane.recover()
         proxy = await self.launcher.start_proxy(
             self.address, self.options.http_host, self.options.http_port
         )
@@ -147,6 +151,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._proxy_task
         await self.launcher.stop_all()
+        self.store.close()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

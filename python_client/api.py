@@ -7,8 +7,10 @@ code written for Ray Serve 0.8 runs with ``import turnout as serve``.
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from turnout.client import Client, ReplicaInfo
@@ -26,12 +28,16 @@ def init(
     *,
     http_host: str = "127.0.0.1",
     http_port: int = 8000,
+    state_path: str | os.PathLike[str] | None = None,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
     With no ``address``, a local instance is started (controller, HTTP proxy
     on ``http_host:http_port``; port 0 picks a free one) and owned by this
-    process: it stops at ``shutdown()`` or when this interpreter exits. With an
+    process: it stops at ``shutdown()`` or when this interpreter exits. Its
+    desired state (backends, endpoints, traffic) lives in a fresh temporary
+    store, or in the SQLite file ``state_path``, from which a later ``init()``
+    brings it all back. With an
     ``address`` ("host:port" of a controller) it connects to that instance.
     Calling ``init()`` again returns the same client.
 
@@ -59,7 +65,9 @@ def init(
         if address is not None:
             _client = Client(address)
             return _client
-        instance = LocalInstance.start(http_host, http_port)
+        instance = LocalInstance.start(
+            http_host, http_port, state_path=None if state_path is None else Path(state_path)
+        )
         try:
             _client = Client(instance.address, _instance=instance)
         except BaseException:

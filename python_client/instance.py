@@ -28,7 +28,13 @@ class LocalInstance:
     instance_dir: Path
 
     @classmethod
-    def start(cls, http_host: str, http_port: int, host: str = "127.0.0.1") -> LocalInstance:
+    def start(
+        cls,
+        http_host: str,
+        http_port: int,
+        host: str = "127.0.0.1",
+        state_path: Path | None = None,
+    ) -> LocalInstance:
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         (instance_dir / "logs").mkdir()
         log_path = instance_dir / "logs" / "controller.log"
@@ -43,6 +49,7 @@ class LocalInstance:
                 "--instance-dir", str(instance_dir),
                 "--ready-fd", str(write_fd),
                 "--owner-pid", str(os.getpid()),
+                *(["--state", str(state_path)] if state_path is not None else []),
             ],
         )  # fmt: skip
         try:

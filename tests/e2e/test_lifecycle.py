@@ -10,6 +10,8 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import processes_mentioning, wait_until
@@ -109,3 +111,59 @@ def test_killing_the_controller_leaves_no_orphans(sig: signal.Signals) -> None:
     owner, info = start_owner("wait")
     os.kill(int(str(info["controller"])), sig)
     assert_all_gone(info)
+
+
+# A backend, an endpoint with a traffic split and a shadow, on a state file.
+STATEFUL = textwrap.dedent(
+    """
+    import json, sys
+    import requests
+    import turnout
+
+    client = turnout.init(http_port=0, state_path=sys.argv[1])
+    if sys.argv[2] == "create":
+        client.create_backend("a", lambda request: "a")
+        client.create_backend("b", lambda request: "b")
+        client.create_endpoint("e", "a", route="/e", methods=["GET", "POST"])
+        client.set_traffic("e", {"a": 0.25, "b": 0.75})
+        client.shadow_traffic("e", "a", 0.5)
+    answers = {requests.get(client.http_address + "/e").text for _ in range(40)}
+    print(json.dumps({"endpoints": client.list_endpoints(),
+                      "backends": sorted(client.list_backends()),
+                      "answers": sorted(answers)}))
+    """
+)
+
+
+def test_desired_state_comes_back_from_the_state_file(tmp_path: Path) -> None:
+    state = str(tmp_path / "state.db")
+
+    def run(mode: str) -> dict[str, Any]:
+        done = subprocess.run(
+            [sys.executable, "-c", STATEFUL, state, mode],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        result: dict[str, Any] = json.loads(done.stdout)
+        return result
+
+    first = run("create")
+    assert first["answers"] == ["a", "b"]
+    # A new instance (a new controller, proxy and replicas) on the same file.
+    second = run("reuse")
+    assert (
+        second["endpoints"]
+        == first["endpoints"]
+        == {
+            "e": {
+                "route": "/e",
+                "methods": ["GET", "POST"],
+                "traffic": {"a": 0.25, "b": 0.75},
+                "shadows": {"a": 0.5},
+            }
+        }
+    )
+    assert second["backends"] == ["a", "b"]
+    assert second["answers"] == ["a", "b"]

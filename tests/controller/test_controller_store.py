@@ -1,0 +1,65 @@
+"""Both stores hold the same desired state; the SQLite one keeps it across opens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from turnout.controller.sqlite_store import SqliteStore
+from turnout.controller.store import BackendRecord, EndpointRecord, MemoryStore, Store
+from turnout.v1 import controller_pb2 as pb
+
+
+def backend(tag: str, replicas: int = 1) -> BackendRecord:
+    return BackendRecord(
+        tag=tag,
+        spec=pb.BackendSpec(import_path="pkg.mod:Model", init_args_json="[1]"),
+        config=pb.BackendConfig(num_replicas=replicas, user_config_json='{"a": 1}'),
+        options=pb.ReplicaOptions(num_cpus=1, env={"K": "V"}),
+    )
+
+
+def endpoint(name: str, **changes: object) -> EndpointRecord:
+    record = EndpointRecord(
+        name=name, route=f"/{name}", methods=["GET", "POST"], traffic={"a": 0.25, "b": 0.75}
+    )
+    for key, value in changes.items():
+        setattr(record, key, value)
+    return record
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "memory":
+        return MemoryStore()
+    return SqliteStore(tmp_path / "state.db")
+
+
+def test_put_replace_delete(store: Store) -> None:
+    store.put_backend(backend("a"))
+    store.put_backend(backend("a", replicas=3))
+    store.put_backend(backend("b"))
+    store.put_endpoint(endpoint("e", shadows={"b": 0.5}, request_timeout=2.5))
+    assert store.backends()["a"] == backend("a", replicas=3)
+    assert list(store.backends()) == ["a", "b"]
+    assert store.endpoints()["e"].shadows == {"b": 0.5}
+    store.delete_backend("b")
+    store.delete_endpoint("e")
+    store.delete_endpoint("never-there")
+    assert list(store.backends()) == ["a"] and store.endpoints() == {}
+
+
+def test_sqlite_state_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "state.db"
+    first = SqliteStore(path)
+    first.put_backend(backend("a", replicas=2))
+    first.put_endpoint(endpoint("e", request_timeout=1.5))
+    first.put_endpoint(endpoint("gone"))
+    first.delete_endpoint("gone")
+    # No close(): as after a kill -9, only what was committed counts.
+    second = SqliteStore(path)
+    assert second.backends() == {"a": backend("a", replicas=2)}
+    assert second.endpoints() == {"e": endpoint("e", request_timeout=1.5)}
+    first.close()
+    second.close()
