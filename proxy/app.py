@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from aiohttp import web
 
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout._grpc import CHANNEL_OPTIONS, never_delivered
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
@@ -249,12 +249,7 @@ def _error(
 
 
 def _never_delivered(exc: grpc.aio.AioRpcError) -> bool:
-    """True when the call failed to connect, so the replica never saw it and
-    another replica may safely take it."""
-    return (
-        exc.code() == grpc.StatusCode.UNAVAILABLE
-        and "failed to connect" in (exc.details() or "").lower()
-    )
+    return never_delivered(exc.code(), exc.details())
 
 
 def _timeout(request: web.Request, route: EndpointRoute) -> float | None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import grpc
 
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout._grpc import CHANNEL_OPTIONS, never_delivered
 from turnout.errors import (
     BackendError,
     DeadlineExceededError,
@@ -345,11 +345,7 @@ class HandleRouter:
         except grpc.RpcError as exc:
             code = exc.code()
             details = exc.details() or ""
-            if (
-                code == grpc.StatusCode.UNAVAILABLE
-                and "failed to connect" in details.lower()
-                and len(call.tried) < MAX_CONNECT_RETRIES
-            ):
+            if never_delivered(code, details) and len(call.tried) < MAX_CONNECT_RETRIES:
                 # Never delivered: another replica may take it.
                 call.tried |= {conn.replica_id}
                 self._dispatch(call)
