@@ -164,11 +164,10 @@ class ControlPlane:
                     if reconfigure and config.HasField("user_config_json"):
                         await replicas.reconfigure(config.user_config_json)
                 await replicas.scale(config.num_replicas)
-            except ReplicaStartError as exc:
+            except (ReplicaStartError, InvalidArgumentError) as exc:
                 replicas.spec_path, replicas.config = previous_path, previous_config
-                raise start_error_to_user_error(exc, tag) from None
-            except InvalidArgumentError:
-                replicas.spec_path, replicas.config = previous_path, previous_config
+                if isinstance(exc, ReplicaStartError):
+                    raise start_error_to_user_error(exc, tag) from None
                 raise
             self._store.put_backend(new)
             await self.routes_changed()

@@ -166,8 +166,3 @@ class ProcessLauncher:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(child.stop() for child in list(self._children)))
-
-    def kill_all(self) -> None:
-        """Last resort at exit: nothing the controller started outlives it."""
-        for child in list(self._children):
-            child.kill()

@@ -29,10 +29,6 @@ class RoutePublisher:
         # subscriber_id -> newest version it acknowledged
         self._acked: dict[str, int] = {}
 
-    @property
-    def snapshot(self) -> pb.RoutingSnapshot:
-        return self._snapshot
-
     async def publish(self, endpoints: list[pb.Endpoint], backends: list[pb.BackendTargets]) -> int:
         """Make a new version current and wake every watcher; returns the version."""
         version = self._snapshot.version + 1
