@@ -10,6 +10,7 @@ import json
 import math
 import re
 
+from turnout.config import DEFAULTS
 from turnout.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
@@ -19,7 +20,8 @@ HTTP_METHODS = frozenset(
 DEFAULT_METHODS = ["GET"]
 # Paths under /-/ belong to the proxy (/-/routes, /-/healthz, /-/metrics).
 SYSTEM_PREFIX = "/-/"
-DEFAULT_MAX_CONCURRENT_QUERIES = 100
+_DEFAULTS = DEFAULTS.to_proto()
+DEFAULT_MAX_CONCURRENT_QUERIES = _DEFAULTS.max_concurrent_queries
 MAX_NAME_LENGTH = 256
 WEIGHT_TOLERANCE = 1e-6
 
@@ -125,17 +127,8 @@ def config_update(update: pb.BackendConfig) -> None:
 def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
     """``requested`` with every unset field given its default."""
     config_update(requested)
-    config = pb.BackendConfig(
-        num_replicas=1,
-        max_concurrent_queries=DEFAULT_MAX_CONCURRENT_QUERIES,
-        max_batch_size=1,
-        batch_wait_timeout=0.0,
-        graceful_shutdown_timeout=20.0,
-        health_check_period=10.0,
-        health_check_failure_threshold=3,
-        max_queued_requests=1000,
-        queue_timeout=30.0,
-    )
+    config = pb.BackendConfig()
+    config.CopyFrom(_DEFAULTS)
     config.MergeFrom(requested)
     return config
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from turnout.config import DEFAULTS
 from turnout.v1 import controller_pb2 as pb
 
 from .route_table import stable_fraction
@@ -34,13 +35,16 @@ class ReplicaConn(Generic[Stub]):
 Connect = Callable[[ReplicaConn[Stub]], None]
 
 
+_DEFAULTS = DEFAULTS.to_proto()
+
+
 @dataclass(frozen=True)
 class BackendLimits:
     """How much a sender may load one backend (from its BackendConfig)."""
 
-    max_concurrent_queries: int = 100
-    max_queued_requests: int = 1000
-    queue_timeout: float = 30.0
+    max_concurrent_queries: int = _DEFAULTS.max_concurrent_queries
+    max_queued_requests: int = _DEFAULTS.max_queued_requests
+    queue_timeout: float = _DEFAULTS.queue_timeout
 
     @classmethod
     def from_proto(cls, targets: pb.BackendTargets) -> BackendLimits:

@@ -141,3 +141,18 @@ class BackendConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# The default of every field: what the controller fills in for fields a
+# create_backend call leaves unset, and what replicas and senders fall back on.
+DEFAULTS = BackendConfig(
+    num_replicas=1,
+    max_concurrent_queries=100,
+    max_batch_size=1,
+    batch_wait_timeout=0.0,
+    graceful_shutdown_timeout=20.0,
+    health_check_period=10.0,
+    health_check_failure_threshold=3,
+    max_queued_requests=1000,
+    queue_timeout=30.0,
+)

@@ -26,10 +26,11 @@ from typing import Any
 import cloudpickle
 
 from turnout.batching import accepts_batch, set_call_context
+from turnout.config import DEFAULTS
 from turnout.replica.batcher import Batcher
 from turnout.v1 import controller_pb2
 
-DEFAULT_MAX_CONCURRENT_QUERIES = 100
+DEFAULT_MAX_CONCURRENT_QUERIES = DEFAULTS.to_proto().max_concurrent_queries
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 
 
@@ -180,20 +181,11 @@ class BackendRuntime:
 
     async def reconfigure(self, user_config_json: str) -> None:
         """Call the instance's ``reconfigure(user_config)`` (raises LoadError)."""
-        target = self.backend.target
-        method = getattr(target, "reconfigure", None) if self.backend.is_instance else None
-        if not callable(method):
-            raise LoadError(INVALID_ARGUMENT, f"{_name(target)} has no reconfigure() method")
-        try:
-            user_config = json.loads(user_config_json)
-        except ValueError as exc:
-            raise LoadError(INVALID_ARGUMENT, f"user_config_json is not valid JSON: {exc}") from exc
+        method, user_config = _prepare_reconfigure(self.backend, user_config_json)
         try:
             await _call_aside(method, user_config)
         except Exception as exc:
-            raise _load_error(
-                f"{type(target).__name__}.reconfigure raised {_describe(exc)}"
-            ) from exc
+            raise _reconfigure_failed(self.backend, exc) from exc
         self.backend.user_config = user_config
 
     async def check_health(self) -> None:
@@ -330,7 +322,10 @@ def _construct(cls: type, init_args: tuple[Any, ...]) -> Any:
         raise _load_error(f"{cls.__name__}.__init__ raised {_describe(exc)}") from exc
 
 
-def _reconfigure(backend: Backend, user_config_json: str) -> Any:
+def _prepare_reconfigure(
+    backend: Backend, user_config_json: str
+) -> tuple[Callable[[Any], Any], Any]:
+    """The instance's reconfigure method and the parsed user_config (or LoadError)."""
     try:
         user_config = json.loads(user_config_json)
     except ValueError as exc:
@@ -341,11 +336,21 @@ def _reconfigure(backend: Backend, user_config_json: str) -> Any:
             INVALID_ARGUMENT,
             f"a user_config was given but {_name(backend.target)} has no reconfigure() method",
         )
+    return reconfigure, user_config
+
+
+def _reconfigure_failed(backend: Backend, exc: Exception) -> LoadError:
+    name = type(backend.target).__name__
+    return _load_error(f"{name}.reconfigure raised {_describe(exc)}")
+
+
+def _reconfigure(backend: Backend, user_config_json: str) -> Any:
+    """At load, before the event loop runs: call reconfigure() right here."""
+    method, user_config = _prepare_reconfigure(backend, user_config_json)
     try:
-        reconfigure(user_config)
+        method(user_config)
     except Exception as exc:
-        name = type(backend.target).__name__
-        raise _load_error(f"{name}.reconfigure raised {_describe(exc)}") from exc
+        raise _reconfigure_failed(backend, exc) from exc
     return user_config
 
 
