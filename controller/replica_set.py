@@ -75,6 +75,7 @@ class ReplicaSlot:
             error=self.error,
             gpus=self.allocation.cuda_visible_devices,
             cpus=self.allocation.cpus,
+            log_path=str(child.log_path) if child else "",
         )
 
 

@@ -49,6 +49,8 @@ class ReplicaInfo:
     # Cores it is pinned to, and its CUDA_VISIBLE_DEVICES ("" = no GPU).
     cpus: tuple[int, ...] = ()
     gpus: str = ""
+    # Its log file (stdout, stderr and logging) on the controller's machine.
+    log_path: str = ""
 
 
 def _check_str(value: object, what: str) -> str:
@@ -286,6 +288,7 @@ class Client:
                 error=r.error,
                 cpus=tuple(r.cpus),
                 gpus=r.gpus,
+                log_path=r.log_path,
             )
             for r in reply.replicas
         ]

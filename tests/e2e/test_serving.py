@@ -112,11 +112,17 @@ def test_handler_exception_is_500_json_and_traceback_is_logged(
     assert body["error"] == "ZeroDivisionError"
     assert body["message"] == "the model divided by zero"
     assert "Traceback" not in reply.text
-    logs = Path(client.log_dir)
+    (replica,) = [r for r in client.list_replicas() if r.backend == app.backend]
+    log_file = Path(replica.log_path)
+    assert log_file.is_relative_to(client.log_dir)
 
     def logged() -> bool:
-        text = "".join(p.read_text() for p in logs.glob("replica-*.log"))
-        return "Traceback" in text and "the model divided by zero" in text
+        text = log_file.read_text()
+        return (
+            "Traceback" in text
+            and "the model divided by zero" in text
+            and body["request_id"] in text
+        )
 
     wait_until(logged, timeout=10)
 

@@ -267,6 +267,7 @@ class Replica(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
     CPUS_FIELD_NUMBER: _builtins.int
+    LOG_PATH_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     """Unique id, "<backend>#<n>"."""
     backend: _builtins.str
@@ -280,6 +281,10 @@ class Replica(_message.Message):
     """Why it failed; empty otherwise."""
     gpus: _builtins.str
     """Value of CUDA_VISIBLE_DEVICES given to it; empty = no GPU."""
+    log_path: _builtins.str
+    """Absolute path of its log file (stdout, stderr and logging) on the
+    controller's machine; empty until started.
+    """
     @_builtins.property
     def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Cores it is pinned to; empty = not pinned."""
@@ -295,10 +300,11 @@ class Replica(_message.Message):
         error: _builtins.str = ...,
         gpus: _builtins.str = ...,
         cpus: _abc.Iterable[_builtins.int] | None = ...,
+        log_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "pid", b"pid", "replica_id", b"replica_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "log_path", b"log_path", "pid", b"pid", "replica_id", b"replica_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
