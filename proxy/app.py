@@ -12,24 +12,22 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine, Hashable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from aiohttp import web
 
-from turnout._grpc import CHANNEL_OPTIONS, never_delivered
+from turnout._grpc import never_delivered
 from turnout.v1 import controller_pb2 as pb
-from turnout.v1 import replica_pb2, replica_pb2_grpc
+from turnout.v1 import replica_pb2
 
 from . import http_codec, metrics
 from .admission import Admission, NoReplica, Overloaded
+from .replica_link import ReplicaCallError, ReplicaLink
 from .replica_pool import ReplicaConn
 from .route_table import EndpointRoute
 from .router import Router
 from .stats import compare
-
-if TYPE_CHECKING:
-    from turnout.v1.replica_pb2_grpc import ReplicaServiceAsyncStub
 
 logger = logging.getLogger(__name__)
 
@@ -52,13 +50,13 @@ RETRY_AFTER_S = "1"
 # Other replicas a request may be retried on when one cannot be connected to.
 MAX_CONNECT_RETRIES = 2
 
-Conn = ReplicaConn["ReplicaServiceAsyncStub"]
+Conn = ReplicaConn[ReplicaLink]
 
 
 def connect(conn: Conn) -> None:
-    channel = grpc.aio.insecure_channel(conn.address, options=CHANNEL_OPTIONS)
-    conn.stub = replica_pb2_grpc.ReplicaServiceStub(channel)
-    conn.close = channel.close
+    link = ReplicaLink(conn.address)
+    conn.stub = link
+    conn.close = link.close
 
 
 def response_key(reply: replica_pb2.HandleResponse) -> Hashable:
@@ -70,7 +68,7 @@ class ProxyState:
     """The router and the background work hanging off it."""
 
     def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
-        self.router: Router[ReplicaServiceAsyncStub] = Router(connect)
+        self.router: Router[ReplicaLink] = Router(connect)
         self.admission = Admission(self.router)
         self.max_body_bytes = max_body_bytes
         self.first_snapshot = asyncio.Event()
@@ -212,14 +210,12 @@ async def _forward(
             return _error(503, "Overloaded", message_, rid, **{"Retry-After": RETRY_AFTER_S})
         except TimeoutError:
             return _error(504, "GatewayTimeout", f"no replica of {backend!r} was free in time", rid)
-        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        remaining = None if deadline is None else deadline - time.monotonic()
         try:
-            # wait_for_ready=False: a replica that cannot be reached fails the
-            # call at once instead of holding it.
-            reply = await conn.stub.Handle(  # type: ignore[union-attr]
-                message, timeout=remaining, wait_for_ready=False
-            )
-        except grpc.aio.AioRpcError as exc:
+            if remaining is not None and remaining <= 0:
+                raise ReplicaCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "timed out in queue")
+            reply = await conn.stub.handle(message, remaining)  # type: ignore[union-attr]
+        except ReplicaCallError as exc:
             if _never_delivered(exc) and len(tried) < MAX_CONNECT_RETRIES:
                 logger.info("replica %s unreachable; retrying request %s", conn.replica_id, rid)
                 tried |= {conn.replica_id}
@@ -248,8 +244,8 @@ def _error(
     return http_codec.json_error(status, error, message, request_id, **headers), None
 
 
-def _never_delivered(exc: grpc.aio.AioRpcError) -> bool:
-    return never_delivered(exc.code(), exc.details())
+def _never_delivered(exc: ReplicaCallError) -> bool:
+    return never_delivered(exc.code, exc.details)
 
 
 def _timeout(request: web.Request, route: EndpointRoute) -> float | None:
@@ -300,10 +296,10 @@ async def _shadow(
         state.shadows_in_flight += 1
         conn.outstanding += 1  # a shadow takes a slot like any request
         try:
-            reply = await conn.stub.Handle(message, timeout=SHADOW_TIMEOUT_S)
+            reply = await conn.stub.handle(message, SHADOW_TIMEOUT_S)
             key = response_key(reply)
-        except grpc.aio.AioRpcError as exc:
-            logger.info("shadow %s of %s failed: %s", backend, endpoint, exc.code().name)
+        except ReplicaCallError as exc:
+            logger.info("shadow %s of %s failed: %s", backend, endpoint, exc.code.name)
         except Exception:
             logger.exception("shadow %s of %s failed", backend, endpoint)
         finally:
@@ -313,9 +309,9 @@ async def _shadow(
 
 
 def _rpc_error(
-    exc: grpc.aio.AioRpcError, backend: str, replica_id: str, request_id: str
+    exc: ReplicaCallError, backend: str, replica_id: str, request_id: str
 ) -> web.Response:
-    code = exc.code()
+    code = exc.code
     logger.warning("replica %s failed request %s: %s", replica_id, request_id, code.name)
     if code == grpc.StatusCode.UNAVAILABLE and _never_delivered(exc):
         return http_codec.json_error(
@@ -340,7 +336,7 @@ def _rpc_error(
     return http_codec.json_error(
         502,
         "BadGateway",
-        f"backend {backend!r} failed: {code.name}: {exc.details()}",
+        f"backend {backend!r} failed: {code.name}: {exc.details}",
         request_id,
     )
 

@@ -8,8 +8,10 @@ never into an HTTP body.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import traceback
+from collections.abc import AsyncIterator
 
 import cloudpickle
 import grpc
@@ -17,12 +19,16 @@ from werkzeug.exceptions import HTTPException
 
 from turnout.replica import codec
 from turnout.replica.batcher import BadBatch
+from turnout.replica.call_stream import CallStream, NoPayload
 from turnout.replica.runtime import BackendRuntime, LoadError, MethodNotFound
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
 
 log = logging.getLogger("turnout.replica")
 
 Context = grpc.aio.ServicerContext[replica_pb2.HandleRequest, replica_pb2.HandleResponse]
+StreamContext = grpc.aio.ServicerContext[
+    replica_pb2.HandleStreamRequest, replica_pb2.HandleStreamResponse
+]
 
 
 class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
@@ -36,13 +42,34 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         if remaining is not None and remaining <= 0:
             # The sender has given up already: running it would be wasted work.
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before start")
+        try:
+            return await self.respond(request)
+        except NoPayload:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "HandleRequest has no payload")
+        raise AssertionError("context.abort returned")  # pragma: no cover
+
+    async def HandleStream(
+        self,
+        request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest],
+        context: StreamContext,
+    ) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
+        stream = CallStream(self.respond)
+        reader = asyncio.create_task(stream.read(request_iterator))
+        try:
+            async for batch in stream.answers():
+                yield batch
+        finally:
+            reader.cancel()
+            stream.cancel()
+
+    async def respond(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
+        """The answer to one request, whichever way it came."""
         payload = request.WhichOneof("payload")
         if payload == "http":
             return replica_pb2.HandleResponse(http=await self._handle_http(request))
         if payload == "call":
             return await self._handle_call(request)
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "HandleRequest has no payload")
-        raise AssertionError("context.abort returned")  # pragma: no cover
+        raise NoPayload
 
     async def _handle_http(self, request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
         rid = request.request_id

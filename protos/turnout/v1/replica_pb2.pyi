@@ -50,6 +50,30 @@ ERROR_KIND_BAD_BATCH: ErrorKind.ValueType  # 4
 """A batch handler returned a sequence of the wrong length."""
 Global___ErrorKind: _TypeAlias = ErrorKind  # noqa: Y015
 
+class _CallFailure:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CallFailureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CallFailure.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CALL_FAILURE_UNSPECIFIED: _CallFailure.ValueType  # 0
+    CALL_FAILURE_DEADLINE_EXCEEDED: _CallFailure.ValueType  # 1
+    """Its timeout passed, before the handler started or while it ran."""
+    CALL_FAILURE_INVALID_ARGUMENT: _CallFailure.ValueType  # 2
+    """The HandleRequest carried no payload."""
+
+class CallFailure(_CallFailure, metaclass=_CallFailureEnumTypeWrapper):
+    """Why a call on a stream got no HandleResponse (what Handle reports as a gRPC
+    status).
+    """
+
+CALL_FAILURE_UNSPECIFIED: CallFailure.ValueType  # 0
+CALL_FAILURE_DEADLINE_EXCEEDED: CallFailure.ValueType  # 1
+"""Its timeout passed, before the handler started or while it ran."""
+CALL_FAILURE_INVALID_ARGUMENT: CallFailure.ValueType  # 2
+"""The HandleRequest carried no payload."""
+Global___CallFailure: _TypeAlias = CallFailure  # noqa: Y015
+
 @_typing.final
 class ReconfigureRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -225,3 +249,119 @@ class HandleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___HandleResponse: _TypeAlias = HandleResponse  # noqa: Y015
+
+@_typing.final
+class HandleStreamRequest(_message.Message):
+    """Calls sent on a HandleStream, and cancellations of calls sent earlier."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALLS_FIELD_NUMBER: _builtins.int
+    CANCELLED_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamCall]: ...
+    @_builtins.property
+    def cancelled_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Ids of calls the sender no longer waits for (its deadline passed): their
+        handlers are cancelled, and they get no answer.
+        """
+
+    def __init__(
+        self,
+        *,
+        calls: _abc.Iterable[Global___StreamCall] | None = ...,
+        cancelled_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "cancelled_ids", b"cancelled_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleStreamRequest: _TypeAlias = HandleStreamRequest  # noqa: Y015
+
+@_typing.final
+class StreamCall(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the sender, unique among its calls in flight on this stream;
+    the answer carries it back.
+    """
+    timeout: _builtins.float
+    """Seconds the sender waits for the answer, counted from when the replica
+    reads the call (the hop is local); 0 = no limit. Past it the handler is
+    cancelled and the answer is a DEADLINE_EXCEEDED failure.
+    """
+    @_builtins.property
+    def request(self) -> Global___HandleRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        request: Global___HandleRequest | None = ...,
+        timeout: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamCall: _TypeAlias = StreamCall  # noqa: Y015
+
+@_typing.final
+class HandleStreamResponse(_message.Message):
+    """Answers to calls of a HandleStream, as they finish."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamAnswer]: ...
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___StreamAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HandleStreamResponse: _TypeAlias = HandleStreamResponse  # noqa: Y015
+
+@_typing.final
+class StreamAnswer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    RESPONSE_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The id of the StreamCall answered."""
+    failure: Global___CallFailure.ValueType
+    @_builtins.property
+    def response(self) -> Global___HandleResponse:
+        """What Handle would have answered."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        response: Global___HandleResponse | None = ...,
+        failure: Global___CallFailure.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure", b"failure", "id", b"id", "outcome", b"outcome", "response", b"response"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["response", "failure"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___StreamAnswer: _TypeAlias = StreamAnswer  # noqa: Y015

@@ -41,6 +41,11 @@ class ReplicaServiceStub:
                 request_serializer=turnout_dot_v1_dot_replica__pb2.HandleRequest.SerializeToString,
                 response_deserializer=turnout_dot_v1_dot_replica__pb2.HandleResponse.FromString,
                 _registered_method=True)
+        self.HandleStream = channel.stream_stream(
+                '/turnout.v1.ReplicaService/HandleStream',
+                request_serializer=turnout_dot_v1_dot_replica__pb2.HandleStreamRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_replica__pb2.HandleStreamResponse.FromString,
+                _registered_method=True)
         self.Reconfigure = channel.unary_unary(
                 '/turnout.v1.ReplicaService/Reconfigure',
                 request_serializer=turnout_dot_v1_dot_replica__pb2.ReconfigureRequest.SerializeToString,
@@ -62,6 +67,18 @@ class ReplicaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def HandleStream(self, request_iterator, context):
+        """Many requests over one long-lived stream, answered in any order and
+        matched by id: how the HTTP proxy talks to a replica. A sender writes
+        whatever calls are waiting as one message, so under load one gRPC message
+        carries many requests, and with no concurrency nothing waits. Same
+        answers as Handle, call by call. A sender may fall back to Handle when a
+        replica answers UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Reconfigure(self, request, context):
         """Calls the class's reconfigure(user_config) on this live replica.
         """
@@ -76,6 +93,11 @@ def add_ReplicaServiceServicer_to_server(servicer, server):
                     servicer.Handle,
                     request_deserializer=turnout_dot_v1_dot_replica__pb2.HandleRequest.FromString,
                     response_serializer=turnout_dot_v1_dot_replica__pb2.HandleResponse.SerializeToString,
+            ),
+            'HandleStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.HandleStream,
+                    request_deserializer=turnout_dot_v1_dot_replica__pb2.HandleStreamRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_replica__pb2.HandleStreamResponse.SerializeToString,
             ),
             'Reconfigure': grpc.unary_unary_rpc_method_handler(
                     servicer.Reconfigure,
@@ -112,6 +134,33 @@ class ReplicaService:
             '/turnout.v1.ReplicaService/Handle',
             turnout_dot_v1_dot_replica__pb2.HandleRequest.SerializeToString,
             turnout_dot_v1_dot_replica__pb2.HandleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HandleStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/turnout.v1.ReplicaService/HandleStream',
+            turnout_dot_v1_dot_replica__pb2.HandleStreamRequest.SerializeToString,
+            turnout_dot_v1_dot_replica__pb2.HandleStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

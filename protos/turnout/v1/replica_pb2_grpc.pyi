@@ -40,6 +40,14 @@ class ReplicaServiceStub:
     request's: a replica refuses work whose deadline has passed, and a call
     cancelled by its deadline cancels an async handler.
     """
+    HandleStream: _grpc.StreamStreamMultiCallable[_replica_pb2.HandleStreamRequest, _replica_pb2.HandleStreamResponse]
+    """Many requests over one long-lived stream, answered in any order and
+    matched by id: how the HTTP proxy talks to a replica. A sender writes
+    whatever calls are waiting as one message, so under load one gRPC message
+    carries many requests, and with no concurrency nothing waits. Same
+    answers as Handle, call by call. A sender may fall back to Handle when a
+    replica answers UNIMPLEMENTED.
+    """
     Reconfigure: _grpc.UnaryUnaryMultiCallable[_replica_pb2.ReconfigureRequest, _replica_pb2.ReconfigureResponse]
     """Calls the class's reconfigure(user_config) on this live replica."""
 
@@ -54,6 +62,14 @@ class ReplicaServiceAsyncStub(ReplicaServiceStub):
     """Runs the backend's handler on one request. The call's gRPC deadline is the
     request's: a replica refuses work whose deadline has passed, and a call
     cancelled by its deadline cancels an async handler.
+    """
+    HandleStream: _aio.StreamStreamMultiCallable[_replica_pb2.HandleStreamRequest, _replica_pb2.HandleStreamResponse]  # type: ignore[assignment]
+    """Many requests over one long-lived stream, answered in any order and
+    matched by id: how the HTTP proxy talks to a replica. A sender writes
+    whatever calls are waiting as one message, so under load one gRPC message
+    carries many requests, and with no concurrency nothing waits. Same
+    answers as Handle, call by call. A sender may fall back to Handle when a
+    replica answers UNIMPLEMENTED.
     """
     Reconfigure: _aio.UnaryUnaryMultiCallable[_replica_pb2.ReconfigureRequest, _replica_pb2.ReconfigureResponse]  # type: ignore[assignment]
     """Calls the class's reconfigure(user_config) on this live replica."""
@@ -72,6 +88,20 @@ class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
         """Runs the backend's handler on one request. The call's gRPC deadline is the
         request's: a replica refuses work whose deadline has passed, and a call
         cancelled by its deadline cancels an async handler.
+        """
+
+    @_abc_1.abstractmethod
+    def HandleStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_replica_pb2.HandleStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_replica_pb2.HandleStreamResponse], _abc.AsyncIterator[_replica_pb2.HandleStreamResponse]]:
+        """Many requests over one long-lived stream, answered in any order and
+        matched by id: how the HTTP proxy talks to a replica. A sender writes
+        whatever calls are waiting as one message, so under load one gRPC message
+        carries many requests, and with no concurrency nothing waits. Same
+        answers as Handle, call by call. A sender may fall back to Handle when a
+        replica answers UNIMPLEMENTED.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,224 @@
+"""The proxy's connection to one replica: its requests multiplexed on one
+long-lived ``HandleStream``.
+
+A unary gRPC call costs the Python runtime about as much CPU as everything
+else the proxy does for a request put together (bench/RESULTS.md). On one
+stream, each request is a small entry in a message instead, and the writer
+puts every request waiting at the time into a single message: under load,
+one gRPC message carries many requests, and a lone request waits for nothing.
+
+A replica that does not implement ``HandleStream`` (one written in another
+language against an older ``replica.proto``) answers UNIMPLEMENTED; the link
+then sends it unary ``Handle`` calls from then on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import TYPE_CHECKING
+
+import grpc
+
+from turnout._grpc import CHANNEL_OPTIONS
+from turnout.v1 import replica_pb2, replica_pb2_grpc
+
+if TYPE_CHECKING:
+    from turnout.v1.replica_pb2_grpc import ReplicaServiceAsyncStub
+
+logger = logging.getLogger(__name__)
+
+# Said of calls still waiting to be written when their stream failed: they
+# never reached the replica. Worded so that ``never_delivered`` recognises it.
+_UNSENT = "failed to connect: the stream to the replica ended before the call was sent"
+
+
+class ReplicaCallError(Exception):
+    """A call that got no ``HandleResponse``: what gRPC status it amounts to."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+
+
+_FAILURES = {
+    replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED: ReplicaCallError(
+        grpc.StatusCode.DEADLINE_EXCEEDED, "the call's timeout passed on the replica"
+    ),
+    replica_pb2.CALL_FAILURE_INVALID_ARGUMENT: ReplicaCallError(
+        grpc.StatusCode.INVALID_ARGUMENT, "HandleRequest has no payload"
+    ),
+}
+
+
+class ReplicaLink:
+    """Channel, unary stub (for shadows and fallback) and the shared stream."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub: ReplicaServiceAsyncStub = replica_pb2_grpc.ReplicaServiceStub(self.channel)
+        self._stream: _CallStream | None = None
+        self._streaming = True
+
+    async def handle(
+        self, request: replica_pb2.HandleRequest, timeout: float | None
+    ) -> replica_pb2.HandleResponse:
+        """Send one request and wait up to ``timeout`` seconds (None = no limit)
+        for its answer; raises ``ReplicaCallError`` when there is none."""
+        if not self._streaming:
+            return await self.unary(request, timeout)
+        stream = self._stream
+        if stream is None or stream.failed:
+            stream = self._stream = _CallStream(self.stub)
+        try:
+            return await stream.call(request, timeout)
+        except ReplicaCallError as exc:
+            if exc.code != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            if self._streaming:
+                logger.info("replica at %s has no HandleStream; using Handle", self.address)
+                self._streaming = False
+            return await self.unary(request, timeout)
+
+    async def unary(
+        self, request: replica_pb2.HandleRequest, timeout: float | None
+    ) -> replica_pb2.HandleResponse:
+        try:
+            # wait_for_ready=False: a replica that cannot be reached fails the
+            # call at once instead of holding it.
+            return await self.stub.Handle(request, timeout=timeout, wait_for_ready=False)
+        except grpc.aio.AioRpcError as exc:
+            raise ReplicaCallError(exc.code(), exc.details() or "") from exc
+
+    @property
+    def in_flight(self) -> int:
+        return 0 if self._stream is None else self._stream.in_flight
+
+    async def close(self, grace: float | None) -> None:
+        """Let calls in flight finish (up to ``grace`` seconds; None = at once),
+        then close the stream and the channel."""
+        stream = self._stream
+        if stream is not None:
+            await stream.close(grace)
+        await self.channel.close(grace)
+
+
+class _CallStream:
+    """One ``HandleStream`` call: requests out in batches, answers matched by id."""
+
+    def __init__(self, stub: ReplicaServiceAsyncStub) -> None:
+        self._rpc = stub.HandleStream(wait_for_ready=False)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[replica_pb2.HandleResponse]] = {}
+        self._outbox: list[replica_pb2.StreamCall] = []
+        self._cancelled: list[int] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.failed = False
+        self._writer = asyncio.create_task(self._write())
+        self._reader = asyncio.create_task(self._read())
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiting)
+
+    async def call(
+        self, request: replica_pb2.HandleRequest, timeout: float | None
+    ) -> replica_pb2.HandleResponse:
+        call_id = next(self._ids)
+        answer: asyncio.Future[replica_pb2.HandleResponse] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._waiting[call_id] = answer
+        self._idle.clear()
+        self._outbox.append(
+            replica_pb2.StreamCall(id=call_id, request=request, timeout=timeout or 0.0)
+        )
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                return await answer
+        except TimeoutError:
+            # Tell the replica to stop working on it (if it still is).
+            self._cancelled.append(call_id)
+            self._wake.set()
+            raise ReplicaCallError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "no answer within the timeout"
+            ) from None
+        finally:
+            self._forget(call_id)
+
+    def _forget(self, call_id: int) -> None:
+        self._waiting.pop(call_id, None)
+        if not self._waiting:
+            self._idle.set()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                calls, self._outbox = self._outbox, []
+                cancelled, self._cancelled = self._cancelled, []
+                await self._rpc.write(
+                    replica_pb2.HandleStreamRequest(calls=calls, cancelled_ids=cancelled)
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The RPC failed; the reader learns why and fails the calls.
+            return
+
+    async def _read(self) -> None:
+        error: ReplicaCallError
+        try:
+            async for message in self._rpc:
+                for answer in message.answers:
+                    waiter = self._waiting.get(answer.id)
+                    if waiter is None or waiter.done():
+                        continue  # given up on already
+                    if answer.HasField("response"):
+                        waiter.set_result(answer.response)
+                    else:
+                        waiter.set_exception(_FAILURES.get(answer.failure) or _unknown(answer))
+            error = ReplicaCallError(
+                grpc.StatusCode.UNAVAILABLE, "the replica ended the stream before answering"
+            )
+        except grpc.aio.AioRpcError as exc:
+            error = ReplicaCallError(exc.code(), exc.details() or "")
+        except asyncio.CancelledError:
+            error = ReplicaCallError(grpc.StatusCode.CANCELLED, "the proxy closed the stream")
+        self._fail(error)
+
+    def _fail(self, error: ReplicaCallError) -> None:
+        self.failed = True
+        self._writer.cancel()
+        unsent = {call.id for call in self._outbox}
+        if error.code == grpc.StatusCode.UNAVAILABLE:
+            never_sent = ReplicaCallError(grpc.StatusCode.UNAVAILABLE, _UNSENT)
+        else:
+            never_sent = error
+        for call_id, waiter in self._waiting.items():
+            if not waiter.done():
+                waiter.set_exception(never_sent if call_id in unsent else error)
+
+    async def close(self, grace: float | None) -> None:
+        if grace:
+            try:
+                async with asyncio.timeout(grace):
+                    await self._idle.wait()
+            except TimeoutError:
+                pass
+        self._rpc.cancel()
+        self._writer.cancel()
+        await asyncio.gather(self._writer, self._reader, return_exceptions=True)
+
+
+def _unknown(answer: replica_pb2.StreamAnswer) -> ReplicaCallError:
+    return ReplicaCallError(
+        grpc.StatusCode.UNKNOWN, f"the replica answered with failure {answer.failure}"
+    )
