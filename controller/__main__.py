@@ -1,4 +1,11 @@
-"""``python -m turnout.controller``: run a controller (normally started by turnout.init)."""
+"""``python -m turnout.controller``: run a controller (started by turnout.init,
+or by ``turnout start`` as a durable service).
+
+With ``--durable`` the proxy and replicas outlive the controller: a controller
+restarted on the same ``--state`` and ``--port`` re-adopts them, so a crash of
+the control plane never interrupts serving. Without it (the owned mode of
+``turnout.init()``) every child dies with the controller.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,8 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from turnout import _process
+from turnout import _logging, _process
+from turnout.errors import TurnoutError
 
 from .server import Controller, ControllerOptions
 
@@ -35,7 +43,38 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--owner-pid", type=int, help="shut down when this process (the parent) exits"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="proxy and replicas survive a controller crash and are re-adopted by a "
+        "controller restarted with the same --state and --port (both required)",
+    )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the proxy writes logs/proxy-access.log, one line per request (default on)",
+    )
+    args = parser.parse_args(argv)
+    if args.durable:
+        if args.state is None:
+            parser.error("--durable needs --state: re-adoption reads the state file")
+        if args.port == 0:
+            parser.error(
+                "--durable needs a fixed --port: surviving proxies reconnect to that address"
+            )
+        if args.owner_pid is not None:
+            parser.error("--durable and --owner-pid exclude each other")
+    return args
+
+
+def _instance_dir(args: argparse.Namespace) -> Path:
+    if args.instance_dir is not None:
+        return Path(args.instance_dir)
+    if args.durable:
+        # Beside the state file, so that a restart finds the same logs and run files.
+        return Path(args.state).resolve().parent
+    return Path(tempfile.mkdtemp(prefix="turnout-"))
 
 
 async def _watch_owner(owner_pid: int, stop: asyncio.Event) -> None:
@@ -47,8 +86,16 @@ async def _watch_owner(owner_pid: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-async def _main(args: argparse.Namespace) -> int:
-    instance_dir = args.instance_dir or Path(tempfile.mkdtemp(prefix="turnout-"))
+def _give_up(args: argparse.Namespace, exc: BaseException) -> int:
+    """Tell the owner (ready pipe) and the operator (stderr, log) why we stop."""
+    logging.getLogger(__name__).error("cannot start: %s", exc)
+    if args.ready_fd is not None:
+        _process.report_failure(args.ready_fd, "UNAVAILABLE", str(exc), traceback.format_exc())
+    print(f"turnout controller: {exc}", file=sys.stderr)
+    return 1
+
+
+async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
     options = ControllerOptions(
         instance_dir=instance_dir,
         host=args.host,
@@ -56,8 +103,13 @@ async def _main(args: argparse.Namespace) -> int:
         http_host=args.http_host,
         http_port=args.http_port,
         state_path=args.state,
+        durable=args.durable,
+        access_log=args.access_log,
     )
-    controller = Controller(options)
+    try:
+        controller = Controller(options)
+    except (TurnoutError, OSError) as exc:
+        return _give_up(args, exc)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -67,10 +119,7 @@ async def _main(args: argparse.Namespace) -> int:
     except Exception as exc:  # whatever it is, the owner must hear why we gave up
         await controller.shutdown()
         await controller.close()
-        if args.ready_fd is not None:
-            _process.report_failure(args.ready_fd, "UNAVAILABLE", str(exc), traceback.format_exc())
-        print(f"turnout controller: {exc}", file=sys.stderr)
-        return 1
+        return _give_up(args, exc)
     if args.ready_fd is not None:
         _process.report_ready(
             args.ready_fd,
@@ -92,12 +141,13 @@ async def _main(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s controller %(name)s: %(message)s",
-        stream=sys.stderr,
+    instance_dir = _instance_dir(args)
+    _logging.configure(
+        instance_dir / "logs" / "controller.log",
+        "%(asctime)s %(levelname)s controller %(name)s: %(message)s",
+        also_tty=True,
     )
-    return asyncio.run(_main(args))
+    return asyncio.run(_main(args, instance_dir))
 
 
 if __name__ == "__main__":

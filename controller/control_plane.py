@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,12 @@ from turnout.errors import (
 )
 from turnout.v1 import controller_pb2 as pb
 
-from . import validation
+from . import adoption, validation
 from .launcher import ProcessLauncher
 from .replica_set import ReplicaSet, ReplicaStartError
 from .resources import ResourcePool
 from .routing import RoutePublisher
-from .store import BackendRecord, EndpointRecord, Store
+from .store import REPLICA, BackendRecord, EndpointRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +75,7 @@ class ControlPlane:
                     # A retry of a call that succeeded: same answer, no duplicate.
                     return self._backend(tag)
                 raise AlreadyExistsError(f"backend {tag!r} already exists with other content")
-            replicas = ReplicaSet(
-                tag,
-                self._write_spec(record),
-                self._launcher,
-                self.routes_changed,
-                config,
-                options,
-                self._resources,
-            )
+            replicas = self._replica_set(record)
             replicas.check_fits(config.num_replicas)
             self._sets[tag] = replicas
             try:
@@ -94,26 +87,53 @@ class ControlPlane:
             self._store.put_backend(record)
         return self._backend(tag)
 
-    async def recover(self) -> None:
+    def _replica_set(self, record: BackendRecord) -> ReplicaSet:
+        return ReplicaSet(
+            record.tag,
+            self._write_spec(record),
+            self._launcher,
+            self.routes_changed,
+            record.config,
+            record.options,
+            self._resources,
+            digest=replica_digest(record),
+        )
+
+    async def recover(self, adopt: bool = False) -> None:
         """Bring back the backends of a store written by an earlier controller.
 
-        Their replicas start in the background (retrying with backoff); routes
-        are published as they come up.
+        With ``adopt``, recorded replicas that still serve what their backend's
+        record says are supervised again as they are; every other recorded
+        replica is stopped. Missing replicas start in the background (retrying
+        with backoff). Whatever an unacknowledged change had done before the
+        crash ends up fully applied (its record was written) or undone (it was
+        not): desired state is the store's, and this reconciles toward it.
+        Publishes the first routing snapshot, with the adopted replicas in it.
         """
         async with self._lock:
-            for record in self._store.backends().values():
-                replicas = ReplicaSet(
-                    record.tag,
-                    self._write_spec(record),
-                    self._launcher,
-                    self.routes_changed,
-                    record.config,
-                    record.options,
-                    self._resources,
-                )
+            backends = self._store.backends()
+            records = [r for r in self._store.children().values() if r.kind == REPLICA]
+            wanted = {
+                tag: adoption.Wanted(replica_digest(b), b.config.num_replicas)
+                for tag, b in backends.items()
+            }
+            if adopt:
+                adopted = await adoption.adopt_replicas(self._launcher, records, wanted)
+            else:
+                await adoption.stop_all_recorded(self._launcher, records)
+                adopted = {}
+            for record in backends.values():
+                replicas = self._replica_set(record)
                 self._sets[record.tag] = replicas
-                replicas.resume(record.config.num_replicas)
-                logger.info("recovering backend %r", record.tag)
+                kept = adopted.get(record.tag, [])
+                replicas.adopt(kept)
+                replicas.resume(record.config.num_replicas - len(kept))
+                logger.info(
+                    "recovering backend %r: %d replica(s) adopted, %d to start",
+                    record.tag,
+                    len(kept),
+                    record.config.num_replicas - len(kept),
+                )
         await self.routes_changed()
 
     async def update_backend(self, tag: str, spec: pb.BackendSpec) -> pb.Backend:
@@ -122,7 +142,7 @@ class ControlPlane:
         async with self._lock:
             record = dataclasses.replace(self._backend_record(tag), spec=spec)
             try:
-                await self._sets[tag].roll(self._write_spec(record))
+                await self._sets[tag].roll(self._write_spec(record), replica_digest(record))
             except ReplicaStartError as exc:
                 raise start_error_to_user_error(exc, tag) from None
             self._store.put_backend(record)
@@ -155,17 +175,20 @@ class ControlPlane:
                 config.HasField("user_config_json") != record.config.HasField("user_config_json")
             )
             previous_path, previous_config = replicas.spec_path, replicas.config
+            previous_digest = replicas.digest
             replicas.config = config
             try:
                 if restart:
-                    await replicas.roll(spec_path)
+                    await replicas.roll(spec_path, replica_digest(new))
                 else:
                     replicas.spec_path = spec_path
                     if reconfigure and config.HasField("user_config_json"):
                         await replicas.reconfigure(config.user_config_json)
+                    replicas.set_digest(replica_digest(new))
                 await replicas.scale(config.num_replicas)
             except (ReplicaStartError, InvalidArgumentError) as exc:
                 replicas.spec_path, replicas.config = previous_path, previous_config
+                replicas.digest = previous_digest
                 if isinstance(exc, ReplicaStartError):
                     raise start_error_to_user_error(exc, tag) from None
                 raise
@@ -322,6 +345,21 @@ class ControlPlane:
             replicas=self._sets[tag].describe(),
             replica_options=record.options,
         )
+
+
+def replica_digest(record: BackendRecord) -> str:
+    """What a replica of ``record`` runs, in a few hex digits: its code, its
+    replica options, and the config it reads at start or takes in place
+    (``user_config``). Two replicas with the same digest are interchangeable;
+    config the senders or the controller apply (num_replicas, queues, health
+    checks) is left out, so changing it does not make replicas look stale.
+    """
+    digest = hashlib.sha256()
+    digest.update(record.spec.SerializeToString(deterministic=True))
+    digest.update(record.options.SerializeToString(deterministic=True))
+    for name in (*validation.RESTART_FIELDS, "user_config_json"):
+        digest.update(f"|{name}={getattr(record.config, name)!r}".encode())
+    return digest.hexdigest()[:16]
 
 
 def start_error_to_user_error(error: ReplicaStartError, tag: str) -> TurnoutError:

@@ -3,22 +3,34 @@
 Everything else asks the launcher for a ``ChildProcess`` and never touches
 ``subprocess`` or signals itself, so the supervision logic can be exercised
 with another launcher (a container or Kubernetes launcher can come later).
+
+Every child is recorded in the store (``ChildRecord``) from the moment it is
+spawned until it exits, so a controller restarted after a crash knows which
+processes were its own: it re-adopts them (``adopt``) or stops them
+(``stop_recorded``). In durable mode children do not die with the controller
+(no ``--parent-pid``) and run in their own session, so a signal sent to the
+controller's process group does not reach them either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from turnout import _process
 from turnout.v1 import controller_pb2 as pb
+
+from .processes import AdoptedProcess, start_time
+from .store import PROXY, REPLICA, ChildRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +41,29 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 10.0
 
 
+class OsProcess(Protocol):
+    """What supervision needs of a process: a spawned one
+    (``asyncio.subprocess.Process``) or an adopted one (``AdoptedProcess``)."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+    def kill(self) -> None: ...
+
+
 @dataclass(eq=False)
 class ChildProcess:
-    """A started child and what it reported when it came up."""
+    """A child (started or re-adopted) and what it reported when it came up."""
 
     name: str
-    process: asyncio.subprocess.Process
+    process: OsProcess
     log_path: Path
     report: dict[str, Any] = field(default_factory=dict)
+    # How the store knows it; None until recorded.
+    record: ChildRecord | None = None
 
     @property
     def pid(self) -> int:
@@ -49,6 +76,10 @@ class ChildProcess:
     @property
     def address(self) -> str:
         return str(self.report.get("address", ""))
+
+    @property
+    def adopted(self) -> bool:
+        return isinstance(self.process, AdoptedProcess)
 
     async def wait(self) -> int:
         return await self.process.wait()
@@ -76,15 +107,37 @@ def _file_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:100]
 
 
-class ProcessLauncher:
-    """Starts proxies and replicas as children that die with the controller."""
+def out_path(log_path: Path) -> Path:
+    """Where a child's stdout and stderr go: next to its log, never into it
+    (see ``turnout._logging``)."""
+    return log_path.with_suffix(".out")
 
-    def __init__(self, run_dir: Path, log_dir: Path) -> None:
+
+class ProcessLauncher:
+    """Starts proxies and replicas, records them, and adopts recorded ones."""
+
+    def __init__(
+        self, run_dir: Path, log_dir: Path, store: Store, *, durable: bool = False
+    ) -> None:
         self.run_dir = run_dir
         self.log_dir = log_dir
+        self.durable = durable
+        self._store = store
         run_dir.mkdir(parents=True, exist_ok=True)
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._children: set[ChildProcess] = set()
+        # child -> the task that forgets it once it exited
+        self._children: dict[ChildProcess, asyncio.Task[None]] = {}
+
+    @property
+    def proxy_log_path(self) -> Path:
+        return self.log_dir / "proxy.log"
+
+    @property
+    def access_log_path(self) -> Path:
+        return self.log_dir / "proxy-access.log"
+
+    def replica_log_path(self, backend: str, replica_id: str) -> Path:
+        return self.log_dir / "replicas" / _file_safe(backend) / f"{_file_safe(replica_id)}.log"
 
     def write_spec(self, request: pb.CreateBackendRequest, version: int) -> Path:
         """Persist what a replica loads; replicas read it at start."""
@@ -98,37 +151,60 @@ class ProcessLauncher:
         spec_path: Path,
         env: dict[str, str] | None = None,
         cpus: tuple[int, ...] = (),
+        record: ChildRecord | None = None,
     ) -> ChildProcess:
-        """Start a replica with extra environment variables, pinned to ``cpus``."""
-        args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
-        return await self._start("turnout.replica", f"replica {replica_id}", args, env, cpus)
+        """Start a replica with extra environment variables, pinned to ``cpus``.
 
-    async def start_proxy(self, controller_address: str, host: str, port: int) -> ChildProcess:
+        ``record`` carries what the store keeps about it beyond the pid
+        (backend, digest, resources); name and kind are filled in here.
+        """
+        backend = record.backend if record else replica_id.rpartition("#")[0]
+        template = dataclasses.replace(
+            record or ChildRecord(name="", kind=REPLICA, pid=0, start_time=0, backend=backend),
+            name=replica_id,
+            kind=REPLICA,
+        )
+        args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
+        log_path = self.replica_log_path(backend, replica_id)
+        return await self._start(
+            "turnout.replica", f"replica {replica_id}", args, log_path, template, env, cpus
+        )
+
+    async def start_proxy(
+        self, controller_address: str, host: str, port: int, access_log: bool = True
+    ) -> ChildProcess:
         args = ["--controller", controller_address, "--host", host, "--port", str(port)]
-        return await self._start("turnout.proxy", "proxy", args)
+        if access_log:
+            args += ["--access-log", str(self.access_log_path)]
+        template = ChildRecord(name=PROXY, kind=PROXY, pid=0, start_time=0)
+        return await self._start("turnout.proxy", "proxy", args, self.proxy_log_path, template)
 
     async def _start(
         self,
         module: str,
         name: str,
         args: list[str],
+        log_path: Path,
+        template: ChildRecord,
         env: dict[str, str] | None = None,
         cpus: tuple[int, ...] = (),
     ) -> ChildProcess:
         read_fd, write_fd = os.pipe()
-        log_path = self.log_dir / f"{_file_safe(name.replace(' ', '-'))}.log"
-        argv = _process.child_argv(
-            module, [*args, "--ready-fd", str(write_fd), "--parent-pid", str(os.getpid())]
-        )
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        extra = ["--ready-fd", str(write_fd), "--log-file", str(log_path)]
+        if not self.durable:
+            extra += ["--parent-pid", str(os.getpid())]
+        argv = _process.child_argv(module, [*args, *extra])
         try:
-            with log_path.open("ab") as log:
+            with out_path(log_path).open("ab") as out:
                 process = await asyncio.create_subprocess_exec(
                     *argv,
                     stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
+                    stdout=out,
+                    stderr=out,
                     pass_fds=(write_fd,),
                     env={**os.environ, **env} if env else None,
+                    start_new_session=self.durable,
                 )
         except BaseException:
             os.close(read_fd)
@@ -141,9 +217,18 @@ class ProcessLauncher:
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(process.pid, cpus)
         child = ChildProcess(name=name, process=process, log_path=log_path)
-        self._children.add(child)
-        process_done = asyncio.ensure_future(process.wait())
-        process_done.add_done_callback(lambda _: self._children.discard(child))
+        # Recorded before it can serve: a controller killed from here on leaves
+        # a record that the next one uses to find (and stop) the process.
+        self._record(
+            child,
+            dataclasses.replace(
+                template,
+                pid=process.pid,
+                start_time=start_time(process.pid) or 0,
+                log_path=str(log_path),
+            ),
+        )
+        self._track(child)
         try:
             child.report = await asyncio.wait_for(
                 _process.read_report_async(read_fd), READY_TIMEOUT_S
@@ -162,7 +247,68 @@ class ProcessLauncher:
             child.kill()
             await process.wait()
             logger.warning("%s failed to start: %s", name, child.report.get("message"))
+        else:
+            capabilities = json.dumps(child.report.get("capabilities", {}), sort_keys=True)
+            self.relabel(child, address=child.address, capabilities=capabilities)
         return child
 
+    def adopt(self, record: ChildRecord) -> ChildProcess | None:
+        """Take over a recorded child that is still alive (same pid, same
+        start time); None if it is gone. Its health is the caller's to check."""
+        process = AdoptedProcess.open(record.pid, record.start_time)
+        if process is None:
+            self._forget(record.name, record.pid)
+            return None
+        name = "proxy" if record.kind == PROXY else f"replica {record.name}"
+        report: dict[str, Any] = {"ok": True, "address": record.address}
+        with contextlib.suppress(ValueError):
+            report["capabilities"] = json.loads(record.capabilities)
+        child = ChildProcess(
+            name=name, process=process, log_path=Path(record.log_path), report=report
+        )
+        child.record = record
+        self._track(child)
+        logger.info("adopted %s (pid %d) at %s", name, record.pid, record.address or "-")
+        return child
+
+    async def stop_recorded(self, record: ChildRecord, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Stop a recorded child that is still alive, and drop its record."""
+        child = self.adopt(record)
+        if child is not None:
+            logger.info("stopping %s (pid %d): no longer wanted", child.name, child.pid)
+            await child.stop(timeout)
+            reaper = self._children.get(child)
+            if reaper is not None:
+                await reaper
+
+    def relabel(self, child: ChildProcess, **changes: Any) -> None:
+        """Change what the store says about a running child (e.g. its digest)."""
+        if child.record is not None and child.process.returncode is None:
+            self._record(child, dataclasses.replace(child.record, **changes))
+
+    def _record(self, child: ChildProcess, record: ChildRecord) -> None:
+        self._store.put_child(record)
+        child.record = record
+
+    def _forget(self, name: str, pid: int) -> None:
+        # Only its own record: a restarted replica reuses the name.
+        current = self._store.children().get(name)
+        if current is not None and current.pid == pid:
+            self._store.delete_child(name)
+
+    def _track(self, child: ChildProcess) -> None:
+        async def reap() -> None:
+            try:
+                await child.wait()
+            finally:
+                self._children.pop(child, None)
+                if child.record is not None:
+                    self._forget(child.record.name, child.pid)
+
+        self._children[child] = asyncio.create_task(reap(), name=f"reap {child.name}")
+
     async def stop_all(self) -> None:
-        await asyncio.gather(*(child.stop() for child in list(self._children)))
+        """Stop every child, and wait until their records are gone."""
+        children = dict(self._children)
+        await asyncio.gather(*(child.stop() for child in children))
+        await asyncio.gather(*children.values(), return_exceptions=True)

@@ -30,6 +30,7 @@ from turnout.v1 import replica_pb2, replica_pb2_grpc
 
 from .launcher import ChildProcess, ProcessLauncher
 from .resources import Allocation, ResourcePool
+from .store import REPLICA, ChildRecord
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class ReplicaSlot:
     allocation: Allocation = field(default_factory=Allocation)
     error: str = ""
     stopping: bool = False
+    # What it runs (``replica_digest`` of the backend when it started).
+    digest: str = ""
     started: asyncio.Future[None] = field(default_factory=asyncio.Future)
     task: asyncio.Task[None] | None = None
 
@@ -103,10 +106,13 @@ class ReplicaSet:
         config: pb.BackendConfig,
         options: pb.ReplicaOptions | None = None,
         resources: ResourcePool | None = None,
+        *,
+        digest: str = "",
     ) -> None:
         self.tag = tag
-        # What new (and restarted) replicas load.
+        # What new (and restarted) replicas load, and its digest.
         self.spec_path = spec_path
+        self.digest = digest
         self.config = config
         self.options = options or pb.ReplicaOptions()
         # What the backend's code can do, as its first replica reported it.
@@ -156,20 +162,53 @@ class ReplicaSet:
             slot = self._add_slot()
             slot.started.set_result(None)
 
-    async def roll(self, spec_path: Path) -> None:
+    def adopt(self, children: list[ChildProcess]) -> None:
+        """Supervise replicas a previous controller started (already serving
+        and health-checked), keeping their ids and resources."""
+        for child in children:
+            record = child.record
+            assert record is not None
+            slot = ReplicaSlot(
+                replica_id=record.name,
+                state=pb.REPLICA_STATE_RUNNING,
+                child=child,
+                allocation=Allocation(record.cpus, record.gpus, record.gpu_share),
+                digest=record.digest,
+            )
+            self._resources.claim(slot.replica_id, slot.allocation)
+            slot.started.set_result(None)
+            if not self.capabilities:
+                self.capabilities = dict(child.report.get("capabilities", {}))
+            self._slots[slot.replica_id] = slot
+            _, _, index = slot.replica_id.rpartition("#")
+            if index.isdigit():
+                self._next_index = max(self._next_index, int(index))
+            slot.task = asyncio.create_task(self._supervise(slot, child), name=slot.replica_id)
+
+    def set_digest(self, digest: str) -> None:
+        """The running replicas now run ``digest`` (changed in place, e.g. by
+        reconfigure); recorded at once, so a crash cannot mislabel them."""
+        self.digest = digest
+        for slot in self.running():
+            if slot.digest != digest and slot.child is not None:
+                slot.digest = digest
+                self._launcher.relabel(slot.child, digest=digest)
+
+    async def roll(self, spec_path: Path, digest: str = "") -> None:
         """Replace every replica by one loading ``spec_path``, one at a time,
         each new replica RUNNING before its old one stops.
 
         If the first new replica cannot start nothing has changed; a later
         failure stops the roll where it is.
         """
-        previous, self.spec_path = self.spec_path, spec_path
+        previous = self.spec_path, self.digest
+        self.spec_path, self.digest = spec_path, digest
         for index, old in enumerate(self._live()):
             try:
                 await self._start_slots(1)
             except ReplicaStartError:
                 if index == 0:
-                    self.spec_path = previous
+                    self.spec_path, self.digest = previous
                 raise
             await self._stop_slots([old])
 
@@ -252,11 +291,24 @@ class ReplicaSet:
             )
         except InvalidArgumentError as exc:
             return None, {"ok": False, "code": "RESOURCE_EXHAUSTED", "message": str(exc)}
+        slot.digest = self.digest
+        record = ChildRecord(
+            name=slot.replica_id,
+            kind=REPLICA,
+            pid=0,
+            start_time=0,
+            backend=self.tag,
+            digest=self.digest,
+            cpus=slot.allocation.cpus,
+            gpus=slot.allocation.gpus,
+            gpu_share=slot.allocation.gpu_share,
+        )
         child = await self._launcher.start_replica(
             slot.replica_id,
             self.spec_path,
             self._environment(slot.allocation),
             slot.allocation.cpus,
+            record,
         )
         if not child.ok:
             return None, child.report
@@ -265,11 +317,16 @@ class ReplicaSet:
             return None, {"ok": False, "code": "UNAVAILABLE", "message": "health check failed"}
         return child, child.report
 
-    async def _supervise(self, slot: ReplicaSlot) -> None:
+    async def _supervise(self, slot: ReplicaSlot, adopted: ChildProcess | None = None) -> None:
+        """Keep the slot's replica running; ``adopted`` is one already running."""
         backoff = BACKOFF_INITIAL_S
         while not slot.stopping:
             slot.state = pb.REPLICA_STATE_STARTING
-            child, report = await self._start_once(slot)
+            child: ChildProcess | None
+            if adopted is not None:
+                child, report, adopted = adopted, adopted.report, None
+            else:
+                child, report = await self._start_once(slot)
             if child is None:
                 slot.state = pb.REPLICA_STATE_FAILED
                 slot.error = str(report.get("message", "failed to start"))
@@ -313,6 +370,8 @@ class ReplicaSet:
                 period = self.config.health_check_period or 10.0
                 done, _ = await asyncio.wait({exited}, timeout=period)
                 if done:
+                    if child.adopted:  # not our child: no exit status to tell
+                        return "process exited"
                     return f"process exited with code {exited.result()}"
                 if slot.stopping:
                     await exited

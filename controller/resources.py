@@ -88,6 +88,21 @@ class ResourcePool:
         self._held[owner] = allocation
         return allocation
 
+    def claim(self, owner: str, allocation: Allocation) -> None:
+        """Hold what a re-adopted replica already uses, so it is not handed out
+        again. Cores and GPUs this pool does not know are left out."""
+        self.release(owner)
+        held = Allocation(
+            cpus=tuple(c for c in allocation.cpus if c in self._cpu_load),
+            gpus=tuple(g for g in allocation.gpus if g in self._gpu_used),
+            gpu_share=allocation.gpu_share,
+        )
+        for cpu in held.cpus:
+            self._cpu_load[cpu] += 1
+        for gpu in held.gpus:
+            self._gpu_used[gpu] += held.gpu_share
+        self._held[owner] = held
+
     def release(self, owner: str) -> None:
         allocation = self._held.pop(owner, None)
         if allocation is None:

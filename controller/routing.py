@@ -28,6 +28,8 @@ class RoutePublisher:
         self._open: dict[str, int] = {}
         # subscriber_id -> newest version it acknowledged
         self._acked: dict[str, int] = {}
+        # Subscribers waited for even while not connected (see ``require``).
+        self._required: set[str] = set()
 
     async def publish(self, endpoints: list[pb.Endpoint], backends: list[pb.BackendTargets]) -> int:
         """Make a new version current and wake every watcher; returns the version."""
@@ -58,6 +60,23 @@ class RoutePublisher:
                 async with self._changed:
                     self._changed.notify_all()
 
+    async def require(self, subscriber_id: str) -> None:
+        """Count ``subscriber_id`` as a router even while it is not connected.
+
+        A re-adopted proxy reconnects only after its backoff; until then an
+        admin call must still wait for it (bounded), or its change could be
+        acknowledged before the proxy serves it.
+        """
+        self._required.add(subscriber_id)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def release(self, subscriber_id: str) -> None:
+        """Stop waiting for ``subscriber_id`` while it is not connected (it died)."""
+        self._required.discard(subscriber_id)
+        async with self._changed:
+            self._changed.notify_all()
+
     async def ack(self, subscriber_id: str, version: int) -> None:
         if version > self._acked.get(subscriber_id, -1):
             self._acked[subscriber_id] = version
@@ -65,7 +84,8 @@ class RoutePublisher:
             self._changed.notify_all()
 
     def _applied(self, version: int) -> bool:
-        return all(self._acked.get(sub, -1) >= version for sub in self._open)
+        routers = self._required.union(self._open)
+        return all(self._acked.get(sub, -1) >= version for sub in routers)
 
     async def wait_applied(self, version: int, timeout: float = APPLY_TIMEOUT_S) -> bool:
         """Wait until every connected named subscriber applied ``version``.

@@ -1,4 +1,10 @@
-"""The controller process: gRPC server, proxy supervision, orderly shutdown."""
+"""The controller process: gRPC server, recovery, proxy supervision, orderly shutdown.
+
+Start-up order matters for a controller restarted after a crash: it recovers
+desired state and re-adopts live replicas *before* its gRPC server starts, so
+the first routing snapshot a reconnecting proxy receives already holds the
+adopted replicas (never an empty table that would turn requests into 404s).
+"""
 
 from __future__ import annotations
 
@@ -19,15 +25,20 @@ from turnout._version import __version__
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
+from . import adoption
 from .control_plane import ControlPlane
 from .launcher import ChildProcess, ProcessLauncher
 from .routing import RoutePublisher
 from .servicer import ControllerServicer
 from .sqlite_store import SqliteStore
+from .state_lock import StateLock
+from .store import PROXY
 
 logger = logging.getLogger(__name__)
 
 PROXY_BACKOFF_MAX_S = 10.0
+# The name the proxy subscribes to routes under (turnout.proxy.controller_link).
+SUBSCRIBER_PROXY = "proxy"
 SHUTDOWN_GRACE_S = 2.0
 
 
@@ -42,6 +53,10 @@ class ControllerOptions:
     http_port: int = 8000
     # SQLite file of desired state; None = a fresh one in the instance dir.
     state_path: Path | None = None
+    # Children outlive the controller, and a restarted one re-adopts them.
+    durable: bool = False
+    # The proxy writes proxy-access.log.
+    access_log: bool = True
 
     @property
     def log_dir(self) -> Path:
@@ -59,9 +74,13 @@ class ProxyStartError(Exception):
 class Controller:
     def __init__(self, options: ControllerOptions) -> None:
         self.options = options
-        self.launcher = ProcessLauncher(options.run_dir, options.log_dir)
+        state_path = options.state_path or options.instance_dir / "state.db"
+        self._lock = StateLock(state_path)
+        self.store = SqliteStore(state_path)
+        self.launcher = ProcessLauncher(
+            options.run_dir, options.log_dir, self.store, durable=options.durable
+        )
         self.publisher = RoutePublisher()
-        self.store = SqliteStore(options.state_path or options.instance_dir / "state.db")
         self.plane = ControlPlane(self.store, self.launcher, self.publisher)
         self.health = health.aio.HealthServicer()
         self.address = ""
@@ -99,20 +118,37 @@ class Controller:
             ],
             server,
         )
+        await self.plane.recover(adopt=self.options.durable)
         await server.start()
-        await self.plane.recover()
-        proxy = await self.launcher.start_proxy(
-            self.address, self.options.http_host, self.options.http_port
-        )
+        proxy = await self._recover_proxy()
         if not proxy.ok:
             raise ProxyStartError(str(proxy.report.get("message", "proxy failed to start")))
         self._proxy = proxy
+        await self.publisher.require(SUBSCRIBER_PROXY)
         self.http_address = f"http://{proxy.address}"
         instance.http_address = self.http_address
         self._proxy_task = asyncio.create_task(self._supervise_proxy())
         for service in ("", "turnout.v1.ControllerService"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("controller on %s, proxy on %s", self.address, self.http_address)
+
+    async def _recover_proxy(self) -> ChildProcess:
+        """The proxy an earlier controller left serving, or a new one.
+
+        A new proxy of a durable instance takes the recorded proxy's port when
+        none was asked for, so clients keep their URL across restarts.
+        """
+        host, port = self.options.http_host, self.options.http_port
+        record = self.store.children().get(PROXY)
+        if self.options.durable:
+            adopted = await adoption.adopt_proxy(self.launcher, record, host, port)
+            if adopted is not None:
+                return adopted
+            if record is not None and port == 0 and record.address:
+                port = int(record.address.rpartition(":")[2])
+        elif record is not None:
+            await self.launcher.stop_recorded(record)
+        return await self.launcher.start_proxy(self.address, host, port, self.options.access_log)
 
     async def _supervise_proxy(self) -> None:
         """Restart the proxy on the same port whenever it dies."""
@@ -124,15 +160,19 @@ class Controller:
             code = await self._proxy.wait()
             if self._stopping:
                 return
-            logger.warning("proxy exited with code %s; restarting it", code)
+            await self.publisher.release(SUBSCRIBER_PROXY)
+            logger.warning("proxy (pid %d) exited (%s); restarting it", self._proxy.pid, code)
             if time.monotonic() - began < 10:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, PROXY_BACKOFF_MAX_S)
             else:
                 backoff = 0.2
-            proxy = await self.launcher.start_proxy(self.address, host, int(port))
+            proxy = await self.launcher.start_proxy(
+                self.address, host, int(port), self.options.access_log
+            )
             if proxy.ok:
                 self._proxy = proxy
+                await self.publisher.require(SUBSCRIBER_PROXY)
             else:
                 logger.error("proxy restart failed: %s", proxy.report.get("message"))
 
@@ -152,6 +192,7 @@ class Controller:
                 await self._proxy_task
         await self.launcher.stop_all()
         self.store.close()
+        self._lock.release()
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from turnout.v1 import controller_pb2 as pb
 
-from .store import BackendRecord, EndpointRecord
+from .store import BackendRecord, ChildRecord, EndpointRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS backends (
@@ -31,6 +31,19 @@ CREATE TABLE IF NOT EXISTS endpoints (
     shadows TEXT NOT NULL,   -- JSON {backend: proportion}
     request_timeout REAL NOT NULL
 );
+-- Processes the controller started: what a restarted controller re-adopts.
+CREATE TABLE IF NOT EXISTS children (
+    name TEXT PRIMARY KEY,   -- "proxy" or a replica id
+    kind TEXT NOT NULL,      -- "proxy" or "replica"
+    pid INTEGER NOT NULL,
+    start_time INTEGER NOT NULL,  -- clock ticks since boot, /proc/<pid>/stat
+    address TEXT NOT NULL,
+    log_path TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    resources TEXT NOT NULL, -- JSON {"cpus": [...], "gpus": [...], "gpu_share": x}
+    capabilities TEXT NOT NULL  -- JSON, as the replica reported it
+);
 """
 
 
@@ -44,6 +57,7 @@ class SqliteStore:
         self._db.executescript(_SCHEMA)
         self._backends = {record.tag: record for record in self._load_backends()}
         self._endpoints = {record.name: record for record in self._load_endpoints()}
+        self._children = {record.name: record for record in self._load_children()}
 
     def close(self) -> None:
         self._db.close()
@@ -76,6 +90,43 @@ class SqliteStore:
             )
             for name, route, methods, traffic, shadows, timeout in rows
         ]
+
+    def _load_children(self) -> list[ChildRecord]:
+        rows = self._db.execute(
+            "SELECT name, kind, pid, start_time, address, log_path, backend, digest, resources, "
+            "capabilities FROM children ORDER BY rowid"
+        )
+        records = []
+        for (
+            name,
+            kind,
+            pid,
+            start_time,
+            address,
+            log_path,
+            backend,
+            digest,
+            resources,
+            capabilities,
+        ) in rows:
+            held = json.loads(resources)
+            records.append(
+                ChildRecord(
+                    name=name,
+                    kind=kind,
+                    pid=pid,
+                    start_time=start_time,
+                    address=address,
+                    log_path=log_path,
+                    backend=backend,
+                    digest=digest,
+                    cpus=tuple(held.get("cpus", ())),
+                    gpus=tuple(held.get("gpus", ())),
+                    gpu_share=float(held.get("gpu_share", 0.0)),
+                    capabilities=capabilities,
+                )
+            )
+        return records
 
     def backends(self) -> dict[str, BackendRecord]:
         return dict(self._backends)
@@ -129,3 +180,44 @@ class SqliteStore:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
         self._endpoints.pop(name, None)
+
+    def children(self) -> dict[str, ChildRecord]:
+        return dict(self._children)
+
+    def put_child(self, record: ChildRecord) -> None:
+        resources = {
+            "cpus": list(record.cpus),
+            "gpus": list(record.gpus),
+            "gpu_share": record.gpu_share,
+        }
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO children (name, kind, pid, start_time, address, log_path, backend, "
+                "digest, resources, capabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO "
+                "UPDATE SET kind=excluded.kind, pid=excluded.pid, "
+                "start_time=excluded.start_time, address=excluded.address, "
+                "log_path=excluded.log_path, backend=excluded.backend, "
+                "digest=excluded.digest, resources=excluded.resources, "
+                "capabilities=excluded.capabilities",
+                (
+                    record.name,
+                    record.kind,
+                    record.pid,
+                    record.start_time,
+                    record.address,
+                    record.log_path,
+                    record.backend,
+                    record.digest,
+                    json.dumps(resources),
+                    record.capabilities,
+                ),
+            )
+        self._children[record.name] = record
+
+    def delete_child(self, name: str) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM children WHERE name = ?", (name,))
+        self._children.pop(name, None)

@@ -1,8 +1,9 @@
-"""Desired state: the backends and endpoints the user asked for.
+"""Desired state (the backends and endpoints the user asked for) and the
+record of the processes the controller started for them.
 
-The controller keeps desired state behind the small ``Store`` protocol so that
-a durable store (SQLite, then PostgreSQL or etcd for several controllers) can
-replace the in-memory one without touching the rest of the controller.
+The controller keeps both behind the small ``Store`` protocol so that a durable
+store (SQLite, then PostgreSQL or etcd for several controllers) can replace the
+in-memory one without touching the rest of the controller.
 """
 
 from __future__ import annotations
@@ -39,8 +40,43 @@ class EndpointRecord:
         return set(self.traffic) | set(self.shadows)
 
 
+PROXY = "proxy"
+REPLICA = "replica"
+
+
+@dataclass(frozen=True)
+class ChildRecord:
+    """A process the controller started, as a later controller needs it to
+    re-adopt the process (or to kill it) after a crash."""
+
+    # "proxy", or the replica id ("<backend>#<n>").
+    name: str
+    # PROXY or REPLICA.
+    kind: str
+    pid: int
+    # Start time of ``pid`` in clock ticks since boot (/proc/<pid>/stat field
+    # 22): a pid reused by another process has another start time.
+    start_time: int
+    # host:port it serves on; "" until it reported ready.
+    address: str = ""
+    log_path: str = ""
+    # Replicas only: backend tag and what they run (see ``replica_digest``).
+    backend: str = ""
+    digest: str = ""
+    # Replicas only: cores pinned, GPU ids and the share of each GPU held.
+    cpus: tuple[int, ...] = ()
+    gpus: tuple[str, ...] = ()
+    gpu_share: float = 0.0
+    # Replicas only: what their code can do, as they reported it (JSON).
+    capabilities: str = "{}"
+
+
 class Store(Protocol):
-    """Where desired state lives. Each method is one atomic change."""
+    """Where desired state and child records live.
+
+    Each mutating method is one atomic change, durable (for a durable store)
+    when it returns; reads return copies the caller may keep.
+    """
 
     def backends(self) -> dict[str, BackendRecord]: ...
     def endpoints(self) -> dict[str, EndpointRecord]: ...
@@ -49,6 +85,11 @@ class Store(Protocol):
     def put_endpoint(self, record: EndpointRecord) -> None: ...
     def delete_endpoint(self, name: str) -> None: ...
 
+    # Child processes, keyed by ``ChildRecord.name``.
+    def children(self) -> dict[str, ChildRecord]: ...
+    def put_child(self, record: ChildRecord) -> None: ...
+    def delete_child(self, name: str) -> None: ...
+
 
 class MemoryStore:
     """Desired state in this process only; lost when the controller exits."""
@@ -56,6 +97,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._backends: dict[str, BackendRecord] = {}
         self._endpoints: dict[str, EndpointRecord] = {}
+        self._children: dict[str, ChildRecord] = {}
 
     def backends(self) -> dict[str, BackendRecord]:
         return dict(self._backends)
@@ -74,3 +116,12 @@ class MemoryStore:
 
     def delete_endpoint(self, name: str) -> None:
         self._endpoints.pop(name, None)
+
+    def children(self) -> dict[str, ChildRecord]:
+        return dict(self._children)
+
+    def put_child(self, record: ChildRecord) -> None:
+        self._children[record.name] = record
+
+    def delete_child(self, name: str) -> None:
+        self._children.pop(name, None)

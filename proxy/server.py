@@ -1,4 +1,9 @@
-"""The proxy process: bind, follow the controller's routes, serve until told to stop."""
+"""The proxy process: bind, follow the controller's routes, serve until told to stop.
+
+It outlives a controller that crashes (when started without ``--parent-pid``):
+the routing stream reconnects to the same address forever, and requests are
+served on the last snapshot meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
-from turnout import _process
+from turnout import _logging, _process
 
 from .app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_app
 from .controller_link import SUBSCRIBER_ID, report_stats, watch_routes
@@ -20,6 +26,12 @@ from .controller_link import SUBSCRIBER_ID, report_stats, watch_routes
 logger = logging.getLogger("turnout.proxy")
 
 FIRST_SNAPSHOT_TIMEOUT_S = 30.0
+
+# One line per request, written by aiohttp's own access logger after the
+# response (nothing added to the request path): time, client, request line
+# (method, path, version), status, body bytes, duration in seconds, and the
+# request id the proxy answered with ("-" for system paths).
+ACCESS_LOG_FORMAT = '%t %a "%r" %s %b %Tf rid=%{X-Request-Id}o'
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -35,7 +47,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
     parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
+    parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
+    parser.add_argument(
+        "--access-log", type=Path, help="rotated access log, one line per request (default: none)"
+    )
     return parser.parse_args(argv)
+
+
+def access_logger(path: Path | None) -> logging.Logger | None:
+    """The logger aiohttp writes access lines to, alone in its rotated file."""
+    if path is None:
+        return None
+    log = logging.getLogger("turnout.proxy.access")
+    handler = _logging.rotating_handler(path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    return log
 
 
 def _fail(args: argparse.Namespace, code: str, message: str) -> int:
@@ -52,7 +81,11 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     state = ProxyState(args.max_body_bytes)
-    runner = web.AppRunner(build_app(state), access_log=None)
+    runner = web.AppRunner(
+        build_app(state),
+        access_log=access_logger(args.access_log),
+        access_log_format=ACCESS_LOG_FORMAT,
+    )
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_port=False)
     try:
@@ -112,9 +145,5 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.parent_pid is not None:
         _process.die_with_parent(args.parent_pid)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s proxy %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _logging.configure(args.log_file, "%(asctime)s %(levelname)s proxy %(name)s: %(message)s")
     return asyncio.run(serve(args))

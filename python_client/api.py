@@ -29,6 +29,7 @@ def init(
     http_host: str = "127.0.0.1",
     http_port: int = 8000,
     state_path: str | os.PathLike[str] | None = None,
+    access_log: bool = False,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -37,7 +38,9 @@ def init(
     process: it stops at ``shutdown()`` or when this interpreter exits. Its
     desired state (backends, endpoints, traffic) lives in a fresh temporary
     store, or in the SQLite file ``state_path``, from which a later ``init()``
-    brings it all back. With an
+    brings it all back. ``access_log=True`` makes the proxy write one line per
+    request to ``<log_dir>/proxy-access.log`` (off by default: this mode is for
+    development and benchmarks; ``turnout start`` turns it on). With an
     ``address`` ("host:port" of a controller) it connects to that instance.
     Calling ``init()`` again returns the same client.
 
@@ -54,6 +57,8 @@ def init(
         raise TypeError(f"http_host must be a str, got {type(http_host).__name__}")
     if isinstance(http_port, bool) or not isinstance(http_port, int):
         raise TypeError(f"http_port must be an int, got {type(http_port).__name__}")
+    if not isinstance(access_log, bool):
+        raise TypeError(f"access_log must be a bool, got {type(access_log).__name__}")
     with _lock:
         if _client is not None:
             if address in (None, _client.controller_address):
@@ -66,7 +71,10 @@ def init(
             _client = Client(address)
             return _client
         instance = LocalInstance.start(
-            http_host, http_port, state_path=None if state_path is None else Path(state_path)
+            http_host,
+            http_port,
+            state_path=None if state_path is None else Path(state_path),
+            access_log=access_log,
         )
         try:
             _client = Client(instance.address, _instance=instance)

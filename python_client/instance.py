@@ -34,10 +34,14 @@ class LocalInstance:
         http_port: int,
         host: str = "127.0.0.1",
         state_path: Path | None = None,
+        access_log: bool = False,
     ) -> LocalInstance:
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         (instance_dir / "logs").mkdir()
         log_path = instance_dir / "logs" / "controller.log"
+        # The controller writes (and rotates) controller.log itself; its raw
+        # stdout and stderr (a crash, a traceback before logging is set up) go here.
+        out_path = instance_dir / "logs" / "controller.out"
         read_fd, write_fd = os.pipe()
         argv = _process.child_argv(
             "turnout.controller",
@@ -49,11 +53,12 @@ class LocalInstance:
                 "--instance-dir", str(instance_dir),
                 "--ready-fd", str(write_fd),
                 "--owner-pid", str(os.getpid()),
+                "--access-log" if access_log else "--no-access-log",
                 *(["--state", str(state_path)] if state_path is not None else []),
             ],
         )  # fmt: skip
         try:
-            with log_path.open("ab") as log:
+            with out_path.open("ab") as log:
                 process = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -71,7 +76,8 @@ class LocalInstance:
         if not report.get("ok"):
             _terminate(process)
             raise TurnoutError(
-                f"could not start Turnout: {report.get('message')} (log: {log_path})"
+                f"could not start Turnout: {report.get('message')} "
+                f"(log: {log_path}, output: {out_path})"
             )
         return cls(
             process=process,

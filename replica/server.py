@@ -3,7 +3,7 @@
 ::
 
     python -m turnout.replica --spec-file PATH --replica-id ID
-        [--host 127.0.0.1] [--ready-fd N] [--parent-pid PID]
+        [--host 127.0.0.1] [--ready-fd N] [--parent-pid PID] [--log-file PATH]
 
 The spec file holds a serialized ``turnout.v1.CreateBackendRequest``. Readiness
 (or the reason for giving up) is reported on ``--ready-fd`` as described in
@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from turnout import _logging
 from turnout._grpc import SERVER_OPTIONS
 from turnout._process import die_with_parent, report_failure, report_ready
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
@@ -81,6 +81,8 @@ class ReplicaOptions:
     host: str = "127.0.0.1"
     ready_fd: int | None = None
     parent_pid: int | None = None
+    # Rotated log file; None = stderr.
+    log_file: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
@@ -94,6 +96,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (port is chosen)")
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
     parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
+    parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
     ns = parser.parse_args(argv)
     return ReplicaOptions(
         spec_file=ns.spec_file,
@@ -101,6 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
         host=ns.host,
         ready_fd=ns.ready_fd,
         parent_pid=ns.parent_pid,
+        log_file=ns.log_file,
     )
 
 
@@ -109,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     if options.parent_pid is not None:
         die_with_parent(options.parent_pid)
-    configure_logging(options.replica_id)
+    configure_logging(options.replica_id, options.log_file)
     try:
         spec = read_spec(options.spec_file)
         runtime = BackendRuntime.load(spec)
@@ -136,17 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             os._exit(0)
 
 
-def configure_logging(replica_id: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s replica %(replica_id)s %(levelname)s %(name)s: %(message)s",
-            defaults={"replica_id": replica_id},
-        )
+def configure_logging(replica_id: str, log_file: Path | None = None) -> None:
+    _logging.configure(
+        log_file,
+        "%(asctime)s replica %(replica_id)s %(levelname)s %(name)s: %(message)s",
+        defaults={"replica_id": replica_id},
     )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
 
 
 def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:

@@ -1,0 +1,141 @@
+"""Which recorded children a restarted controller re-adopts, and the checks
+that decide it.
+
+A child is re-adopted when it is still the same process (pid and start time,
+checked by the launcher), still serves (a replica answers its health check
+SERVING, the proxy its ``/-/healthz``), and still belongs to desired state (a
+replica of an existing backend, running what that backend's record says, and
+no more of them than ``num_replicas``). Every other recorded child that is
+still alive is stopped: it is what is left of a change that was never
+acknowledged, or of a backend deleted before the crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from .launcher import ChildProcess, ProcessLauncher
+from .replica_set import health_ok
+from .store import PROXY, REPLICA, ChildRecord
+
+logger = logging.getLogger(__name__)
+
+ADOPT_HEALTH_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What desired state asks of one backend's replicas."""
+
+    digest: str
+    count: int
+
+
+@dataclass
+class ReplicaPlan:
+    """Recorded replicas sorted into candidates for adoption and the rest."""
+
+    # backend tag -> records worth trying, oldest replica id first
+    candidates: dict[str, list[ChildRecord]] = field(default_factory=dict)
+    # records of replicas to stop (if still alive)
+    stray: list[ChildRecord] = field(default_factory=list)
+
+
+def _index(record: ChildRecord) -> int:
+    _, _, index = record.name.rpartition("#")
+    return int(index) if index.isdigit() else 0
+
+
+def plan_replicas(records: list[ChildRecord], wanted: dict[str, Wanted]) -> ReplicaPlan:
+    """Pure sorting, no process is touched: a replica is a candidate when its
+    backend still exists, it runs that backend's current digest and it had
+    reported ready (has an address)."""
+    plan = ReplicaPlan()
+    for record in sorted(records, key=lambda r: (r.backend, _index(r))):
+        if record.kind != REPLICA:
+            continue
+        want = wanted.get(record.backend)
+        if want is not None and want.count > 0 and record.digest == want.digest and record.address:
+            plan.candidates.setdefault(record.backend, []).append(record)
+        else:
+            plan.stray.append(record)
+    return plan
+
+
+async def adopt_replicas(
+    launcher: ProcessLauncher, records: list[ChildRecord], wanted: dict[str, Wanted]
+) -> dict[str, list[ChildProcess]]:
+    """Re-adopt the recorded replicas that qualify; stop the rest.
+
+    Returns the adopted ones by backend, at most ``count`` each.
+    """
+    plan = plan_replicas(records, wanted)
+    adopted: dict[str, list[ChildProcess]] = {}
+    to_stop = list(plan.stray)
+
+    async def try_adopt(record: ChildRecord) -> ChildProcess | None:
+        child = launcher.adopt(record)
+        if child is None:
+            logger.info("replica %s (pid %d) is gone", record.name, record.pid)
+            return None
+        if not await health_ok(child.address, ADOPT_HEALTH_TIMEOUT_S):
+            logger.warning(
+                "replica %s (pid %d) is not healthy; replacing it", record.name, child.pid
+            )
+            await child.stop()
+            return None
+        return child
+
+    for tag, candidates in plan.candidates.items():
+        children = await asyncio.gather(*(try_adopt(r) for r in candidates))
+        alive = [c for c in children if c is not None]
+        keep = alive[: wanted[tag].count]
+        adopted[tag] = keep
+        await asyncio.gather(*(c.stop() for c in alive[len(keep) :]))
+    await asyncio.gather(*(launcher.stop_recorded(r) for r in to_stop))
+    return adopted
+
+
+async def proxy_healthy(address: str, timeout: float = ADOPT_HEALTH_TIMEOUT_S) -> bool:
+    """True when the proxy at host:port answers ``GET /-/healthz`` with 200."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(f"http://{address}/-/healthz") as reply,
+        ):
+            return reply.status == 200
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        logger.warning("health check of the proxy at %s failed: %s", address, exc)
+        return False
+
+
+async def adopt_proxy(
+    launcher: ProcessLauncher, record: ChildRecord | None, host: str, port: int
+) -> ChildProcess | None:
+    """Re-adopt the recorded proxy if it lives, is healthy and listens where
+    asked (``port`` 0: anywhere); otherwise stop it and return None."""
+    if record is None or record.kind != PROXY:
+        return None
+    recorded_host, _, recorded_port = record.address.rpartition(":")
+    placed = recorded_host.strip("[]") == host.strip("[]") and (
+        port == 0 or str(port) == recorded_port
+    )
+    if not placed:
+        await launcher.stop_recorded(record)
+        return None
+    child = launcher.adopt(record)
+    if child is None:
+        return None
+    if not await proxy_healthy(child.address):
+        await child.stop()
+        return None
+    return child
+
+
+async def stop_all_recorded(launcher: ProcessLauncher, records: list[ChildRecord]) -> None:
+    """Stop what an earlier controller left running (a non-durable start)."""
+    await asyncio.gather(*(launcher.stop_recorded(r) for r in records))
