@@ -1,0 +1,162 @@
+"""What ``turnout status`` prints: one snapshot of an instance, as tables or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from turnout.client import Client, ReplicaInfo
+from turnout.config import DEFAULTS
+
+REPLICA_STATES = ("RUNNING", "STARTING", "STOPPING", "FAILED")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything ``turnout status`` shows, read from one instance."""
+
+    controller_address: str
+    controller_pid: int
+    http_address: str
+    log_dir: str
+    endpoints: Mapping[str, Mapping[str, Any]]
+    backends: Mapping[str, Mapping[str, Any]]
+    replicas: Sequence[ReplicaInfo]
+
+    @classmethod
+    def read(cls, client: Client) -> Snapshot:
+        return cls(
+            controller_address=client.controller_address,
+            controller_pid=client.controller_pid,
+            http_address=client.http_address,
+            log_dir=client.log_dir,
+            endpoints=client.list_endpoints(),
+            backends=client.list_backends(),
+            replicas=sorted(client.list_replicas(), key=lambda r: (r.backend, r.replica_id)),
+        )
+
+    def replica_counts(self, backend: str) -> dict[str, int]:
+        counts = dict.fromkeys(REPLICA_STATES, 0)
+        for replica in self.replicas:
+            if replica.backend == backend:
+                counts[replica.state] = counts.get(replica.state, 0) + 1
+        return counts
+
+
+def to_json(snapshot: Snapshot) -> str:
+    """Stable JSON: sorted keys; replicas sorted by backend and id.
+
+    Example::
+
+        {"instance": {"controller_address": ..., "controller_pid": ..., "http_address": ...,
+                      "log_dir": ...},
+         "endpoints": {name: {"route", "methods", "traffic", "shadows"}},
+         "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...}}},
+         "replicas": [{"replica_id", "backend", "state", "pid", "address", "error",
+                       "cpus", "gpus", "log_path"}]}
+    """
+    document = {
+        "instance": {
+            "controller_address": snapshot.controller_address,
+            "controller_pid": snapshot.controller_pid,
+            "http_address": snapshot.http_address,
+            "log_dir": snapshot.log_dir,
+        },
+        "endpoints": snapshot.endpoints,
+        "backends": {
+            name: {"config": config, "replicas": snapshot.replica_counts(name)}
+            for name, config in snapshot.backends.items()
+        },
+        "replicas": [{**asdict(r), "cpus": list(r.cpus)} for r in snapshot.replicas],
+    }
+    return json.dumps(document, indent=2, sort_keys=True)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell, two spaces apart.
+
+    Example::
+
+        print(table(["NAME", "ROUTE"], [["hello", "/hello"]]))
+        # NAME   ROUTE
+        # hello  /hello
+    """
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+             for line in (headers, *rows)]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _first_line(text: str) -> str:
+    # A table row is one line; the whole error is in --json.
+    lines = text.strip().splitlines()
+    return lines[0] + (" ..." if len(lines) > 1 else "") if lines else ""
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def _shares(shares: Mapping[str, float]) -> str:
+    return ", ".join(f"{b} {_number(w)}" for b, w in sorted(shares.items())) or "-"
+
+
+def _config_text(config: Mapping[str, Any]) -> str:
+    """The fields that differ from the defaults (num_replicas has its own column)."""
+    defaults = DEFAULTS.to_dict()
+    changed = [
+        f"{key}={json.dumps(value) if key == 'user_config' else _number(value)}"
+        for key, value in sorted(config.items())
+        if key != "num_replicas" and value is not None and value != defaults.get(key)
+    ]
+    return " ".join(changed) or "defaults"
+
+
+def to_text(snapshot: Snapshot) -> str:
+    """Readable tables: the instance, endpoints, backends, replicas."""
+    parts = [
+        f"Turnout at {snapshot.controller_address} (controller pid {snapshot.controller_pid})\n"
+        f"HTTP:  {snapshot.http_address}\nlogs:  {snapshot.log_dir}"
+    ]
+    endpoint_rows = [
+        [
+            name,
+            str(e["route"] or "-"),
+            ",".join(e["methods"]),
+            _shares(e["traffic"]),
+            _shares(e["shadows"]),
+        ]
+        for name, e in sorted(snapshot.endpoints.items())
+    ]
+    parts.append(
+        table(["ENDPOINT", "ROUTE", "METHODS", "TRAFFIC", "SHADOWS"], endpoint_rows)
+        if endpoint_rows
+        else "No endpoints."
+    )
+    backend_rows = []
+    for name, config in sorted(snapshot.backends.items()):
+        counts = snapshot.replica_counts(name)
+        backend_rows.append(
+            [
+                name,
+                str(config.get("num_replicas")),
+                *(str(counts[state]) for state in REPLICA_STATES),
+                _config_text(config),
+            ]
+        )
+    parts.append(
+        table(["BACKEND", "WANTED", *REPLICA_STATES, "CONFIG"], backend_rows)
+        if backend_rows
+        else "No backends."
+    )
+    replica_rows = [
+        [r.replica_id, r.state, str(r.pid or "-"), r.address or "-", _first_line(r.error)]
+        for r in snapshot.replicas
+    ]
+    if replica_rows:
+        parts.append(table(["REPLICA", "STATE", "PID", "ADDRESS", "ERROR"], replica_rows))
+    return "\n\n".join(parts)

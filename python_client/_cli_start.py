@@ -1,0 +1,311 @@
+"""``turnout start`` and ``turnout stop``: run a long-lived controller, find it again.
+
+A started instance keeps its desired state in a SQLite file and its logs and
+pid file in an instance directory, by default both under the user's data
+directory (``$XDG_DATA_HOME/turnout``, else ``~/.local/share/turnout``)::
+
+    ~/.local/share/turnout/
+        state.db          desired state (backends, endpoints, traffic)
+        turnout.pid       pid of the controller `turnout start` runs
+        logs/             controller.log, proxy.log, one file per replica
+        run/              files the controller writes for its children
+
+The controller runs with ``--durable``: when it dies, the proxy and replicas
+keep serving, and the next ``turnout start`` on the same state and gRPC port
+adopts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from turnout import _process
+from turnout.errors import TurnoutError
+from turnout.instance import START_TIMEOUT_S, _child_env
+
+PID_FILE = "turnout.pid"
+STOP_TIMEOUT_S = 60.0
+
+
+class StartError(TurnoutError):
+    """``turnout start`` refused or failed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    """What ``turnout start`` was told; see ``turnout start --help``."""
+
+    instance_dir: Path
+    state_path: Path
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    access_log: bool = True
+
+    @property
+    def pid_file(self) -> Path:
+        return self.instance_dir / PID_FILE
+
+    @property
+    def log_dir(self) -> Path:
+        return self.instance_dir / "logs"
+
+
+def data_dir() -> Path:
+    """Where ``turnout start`` keeps its state by default.
+
+    Example::
+
+        data_dir()  # PosixPath('/home/me/.local/share/turnout')
+    """
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "turnout"
+
+
+def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
+    """The controller's command line for ``options``.
+
+    Example::
+
+        controller_argv(StartOptions(Path("/srv/t"), Path("/srv/t/state.db")), ready_fd=5)
+    """
+    args = [
+        "--host", options.grpc_host,
+        "--port", str(options.grpc_port),
+        "--http-host", options.http_host,
+        "--http-port", str(options.http_port),
+        "--instance-dir", str(options.instance_dir),
+        "--state", str(options.state_path),
+        "--ready-fd", str(ready_fd),
+        "--durable",
+    ]  # fmt: skip
+    if not options.access_log:
+        args.append("--no-access-log")
+    return _process.child_argv("turnout.controller", args)
+
+
+def _controller_alive(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state != "Z" and b"turnout.controller" in cmdline
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The pid in ``path`` if that process is a live controller, else None."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _controller_alive(pid) else None
+
+
+def remove_pid_file(path: Path, pid: int) -> None:
+    """Remove ``path`` if it still names ``pid`` (a newer instance may own it now)."""
+    try:
+        if int(path.read_text().strip()) == pid:
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _check_can_start(options: StartOptions) -> None:
+    running = read_pid_file(options.pid_file)
+    if running is not None:
+        raise StartError(
+            f"Turnout is already running from {options.instance_dir} (pid {running}); "
+            "stop it with `turnout stop`, or pick another --instance-dir"
+        )
+    # Only the controller's own port is checked here: after a controller crash
+    # its proxy still holds the HTTP port, and the new controller adopts it.
+    family = socket.AF_INET6 if ":" in options.grpc_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((options.grpc_host, options.grpc_port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise StartError(
+                    f"port {options.grpc_port} on {options.grpc_host} is already in use; "
+                    "is another Turnout running? Pick another with --grpc-port"
+                ) from None
+            where = f"{options.grpc_host}:{options.grpc_port}"
+            raise StartError(f"cannot listen on {where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Started:
+    """A controller that reported ready."""
+
+    pid: int
+    address: str
+    http_address: str
+    log_dir: str
+
+
+def _env() -> dict[str, str]:
+    # Replicas import backends named by path ("myapp.models:Model"): from the
+    # directory `turnout start` runs in, as `python -m` would, and PYTHONPATH.
+    env = _child_env()
+    paths = [os.getcwd(), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def _started(report: dict[str, object], pid: int) -> Started:
+    return Started(
+        pid=pid,
+        address=str(report["address"]),
+        http_address=str(report["http_address"]),
+        log_dir=str(report.get("log_dir", "")),
+    )
+
+
+def _failure(report: dict[str, object], log: Path) -> StartError:
+    return StartError(f"Turnout did not start: {report.get('message')} (log: {log})")
+
+
+def _prepare(options: StartOptions) -> None:
+    options.log_dir.mkdir(parents=True, exist_ok=True)
+    options.state_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_can_start(options)
+
+
+def start_detached(options: StartOptions) -> Started:
+    """Start a controller in its own session and return once it serves.
+
+    It logs to ``<instance dir>/logs/controller.log`` itself; its raw stdout
+    and stderr (a crash before logging is set up) go to ``controller.out``
+    beside it. The pid file is written before returning. Raises ``StartError``
+    with the reason otherwise.
+
+    Example::
+
+        started = start_detached(StartOptions(Path("/srv/t"), Path("/srv/t/state.db")))
+        print(started.address)
+    """
+    _prepare(options)
+    log_path = options.log_dir / "controller.out"
+    append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    read_fd, write_fd = os.pipe()
+    os.set_inheritable(write_fd, True)
+    try:
+        # posix_spawn rather than Popen: nothing here waits for this child,
+        # which outlives the command (Popen would warn that it is still running).
+        pid = os.posix_spawn(
+            sys.executable,
+            controller_argv(options, write_fd),
+            _env(),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_OPEN, 1, str(log_path), append, 0o644),
+                (os.POSIX_SPAWN_DUP2, 1, 2),
+            ],
+            setsid=True,
+        )
+    finally:
+        os.close(write_fd)
+    report = _process.read_report(read_fd, START_TIMEOUT_S)
+    if not report.get("ok"):
+        _kill_and_reap(pid)
+        raise _failure(report, options.log_dir / "controller.log")
+    options.pid_file.write_text(f"{pid}\n")
+    return _started(report, pid)
+
+
+def _kill_and_reap(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+@contextlib.contextmanager
+def _forwarding(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Pass SIGINT, SIGTERM and SIGHUP on to the controller while it runs here."""
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
+
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_foreground(options: StartOptions, on_ready: Callable[[Started], None]) -> int:
+    """Run a controller until it exits; returns the exit status to exit with.
+
+    It logs to ``<instance dir>/logs/controller.log`` (and to this terminal,
+    if stderr is one); its raw stdout and stderr are this process's (the
+    journal, under systemd). SIGINT, SIGTERM and SIGHUP are passed on to it,
+    so it shuts down in order. If this process is killed outright the
+    controller lives on, durable, and `turnout stop` stops it.
+
+    Example::
+
+        sys.exit(run_foreground(options, lambda s: print("serving on", s.http_address)))
+    """
+    _prepare(options)
+    read_fd, write_fd = os.pipe()
+    try:
+        # Its own session: a terminal's Ctrl-C reaches it once, from us.
+        process = subprocess.Popen(
+            controller_argv(options, write_fd),
+            stdin=subprocess.DEVNULL,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+            env=_env(),
+        )
+    finally:
+        os.close(write_fd)
+    with process, _forwarding(process):
+        report = _process.read_report(read_fd, START_TIMEOUT_S)
+        if not report.get("ok"):
+            if process.poll() is None:
+                process.terminate()
+            process.wait()
+            raise _failure(report, options.log_dir / "controller.log")
+        options.pid_file.write_text(f"{process.pid}\n")
+        try:
+            on_ready(_started(report, process.pid))
+            code = process.wait()
+        finally:
+            remove_pid_file(options.pid_file, process.pid)
+    # A controller killed by a signal: exit as a shell reports it.
+    return code if code >= 0 else 128 - code
+
+
+def wait_gone(pid: int, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Wait until ``pid`` is no live controller; False if it still is after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while _controller_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -1,0 +1,284 @@
+"""``turnout deploy`` against a live instance: read its state, apply a plan.
+
+The plan itself is computed without processes in ``turnout.deploy``. Reading
+needs what ``Client`` does not expose (each backend's import path and init
+args, replica options, endpoint timeouts), so this module also calls the
+controller's read RPCs directly; changes go through the public ``Client``,
+except that backends are created and updated with their init args as JSON
+(``init_args_json``), which the controller keeps as given, so a later deploy
+can compare them with the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TextIO, TypeVar
+
+import grpc
+
+from turnout._grpc import CHANNEL_OPTIONS
+from turnout.client import Client
+from turnout.config import BackendConfig
+from turnout.deploy import (
+    Backend,
+    BackendChange,
+    Endpoint,
+    EndpointChange,
+    Plan,
+    ReplicaOptions,
+    State,
+)
+from turnout.errors import NotRunningError, error_from_status
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import controller_pb2_grpc
+
+Resp = TypeVar("Resp")
+
+_READ_TIMEOUT_S = 30.0
+# Creating or rolling a backend waits for replicas to load their code.
+_START_TIMEOUT_S = 600.0
+
+
+class Instance:
+    """A running instance as ``turnout deploy`` sees it.
+
+    Example::
+
+        instance = Instance(turnout.Client("127.0.0.1:50051"))
+        apply(plan(wanted, instance.state()), instance, sys.stdout)
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._channel = grpc.insecure_channel(client.controller_address, options=CHANNEL_OPTIONS)
+        self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(
+        self, method: Callable[..., Resp], request: Any, timeout: float = _READ_TIMEOUT_S
+    ) -> Resp:
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            code: grpc.StatusCode = exc.code()
+            details = exc.details() or code.name
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise NotRunningError(
+                    f"the controller at {self.client.controller_address} stopped answering "
+                    f"({details})"
+                ) from None
+            raise error_from_status(code, details) from None
+
+    # ---- reading ------------------------------------------------------------
+
+    def state(self) -> State:
+        """Every backend (with code and options) and endpoint the instance has now."""
+        listed = self._call(self._stub.ListBackends, pb.ListBackendsRequest())
+        backends = {}
+        for item in listed.backends:
+            reply = self._call(self._stub.GetBackend, pb.GetBackendRequest(tag=item.tag))
+            backends[item.tag] = _backend(reply.backend)
+        endpoints = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
+        return State(
+            backends=backends,
+            endpoints={e.name: _endpoint(e) for e in endpoints.endpoints},
+        )
+
+    # ---- changing -----------------------------------------------------------
+
+    def create_backend(self, backend: Backend) -> None:
+        request = pb.CreateBackendRequest(
+            tag=backend.name,
+            spec=_spec(backend),
+            config=BackendConfig.coerce(dict(backend.config)).to_proto(),
+            replica_options=pb.ReplicaOptions(
+                num_cpus=backend.replica_options.num_cpus,
+                num_gpus=backend.replica_options.num_gpus,
+                env=dict(backend.replica_options.env),
+            ),
+        )
+        self._call(self._stub.CreateBackend, request, timeout=_START_TIMEOUT_S)
+
+    def update_code(self, backend: Backend) -> None:
+        request = pb.UpdateBackendRequest(tag=backend.name, spec=_spec(backend))
+        self._call(self._stub.UpdateBackend, request, timeout=_START_TIMEOUT_S)
+
+
+def _spec(backend: Backend) -> pb.BackendSpec:
+    spec = pb.BackendSpec(import_path=backend.import_path or "")
+    if backend.init_args:
+        spec.init_args_json = json.dumps(list(backend.init_args))
+    return spec
+
+
+def _backend(message: pb.Backend) -> Backend:
+    spec = message.spec
+    init_args: tuple[Any, ...] | None = ()
+    if spec.init_args_json:
+        init_args = tuple(json.loads(spec.init_args_json))
+    elif spec.pickled_init_args:
+        init_args = None
+    options = message.replica_options
+    return Backend(
+        name=message.tag,
+        import_path=spec.import_path if spec.WhichOneof("source") == "import_path" else None,
+        init_args=init_args,
+        config=BackendConfig.from_proto(message.config).to_dict(),
+        replica_options=ReplicaOptions(
+            num_cpus=options.num_cpus,
+            num_gpus=options.num_gpus,
+            env=tuple(sorted(options.env.items())),
+        ),
+    )
+
+
+def _endpoint(message: pb.Endpoint) -> Endpoint:
+    return Endpoint(
+        name=message.name,
+        route=message.route or None,
+        methods=tuple(message.methods),
+        traffic={t.backend: t.weight for t in message.traffic},
+        shadows={s.backend: s.proportion for s in message.shadows},
+        request_timeout=message.request_timeout,
+    )
+
+
+# ---- applying -------------------------------------------------------------------
+
+_PAST = {
+    "create": "created",
+    "update": "updated",
+    "replace": "replaced",
+    "delete": "removed",
+    "unchanged": "unchanged",
+    "kept": "kept (not in the file; --prune removes it)",
+}
+
+
+def apply(plan: Plan, instance: Instance, out: TextIO, *, dry_run: bool = False) -> None:
+    """Carry out ``plan``, one line per item on ``out`` as it goes.
+
+    Order: backends are created and updated first, so endpoints can use them;
+    with --prune, endpoints that leave go before any are created (a route can
+    move to another name), and backends that leave go last, once nothing
+    sends them traffic. The first refused call raises; what was done before
+    it stays done, and re-running the deploy finishes the job.
+
+    Example::
+
+        apply(plan(wanted, instance.state(), prune=True), instance, sys.stdout)
+    """
+    for backend_change in plan.backends:
+        if backend_change.action != "delete":
+            _backend_step(backend_change, instance, out, dry_run)
+    for endpoint_change in plan.endpoints:
+        if endpoint_change.action == "delete":
+            _endpoint_step(endpoint_change, instance, out, dry_run)
+    for endpoint_change in plan.endpoints:
+        if endpoint_change.action != "delete":
+            _endpoint_step(endpoint_change, instance, out, dry_run)
+    for backend_change in plan.backends:
+        if backend_change.action == "delete":
+            _backend_step(backend_change, instance, out, dry_run)
+
+
+def _step(out: TextIO, label: str, doing: str, work: Callable[[], None], done: str) -> None:
+    """One line of progress: "backend x: creating (2 replicas)... ready"."""
+    out.write(f"{label}: {doing}... ")
+    out.flush()
+    try:
+        work()
+    except BaseException:
+        _line(out, "failed")
+        raise
+    _line(out, done)
+
+
+def _line(out: TextIO, text: str) -> None:
+    out.write(text + "\n")
+    out.flush()
+
+
+def _describe(change: BackendChange | EndpointChange) -> str:
+    return f" ({'; '.join(change.details)})" if change.details else ""
+
+
+def _backend_step(change: BackendChange, instance: Instance, out: TextIO, dry_run: bool) -> None:
+    label = f"backend {change.name}"
+    if change.action in ("unchanged", "kept"):
+        _line(out, f"{label}: {_PAST[change.action]}")
+        return
+    if dry_run:
+        _line(out, f"{label}: would be {_PAST[change.action]}{_describe(change)}")
+        return
+    client, desired = instance.client, change.desired
+    if change.action == "delete":
+        _step(out, label, "removing", lambda: client.delete_backend(change.name), "removed")
+        return
+    assert desired is not None
+    if change.action == "create":
+        replicas = desired.config.get("num_replicas", 1)
+        doing = f"creating ({replicas} {'replica' if replicas == 1 else 'replicas'})"
+        _step(out, label, doing, lambda: instance.create_backend(desired), "ready")
+        return
+
+    def update() -> None:
+        if change.new_code:
+            instance.update_code(desired)
+        if change.config_update:
+            client.update_backend_config(change.name, dict(change.config_update))
+
+    _step(out, label, f"updating{_describe(change)}", update, "updated")
+
+
+def _endpoint_step(change: EndpointChange, instance: Instance, out: TextIO, dry_run: bool) -> None:
+    label = f"endpoint {change.name}"
+    if change.action in ("unchanged", "kept"):
+        _line(out, f"{label}: {_PAST[change.action]}")
+        return
+    if dry_run:
+        _line(out, f"{label}: would be {_PAST[change.action]}{_describe(change)}")
+        return
+    client, desired = instance.client, change.desired
+    if change.action == "delete":
+        _step(out, label, "removing", lambda: client.delete_endpoint(change.name), "removed")
+        return
+    assert desired is not None
+    if change.action == "create":
+        _step(out, label, "creating", lambda: _create_endpoint(client, desired), "created")
+        return
+
+    def replace() -> None:
+        client.delete_endpoint(change.name)
+        _create_endpoint(client, desired)
+
+    def update() -> None:
+        if change.new_traffic:
+            client.set_traffic(change.name, dict(desired.traffic))
+        for backend, proportion in change.shadow_updates.items():
+            client.shadow_traffic(change.name, backend, proportion)
+
+    if change.action == "replace":
+        _step(out, label, f"replacing{_describe(change)}", replace, "replaced")
+    else:
+        _step(out, label, f"updating{_describe(change)}", update, "updated")
+
+
+def _create_endpoint(client: Client, endpoint: Endpoint) -> None:
+    # Created on its heaviest backend, so the route never answers without one;
+    # a split is set right after.
+    first = max(endpoint.traffic, key=lambda b: endpoint.traffic[b]) if endpoint.traffic else None
+    client.create_endpoint(
+        endpoint.name,
+        first,
+        route=endpoint.route,
+        methods=list(endpoint.methods),
+        request_timeout=endpoint.request_timeout or None,
+    )
+    if len(endpoint.traffic) > 1:
+        client.set_traffic(endpoint.name, dict(endpoint.traffic))
+    for backend, proportion in endpoint.shadows.items():
+        client.shadow_traffic(endpoint.name, backend, proportion)

@@ -1,0 +1,414 @@
+"""``turnout``: the operator's command line.
+
+::
+
+    turnout start [--detach]          run an instance (controller, HTTP proxy, replicas)
+    turnout status [--json]           endpoints, backends, replicas
+    turnout deploy FILE [--prune]     make the instance match a YAML or JSON file
+    turnout logs BACKEND [-f]         tail a backend's replica logs (or controller, proxy)
+    turnout stop                      shut the instance down
+
+Every command but ``start`` finds the controller at ``--address``, else
+``$TURNOUT_ADDRESS``, else 127.0.0.1:50051. Exit status: 0 done, 1 failed
+(no instance, a refused change), 2 bad usage or a bad deploy file (nothing
+changed). docs/operations.md has the full reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from turnout import _cli_logs, _cli_render, _cli_start
+from turnout._deploy_apply import Instance, apply
+from turnout._version import __version__
+from turnout.client import Client
+from turnout.deploy import DeployFileError, Plan, load_file, plan
+from turnout.errors import NotRunningError, TurnoutError
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+ADDRESS_ENV = "TURNOUT_ADDRESS"
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """Ends the command with one line on stderr and ``status``."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ---- connecting -----------------------------------------------------------------
+
+
+def _address(args: argparse.Namespace) -> str:
+    return str(args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS)
+
+
+def _connect(args: argparse.Namespace) -> Client:
+    address = _address(args)
+    try:
+        return Client(address)
+    except NotRunningError:
+        raise CliError(
+            f"no Turnout instance at {address}: start one with `turnout start`"
+        ) from None
+
+
+# ---- start / stop ---------------------------------------------------------------
+
+
+def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
+    instance_dir = Path(args.instance_dir or _cli_start.data_dir()).absolute()
+    return _cli_start.StartOptions(
+        instance_dir=instance_dir,
+        state_path=Path(args.state or instance_dir / "state.db").absolute(),
+        grpc_host=args.grpc_host,
+        grpc_port=args.grpc_port,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        access_log=args.access_log,
+    )
+
+
+def _ready_text(started: _cli_start.Started, options: _cli_start.StartOptions) -> str:
+    lines = [
+        f"Turnout is running (controller pid {started.pid})",
+        f"  gRPC:  {started.address}",
+        f"  HTTP:  {started.http_address}",
+        f"  state: {options.state_path}",
+        f"  logs:  {started.log_dir or options.log_dir}",
+    ]
+    if started.address != DEFAULT_ADDRESS:
+        lines.append(
+            f"Other commands need --address {started.address} (or {ADDRESS_ENV}={started.address})."
+        )
+    return "\n".join(lines)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    if args.grpc_port == 0:
+        # Clients find the instance again by its port; 0 would pick a new one each time.
+        raise CliError("--grpc-port must be a fixed port, not 0", EXIT_USAGE)
+    options = _start_options(args)
+    try:
+        if args.detach:
+            started = _cli_start.start_detached(options)
+            print(_ready_text(started, options))
+            print("Stop it with `turnout stop`.")
+            return 0
+
+        def on_ready(started: _cli_start.Started) -> None:
+            print(_ready_text(started, options))
+            print("Press Ctrl-C to stop.", flush=True)
+
+        return _cli_start.run_foreground(options, on_ready)
+    except _cli_start.StartError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    pid = client.controller_pid
+    address = client.controller_address
+    client.shutdown()
+    pid_file = Path(args.instance_dir or _cli_start.data_dir()) / _cli_start.PID_FILE
+    # The pid is only ours to wait for when the controller runs on this machine.
+    if _cli_start.read_pid_file(pid_file) == pid or _is_local(address):
+        if not _cli_start.wait_gone(pid, args.timeout):
+            raise CliError(f"asked Turnout at {address} to stop, but pid {pid} still runs")
+    _cli_start.remove_pid_file(pid_file, pid)
+    print(f"Stopped Turnout at {address} (controller pid {pid}).")
+    return 0
+
+
+def _is_local(address: str) -> bool:
+    host = address.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1", "0.0.0.0", "::") or host.startswith("127.")
+
+
+# ---- status -----------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    snapshot = _cli_render.Snapshot.read(_connect(args))
+    print(_cli_render.to_json(snapshot) if args.json else _cli_render.to_text(snapshot))
+    return 0
+
+
+# ---- deploy -----------------------------------------------------------------------
+
+
+def _summary(steps: Plan, dry_run: bool) -> str:
+    counts = steps.counts()
+    parts = [
+        f"{counts['create']} created",
+        f"{counts['update'] + counts['replace']} updated",
+        f"{counts['unchanged']} unchanged",
+        f"{counts['delete']} removed",
+    ]
+    if counts["kept"]:
+        parts.append(f"{counts['kept']} not in the file (kept; --prune removes them)")
+    text = ", ".join(parts)
+    if dry_run:
+        return f"Dry run, nothing changed. Would be: {text}."
+    if not steps.changed:
+        return f"Nothing changed: {text}."
+    return f"Deployed: {text}."
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    # The whole file is checked before the instance is even asked.
+    wanted = load_file(args.file)
+    instance = Instance(_connect(args))
+    try:
+        try:
+            steps = plan(wanted, instance.state(), prune=args.prune)
+        except DeployFileError as exc:
+            raise DeployFileError(args.file, exc.problems) from None
+        try:
+            apply(steps, instance, sys.stdout, dry_run=args.dry_run)
+        except TurnoutError as exc:
+            raise CliError(
+                f"error: {exc}\nThe changes listed above as done stay; fix the cause and deploy "
+                "again to finish."
+            ) from None
+    finally:
+        instance.close()
+    print(_summary(steps, args.dry_run))
+    return 0
+
+
+# ---- logs ---------------------------------------------------------------------------
+
+# Each process logs to <name>.log (rotated) and leaves what it prints, and a
+# crash's traceback, in <name>.out beside it.
+_PROCESS_LOGS = {
+    "controller": ("controller.log", "controller.out"),
+    "proxy": ("proxy.log", "proxy.out"),
+    "access": ("proxy-access.log",),
+}
+
+
+def _with_output(log: Path, label: str) -> list[_cli_logs.LogSource]:
+    out_label = f"{label} out" if label else "out"
+    return [
+        _cli_logs.LogSource(log, label),
+        _cli_logs.LogSource(log.with_suffix(".out"), out_label),
+    ]
+
+
+def _log_sources(client: Client, name: str) -> list[_cli_logs.LogSource]:
+    if name in _PROCESS_LOGS:
+        log_dir = Path(client.log_dir)
+        return [
+            _cli_logs.LogSource(log_dir / file, "out" if file.endswith(".out") else "")
+            for file in _PROCESS_LOGS[name]
+        ]
+    backends = client.list_backends()
+    if name not in backends:
+        known = ", ".join(sorted(backends)) or "none"
+        raise CliError(
+            f"no backend named {name!r} (backends: {known}; also: {', '.join(_PROCESS_LOGS)})"
+        )
+    replicas = sorted(client.list_replicas(name), key=lambda r: r.replica_id)
+    return [
+        source
+        for r in replicas
+        if r.log_path
+        for source in _with_output(Path(r.log_path), r.replica_id)
+    ]
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _connect(args)
+    sources = _log_sources(client, args.name)
+    if not sources:
+        raise CliError(f"backend {args.name!r} has no replica logs yet")
+    present = [s for s in sources if s.path.exists()]
+    if not present:
+        raise CliError(
+            f"cannot read {sources[0].path}: no such file here (does the controller run on "
+            "another machine?)"
+        )
+    _cli_logs.print_tail(present, args.lines, sys.stdout)
+    if args.follow:
+
+        def refresh() -> list[_cli_logs.LogSource]:
+            try:
+                return _log_sources(client, args.name)
+            except (TurnoutError, CliError):
+                return []  # the controller may be restarting; keep following
+
+        _cli_logs.follow(present, sys.stdout, refresh if args.name not in _PROCESS_LOGS else None)
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="turnout",
+        description="Run and operate a Turnout instance: serve Python functions and classes "
+        "over HTTP, with weighted traffic between backends.",
+        epilog="Commands other than start find the controller at --address, else "
+        f"${ADDRESS_ENV}, else {DEFAULT_ADDRESS}. See docs/operations.md.",
+    )
+    parser.add_argument("--version", action="version", version=f"turnout {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    connect = argparse.ArgumentParser(add_help=False)
+    connect.add_argument(
+        "--address",
+        metavar="HOST:PORT",
+        help=f"the controller's gRPC address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
+    )
+    home = argparse.ArgumentParser(add_help=False)
+    home.add_argument(
+        "--instance-dir",
+        metavar="DIR",
+        help="logs, pid file and run files (default: $XDG_DATA_HOME/turnout, "
+        "else ~/.local/share/turnout)",
+    )
+
+    start = commands.add_parser(
+        "start",
+        parents=[home],
+        help="run an instance: controller, HTTP proxy and the replicas of its state",
+        description="Run a Turnout controller, which starts the HTTP proxy and the replicas of "
+        "every backend in its state file. In the foreground (the default; right for systemd) "
+        "it runs until Ctrl-C, SIGTERM or `turnout stop`; with --detach it runs in the "
+        "background and the command returns once it serves. The controller is durable: if it "
+        "dies, the proxy and replicas keep serving, and the next `turnout start` with the "
+        "same --state and --grpc-port adopts them.",
+    )
+    start.add_argument("--http-host", default="127.0.0.1", help="HTTP bind host (127.0.0.1)")
+    start.add_argument("--http-port", type=int, default=8000, help="HTTP port (8000)")
+    start.add_argument(
+        "--grpc-host",
+        default="127.0.0.1",
+        help="gRPC bind host (127.0.0.1); creating a backend runs code, so do not expose "
+        "it beyond machines you trust",
+    )
+    start.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (50051)")
+    start.add_argument(
+        "--state",
+        metavar="PATH",
+        help="SQLite file of desired state (default: INSTANCE_DIR/state.db)",
+    )
+    start.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="do not write the proxy's access log",
+    )
+    start.add_argument(
+        "--detach",
+        action="store_true",
+        help="run in the background; writes INSTANCE_DIR/turnout.pid, logs to "
+        "INSTANCE_DIR/logs/controller.log",
+    )
+    start.set_defaults(func=cmd_start)
+
+    stop = commands.add_parser(
+        "stop",
+        parents=[connect, home],
+        help="shut the instance down: replicas, proxy, controller",
+        description="Ask the controller to stop every replica and the proxy, then itself, and "
+        "wait until it has exited. Removes the pid file `turnout start` wrote.",
+    )
+    stop.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for it to exit (60)"
+    )
+    stop.set_defaults(func=cmd_stop)
+
+    status = commands.add_parser(
+        "status",
+        parents=[connect],
+        help="show endpoints, backends and replicas",
+        description="Endpoints (route, methods, traffic, shadows), backends (wanted replicas, "
+        "replicas by state, config that differs from the defaults) and replicas (state, pid, "
+        "address, error).",
+    )
+    status.add_argument("--json", action="store_true", help="print stable JSON instead")
+    status.set_defaults(func=cmd_status)
+
+    deploy = commands.add_parser(
+        "deploy",
+        parents=[connect],
+        help="make the instance match a YAML or JSON deploy file",
+        description="Create, update and (with --prune) remove backends and endpoints so that "
+        "the instance matches FILE, and report what changed; applying the same file again "
+        "changes nothing. The whole file is checked first: a bad file changes nothing and "
+        "exits with status 2. Format: docs/operations.md.",
+    )
+    deploy.add_argument("file", metavar="FILE", help="deploy file: .yaml, .yml or .json")
+    deploy.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove backends and endpoints that the file does not name",
+    )
+    deploy.add_argument(
+        "--dry-run", action="store_true", help="show what would change, change nothing"
+    )
+    deploy.set_defaults(func=cmd_deploy)
+
+    logs = commands.add_parser(
+        "logs",
+        parents=[connect],
+        help="print a backend's replica logs (or the controller's, proxy's, access log)",
+        description="Print the last lines of the log files of each replica of BACKEND, each "
+        "line prefixed with the replica id: its log (<id> | ...) and what it printed "
+        "(<id> out | ...). `controller`, `proxy` and `access` (the proxy's access log) name "
+        "those logs instead. The files are read on this machine.",
+    )
+    logs.add_argument("name", metavar="BACKEND", help="a backend tag, or controller, proxy, access")
+    logs.add_argument(
+        "-n", "--lines", type=int, default=20, help="lines per file to print first (20)"
+    )
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C"
+    )
+    logs.set_defaults(func=cmd_logs)
+    return parser
+
+
+def _fail(message: str, status: int, err: TextIO) -> int:
+    err.write(f"turnout: {message}\n")
+    err.flush()
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``turnout`` command line; returns the exit status.
+
+    Example::
+
+        main(["status", "--json"])
+    """
+    args = _parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except CliError as exc:
+        return _fail(str(exc), exc.status, sys.stderr)
+    except DeployFileError as exc:
+        lines = "\n".join(f"  {problem}" for problem in exc.problems)
+        return _fail(f"{exc.source}: nothing was changed:\n{lines}", EXIT_USAGE, sys.stderr)
+    except NotRunningError as exc:
+        return _fail(str(exc), EXIT_FAILED, sys.stderr)
+    except TurnoutError as exc:
+        return _fail(f"error: {exc}", EXIT_FAILED, sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,565 @@
+"""Declarative deploy files: parse, validate, and plan the changes that make an
+instance match one.
+
+This module is pure: no processes, no network. ``load_file`` turns a YAML or
+JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
+``State`` and returns the ``Plan`` that ``turnout deploy`` applies (see
+``turnout._deploy_apply``). The format is documented in docs/operations.md::
+
+    backends:
+      greeter:
+        import_path: myapp.models:Greeter   # "package.module:attribute"
+        init_args: ["hello"]                # JSON values, given to the class
+        config: {num_replicas: 2}           # BackendConfig fields
+        replica_options: {num_cpus: 1}      # num_cpus, num_gpus, env
+    endpoints:
+      greet:
+        route: /greet                       # omit for handles only
+        methods: [GET, POST]                # default [GET]
+        traffic: {greeter: 1}               # or `backend: greeter`
+        shadows: {greeter-v2: 0.1}          # share of requests copied
+        request_timeout: 5                  # seconds; 0 = none
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from turnout.config import DEFAULTS, BackendConfig
+from turnout.controller import validation
+from turnout.errors import TurnoutError
+from turnout.v1 import controller_pb2 as pb
+
+Action = Literal["create", "update", "replace", "delete", "unchanged", "kept"]
+
+_TOP_KEYS = frozenset({"backends", "endpoints"})
+_BACKEND_KEYS = frozenset({"import_path", "init_args", "config", "replica_options"})
+_ENDPOINT_KEYS = frozenset({"route", "methods", "backend", "traffic", "shadows", "request_timeout"})
+_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "env"})
+_WEIGHT_TOLERANCE = 1e-9
+
+
+class DeployFileError(TurnoutError):
+    """The file cannot be deployed; ``problems`` says where and why, one per line.
+
+    Raised before anything is changed on the instance.
+    """
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ReplicaOptions:
+    """Where a backend's replicas run (see ``Client.create_backend``)."""
+
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+    env: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "env": dict(self.env)}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend as a deploy file declares it, or as an instance runs it.
+
+    ``import_path`` is None for a backend whose code was sent pickled (from
+    Python); ``init_args`` is None when its init args were pickled. Neither can
+    be compared with a file, so such a backend always counts as changed.
+    ``config`` holds the fields a file gives, or every field of a running one.
+    """
+
+    name: str
+    import_path: str | None
+    init_args: tuple[Any, ...] | None = ()
+    config: Mapping[str, Any] = field(default_factory=dict)
+    replica_options: ReplicaOptions = ReplicaOptions()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An endpoint as a deploy file declares it, or as an instance serves it."""
+
+    name: str
+    route: str | None = None
+    methods: tuple[str, ...] = ("GET",)
+    traffic: Mapping[str, float] = field(default_factory=dict)
+    shadows: Mapping[str, float] = field(default_factory=dict)
+    request_timeout: float = 0.0
+
+
+@dataclass(frozen=True)
+class DeployFile:
+    """What should run: backends and endpoints by name, in file order."""
+
+    backends: dict[str, Backend] = field(default_factory=dict)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+
+
+# An instance's current state has the same shape as a file.
+State = DeployFile
+
+
+@dataclass(frozen=True)
+class BackendChange:
+    """What ``apply`` does to one backend.
+
+    ``new_code``: roll out ``desired``'s import path and init args.
+    ``config_update``: the config fields to send to UpdateBackendConfig.
+    """
+
+    name: str
+    action: Action
+    desired: Backend | None = None
+    new_code: bool = False
+    config_update: Mapping[str, Any] = field(default_factory=dict)
+    details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class EndpointChange:
+    """What ``apply`` does to one endpoint.
+
+    Action ``replace``: delete it and create it again from ``desired`` (its
+    route, methods or timeout differ: the controller cannot change those in
+    place). For ``update``: ``new_traffic`` calls SetTraffic, and
+    ``shadow_updates`` maps backend -> proportion (0 removes the shadow).
+    """
+
+    name: str
+    action: Action
+    desired: Endpoint | None = None
+    new_traffic: bool = False
+    shadow_updates: Mapping[str, float] = field(default_factory=dict)
+    details: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every item of the file and of the instance, with what happens to it."""
+
+    backends: tuple[BackendChange, ...]
+    endpoints: tuple[EndpointChange, ...]
+
+    @property
+    def changes(self) -> tuple[BackendChange | EndpointChange, ...]:
+        return (*self.backends, *self.endpoints)
+
+    @property
+    def changed(self) -> bool:
+        """True when applying would change the instance."""
+        return any(c.action not in ("unchanged", "kept") for c in self.changes)
+
+    def counts(self) -> dict[str, int]:
+        """How many items each action touches, e.g. ``{"create": 2, "unchanged": 1, ...}``."""
+        result = {a: 0 for a in ("create", "update", "replace", "delete", "unchanged", "kept")}
+        for change in self.changes:
+            result[change.action] += 1
+        return result
+
+
+# ---- loading and validating a file ------------------------------------------
+
+
+def load_file(path: str | Path) -> DeployFile:
+    """Read and validate a deploy file, YAML (``.yaml``/``.yml``) or JSON (``.json``).
+
+    Raises ``DeployFileError`` listing every problem, each with its item and
+    field, e.g. ``backends.greeter.config.num_replicas: must be >= 1, got 0``.
+
+    Example::
+
+        wanted = load_file("turnout.yaml")
+        print(list(wanted.backends), list(wanted.endpoints))
+    """
+    path = Path(path)
+    source = str(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".json"):
+        raise DeployFileError(source, ["name the file .yaml, .yml or .json to pick its format"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DeployFileError(source, [f"cannot read it: {exc}"]) from None
+    try:
+        document = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+    except ValueError as exc:
+        raise DeployFileError(source, [f"not valid JSON: {exc}"]) from None
+    except yaml.YAMLError as exc:
+        raise DeployFileError(source, [f"not valid YAML: {_yaml_problem(exc)}"]) from None
+    return parse(document, source)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return str(exc)
+
+
+def parse(document: Any, source: str = "<deploy file>") -> DeployFile:
+    """Validate an already-parsed document (dicts and lists) into a ``DeployFile``.
+
+    Example::
+
+        parse({"backends": {"b": {"import_path": "m:f"}},
+               "endpoints": {"e": {"route": "/e", "backend": "b"}}})
+    """
+    problems: list[str] = []
+    if document is None:
+        document = {}
+    if not isinstance(document, dict):
+        raise DeployFileError(source, ["the top level must be a mapping with backends/endpoints"])
+    _unknown_keys(document, _TOP_KEYS, "", problems)
+    backends: dict[str, Backend] = {}
+    for name, body in _section(document, "backends", problems):
+        backend = _backend(name, body, problems)
+        if backend is not None:
+            backends[name] = backend
+    endpoints: dict[str, Endpoint] = {}
+    for name, body in _section(document, "endpoints", problems):
+        endpoint = _endpoint(name, body, problems)
+        if endpoint is not None:
+            endpoints[name] = endpoint
+    if problems:
+        raise DeployFileError(source, problems)
+    return DeployFile(backends=backends, endpoints=endpoints)
+
+
+def _unknown_keys(body: dict[Any, Any], known: frozenset[str], where: str, out: list[str]) -> None:
+    for key in body:
+        if key not in known:
+            prefix = f"{where}." if where else ""
+            out.append(f"{prefix}{key}: unknown field; known: {', '.join(sorted(known))}")
+
+
+def _section(document: dict[str, Any], key: str, problems: list[str]) -> list[tuple[str, Any]]:
+    section = document.get(key)
+    if section is None:
+        return []
+    if not isinstance(section, dict):
+        problems.append(f"{key}: must be a mapping of name to settings")
+        return []
+    items: list[tuple[str, Any]] = []
+    for name, body in section.items():
+        where = f"{key}.{name}"
+        if not isinstance(name, str):
+            problems.append(f"{where}: the name must be a string")
+            continue
+        if not _check(where, problems, validation.name, name, "the name"):
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"{where}: must be a mapping of settings")
+            continue
+        items.append((name, body))
+    return items
+
+
+def _check(where: str, problems: list[str], validate: Callable[..., object], *args: Any) -> bool:
+    """Run one of the controller's own checks; record its message under ``where``."""
+    try:
+        validate(*args)
+    except (ValueError, TypeError) as exc:
+        problems.append(f"{where}: {exc}")
+        return False
+    return True
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _backend(name: str, body: dict[str, Any], problems: list[str]) -> Backend | None:
+    where = f"backends.{name}"
+    before = len(problems)
+    _unknown_keys(body, _BACKEND_KEYS, where, problems)
+    import_path = body.get("import_path")
+    if not isinstance(import_path, str):
+        problems.append(f"{where}.import_path: required, a string 'package.module:attribute'")
+    else:
+        spec = pb.BackendSpec(import_path=import_path)
+        _check(f"{where}.import_path", problems, validation.spec, spec)
+    init_args = body.get("init_args", [])
+    if not isinstance(init_args, list):
+        problems.append(f"{where}.init_args: must be a list of arguments")
+        init_args = []
+    else:
+        _check(f"{where}.init_args", problems, json.dumps, init_args)
+    config = body.get("config", {})
+    if not isinstance(config, dict):
+        problems.append(f"{where}.config: must be a mapping of config fields")
+        config = {}
+    else:
+        for key, value in config.items():
+            _check(f"{where}.config.{key}", problems, BackendConfig.coerce, {key: value})
+    options = _replica_options(
+        body.get("replica_options", {}), f"{where}.replica_options", problems
+    )
+    if len(problems) > before or options is None:
+        return None
+    return Backend(
+        name=name,
+        import_path=str(import_path),
+        init_args=tuple(init_args),
+        config=dict(config),
+        replica_options=options,
+    )
+
+
+def _replica_options(body: Any, where: str, problems: list[str]) -> ReplicaOptions | None:
+    if not isinstance(body, dict):
+        problems.append(f"{where}: must be a mapping with num_cpus, num_gpus, env")
+        return None
+    before = len(problems)
+    _unknown_keys(body, _OPTION_KEYS, where, problems)
+    numbers: dict[str, float] = {}
+    for key in ("num_cpus", "num_gpus"):
+        value = body.get(key, 0)
+        if not _is_number(value):
+            problems.append(f"{where}.{key}: must be a number")
+        else:
+            numbers[key] = float(value)
+    env = body.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        problems.append(f"{where}.env: must map names to strings (quote numbers)")
+        env = {}
+    if len(problems) > before:
+        return None
+    message = pb.ReplicaOptions(env=env, **numbers)
+    if not _check(where, problems, validation.replica_options, message):
+        return None
+    return ReplicaOptions(
+        num_cpus=numbers["num_cpus"], num_gpus=numbers["num_gpus"], env=tuple(sorted(env.items()))
+    )
+
+
+def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> Endpoint | None:
+    where = f"endpoints.{name}"
+    before = len(problems)
+    _unknown_keys(body, _ENDPOINT_KEYS, where, problems)
+    route = body.get("route")
+    if route is not None:
+        if not isinstance(route, str):
+            problems.append(f"{where}.route: must be a string such as /{name}")
+        else:
+            _check(f"{where}.route", problems, validation.route, route)
+    methods = body.get("methods", ["GET"])
+    if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+        problems.append(f"{where}.methods: must be a list such as [GET, POST]")
+        methods = ["GET"]
+    else:
+        _check(f"{where}.methods", problems, validation.methods, methods)
+    if "backend" in body and "traffic" in body:
+        problems.append(f"{where}: give either backend or traffic, not both")
+    traffic: dict[str, float] = {}
+    if "backend" in body:
+        if not isinstance(body["backend"], str):
+            problems.append(f"{where}.backend: must be a backend name")
+        else:
+            traffic = {body["backend"]: 1.0}
+    elif "traffic" in body:
+        traffic = _shares(body["traffic"], f"{where}.traffic", problems)
+        _check(f"{where}.traffic", problems, validation.traffic, traffic)
+    else:
+        problems.append(f"{where}: needs backend (one backend) or traffic ({{backend: weight}})")
+    shadows = _shares(body.get("shadows", {}), f"{where}.shadows", problems)
+    for backend, proportion in shadows.items():
+        if not 0 < proportion <= 1:
+            problems.append(f"{where}.shadows.{backend}: must be > 0 and <= 1, got {proportion}")
+    timeout = body.get("request_timeout", 0)
+    if not _is_number(timeout):
+        problems.append(f"{where}.request_timeout: must be a number of seconds")
+    else:
+        _check(where, problems, validation.request_timeout, float(timeout))
+    if len(problems) > before:
+        return None
+    return Endpoint(
+        name=name,
+        route=route or None,
+        methods=tuple(validation.methods(methods)),
+        traffic=traffic,
+        shadows=shadows,
+        request_timeout=float(timeout),
+    )
+
+
+def _shares(body: Any, where: str, problems: list[str]) -> dict[str, float]:
+    if not isinstance(body, dict):
+        problems.append(f"{where}: must map backend names to numbers")
+        return {}
+    shares: dict[str, float] = {}
+    for backend, value in body.items():
+        if not isinstance(backend, str) or not _is_number(value) or not math.isfinite(value):
+            problems.append(f"{where}.{backend}: must be a number")
+            continue
+        shares[backend] = float(value)
+    return shares
+
+
+# ---- planning -----------------------------------------------------------------
+
+
+def plan(wanted: DeployFile, current: State, *, prune: bool = False) -> Plan:
+    """The changes that make ``current`` match ``wanted``.
+
+    Items only in ``current`` are deleted with ``prune``, otherwise kept.
+    Raises ``DeployFileError`` when the file cannot be applied to this
+    instance (a backend that neither the file nor the instance has, replica
+    options that cannot change in place); nothing has changed then.
+
+    Example::
+
+        steps = plan(load_file("turnout.yaml"), current_state, prune=True)
+        if not steps.changed:
+            print("nothing to do")
+    """
+    problems = _reference_problems(wanted, current, prune)
+    backends: list[BackendChange] = []
+    for name, backend in wanted.backends.items():
+        running = current.backends.get(name)
+        if running is None:
+            backends.append(BackendChange(name, "create", desired=backend))
+        else:
+            backends.append(_backend_change(backend, running, problems))
+    if problems:
+        raise DeployFileError("cannot apply", problems)
+    for name in current.backends:
+        if name not in wanted.backends:
+            backends.append(BackendChange(name, "delete" if prune else "kept"))
+    endpoints: list[EndpointChange] = []
+    for name, endpoint in wanted.endpoints.items():
+        serving = current.endpoints.get(name)
+        if serving is None:
+            endpoints.append(EndpointChange(name, "create", desired=endpoint))
+        else:
+            endpoints.append(_endpoint_change(endpoint, serving))
+    for name in current.endpoints:
+        if name not in wanted.endpoints:
+            endpoints.append(EndpointChange(name, "delete" if prune else "kept"))
+    return Plan(backends=tuple(backends), endpoints=tuple(endpoints))
+
+
+def _reference_problems(wanted: DeployFile, current: State, prune: bool) -> list[str]:
+    available = set(wanted.backends) | (set() if prune else set(current.backends))
+    problems = []
+    for endpoint in wanted.endpoints.values():
+        for field_name, shares in (("traffic", endpoint.traffic), ("shadows", endpoint.shadows)):
+            for backend in shares:
+                if backend not in available:
+                    where = "in the file" if prune else "in the file or on the instance"
+                    problems.append(
+                        f"endpoints.{endpoint.name}.{field_name}.{backend}: "
+                        f"no backend of that name {where}"
+                    )
+    return problems
+
+
+def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A file's config with every field it leaves out at its default."""
+    return {**DEFAULTS.to_dict(), **config}
+
+
+def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> BackendChange:
+    details: list[str] = []
+    if wanted.import_path != running.import_path:
+        details.append(f"code: {running.import_path or '(pickled)'} -> {wanted.import_path}")
+    wanted_args = list(wanted.init_args or ())
+    if running.init_args is None or wanted_args != list(running.init_args):
+        before = "(pickled)" if running.init_args is None else json.dumps(list(running.init_args))
+        details.append(f"init_args: {before} -> {json.dumps(wanted_args)}")
+    new_code = bool(details)
+    update: dict[str, Any] = {}
+    for key, value in _effective(wanted.config).items():
+        # A user_config left out of the file is left as it is: the controller
+        # has no way to clear one.
+        if key == "user_config" and value is None:
+            continue
+        if not _same(value, running.config.get(key)):
+            update[key] = value
+            details.append(f"{key}: {_show(running.config.get(key))} -> {_show(value)}")
+    if wanted.replica_options != running.replica_options:
+        problems.append(
+            f"backends.{wanted.name}.replica_options: cannot change on a running backend "
+            f"({running.replica_options.to_dict()} -> {wanted.replica_options.to_dict()}); "
+            "deploy it under a new name and move the traffic, or delete it first"
+        )
+    action: Action = "update" if details else "unchanged"
+    return BackendChange(
+        wanted.name,
+        action,
+        desired=wanted,
+        new_code=new_code,
+        config_update=update,
+        details=tuple(details),
+    )
+
+
+def _endpoint_change(wanted: Endpoint, serving: Endpoint) -> EndpointChange:
+    details: list[str] = []
+    if wanted.route != serving.route:
+        details.append(f"route: {serving.route or '(none)'} -> {wanted.route or '(none)'}")
+    if sorted(wanted.methods) != sorted(serving.methods):
+        details.append(f"methods: {','.join(serving.methods)} -> {','.join(wanted.methods)}")
+    if not math.isclose(wanted.request_timeout, serving.request_timeout, abs_tol=1e-9):
+        old, new = _show(serving.request_timeout), _show(wanted.request_timeout)
+        details.append(f"request_timeout: {old} -> {new}")
+    # The controller cannot change these in place: the endpoint is deleted and
+    # created again, with its traffic and shadows, from ``desired``.
+    replace = bool(details)
+    new_traffic = not _same_shares(wanted.traffic, serving.traffic)
+    if new_traffic:
+        old, new = _shares_text(serving.traffic), _shares_text(wanted.traffic)
+        details.append(f"traffic: {old} -> {new}")
+    shadow_updates: dict[str, float] = {}
+    for backend in sorted(set(wanted.shadows) | set(serving.shadows)):
+        new_share, old_share = wanted.shadows.get(backend, 0.0), serving.shadows.get(backend, 0.0)
+        if abs(new_share - old_share) > _WEIGHT_TOLERANCE:
+            shadow_updates[backend] = new_share
+            details.append(f"shadow {backend}: {_show(old_share)} -> {_show(new_share)}")
+    action: Action = "replace" if replace else "update" if details else "unchanged"
+    return EndpointChange(
+        wanted.name,
+        action,
+        desired=wanted,
+        new_traffic=new_traffic,
+        shadow_updates=shadow_updates,
+        details=tuple(details),
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    if _is_number(a) and _is_number(b):
+        return math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-12)
+    return bool(json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True))
+
+
+def _same_shares(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    keys = {k for k, v in a.items() if v} | {k for k, v in b.items() if v}
+    return all(abs(a.get(k, 0.0) - b.get(k, 0.0)) <= _WEIGHT_TOLERANCE for k in keys)
+
+
+def _shares_text(shares: Mapping[str, float]) -> str:
+    if not shares:
+        return "(none)"
+    return ", ".join(f"{backend} {_show(share)}" for backend, share in sorted(shares.items()))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if value is None or isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value)
