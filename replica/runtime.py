@@ -19,7 +19,6 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +27,7 @@ import cloudpickle
 from turnout.batching import accepts_batch, set_call_context
 from turnout.config import DEFAULTS
 from turnout.replica.batcher import Batcher
+from turnout.replica.handler_threads import HandlerThreads
 from turnout.v1 import controller_pb2
 
 DEFAULT_MAX_CONCURRENT_QUERIES = DEFAULTS.to_proto().max_concurrent_queries
@@ -79,9 +79,7 @@ class BackendRuntime:
         self.max_concurrent_queries = max_concurrent_queries
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout = batch_wait_timeout
-        self._executor = ThreadPoolExecutor(
-            max_workers=max_concurrent_queries, thread_name_prefix=f"handler-{backend.tag}"
-        )
+        self._threads = HandlerThreads(max_concurrent_queries, f"handler-{backend.tag}")
         self._slots = asyncio.Semaphore(max_concurrent_queries)
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
@@ -168,10 +166,9 @@ class BackendRuntime:
         if _is_async(handler):
             result = handler(arg)
         else:
-            loop = asyncio.get_running_loop()
             context = contextvars.copy_context()
-            result = await loop.run_in_executor(
-                self._executor, functools.partial(context.run, self._run_in_thread, handler, arg)
+            result = await self._threads.run(
+                functools.partial(context.run, self._run_in_thread, handler), arg
             )
         # A sync callable may still hand back a coroutine (a decorated async
         # function, a partial); it belongs to the loop, not to the thread.
@@ -195,7 +192,7 @@ class BackendRuntime:
 
     def close(self) -> None:
         """Stop taking handler calls; calls still running are not waited for."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._threads.close()
 
     def _run_in_thread(self, handler: Callable[[Any], Any], request: Any) -> Any:
         with self._lock:
