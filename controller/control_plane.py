@@ -84,7 +84,13 @@ class ControlPlane:
                 await replicas.stop()
                 del self._sets[tag]
                 raise start_error_to_user_error(exc, tag) from None
-            self._store.put_backend(record)
+            try:
+                self._store.put_backend(record)
+            except BaseException:
+                # Not recorded, so not acknowledged: nothing may stay running.
+                await replicas.stop()
+                del self._sets[tag]
+                raise
         return self._backend(tag)
 
     def _replica_set(self, record: BackendRecord) -> ReplicaSet:

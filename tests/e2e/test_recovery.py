@@ -184,6 +184,9 @@ def test_controller_sigkill_mid_traffic_loses_no_request_and_readopts(durable: D
     assert requests.get(client.http_address + "/f", timeout=10).text == "b"
     client.set_traffic("e", {"b": 1.0})
     assert requests.get(client.http_address + "/e", timeout=10).text == "b"
+    # Adopted replicas are stopped like the controller's own (not its children now).
+    client.delete_backend("a")
+    assert not any(processes_mentioning(f"--replica-id {r.replica_id} ") for r in before)
 
 
 Op = tuple[str, str, str | None]
