@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -24,35 +24,53 @@ class LogSource:
         return f"{self.label} | {line}" if self.label else line
 
 
-def last_lines(path: Path, count: int) -> list[str]:
-    """The last ``count`` lines of ``path`` (without line ends), reading from the end.
+@dataclass
+class Position:
+    """Where reading a file stopped: the file (inode) and the byte offset."""
+
+    inode: int
+    offset: int
+
+
+def last_lines(path: Path, count: int, end: int | None = None) -> tuple[list[str], int]:
+    """The last ``count`` complete lines of ``path`` before byte ``end`` (default: its
+    size), and the offset just after them, where following it should go on.
+
+    A last line still being written (no line end yet) is left for the follower.
 
     Example::
 
-        last_lines(Path("/var/log/x.log"), 20)
+        lines, offset = last_lines(Path("/var/log/x.log"), 20)
     """
-    if count <= 0:
-        return []
     with path.open("rb") as file:
-        file.seek(0, os.SEEK_END)
-        position = file.tell()
-        data = b""
+        size = file.seek(0, os.SEEK_END) if end is None else end
+        position, data = size, b""
         # One more line end than lines wanted: the first line may be partial.
         while position > 0 and data.count(b"\n") <= count:
             step = min(_BLOCK, position)
             position -= step
             file.seek(position)
             data = file.read(step) + data
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return lines[-count:]
+    complete = data[: data.rfind(b"\n") + 1]
+    stop = position + len(complete)
+    if count <= 0:
+        return [], stop
+    lines = complete.decode("utf-8", errors="replace").splitlines()
+    return lines[-count:], stop
 
 
-def print_tail(sources: Sequence[LogSource], count: int, out: TextIO) -> None:
-    """Print each source's last ``count`` lines, one file after another."""
+def print_tail(sources: Sequence[LogSource], count: int, out: TextIO) -> dict[Path, Position]:
+    """Print each source's last ``count`` lines, one file after another; returns where
+    each file was read up to, so ``follow`` loses no line written meanwhile."""
+    positions = {}
     for source in sources:
-        for line in last_lines(source.path, count):
+        stat = source.path.stat()
+        lines, stop = last_lines(source.path, count, stat.st_size)
+        positions[source.path] = Position(stat.st_ino, stop)
+        for line in lines:
             out.write(source.prefix(line) + "\n")
     out.flush()
+    return positions
 
 
 @dataclass
@@ -63,18 +81,15 @@ class _Follower:
     partial: bytes = b""
 
 
-def _open_at_end(source: LogSource) -> _Follower:
-    stat = source.path.stat()
-    return _Follower(source, stat.st_ino, stat.st_size)
-
-
 def follow(
     sources: Sequence[LogSource],
     out: TextIO,
+    start: Mapping[Path, Position],
     refresh: Callable[[], Sequence[LogSource]] | None = None,
     refresh_every_s: float = 2.0,
 ) -> None:
-    """Print lines appended to ``sources`` until interrupted (Ctrl-C returns).
+    """Print lines appended to ``sources`` from ``start`` on (what ``print_tail``
+    returned) until interrupted (Ctrl-C returns).
 
     A file that is rotated (replaced, or cut shorter) is read again from its
     start. ``refresh``, if given, is asked now and then for the current list
@@ -83,9 +98,14 @@ def follow(
 
     Example::
 
-        follow([LogSource(Path("logs/proxy.log"))], sys.stdout)
+        sources = [LogSource(Path("logs/proxy.log"))]
+        follow(sources, sys.stdout, print_tail(sources, 10, sys.stdout))
     """
-    followers = {s.path: _open_at_end(s) for s in sources if s.path.exists()}
+    followers = {
+        s.path: _Follower(s, start[s.path].inode, start[s.path].offset)
+        for s in sources
+        if s.path in start
+    }
     next_refresh = time.monotonic() + refresh_every_s
     try:
         while True:

@@ -237,7 +237,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
             f"cannot read {sources[0].path}: no such file here (does the controller run on "
             "another machine?)"
         )
-    _cli_logs.print_tail(present, args.lines, sys.stdout)
+    positions = _cli_logs.print_tail(present, args.lines, sys.stdout)
     if args.follow:
 
         def refresh() -> list[_cli_logs.LogSource]:
@@ -246,7 +246,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
             except (TurnoutError, CliError):
                 return []  # the controller may be restarting; keep following
 
-        _cli_logs.follow(present, sys.stdout, refresh if args.name not in _PROCESS_LOGS else None)
+        by_backend = refresh if args.name not in _PROCESS_LOGS else None
+        _cli_logs.follow(present, sys.stdout, positions, by_backend)
     return 0
 
 

@@ -330,15 +330,16 @@ def test_logs_show_what_a_handler_printed(running: Home) -> None:
     assert tail[-1] == "echo#1 out | printed marker-one"
     assert "GET /echo?word=marker-one" in running.run("logs", "access").stdout
 
-    follow = running.argv("logs", "echo", "--follow", "-n", "0")
+    follow = running.argv("logs", "echo", "--follow", "-n", "1")
     with subprocess.Popen(
         follow, stdout=subprocess.PIPE, text=True, env=running.env, cwd=running.project
     ) as process:
         try:
-            time.sleep(0.5)  # let it open the files at their end
+            # The tail first; no line written after it is lost.
+            _read_until(process, "printed marker-one\n")
             requests.get(f"{running.http}/echo", params={"word": "marker-two"})
-            seen = _read_until(process, "printed marker-two")
-            assert "marker-one" not in seen
+            seen = _read_until(process, "echo#1 out | printed marker-two\n")
+            assert "marker-one" not in seen  # printed once, by the tail
             process.send_signal(signal.SIGINT)
             assert process.wait(10) == 0
         finally:
