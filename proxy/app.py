@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import Coroutine, Hashable
 from typing import Any
 
@@ -125,7 +126,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     path = request.path
     if path.startswith(SYSTEM_PREFIX):
         return _system(state, path, request.method)
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id") or _new_request_id()
     route = state.router.table.match(path)
     if route is None:
         return http_codec.json_error(404, "NotFound", f"no endpoint at {path}", request_id)
@@ -236,6 +237,16 @@ async def _forward(
                 rid,
             )
         return http_codec.from_proto(reply.http, rid), response_key(reply)
+
+
+# Request ids: 32 hex digits, a random half per process and a counter, unique
+# like uuid4 but without a system call per request.
+_ID_PREFIX = os.urandom(8).hex()
+_id_counter = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def _error(

@@ -17,22 +17,30 @@ _SKIPPED_RESPONSE_HEADERS = frozenset(
 
 
 def to_proto(request: web.BaseRequest, body: bytes) -> http_pb2.HttpRequest:
-    url = request.rel_url
-    peer = request.transport.get_extra_info("peername") if request.transport else None
+    transport = request.transport
+    peer = transport.get_extra_info("peername") if transport else None
     remote = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
-    return http_pb2.HttpRequest(
+    # The request target exactly as sent; a yarl URL would be built only to be
+    # taken apart again.
+    target = request.raw_path
+    if not target.startswith("/"):  # absolute-form ("GET http://host/x"): let yarl split it
+        url = request.rel_url
+        target = url.raw_path + (f"?{url.raw_query_string}" if url.raw_query_string else "")
+    path, _, query = target.partition("?")
+    path = path.partition("#")[0]
+    message = http_pb2.HttpRequest(
         method=request.method,
         scheme=request.scheme,
         host=request.host,
-        path=url.raw_path,
-        query_string=url.raw_query_string,
-        headers=[
-            http_pb2.Header(name=name.decode("latin-1"), value=value.decode("latin-1"))
-            for name, value in request.raw_headers
-        ],
+        path=path,
+        query_string=query.partition("#")[0],
         body=body,
         remote_addr=remote,
     )
+    add = message.headers.add
+    for name, value in request.raw_headers:
+        add(name=name.decode("latin-1"), value=value.decode("latin-1"))
+    return message
 
 
 def valid_status(status: int) -> bool:
@@ -41,12 +49,11 @@ def valid_status(status: int) -> bool:
 
 
 def from_proto(reply: http_pb2.HttpResponse, request_id: str) -> web.Response:
-    headers: CIMultiDict[str] = CIMultiDict()
-    for header in reply.headers:
-        if header.name.lower() not in _SKIPPED_RESPONSE_HEADERS:
-            headers.add(header.name, header.value)
-    headers["X-Request-Id"] = request_id
-    return web.Response(status=reply.status, headers=headers, body=reply.body)
+    pairs = [
+        (h.name, h.value) for h in reply.headers if h.name.lower() not in _SKIPPED_RESPONSE_HEADERS
+    ]
+    pairs.append(("X-Request-Id", request_id))
+    return web.Response(status=reply.status, headers=CIMultiDict(pairs), body=reply.body)
 
 
 def json_error(

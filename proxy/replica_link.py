@@ -140,6 +140,8 @@ class _CallStream:
         )
         self._wake.set()
         try:
+            if timeout is None:
+                return await answer
             async with asyncio.timeout(timeout):
                 return await answer
         except TimeoutError:

@@ -65,8 +65,12 @@ class CallStream:
     async def _answer(self, call: replica_pb2.StreamCall) -> None:
         answer = replica_pb2.StreamAnswer(id=call.id)
         try:
-            async with asyncio.timeout(call.timeout or None):
-                answer.response.CopyFrom(await self._respond(call.request))
+            if call.timeout:
+                async with asyncio.timeout(call.timeout):
+                    response = await self._respond(call.request)
+            else:
+                response = await self._respond(call.request)
+            answer.response.CopyFrom(response)
         except TimeoutError:
             answer.failure = replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED
         except NoPayload:

@@ -171,7 +171,11 @@ def _http_environ(msg: http_pb2.HttpRequest) -> dict[str, Any]:
     query = msg.query_string if msg.query_string.isascii() else quote(msg.query_string, _QUERY_SAFE)
     # WSGI carries the decoded path as bytes smuggled through latin-1 strings;
     # werkzeug reverses that and decodes UTF-8, exactly as behind a WSGI server.
-    path_info = unquote_to_bytes(msg.path or "/").decode("latin-1")
+    path = msg.path or "/"
+    if "%" in path or not path.isascii():
+        path_info = unquote_to_bytes(path).decode("latin-1")
+    else:
+        path_info = path
     environ = _base_environ(
         method=msg.method.upper() or "GET",
         scheme=msg.scheme or "http",
@@ -182,7 +186,7 @@ def _http_environ(msg: http_pb2.HttpRequest) -> dict[str, Any]:
     )
     raw_uri = (msg.path or "/") + (f"?{query}" if query else "")
     environ["REQUEST_URI"] = environ["RAW_URI"] = raw_uri.encode("utf-8").decode("latin-1")
-    _add_headers(environ, ((h.name, h.value) for h in msg.headers))
+    _add_headers(environ, [(h.name, h.value) for h in msg.headers])
     if msg.host:
         environ["HTTP_HOST"] = msg.host
     if msg.body or "CONTENT_LENGTH" in environ:
@@ -223,18 +227,36 @@ def _base_environ(
 
 def _add_headers(environ: dict[str, Any], headers: Iterable[tuple[str, str]]) -> None:
     for name, value in headers:
-        # As werkzeug's and gunicorn's servers do: "X_Foo" and "X-Foo" would
-        # both become HTTP_X_FOO, which lets a client spoof a proxy's header.
-        if "_" in name:
+        key = _ENVIRON_KEYS.get(name)
+        if key is None:
+            key = _environ_key(name)
+            if len(_ENVIRON_KEYS) < _MAX_ENVIRON_KEYS:
+                _ENVIRON_KEYS[name] = key
+        if not key:
             continue
-        key = name.upper().replace("-", "_")
-        if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            key = f"HTTP_{key}"
-        value = value.replace("\r", "").replace("\n", "")
+        if "\r" in value or "\n" in value:
+            value = value.replace("\r", "").replace("\n", "")
         if key in environ:
             separator = "; " if key == "HTTP_COOKIE" else ", "
             value = f"{environ[key]}{separator}{value}"
         environ[key] = value
+
+
+# Header name -> its environ key ("" = dropped), for the names seen so far:
+# the same few dozen names come with almost every request.
+_ENVIRON_KEYS: dict[str, str] = {}
+_MAX_ENVIRON_KEYS = 4096
+
+
+def _environ_key(name: str) -> str:
+    # As werkzeug's and gunicorn's servers do: "X_Foo" and "X-Foo" would
+    # both become HTTP_X_FOO, which lets a client spoof a proxy's header.
+    if "_" in name:
+        return ""
+    key = name.upper().replace("-", "_")
+    if key not in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        key = f"HTTP_{key}"
+    return key
 
 
 def _split_host_port(hostport: str) -> tuple[str, str]:

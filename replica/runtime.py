@@ -82,6 +82,8 @@ class BackendRuntime:
         self._threads = HandlerThreads(max_concurrent_queries, f"handler-{backend.tag}")
         self._slots = asyncio.Semaphore(max_concurrent_queries)
         self._batchers: dict[str, Batcher] = {}
+        # method name -> (handler, is it async, does it take batches)
+        self._handlers: dict[str, tuple[Callable[[Any], Any], bool, bool]] = {}
         self._lock = threading.Lock()
         self._running_in_threads = 0
 
@@ -140,30 +142,48 @@ class BackendRuntime:
 
         ``web`` says whether the request came over HTTP (``turnout.context.web``).
         """
-        handler = self._resolve(method_name)
+        handler, is_async, batched = self._handler(method_name)
         async with self._slots:
-            if accepts_batch(handler):
+            if batched:
                 return await self._batcher(method_name or "__call__", handler).submit(request, web)
-            return await self._invoke(handler, request, None, web)
+            return await self._invoke(handler, request, None, web, is_async)
+
+    def _handler(self, method_name: str) -> tuple[Callable[[Any], Any], bool, bool]:
+        """The handler with what ``handle`` needs to know of it, worked out once."""
+        known = self._handlers.get(method_name)
+        if known is None:
+            handler = self._resolve(method_name)
+            known = self._handlers[method_name] = (
+                handler,
+                _is_async(handler),
+                accepts_batch(handler),
+            )
+        return known
 
     def _batcher(self, name: str, handler: Callable[[Any], Any]) -> Batcher:
         batcher = self._batchers.get(name)
         if batcher is None:
+            is_async = _is_async(handler)
 
             async def call(requests: list[Any], web: bool) -> Any:
-                return await self._invoke(handler, requests, len(requests), web)
+                return await self._invoke(handler, requests, len(requests), web, is_async)
 
             batcher = Batcher(name, call, self.max_batch_size, self.batch_wait_timeout)
             self._batchers[name] = batcher
         return batcher
 
     async def _invoke(
-        self, handler: Callable[[Any], Any], arg: Any, batch_size: int | None, web: bool
+        self,
+        handler: Callable[[Any], Any],
+        arg: Any,
+        batch_size: int | None,
+        web: bool,
+        is_async: bool,
     ) -> Any:
         # Each call runs in its own task (or the batcher's), so this sets the
         # context for this call only; threads get a copy of it.
         set_call_context(batch_size, web)
-        if _is_async(handler):
+        if is_async:
             result = handler(arg)
         else:
             context = contextvars.copy_context()
