@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 from conftest import processes_mentioning, wait_until
 
 # Backends the instances import by path, as an operator's project would hold them.
@@ -365,7 +366,11 @@ def test_foreground_start_runs_until_turnout_stop(home: Home) -> None:
             printed = _read_until(process, "Press Ctrl-C to stop.")
             assert f"gRPC:  {home.address}" in printed
             assert f"state: {home.data_dir / 'state.db'}" in printed
-            home.run("deploy", home.write("echo.yaml", ECHO_ONLY))
+            # The same file as JSON.
+            as_json = json.dumps(yaml.safe_load(ECHO_ONLY))
+            deployed = home.run("deploy", home.write("echo.json", as_json)).stdout
+            assert "backend echo: creating (1 replica)... ready" in deployed
+            assert requests.get(f"{home.http}/echo", params={"word": "fg"}).text == "fg"
             assert (home.data_dir / "turnout.pid").exists()
             assert len(home.processes()) == 3  # controller, proxy, one replica
 
