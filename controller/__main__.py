@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import tempfile
 import traceback
@@ -108,7 +109,7 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
     )
     try:
         controller = Controller(options)
-    except (TurnoutError, OSError) as exc:
+    except (TurnoutError, OSError, sqlite3.Error) as exc:
         return _give_up(args, exc)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from .launcher import ChildProcess, ProcessLauncher
+from .processes import command_line
 from .replica_set import health_ok
 from .store import PROXY, REPLICA, ChildRecord
 
@@ -113,18 +114,31 @@ async def proxy_healthy(address: str, timeout: float = ADOPT_HEALTH_TIMEOUT_S) -
         return False
 
 
+def _follows(pid: int, controller_address: str) -> bool:
+    """True when the proxy ``pid`` was told to follow ``controller_address``."""
+    args = command_line(pid)
+    return any(
+        flag == "--controller" and value == controller_address
+        for flag, value in zip(args, args[1:], strict=False)
+    )
+
+
 async def adopt_proxy(
-    launcher: ProcessLauncher, record: ChildRecord | None, host: str, port: int
+    launcher: ProcessLauncher,
+    record: ChildRecord | None,
+    host: str,
+    port: int,
+    controller_address: str,
 ) -> ChildProcess | None:
-    """Re-adopt the recorded proxy if it lives, is healthy and listens where
-    asked (``port`` 0: anywhere); otherwise stop it and return None."""
+    """Re-adopt the recorded proxy if it lives, is healthy, listens where
+    asked (``port`` 0: anywhere) and reconnects to ``controller_address``;
+    otherwise stop it and return None."""
     if record is None or record.kind != PROXY:
         return None
     recorded_host, _, recorded_port = record.address.rpartition(":")
-    placed = recorded_host.strip("[]") == host.strip("[]") and (
-        port == 0 or str(port) == recorded_port
-    )
-    if not placed:
+    same_host = recorded_host.strip("[]") == host.strip("[]")
+    placed = same_host and (port == 0 or str(port) == recorded_port)
+    if not placed or not _follows(record.pid, controller_address):
         await launcher.stop_recorded(record)
         return None
     child = launcher.adopt(record)

@@ -39,6 +39,15 @@ def start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
+def command_line(pid: int) -> list[str]:
+    """The arguments ``pid`` was started with ([] if it is gone)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
 class AdoptedProcess:
     """A live process found by pid and start time; the subset of
     ``asyncio.subprocess.Process`` that supervision uses."""

@@ -141,7 +141,7 @@ class Controller:
         host, port = self.options.http_host, self.options.http_port
         record = self.store.children().get(PROXY)
         if self.options.durable:
-            adopted = await adoption.adopt_proxy(self.launcher, record, host, port)
+            adopted = await adoption.adopt_proxy(self.launcher, record, host, port, self.address)
             if adopted is not None:
                 return adopted
             if record is not None and port == 0 and record.address:

@@ -285,7 +285,7 @@ def test_kill_controller_proxy_and_replica_in_turn(durable: Durable) -> None:
         proxies = f"turnout.proxy --controller {durable.address}"
         wait_until(lambda: bool(set(processes_mentioning(proxies)) - {old_proxy}))
         traffic.more()
-        assert client.http_address + "/e" == url
+        assert durable.client().http_address + "/e" == url
 
         # A replica dies: it is replaced and serving goes on.
         victim = client.list_replicas("a")[0].pid
