@@ -19,7 +19,8 @@ logger = logging.getLogger(__name__)
 
 SUBSCRIBER_ID = "proxy"
 BACKOFF_INITIAL_S = 0.1
-BACKOFF_MAX_S = 2.0
+# Also how long a restarted controller may wait for the proxy to come back.
+BACKOFF_MAX_S = 1.0
 ACK_TIMEOUT_S = 5.0
 REPORT_INTERVAL_S = 1.0
 
