@@ -34,6 +34,9 @@ async def watch_routes(
     serving on the last snapshot it had.
     """
     backoff = BACKOFF_INITIAL_S
+    # Once the link broke, each failed retry is logged at DEBUG only, so a
+    # controller that is down for hours does not flood the proxy log.
+    lost = False
     while True:
         try:
             async with grpc.aio.insecure_channel(
@@ -50,13 +53,22 @@ async def watch_routes(
                         continue
                     seen = snapshot.version
                     apply(snapshot)
+                    if lost:
+                        logger.warning("controller at %s is back", controller_address)
+                        lost = False
                     backoff = BACKOFF_INITIAL_S
                     await stub.AckRoutes(
                         pb.AckRoutesRequest(subscriber_id=SUBSCRIBER_ID, version=seen),
                         timeout=ACK_TIMEOUT_S,
                     )
         except grpc.aio.AioRpcError as exc:
-            logger.info("routing stream from %s ended: %s", controller_address, exc.code().name)
+            logger.log(
+                logging.DEBUG if lost else logging.WARNING,
+                "routing stream from %s ended (%s); serving on the last snapshot, reconnecting",
+                controller_address,
+                exc.code().name,
+            )
+            lost = True
         except Exception:
             # A snapshot that could not be applied must not end the watch: the
             # proxy goes on serving the last good one and tries again.

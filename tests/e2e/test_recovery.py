@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import processes_mentioning, wait_until
+from conftest import Deploy, processes_mentioning, wait_until
 
 import turnout
 from turnout.errors import NotRunningError
@@ -349,3 +349,17 @@ def test_no_access_log(tmp_path: Path) -> None:
         assert not (logs / "proxy-access.log").exists()
     finally:
         instance.cleanup()
+
+
+def hello(request: object) -> str:
+    return "hello"
+
+
+def test_owned_instance_writes_no_access_log_by_default(
+    client: turnout.Client, deploy: Deploy
+) -> None:
+    app = deploy(hello)
+    assert requests.get(app.url, timeout=10).text == "hello"
+    logs = Path(client.log_dir)
+    assert (logs / "proxy.log").exists() and (logs / "controller.log").exists()
+    assert not (logs / "proxy-access.log").exists()

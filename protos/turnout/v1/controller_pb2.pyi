@@ -282,8 +282,9 @@ class Replica(_message.Message):
     gpus: _builtins.str
     """Value of CUDA_VISIBLE_DEVICES given to it; empty = no GPU."""
     log_path: _builtins.str
-    """Absolute path of its log file (stdout, stderr and logging) on the
-    controller's machine; empty until started.
+    """Absolute path of its log file on the controller's machine, rotated by
+    size (default 10 MiB x 5 backups); empty until started. Raw stdout and
+    stderr (crashes, user prints) go beside it, same name with ".out".
     """
     @_builtins.property
     def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
