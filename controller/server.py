@@ -125,6 +125,10 @@ class Controller:
             raise ProxyStartError(str(proxy.report.get("message", "proxy failed to start")))
         self._proxy = proxy
         await self.publisher.require(SUBSCRIBER_PROXY)
+        if proxy.adopted:
+            # Ready means the proxy serves the recovered state: a change the
+            # old controller wrote but never published reaches it now.
+            await self.plane.routes_changed()
         self.http_address = f"http://{proxy.address}"
         instance.http_address = self.http_address
         self._proxy_task = asyncio.create_task(self._supervise_proxy())
