@@ -381,6 +381,22 @@ def test_no_access_log(make_durable: MakeDurable) -> None:
     assert not (logs / "proxy-access.log").exists()
 
 
+def test_durable_needs_state_and_port_and_owns_its_state(durable: Durable) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "turnout.controller", "--durable", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    refused = run("--port", str(free_port()))
+    assert refused.returncode == 2 and "--durable needs --state" in refused.stderr
+    refused = run("--state", str(durable.state), "--port", "0")
+    assert refused.returncode == 2 and "--durable needs a fixed --port" in refused.stderr
+    durable.start()
+    # A second controller on the same state would fight the first over its children.
+    second = run("--state", str(durable.state), "--port", str(free_port()), "--http-port", "0")
+    assert second.returncode == 1
+    assert "in use by another controller" in second.stderr
+
+
 def hello(request: object) -> str:
     return "hello"
 
