@@ -118,7 +118,10 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
     try:
         await controller.start()
     except Exception as exc:  # whatever it is, the owner must hear why we gave up
-        await controller.shutdown()
+        if not options.durable:
+            await controller.shutdown()
+        # A durable controller that cannot start exits as if it crashed: what
+        # runs keeps serving, recorded for the next start to re-adopt.
         await controller.close()
         return _give_up(args, exc)
     if args.ready_fd is not None:

@@ -298,12 +298,12 @@ class ProcessLauncher:
 
     def _track(self, child: ChildProcess) -> None:
         async def reap() -> None:
-            try:
-                await child.wait()
-            finally:
-                self._children.pop(child, None)
-                if child.record is not None:
-                    self._forget(child.record.name, child.pid)
+            # Not in a ``finally``: cancelled (the controller exiting without a
+            # shutdown), the child lives on and its record must stay.
+            await child.wait()
+            self._children.pop(child, None)
+            if child.record is not None:
+                self._forget(child.record.name, child.pid)
 
         self._children[child] = asyncio.create_task(reap(), name=f"reap {child.name}")
 

@@ -7,9 +7,11 @@ as ``--ready-fd``; the child writes one JSON line and closes it. ``{"ok": true,
 it gave up, and why. A child that dies first closes the pipe with nothing
 written, which the parent reads as a crash.
 
-Children also die with their parent (``--parent-pid``): Linux's
+Children given ``--parent-pid`` die with their parent: Linux's
 ``PR_SET_PDEATHSIG`` delivers SIGTERM when the parent exits, however it exits,
-so a SIGKILLed controller leaves no orphans.
+so a SIGKILLed controller leaves no orphans. A ``--durable`` controller does
+not pass it: its children outlive it on purpose and the next controller
+re-adopts them (see ``turnout.controller.adoption``).
 """
 
 from __future__ import annotations
