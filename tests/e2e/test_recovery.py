@@ -313,15 +313,23 @@ def test_kill_controller_proxy_and_replica_in_turn(durable: Durable) -> None:
     assert requests.get(url, timeout=10).text == "c"
 
 
-def test_replica_that_died_while_the_controller_was_down_is_replaced(durable: Durable) -> None:
+def test_replica_and_proxy_that_died_while_the_controller_was_down_are_replaced(
+    durable: Durable,
+) -> None:
     client = durable.start()
     client.create_backend("a", lambda request: str(os.getpid()), config={"num_replicas": 2})
     client.create_endpoint("e", "a", route="/e")
     survivor, victim = client.list_replicas("a")
+    http_address, proxy = client.http_address, durable.proxy_pid()
     durable.kill_controller()
     os.kill(victim.pid, signal.SIGKILL)
+    os.kill(proxy, signal.SIGKILL)
     wait_until(lambda: not processes_mentioning(f"--replica-id {victim.replica_id} "))
+    wait_until(lambda: not processes_mentioning(f"turnout.proxy --controller {durable.address}"))
     client = durable.start()
+    # A new proxy, on the port the old one had (the controller was given port 0).
+    assert client.http_address == http_address
+    assert durable.proxy_pid() != proxy
     wait_until(lambda: len(pids(client, "a")) == 2)
     now = pids(client, "a")
     assert now[survivor.replica_id] == survivor.pid
