@@ -35,7 +35,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--http-host", default="127.0.0.1", help="HTTP proxy bind host")
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP proxy port; 0 = any")
     parser.add_argument(
-        "--instance-dir", type=Path, help="logs and run files (default: a temp dir)"
+        "--instance-dir",
+        type=Path,
+        help="logs and run files (default: a temp dir; with --durable, the folder of --state)",
     )
     parser.add_argument(
         "--state", type=Path, help="SQLite file of desired state, kept across restarts"
