@@ -20,7 +20,7 @@ from aiohttp import web
 
 from turnout import _logging, _process
 
-from .app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_app
+from .app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_server
 from .controller_link import SUBSCRIBER_ID, report_stats, watch_routes
 
 logger = logging.getLogger("turnout.proxy")
@@ -81,10 +81,12 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     state = ProxyState(args.max_body_bytes)
-    runner = web.AppRunner(
-        build_app(state),
-        access_log=access_logger(args.access_log),
-        access_log_format=ACCESS_LOG_FORMAT,
+    runner = web.ServerRunner(
+        build_server(
+            state,
+            access_log=access_logger(args.access_log),
+            access_log_format=ACCESS_LOG_FORMAT,
+        )
     )
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_port=False)
@@ -92,6 +94,7 @@ async def serve(args: argparse.Namespace) -> int:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
+        await state.close()
         return _fail(args, "UNAVAILABLE", f"cannot listen on {args.host}:{args.port}: {exc}")
     host, port = runner.addresses[0][:2]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -99,7 +102,7 @@ async def serve(args: argparse.Namespace) -> int:
     watcher = asyncio.create_task(watch_routes(args.controller, state.apply))
     state.spawn(report_stats(args.controller, state.router.stats, SUBSCRIBER_ID))
     if not await _first_snapshot_or_stop(state, stop):
-        await _shut_down(watcher, runner)
+        await _shut_down(watcher, runner, state)
         if stop.is_set():
             _fail(args, "UNAVAILABLE", "stopped before the first routing snapshot arrived")
             return 0
@@ -115,7 +118,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     await stop.wait()
     logger.info("proxy stopping")
-    await _shut_down(watcher, runner)
+    await _shut_down(watcher, runner, state)
     return 0
 
 
@@ -132,13 +135,16 @@ async def _first_snapshot_or_stop(state: ProxyState, stop: asyncio.Event) -> boo
     return state.first_snapshot.is_set() and not stop.is_set()
 
 
-async def _shut_down(watcher: asyncio.Task[None], runner: web.AppRunner) -> None:
+async def _shut_down(
+    watcher: asyncio.Task[None], runner: web.ServerRunner, state: ProxyState
+) -> None:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
-    # Stops accepting, lets in-flight requests finish, then runs on_cleanup
-    # (which closes the replica channels).
+    # Stops accepting and lets in-flight requests finish; only then may the
+    # replica streams they use be closed.
     await runner.cleanup()
+    await state.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-# (future to resolve, callable, its one argument)
-_Job = tuple["asyncio.Future[Any]", Callable[[Any], Any], Any]
+# (future to resolve, callable, its arguments)
+_Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 # (future, succeeded, result or exception)
 _Result = tuple["asyncio.Future[Any]", bool, Any]
 
@@ -41,8 +41,8 @@ class HandlerThreads:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
-    async def run(self, func: Callable[[Any], Any], arg: Any) -> Any:
-        """``func(arg)`` in a thread; its result or exception here."""
+    async def run(self, func: Callable[..., Any], *args: Any) -> Any:
+        """``func(*args)`` in a thread; its result or exception here."""
         if self._closed:
             raise RuntimeError("handler threads are closed")
         loop = self._loop = asyncio.get_running_loop()
@@ -57,7 +57,7 @@ class HandlerThreads:
                 start = len(self._threads) < self._max_threads
         if start:
             self._start_thread()
-        self._jobs.put((future, func, arg))
+        self._jobs.put((future, func, args))
         return await future
 
     def _start_thread(self) -> None:
@@ -72,12 +72,12 @@ class HandlerThreads:
             job = self._jobs.get()
             if job is None:
                 return
-            future, func, arg = job
+            future, func, args = job
             try:
-                result: _Result = (future, True, func(arg))
+                result: _Result = (future, True, func(*args))
             except BaseException as exc:  # handed to the awaiting coroutine
                 result = (future, False, exc)
-            del job, func, arg
+            del job, func, args
             with self._lock:
                 self._results.append(result)
                 wake = not self._wake_pending

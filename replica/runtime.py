@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import importlib
 import inspect
 import json
@@ -187,9 +186,7 @@ class BackendRuntime:
             result = handler(arg)
         else:
             context = contextvars.copy_context()
-            result = await self._threads.run(
-                functools.partial(context.run, self._run_in_thread, handler), arg
-            )
+            result = await self._threads.run(context.run, self._run_in_thread, handler, arg)
         # A sync callable may still hand back a coroutine (a decorated async
         # function, a partial); it belongs to the loop, not to the thread.
         if inspect.isawaitable(result):

@@ -12,7 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from turnout.proxy import http_codec
-from turnout.proxy.app import ProxyState, build_app
+from turnout.proxy.app import ProxyState, build_server
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import http_pb2
 
@@ -33,11 +33,16 @@ SNAPSHOT = pb.RoutingSnapshot(
 Scenario = Callable[[aiohttp.ClientSession, str], Awaitable[None]]
 
 
-def serve(app: web.Application, scenario: Scenario) -> None:
-    """Run ``app`` on an ephemeral port while ``scenario`` talks to it."""
+def serve(app: web.Application | ProxyState, scenario: Scenario) -> None:
+    """Run ``app`` (or a proxy with this state) on an ephemeral port while
+    ``scenario`` talks to it."""
 
     async def main() -> None:
-        runner = web.AppRunner(app, access_log=None)
+        runner: web.BaseRunner
+        if isinstance(app, ProxyState):
+            runner = web.ServerRunner(build_server(app, access_log=None))
+        else:
+            runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -47,6 +52,8 @@ def serve(app: web.Application, scenario: Scenario) -> None:
                 await scenario(session, f"http://{host}:{port}")
         finally:
             await runner.cleanup()
+            if isinstance(app, ProxyState):
+                await app.close()
 
     asyncio.run(main())
 
@@ -54,7 +61,7 @@ def serve(app: web.Application, scenario: Scenario) -> None:
 def run_proxy(scenario: Scenario, max_body_bytes: int = 1024) -> None:
     state = ProxyState(max_body_bytes)
     state.apply(SNAPSHOT)
-    serve(build_app(state), scenario)
+    serve(state, scenario)
 
 
 def test_system_paths() -> None:
@@ -153,7 +160,7 @@ def test_unreachable_replica_is_a_prompt_503() -> None:
         (conn,) = state.router.pool.replicas("a")
         assert conn.outstanding == 0
 
-    serve(build_app(state), scenario)
+    serve(state, scenario)
 
 
 def test_a_replica_that_leaves_the_snapshot_gets_no_more_requests() -> None:
@@ -168,7 +175,7 @@ def test_a_replica_that_leaves_the_snapshot_gets_no_more_requests() -> None:
         async with session.get(base + "/-/healthz") as reply:
             assert (await reply.json())["routes_version"] == 7
 
-    serve(build_app(state), scenario)
+    serve(state, scenario)
 
 
 def test_system_paths_are_read_only_and_known() -> None:
