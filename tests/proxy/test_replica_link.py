@@ -1,0 +1,222 @@
+"""ReplicaLink against real gRPC servers on ephemeral ports: batching on the
+stream, timeouts that cancel, and the fallback to unary Handle."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from turnout._grpc import never_delivered
+from turnout.proxy.replica_link import ReplicaCallError, ReplicaLink
+from turnout.replica.call_stream import CallStream, NoPayload
+from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
+
+
+def request(text: str) -> replica_pb2.HandleRequest:
+    return replica_pb2.HandleRequest(
+        request_id=text, http=http_pb2.HttpRequest(method="GET", path="/", body=text.encode())
+    )
+
+
+def echo(message: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
+    return replica_pb2.HandleResponse(
+        http=http_pb2.HttpResponse(status=200, body=message.http.body)
+    )
+
+
+class Unimplemented:
+    """What a replica built against another replica.proto answers."""
+
+    async def Reconfigure(
+        self, request: replica_pb2.ReconfigureRequest, context: Any
+    ) -> replica_pb2.ReconfigureResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        raise AssertionError("abort returned")
+
+
+class StreamReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
+    """Echoes on HandleStream after ``delay`` seconds, noting each message's size."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls_per_message: list[int] = []
+        self.cancelled: list[int] = []
+
+    async def Handle(
+        self, request: replica_pb2.HandleRequest, context: Any
+    ) -> replica_pb2.HandleResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        raise AssertionError("abort returned")
+
+    async def respond(self, message: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
+        if message.WhichOneof("payload") is None:
+            raise NoPayload
+        await asyncio.sleep(self.delay)
+        return echo(message)
+
+    async def HandleStream(
+        self, request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest], context: Any
+    ) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
+        async def noted() -> AsyncIterator[replica_pb2.HandleStreamRequest]:
+            async for message in request_iterator:
+                if message.calls:
+                    self.calls_per_message.append(len(message.calls))
+                self.cancelled.extend(message.cancelled_ids)
+                yield message
+
+        stream = CallStream(self.respond)
+        reader = asyncio.create_task(stream.read(noted()))
+        try:
+            async for batch in stream.answers():
+                yield batch
+        finally:
+            reader.cancel()
+            stream.cancel()
+
+
+class UnaryOnlyReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
+    """A replica built against a replica.proto without HandleStream."""
+
+    def __init__(self) -> None:
+        self.unary_calls = 0
+
+    async def Handle(
+        self, request: replica_pb2.HandleRequest, context: Any
+    ) -> replica_pb2.HandleResponse:
+        self.unary_calls += 1
+        return echo(request)
+
+    async def HandleStream(
+        self, request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest], context: Any
+    ) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        yield replica_pb2.HandleStreamResponse()  # never reached: abort raises
+
+
+Scenario = Callable[[ReplicaLink], Awaitable[None]]
+
+
+def with_replica(servicer: replica_pb2_grpc.ReplicaServiceServicer, scenario: Scenario) -> None:
+    async def main() -> None:
+        server = grpc.aio.server()
+        replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        link = ReplicaLink(f"127.0.0.1:{port}")
+        try:
+            await scenario(link)
+        finally:
+            await link.close(None)
+            await server.stop(None)
+
+    asyncio.run(main())
+
+
+def test_concurrent_requests_share_messages_and_get_their_own_answers() -> None:
+    replica = StreamReplica(delay=0.01)
+
+    async def scenario(link: ReplicaLink) -> None:
+        texts = [f"r{i}" for i in range(200)]
+        replies = await asyncio.gather(*(link.handle(request(t), None) for t in texts))
+        assert [r.http.body.decode() for r in replies] == texts
+        assert link.in_flight == 0
+
+    with_replica(replica, scenario)
+    assert sum(replica.calls_per_message) == 200
+    # 200 requests made at once do not need 200 messages.
+    assert len(replica.calls_per_message) < 200
+    assert max(replica.calls_per_message) > 1
+
+
+def test_a_lone_request_is_sent_at_once_and_answered() -> None:
+    replica = StreamReplica()
+
+    async def scenario(link: ReplicaLink) -> None:
+        for text in ("one", "two", "three"):
+            reply = await link.handle(request(text), 5.0)
+            assert reply.http.body == text.encode()
+
+    with_replica(replica, scenario)
+    assert replica.calls_per_message == [1, 1, 1]
+
+
+def test_a_request_past_its_timeout_fails_and_is_cancelled_on_the_replica() -> None:
+    replica = StreamReplica(delay=5.0)
+
+    async def scenario(link: ReplicaLink) -> None:
+        with pytest.raises(ReplicaCallError) as caught:
+            await link.handle(request("slow"), 0.2)
+        assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+        replica.delay = 0.0
+        # The stream stays usable for the next request.
+        assert (await link.handle(request("next"), 5.0)).http.body == b"next"
+
+    with_replica(replica, scenario)
+    assert replica.cancelled == [1]
+
+
+def test_the_replica_enforces_the_timeout_it_is_sent() -> None:
+    answers: list[replica_pb2.StreamAnswer] = []
+
+    async def respond(message: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
+        if message.WhichOneof("payload") is None:
+            raise NoPayload
+        await asyncio.sleep(float(message.http.body or b"0"))
+        return echo(message)
+
+    async def main() -> None:
+        stream = CallStream(respond)
+
+        async def sender() -> AsyncIterator[replica_pb2.HandleStreamRequest]:
+            yield replica_pb2.HandleStreamRequest(
+                calls=[
+                    replica_pb2.StreamCall(id=1, request=request("10"), timeout=0.1),
+                    replica_pb2.StreamCall(id=2, request=replica_pb2.HandleRequest()),
+                    replica_pb2.StreamCall(id=3, request=request("0"), timeout=5.0),
+                    replica_pb2.StreamCall(id=4, request=request("10")),
+                ]
+            )
+            await asyncio.sleep(0.3)
+            yield replica_pb2.HandleStreamRequest(cancelled_ids=[4])
+
+        reader = asyncio.create_task(stream.read(sender()))
+        async for batch in stream.answers():
+            answers.extend(batch.answers)
+        await reader
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    by_id = {a.id: a for a in answers}
+    assert sorted(by_id) == [1, 2, 3]  # 4 was cancelled: no answer
+    assert by_id[1].failure == replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED
+    assert by_id[2].failure == replica_pb2.CALL_FAILURE_INVALID_ARGUMENT
+    assert by_id[3].response.http.body == b"0"
+
+
+def test_a_replica_without_handle_stream_gets_unary_calls() -> None:
+    replica = UnaryOnlyReplica()
+
+    async def scenario(link: ReplicaLink) -> None:
+        replies = await asyncio.gather(*(link.handle(request(f"u{i}"), 5.0) for i in range(5)))
+        assert [r.http.body for r in replies] == [f"u{i}".encode() for i in range(5)]
+        assert (await link.handle(request("later"), 5.0)).http.body == b"later"
+
+    with_replica(replica, scenario)
+    assert replica.unary_calls == 6
+
+
+def test_a_stream_to_nowhere_is_never_delivered() -> None:
+    async def main() -> None:
+        link = ReplicaLink("127.0.0.1:1")
+        try:
+            with pytest.raises(ReplicaCallError) as caught:
+                await link.handle(request("x"), 5.0)
+        finally:
+            await link.close(None)
+        assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+        assert never_delivered(caught.value.code, caught.value.details)
+
+    asyncio.run(main())
