@@ -185,7 +185,7 @@ def apply(plan: Plan, instance: Instance, out: TextIO, *, dry_run: bool = False)
             _backend_step(backend_change, instance, out, dry_run)
 
 
-def _step(out: TextIO, label: str, doing: str, work: Callable[[], None], done: str) -> None:
+def _step(out: TextIO, label: str, doing: str, work: Callable[[], object], done: str) -> None:
     """One line of progress: "backend x: creating (2 replicas)... ready"."""
     out.write(f"{label}: {doing}... ")
     out.flush()
@@ -206,17 +206,29 @@ def _describe(change: BackendChange | EndpointChange) -> str:
     return f" ({'; '.join(change.details)})" if change.details else ""
 
 
-def _backend_step(change: BackendChange, instance: Instance, out: TextIO, dry_run: bool) -> None:
-    label = f"backend {change.name}"
+def _done_early(
+    change: BackendChange | EndpointChange,
+    label: str,
+    out: TextIO,
+    dry_run: bool,
+    delete: Callable[[str], object],
+) -> bool:
+    """Report what needs no call, run a removal; True when that was all."""
     if change.action in ("unchanged", "kept"):
         _line(out, f"{label}: {_PAST[change.action]}")
-        return
-    if dry_run:
+    elif dry_run:
         _line(out, f"{label}: would be {_PAST[change.action]}{_describe(change)}")
-        return
+    elif change.action == "delete":
+        _step(out, label, "removing", lambda: delete(change.name), "removed")
+    else:
+        return False
+    return True
+
+
+def _backend_step(change: BackendChange, instance: Instance, out: TextIO, dry_run: bool) -> None:
+    label = f"backend {change.name}"
     client, desired = instance.client, change.desired
-    if change.action == "delete":
-        _step(out, label, "removing", lambda: client.delete_backend(change.name), "removed")
+    if _done_early(change, label, out, dry_run, client.delete_backend):
         return
     assert desired is not None
     if change.action == "create":
@@ -236,15 +248,8 @@ def _backend_step(change: BackendChange, instance: Instance, out: TextIO, dry_ru
 
 def _endpoint_step(change: EndpointChange, instance: Instance, out: TextIO, dry_run: bool) -> None:
     label = f"endpoint {change.name}"
-    if change.action in ("unchanged", "kept"):
-        _line(out, f"{label}: {_PAST[change.action]}")
-        return
-    if dry_run:
-        _line(out, f"{label}: would be {_PAST[change.action]}{_describe(change)}")
-        return
     client, desired = instance.client, change.desired
-    if change.action == "delete":
-        _step(out, label, "removing", lambda: client.delete_endpoint(change.name), "removed")
+    if _done_early(change, label, out, dry_run, client.delete_endpoint):
         return
     assert desired is not None
     if change.action == "create":

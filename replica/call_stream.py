@@ -21,6 +21,22 @@ class NoPayload(Exception):
 Respond = Callable[[replica_pb2.HandleRequest], Awaitable[replica_pb2.HandleResponse]]
 
 
+async def serve_stream(
+    respond: Respond, messages: AsyncIterable[replica_pb2.HandleStreamRequest]
+) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
+    """A whole HandleStream: the answers to ``messages``, batched, until the
+    sender stops and every call is answered; calls still running when the
+    stream goes away are cancelled."""
+    stream = CallStream(respond)
+    reader = asyncio.create_task(stream.read(messages))
+    try:
+        async for batch in stream.answers():
+            yield batch
+    finally:
+        reader.cancel()
+        stream.cancel()
+
+
 class CallStream:
     """One HandleStream: runs its calls concurrently, batches their answers."""
 

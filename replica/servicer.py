@@ -8,7 +8,6 @@ never into an HTTP body.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import traceback
 from collections.abc import AsyncIterator
@@ -19,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 
 from turnout.replica import codec
 from turnout.replica.batcher import BadBatch
-from turnout.replica.call_stream import CallStream, NoPayload
+from turnout.replica.call_stream import NoPayload, serve_stream
 from turnout.replica.runtime import BackendRuntime, LoadError, MethodNotFound
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
 
@@ -53,14 +52,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest],
         context: StreamContext,
     ) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
-        stream = CallStream(self.respond)
-        reader = asyncio.create_task(stream.read(request_iterator))
-        try:
-            async for batch in stream.answers():
-                yield batch
-        finally:
-            reader.cancel()
-            stream.cancel()
+        async for batch in serve_stream(self.respond, request_iterator):
+            yield batch
 
     async def respond(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
         """The answer to one request, whichever way it came."""

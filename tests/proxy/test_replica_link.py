@@ -12,7 +12,7 @@ import pytest
 
 from turnout._grpc import never_delivered
 from turnout.proxy.replica_link import ReplicaCallError, ReplicaLink
-from turnout.replica.call_stream import CallStream, NoPayload
+from turnout.replica.call_stream import CallStream, NoPayload, serve_stream
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
 
 
@@ -68,14 +68,8 @@ class StreamReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
                 self.cancelled.extend(message.cancelled_ids)
                 yield message
 
-        stream = CallStream(self.respond)
-        reader = asyncio.create_task(stream.read(noted()))
-        try:
-            async for batch in stream.answers():
-                yield batch
-        finally:
-            reader.cancel()
-            stream.cancel()
+        async for batch in serve_stream(self.respond, noted()):
+            yield batch
 
 
 class UnaryOnlyReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
