@@ -12,6 +12,7 @@ can compare them with the file.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
@@ -29,7 +30,7 @@ from turnout.deploy import (
     ReplicaOptions,
     State,
 )
-from turnout.errors import NotRunningError, error_from_status
+from turnout.errors import NotRunningError, TurnoutError, error_from_status
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -185,16 +186,70 @@ def apply(plan: Plan, instance: Instance, out: TextIO, *, dry_run: bool = False)
             _backend_step(backend_change, instance, out, dry_run)
 
 
-def _step(out: TextIO, label: str, doing: str, work: Callable[[], object], done: str) -> None:
-    """One line of progress: "backend x: creating (2 replicas)... ready"."""
+def _step(
+    out: TextIO,
+    label: str,
+    doing: str,
+    work: Callable[[], object],
+    done: str,
+    progress: Callable[[], str | None] | None = None,
+) -> None:
+    """One line of progress: "backend x: creating (2 replicas)... ready".
+
+    While ``work`` runs, ``progress`` is asked every PROGRESS_INTERVAL_S what
+    to add to the line ("0/2 running..."), so a slow start shows what it
+    waits for; each new answer is written once.
+    """
     out.write(f"{label}: {doing}... ")
     out.flush()
+    stop = threading.Event()
+    watcher = None
+    if progress is not None:
+        watcher = threading.Thread(
+            target=_watch, args=(out, progress, stop), name="deploy-progress", daemon=True
+        )
+        watcher.start()
     try:
         work()
     except BaseException:
+        _stop_watching(stop, watcher)
         _line(out, "failed")
         raise
+    _stop_watching(stop, watcher)
     _line(out, done)
+
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+def _watch(out: TextIO, progress: Callable[[], str | None], stop: threading.Event) -> None:
+    last = None
+    while not stop.wait(PROGRESS_INTERVAL_S):
+        text = progress()
+        if text and text != last:
+            out.write(f"{text}... ")
+            out.flush()
+            last = text
+
+
+def _stop_watching(stop: threading.Event, watcher: threading.Thread | None) -> None:
+    stop.set()
+    if watcher is not None:
+        watcher.join()
+
+
+def _replicas_running(client: Client, tag: str, wanted: int) -> Callable[[], str | None]:
+    """Progress of a backend's replicas: "1/2 running"."""
+
+    def progress() -> str | None:
+        try:
+            replicas = client.list_replicas()
+        except TurnoutError:
+            return None  # a progress line is not worth failing the deploy
+        running = sum(1 for r in replicas if r.backend == tag and r.state == "RUNNING")
+        return f"{min(running, wanted)}/{wanted} running"
+
+    return progress
 
 
 def _line(out: TextIO, text: str) -> None:
@@ -234,7 +289,8 @@ def _backend_step(change: BackendChange, instance: Instance, out: TextIO, dry_ru
     if change.action == "create":
         replicas = desired.config.get("num_replicas", 1)
         doing = f"creating ({replicas} {'replica' if replicas == 1 else 'replicas'})"
-        _step(out, label, doing, lambda: instance.create_backend(desired), "ready")
+        progress = _replicas_running(client, change.name, int(replicas))
+        _step(out, label, doing, lambda: instance.create_backend(desired), "ready", progress)
         return
 
     def update() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -39,7 +40,26 @@ class Greeter:
 
     def __call__(self, request):
         return f"{self.greeting}, {request.args.get('name', 'world')}"
+
+
+class SlowStart(Greeter):
+    # Loads for a while, as a model with big weights does.
+    def __init__(self, seconds):
+        import time
+
+        time.sleep(seconds)
+        super().__init__("slow")
 """
+
+
+def created(backend: str, replicas: int, output: str) -> bool:
+    """Whether ``output`` has the line of a backend created and ready, with
+    any progress ("0/2 running... ") between."""
+    noun = "replica" if replicas == 1 else "replicas"
+    progress = r"(\d+/\d+ running\.\.\. )*"
+    line = rf"backend {backend}: creating \({replicas} {noun}\)\.\.\. {progress}ready"
+    return re.search(line, output) is not None
+
 
 BASE = """\
 backends:
@@ -252,7 +272,7 @@ def test_deploy_is_idempotent_updates_and_prunes(running: Home) -> None:
     v1 = "  v1: {import_path: cli_app:Greeter, init_args: [v1]}\n"
     with_v1 = canary.replace("backends:\n", "backends:\n" + v1)
     first = running.run("deploy", running.write("v1.yaml", with_v1)).stdout
-    assert "backend v1: creating (1 replica)... ready" in first
+    assert created("v1", 1, first)
     assert "endpoint canary: creating... created" in first
     assert "backend greeter: unchanged" in first
     assert first.splitlines()[-1] == "Deployed: 2 created, 0 updated, 4 unchanged, 0 removed."
@@ -287,6 +307,17 @@ def test_deploy_is_idempotent_updates_and_prunes(running: Home) -> None:
     assert pruned.splitlines()[-1] == "Deployed: 0 created, 0 updated, 4 unchanged, 2 removed."
     assert requests.get(f"{running.http}/canary").status_code == 404
     assert set(status_json(running)["backends"]) == {"greeter", "echo"}
+
+
+def test_deploy_shows_replicas_coming_up(running: Home) -> None:
+    slow = "backends:\n  slow:\n    import_path: cli_app:SlowStart\n    init_args: [2.5]\n"
+    slow += "    config: {num_replicas: 2}\n"
+    output = running.run("deploy", running.write("slow.yaml", slow)).stdout
+    assert created("slow", 2, output)
+    # The constructors take 2.5 s: the line said how far the start was meanwhile.
+    assert "0/2 running... " in output
+    pruned = running.run("deploy", "base.yaml", "--prune").stdout
+    assert "backend slow: removing... removed" in pruned
 
 
 def test_a_bad_deploy_file_changes_nothing(running: Home) -> None:
@@ -369,7 +400,7 @@ def test_foreground_start_runs_until_turnout_stop(home: Home) -> None:
             # The same file as JSON.
             as_json = json.dumps(yaml.safe_load(ECHO_ONLY))
             deployed = home.run("deploy", home.write("echo.json", as_json)).stdout
-            assert "backend echo: creating (1 replica)... ready" in deployed
+            assert created("echo", 1, deployed)
             assert requests.get(f"{home.http}/echo", params={"word": "fg"}).text == "fg"
             assert (home.data_dir / "turnout.pid").exists()
             assert len(home.processes()) == 3  # controller, proxy, one replica
