@@ -3,7 +3,8 @@
 Each process writes its own log file through a ``RotatingFileHandler``, so the
 process that writes a file is the one that rotates it. A child's stdout and
 stderr are *not* that file: they go to a ``<name>.out`` file next to it (what
-the interpreter prints when it crashes, and whatever user code prints). Were
+the interpreter prints when it crashes; a replica's ``print`` output goes to
+its log instead, see ``capture_prints``). Were
 they the same file, the inherited descriptor would keep writing into the
 renamed ``.log.1`` after the first rotation.
 
@@ -16,10 +17,12 @@ every process of an instance at once:
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.handlers
 import os
 import sys
+import threading
 from pathlib import Path
 
 MAX_BYTES_ENV = "TURNOUT_LOG_MAX_BYTES"
@@ -72,3 +75,65 @@ def configure(
         old.close()
     root.handlers[:] = handlers
     root.setLevel(logging.INFO)
+
+
+class LineLogger(io.TextIOBase):
+    """A text stream that logs each complete line it is given.
+
+    It stands in for ``sys.stdout`` and ``sys.stderr`` in a replica, so that
+    what a handler prints lands in the replica's rotated log, with a time and
+    the replica id, instead of growing the ``.out`` file without bound.
+    ``fileno()`` is the real descriptor: a library that writes to it directly
+    (faulthandler, a child process) still reaches the ``.out`` file.
+    """
+
+    def __init__(self, logger: logging.Logger, level: int, fileno: int) -> None:
+        super().__init__()
+        self._logger = logger
+        self._level = level
+        self._fileno = fileno
+        self._pending = ""
+        self._lock = threading.Lock()
+        self._inside = threading.local()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if getattr(self._inside, "logging", False):
+            # Written while logging (logging reporting its own failure):
+            # straight to the descriptor, or it would come back here forever.
+            os.write(self._fileno, text.encode("utf-8", "replace"))
+            return len(text)
+        with self._lock:
+            lines = (self._pending + text).split("\n")
+            self._pending = lines.pop()
+        self._log(lines)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            line, self._pending = self._pending, ""
+        if line:
+            self._log([line])
+
+    def _log(self, lines: list[str]) -> None:
+        self._inside.logging = True
+        try:
+            for line in lines:
+                self._logger.log(self._level, "%s", line)
+        finally:
+            self._inside.logging = False
+
+    def fileno(self) -> int:
+        return self._fileno
+
+    def isatty(self) -> bool:
+        return False
+
+
+def capture_prints(prefix: str) -> None:
+    """Send ``print`` output and other writes to sys.stdout / sys.stderr to the
+    loggers ``<prefix>.stdout`` (INFO) and ``<prefix>.stderr`` (WARNING)."""
+    sys.stdout = LineLogger(logging.getLogger(f"{prefix}.stdout"), logging.INFO, 1)
+    sys.stderr = LineLogger(logging.getLogger(f"{prefix}.stderr"), logging.WARNING, 2)

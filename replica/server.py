@@ -146,6 +146,9 @@ def configure_logging(replica_id: str, log_file: Path | None = None) -> None:
         "%(asctime)s replica %(replica_id)s %(levelname)s %(name)s: %(message)s",
         defaults={"replica_id": replica_id},
     )
+    if log_file is not None:
+        # What handlers print is rotated with the rest of the replica's log.
+        _logging.capture_prints("print")
 
 
 def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:

@@ -127,6 +127,35 @@ def test_handler_exception_is_500_json_and_traceback_is_logged(
     wait_until(logged, timeout=10)
 
 
+def chatty(request: Any) -> str:
+    word = request.args["word"]
+    print(f"said {word}")
+    print(f"warned {word}", file=sys.stderr)
+    return word
+
+
+def test_what_a_handler_prints_goes_to_the_rotated_log(
+    client: turnout.Client, http: requests.Session, deploy: Deploy
+) -> None:
+    app = deploy(chatty)
+    marker = f"m{os.getpid()}"
+    assert http.get(app.url, params={"word": marker}).text == marker
+    (replica,) = [r for r in client.list_replicas() if r.backend == app.backend]
+    log_file = Path(replica.log_path)
+
+    def logged() -> bool:
+        text = log_file.read_text()
+        return (
+            f"INFO print.stdout: said {marker}" in text
+            and f"WARNING print.stderr: warned {marker}" in text
+        )
+
+    wait_until(logged, timeout=10)
+    # Not also in the raw output file, which nothing rotates.
+    raw = log_file.with_suffix(".out")
+    assert marker not in (raw.read_text() if raw.exists() else "")
+
+
 def test_killed_replica_is_replaced_and_serves_again(
     client: turnout.Client, http: requests.Session, deploy: Deploy
 ) -> None:
