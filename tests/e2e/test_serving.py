@@ -128,7 +128,7 @@ def test_handler_exception_is_500_json_and_traceback_is_logged(
 
 
 def chatty(request: Any) -> str:
-    word = request.args["word"]
+    word = str(request.args["word"])
     print(f"said {word}")
     print(f"warned {word}", file=sys.stderr)
     return word
