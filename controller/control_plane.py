@@ -247,6 +247,33 @@ class ControlPlane:
             await self.routes_changed()
         return _endpoint_proto(record)
 
+    async def update_endpoint(self, request: pb.UpdateEndpointRequest) -> pb.Endpoint:
+        async with self._lock:
+            record = self._endpoint_record(request.name)
+            route = validation.route(request.route) if request.HasField("route") else record.route
+            methods = validation.methods(list(request.methods)) if request.methods else None
+            timeout = (
+                validation.request_timeout(request.request_timeout)
+                if request.HasField("request_timeout")
+                else record.request_timeout
+            )
+            if route and route != record.route:
+                for other in self._store.endpoints().values():
+                    if other.route == route:
+                        raise AlreadyExistsError(
+                            f"route {route!r} is already taken by endpoint {other.name!r}"
+                        )
+            updated = dataclasses.replace(
+                record,
+                route=route,
+                methods=record.methods if methods is None else methods,
+                request_timeout=timeout,
+            )
+            if updated != record:
+                self._store.put_endpoint(updated)
+                await self.routes_changed()
+        return _endpoint_proto(updated)
+
     def get_endpoint(self, name: str) -> pb.Endpoint:
         return _endpoint_proto(self._endpoint_record(name))
 

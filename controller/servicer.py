@@ -100,6 +100,12 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         return pb.CreateEndpointResponse(endpoint=await self._plane.create_endpoint(request))
 
     @_translate_errors
+    async def UpdateEndpoint(
+        self, request: pb.UpdateEndpointRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.UpdateEndpointResponse:
+        return pb.UpdateEndpointResponse(endpoint=await self._plane.update_endpoint(request))
+
+    @_translate_errors
     async def GetEndpoint(
         self, request: pb.GetEndpointRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetEndpointResponse:

@@ -29,6 +29,7 @@ from turnout.api import (
     stat,
     update_backend,
     update_backend_config,
+    update_endpoint,
 )
 from turnout.batching import accept_batch, context
 from turnout.client import Client, ReplicaInfo
@@ -88,4 +89,5 @@ __all__ = [
     "stat",
     "update_backend",
     "update_backend_config",
+    "update_endpoint",
 ]

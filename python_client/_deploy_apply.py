@@ -152,7 +152,6 @@ def _endpoint(message: pb.Endpoint) -> Endpoint:
 _PAST = {
     "create": "created",
     "update": "updated",
-    "replace": "replaced",
     "delete": "removed",
     "unchanged": "unchanged",
     "kept": "kept (not in the file; --prune removes it)",
@@ -312,20 +311,20 @@ def _endpoint_step(change: EndpointChange, instance: Instance, out: TextIO, dry_
         _step(out, label, "creating", lambda: _create_endpoint(client, desired), "created")
         return
 
-    def replace() -> None:
-        client.delete_endpoint(change.name)
-        _create_endpoint(client, desired)
-
     def update() -> None:
+        if change.new_shape:
+            client.update_endpoint(
+                change.name,
+                route=desired.route,
+                methods=list(desired.methods),
+                request_timeout=desired.request_timeout,
+            )
         if change.new_traffic:
             client.set_traffic(change.name, dict(desired.traffic))
         for backend, proportion in change.shadow_updates.items():
             client.shadow_traffic(change.name, backend, proportion)
 
-    if change.action == "replace":
-        _step(out, label, f"replacing{_describe(change)}", replace, "replaced")
-    else:
-        _step(out, label, f"updating{_describe(change)}", update, "updated")
+    _step(out, label, f"updating{_describe(change)}", update, "updated")
 
 
 def _create_endpoint(client: Client, endpoint: Endpoint) -> None:

@@ -139,6 +139,17 @@ def create_endpoint(
     )
 
 
+def update_endpoint(
+    name: str,
+    *,
+    route: str | None = None,
+    methods: Iterable[str] | None = None,
+    request_timeout: float | None = None,
+) -> None:
+    """See ``Client.update_endpoint``."""
+    _current().update_endpoint(name, route=route, methods=methods, request_timeout=request_timeout)
+
+
 def set_traffic(endpoint: str, traffic: dict[str, float]) -> None:
     """See ``Client.set_traffic``."""
     _current().set_traffic(endpoint, traffic)

@@ -149,7 +149,7 @@ def _summary(steps: Plan, dry_run: bool) -> str:
     counts = steps.counts()
     parts = [
         f"{counts['create']} created",
-        f"{counts['update'] + counts['replace']} updated",
+        f"{counts['update']} updated",
         f"{counts['unchanged']} unchanged",
         f"{counts['delete']} removed",
     ]

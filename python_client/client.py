@@ -59,6 +59,18 @@ def _check_str(value: object, what: str) -> str:
     return value
 
 
+def _method_list(methods: Iterable[str]) -> list[str]:
+    if isinstance(methods, str):
+        raise TypeError("methods must be a list of str, e.g. ['GET'], not a str")
+    return [_check_str(m, "each method") for m in methods]
+
+
+def _check_timeout(value: float | None) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise TypeError(f"request_timeout must be a number, got {type(value).__name__}")
+    return value
+
+
 def _spec(
     tag: str, func_or_class: Callable[..., Any] | type | str, init_args: tuple[Any, ...]
 ) -> pb.BackendSpec:
@@ -318,22 +330,45 @@ class Client:
             _check_str(backend, "backend")
         if route is not None:
             _check_str(route, "route")
-        if isinstance(methods, str):
-            raise TypeError("methods must be a list of str, e.g. ['GET'], not a str")
-        method_list = [_check_str(m, "each method") for m in methods]
-        if request_timeout is not None and (
-            isinstance(request_timeout, bool) or not isinstance(request_timeout, int | float)
-        ):
-            kind = type(request_timeout).__name__
-            raise TypeError(f"request_timeout must be a number, got {kind}")
         request = pb.CreateEndpointRequest(
             name=name,
             backend=backend or "",
             route=route or "",
-            methods=method_list,
-            request_timeout=float(request_timeout or 0),
+            methods=_method_list(methods),
+            request_timeout=float(_check_timeout(request_timeout) or 0),
         )
         self._call(self._stub.CreateEndpoint, request)
+
+    def update_endpoint(
+        self,
+        name: str,
+        *,
+        route: str | None = None,
+        methods: Iterable[str] | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
+        """Change an endpoint's route, methods or request timeout in place;
+        ``None`` keeps the current value, ``route=""`` takes the endpoint off
+        HTTP and ``request_timeout=0`` removes the limit. Its traffic and
+        shadows stay, and a request that fits both the old and the new shape
+        never finds the endpoint missing (delete and create again would).
+
+        Example::
+
+            serve.update_endpoint("simple_endpoint", methods=["GET", "POST"])
+        """
+        _check_str(name, "name")
+        request = pb.UpdateEndpointRequest(name=name)
+        if route is not None:
+            request.route = _check_str(route, "route")
+        if methods is not None:
+            method_list = _method_list(methods)
+            if not method_list:
+                raise InvalidArgumentError("methods must name at least one HTTP method")
+            request.methods.extend(method_list)
+        if _check_timeout(request_timeout) is not None:
+            request.request_timeout = float(request_timeout or 0)
+        self._call(self._stub.UpdateEndpoint, request)
 
     def set_traffic(self, endpoint: str, traffic: dict[str, float]) -> None:
         """Split an endpoint's requests between backends by weight.

@@ -37,7 +37,7 @@ from turnout.controller import validation
 from turnout.errors import TurnoutError
 from turnout.v1 import controller_pb2 as pb
 
-Action = Literal["create", "update", "replace", "delete", "unchanged", "kept"]
+Action = Literal["create", "update", "delete", "unchanged", "kept"]
 
 _TOP_KEYS = frozenset({"backends", "endpoints"})
 _BACKEND_KEYS = frozenset({"import_path", "init_args", "config", "replica_options"})
@@ -131,15 +131,15 @@ class BackendChange:
 class EndpointChange:
     """What ``apply`` does to one endpoint.
 
-    Action ``replace``: delete it and create it again from ``desired`` (its
-    route, methods or timeout differ: the controller cannot change those in
-    place). For ``update``: ``new_traffic`` calls SetTraffic, and
-    ``shadow_updates`` maps backend -> proportion (0 removes the shadow).
+    For ``update``: ``new_shape`` calls UpdateEndpoint (route, methods or
+    timeout differ), ``new_traffic`` calls SetTraffic, and ``shadow_updates``
+    maps backend -> proportion (0 removes the shadow).
     """
 
     name: str
     action: Action
     desired: Endpoint | None = None
+    new_shape: bool = False
     new_traffic: bool = False
     shadow_updates: Mapping[str, float] = field(default_factory=dict)
     details: tuple[str, ...] = ()
@@ -163,7 +163,7 @@ class Plan:
 
     def counts(self) -> dict[str, int]:
         """How many items each action touches, e.g. ``{"create": 2, "unchanged": 1, ...}``."""
-        result = {a: 0 for a in ("create", "update", "replace", "delete", "unchanged", "kept")}
+        result = {a: 0 for a in ("create", "update", "delete", "unchanged", "kept")}
         for change in self.changes:
             result[change.action] += 1
         return result
@@ -516,9 +516,7 @@ def _endpoint_change(wanted: Endpoint, serving: Endpoint) -> EndpointChange:
     if not math.isclose(wanted.request_timeout, serving.request_timeout, abs_tol=1e-9):
         old, new = _show(serving.request_timeout), _show(wanted.request_timeout)
         details.append(f"request_timeout: {old} -> {new}")
-    # The controller cannot change these in place: the endpoint is deleted and
-    # created again, with its traffic and shadows, from ``desired``.
-    replace = bool(details)
+    new_shape = bool(details)
     new_traffic = not _same_shares(wanted.traffic, serving.traffic)
     if new_traffic:
         old, new = _shares_text(serving.traffic), _shares_text(wanted.traffic)
@@ -529,11 +527,12 @@ def _endpoint_change(wanted: Endpoint, serving: Endpoint) -> EndpointChange:
         if abs(new_share - old_share) > _WEIGHT_TOLERANCE:
             shadow_updates[backend] = new_share
             details.append(f"shadow {backend}: {_show(old_share)} -> {_show(new_share)}")
-    action: Action = "replace" if replace else "update" if details else "unchanged"
+    action: Action = "update" if details else "unchanged"
     return EndpointChange(
         wanted.name,
         action,
         desired=wanted,
+        new_shape=new_shape,
         new_traffic=new_traffic,
         shadow_updates=shadow_updates,
         details=tuple(details),

@@ -289,7 +289,7 @@ def test_deploy_is_idempotent_updates_and_prunes(running: Home) -> None:
     )
     updated = running.run("deploy", running.write("v2.yaml", changed)).stdout
     assert 'backend v1: updating (init_args: ["v1"] -> ["v2"])... updated' in updated
-    assert "endpoint canary: replacing (methods: GET -> GET,POST)... replaced" in updated
+    assert "endpoint canary: updating (methods: GET -> GET,POST)... updated" in updated
     assert requests.post(f"{running.http}/canary", params={"name": "ops"}).text == "v2, ops"
 
     kept = running.run("deploy", "base.yaml").stdout

@@ -75,6 +75,18 @@ def test_create_backend_from_import_path_and_serve_it(
     reply = requests.get(url(f"/{endpoint}"), params={"name": "grpcurl"})
     assert reply.text == "hi, grpcurl"
 
+    # Open it to POST too, in place; fields left out keep their values.
+    updated = json.loads(
+        grpcurl(
+            client,
+            "turnout.v1.ControllerService/UpdateEndpoint",
+            data={"name": endpoint, "methods": ["GET", "POST"]},
+        )
+    )
+    assert updated["endpoint"]["methods"] == ["GET", "POST"]
+    assert updated["endpoint"]["route"] == f"/{endpoint}"
+    assert requests.post(url(f"/{endpoint}")).text == "hi, world"
+
 
 def test_errors_carry_status_codes(client: turnout.Client) -> None:
     binary = shutil.which("grpcurl")

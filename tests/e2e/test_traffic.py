@@ -278,3 +278,80 @@ def test_rollout_with_zero_failed_requests(client: turnout.Client, deploy: Deplo
     assert failures == []
     assert versions["v1"] > 0 and versions["v2"] > served_after_delete
     assert v1 not in client.list_backends()
+
+
+# ---- changing an endpoint in place ------------------------------------------
+
+
+def test_update_endpoint_changes_methods_without_a_gap(
+    client: turnout.Client, deploy: Deploy, unique: Any
+) -> None:
+    app = deploy(Version, "a")
+    other = unique("b")
+    client.create_backend(other, Version, "b")
+    client.set_traffic(app.backend, {app.backend: 0.5, other: 0.5})
+    failures: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                status = session.get(app.url).status_code
+                if status != 200:
+                    failures.append(status)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        client.update_endpoint(app.backend, methods=["GET", "POST"])
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []  # delete + create would have answered 404 in between
+    assert requests.post(app.url).status_code == 200
+    described = client.list_endpoints()[app.backend]
+    assert described["methods"] == ["GET", "POST"]
+    assert described["traffic"] == {app.backend: 0.5, other: 0.5}
+
+
+def test_update_endpoint_moves_the_route_and_sets_the_timeout(
+    client: turnout.Client, deploy: Deploy, unique: Any, tmp_path: Path
+) -> None:
+    app = deploy(Version, "a")
+    new_route = f"/{unique('moved')}"
+    client.update_endpoint(app.backend, route=new_route)
+    assert requests.get(app.url).status_code == 404
+    moved = client.http_address + new_route
+    assert requests.get(moved).json()["version"] == "a"
+    assert client.list_endpoints()[app.backend]["methods"] == ["GET"]  # kept
+
+    client.update_endpoint(app.backend, request_timeout=0.2)
+    started, release = tmp_path / "started", tmp_path / "release"
+    reply = requests.get(moved, params={"started": str(started), "release": str(release)})
+    release.touch()
+    assert reply.status_code == 504
+
+    client.update_endpoint(app.backend, route="")
+    assert requests.get(moved).status_code == 404
+    assert client.list_endpoints()[app.backend]["route"] is None
+
+
+def test_update_endpoint_refuses_bad_changes(
+    client: turnout.Client, deploy: Deploy, unique: Any
+) -> None:
+    first, second = deploy(Version, "a"), deploy(Version, "b")
+    with pytest.raises(turnout.NotFoundError):
+        client.update_endpoint(unique("missing"), methods=["POST"])
+    with pytest.raises(turnout.AlreadyExistsError, match="already taken"):
+        client.update_endpoint(first.backend, route=second.route)
+    with pytest.raises(turnout.InvalidArgumentError, match="must start with '/'"):
+        client.update_endpoint(first.backend, route="nope")
+    with pytest.raises(turnout.InvalidArgumentError, match="unknown HTTP method"):
+        client.update_endpoint(first.backend, methods=["FETCH"])
+    with pytest.raises(turnout.InvalidArgumentError, match="at least one"):
+        client.update_endpoint(first.backend, methods=[])
+    # Nothing changed on the way.
+    assert client.list_endpoints()[first.backend]["route"] == first.route
+    assert requests.get(first.url).json()["version"] == "a"

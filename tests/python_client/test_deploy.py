@@ -242,7 +242,7 @@ def test_endpoint_traffic_and_shadows_update_in_place() -> None:
     assert change.shadow_updates == {"b": 0.0}  # 0 removes the shadow
 
 
-def test_a_new_route_or_methods_replace_the_endpoint() -> None:
+def test_a_new_route_or_methods_update_the_endpoint_in_place() -> None:
     backends = {"a": {"import_path": "m:a"}}
     before = parse({"backends": backends, "endpoints": {"e": {"route": "/x", "backend": "a"}}})
     after = parse(
@@ -252,7 +252,8 @@ def test_a_new_route_or_methods_replace_the_endpoint() -> None:
         }
     )
     change = plan(after, _running(before)).endpoints[0]
-    assert change.action == "replace"
+    assert change.action == "update"
+    assert change.new_shape and not change.new_traffic
     assert change.details == ("route: /x -> /y", "methods: GET -> POST")
 
 

@@ -46,6 +46,7 @@ EXPECTED = {
     "stat",
     "update_backend",
     "update_backend_config",
+    "update_endpoint",
 }
 
 

@@ -757,6 +757,71 @@ class CreateEndpointResponse(_message.Message):
 Global___CreateEndpointResponse: _TypeAlias = CreateEndpointResponse  # noqa: Y015
 
 @_typing.final
+class UpdateEndpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    METHODS_FIELD_NUMBER: _builtins.int
+    REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The endpoint to change; it must exist."""
+    route: _builtins.str
+    """New HTTP route, starting with "/"; "" takes the endpoint off HTTP. Unset =
+    keep the current route.
+    """
+    request_timeout: _builtins.float
+    """New seconds per request before 504; 0 = no limit. Unset = keep the
+    current timeout.
+    """
+    @_builtins.property
+    def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """New allowed HTTP methods (any case). Empty = keep the current ones."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        route: _builtins.str | None = ...,
+        methods: _abc.Iterable[_builtins.str] | None = ...,
+        request_timeout: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__request_timeout: _TypeAlias = _typing.Literal["request_timeout"]  # noqa: Y015
+    _WhichOneofArgType__request_timeout: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout"]  # noqa: Y015
+    _WhichOneofReturnType__route: _TypeAlias = _typing.Literal["route"]  # noqa: Y015
+    _WhichOneofArgType__route: _TypeAlias = _typing.Literal["_route", b"_route"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__request_timeout) -> _WhichOneofReturnType__request_timeout | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__route) -> _WhichOneofReturnType__route | None: ...
+
+Global___UpdateEndpointRequest: _TypeAlias = UpdateEndpointRequest  # noqa: Y015
+
+@_typing.final
+class UpdateEndpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def endpoint(self) -> Global___Endpoint: ...
+    def __init__(
+        self,
+        *,
+        endpoint: Global___Endpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateEndpointResponse: _TypeAlias = UpdateEndpointResponse  # noqa: Y015
+
+@_typing.final
 class GetEndpointRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -91,6 +91,11 @@ class ControllerServiceStub:
                 request_serializer=turnout_dot_v1_dot_controller__pb2.DeleteEndpointRequest.SerializeToString,
                 response_deserializer=turnout_dot_v1_dot_controller__pb2.DeleteEndpointResponse.FromString,
                 _registered_method=True)
+        self.UpdateEndpoint = channel.unary_unary(
+                '/turnout.v1.ControllerService/UpdateEndpoint',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.UpdateEndpointRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.UpdateEndpointResponse.FromString,
+                _registered_method=True)
         self.SetTraffic = channel.unary_unary(
                 '/turnout.v1.ControllerService/SetTraffic',
                 request_serializer=turnout_dot_v1_dot_controller__pb2.SetTrafficRequest.SerializeToString,
@@ -219,6 +224,15 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateEndpoint(self, request, context):
+        """Changes an endpoint's route, methods or request timeout in place, keeping
+        its traffic and shadows. One routing snapshot switches from the old shape
+        to the new, so requests that fit both never see the endpoint missing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SetTraffic(self, request, context):
         """Replaces an endpoint's traffic split.
         """
@@ -337,6 +351,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.DeleteEndpoint,
                     request_deserializer=turnout_dot_v1_dot_controller__pb2.DeleteEndpointRequest.FromString,
                     response_serializer=turnout_dot_v1_dot_controller__pb2.DeleteEndpointResponse.SerializeToString,
+            ),
+            'UpdateEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateEndpoint,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.UpdateEndpointRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.UpdateEndpointResponse.SerializeToString,
             ),
             'SetTraffic': grpc.unary_unary_rpc_method_handler(
                     servicer.SetTraffic,
@@ -661,6 +680,33 @@ class ControllerService:
             '/turnout.v1.ControllerService/DeleteEndpoint',
             turnout_dot_v1_dot_controller__pb2.DeleteEndpointRequest.SerializeToString,
             turnout_dot_v1_dot_controller__pb2.DeleteEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/UpdateEndpoint',
+            turnout_dot_v1_dot_controller__pb2.UpdateEndpointRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.UpdateEndpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,11 @@ class ControllerServiceStub:
     """Every endpoint."""
     DeleteEndpoint: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteEndpointRequest, _controller_pb2.DeleteEndpointResponse]
     """Deletes an endpoint; its backends stay."""
+    UpdateEndpoint: _grpc.UnaryUnaryMultiCallable[_controller_pb2.UpdateEndpointRequest, _controller_pb2.UpdateEndpointResponse]
+    """Changes an endpoint's route, methods or request timeout in place, keeping
+    its traffic and shadows. One routing snapshot switches from the old shape
+    to the new, so requests that fit both never see the endpoint missing.
+    """
     SetTraffic: _grpc.UnaryUnaryMultiCallable[_controller_pb2.SetTrafficRequest, _controller_pb2.SetTrafficResponse]
     """Replaces an endpoint's traffic split."""
     ShadowTraffic: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ShadowTrafficRequest, _controller_pb2.ShadowTrafficResponse]
@@ -120,6 +125,11 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Every endpoint."""
     DeleteEndpoint: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteEndpointRequest, _controller_pb2.DeleteEndpointResponse]  # type: ignore[assignment]
     """Deletes an endpoint; its backends stay."""
+    UpdateEndpoint: _aio.UnaryUnaryMultiCallable[_controller_pb2.UpdateEndpointRequest, _controller_pb2.UpdateEndpointResponse]  # type: ignore[assignment]
+    """Changes an endpoint's route, methods or request timeout in place, keeping
+    its traffic and shadows. One routing snapshot switches from the old shape
+    to the new, so requests that fit both never see the endpoint missing.
+    """
     SetTraffic: _aio.UnaryUnaryMultiCallable[_controller_pb2.SetTrafficRequest, _controller_pb2.SetTrafficResponse]  # type: ignore[assignment]
     """Replaces an endpoint's traffic split."""
     ShadowTraffic: _aio.UnaryUnaryMultiCallable[_controller_pb2.ShadowTrafficRequest, _controller_pb2.ShadowTrafficResponse]  # type: ignore[assignment]
@@ -235,6 +245,17 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.DeleteEndpointResponse, _abc.Awaitable[_controller_pb2.DeleteEndpointResponse]]:
         """Deletes an endpoint; its backends stay."""
+
+    @_abc_1.abstractmethod
+    def UpdateEndpoint(
+        self,
+        request: _controller_pb2.UpdateEndpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.UpdateEndpointResponse, _abc.Awaitable[_controller_pb2.UpdateEndpointResponse]]:
+        """Changes an endpoint's route, methods or request timeout in place, keeping
+        its traffic and shadows. One routing snapshot switches from the old shape
+        to the new, so requests that fit both never see the endpoint missing.
+        """
 
     @_abc_1.abstractmethod
     def SetTraffic(
