@@ -7,6 +7,7 @@ on free ports and in a temporary data directory.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -387,7 +388,9 @@ def test_logs_show_what_a_handler_printed(running: Home) -> None:
 # ---- instances of their own ---------------------------------------------------------
 
 
-def test_foreground_start_runs_until_turnout_stop(home: Home) -> None:
+@contextlib.contextmanager
+def foreground(home: Home) -> Iterator[subprocess.Popen[str]]:
+    """``turnout start`` in the foreground, as typed in a terminal; killed on the way out."""
     with subprocess.Popen(
         home.argv("start", *home.ports()),
         stdout=subprocess.PIPE,
@@ -396,41 +399,37 @@ def test_foreground_start_runs_until_turnout_stop(home: Home) -> None:
         cwd=home.project,
     ) as process:
         try:
-            printed = _read_until(process, "Press Ctrl-C to stop.")
-            assert f"gRPC:  {home.address}" in printed
-            assert f"state: {home.data_dir / 'state.db'}" in printed
-            # The same file as JSON.
-            as_json = json.dumps(yaml.safe_load(ECHO_ONLY))
-            deployed = home.run("deploy", home.write("echo.json", as_json)).stdout
-            assert created("echo", 1, deployed)
-            assert requests.get(f"{home.http}/echo", params={"word": "fg"}).text == "fg"
-            assert (home.data_dir / "turnout.pid").exists()
-            assert len(home.processes()) == 3  # controller, proxy, one replica
-
-            stopped = home.run("stop")
-            assert stopped.stdout.startswith(f"Stopped Turnout at {home.address}")
-            assert process.wait(30) == 0
+            yield process
         finally:
             process.kill()
+
+
+def test_foreground_start_runs_until_turnout_stop(home: Home) -> None:
+    with foreground(home) as process:
+        printed = _read_until(process, "Press Ctrl-C to stop.")
+        assert f"gRPC:  {home.address}" in printed
+        assert f"state: {home.data_dir / 'state.db'}" in printed
+        # The same file as JSON.
+        as_json = json.dumps(yaml.safe_load(ECHO_ONLY))
+        deployed = home.run("deploy", home.write("echo.json", as_json)).stdout
+        assert created("echo", 1, deployed)
+        assert requests.get(f"{home.http}/echo", params={"word": "fg"}).text == "fg"
+        assert (home.data_dir / "turnout.pid").exists()
+        assert len(home.processes()) == 3  # controller, proxy, one replica
+
+        stopped = home.run("stop")
+        assert stopped.stdout.startswith(f"Stopped Turnout at {home.address}")
+        assert process.wait(30) == 0
     assert not (home.data_dir / "turnout.pid").exists()
     assert home.processes() == []
 
 
 def test_foreground_start_stops_everything_on_sigterm(home: Home) -> None:
-    with subprocess.Popen(
-        home.argv("start", *home.ports()),
-        stdout=subprocess.PIPE,
-        text=True,
-        env=home.env,
-        cwd=home.project,
-    ) as process:
-        try:
-            _read_until(process, "Press Ctrl-C to stop.")
-            assert requests.get(f"{home.http}/-/healthz").status_code == 200
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(30) == 0
-        finally:
-            process.kill()
+    with foreground(home) as process:
+        _read_until(process, "Press Ctrl-C to stop.")
+        assert requests.get(f"{home.http}/-/healthz").status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
     assert home.processes() == []
     assert home.run("status", check=False).returncode == 1
 
