@@ -20,7 +20,7 @@ import aiohttp
 
 from .launcher import ChildProcess, ProcessLauncher
 from .processes import command_line
-from .replica_set import health_ok
+from .replica_set import health_ok, replica_index
 from .store import PROXY, REPLICA, ChildRecord
 
 logger = logging.getLogger(__name__)
@@ -46,17 +46,12 @@ class ReplicaPlan:
     stray: list[ChildRecord] = field(default_factory=list)
 
 
-def _index(record: ChildRecord) -> int:
-    _, _, index = record.name.rpartition("#")
-    return int(index) if index.isdigit() else 0
-
-
 def plan_replicas(records: list[ChildRecord], wanted: dict[str, Wanted]) -> ReplicaPlan:
     """Pure sorting, no process is touched: a replica is a candidate when its
     backend still exists, it runs that backend's current digest and it had
     reported ready (has an address)."""
     plan = ReplicaPlan()
-    for record in sorted(records, key=lambda r: (r.backend, _index(r))):
+    for record in sorted(records, key=lambda r: (r.backend, replica_index(r.name))):
         if record.kind != REPLICA:
             continue
         want = wanted.get(record.backend)

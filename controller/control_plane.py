@@ -231,18 +231,12 @@ class ControlPlane:
             record = EndpointRecord(
                 name=name, route=route, methods=methods, traffic=traffic, request_timeout=timeout
             )
-            endpoints = self._store.endpoints()
-            existing = endpoints.get(name)
+            existing = self._store.endpoints().get(name)
             if existing is not None:
                 if existing == record:
                     return _endpoint_proto(existing)
                 raise AlreadyExistsError(f"endpoint {name!r} already exists with other content")
-            if route:
-                for other in endpoints.values():
-                    if other.route == route:
-                        raise AlreadyExistsError(
-                            f"route {route!r} is already taken by endpoint {other.name!r}"
-                        )
+            self._check_route_free(route)
             self._store.put_endpoint(record)
             await self.routes_changed()
         return _endpoint_proto(record)
@@ -257,12 +251,8 @@ class ControlPlane:
                 if request.HasField("request_timeout")
                 else record.request_timeout
             )
-            if route and route != record.route:
-                for other in self._store.endpoints().values():
-                    if other.route == route:
-                        raise AlreadyExistsError(
-                            f"route {route!r} is already taken by endpoint {other.name!r}"
-                        )
+            if route != record.route:
+                self._check_route_free(route)
             updated = dataclasses.replace(
                 record,
                 route=route,
@@ -273,6 +263,16 @@ class ControlPlane:
                 self._store.put_endpoint(updated)
                 await self.routes_changed()
         return _endpoint_proto(updated)
+
+    def _check_route_free(self, route: str) -> None:
+        """Raise AlreadyExistsError when an endpoint serves ``route`` ("" never clashes)."""
+        if not route:
+            return
+        for other in self._store.endpoints().values():
+            if other.route == route:
+                raise AlreadyExistsError(
+                    f"route {route!r} is already taken by endpoint {other.name!r}"
+                )
 
     def get_endpoint(self, name: str) -> pb.Endpoint:
         return _endpoint_proto(self._endpoint_record(name))

@@ -30,7 +30,7 @@ from turnout import _process
 from turnout.v1 import controller_pb2 as pb
 
 from .processes import AdoptedProcess, start_time
-from .store import PROXY, REPLICA, ChildRecord, Store
+from .store import PROXY, ChildRecord, Store
 
 logger = logging.getLogger(__name__)
 
@@ -147,27 +147,18 @@ class ProcessLauncher:
 
     async def start_replica(
         self,
-        replica_id: str,
+        record: ChildRecord,
         spec_path: Path,
         env: dict[str, str] | None = None,
-        cpus: tuple[int, ...] = (),
-        record: ChildRecord | None = None,
     ) -> ChildProcess:
-        """Start a replica with extra environment variables, pinned to ``cpus``.
-
-        ``record`` carries what the store keeps about it beyond the pid
-        (backend, digest, resources); name and kind are filled in here.
-        """
-        backend = record.backend if record else replica_id.rpartition("#")[0]
-        template = dataclasses.replace(
-            record or ChildRecord(name="", kind=REPLICA, pid=0, start_time=0, backend=backend),
-            name=replica_id,
-            kind=REPLICA,
-        )
+        """Start the replica ``record`` names (id, backend, digest, resources;
+        pid and start time are filled in here) with extra environment
+        variables, pinned to the record's cores."""
+        replica_id = record.name
         args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
-        log_path = self.replica_log_path(backend, replica_id)
+        log_path = self.replica_log_path(record.backend, replica_id)
         return await self._start(
-            "turnout.replica", f"replica {replica_id}", args, log_path, template, env, cpus
+            "turnout.replica", f"replica {replica_id}", args, log_path, record, env, record.cpus
         )
 
     async def start_proxy(

@@ -82,6 +82,12 @@ class ReplicaSlot:
         )
 
 
+def replica_index(replica_id: str) -> int:
+    """The ``n`` of a replica id "<backend>#<n>" (0 if it has none)."""
+    _, _, index = replica_id.rpartition("#")
+    return int(index) if index.isdigit() else 0
+
+
 async def health_ok(address: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
     """True when the replica's grpc.health.v1 service says SERVING in time."""
     async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
@@ -180,9 +186,7 @@ class ReplicaSet:
             if not self.capabilities:
                 self.capabilities = dict(child.report.get("capabilities", {}))
             self._slots[slot.replica_id] = slot
-            _, _, index = slot.replica_id.rpartition("#")
-            if index.isdigit():
-                self._next_index = max(self._next_index, int(index))
+            self._next_index = max(self._next_index, replica_index(slot.replica_id))
             slot.task = asyncio.create_task(self._supervise(slot, child), name=slot.replica_id)
 
     def set_digest(self, digest: str) -> None:
@@ -304,11 +308,7 @@ class ReplicaSet:
             gpu_share=slot.allocation.gpu_share,
         )
         child = await self._launcher.start_replica(
-            slot.replica_id,
-            self.spec_path,
-            self._environment(slot.allocation),
-            slot.allocation.cpus,
-            record,
+            record, self.spec_path, self._environment(slot.allocation)
         )
         if not child.ok:
             return None, child.report

@@ -80,28 +80,26 @@ class ResourcePool:
     def allocate(self, owner: str, num_cpus: float, num_gpus: float) -> Allocation:
         cpus = self._pick_cpus(math.ceil(num_cpus)) if num_cpus > 0 else ()
         gpus, share = self._pick_gpus(num_gpus) if num_gpus > 0 else ((), 0.0)
-        allocation = Allocation(cpus=cpus, gpus=gpus, gpu_share=share)
-        for cpu in cpus:
-            self._cpu_load[cpu] += 1
-        for gpu in gpus:
-            self._gpu_used[gpu] += share
-        self._held[owner] = allocation
-        return allocation
+        return self._hold(owner, Allocation(cpus=cpus, gpus=gpus, gpu_share=share))
 
     def claim(self, owner: str, allocation: Allocation) -> None:
         """Hold what a re-adopted replica already uses, so it is not handed out
         again. Cores and GPUs this pool does not know are left out."""
         self.release(owner)
-        held = Allocation(
+        known = Allocation(
             cpus=tuple(c for c in allocation.cpus if c in self._cpu_load),
             gpus=tuple(g for g in allocation.gpus if g in self._gpu_used),
             gpu_share=allocation.gpu_share,
         )
-        for cpu in held.cpus:
+        self._hold(owner, known)
+
+    def _hold(self, owner: str, allocation: Allocation) -> Allocation:
+        for cpu in allocation.cpus:
             self._cpu_load[cpu] += 1
-        for gpu in held.gpus:
-            self._gpu_used[gpu] += held.gpu_share
-        self._held[owner] = held
+        for gpu in allocation.gpus:
+            self._gpu_used[gpu] += allocation.gpu_share
+        self._held[owner] = allocation
+        return allocation
 
     def release(self, owner: str) -> None:
         allocation = self._held.pop(owner, None)

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from turnout._grpc import SERVER_OPTIONS
 from turnout._version import __version__
+from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -37,8 +38,6 @@ from .store import PROXY
 logger = logging.getLogger(__name__)
 
 PROXY_BACKOFF_MAX_S = 10.0
-# The name the proxy subscribes to routes under (turnout.proxy.controller_link).
-SUBSCRIBER_PROXY = "proxy"
 SHUTDOWN_GRACE_S = 2.0
 
 
@@ -124,7 +123,7 @@ class Controller:
         if not proxy.ok:
             raise ProxyStartError(str(proxy.report.get("message", "proxy failed to start")))
         self._proxy = proxy
-        await self.publisher.require(SUBSCRIBER_PROXY)
+        await self.publisher.require(PROXY_SUBSCRIBER)
         if proxy.adopted:
             # Ready means the proxy serves the recovered state: a change the
             # old controller wrote but never published reaches it now.
@@ -164,7 +163,7 @@ class Controller:
             code = await self._proxy.wait()
             if self._stopping:
                 return
-            await self.publisher.release(SUBSCRIBER_PROXY)
+            await self.publisher.release(PROXY_SUBSCRIBER)
             logger.warning("proxy (pid %d) exited (%s); restarting it", self._proxy.pid, code)
             if time.monotonic() - began < 10:
                 await asyncio.sleep(backoff)
@@ -176,7 +175,7 @@ class Controller:
             )
             if proxy.ok:
                 self._proxy = proxy
-                await self.publisher.require(SUBSCRIBER_PROXY)
+                await self.publisher.require(PROXY_SUBSCRIBER)
             else:
                 logger.error("proxy restart failed: %s", proxy.report.get("message"))
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import FrameType
 
 from turnout import _process
+from turnout.controller.processes import command_line, start_time
 from turnout.errors import TurnoutError
 from turnout.instance import START_TIMEOUT_S, _child_env
 
@@ -97,13 +98,10 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
 
 
 def _controller_alive(pid: int) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state != "Z" and b"turnout.controller" in cmdline
+    # start_time is None for a process that is gone or a zombie.
+    return start_time(pid) is not None and any(
+        "turnout.controller" in arg for arg in command_line(pid)
+    )
 
 
 def read_pid_file(path: Path) -> int | None:

@@ -19,7 +19,7 @@ from typing import Any, TextIO, TypeVar
 import grpc
 
 from turnout._grpc import CHANNEL_OPTIONS
-from turnout.client import Client
+from turnout.client import Client, call_controller
 from turnout.config import BackendConfig
 from turnout.deploy import (
     Backend,
@@ -30,7 +30,7 @@ from turnout.deploy import (
     ReplicaOptions,
     State,
 )
-from turnout.errors import NotRunningError, TurnoutError, error_from_status
+from turnout.errors import TurnoutError
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -61,17 +61,13 @@ class Instance:
     def _call(
         self, method: Callable[..., Resp], request: Any, timeout: float = _READ_TIMEOUT_S
     ) -> Resp:
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            code: grpc.StatusCode = exc.code()
-            details = exc.details() or code.name
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise NotRunningError(
-                    f"the controller at {self.client.controller_address} stopped answering "
-                    f"({details})"
-                ) from None
-            raise error_from_status(code, details) from None
+        address = self.client.controller_address
+        return call_controller(
+            method,
+            request,
+            timeout,
+            lambda details: f"the controller at {address} stopped answering ({details})",
+        )
 
     # ---- reading ------------------------------------------------------------
 

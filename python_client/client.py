@@ -53,6 +53,25 @@ class ReplicaInfo:
     log_path: str = ""
 
 
+def call_controller(
+    method: Callable[..., Resp],
+    request: Any,
+    timeout: float,
+    unavailable: Callable[[str], str],
+) -> Resp:
+    """One blocking ControllerService call, its gRPC failure as a Turnout
+    error: UNAVAILABLE (nothing answers) is a ``NotRunningError`` whose
+    message ``unavailable(details)`` words for the caller."""
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()
+        details: str = exc.details() or code.name
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise NotRunningError(unavailable(details)) from None
+        raise error_from_status(code, details) from None
+
+
 def _check_str(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, got {type(value).__name__}")
@@ -177,17 +196,15 @@ class Client:
     ) -> Resp:
         if self._closed:
             raise NotRunningError("this client was shut down; call turnout.init() again")
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            code: grpc.StatusCode = exc.code()
-            details: str = exc.details() or code.name
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise NotRunningError(
-                    f"no Turnout controller answers at {self._address} ({details}); "
-                    "start one with turnout.init()"
-                ) from None
-            raise error_from_status(code, details) from None
+        return call_controller(
+            method,
+            request,
+            timeout,
+            lambda details: (
+                f"no Turnout controller answers at {self._address} ({details}); "
+                "start one with turnout.init()"
+            ),
+        )
 
     def shutdown(self) -> None:
         """Stop the instance: every replica, the proxy and the controller."""

@@ -184,7 +184,7 @@ def _http_environ(msg: http_pb2.HttpRequest) -> dict[str, Any]:
         query_string=query,
         body=msg.body,
     )
-    raw_uri = (msg.path or "/") + (f"?{query}" if query else "")
+    raw_uri = path + (f"?{query}" if query else "")
     environ["REQUEST_URI"] = environ["RAW_URI"] = raw_uri.encode("utf-8").decode("latin-1")
     _add_headers(environ, [(h.name, h.value) for h in msg.headers])
     if msg.host:

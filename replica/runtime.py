@@ -144,7 +144,8 @@ class BackendRuntime:
         handler, is_async, batched = self._handler(method_name)
         async with self._slots:
             if batched:
-                return await self._batcher(method_name or "__call__", handler).submit(request, web)
+                batcher = self._batcher(method_name or "__call__", handler, is_async)
+                return await batcher.submit(request, web)
             return await self._invoke(handler, request, None, web, is_async)
 
     def _handler(self, method_name: str) -> tuple[Callable[[Any], Any], bool, bool]:
@@ -159,10 +160,9 @@ class BackendRuntime:
             )
         return known
 
-    def _batcher(self, name: str, handler: Callable[[Any], Any]) -> Batcher:
+    def _batcher(self, name: str, handler: Callable[[Any], Any], is_async: bool) -> Batcher:
         batcher = self._batchers.get(name)
         if batcher is None:
-            is_async = _is_async(handler)
 
             async def call(requests: list[Any], web: bool) -> Any:
                 return await self._invoke(handler, requests, len(requests), web, is_async)
