@@ -58,7 +58,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         default=True,
         help="the proxy writes logs/proxy-access.log, one line per request (default on)",
     )
+    parser.add_argument(
+        "--proxy-workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the HTTP proxy as N processes sharing its port (SO_REUSEPORT; default 1)",
+    )
     args = parser.parse_args(argv)
+    if args.proxy_workers < 1:
+        parser.error(f"--proxy-workers must be >= 1, got {args.proxy_workers}")
     if args.durable:
         if args.state is None:
             parser.error("--durable needs --state: re-adoption reads the state file")
@@ -108,6 +117,7 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
         state_path=args.state,
         durable=args.durable,
         access_log=args.access_log,
+        proxy_workers=args.proxy_workers,
     )
     try:
         controller = Controller(options)

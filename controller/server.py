@@ -56,6 +56,8 @@ class ControllerOptions:
     durable: bool = False
     # The proxy writes proxy-access.log.
     access_log: bool = True
+    # How many proxy processes share the HTTP port (the proxy's --workers).
+    proxy_workers: int = 1
 
     @property
     def log_dir(self) -> Path:
@@ -151,7 +153,9 @@ class Controller:
                 port = int(record.address.rpartition(":")[2])
         elif record is not None:
             await self.launcher.stop_recorded(record)
-        return await self.launcher.start_proxy(self.address, host, port, self.options.access_log)
+        return await self.launcher.start_proxy(
+            self.address, host, port, self.options.access_log, workers=self.options.proxy_workers
+        )
 
     async def _supervise_proxy(self) -> None:
         """Restart the proxy on the same port whenever it dies."""
@@ -171,7 +175,11 @@ class Controller:
             else:
                 backoff = 0.2
             proxy = await self.launcher.start_proxy(
-                self.address, host, int(port), self.options.access_log
+                self.address,
+                host,
+                int(port),
+                self.options.access_log,
+                workers=self.options.proxy_workers,
             )
             if proxy.ok:
                 self._proxy = proxy

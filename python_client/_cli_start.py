@@ -54,6 +54,7 @@ class StartOptions:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     access_log: bool = True
+    proxy_workers: int = 1
 
     @property
     def pid_file(self) -> Path:
@@ -94,6 +95,8 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
     ]  # fmt: skip
     if not options.access_log:
         args.append("--no-access-log")
+    if options.proxy_workers != 1:
+        args += ["--proxy-workers", str(options.proxy_workers)]
     return _process.child_argv("turnout.controller", args)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from turnout.client import Client, ReplicaInfo
 from turnout.config import BackendConfig
-from turnout.errors import NotRunningError, TurnoutError
+from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
 
@@ -30,6 +30,7 @@ def init(
     http_port: int = 8000,
     state_path: str | os.PathLike[str] | None = None,
     access_log: bool = False,
+    proxy_workers: int = 1,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -40,9 +41,11 @@ def init(
     store, or in the SQLite file ``state_path``, from which a later ``init()``
     brings it all back. ``access_log=True`` makes the proxy write one line per
     request to ``<log_dir>/proxy-access.log`` (off by default: this mode is for
-    development and benchmarks; ``turnout start`` turns it on). With an
-    ``address`` ("host:port" of a controller) it connects to that instance.
-    Calling ``init()`` again returns the same client.
+    development and benchmarks; ``turnout start`` turns it on).
+    ``proxy_workers=N`` runs the HTTP proxy as N processes sharing the port
+    (SO_REUSEPORT), for machines with cores to spare; see docs/operations.md.
+    With an ``address`` ("host:port" of a controller) it connects to that
+    instance. Calling ``init()`` again returns the same client.
 
     Example::
 
@@ -59,6 +62,10 @@ def init(
         raise TypeError(f"http_port must be an int, got {type(http_port).__name__}")
     if not isinstance(access_log, bool):
         raise TypeError(f"access_log must be a bool, got {type(access_log).__name__}")
+    if isinstance(proxy_workers, bool) or not isinstance(proxy_workers, int):
+        raise TypeError(f"proxy_workers must be an int, got {type(proxy_workers).__name__}")
+    if proxy_workers < 1:
+        raise InvalidArgumentError(f"proxy_workers must be >= 1, got {proxy_workers}")
     with _lock:
         if _client is not None:
             if address in (None, _client.controller_address):
@@ -75,6 +82,7 @@ def init(
             http_port,
             state_path=None if state_path is None else Path(state_path),
             access_log=access_log,
+            proxy_workers=proxy_workers,
         )
         try:
             _client = Client(instance.address, _instance=instance)

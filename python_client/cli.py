@@ -75,6 +75,7 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         http_host=args.http_host,
         http_port=args.http_port,
         access_log=args.access_log,
+        proxy_workers=args.proxy_workers,
     )
 
 
@@ -255,6 +256,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
 # ---- parser ---------------------------------------------------------------------------
 
 
+def _at_least_one(text: str) -> int:
+    """An argparse ``type``: an int >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="turnout",
@@ -310,6 +322,13 @@ def _parser() -> argparse.ArgumentParser:
         dest="access_log",
         action="store_false",
         help="do not write the proxy's access log",
+    )
+    start.add_argument(
+        "--proxy-workers",
+        type=_at_least_one,
+        default=1,
+        metavar="N",
+        help="run the HTTP proxy as N processes sharing the HTTP port (1); see docs/operations.md",
     )
     start.add_argument(
         "--detach",

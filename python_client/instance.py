@@ -35,6 +35,7 @@ class LocalInstance:
         host: str = "127.0.0.1",
         state_path: Path | None = None,
         access_log: bool = False,
+        proxy_workers: int = 1,
     ) -> LocalInstance:
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         (instance_dir / "logs").mkdir()
@@ -54,6 +55,7 @@ class LocalInstance:
                 "--ready-fd", str(write_fd),
                 "--owner-pid", str(os.getpid()),
                 "--access-log" if access_log else "--no-access-log",
+                "--proxy-workers", str(proxy_workers),
                 *(["--state", str(state_path)] if state_path is not None else []),
             ],
         )  # fmt: skip

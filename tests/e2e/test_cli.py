@@ -220,8 +220,26 @@ def test_help_and_version_through_the_console_script() -> None:
     deploy = subprocess.run([str(script), "deploy", "--help"], capture_output=True, text=True)
     assert "--prune" in deploy.stdout and "--dry-run" in deploy.stdout
     start = subprocess.run([str(script), "start", "--help"], capture_output=True, text=True)
-    for flag in ("--detach", "--grpc-port", "--http-port", "--state", "--no-access-log"):
+    for flag in (
+        "--detach",
+        "--grpc-port",
+        "--http-port",
+        "--state",
+        "--no-access-log",
+        "--proxy-workers",
+    ):
         assert flag in start.stdout
+
+
+def test_start_refuses_fewer_than_one_proxy_worker(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    for value in ("0", "-1"):
+        result = home.run("start", "--proxy-workers", value, *home.ports(), check=False)
+        assert result.returncode == 2, value
+        assert result.stdout == ""
+        assert f"argument --proxy-workers: must be >= 1, got {value}" in result.stderr
+    assert home.processes() == []
+    assert not home.data_dir.exists()
 
 
 # ---- the shared instance ------------------------------------------------------------
