@@ -106,6 +106,7 @@ class Report:
     date: str
     machine: dict[str, Any]
     loadgen: str
+    proxy_workers: int
     warmup_s: float
     duration_s: float
     runs: list[LoadResult] = field(default_factory=list)
@@ -435,7 +436,7 @@ def _wait_first_ok(url: str) -> None:
     raise RuntimeError(f"no 200 from {url} within {_FIRST_RESPONSE_TIMEOUT_S:.0f} s ({last})")
 
 
-def start_turnout(startup: StartupTimes) -> Client:
+def start_turnout(startup: StartupTimes, proxy_workers: int = 1) -> Client:
     """init → create_backend → create_endpoint → first 200, timing each step.
 
     The import is done before the clock starts: the target is about the
@@ -444,7 +445,7 @@ def start_turnout(startup: StartupTimes) -> Client:
     import turnout
 
     start = time.perf_counter()
-    client = turnout.init(http_port=0)
+    client = turnout.init(http_port=0, proxy_workers=proxy_workers)
     startup.init_s = time.perf_counter() - start
     client.create_backend("noop", noop)
     startup.create_backend_s = time.perf_counter() - start
@@ -486,9 +487,14 @@ def _children_of(parent: int) -> Iterator[tuple[int, str]]:
 
 
 def turnout_processes(client: Client) -> Processes:
-    """Every process of the instance, named by role: the controller and what it started."""
+    """Every process of the instance, named by role: the controller, what it
+    started, and the proxy's workers (``--proxy-workers``: proxy#2, ...)."""
     processes = [("controller", client.controller_pid)]
-    for pid, cmdline in sorted(_children_of(client.controller_pid)):
+    children = sorted(_children_of(client.controller_pid))
+    proxies = [pid for pid, cmdline in children if "-m turnout.proxy" in cmdline]
+    for proxy in proxies:
+        children += sorted(_children_of(proxy))
+    for pid, cmdline in children:
         role = next((r for r in ("proxy", "replica") if f"-m turnout.{r}" in cmdline), "other")
         taken = sum(1 for name, _ in processes if name.split("#")[0] == role)
         processes.append((f"{role}#{taken + 1}" if taken else role, pid))
@@ -564,7 +570,7 @@ def measure(args: argparse.Namespace, report: Report, stack: contextlib.ExitStac
     """Start both servers, run the load matrix, fill ``report``."""
     _, load = _load_runner(args.loadgen)
     stack.callback(_shutdown_turnout)  # registered first: a half-started instance stops too
-    client = start_turnout(report.startup)
+    client = start_turnout(report.startup, args.proxy_workers)
     _log(f"turnout up: first 200 after {report.startup.first_response_s:.3f} s")
     time.sleep(1.0)  # let start-up work (imports, first GC) settle before "idle"
     report.replica_rss_idle_mib = replica_rss_mib(client)
@@ -729,7 +735,7 @@ def print_summary(report: Report) -> None:
         f"Turnout HTTP no-op benchmark, {report.date}; nproc {report.machine['nproc']}, "
         f"Python {report.machine['python']}"
     )
-    print(f"turnout from {report.machine['turnout_source']}")
+    print(f"turnout from {report.machine['turnout_source']}; proxy workers {report.proxy_workers}")
     print(
         f"load generator: {report.loadgen}; warm-up {report.warmup_s:g} s, "
         f"measured {report.duration_s:g} s per run"
@@ -822,8 +828,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="auto: wrk if on PATH, else the built-in generator (default auto)",
     )
+    parser.add_argument(
+        "--proxy-workers",
+        type=int,
+        default=1,
+        help="Turnout's proxy processes, turnout.init(proxy_workers=N) (default 1)",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
+    if args.proxy_workers < 1:
+        parser.error("--proxy-workers must be >= 1")
     if args.duration <= 0 or args.warmup < 0:
         parser.error("--duration must be > 0 and --warmup >= 0")
     return args
@@ -837,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         machine=_machine(),
         loadgen=loadgen,
+        proxy_workers=args.proxy_workers,
         warmup_s=args.warmup,
         duration_s=args.duration,
     )

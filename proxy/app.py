@@ -30,6 +30,7 @@ from .replica_pool import ReplicaConn
 from .route_table import EndpointRoute
 from .router import Router
 from .stats import compare
+from .workers import SharedCounters
 
 logger = logging.getLogger(__name__)
 
@@ -69,18 +70,29 @@ def response_key(reply: replica_pb2.HandleResponse) -> Hashable:
 class ProxyState:
     """The router and the background work hanging off it."""
 
-    def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, worker_index: int = 0) -> None:
         self.router: Router[ReplicaLink] = Router(connect)
         self.admission = Admission(self.router)
         self.max_body_bytes = max_body_bytes
+        # Which of the proxy's processes this is (0 unless --workers N).
+        self.worker_index = worker_index
         self.first_snapshot = asyncio.Event()
         self.registry = metrics.registry_for(
-            self.router.stats, lambda: self.router.table.version, self.admission.queued
+            self.router.stats.to_proto, self._routes_version, self.admission.queued
         )
         self._background: set[asyncio.Task[None]] = set()
         # Replicas that left the snapshot, their channels closing with a grace.
         self._draining: set[Conn] = set()
         self.shadows_in_flight = 0
+
+    def _routes_version(self) -> int:
+        return self.router.table.version
+
+    def count_with(self, counters: SharedCounters) -> None:
+        """Show ``counters`` (every worker's, summed) at /-/metrics."""
+        self.registry = metrics.registry_for(
+            counters.endpoints, self._routes_version, counters.queued
+        )
 
     def apply(self, snapshot: pb.RoutingSnapshot) -> None:
         """Serve ``snapshot`` from now on; must run on the event loop."""
@@ -366,7 +378,14 @@ def _system(state: ProxyState, path: str, method: str) -> web.Response:
     if path == "/-/routes":
         return web.json_response(state.router.table.describe())
     if path == "/-/healthz":
-        return web.json_response({"status": "ok", "routes_version": state.router.table.version})
+        return web.json_response(
+            {
+                "status": "ok",
+                "routes_version": state.router.table.version,
+                "worker": state.worker_index,
+                "pid": os.getpid(),
+            }
+        )
     return web.Response(
         body=metrics.render(state.registry), headers={"Content-Type": metrics.CONTENT_TYPE}
     )

@@ -25,8 +25,16 @@ ACK_TIMEOUT_S = 5.0
 REPORT_INTERVAL_S = 1.0
 
 
+def subscriber_id(worker_index: int) -> str:
+    """The name a proxy process follows routes and reports counters under:
+    "proxy" for the one the controller started, "proxy-<n>" for its workers."""
+    return f"{SUBSCRIBER_ID}-{worker_index}" if worker_index else SUBSCRIBER_ID
+
+
 async def watch_routes(
-    controller_address: str, apply: Callable[[pb.RoutingSnapshot], None]
+    controller_address: str,
+    apply: Callable[[pb.RoutingSnapshot], None],
+    subscriber: str = SUBSCRIBER_ID,
 ) -> None:
     """Apply every snapshot the controller streams; reconnect forever.
 
@@ -43,7 +51,7 @@ async def watch_routes(
                 controller_address, options=CHANNEL_OPTIONS
             ) as channel:
                 stub = controller_pb2_grpc.ControllerServiceStub(channel)
-                stream = stub.WatchRoutes(pb.WatchRoutesRequest(subscriber_id=SUBSCRIBER_ID))
+                stream = stub.WatchRoutes(pb.WatchRoutesRequest(subscriber_id=subscriber))
                 # Versions only grow within one stream; a new stream (a
                 # restarted controller) starts its own sequence.
                 seen = -1
@@ -58,7 +66,7 @@ async def watch_routes(
                         lost = False
                     backoff = BACKOFF_INITIAL_S
                     await stub.AckRoutes(
-                        pb.AckRoutesRequest(subscriber_id=SUBSCRIBER_ID, version=seen),
+                        pb.AckRoutesRequest(subscriber_id=subscriber, version=seen),
                         timeout=ACK_TIMEOUT_S,
                     )
         except grpc.aio.AioRpcError as exc:

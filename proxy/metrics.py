@@ -1,7 +1,9 @@
 """``GET /-/metrics``: the router's counters in Prometheus text format.
 
-A custom collector reads ``RouterStats`` at scrape time, so the counters have
-one source of truth, and the registry is the app's own (no module globals).
+A custom collector reads the counters at scrape time, so they have one source
+of truth (``RouterStats``, summed over the proxy's workers when there are
+several: ``turnout.proxy.workers``), and the registry is the app's own (no
+module globals).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .stats import RouterStats
+from turnout.v1 import controller_pb2 as pb
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -20,11 +22,11 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class RouterCollector(Collector):
     def __init__(
         self,
-        stats: RouterStats,
+        endpoints: Callable[[], list[pb.EndpointStats]],
         routes_version: Callable[[], int],
         queued: Callable[[], dict[str, int]] = dict,
     ) -> None:
-        self._stats = stats
+        self._endpoints = endpoints
         self._routes_version = routes_version
         self._queued = queued
 
@@ -47,14 +49,15 @@ class RouterCollector(Collector):
             "Shadow answers compared with the primary's: matched, differed or failed.",
             labels=["endpoint", "backend", "result"],
         )
-        for endpoint, counts in self._stats.items():
-            for backend, n in counts.requests_by_backend.items():
+        for counts in self._endpoints():
+            endpoint = counts.endpoint
+            for backend, n in sorted(counts.requests_by_backend.items()):
                 requests.add_metric([endpoint, backend], n)
             errors.add_metric([endpoint], counts.errors)
-            for backend, shadow in counts.shadows.items():
-                sent.add_metric([endpoint, backend], shadow.sent)
+            for shadow in counts.shadows:
+                sent.add_metric([endpoint, shadow.backend], shadow.sent)
                 for result in ("matched", "differed", "failed"):
-                    compared.add_metric([endpoint, backend, result], getattr(shadow, result))
+                    compared.add_metric([endpoint, shadow.backend, result], getattr(shadow, result))
         version = GaugeMetricFamily(
             "turnout_routes_version", "Version of the routing snapshot being served."
         )
@@ -70,12 +73,14 @@ class RouterCollector(Collector):
 
 
 def registry_for(
-    stats: RouterStats,
+    endpoints: Callable[[], list[pb.EndpointStats]],
     routes_version: Callable[[], int],
     queued: Callable[[], dict[str, int]] = dict,
 ) -> CollectorRegistry:
+    """A registry whose one collector reads ``endpoints()`` (the counters, by
+    endpoint), ``routes_version()`` and ``queued()`` at each scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(stats, routes_version, queued))
+    registry.register(RouterCollector(endpoints, routes_version, queued))
     return registry
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -21,7 +22,8 @@ from aiohttp import web
 from turnout import _logging, _process
 
 from .app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_server
-from .controller_link import SUBSCRIBER_ID, report_stats, watch_routes
+from .controller_link import report_stats, subscriber_id, watch_routes
+from .workers import SharedCounters, Workers, WorkerSpec, new_stats_dir
 
 logger = logging.getLogger("turnout.proxy")
 
@@ -45,6 +47,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body accepted; larger ones get 413 (default 16 MiB)",
     )
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="proxy processes sharing the port through SO_REUSEPORT (default 1)",
+    )
+    # Set by the lead for the workers it starts (turnout.proxy.workers).
+    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--stats-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
     parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
     parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
@@ -52,6 +63,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--access-log", type=Path, help="rotated access log, one line per request (default: none)"
     )
     return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
 
 
 def access_logger(path: Path | None) -> logging.Logger | None:
@@ -80,7 +101,14 @@ async def serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    state = ProxyState(args.max_body_bytes)
+    index = args.worker_index
+    lead_of_workers = index == 0 and args.workers > 1
+    stats_dir = new_stats_dir() if lead_of_workers else args.stats_dir
+    state = ProxyState(args.max_body_bytes, worker_index=index)
+    counters = None
+    if stats_dir is not None:
+        counters = SharedCounters(stats_dir, index, state.router.stats, state.admission.queued)
+        state.count_with(counters)
     runner = web.ServerRunner(
         build_server(
             state,
@@ -89,20 +117,33 @@ async def serve(args: argparse.Namespace) -> int:
         )
     )
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, reuse_port=False)
+    # Sharing the port only when asked to: otherwise a port in use is an error.
+    site = web.TCPSite(runner, args.host, args.port, reuse_port=stats_dir is not None)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         await state.close()
+        if lead_of_workers and stats_dir is not None:
+            shutil.rmtree(stats_dir, ignore_errors=True)
         return _fail(args, "UNAVAILABLE", f"cannot listen on {args.host}:{args.port}: {exc}")
     host, port = runner.addresses[0][:2]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    watcher = asyncio.create_task(watch_routes(args.controller, state.apply))
-    state.spawn(report_stats(args.controller, state.router.stats, SUBSCRIBER_ID))
+    name = subscriber_id(index)
+    watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name))
+    state.spawn(report_stats(args.controller, state.router.stats, name))
+    if counters is not None:
+        state.spawn(counters.share_forever())
+    workers = None
+    if lead_of_workers and stats_dir is not None:
+        spec = WorkerSpec(
+            args.controller, args.host, port, args.max_body_bytes, stats_dir,
+            args.log_file, args.access_log,
+        )  # fmt: skip
+        workers = Workers(spec, args.workers)
     if not await _first_snapshot_or_stop(state, stop):
-        await _shut_down(watcher, runner, state)
+        await _shut_down(watcher, runner, state, workers)
         if stop.is_set():
             _fail(args, "UNAVAILABLE", "stopped before the first routing snapshot arrived")
             return 0
@@ -112,13 +153,20 @@ async def serve(args: argparse.Namespace) -> int:
             f"no routes from the controller at {args.controller} "
             f"within {FIRST_SNAPSHOT_TIMEOUT_S:.0f} s",
         )
+    if workers is not None:
+        try:
+            await workers.start()
+        except RuntimeError as exc:
+            await _shut_down(watcher, runner, state, workers)
+            return _fail(args, "UNAVAILABLE", str(exc))
     if args.ready_fd is not None:
         _process.report_ready(args.ready_fd, address=address, pid=os.getpid())
-    logger.info("proxy listening on http://%s", address)
+    who = f"proxy worker {index}" if index else "proxy"
+    logger.info("%s listening on http://%s", who, address)
 
     await stop.wait()
-    logger.info("proxy stopping")
-    await _shut_down(watcher, runner, state)
+    logger.info("%s stopping", who)
+    await _shut_down(watcher, runner, state, workers)
     return 0
 
 
@@ -136,15 +184,22 @@ async def _first_snapshot_or_stop(state: ProxyState, stop: asyncio.Event) -> boo
 
 
 async def _shut_down(
-    watcher: asyncio.Task[None], runner: web.ServerRunner, state: ProxyState
+    watcher: asyncio.Task[None],
+    runner: web.ServerRunner,
+    state: ProxyState,
+    workers: Workers | None = None,
 ) -> None:
     watcher.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await watcher
+    # The workers drain their requests while this process drains its own.
+    stopping = asyncio.create_task(workers.stop()) if workers is not None else None
     # Stops accepting and lets in-flight requests finish; only then may the
     # replica streams they use be closed.
     await runner.cleanup()
     await state.close()
+    if stopping is not None:
+        await stopping
 
 
 def main(argv: list[str] | None = None) -> int:

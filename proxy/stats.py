@@ -4,7 +4,7 @@ handles of one process), reported to the controller and shown as metrics."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -104,3 +104,25 @@ class RouterStats:
             )
             for name, counts in self.items()
         ]
+
+
+def sum_reports(reports: Iterable[list[pb.EndpointStats]]) -> list[pb.EndpointStats]:
+    """The counters of several routers added up, by endpoint (sorted by name)."""
+    merged: dict[str, pb.EndpointStats] = {}
+    shadows: dict[tuple[str, str], pb.ShadowStats] = {}
+    for report in reports:
+        for stats in report:
+            total = merged.setdefault(stats.endpoint, pb.EndpointStats(endpoint=stats.endpoint))
+            for backend, n in stats.requests_by_backend.items():
+                total.requests_by_backend[backend] += n
+            total.errors += stats.errors
+            for shadow in stats.shadows:
+                key = (stats.endpoint, shadow.backend)
+                if key not in shadows:
+                    shadows[key] = total.shadows.add(backend=shadow.backend)
+                summed = shadows[key]
+                summed.sent += shadow.sent
+                summed.matched += shadow.matched
+                summed.differed += shadow.differed
+                summed.failed += shadow.failed
+    return [merged[name] for name in sorted(merged)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import socket
 from collections.abc import Awaitable, Callable
@@ -68,7 +69,12 @@ def test_system_paths() -> None:
     async def scenario(session: aiohttp.ClientSession, base: str) -> None:
         async with session.get(base + "/-/healthz") as reply:
             assert reply.status == 200
-            assert await reply.json() == {"status": "ok", "routes_version": 5}
+            assert await reply.json() == {
+                "status": "ok",
+                "routes_version": 5,
+                "worker": 0,
+                "pid": os.getpid(),
+            }
         async with session.get(base + "/-/routes") as reply:
             assert await reply.json() == {
                 "version": 5,

@@ -1,0 +1,253 @@
+"""Several proxy processes on one HTTP port (``--workers N``).
+
+A Python process serves HTTP on one core at most, and the proxy is the first
+process on every request's path. With ``--workers N``, the proxy the
+controller started (the lead, worker 0) binds its port with SO_REUSEPORT and
+starts N-1 more proxies on the same host and port; the kernel spreads new
+connections over the N listening sockets. Each worker:
+
+- follows the controller's routes under its own subscriber id, so an admin
+  call returns only once every worker serves the change;
+- reports its own counters to the controller under its own reporter id (the
+  controller sums them), and shares them with the other workers through a
+  file each, so ``/-/metrics`` shows the sum whichever worker answers;
+- logs to files of its own, ``proxy-<n>.log`` beside ``proxy.log``;
+- dies with the lead (``--parent-pid``). The lead restarts a worker that exits
+  and stops them all when it stops; the controller supervises only the lead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from turnout import _process
+from turnout.v1 import controller_pb2 as pb
+
+from .stats import RouterStats, sum_reports
+
+logger = logging.getLogger(__name__)
+
+# How long a worker may take to start and get its first routing snapshot.
+WORKER_READY_TIMEOUT_S = 60.0
+# How long a worker told to stop may drain its requests before it is killed.
+WORKER_STOP_TIMEOUT_S = 35.0
+# Restarts of a worker that keeps exiting back off up to this.
+RESTART_BACKOFF_MAX_S = 10.0
+# How often a worker writes its counters for the others' /-/metrics.
+SHARE_INTERVAL_S = 1.0
+
+
+def indexed(path: Path, index: int) -> Path:
+    """Worker ``index``'s file beside worker 0's: proxy.log -> proxy-2.log."""
+    return path if index == 0 else path.with_name(f"{path.stem}-{index}{path.suffix}")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the lead tells every worker it starts."""
+
+    controller: str
+    host: str
+    port: int
+    max_body_bytes: int
+    stats_dir: Path
+    log_file: Path | None = None
+    access_log: Path | None = None
+
+    def argv(self, index: int, ready_fd: int) -> list[str]:
+        args = [
+            "--controller", self.controller,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--max-body-bytes", str(self.max_body_bytes),
+            "--worker-index", str(index),
+            "--stats-dir", str(self.stats_dir),
+            "--parent-pid", str(os.getpid()),
+            "--ready-fd", str(ready_fd),
+        ]  # fmt: skip
+        if self.log_file is not None:
+            args += ["--log-file", str(indexed(self.log_file, index))]
+        if self.access_log is not None:
+            args += ["--access-log", str(indexed(self.access_log, index))]
+        return _process.child_argv("turnout.proxy", args)
+
+
+def new_stats_dir() -> Path:
+    """A private directory for the workers' shared counters; the lead removes it."""
+    return Path(tempfile.mkdtemp(prefix="turnout-proxy-"))
+
+
+class SharedCounters:
+    """This worker's counters plus the other workers' latest, for /-/metrics.
+
+    Each worker rewrites ``<dir>/<index>.json`` (atomically) about once a
+    second when its counters changed; a scrape adds its own live counters to
+    the others' files, so what it shows lags the other workers by at most
+    that second.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        index: int,
+        stats: RouterStats,
+        queued: Callable[[], dict[str, int]],
+    ) -> None:
+        self._directory = directory
+        self._index = index
+        self._stats = stats
+        self._queued = queued
+        self._path = directory / f"{index}.json"
+
+    def _others(self) -> list[tuple[pb.ReportStatsRequest, dict[str, int]]]:
+        """The other workers' latest counters and queue lengths; a file that
+        cannot be read (a worker writing its first) is skipped."""
+        shares = []
+        for path in self._directory.glob("*.json"):
+            if path == self._path:
+                continue
+            report = pb.ReportStatsRequest()
+            try:
+                share = json.loads(path.read_text())
+                json_format.ParseDict(share["report"], report)
+                queued = {str(b): int(n) for b, n in share["queued"].items()}
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, json_format.Error):
+                continue
+            shares.append((report, queued))
+        return shares
+
+    def endpoints(self) -> list[pb.EndpointStats]:
+        reports = [self._stats.to_proto()]
+        reports += [list(report.endpoints) for report, _ in self._others()]
+        return sum_reports(reports)
+
+    def queued(self) -> dict[str, int]:
+        totals = dict(self._queued())
+        for _, queued in self._others():
+            for backend, n in queued.items():
+                totals[backend] = totals.get(backend, 0) + n
+        return totals
+
+    def write(self) -> None:
+        report = pb.ReportStatsRequest(endpoints=self._stats.to_proto())
+        share = {"report": json_format.MessageToDict(report), "queued": self._queued()}
+        partial = self._path.with_suffix(".tmp")
+        partial.write_text(json.dumps(share))
+        partial.replace(self._path)
+
+    async def share_forever(self) -> None:
+        written = -1
+        queued: dict[str, int] = {}
+        while True:
+            if self._stats.changes != written or self._queued() != queued:
+                written, queued = self._stats.changes, self._queued()
+                try:
+                    self.write()
+                except OSError as exc:
+                    logger.warning("cannot share counters in %s: %s", self._directory, exc)
+            await asyncio.sleep(SHARE_INTERVAL_S)
+
+
+class Workers:
+    """The lead's workers 1..count-1: started together, restarted when they
+    exit, stopped together."""
+
+    def __init__(self, spec: WorkerSpec, count: int) -> None:
+        self._spec = spec
+        self._count = count
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """Worker index -> pid, of the workers running now."""
+        return {i: p.pid for i, p in self._processes.items() if p.returncode is None}
+
+    async def start(self) -> None:
+        """Start every worker and wait until each serves; raises ``RuntimeError``
+        (the others stopped again) if one cannot."""
+        indices = range(1, self._count)
+        results = await asyncio.gather(*(self._start(i) for i in indices), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            await self.stop()
+            raise RuntimeError(f"a proxy worker did not start: {failures[0]}")
+        self._watchers = [asyncio.create_task(self._watch(i)) for i in indices]
+
+    async def _start(self, index: int) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *self._spec.argv(index, write_fd),
+                stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(write_fd,),
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self._processes[index] = process
+        try:
+            report = await asyncio.wait_for(
+                _process.read_report_async(read_fd), WORKER_READY_TIMEOUT_S
+            )
+        except TimeoutError:
+            report = {"message": f"not ready within {WORKER_READY_TIMEOUT_S:.0f} s"}
+        if not report.get("ok"):
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            raise RuntimeError(f"worker {index}: {report.get('message', 'failed')}")
+        logger.info("proxy worker %d serving (pid %d)", index, process.pid)
+
+    async def _watch(self, index: int) -> None:
+        backoff = 0.5
+        while True:
+            code = await self._processes[index].wait()
+            if self._stopping:
+                return
+            logger.warning("proxy worker %d exited with %s; restarting it", index, code)
+            while True:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+                try:
+                    await self._start(index)
+                    break
+                except (RuntimeError, OSError) as exc:
+                    logger.error("restarting proxy worker %d failed: %s", index, exc)
+            backoff = 0.5
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (each drains its requests), then wait; SIGKILL
+        whichever is still there after ``WORKER_STOP_TIMEOUT_S``."""
+        self._stopping = True
+        for watcher in self._watchers:
+            watcher.cancel()
+        running = [p for p in self._processes.values() if p.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(WORKER_STOP_TIMEOUT_S):
+                await asyncio.gather(*(p.wait() for p in running))
+        except TimeoutError:
+            for process in running:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            await asyncio.gather(*(p.wait() for p in running))
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        shutil.rmtree(self._spec.stats_dir, ignore_errors=True)
