@@ -136,13 +136,19 @@ async def serve(args: argparse.Namespace) -> int:
     if counters is not None:
         state.spawn(counters.share_forever())
     workers = None
+    starting: asyncio.Task[None] | None = None
     if lead_of_workers and stats_dir is not None:
         spec = WorkerSpec(
             args.controller, args.host, port, args.max_body_bytes, stats_dir,
             args.log_file, args.access_log,
         )  # fmt: skip
         workers = Workers(spec, args.workers)
+        # Started now, so that they load and get their routes while this one does.
+        starting = asyncio.create_task(workers.start())
     if not await _first_snapshot_or_stop(state, stop):
+        if starting is not None:
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
         await _shut_down(watcher, runner, state, workers)
         if stop.is_set():
             _fail(args, "UNAVAILABLE", "stopped before the first routing snapshot arrived")
@@ -153,9 +159,9 @@ async def serve(args: argparse.Namespace) -> int:
             f"no routes from the controller at {args.controller} "
             f"within {FIRST_SNAPSHOT_TIMEOUT_S:.0f} s",
         )
-    if workers is not None:
+    if starting is not None:
         try:
-            await workers.start()
+            await starting
         except RuntimeError as exc:
             await _shut_down(watcher, runner, state, workers)
             return _fail(args, "UNAVAILABLE", str(exc))

@@ -112,3 +112,23 @@ def test_shutdown_leaves_no_worker_running() -> None:
     finally:
         client.shutdown()
     assert not [pid for pid in pids if pid in processes_mentioning("turnout.proxy")]
+
+
+def test_workers_die_with_their_lead_and_the_restarted_proxy_has_workers_again(
+    two_workers: Client,
+) -> None:
+    two_workers.create_backend("w-after", hello)
+    two_workers.create_endpoint("w-after", "w-after", route="/w-after")
+    before = workers_seen(two_workers)
+    os.kill(before[0]["pid"], signal.SIGKILL)
+    wait_until(lambda: before[1]["pid"] not in processes_mentioning("turnout.proxy"), timeout=30)
+
+    def both_workers_are_back() -> bool:
+        try:
+            seen = workers_seen(two_workers, tries=20)
+        except requests.ConnectionError:
+            return False
+        return set(seen) == {0, 1} and seen[0]["pid"] != before[0]["pid"]
+
+    wait_until(both_workers_are_back, timeout=60)
+    assert fresh_get(two_workers.http_address + "/w-after").text == "hello"
