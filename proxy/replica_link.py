@@ -15,6 +15,7 @@ then sends it unary ``Handle`` calls from then on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 from typing import TYPE_CHECKING
@@ -28,6 +29,16 @@ if TYPE_CHECKING:
     from turnout.v1.replica_pb2_grpc import ReplicaServiceAsyncStub
 
 logger = logging.getLogger(__name__)
+
+# Coalescing under load, like Nagle's algorithm: with at least HOLD_IN_FLIGHT
+# calls sent and not yet answered, the writer holds new calls until the next
+# answer arrives (the replica is busy anyway), for at most HOLD_S and until
+# HOLD_MAX_CALLS are waiting, so one message carries more of them. With fewer
+# in flight a call is written at once. At 64 connections this is about a
+# fifth more requests/s on the no-op benchmark (bench/RESULTS.md).
+HOLD_IN_FLIGHT = 8
+HOLD_S = 0.002
+HOLD_MAX_CALLS = 32
 
 # Said of calls still waiting to be written when their stream failed: they
 # never reached the replica. Worded so that ``never_delivered`` recognises it.
@@ -116,6 +127,7 @@ class _CallStream:
         self._outbox: list[replica_pb2.StreamCall] = []
         self._cancelled: list[int] = []
         self._wake = asyncio.Event()
+        self._answered = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self.failed = False
@@ -163,6 +175,8 @@ class _CallStream:
         try:
             while True:
                 await self._wake.wait()
+                if self._should_hold():
+                    await self._hold()
                 self._wake.clear()
                 calls, self._outbox = self._outbox, []
                 cancelled, self._cancelled = self._cancelled, []
@@ -175,10 +189,21 @@ class _CallStream:
             # The RPC failed; the reader learns why and fails the calls.
             return
 
+    def _should_hold(self) -> bool:
+        unanswered = len(self._waiting) - len(self._outbox)
+        return unanswered >= HOLD_IN_FLIGHT and len(self._outbox) < HOLD_MAX_CALLS
+
+    async def _hold(self) -> None:
+        self._answered.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HOLD_S):
+                await self._answered.wait()
+
     async def _read(self) -> None:
         error: ReplicaCallError
         try:
             async for message in self._rpc:
+                self._answered.set()
                 for answer in message.answers:
                     waiter = self._waiting.get(answer.id)
                     if waiter is None or waiter.done():

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from turnout._grpc import never_delivered
+from turnout.proxy import replica_link
 from turnout.proxy.replica_link import ReplicaCallError, ReplicaLink
 from turnout.replica.call_stream import CallStream, NoPayload, serve_stream
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
@@ -55,7 +56,8 @@ class StreamReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
     async def respond(self, message: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
         if message.WhichOneof("payload") is None:
             raise NoPayload
-        await asyncio.sleep(self.delay)
+        if not message.http.body.startswith(b"fast"):
+            await asyncio.sleep(self.delay)
         return echo(message)
 
     async def HandleStream(
@@ -136,6 +138,51 @@ def test_a_lone_request_is_sent_at_once_and_answered() -> None:
 
     with_replica(replica, scenario)
     assert replica.calls_per_message == [1, 1, 1]
+
+
+async def issue_one_by_one(link: ReplicaLink, texts: list[str]) -> list[asyncio.Task[Any]]:
+    """Each call started in a loop turn of its own, as HTTP requests arrive."""
+    tasks = []
+    for text in texts:
+        tasks.append(asyncio.create_task(link.handle(request(text), None)))
+        await asyncio.sleep(0)
+    return tasks
+
+
+def test_with_many_calls_in_flight_new_ones_wait_for_an_answer_and_leave_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A hold long enough that only an answer can end it.
+    monkeypatch.setattr(replica_link, "HOLD_S", 30.0)
+    replica = StreamReplica(delay=0.3)
+
+    async def scenario(link: ReplicaLink) -> None:
+        slow = [asyncio.create_task(link.handle(request(f"s{i}"), None)) for i in range(8)]
+        await asyncio.sleep(0.05)  # the 8 are written and being worked on
+        fast = await issue_one_by_one(link, [f"fast{i}" for i in range(5)])
+        replies = await asyncio.gather(*fast, *slow)
+        assert [r.http.body.decode() for r in replies[:5]] == [f"fast{i}" for i in range(5)]
+
+    with_replica(replica, scenario)
+    assert replica.calls_per_message[-2:] == [8, 5]
+
+
+def test_with_few_calls_in_flight_a_new_one_is_sent_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(replica_link, "HOLD_S", 30.0)
+    replica = StreamReplica(delay=2.0)
+
+    async def scenario(link: ReplicaLink) -> None:
+        slow = [asyncio.create_task(link.handle(request(f"s{i}"), None)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        fast = asyncio.create_task(link.handle(request("fast"), None))
+        done, _ = await asyncio.wait([fast, *slow], return_when=asyncio.FIRST_COMPLETED)
+        assert done == {fast}
+        await asyncio.gather(*slow)
+
+    with_replica(replica, scenario)
+    assert replica.calls_per_message == [3, 1]
 
 
 def test_a_request_past_its_timeout_fails_and_is_cancelled_on_the_replica() -> None:
