@@ -559,3 +559,27 @@ def test_gpus_that_do_not_exist_are_refused(client: turnout.Client) -> None:
     with pytest.raises(turnout.InvalidArgumentError, match="GPU"):
         client.create_backend("needs-8-gpus", placement, replica_options={"num_gpus": 8})
     assert "needs-8-gpus" not in client.list_backends()
+
+
+def grpc_experiments(request: Any) -> str:
+    return os.environ.get("GRPC_EXPERIMENTS", "<unset>")
+
+
+def test_children_use_grpcs_older_io_engine_unless_the_environment_says_otherwise(
+    client: turnout.Client, unique: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = unique("grpc-env")
+    client.create_backend(name, grpc_experiments)
+    client.create_endpoint(name, name)
+    default = client.get_handle(name).remote().result(timeout=30)
+    assert default == "-event_engine_client,-event_engine_listener"
+
+    monkeypatch.setenv("GRPC_EXPERIMENTS", "-event_engine_client")
+    instance = LocalInstance.start("127.0.0.1", 0)
+    own = Client(instance.address, _instance=instance)
+    try:
+        own.create_backend("grpc-env", grpc_experiments)
+        own.create_endpoint("grpc-env", "grpc-env")
+        assert own.get_handle("grpc-env").remote().result(timeout=30) == "-event_engine_client"
+    finally:
+        own.shutdown()
