@@ -162,7 +162,7 @@ async def serve(args: argparse.Namespace) -> int:
     if starting is not None:
         try:
             await starting
-        except RuntimeError as exc:
+        except (RuntimeError, OSError) as exc:
             await _shut_down(watcher, runner, state, workers)
             return _fail(args, "UNAVAILABLE", str(exc))
     if args.ready_fd is not None:

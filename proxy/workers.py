@@ -171,11 +171,6 @@ class Workers:
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    @property
-    def pids(self) -> dict[int, int]:
-        """Worker index -> pid, of the workers running now."""
-        return {i: p.pid for i, p in self._processes.items() if p.returncode is None}
-
     async def start(self) -> None:
         """Start every worker and wait until each serves; raises ``RuntimeError``
         (the others stopped again) if one cannot."""
