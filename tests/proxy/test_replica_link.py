@@ -140,6 +140,12 @@ def test_a_lone_request_is_sent_at_once_and_answered() -> None:
     assert replica.calls_per_message == [1, 1, 1]
 
 
+async def received(replica: StreamReplica, count: int) -> None:
+    """Until the replica has been sent ``count`` calls in all."""
+    while sum(replica.calls_per_message) < count:
+        await asyncio.sleep(0.001)
+
+
 async def issue_one_by_one(link: ReplicaLink, texts: list[str]) -> list[asyncio.Task[Any]]:
     """Each call started in a loop turn of its own, as HTTP requests arrive."""
     tasks = []
@@ -158,7 +164,7 @@ def test_with_many_calls_in_flight_new_ones_wait_for_an_answer_and_leave_togethe
 
     async def scenario(link: ReplicaLink) -> None:
         slow = [asyncio.create_task(link.handle(request(f"s{i}"), None)) for i in range(8)]
-        await asyncio.sleep(0.05)  # the 8 are written and being worked on
+        await received(replica, 8)
         fast = await issue_one_by_one(link, [f"fast{i}" for i in range(5)])
         replies = await asyncio.gather(*fast, *slow)
         assert [r.http.body.decode() for r in replies[:5]] == [f"fast{i}" for i in range(5)]
@@ -175,7 +181,7 @@ def test_with_few_calls_in_flight_a_new_one_is_sent_at_once(
 
     async def scenario(link: ReplicaLink) -> None:
         slow = [asyncio.create_task(link.handle(request(f"s{i}"), None)) for i in range(3)]
-        await asyncio.sleep(0.05)
+        await received(replica, 3)
         fast = asyncio.create_task(link.handle(request("fast"), None))
         done, _ = await asyncio.wait([fast, *slow], return_when=asyncio.FIRST_COMPLETED)
         assert done == {fast}
