@@ -67,3 +67,14 @@ def test_sigterm_before_the_first_snapshot_stops_it_cleanly() -> None:
         assert report["ok"] is False
         assert "stopped before" in report["message"]
         assert process.wait(timeout=30) == 0
+
+
+def test_fewer_than_one_worker_is_refused() -> None:
+    controller = f"127.0.0.1:{unused_port()}"
+    for value in ("0", "two"):
+        argv = _process.child_argv(
+            "turnout.proxy", ["--controller", controller, "--port", "0", "--workers", value]
+        )
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert f"argument --workers: must be a whole number >= 1, got {value!r}" in result.stderr
