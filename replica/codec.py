@@ -38,7 +38,31 @@ class BadReturnValue(TypeError):
 
 def http_to_request(msg: http_pb2.HttpRequest) -> Request:
     """The Flask-compatible request for an HTTP request the proxy forwarded."""
-    return Request(_http_environ(msg))
+    return DeferredRequest(msg)
+
+
+class DeferredRequest(Request):
+    """A werkzeug ``Request`` that builds itself on first use.
+
+    Its WSGI environ and ``Request.__init__`` cost about 20 µs per request
+    (bench/RESULTS.md), which a handler that never looks at its request need
+    not pay. Any attribute read runs the real constructor first, so the
+    object is a plain ``Request`` to every caller; ``close()`` on an untouched
+    one has nothing to close.
+    """
+
+    def __init__(self, msg: http_pb2.HttpRequest) -> None:
+        # No super().__init__: it runs in __getattr__, on first use.
+        self._turnout_pending = msg
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for attributes not set yet: before the first use, all
+        # of Request's own; after it, names that do not exist.
+        msg = self.__dict__.pop("_turnout_pending", None)
+        if msg is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        Request.__init__(self, _http_environ(msg))
+        return getattr(self, name)
 
 
 def call_to_request(msg: replica_pb2.PythonCall) -> PythonCallRequest:

@@ -67,6 +67,26 @@ def json_body(response: http_pb2.HttpResponse) -> Any:
 # --- the request a handler receives over HTTP --------------------------------
 
 
+def test_the_request_is_a_werkzeug_request_built_on_first_use() -> None:
+    request = codec.http_to_request(http(path="/a", query="x=1"))
+    assert isinstance(request, Request)
+    request.close()  # untouched: nothing to close, nothing built
+
+    request = codec.http_to_request(http(method="POST", path="/b", body=b"hi"))
+    assert request.environ["werkzeug.request"] is request
+    assert (request.method, request.path, request.get_data()) == ("POST", "/b", b"hi")
+    assert repr(request) == "<DeferredRequest 'http://example.com:8000/b' [POST]>"
+    # A name that does not exist is missing on first use and after it.
+    untouched = codec.http_to_request(http())
+    for _ in range(2):
+        with pytest.raises(AttributeError, match="has no attribute 'jsn'"):
+            untouched.jsn  # type: ignore[attr-defined]  # noqa: B018
+    assert untouched.path == "/"
+    copy = cloudpickle.loads(cloudpickle.dumps(codec.http_to_request(http(query="k=v"))))
+    assert copy.args["k"] == "v"
+    request.close()
+
+
 def test_query_args_keep_repeated_keys_and_decode_percent_escapes(
     make_request: MakeRequest,
 ) -> None:
