@@ -19,14 +19,22 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 from dataclasses import dataclass, field
 
-from http_noop import PATH, _wrk_ms, cpu_seconds, noop, turnout_processes
+from http_noop import (
+    HOST,
+    PATH,
+    LoadResult,
+    LoadSpec,
+    Processes,
+    _http_port,
+    noop,
+    turnout_processes,
+    wrk_load,
+)
 
 from turnout import Client
 from turnout.instance import LocalInstance
@@ -39,15 +47,22 @@ RUN_S = 3
 class Side:
     label: str
     client: Client
-    pids: list[int]
-    runs: dict[int, list[tuple[float, float, float]]] = field(default_factory=dict)
+    processes: Processes
+    runs: dict[int, list[LoadResult]] = field(default_factory=dict)
+
+    def load(self, wrk: str, connections: int) -> LoadResult:
+        """One short wrk run (after its own warm-up), as ``http_noop.py`` makes them."""
+        spec = LoadSpec(
+            HOST, _http_port(self.client), PATH, connections, WARMUP_S, RUN_S, self.processes
+        )
+        return wrk_load(wrk, self.label, spec)
 
 
 def start(label: str, env: dict[str, str], proxy_workers: int) -> Side:
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
-        instance = LocalInstance.start("127.0.0.1", 0, proxy_workers=proxy_workers)
+        instance = LocalInstance.start(HOST, 0, proxy_workers=proxy_workers)
     finally:
         for name, value in saved.items():
             if value is None:
@@ -57,30 +72,7 @@ def start(label: str, env: dict[str, str], proxy_workers: int) -> Side:
     client = Client(instance.address, _instance=instance)
     client.create_backend("noop", noop)
     client.create_endpoint("noop", "noop", route=PATH)
-    return Side(label, client, [pid for _, pid in turnout_processes(client)])
-
-
-def wrk_run(wrk: str, side: Side, connections: int) -> tuple[float, float, float]:
-    """(requests/s, p50 ms, server CPU µs per request) of one short run."""
-    url = side.client.http_address + PATH
-    base = [wrk, "-t", "1", "-c", str(connections)]
-    subprocess.run([*base, "-d", f"{WARMUP_S}s", url], capture_output=True, check=True)
-    before = sum(cpu_seconds(pid) for pid in side.pids)
-    out = subprocess.run(
-        [*base, "-d", f"{RUN_S}s", "--latency", url], capture_output=True, text=True, check=True
-    ).stdout
-    used = sum(cpu_seconds(pid) for pid in side.pids) - before
-    rps = float(_find(r"Requests/sec:\s+([\d.]+)", out))
-    count = int(_find(r"(\d+) requests in", out))
-    p50_ms = _wrk_ms(_find(r"50%\s+(\S+)", out))
-    return rps, p50_ms, used / max(count, 1) * 1e6
-
-
-def _find(pattern: str, text: str) -> str:
-    match = re.search(pattern, text)
-    if match is None:
-        raise RuntimeError(f"cannot read wrk's output:\n{text}")
-    return match.group(1)
+    return Side(label, client, turnout_processes(client))
 
 
 def _assignment(text: str) -> tuple[str, str]:
@@ -136,15 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for c in connections:
                 for side in sides if round_ % 2 == 0 else sides[::-1]:
-                    side.runs.setdefault(c, []).append(wrk_run(wrk, side, c))
+                    side.runs.setdefault(c, []).append(side.load(wrk, c))
         for c in connections:
             for side in sides:
                 runs = side.runs[c]
                 print(
-                    f"c={c:<3} {side.label:40} req/s {statistics.median(r[0] for r in runs):7.0f}"
-                    f"  p50 {statistics.median(r[1] for r in runs):6.2f} ms"
-                    f"  CPU {statistics.median(r[2] for r in runs):5.0f} us/req"
-                    f"  runs {[round(r[0]) for r in runs]}"
+                    f"c={c:<3} {side.label:40} req/s {statistics.median(r.rps for r in runs):7.0f}"
+                    f"  p50 {statistics.median(r.p50_ms for r in runs):6.2f} ms"
+                    f"  CPU {statistics.median(r.server_cpu_us_per_req for r in runs):5.0f} us/req"
+                    f"  runs {[round(r.rps) for r in runs]}"
                 )
     finally:
         for side in sides:
