@@ -77,9 +77,7 @@ class ProxyState:
         # Which of the proxy's processes this is (0 unless --workers N).
         self.worker_index = worker_index
         self.first_snapshot = asyncio.Event()
-        self.registry = metrics.registry_for(
-            self.router.stats.to_proto, self._routes_version, self.admission.queued
-        )
+        self.registry = metrics.registry_for(self._own_counters, self._routes_version)
         self._background: set[asyncio.Task[None]] = set()
         # Replicas that left the snapshot, their channels closing with a grace.
         self._draining: set[Conn] = set()
@@ -88,11 +86,12 @@ class ProxyState:
     def _routes_version(self) -> int:
         return self.router.table.version
 
+    def _own_counters(self) -> metrics.Counters:
+        return self.router.stats.to_proto(), self.admission.queued()
+
     def count_with(self, counters: SharedCounters) -> None:
         """Show ``counters`` (every worker's, summed) at /-/metrics."""
-        self.registry = metrics.registry_for(
-            counters.endpoints, self._routes_version, counters.queued
-        )
+        self.registry = metrics.registry_for(counters.read, self._routes_version)
 
     def apply(self, snapshot: pb.RoutingSnapshot) -> None:
         """Serve ``snapshot`` from now on; must run on the event loop."""

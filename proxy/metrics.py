@@ -18,17 +18,14 @@ from turnout.v1 import controller_pb2 as pb
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+# What a scrape shows: the counters by endpoint, and requests queued by backend.
+Counters = tuple[list[pb.EndpointStats], dict[str, int]]
+
 
 class RouterCollector(Collector):
-    def __init__(
-        self,
-        endpoints: Callable[[], list[pb.EndpointStats]],
-        routes_version: Callable[[], int],
-        queued: Callable[[], dict[str, int]] = dict,
-    ) -> None:
-        self._endpoints = endpoints
+    def __init__(self, counters: Callable[[], Counters], routes_version: Callable[[], int]) -> None:
+        self._counters = counters
         self._routes_version = routes_version
-        self._queued = queued
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -49,7 +46,8 @@ class RouterCollector(Collector):
             "Shadow answers compared with the primary's: matched, differed or failed.",
             labels=["endpoint", "backend", "result"],
         )
-        for counts in self._endpoints():
+        endpoints, queued_by_backend = self._counters()
+        for counts in endpoints:
             endpoint = counts.endpoint
             for backend, n in sorted(counts.requests_by_backend.items()):
                 requests.add_metric([endpoint, backend], n)
@@ -67,20 +65,18 @@ class RouterCollector(Collector):
             "Requests waiting for a free replica, by backend.",
             labels=["backend"],
         )
-        for backend, count in sorted(self._queued().items()):
+        for backend, count in sorted(queued_by_backend.items()):
             queued.add_metric([backend], count)
         yield from (requests, errors, sent, compared, version, queued)
 
 
 def registry_for(
-    endpoints: Callable[[], list[pb.EndpointStats]],
-    routes_version: Callable[[], int],
-    queued: Callable[[], dict[str, int]] = dict,
+    counters: Callable[[], Counters], routes_version: Callable[[], int]
 ) -> CollectorRegistry:
-    """A registry whose one collector reads ``endpoints()`` (the counters, by
-    endpoint), ``routes_version()`` and ``queued()`` at each scrape."""
+    """A registry whose one collector reads ``counters()`` and
+    ``routes_version()`` at each scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(endpoints, routes_version, queued))
+    registry.register(RouterCollector(counters, routes_version))
     return registry
 
 

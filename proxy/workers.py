@@ -35,6 +35,7 @@ from google.protobuf import json_format
 from turnout import _process
 from turnout.v1 import controller_pb2 as pb
 
+from .metrics import Counters
 from .stats import RouterStats, sum_reports
 
 logger = logging.getLogger(__name__)
@@ -128,33 +129,32 @@ class SharedCounters:
             shares.append((report, queued))
         return shares
 
-    def endpoints(self) -> list[pb.EndpointStats]:
+    def read(self) -> Counters:
+        """Every worker's counters and queue lengths, summed: this one's live."""
         reports = [self._stats.to_proto()]
-        reports += [list(report.endpoints) for report, _ in self._others()]
-        return sum_reports(reports)
-
-    def queued(self) -> dict[str, int]:
         totals = dict(self._queued())
-        for _, queued in self._others():
+        for report, queued in self._others():
+            reports.append(list(report.endpoints))
             for backend, n in queued.items():
                 totals[backend] = totals.get(backend, 0) + n
-        return totals
+        return sum_reports(reports), totals
 
-    def write(self) -> None:
+    def write(self, queued: dict[str, int]) -> None:
         report = pb.ReportStatsRequest(endpoints=self._stats.to_proto())
-        share = {"report": json_format.MessageToDict(report), "queued": self._queued()}
+        share = {"report": json_format.MessageToDict(report), "queued": queued}
         partial = self._path.with_suffix(".tmp")
         partial.write_text(json.dumps(share))
         partial.replace(self._path)
 
     async def share_forever(self) -> None:
         written = -1
-        queued: dict[str, int] = {}
+        shared: dict[str, int] = {}
         while True:
-            if self._stats.changes != written or self._queued() != queued:
-                written, queued = self._stats.changes, self._queued()
+            queued = self._queued()
+            if self._stats.changes != written or queued != shared:
+                written, shared = self._stats.changes, queued
                 try:
-                    self.write()
+                    self.write(queued)
                 except OSError as exc:
                     logger.warning("cannot share counters in %s: %s", self._directory, exc)
             await asyncio.sleep(SHARE_INTERVAL_S)
