@@ -1,23 +1,38 @@
-"""The threads that run synchronous handlers, with a cheap way back to the loop.
+"""The threads that run synchronous handlers, with a cheap way there and back.
 
 ``loop.run_in_executor`` costs a concurrent Future, an asyncio Future chained
 to it and one self-pipe wake-up of the loop per call: about a quarter of a
 replica's CPU per request on a no-op handler (bench/RESULTS.md). Here a call
-is a tuple on a queue, and results travel back in batches: a thread that
+is a tuple in a deque, and results travel back in batches: a thread that
 finishes while the loop has not yet collected earlier results adds to them
 instead of waking the loop again.
+
+Threads are woken sparingly, too. Waking one thread per call made a batch of
+30 calls wake 30 threads that then fought over the GIL: two thirds of the
+replica's CPU per request at 64 connections. So a call wakes a thread only
+when no thread is awake; an awake thread takes the next call as soon as it
+finishes one. Calls must still not wait behind a handler that blocks (a
+sleep, a network call): when a call has waited ``STALL_S`` and every awake
+thread has been in its handler for ``STALL_S`` or more, each waiting call
+gets a thread of its own, as many as ``max_threads`` allows. (A thread that
+is awake but not in a handler is only waiting for the GIL; it will take the
+call.)
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
+import collections
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-# (future to resolve, callable, its arguments)
-_Job = tuple["asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+# How long a call may wait for a busy thread before it gets one of its own.
+STALL_S = 0.001
+
+# (when it was queued (time.monotonic), future to resolve, callable, its arguments)
+_Job = tuple[float, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
 # (future, succeeded, result or exception)
 _Result = tuple["asyncio.Future[Any]", bool, Any]
 
@@ -29,17 +44,30 @@ class HandlerThreads:
     a replica that was told to stop from exiting.
     """
 
-    def __init__(self, max_threads: int, name: str) -> None:
+    def __init__(self, max_threads: int, name: str, stall_s: float = STALL_S) -> None:
         self._max_threads = max_threads
         self._name = name
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
+        self._stall_s = stall_s
         self._lock = threading.Lock()
+        self._jobs: collections.deque[_Job] = collections.deque()
+        # One lock per parked thread, held while it sleeps: releasing it wakes
+        # exactly that thread. Last parked, first woken (its cache is warm).
+        self._parked: list[threading.Lock] = []
+        # Threads running a call or about to look for one (not parked).
+        self._awake = 0
+        self._started = 0
+        # When each awake thread's current call started (time.monotonic).
+        self._in_call: dict[int, float] = {}
         self._results: list[_Result] = []
         self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stall_check: asyncio.TimerHandle | None = None
         self._closed = False
+
+    @property
+    def started(self) -> int:
+        """Threads started so far (they are kept, parked, when idle)."""
+        return self._started
 
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """``func(*args)`` in a thread; its result or exception here."""
@@ -48,41 +76,85 @@ class HandlerThreads:
         loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
-            # A thread waiting for work takes it; else start one if allowed;
-            # else the call waits in the queue for the first thread free.
-            if self._idle:
-                self._idle -= 1
-                start = False
-            else:
-                start = len(self._threads) < self._max_threads
-        if start:
-            self._start_thread()
-        self._jobs.put((future, func, args))
+            self._jobs.append((time.monotonic(), future, func, args))
+            woken = self._awake == 0 and self._wake_locked(1)
+        if woken:
+            self._start_threads(woken)
+        elif self._stall_check is None:
+            self._stall_check = loop.call_later(self._stall_s, self._check_stall)
         return await future
 
-    def _start_thread(self) -> None:
-        thread = threading.Thread(
-            target=self._work, name=f"{self._name}-{len(self._threads)}", daemon=True
-        )
-        self._threads.append(thread)
-        thread.start()
+    def _wake_locked(self, count: int) -> int:
+        """Wake up to ``count`` parked threads; returns how many new threads
+        the caller must start (outside the lock) to make up the rest."""
+        to_start = 0
+        for _ in range(count):
+            if self._parked:
+                self._parked.pop().release()
+            elif self._started + to_start < self._max_threads:
+                to_start += 1
+            else:
+                break
+            self._awake += 1
+        self._started += to_start
+        return to_start
 
-    def _work(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
+    def _start_threads(self, count: int) -> None:
+        for index in range(self._started - count, self._started):
+            parking = threading.Lock()
+            parking.acquire()
+            threading.Thread(
+                target=self._work,
+                args=(parking,),
+                name=f"{self._name}-{index}",
+                daemon=True,
+            ).start()
+
+    def _check_stall(self) -> None:
+        """On the loop, every ``STALL_S`` while calls wait behind busy threads."""
+        self._stall_check = None
+        with self._lock:
+            if not self._jobs:
                 return
-            future, func, args = job
+            now = time.monotonic()
+            # The awake threads are stuck in their handlers: every waiting
+            # call gets a thread, as it would have had with nothing queued.
+            stuck = (
+                now - self._jobs[0][0] >= self._stall_s
+                and len(self._in_call) >= self._awake
+                and all(now - since >= self._stall_s for since in self._in_call.values())
+            )
+            to_start = self._wake_locked(len(self._jobs)) if stuck else 0
+        self._start_threads(to_start)
+        if self._loop is not None and not self._closed:
+            self._stall_check = self._loop.call_later(self._stall_s, self._check_stall)
+
+    def _work(self, parking: threading.Lock) -> None:
+        me = threading.get_ident()
+        while True:
+            with self._lock:
+                if self._jobs:
+                    _, future, func, args = self._jobs.popleft()
+                    self._in_call[me] = time.monotonic()
+                else:
+                    self._awake -= 1
+                    if self._closed:
+                        return
+                    self._parked.append(parking)
+                    future = None
+            if future is None:
+                parking.acquire()  # until _wake_locked (or close) releases it
+                continue
             try:
                 result: _Result = (future, True, func(*args))
             except BaseException as exc:  # handed to the awaiting coroutine
                 result = (future, False, exc)
-            del job, func, args
+            del future, func, args
             with self._lock:
+                del self._in_call[me]
                 self._results.append(result)
                 wake = not self._wake_pending
                 self._wake_pending = True
-                self._idle += 1
             del result
             if wake and self._loop is not None:
                 try:
@@ -105,12 +177,15 @@ class HandlerThreads:
     def close(self) -> None:
         """Take no more calls; calls still running are not waited for."""
         self._closed = True
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None and self._loop is not None:
-                self._loop.call_soon_threadsafe(job[0].cancel)
-        for _ in self._threads:
-            self._jobs.put(None)
+        if self._stall_check is not None:
+            self._stall_check.cancel()
+            self._stall_check = None
+        with self._lock:
+            jobs, self._jobs = list(self._jobs), collections.deque()
+            parked, self._parked = self._parked, []
+            self._awake += len(parked)
+        for _, future, _, _ in jobs:
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(future.cancel)
+        for parking in parked:
+            parking.release()
