@@ -167,11 +167,13 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
         return http_codec.json_error(
             503, "NoBackend", f"endpoint {route.name!r} has no backend", request_id
         )
-    message = replica_pb2.HandleRequest(
-        request_id=request_id,
-        method_name=request.headers.get(CALL_METHOD_HEADER, ""),
-        http=http_codec.to_proto(request, body),
-    )
+    message = replica_pb2.HandleRequest()
+    message.request_id = request_id
+    method_name = request.headers.get(CALL_METHOD_HEADER)
+    if method_name:
+        message.method_name = method_name
+    message.http.SetInParent()
+    http_codec.fill(message.http, request, body)
     primary: asyncio.Future[Hashable | None] | None = None
     if route.shadows:
         primary = _send_shadows(state, route, message)
