@@ -8,9 +8,9 @@ finishes while the loop has not yet collected earlier results adds to them
 instead of waking the loop again.
 
 Threads are woken sparingly, too. Waking one thread per call made a batch of
-30 calls wake 30 threads that then fought over the GIL: two thirds of the
-replica's CPU per request at 64 connections. So a call wakes a thread only
-when no thread is awake; an awake thread takes the next call as soon as it
+30 calls wake (or start) 30 threads that then took turns at the GIL, and a
+replica under load kept about as many threads as ``max_threads``. So a call
+wakes a thread only when no thread is awake; an awake thread takes the next call as soon as it
 finishes one. Calls must still not wait behind a handler that blocks (a
 sleep, a network call): when a call has waited ``STALL_S`` and every awake
 thread has been in its handler for ``STALL_S`` or more, each waiting call
@@ -73,14 +73,17 @@ class HandlerThreads:
         """``func(*args)`` in a thread; its result or exception here."""
         if self._closed:
             raise RuntimeError("handler threads are closed")
-        loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop = loop
+            self._stall_check = None  # a timer of a loop that is gone never fires
         future: asyncio.Future[Any] = loop.create_future()
         with self._lock:
             self._jobs.append((time.monotonic(), future, func, args))
-            woken = self._awake == 0 and self._wake_locked(1)
-        if woken:
-            self._start_threads(woken)
-        elif self._stall_check is None:
+            none_awake = self._awake == 0
+            to_start = self._wake_locked(1) if none_awake else 0
+        self._start_threads(to_start)
+        if not none_awake and self._stall_check is None:
             self._stall_check = loop.call_later(self._stall_s, self._check_stall)
         return await future
 
