@@ -172,7 +172,6 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
     method_name = request.headers.get(CALL_METHOD_HEADER)
     if method_name:
         message.method_name = method_name
-    message.http.SetInParent()
     http_codec.fill(message.http, request, body)
     primary: asyncio.Future[Hashable | None] | None = None
     if route.shadows:

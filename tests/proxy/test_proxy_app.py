@@ -229,7 +229,9 @@ def test_request_reaches_the_proto_intact() -> None:
     seen: list[http_pb2.HttpRequest] = []
 
     async def capture(request: web.Request) -> web.Response:
-        seen.append(http_codec.to_proto(request, await request.read()))
+        message = http_pb2.HttpRequest()
+        http_codec.fill(message, request, await request.read())
+        seen.append(message)
         reply = http_pb2.HttpResponse(
             status=201,
             headers=[
