@@ -31,6 +31,7 @@ from http_noop import (
     LoadSpec,
     Processes,
     _http_port,
+    in_turn,
     noop,
     turnout_processes,
     wrk_load,
@@ -125,10 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for label, env, workers in setups(args):
             sides.append(start(label, env, workers))
-        for round_ in range(args.rounds):
-            for c in connections:
-                for side in sides if round_ % 2 == 0 else sides[::-1]:
-                    side.runs.setdefault(c, []).append(side.load(wrk, c))
+        for c, side in in_turn(sides, connections, args.rounds):
+            side.runs.setdefault(c, []).append(side.load(wrk, c))
         for c in connections:
             for side in sides:
                 runs = side.runs[c]

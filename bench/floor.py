@@ -48,6 +48,7 @@ from http_noop import (  # noqa: E402  (the environment must be set before grpc 
     LoadSpec,
     _load_runner,
     _stop_process,
+    in_turn,
     start_bare_server,
 )
 
@@ -265,13 +266,10 @@ def _run(
     load: Callable[[str, LoadSpec], LoadResult],
 ) -> Results:
     results: Results = {}
-    names = list(servers)
-    for round_ in range(rounds):
-        for c in connections:
-            for name in names if round_ % 2 == 0 else names[::-1]:
-                port, processes = servers[name]
-                spec = LoadSpec(HOST, port, PATH, c, WARMUP_S, RUN_S, processes)
-                results.setdefault((name, c), []).append(load(name, spec))
+    for c, name in in_turn(list(servers), connections, rounds):
+        port, processes = servers[name]
+        spec = LoadSpec(HOST, port, PATH, c, WARMUP_S, RUN_S, processes)
+        results.setdefault((name, c), []).append(load(name, spec))
     return results
 
 

@@ -33,13 +33,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from turnout import Client
@@ -136,6 +136,7 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 # (role, pid) of each process of a server under test, e.g. ("proxy", 1234).
 Processes = tuple[tuple[str, int], ...]
+T = TypeVar("T")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -599,22 +600,29 @@ def _run_matrix(
     report: Report,
 ) -> None:
     """Each server at each connection count; ``servers`` maps name to (port, processes)."""
-    # Interleave bare and Turnout at each connection count, so a slow phase of
-    # a shared machine hits both sides rather than one.
-    for connections in args.connections:
-        for server in args.servers:
-            port, processes = servers[server]
-            spec = LoadSpec(HOST, port, PATH, connections, args.warmup, args.duration, processes)
-            result = load(server, spec)
-            report.runs.append(result)
-            _log(
-                f"{server:8} c={connections:<3} {result.rps:9.0f} req/s  "
-                f"p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  "
-                f"server CPU {result.server_cpu_us_per_req:6.0f} us/req  "
-                f"errors {result.errors}  (load avg {result.loadavg_1m_after:.1f})"
-            )
-            if result.requests == 0:
-                raise RuntimeError(f"no successful request to {server} at c={connections}")
+    for connections, server in in_turn(args.servers, args.connections, rounds=1):
+        port, processes = servers[server]
+        spec = LoadSpec(HOST, port, PATH, connections, args.warmup, args.duration, processes)
+        result = load(server, spec)
+        report.runs.append(result)
+        _log(
+            f"{server:8} c={connections:<3} {result.rps:9.0f} req/s  "
+            f"p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  "
+            f"server CPU {result.server_cpu_us_per_req:6.0f} us/req  "
+            f"errors {result.errors}  (load avg {result.loadavg_1m_after:.1f})"
+        )
+        if result.requests == 0:
+            raise RuntimeError(f"no successful request to {server} at c={connections}")
+
+
+def in_turn(sides: Sequence[T], connections: Sequence[int], rounds: int) -> Iterator[tuple[int, T]]:
+    """(connection count, side) of each run when several sides are compared:
+    every side at each count, the sides' order flipped every other round
+    (A B, B A, ...), so a slow phase of a shared machine hits all of them."""
+    for round_ in range(rounds):
+        for count in connections:
+            for side in sides if round_ % 2 == 0 else sides[::-1]:
+                yield count, side
 
 
 def _shutdown_turnout() -> None:
