@@ -297,6 +297,10 @@ class ControlPlane:
             record = self._endpoint_record(endpoint)
             for tag in traffic:
                 self._backend_record(tag)
+            # A backend given weight 0 gets no traffic, so it is left out of the
+            # split: it can then be deleted, which is the last step of a rollout.
+            # (Ray 0.8 kept the zero and refused the delete.)
+            traffic = {tag: weight for tag, weight in traffic.items() if weight > 0}
             record = dataclasses.replace(record, traffic=traffic)
             self._store.put_endpoint(record)
             await self.routes_changed()

@@ -105,6 +105,21 @@ def test_bad_traffic_is_refused_and_changes_nothing(
         client.set_traffic(endpoint, [(v1, 1.0)])  # type: ignore[arg-type]
 
 
+def test_weight_zero_leaves_the_split_so_the_backend_can_be_deleted(
+    client: turnout.Client, two_versions: tuple[str, str, str]
+) -> None:
+    # The last step of a rollout as users write it: {old: 0, new: 1}, then delete old.
+    # (Ray 0.8 kept the zero weight and refused the delete; docs/ray-compatibility.md.)
+    endpoint, v1, v2 = two_versions
+    client.set_traffic(endpoint, {v1: 0.0, v2: 1.0})
+    assert client.list_endpoints()[endpoint]["traffic"] == {v2: 1.0}
+    client.delete_backend(v1)
+    assert v1 not in client.list_backends()
+    assert requests.get(f"{client.http_address}/{endpoint}").json()["version"] == "v2"
+    with pytest.raises(turnout.NotFoundError):
+        client.set_traffic(endpoint, {v1: 0.0, v2: 1.0})  # an unknown name is still refused
+
+
 def test_new_split_applies_without_dropping_requests_in_flight(
     client: turnout.Client, two_versions: tuple[str, str, str], tmp_path: Path
 ) -> None:
