@@ -188,7 +188,8 @@ def test_batching_groups_requests_sent_together(
         @serve.accept_batch
         def __call__(self, flask_requests: list[Any]) -> list[int]:
             self.count += 1
-            return [self.count] * serve.context.batch_size
+            assert serve.context.batch_size == len(flask_requests)
+            return [self.count] * len(flask_requests)
 
     name = unique("batch")
     serve.create_backend(
