@@ -334,8 +334,10 @@ class Client:
         request_timeout: float | None = None,
     ) -> None:
         """Create an endpoint, optionally on an HTTP route, sending all traffic to
-        ``backend``. ``request_timeout`` (seconds) answers 504 to requests that
-        take longer and cancels their work; ``X-Serve-Timeout-Ms`` overrides it.
+        ``backend`` (required, positional or keyword; ``TypeError`` without it,
+        as in Ray Serve). ``request_timeout`` (seconds) answers 504 to requests
+        that take longer and cancels their work; ``X-Serve-Timeout-Ms``
+        overrides it.
 
         Example::
 
@@ -343,13 +345,17 @@ class Client:
                                   route="/simple", methods=["GET"])
         """
         _check_str(name, "name")
-        if backend is not None:
-            _check_str(backend, "backend")
+        if backend is None:
+            raise TypeError(
+                f"backend must be specified when creating endpoint {name!r}, "
+                "e.g. create_endpoint(name, backend=tag)"
+            )
+        _check_str(backend, "backend")
         if route is not None:
             _check_str(route, "route")
         request = pb.CreateEndpointRequest(
             name=name,
-            backend=backend or "",
+            backend=backend,
             route=route or "",
             methods=_method_list(methods),
             request_timeout=float(_check_timeout(request_timeout) or 0),

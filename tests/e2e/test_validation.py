@@ -58,12 +58,16 @@ GRPC_CASES: list[tuple[str, grpc.StatusCode, Callable[[Any], Any]]] = [
     (
         "duplicate endpoint name",
         grpc.StatusCode.ALREADY_EXISTS,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="v-endpoint")),
+        lambda s: s.CreateEndpoint(
+            pb.CreateEndpointRequest(name="v-endpoint", backend="v-backend")
+        ),
     ),
     (
         "duplicate route",
         grpc.StatusCode.ALREADY_EXISTS,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="other", route="/v-route")),
+        lambda s: s.CreateEndpoint(
+            pb.CreateEndpointRequest(name="other", backend="v-backend", route="/v-route")
+        ),
     ),
     (
         "unknown backend",
@@ -93,17 +97,26 @@ GRPC_CASES: list[tuple[str, grpc.StatusCode, Callable[[Any], Any]]] = [
     (
         "empty endpoint name",
         grpc.StatusCode.INVALID_ARGUMENT,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="")),
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="", backend="v-backend")),
     ),
     (
         "route without leading slash",
         grpc.StatusCode.INVALID_ARGUMENT,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="e3", route="simple")),
+        lambda s: s.CreateEndpoint(
+            pb.CreateEndpointRequest(name="e3", backend="v-backend", route="simple")
+        ),
     ),
     (
         "unknown HTTP method",
         grpc.StatusCode.INVALID_ARGUMENT,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="e4", methods=["FETCH"])),
+        lambda s: s.CreateEndpoint(
+            pb.CreateEndpointRequest(name="e4", backend="v-backend", methods=["FETCH"])
+        ),
+    ),
+    (
+        "endpoint without a backend",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="e6", route="/e6")),
     ),
     (
         "num_replicas 0",
@@ -182,16 +195,16 @@ PYTHON_CASES: list[tuple[str, type[Exception], Callable[[turnout.Client], Any]]]
     ("unknown endpoint", turnout.NotFoundError, lambda c: c.delete_endpoint("nope")),
     ("delete backend in use", turnout.InUseError, lambda c: c.delete_backend("v-backend")),
     ("empty backend tag", turnout.InvalidArgumentError, lambda c: c.create_backend("", hello)),
-    ("empty endpoint name", turnout.InvalidArgumentError, lambda c: c.create_endpoint("")),
+    ("empty endpoint name", turnout.InvalidArgumentError, lambda c: c.create_endpoint("", "v-backend")),
     (
         "route without leading slash",
         turnout.InvalidArgumentError,
-        lambda c: c.create_endpoint("e3", route="simple"),
+        lambda c: c.create_endpoint("e3", "v-backend", route="simple"),
     ),
     (
         "unknown HTTP method",
         turnout.InvalidArgumentError,
-        lambda c: c.create_endpoint("e4", methods=["FETCH"]),
+        lambda c: c.create_endpoint("e4", "v-backend", methods=["FETCH"]),
     ),
     (
         "num_replicas 0",
@@ -215,7 +228,18 @@ PYTHON_CASES: list[tuple[str, type[Exception], Callable[[turnout.Client], Any]]]
     ),
     ("tag of wrong type", TypeError, lambda c: c.create_backend(42, hello)),  # type: ignore[arg-type]
     ("backend of wrong type", TypeError, lambda c: c.create_backend("t", 42)),  # type: ignore[arg-type]
-    ("methods as a str", TypeError, lambda c: c.create_endpoint("e5", methods="GET")),
+    (
+        "methods as a str",
+        TypeError,
+        lambda c: c.create_endpoint("e5", "v-backend", methods="GET"),
+    ),
+    # As Ray Serve: an endpoint needs a backend to send its traffic to.
+    ("endpoint without a backend", TypeError, lambda c: c.create_endpoint("e6", route="/e6")),
+    (
+        "endpoint with backend=None",
+        TypeError,
+        lambda c: c.create_endpoint("e7", backend=None, route="/e7"),
+    ),
     (
         "num_replicas of wrong type",
         TypeError,
