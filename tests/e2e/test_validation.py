@@ -195,7 +195,11 @@ PYTHON_CASES: list[tuple[str, type[Exception], Callable[[turnout.Client], Any]]]
     ("unknown endpoint", turnout.NotFoundError, lambda c: c.delete_endpoint("nope")),
     ("delete backend in use", turnout.InUseError, lambda c: c.delete_backend("v-backend")),
     ("empty backend tag", turnout.InvalidArgumentError, lambda c: c.create_backend("", hello)),
-    ("empty endpoint name", turnout.InvalidArgumentError, lambda c: c.create_endpoint("", "v-backend")),
+    (
+        "empty endpoint name",
+        turnout.InvalidArgumentError,
+        lambda c: c.create_endpoint("", "v-backend"),
+    ),
     (
         "route without leading slash",
         turnout.InvalidArgumentError,
