@@ -22,10 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import requests
 import yaml
 from conftest import processes_mentioning, wait_until
+
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import controller_pb2_grpc
 
 # Backends the instances import by path, as an operator's project would hold them.
 APP = """
@@ -469,4 +473,34 @@ def test_a_killed_controller_is_restarted_and_adopts_what_kept_serving(home: Hom
     assert {r["pid"] for r in after["replicas"]} == replica_pids
     assert requests.get(f"{home.http}/echo", params={"word": "again"}).text == "again"
     home.run("stop")
+    assert home.processes() == []
+
+
+def test_start_after_a_crash_with_clients_connected_is_not_refused(home: Home) -> None:
+    """The killed controller's end of each open connection closes first and
+    lingers (TIME_WAIT) on the gRPC port: that is no listener, so a restart,
+    as systemd's Restart=on-failure makes at once, must not trip on it."""
+    home.start_detached()
+    controller = int((home.data_dir / "turnout.pid").read_text())
+    with grpc.insecure_channel(home.address) as channel:
+        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        assert stub.GetInstance(pb.GetInstanceRequest(), timeout=10).controller_pid == controller
+        os.kill(controller, signal.SIGKILL)
+        wait_until(lambda: home.run("status", check=False).returncode == 1)
+
+        restarted = home.start_detached()
+        assert "Turnout is running" in restarted.stdout
+        reply = stub.GetInstance(pb.GetInstanceRequest(), timeout=10, wait_for_ready=True)
+        assert reply.controller_pid not in (0, controller)
+    home.run("stop")
+    assert home.processes() == []
+
+
+def test_start_refuses_a_port_something_listens_on(home: Home) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", home.grpc_port))
+        taken.listen()
+        refused = home.run("start", "--detach", *home.ports(), check=False)
+    assert refused.returncode == 1
+    assert f"port {home.grpc_port} on 127.0.0.1 is already in use" in refused.stderr
     assert home.processes() == []
