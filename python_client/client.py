@@ -410,7 +410,16 @@ class Client:
         self._call(self._stub.SetTraffic, pb.SetTrafficRequest(endpoint=endpoint, traffic=weights))
 
     def list_endpoints(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"route", "methods", "traffic", "shadows"}}`` for every endpoint."""
+        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout"}}``
+        for every endpoint; ``route`` is None for one reachable only through
+        handles, ``request_timeout`` (seconds) None when there is no limit.
+
+        Example::
+
+            serve.list_endpoints()
+            # {"model": {"route": "/model", "methods": ["GET"], "traffic": {"model": 1.0},
+            #            "shadows": {}, "request_timeout": None}}
+        """
         reply = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
         return {
             e.name: {
@@ -418,6 +427,7 @@ class Client:
                 "methods": list(e.methods),
                 "traffic": {t.backend: t.weight for t in e.traffic},
                 "shadows": {s.backend: s.proportion for s in e.shadows},
+                "request_timeout": e.request_timeout or None,
             }
             for e in reply.endpoints
         }

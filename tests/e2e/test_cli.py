@@ -78,6 +78,7 @@ endpoints:
   greet:
     route: /greet
     backend: greeter
+    request_timeout: 5
   echo:
     route: /echo
     backend: echo
@@ -266,8 +267,9 @@ def test_detached_start_wrote_a_pid_file_and_refuses_a_second_start(running: Hom
 def test_status_shows_endpoints_backends_and_replicas(running: Home) -> None:
     table = running.run("status").stdout
     lines = [" ".join(line.split()) for line in table.splitlines()]
-    assert "ENDPOINT ROUTE METHODS TRAFFIC SHADOWS" in lines
-    assert "greet /greet GET greeter 1 -" in lines
+    assert "ENDPOINT ROUTE METHODS TRAFFIC SHADOWS TIMEOUT" in lines
+    assert "greet /greet GET greeter 1 - 5s" in lines
+    assert "echo /echo GET echo 1 - -" in lines
     assert "BACKEND WANTED RUNNING STARTING STOPPING FAILED CONFIG" in lines
     assert "greeter 2 2 0 0 0 defaults" in lines
     assert sum(line.startswith("greeter#") and " RUNNING " in line for line in lines) == 2
@@ -278,7 +280,9 @@ def test_status_shows_endpoints_backends_and_replicas(running: Home) -> None:
         "methods": ["GET"],
         "traffic": {"greeter": 1.0},
         "shadows": {},
+        "request_timeout": 5.0,
     }
+    assert document["endpoints"]["echo"]["request_timeout"] is None
     assert document["backends"]["greeter"]["config"]["num_replicas"] == 2
     assert document["backends"]["greeter"]["replicas"]["RUNNING"] == 2
     replicas = [r for r in document["replicas"] if r["backend"] == "greeter"]

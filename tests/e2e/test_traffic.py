@@ -326,8 +326,10 @@ def test_update_endpoint_moves_the_route_and_sets_the_timeout(
     moved = client.http_address + new_route
     assert requests.get(moved).json()["version"] == "a"
     assert client.list_endpoints()[app.backend]["methods"] == ["GET"]  # kept
+    assert client.list_endpoints()[app.backend]["request_timeout"] is None
 
     client.update_endpoint(app.backend, request_timeout=0.2)
+    assert client.list_endpoints()[app.backend]["request_timeout"] == 0.2
     started, release = tmp_path / "started", tmp_path / "release"
     reply = requests.get(moved, params={"started": str(started), "release": str(release)})
     release.touch()
