@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import cloudpickle
 import grpc
 
+from turnout import _pickling
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
@@ -101,14 +101,25 @@ def _spec(
             raise InvalidArgumentError(
                 f"backend {tag!r} is a function: init args are only for classes"
             )
-        spec.pickled_callable = cloudpickle.dumps(func_or_class)
+        spec.pickled_callable = _pickling.dumps(
+            func_or_class,
+            tag,
+            getattr(func_or_class, "__qualname__", "the backend"),
+            "create such objects in __init__ (a class backend's constructor runs in each "
+            "replica) instead of capturing them",
+        )
     else:
         raise TypeError(
             "func_or_class must be a function, a class or an import path str, "
             f"got {type(func_or_class).__name__}"
         )
     if init_args:
-        spec.pickled_init_args = cloudpickle.dumps(tuple(init_args))
+        spec.pickled_init_args = _pickling.dumps(
+            tuple(init_args),
+            tag,
+            "init_args",
+            "create such objects in __init__ (it runs in each replica) instead of passing them",
+        )
     return spec
 
 
@@ -239,6 +250,10 @@ class Client:
         the replica processes: ``num_cpus`` (pin to that many cores),
         ``num_gpus`` (whole GPUs, or a fraction of one, via
         ``CUDA_VISIBLE_DEVICES``) and ``env`` (extra environment variables).
+
+        The callable and ``init_args`` travel to the replicas pickled: one that
+        holds something that cannot be (a lock, a socket, an open file) raises
+        ``TypeError`` naming it; create such objects in ``__init__`` instead.
 
         Example::
 

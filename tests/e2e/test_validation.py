@@ -3,6 +3,7 @@ A refused call changes nothing."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -282,6 +283,56 @@ def test_constructor_error_names_the_cause(client: turnout.Client) -> None:
     with pytest.raises(turnout.InvalidArgumentError, match="weights file missing"):
         client.create_backend("broken", Broken)
     assert "broken" not in client.list_backends()
+
+
+_LOCK = threading.Lock()
+
+
+def test_unpicklable_code_names_the_backend_and_the_object(client: turnout.Client) -> None:
+    """cloudpickle says only "cannot pickle '_thread.lock' object"; the error
+    says which backend, which object, and what to do instead."""
+    lock = threading.Lock()
+
+    def in_closure(request: Any) -> str:
+        with lock:
+            return "never"
+
+    def locked(request: Any) -> str:
+        with _LOCK:
+            return "never"
+
+    class Cached:
+        cache_lock = threading.Lock()
+
+        def __call__(self, request: Any) -> str:
+            return "never"
+
+    class Holder:
+        def __init__(self) -> None:
+            self.mutex = threading.Lock()
+
+    class Takes:
+        def __init__(self, greeting: str, holder: Holder) -> None:
+            self.holder = holder
+
+        def __call__(self, request: Any) -> str:
+            return "never"
+
+    cases: list[tuple[Any, tuple[Any, ...], str]] = [
+        (in_closure, (), "closure variable 'lock' of "),
+        (locked, (), "global '_LOCK' used by "),
+        (Cached, (), "Cached.cache_lock"),
+        (Takes, ("hi", Holder()), "init_args[1].mutex"),
+    ]
+    for code, init_args, culprit in cases:
+        with pytest.raises(TypeError) as info:
+            client.create_backend("unpicklable", code, *init_args)
+        message = str(info.value)
+        assert message.startswith("backend 'unpicklable': cannot pickle "), message
+        assert culprit in message and "(a _thread.lock)" in message, message
+        assert "cannot pickle '_thread.lock' object" in message
+        assert "create such objects in __init__" in message
+    assert "unpicklable" not in client.list_backends()
 
 
 def test_calls_without_an_instance_say_how_to_start_one() -> None:
