@@ -36,13 +36,14 @@ def dumps(value: Any, tag: str, what: str, fix: str) -> bytes:
         # handler (a _thread.lock): cannot pickle '_thread.lock' object; create ...
     """
     try:
-        return cloudpickle.dumps(value)
+        pickled: bytes = cloudpickle.dumps(value)
     except Exception as exc:
         budget = [_MAX_CHECKS]
         label, culprit = _culprit(value, what, _MAX_DEPTH, budget) or (what, value)
         raise TypeError(
             f"backend {tag!r}: cannot pickle {label} (a {_type_name(culprit)}): {exc}; {fix}"
         ) from exc
+    return pickled
 
 
 def _type_name(value: Any) -> str:
