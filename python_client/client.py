@@ -151,6 +151,22 @@ def _replica_options(options: dict[str, Any] | None) -> pb.ReplicaOptions:
     return message
 
 
+def _shadow_counts(shadow: pb.ShadowStats | None = None) -> dict[str, int]:
+    if shadow is None:
+        return {"sent": 0, "matched": 0, "differed": 0, "failed": 0}
+    return {
+        "sent": shadow.sent,
+        "matched": shadow.matched,
+        "differed": shadow.differed,
+        "failed": shadow.failed,
+    }
+
+
+def _metric(name: str, label: str, value: str, count: int) -> dict[str, Any]:
+    """One entry of ``stat()``, as Ray Serve 0.8's in-memory metric exporter wrote it."""
+    return {"info": {"name": name, "type": "MetricType.COUNTER", label: value}, "value": count}
+
+
 class Client:
     """A connection to a Turnout controller.
 
@@ -450,8 +466,8 @@ class Client:
     def shadow_traffic(self, endpoint: str, backend: str, proportion: float) -> None:
         """Copy a share of an endpoint's requests to ``backend``; 0 removes the shadow.
 
-        The copies' answers never reach the client; ``stat()`` counts how many
-        matched the primary's answer and how many differed.
+        The copies' answers never reach the client; ``endpoint_stats()`` counts
+        how many matched the primary's answer and how many differed.
 
         Example::
 
@@ -477,32 +493,90 @@ class Client:
             self._call(self._stub.GetEndpoint, pb.GetEndpointRequest(name=endpoint))
         return EndpointHandle(self._address, endpoint)
 
-    def stat(self) -> dict[str, dict[str, Any]]:
+    def endpoint_stats(self) -> dict[str, dict[str, Any]]:
         """Counters per endpoint, summed over the proxy and every process's handles:
 
         ``{endpoint: {"requests": {backend: n}, "errors": n,
         "shadows": {backend: {"sent", "matched", "differed", "failed"}}}}``.
-        Routers report about once a second, so the numbers may lag by that much;
-        this process's own handle calls are always included.
+
+        Every endpoint that exists is there from its creation, with a zero for
+        each backend of its traffic and shadows, so reading one never raises
+        ``KeyError`` before the first request; an endpoint deleted after it
+        counted requests stays, with what it counted. ``requests`` counts
+        answered requests (failed ones too); ``errors`` those that failed
+        (HTTP status >= 500, or an error through a handle). Routers report
+        about once a second, so the numbers may lag by that much; this
+        process's own handle calls are always included. ``stat()`` gives
+        the same counters in Ray Serve 0.8's shape.
+
+        Example::
+
+            serve.endpoint_stats()["model"]
+            # {"requests": {"model-v1": 90, "model-v2": 10}, "errors": 0,
+            #  "shadows": {"model-v3": {"sent": 25, "matched": 24, "differed": 1,
+            #                           "failed": 0}}}
         """
         HandleRouter.flush_local(self._address)
         reply = self._call(self._stub.GetStats, pb.GetStatsRequest())
-        return {
-            e.endpoint: {
-                "requests": dict(e.requests_by_backend),
-                "errors": e.errors,
-                "shadows": {
-                    s.backend: {
-                        "sent": s.sent,
-                        "matched": s.matched,
-                        "differed": s.differed,
-                        "failed": s.failed,
-                    }
-                    for s in e.shadows
-                },
+        listed = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
+        stats: dict[str, dict[str, Any]] = {
+            e.name: {
+                "requests": {t.backend: 0 for t in e.traffic},
+                "errors": 0,
+                "shadows": {s.backend: _shadow_counts() for s in e.shadows},
             }
-            for e in reply.endpoints
+            for e in listed.endpoints
         }
+        for e in reply.endpoints:
+            counts = stats.setdefault(e.endpoint, {"requests": {}, "errors": 0, "shadows": {}})
+            counts["requests"].update(dict(e.requests_by_backend))
+            counts["errors"] = e.errors
+            for shadow in e.shadows:
+                counts["shadows"][shadow.backend] = _shadow_counts(shadow)
+        return dict(sorted(stats.items()))
+
+    def stat(self) -> list[dict[str, Any]]:
+        """The counters in Ray Serve 0.8's shape: a list of
+        ``{"info": {"name": ..., "type": "MetricType.COUNTER", "endpoint" or
+        "backend": ...}, "value": n}``, with Ray's metric names:
+
+        - ``num_router_requests`` (per endpoint): requests answered;
+        - ``num_error_endpoint_requests`` (per endpoint): those that failed;
+        - ``backend_request_counter`` (per backend): requests it answered,
+          shadow copies included, over all endpoints.
+
+        Every existing endpoint and backend has its entries, zeros included.
+        ``endpoint_stats()`` has the same counts per endpoint and backend,
+        with how shadows compared.
+
+        Example::
+
+            def requests_to(backend):
+                return sum(
+                    entry["value"]
+                    for entry in serve.stat()
+                    if entry["info"]["name"] == "backend_request_counter"
+                    and entry["info"]["backend"] == backend
+                )
+        """
+        per_endpoint = self.endpoint_stats()
+        backends = self._call(self._stub.ListBackends, pb.ListBackendsRequest()).backends
+        per_backend = dict.fromkeys(sorted(b.tag for b in backends), 0)
+        entries: list[dict[str, Any]] = []
+        for endpoint, counts in per_endpoint.items():
+            for backend, n in counts["requests"].items():
+                per_backend[backend] = per_backend.get(backend, 0) + n
+            for backend, shadow in counts["shadows"].items():
+                answered = shadow["matched"] + shadow["differed"]
+                per_backend[backend] = per_backend.get(backend, 0) + answered
+            answered_requests = sum(counts["requests"].values())
+            entries.append(_metric("num_router_requests", "endpoint", endpoint, answered_requests))
+            entries.append(
+                _metric("num_error_endpoint_requests", "endpoint", endpoint, counts["errors"])
+            )
+        for backend, n in sorted(per_backend.items()):
+            entries.append(_metric("backend_request_counter", "backend", backend, n))
+        return entries
 
     def delete_endpoint(self, name: str) -> None:
         """Delete an endpoint; its backends stay."""
