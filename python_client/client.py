@@ -486,7 +486,15 @@ class Client:
         """A handle to call ``endpoint`` from Python.
 
         Raises NotFoundError for an unknown endpoint unless ``missing_ok``, in
-        which case calls wait (up to 30 s) for the endpoint to be created.
+        which case ``remote()`` still returns at once and the call waits in its
+        future (up to 30 s, then ``NotFoundError``) for the endpoint to be created.
+
+        Example::
+
+            handle = serve.get_handle("later", missing_ok=True)
+            future = handle.remote(1)  # does not wait
+            serve.create_endpoint("later", "model")
+            print(future.result(timeout=30))
         """
         _check_str(endpoint, "endpoint")
         if not missing_ok:
