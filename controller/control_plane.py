@@ -223,11 +223,12 @@ class ControlPlane:
         route = validation.route(request.route)
         methods = validation.methods(list(request.methods))
         timeout = validation.request_timeout(request.request_timeout)
+        if not request.backend:
+            # As Ray Serve: an endpoint without a backend would answer nothing.
+            raise InvalidArgumentError("backend must be specified when creating an endpoint")
         async with self._lock:
-            traffic: dict[str, float] = {}
-            if request.backend:
-                self._backend_record(request.backend)
-                traffic = {request.backend: 1.0}
+            self._backend_record(request.backend)
+            traffic = {request.backend: 1.0}
             record = EndpointRecord(
                 name=name, route=route, methods=methods, traffic=traffic, request_timeout=timeout
             )

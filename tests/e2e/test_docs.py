@@ -53,22 +53,12 @@ PORTS = (8000, 50051)  # the defaults the examples use, as users would
 TIMEOUT_S = 90
 
 # (doc, text the block contains) -> the issue point whose merge makes it pass.
-PENDING: dict[tuple[str, str], str] = {
-    ("README.md", "serve.endpoint_stats()"): "12.8: endpoint_stats() (client helper)",
-    ("docs/traffic.md", "serve.endpoint_stats()"): "12.8: endpoint_stats() (client helper)",
-}
+PENDING: dict[tuple[str, str], str] = {}
 # The same, for blocks that may pass before then, depending on what ran just
 # before them: a `turnout start` on port 50051 within about 60 s of the last
 # `turnout stop` there (an earlier block's, or an earlier run's) is refused while
 # the socket is in TIME_WAIT, until the pre-start check binds with SO_REUSEADDR.
-PENDING_MAY_PASS: dict[tuple[str, str], str] = {
-    ("README.md", "turnout logs greeter"): "12.10: TIME_WAIT",
-    ("README.md", "$ADDR turnout.v1.ControllerService/CreateBackend"): "12.10: TIME_WAIT",
-    ("docs/operations.md", "turnout logs greeter"): "12.10: TIME_WAIT",
-    ("docs/operations.md", "--proxy-workers 4"): "12.10: TIME_WAIT",
-    ("docs/operations.md", "kill -9"): "12.10: restart after a crash (TIME_WAIT)",
-    ("docs/operations.md", "$A turnout.v1.ControllerService/Shutdown"): "12.10: TIME_WAIT",
-}
+PENDING_MAY_PASS: dict[tuple[str, str], str] = {}
 
 _MARKER = re.compile(r"^\s*<!--\s*(.*?)\s*-->\s*$")
 _FENCE = re.compile(r"^(\s*)```(\w*)\s*$")

@@ -124,7 +124,7 @@ STATEFUL = textwrap.dedent(
     if sys.argv[2] == "create":
         client.create_backend("a", lambda request: "a")
         client.create_backend("b", lambda request: "b")
-        client.create_endpoint("e", "a", route="/e", methods=["GET", "POST"])
+        client.create_endpoint("e", "a", route="/e", methods=["GET", "POST"], request_timeout=9)
         client.set_traffic("e", {"a": 0.25, "b": 0.75})
         client.shadow_traffic("e", "a", 0.5)
     answers = {requests.get(client.http_address + "/e").text for _ in range(40)}
@@ -162,6 +162,7 @@ def test_desired_state_comes_back_from_the_state_file(tmp_path: Path) -> None:
                 "methods": ["GET", "POST"],
                 "traffic": {"a": 0.25, "b": 0.75},
                 "shadows": {"a": 0.5},
+                "request_timeout": 9.0,
             }
         }
     )
