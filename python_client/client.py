@@ -215,6 +215,7 @@ class Client:
         retry_until = time.monotonic() + _RESTART_RETRY_S
         retried = False
         while True:
+            controller = self._instance.process.pid if self._instance is not None else 0
             try:
                 return call_controller(
                     method,
@@ -226,7 +227,7 @@ class Client:
                     ),
                 )
             except NotRunningError:
-                if not self._wait_for_restart(retry_until):
+                if not self._wait_for_restart(controller, retry_until):
                     raise
                 retried = True
             except NotFoundError:
@@ -236,16 +237,17 @@ class Client:
                     return cast(Resp, None)
                 raise
 
-    def _wait_for_restart(self, until: float) -> bool:
-        """After UNAVAILABLE: True once the controller of an owned instance
-        answers again (its owner restarts it), False if it will not in time.
+    def _wait_for_restart(self, controller: int, until: float) -> bool:
+        """After UNAVAILABLE: True once a new controller of an owned instance
+        serves (its owner restarts a dead one), False if the controller
+        ``controller`` (pid) did not die, or no new one came in time.
 
         Every admin call may be sent again: reads and sets are idempotent,
         CreateBackend and CreateEndpoint answer an identical retry as a
         success, and a retried delete that finds nothing counts as done.
         """
         instance = self._instance
-        if instance is None:
+        if instance is None or not instance.lost(controller):
             return False
         ready = grpc.channel_ready_future(self._channel)
         try:

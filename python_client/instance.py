@@ -31,6 +31,7 @@ from pathlib import Path
 
 from turnout import _process, _replica_context
 from turnout._driver_logs import DriverLogs
+from turnout.controller.processes import start_time
 from turnout.errors import TurnoutError
 
 logger = logging.getLogger("turnout")
@@ -41,6 +42,8 @@ STOP_TIMEOUT_S = 30.0
 # given up on after this many starts in a row that failed.
 RESTART_ATTEMPTS = 6
 RESTART_BACKOFF_S = 0.5
+# How long a controller whose connection broke may take to be seen dead.
+_DYING_S = 0.5
 # Files the instance's processes create are theirs alone.
 _UMASK = 0o077
 
@@ -136,6 +139,19 @@ class LocalInstance:
     def restarts(self) -> int:
         """How many times the controller was restarted after dying."""
         return self._restarts
+
+    def lost(self, pid: int) -> bool:
+        """True if the controller ``pid`` died (or was replaced after dying).
+
+        Asked right after a call failed: a killed process closes its sockets
+        a moment before it is a zombie, so a live one gets that moment.
+        """
+        deadline = time.monotonic() + _DYING_S
+        while self._process.pid == pid and start_time(pid) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     @property
     def gone(self) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import Deploy
+from conftest import Deploy, processes_mentioning
 
 import turnout
 from turnout.client import Client
@@ -115,8 +115,11 @@ def test_controller_killed_three_times_comes_back_and_serving_never_stops() -> N
         assert answered[0] > 0
         assert len(controllers) == 4 and instance.restarts == 3
         assert sorted(client.list_endpoints()) == ["hello", "hello-0", "hello-1", "hello-2"]
+        # A shutdown while the controller is down waits for the new one, which stops it all.
+        os.kill(instance.process.pid, signal.SIGKILL)
     finally:
         client.shutdown()
+    assert processes_mentioning(str(instance.instance_dir)) == []
     assert not instance.instance_dir.exists()
 
 
