@@ -245,12 +245,20 @@ def _spawn(
 
 
 def _reason(report: dict[str, object], http_host: str, http_port: int) -> str:
-    message = str(report.get("message"))
+    return port_in_use_hint(
+        str(report.get("message")),
+        http_host,
+        http_port,
+        "pick another with init(http_port=...), or http_port=0 for any free port",
+    )
+
+
+def port_in_use_hint(message: str, http_host: str, http_port: int, fix: str) -> str:
+    """A start failure's message, said plainly when the HTTP port is taken."""
     if "address already in use" in message.lower() and http_port != 0:
         return (
             f"HTTP port {http_port} on {http_host} is already in use (another Turnout "
-            "instance or server?); pick another with init(http_port=...), or "
-            "http_port=0 for any free port"
+            f"instance or server?); {fix}"
         )
     return message
 

@@ -135,6 +135,21 @@ def test_init_on_a_taken_port_says_so_and_suggests_port_zero() -> None:
     assert "http_port=0" in message
 
 
+def test_turnout_start_on_a_taken_http_port_suggests_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as taken, socket.socket() as grpc_port:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        grpc_port.bind(("127.0.0.1", 0))
+        port, free = taken.getsockname()[1], grpc_port.getsockname()[1]
+        grpc_port.close()
+        argv = [sys.executable, "-m", "turnout.cli", "start", "--http-port", str(port)]
+        argv += ["--grpc-port", str(free), "--instance-dir", str(tmp_path / "instance")]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"HTTP port {port} on 127.0.0.1 is already in use" in done.stderr, done.stderr
+    assert "--http-port 0" in done.stderr
+
+
 # Two named instances and Ray 1.0's start()/connect(), each instance with a
 # failing backend; only the one with log_to_driver echoes replica output.
 NAMED = textwrap.dedent(
