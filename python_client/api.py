@@ -7,6 +7,7 @@ code written for Ray Serve 0.8 runs with ``import turnout as serve``.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import threading
@@ -199,8 +200,10 @@ def connect(address: str | None = None) -> Client:
     """A ``Client`` of a running instance (Ray Serve 1.0's ``serve.connect()``).
 
     With no ``address``: the current instance (the one ``init()`` or
-    ``start()`` made last), or, in code running inside a replica, the
-    instance that runs it. With an ``address`` ("host:port" of a
+    ``start()`` made last); in code running inside a replica, the instance
+    that runs it; else the one ``turnout start`` runs (``$TURNOUT_ADDRESS``,
+    else 127.0.0.1:50051, as the CLI finds it), as Ray's ``connect()`` finds
+    the detached instance. With an ``address`` ("host:port" of a
     controller): that instance.
 
     Example::
@@ -212,7 +215,11 @@ def connect(address: str | None = None) -> Client:
         client.shutdown()
     """
     if address is None:
-        return _current()
+        with contextlib.suppress(NotRunningError):
+            return _current()
+        from turnout.cli import ADDRESS_ENV, DEFAULT_ADDRESS  # the CLI's own rule
+
+        address = os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
     if not isinstance(address, str):
         raise TypeError(f"address must be a str, got {type(address).__name__}")
     with _lock:

@@ -86,6 +86,6 @@ def test_status_codes_map_both_ways() -> None:
 
 def test_module_functions_before_init_say_how_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
     # As in a fresh interpreter, whatever other tests of this session did.
-    monkeypatch.setattr(turnout.api, "_client", None)
+    monkeypatch.setattr(turnout.api, "_current_name", None)
     with pytest.raises(turnout.NotRunningError, match=r"turnout\.init\(\)"):
         turnout.list_backends()
