@@ -67,9 +67,13 @@ class DriverLogs:
                 self.poll()
             self.poll()
         finally:
-            for followed in self._files.values():
-                followed.file.close()
-            self._files.clear()
+            self.close()
+
+    def close(self) -> None:
+        """Let go of the files (``stop`` does; for a follower polled by hand)."""
+        for followed in self._files.values():
+            followed.file.close()
+        self._files.clear()
 
     def poll(self) -> None:
         """One pass over every log file: new lines out, rotations followed."""

@@ -38,6 +38,8 @@ logger = logging.getLogger("turnout")
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+# How long a controller that answered Shutdown may take to exit.
+EXIT_AFTER_SHUTDOWN_S = 10.0
 # A dead controller is restarted at once, then after 0.5, 1, 2, ... s, and
 # given up on after this many starts in a row that failed.
 RESTART_ATTEMPTS = 6
@@ -162,7 +164,15 @@ class LocalInstance:
         """After a Shutdown call: wait for the controller's exit, killing it if it
         takes too long, then stop echoing logs and remove the instance directory."""
         self._stopping.set()
-        if not self._gone.wait(STOP_TIMEOUT_S):
+        # A controller still running here never got the Shutdown (a restart
+        # that came too late): SIGTERM is the same orderly stop, SIGKILL the last resort.
+        for sig, wait in ((None, EXIT_AFTER_SHUTDOWN_S), (signal.SIGTERM, STOP_TIMEOUT_S)):
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.send_signal(sig)
+            if self._gone.wait(wait):
+                break
+        else:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
             self._gone.wait(STOP_TIMEOUT_S)
