@@ -37,6 +37,7 @@ _SLOW_TIMEOUT_S = 600.0
 # How long an admin call to an owned instance waits for its owner to restart a
 # controller that died (it takes a few seconds) before NotRunningError.
 _RESTART_RETRY_S = 30.0
+_RETRY_PAUSE_S = 0.05
 _DELETES = frozenset({"DeleteBackendRequest", "DeleteEndpointRequest"})
 
 _STATE_NAMES = {
@@ -230,6 +231,8 @@ class Client:
                 if not self._wait_for_restart(controller, retry_until):
                     raise
                 retried = True
+                # Never a hot loop, whatever the channel's state says.
+                time.sleep(_RETRY_PAUSE_S)
             except NotFoundError:
                 # The attempt the controller died answering had deleted it.
                 if retried and request.DESCRIPTOR.name in _DELETES:
