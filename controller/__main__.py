@@ -3,8 +3,11 @@ or by ``turnout start`` as a durable service).
 
 With ``--durable`` the proxy and replicas outlive the controller: a controller
 restarted on the same ``--state`` and ``--port`` re-adopts them, so a crash of
-the control plane never interrupts serving. Without it (the owned mode of
-``turnout.init()``) every child dies with the controller.
+the control plane never interrupts serving. ``turnout.init()`` runs it durable
+*and* with ``--owner-pid``: the owning process restarts a dead controller (on
+the port the first one bound, hence ``--port 0`` is allowed there), and
+everything stops when the owner exits. Without ``--durable`` every child dies
+with the controller.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import sys
@@ -47,6 +51,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--owner-pid", type=int, help="shut down when this process (the parent) exits"
     )
     parser.add_argument(
+        "--remove-instance-dir",
+        action="store_true",
+        help="delete the instance directory (logs, run files) once stopped in order",
+    )
+    parser.add_argument(
         "--durable",
         action="store_true",
         help="proxy and replicas survive a controller crash and are re-adopted by a "
@@ -71,12 +80,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     if args.durable:
         if args.state is None:
             parser.error("--durable needs --state: re-adoption reads the state file")
-        if args.port == 0:
+        # An owner restarts its controller on the port the first one bound.
+        if args.port == 0 and args.owner_pid is None:
             parser.error(
                 "--durable needs a fixed --port: surviving proxies reconnect to that address"
             )
-        if args.owner_pid is not None:
-            parser.error("--durable and --owner-pid exclude each other")
     return args
 
 
@@ -130,10 +138,11 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
     try:
         await controller.start()
     except Exception as exc:  # whatever it is, the owner must hear why we gave up
-        if not options.durable:
+        if not options.durable or args.owner_pid is not None:
             await controller.shutdown()
         # A durable controller that cannot start exits as if it crashed: what
-        # runs keeps serving, recorded for the next start to re-adopt.
+        # runs keeps serving, recorded for the next start to re-adopt. An owned
+        # one stops what it started: its owner retries from the state alone.
         await controller.close()
         return _give_up(args, exc)
     if args.ready_fd is not None:
@@ -163,7 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         "%(asctime)s %(levelname)s controller %(name)s: %(message)s",
         also_tty=True,
     )
-    return asyncio.run(_main(args, instance_dir))
+    code = asyncio.run(_main(args, instance_dir))
+    if code == 0 and args.remove_instance_dir:
+        # Everything it started has stopped: nothing writes there any more.
+        logging.shutdown()
+        shutil.rmtree(instance_dir, ignore_errors=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from turnout import _replica_context
 from turnout._grpc import SERVER_OPTIONS
 from turnout._version import __version__
 from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
@@ -101,6 +102,9 @@ class Controller:
         if port == 0:
             raise OSError(f"cannot listen on {self.options.host}:{self.options.port}")
         self.address = f"{self.options.host}:{port}"
+        # Replicas started from here on find their instance through it (handles
+        # inside backends); adopted ones got the same address, the port is fixed.
+        _replica_context.publish(self.address)
         instance = pb.GetInstanceResponse(
             controller_address=self.address,
             controller_pid=os.getpid(),

@@ -212,5 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.parent_pid is not None:
         _process.die_with_parent(args.parent_pid)
+    _process.exit_with_owner()
     _logging.configure(args.log_file, "%(asctime)s %(levelname)s proxy %(name)s: %(message)s")
     return asyncio.run(serve(args))

@@ -13,6 +13,7 @@ Example::
 
 from turnout._version import __version__
 from turnout.api import (
+    connect,
     create_backend,
     create_endpoint,
     delete_backend,
@@ -27,6 +28,7 @@ from turnout.api import (
     set_traffic,
     shadow_traffic,
     shutdown,
+    start,
     stat,
     update_backend,
     update_backend_config,
@@ -73,6 +75,7 @@ __all__ = [
     "UnimplementedError",
     "__version__",
     "accept_batch",
+    "connect",
     "context",
     "create_backend",
     "create_endpoint",
@@ -88,6 +91,7 @@ __all__ = [
     "set_traffic",
     "shadow_traffic",
     "shutdown",
+    "start",
     "stat",
     "update_backend",
     "update_backend_config",

@@ -33,7 +33,7 @@ from types import FrameType
 from turnout import _process
 from turnout.controller.processes import command_line, start_time
 from turnout.errors import TurnoutError
-from turnout.instance import START_TIMEOUT_S, _child_env
+from turnout.instance import START_TIMEOUT_S, _child_env, port_in_use_hint
 
 PID_FILE = "turnout.pid"
 STOP_TIMEOUT_S = 60.0
@@ -180,8 +180,12 @@ def _started(report: dict[str, object], pid: int) -> Started:
     )
 
 
-def _failure(report: dict[str, object], log: Path) -> StartError:
-    return StartError(f"Turnout did not start: {report.get('message')} (log: {log})")
+def _failure(report: dict[str, object], log: Path, options: StartOptions) -> StartError:
+    fix = "pick another with --http-port, or --http-port 0 for any free port"
+    message = port_in_use_hint(
+        str(report.get("message")), options.http_host, options.http_port, fix
+    )
+    return StartError(f"Turnout did not start: {message} (log: {log})")
 
 
 def _prepare(options: StartOptions) -> None:
@@ -227,7 +231,7 @@ def start_detached(options: StartOptions) -> Started:
     report = _process.read_report(read_fd, START_TIMEOUT_S)
     if not report.get("ok"):
         _kill_and_reap(pid)
-        raise _failure(report, options.log_dir / "controller.log")
+        raise _failure(report, options.log_dir / "controller.log", options)
     options.pid_file.write_text(f"{pid}\n")
     return _started(report, pid)
 
@@ -295,7 +299,7 @@ def run_foreground(options: StartOptions, on_ready: Callable[[Started], None]) -
             if process.poll() is None:
                 process.terminate()
             process.wait()
-            raise _failure(report, options.log_dir / "controller.log")
+            raise _failure(report, options.log_dir / "controller.log", options)
         options.pid_file.write_text(f"{process.pid}\n")
         try:
             on_ready(_started(report, process.pid))

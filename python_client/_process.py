@@ -12,6 +12,12 @@ Children given ``--parent-pid`` die with their parent: Linux's
 so a SIGKILLed controller leaves no orphans. A ``--durable`` controller does
 not pass it: its children outlive it on purpose and the next controller
 re-adopts them (see ``turnout.controller.adoption``).
+
+An instance that ``turnout.init()`` started is durable too (its owner restarts
+a dead controller), but it must still end with its owner. Its processes find
+the owner's pid in ``TURNOUT_OWNER_PID`` and stop themselves when it exits
+(``exit_with_owner``), so nothing outlives an owner that died together with
+its controller.
 """
 
 from __future__ import annotations
@@ -20,14 +26,22 @@ import asyncio
 import ctypes
 import json
 import os
+import select
 import selectors
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+# The pid of the process that owns the instance (``turnout.init()``), for
+# every process of that instance; unset for ``turnout start``.
+OWNER_PID_ENV = "TURNOUT_OWNER_PID"
+# How long a process whose owner died may take to stop after its SIGTERM.
+OWNER_GONE_GRACE_S = 30.0
+_OWNER_POLL_S = 1.0
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -41,6 +55,47 @@ def die_with_parent(parent_pid: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def exit_with_owner() -> None:
+    """SIGTERM this process when the owner named by ``TURNOUT_OWNER_PID`` exits.
+
+    Call it first thing in a child, like ``die_with_parent``. A daemon thread
+    waits on a pidfd of the owner (polls where there is none); the SIGTERM runs
+    the process's own orderly stop, and if that takes longer than
+    ``OWNER_GONE_GRACE_S`` the process exits anyway.
+    """
+    try:
+        owner = int(os.environ.get(OWNER_PID_ENV, ""))
+    except ValueError:
+        return
+    pidfd: int | None = None
+    try:
+        pidfd = os.pidfd_open(owner)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):
+        pidfd = None
+    threading.Thread(
+        target=_stop_when_gone, args=(owner, pidfd), name="turnout-owner-watch", daemon=True
+    ).start()
+
+
+def _stop_when_gone(owner: int, pidfd: int | None) -> None:
+    if pidfd is not None:
+        select.select([pidfd], [], [])
+    else:
+        while True:
+            try:
+                os.kill(owner, 0)
+            except ProcessLookupError:
+                break
+            except PermissionError:
+                pass
+            time.sleep(_OWNER_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(OWNER_GONE_GRACE_S)
+    os._exit(1)
 
 
 def report(fd: int, **payload: Any) -> None:

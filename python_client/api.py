@@ -7,45 +7,75 @@ code written for Ray Serve 0.8 runs with ``import turnout as serve``.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from turnout import _replica_context
 from turnout.client import Client, ReplicaInfo
 from turnout.config import BackendConfig
 from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
 
+DEFAULT_NAME = "default"
+
 _lock = threading.Lock()
-_client: Client | None = None
+# Every instance init() made or connected to in this process, by name; module
+# calls go to the current one, the one initialised last (Ray's rule).
+_clients: dict[str, Client] = {}
+_current_name: str | None = None
+_started = itertools.count(1)
 
 
 def init(
     address: str | None = None,
     *,
+    name: str = DEFAULT_NAME,
     http_host: str = "127.0.0.1",
     http_port: int = 8000,
     state_path: str | os.PathLike[str] | None = None,
     access_log: bool = False,
     proxy_workers: int = 1,
+    log_to_driver: bool = True,
+    keep_instance_dir: bool = False,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
     With no ``address``, a local instance is started (controller, HTTP proxy
     on ``http_host:http_port``; port 0 picks a free one) and owned by this
-    process: it stops at ``shutdown()`` or when this interpreter exits. Its
-    desired state (backends, endpoints, traffic) lives in a fresh temporary
-    store, or in the SQLite file ``state_path``, from which a later ``init()``
-    brings it all back. ``access_log=True`` makes the proxy write one line per
-    request to ``<log_dir>/proxy-access.log`` (off by default: this mode is for
+    process: it stops at ``shutdown()`` or when this interpreter exits, however
+    it exits. Should its controller die, this process starts a new one within
+    seconds, which takes over the running proxy and replicas; admin calls made
+    meanwhile wait for it (up to 30 s). Its desired state (backends,
+    endpoints, traffic) lives in a fresh temporary store, or in the SQLite file
+    ``state_path``, from which a later ``init()`` brings it all back.
+
+    The instance directory (``/tmp/turnout-*``: logs, run files, the temporary
+    store) is removed when the instance stops; ``keep_instance_dir=True`` keeps
+    it (``client.log_dir`` is in it). A ``state_path`` file is never removed.
+    ``log_to_driver=True`` (the default) copies to this process's stderr what
+    replicas log at WARNING and above (handler tracebacks) and what handlers
+    print, each line prefixed with the replica id, e.g. ``(model#1)``.
+    ``access_log=True`` makes the proxy write one line per request to
+    ``<log_dir>/proxy-access.log`` (off by default: this mode is for
     development and benchmarks; ``turnout start`` turns it on).
     ``proxy_workers=N`` runs the HTTP proxy as N processes sharing the port
     (SO_REUSEPORT), for machines with cores to spare; see docs/operations.md.
+
     With an ``address`` ("host:port" of a controller) it connects to that
-    instance. Calling ``init()`` again returns the same client.
+    instance. Inside a replica, ``init()`` connects to the instance running
+    it and never starts another.
+
+    Several instances can live in one process under different names
+    (``name``, default ``"default"``), each with its own controller and HTTP port.
+    Module functions go to the instance initialised last; ``init(name=...)``
+    of a running one switches back to it (its other arguments are then not
+    used) and returns its client.
 
     Example::
 
@@ -53,64 +83,175 @@ def init(
         client = serve.init()
         print(client.controller_address, client.http_address)
     """
-    global _client
+    global _current_name
     if address is not None and not isinstance(address, str):
         raise TypeError(f"address must be a str, got {type(address).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if not name:
+        raise InvalidArgumentError("name must not be empty")
     if not isinstance(http_host, str):
         raise TypeError(f"http_host must be a str, got {type(http_host).__name__}")
     if isinstance(http_port, bool) or not isinstance(http_port, int):
         raise TypeError(f"http_port must be an int, got {type(http_port).__name__}")
-    if not isinstance(access_log, bool):
-        raise TypeError(f"access_log must be a bool, got {type(access_log).__name__}")
+    for flag, value in (
+        ("access_log", access_log),
+        ("log_to_driver", log_to_driver),
+        ("keep_instance_dir", keep_instance_dir),
+    ):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
     if isinstance(proxy_workers, bool) or not isinstance(proxy_workers, int):
         raise TypeError(f"proxy_workers must be an int, got {type(proxy_workers).__name__}")
     if proxy_workers < 1:
         raise InvalidArgumentError(f"proxy_workers must be >= 1, got {proxy_workers}")
     with _lock:
-        if _client is not None:
-            if address in (None, _client.controller_address):
-                return _client
-            raise TurnoutError(
-                f"already connected to {_client.controller_address}; "
-                "call turnout.shutdown() before connecting elsewhere"
-            )
+        client = _clients.get(name)
+        if client is not None and client.closed:
+            del _clients[name]
+            client = None
+        if client is not None:
+            if address not in (None, client.controller_address):
+                raise TurnoutError(
+                    f"instance {name!r} is connected to {client.controller_address}; call "
+                    "turnout.shutdown() first, or give the other instance another name"
+                )
+            _current_name = name
+            return client
+        if address is None:
+            address = _replica_context.controller_address()
         if address is not None:
-            _client = Client(address)
-            return _client
-        instance = LocalInstance.start(
-            http_host,
-            http_port,
-            state_path=None if state_path is None else Path(state_path),
-            access_log=access_log,
-            proxy_workers=proxy_workers,
+            client = Client(address)
+        else:
+            client = _start_local(
+                http_host,
+                http_port,
+                state_path=None if state_path is None else Path(state_path),
+                access_log=access_log,
+                proxy_workers=proxy_workers,
+                log_to_driver=log_to_driver,
+                keep_dir=keep_instance_dir,
+            )
+        _clients[name] = client
+        _current_name = name
+        return client
+
+
+def _start_local(
+    http_host: str,
+    http_port: int,
+    *,
+    state_path: Path | None,
+    access_log: bool,
+    proxy_workers: int,
+    log_to_driver: bool,
+    keep_dir: bool,
+) -> Client:
+    instance = LocalInstance.start(
+        http_host,
+        http_port,
+        state_path=state_path,
+        access_log=access_log,
+        proxy_workers=proxy_workers,
+        log_to_driver=log_to_driver,
+        keep_dir=keep_dir,
+    )
+    try:
+        client = Client(instance.address, _instance=instance)
+    except BaseException:
+        instance.wait_stopped()
+        raise
+    atexit.register(client.shutdown)
+    return client
+
+
+def start(detached: bool = False, **options: Any) -> Client:
+    """Start a new local instance and return its ``Client`` (Ray Serve 1.0's style).
+
+    Takes ``init()``'s keywords for a local instance (``http_host``,
+    ``http_port``, ``state_path``, ...). Each call starts another instance,
+    which also becomes the current one for the module functions. The
+    client's methods are the module functions: ``client.create_backend(...)``.
+    A detached instance, which outlives this process, is what the ``turnout
+    start`` command runs; connect to it with ``turnout.connect(address)``.
+
+    Example::
+
+        import turnout as serve
+        client = serve.start(http_port=0)
+        client.create_backend("hi", lambda request: "hi")
+        client.create_endpoint("hi", backend="hi", route="/hi")
+        client.shutdown()
+    """
+    if not isinstance(detached, bool):
+        raise TypeError(f"detached must be a bool, got {type(detached).__name__}")
+    if detached:
+        raise InvalidArgumentError(
+            "turnout.start(detached=True) is not supported: run `turnout start` for an "
+            "instance that outlives this process, and turnout.connect(address) to reach it"
         )
-        try:
-            _client = Client(instance.address, _instance=instance)
-        except BaseException:
-            instance.wait_stopped()
-            raise
-        atexit.register(_shutdown_owned, _client)
-        return _client
+    for key in ("address", "name"):
+        if key in options:
+            raise TypeError(f"start() got an unexpected keyword argument {key!r}")
+    return init(name=f"started-{next(_started)}", **options)
 
 
-def _shutdown_owned(client: Client) -> None:
-    client.shutdown()
+def connect(address: str | None = None) -> Client:
+    """A ``Client`` of a running instance (Ray Serve 1.0's ``serve.connect()``).
+
+    With no ``address``: the current instance (the one ``init()`` or
+    ``start()`` made last); in code running inside a replica, the instance
+    that runs it; else the one ``turnout start`` runs (``$TURNOUT_ADDRESS``,
+    else 127.0.0.1:50051, as the CLI finds it), as Ray's ``connect()`` finds
+    the detached instance. With an ``address`` ("host:port" of a
+    controller): that instance.
+
+    Example::
+
+        import turnout as serve
+        serve.start(http_port=0)
+        client = serve.connect()
+        print(client.http_address)
+        client.shutdown()
+    """
+    if address is None:
+        with contextlib.suppress(NotRunningError):
+            return _current()
+        from turnout.cli import ADDRESS_ENV, DEFAULT_ADDRESS  # the CLI's own rule
+
+        address = os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+    if not isinstance(address, str):
+        raise TypeError(f"address must be a str, got {type(address).__name__}")
+    with _lock:
+        for client in _clients.values():
+            if client.controller_address == address and not client.closed:
+                return client
+    return Client(address)
 
 
 def shutdown() -> None:
-    """Stop the instance ``init()`` connected to (every process it started)."""
-    global _client
+    """Stop the current instance (every process it started).
+
+    Afterwards there is no current instance: module calls raise
+    ``NotRunningError`` until ``init()`` starts or switches to one (other
+    named instances keep running).
+    """
+    global _current_name
     with _lock:
-        client, _client = _client, None
+        name, _current_name = _current_name, None
+        client = _clients.pop(name, None) if name is not None else None
     if client is not None:
         client.shutdown()
 
 
 def _current() -> Client:
-    client = _client
-    if client is None:
-        raise NotRunningError("no Turnout instance: call turnout.init() first")
-    return client
+    client = _clients.get(_current_name) if _current_name is not None else None
+    if client is not None and not client.closed:
+        return client
+    if _replica_context.controller_address() is not None:
+        # User code in a replica reaches its own instance with no set-up.
+        return init()
+    raise NotRunningError("no Turnout instance: call turnout.init() first")
 
 
 def create_backend(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 
@@ -14,7 +16,12 @@ from turnout import _pickling
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
-from turnout.errors import InvalidArgumentError, NotRunningError, error_from_status
+from turnout.errors import (
+    InvalidArgumentError,
+    NotFoundError,
+    NotRunningError,
+    error_from_status,
+)
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
 from turnout.v1 import controller_pb2 as pb
@@ -27,6 +34,11 @@ Resp = TypeVar("Resp")
 # they load large models.
 _QUICK_TIMEOUT_S = 30.0
 _SLOW_TIMEOUT_S = 600.0
+# How long an admin call to an owned instance waits for its owner to restart a
+# controller that died (it takes a few seconds) before NotRunningError.
+_RESTART_RETRY_S = 30.0
+_RETRY_PAUSE_S = 0.05
+_DELETES = frozenset({"DeleteBackendRequest", "DeleteEndpointRequest"})
 
 _STATE_NAMES = {
     pb.REPLICA_STATE_STARTING: "STARTING",
@@ -218,20 +230,67 @@ class Client:
         """True when this process started the instance (and stops it at exit)."""
         return self._instance is not None
 
+    @property
+    def closed(self) -> bool:
+        """True once ``shutdown()`` was called on this client."""
+        return self._closed
+
     def _call(
         self, method: Callable[..., Resp], request: Any, timeout: float = _QUICK_TIMEOUT_S
     ) -> Resp:
         if self._closed:
             raise NotRunningError("this client was shut down; call turnout.init() again")
-        return call_controller(
-            method,
-            request,
-            timeout,
-            lambda details: (
-                f"no Turnout controller answers at {self._address} ({details}); "
-                "start one with turnout.init()"
-            ),
-        )
+        retry_until = time.monotonic() + _RESTART_RETRY_S
+        retried = False
+        while True:
+            controller = self._instance.process.pid if self._instance is not None else 0
+            try:
+                return call_controller(
+                    method,
+                    request,
+                    timeout,
+                    lambda details: (
+                        f"no Turnout controller answers at {self._address} ({details}); "
+                        "start one with turnout.init()"
+                    ),
+                )
+            except NotRunningError:
+                if not self._wait_for_restart(controller, retry_until):
+                    raise
+                retried = True
+                # Never a hot loop, whatever the channel's state says.
+                time.sleep(_RETRY_PAUSE_S)
+            except NotFoundError:
+                # The attempt the controller died answering had deleted it.
+                if retried and request.DESCRIPTOR.name in _DELETES:
+                    # Nobody reads a delete's (empty) answer.
+                    return cast(Resp, None)
+                raise
+
+    def _wait_for_restart(self, controller: int, until: float) -> bool:
+        """After UNAVAILABLE: True once a new controller of an owned instance
+        serves (its owner restarts a dead one), False if the controller
+        ``controller`` (pid) did not die, or no new one came in time.
+
+        Every admin call may be sent again: reads and sets are idempotent,
+        CreateBackend and CreateEndpoint answer an identical retry as a
+        success, and a retried delete that finds nothing counts as done.
+        """
+        instance = self._instance
+        if instance is None or not instance.lost(controller):
+            return False
+        ready = grpc.channel_ready_future(self._channel)
+        try:
+            while not instance.gone:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(grpc.FutureTimeoutError):
+                    ready.result(timeout=min(remaining, 0.5))
+                    return True
+            return False
+        finally:
+            ready.cancel()
 
     def shutdown(self) -> None:
         """Stop the instance: every replica, the proxy and the controller."""

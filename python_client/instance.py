@@ -1,31 +1,83 @@
-"""A Turnout instance started by, and owned by, this Python process."""
+"""A Turnout instance started by, and owned by, this Python process.
+
+The owned controller runs durable (``--durable --owner-pid``): its proxy and
+replicas do not die with it. This process is its supervisor: a daemon thread
+waits on the controller and, when it dies any other way than an orderly
+shutdown, starts a new one on the same state file and the same port, which
+re-adopts the proxy and the replicas (docs/architecture.md, "Crash
+recovery"). Everything still ends with this process, however it ends: the
+controller watches this pid and stops everything when it exits, and the proxy
+and replicas watch it too (``TURNOUT_OWNER_PID``), for when both are gone.
+
+The instance directory (a fresh ``/tmp/turnout-*``, mode 0700, every file in
+it 0600) holds the logs, run files and, unless ``state_path`` was given, the
+state. It is removed when the instance stops in order or its owner dies,
+unless it is to be kept.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import threading
+import time
 from pathlib import Path
 
-from turnout import _process
+from turnout import _process, _replica_context
+from turnout._driver_logs import DriverLogs
+from turnout.controller.processes import start_time
 from turnout.errors import TurnoutError
+
+logger = logging.getLogger("turnout")
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+# How long a controller that answered Shutdown may take to exit.
+EXIT_AFTER_SHUTDOWN_S = 10.0
+# A dead controller is restarted at once, then after 0.5, 1, 2, ... s, and
+# given up on after this many starts in a row that failed.
+RESTART_ATTEMPTS = 6
+RESTART_BACKOFF_S = 0.5
+# How long a controller whose connection broke may take to be seen dead.
+_DYING_S = 0.5
+# Files the instance's processes create are theirs alone.
+_UMASK = 0o077
 
 
-@dataclass
 class LocalInstance:
-    """The controller process this interpreter started, and where it lives."""
+    """The controller process this interpreter started (and restarts), and where it lives."""
 
-    process: subprocess.Popen[bytes]
-    address: str
-    http_address: str
-    instance_dir: Path
+    def __init__(
+        self,
+        argv: list[str],
+        process: subprocess.Popen[bytes],
+        report: dict[str, object],
+        instance_dir: Path,
+        keep_dir: bool,
+        logs: DriverLogs | None,
+    ) -> None:
+        self._argv = argv
+        self._process = process
+        self.address = str(report["address"])
+        self.http_address = str(report["http_address"])
+        self.instance_dir = instance_dir
+        self._keep_dir = keep_dir
+        self._logs = logs
+        # Set once the owner shuts the instance down: no restart after that.
+        self._stopping = threading.Event()
+        # Set when no controller runs and none will be started again.
+        self._gone = threading.Event()
+        self._restarts = 0
+        self._thread = threading.Thread(
+            target=self._supervise, name="turnout-controller-supervisor", daemon=True
+        )
+        self._thread.start()
 
     @classmethod
     def start(
@@ -36,61 +88,196 @@ class LocalInstance:
         state_path: Path | None = None,
         access_log: bool = False,
         proxy_workers: int = 1,
+        *,
+        log_to_driver: bool = False,
+        keep_dir: bool = False,
     ) -> LocalInstance:
+        """Start an instance; ``keep_dir`` keeps the instance directory after it stops."""
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
-        (instance_dir / "logs").mkdir()
-        log_path = instance_dir / "logs" / "controller.log"
-        # The controller writes (and rotates) controller.log itself; its raw
-        # stdout and stderr (a crash, a traceback before logging is set up) go here.
-        out_path = instance_dir / "logs" / "controller.out"
-        read_fd, write_fd = os.pipe()
+        (instance_dir / "logs").mkdir(mode=0o700)
         argv = _process.child_argv(
             "turnout.controller",
             [
                 "--host", host,
-                "--port", "0",
                 "--http-host", http_host,
                 "--http-port", str(http_port),
                 "--instance-dir", str(instance_dir),
-                "--ready-fd", str(write_fd),
+                "--state", str(state_path or instance_dir / "state.db"),
+                "--durable",
                 "--owner-pid", str(os.getpid()),
                 "--access-log" if access_log else "--no-access-log",
                 "--proxy-workers", str(proxy_workers),
-                *(["--state", str(state_path)] if state_path is not None else []),
+                *([] if keep_dir else ["--remove-instance-dir"]),
             ],
         )  # fmt: skip
         try:
-            with out_path.open("ab") as log:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=log,
-                    pass_fds=(write_fd,),
-                    # Its own session: a Ctrl-C in the terminal reaches this
-                    # process, which then shuts the instance down in order.
-                    start_new_session=True,
-                    env=_child_env(),
-                )
-        finally:
-            os.close(write_fd)
-        report = _process.read_report(read_fd, START_TIMEOUT_S)
+            process, report = _spawn(argv, instance_dir, "0")
+        except BaseException:
+            if not keep_dir:
+                shutil.rmtree(instance_dir, ignore_errors=True)
+            raise
         if not report.get("ok"):
-            _terminate(process)
-            raise TurnoutError(
-                f"could not start Turnout: {report.get('message')} "
-                f"(log: {log_path}, output: {out_path})"
+            process.wait()
+            kept = (
+                f" (logs: {instance_dir / 'logs'})"
+                if keep_dir
+                else "; init(keep_instance_dir=True) keeps its logs"
             )
-        return cls(
-            process=process,
-            address=str(report["address"]),
-            http_address=str(report["http_address"]),
-            instance_dir=instance_dir,
-        )
+            if not keep_dir:
+                shutil.rmtree(instance_dir, ignore_errors=True)
+            reason = _reason(report, http_host, http_port)
+            raise TurnoutError(f"could not start Turnout: {reason}{kept}")
+        logs = DriverLogs(instance_dir / "logs") if log_to_driver else None
+        if logs is not None:
+            logs.start()
+        return cls(argv, process, report, instance_dir, keep_dir, logs)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        """The controller running now (a new one after each restart)."""
+        return self._process
+
+    @property
+    def restarts(self) -> int:
+        """How many times the controller was restarted after dying."""
+        return self._restarts
+
+    def lost(self, pid: int) -> bool:
+        """True if the controller ``pid`` died (or was replaced after dying).
+
+        Asked right after a call failed: a killed process closes its sockets
+        a moment before it is a zombie, so a live one gets that moment.
+        """
+        deadline = time.monotonic() + _DYING_S
+        while self._process.pid == pid and start_time(pid) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    @property
+    def gone(self) -> bool:
+        """True when no controller runs and none will be started again."""
+        return self._gone.is_set()
 
     def wait_stopped(self) -> None:
-        """After a Shutdown call: reap the controller, killing what is left if needed."""
-        _terminate(self.process, graceful=False)
+        """After a Shutdown call: wait for the controller's exit, killing it if it
+        takes too long, then stop echoing logs and remove the instance directory."""
+        self._stopping.set()
+        # A controller still running here never got the Shutdown (a restart
+        # that came too late): SIGTERM is the same orderly stop, SIGKILL the last resort.
+        for sig, wait in ((None, EXIT_AFTER_SHUTDOWN_S), (signal.SIGTERM, STOP_TIMEOUT_S)):
+            if sig is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.send_signal(sig)
+            if self._gone.wait(wait):
+                break
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._gone.wait(STOP_TIMEOUT_S)
+        if self._logs is not None:
+            self._logs.stop()
+        if not self._keep_dir:
+            shutil.rmtree(self.instance_dir, ignore_errors=True)
+
+    def _supervise(self) -> None:
+        try:
+            while True:
+                code = self._process.wait()
+                if code == 0 or self._stopping.is_set():
+                    return
+                logger.warning(
+                    "turnout: the controller (pid %d) died (%s); restarting it on %s",
+                    self._process.pid,
+                    _exit_reason(code),
+                    self.address,
+                )
+                if not self._restart():
+                    return
+        finally:
+            self._gone.set()
+
+    def _restart(self) -> bool:
+        port = self.address.rpartition(":")[2]
+        for attempt in range(RESTART_ATTEMPTS):
+            if attempt:
+                time.sleep(RESTART_BACKOFF_S * 2 ** (attempt - 1))
+            if self._stopping.is_set():
+                return False
+            try:
+                process, report = _spawn(self._argv, self.instance_dir, port)
+            except OSError as exc:
+                report, process = {"message": str(exc)}, None
+            if process is not None and report.get("ok"):
+                self._process = process
+                self._restarts += 1
+                logger.warning("turnout: controller restarted (pid %d)", process.pid)
+                return True
+            if process is not None:
+                process.wait()
+            logger.warning("turnout: controller restart failed: %s", report.get("message"))
+        logger.error("turnout: the controller could not be restarted; the instance is down")
+        return False
+
+
+def _spawn(
+    argv: list[str], instance_dir: Path, port: str
+) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    """Start a controller on ``port`` and wait for its readiness report."""
+    # The controller writes (and rotates) controller.log itself; its raw
+    # stdout and stderr (a crash, a traceback before logging is set up) go here.
+    out_path = instance_dir / "logs" / "controller.out"
+    read_fd, write_fd = os.pipe()
+    try:
+        with out_path.open("ab") as out:
+            process = subprocess.Popen(
+                [*argv, "--port", port, "--ready-fd", str(write_fd)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                pass_fds=(write_fd,),
+                # Its own session: a Ctrl-C in the terminal reaches this
+                # process, which then shuts the instance down in order.
+                start_new_session=True,
+                env=_child_env(owner_pid=os.getpid()),
+                umask=_UMASK,
+            )
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    report = _process.read_report(read_fd, START_TIMEOUT_S)
+    if not report.get("ok") and process.poll() is None:
+        _terminate(process)
+    return process, report
+
+
+def _reason(report: dict[str, object], http_host: str, http_port: int) -> str:
+    return port_in_use_hint(
+        str(report.get("message")),
+        http_host,
+        http_port,
+        "pick another with init(http_port=...), or http_port=0 for any free port",
+    )
+
+
+def port_in_use_hint(message: str, http_host: str, http_port: int, fix: str) -> str:
+    """A start failure's message, said plainly when the HTTP port is taken."""
+    if "address already in use" in message.lower() and http_port != 0:
+        return (
+            f"HTTP port {http_port} on {http_host} is already in use (another Turnout "
+            f"instance or server?); {fix}"
+        )
+    return message
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
 
 
 def _terminate(process: subprocess.Popen[bytes], graceful: bool = True) -> None:
@@ -105,14 +292,20 @@ def _terminate(process: subprocess.Popen[bytes], graceful: bool = True) -> None:
         process.wait()
 
 
-def _child_env() -> dict[str, str]:
+def _child_env(owner_pid: int | None = None) -> dict[str, str]:
     """Environment whose PYTHONPATH lets replicas import what this process imports.
 
     Backends pickled by reference (a class defined in the user's own module)
     must be importable in the replica, as they are here. The interpreter's own
     directories (stdlib, site-packages) are found by the child anyway.
+    A new instance belongs to ``owner_pid`` (None: to nobody, ``turnout
+    start``), never to the instance this process may itself run in.
     """
     env = dict(os.environ)
+    _replica_context.without_context(env)
+    env.pop(_process.OWNER_PID_ENV, None)
+    if owner_pid is not None:
+        env[_process.OWNER_PID_ENV] = str(owner_pid)
     own = tuple({os.path.abspath(sys.prefix), os.path.abspath(sys.base_prefix)})
     extra: list[str] = []
     for entry in sys.path:

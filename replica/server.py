@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from turnout import _logging
 from turnout._grpc import SERVER_OPTIONS
-from turnout._process import die_with_parent, report_failure, report_ready
+from turnout._process import die_with_parent, exit_with_owner, report_failure, report_ready
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
 from turnout.replica.servicer import ReplicaServicer
 from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
@@ -113,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     if options.parent_pid is not None:
         die_with_parent(options.parent_pid)
+    exit_with_owner()
     configure_logging(options.replica_id, options.log_file)
     try:
         spec = read_spec(options.spec_file)

@@ -29,6 +29,7 @@ EXPECTED = {
     "UnimplementedError",
     "__version__",
     "accept_batch",
+    "connect",
     "context",
     "create_backend",
     "create_endpoint",
@@ -44,6 +45,7 @@ EXPECTED = {
     "set_traffic",
     "shadow_traffic",
     "shutdown",
+    "start",
     "stat",
     "update_backend",
     "update_backend_config",
@@ -85,6 +87,6 @@ def test_status_codes_map_both_ways() -> None:
 
 def test_module_functions_before_init_say_how_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
     # As in a fresh interpreter, whatever other tests of this session did.
-    monkeypatch.setattr(turnout.api, "_client", None)
+    monkeypatch.setattr(turnout.api, "_current_name", None)
     with pytest.raises(turnout.NotRunningError, match=r"turnout\.init\(\)"):
         turnout.list_backends()
