@@ -2,13 +2,15 @@
 
 A handler receives a werkzeug ``Request`` (the class Flask's request derives
 from) and may return ``None``, ``str``, ``bytes``, a werkzeug/Flask
-``Response`` or anything JSON-encodable. Nothing here does I/O.
+``Response`` or anything JSON-encodable, NumPy scalars and arrays included
+(as Ray Serve encodes them: an array becomes a list). Nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -123,13 +125,24 @@ def encode_http(value: object) -> http_pb2.HttpResponse:
     if isinstance(value, Response):
         return _from_response(value)
     try:
-        body = json.dumps(value)
+        body = json.dumps(value, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise BadReturnValue(
             f"handler returned a {type_name(value)}, which is not str, bytes, "
             f"a Response or JSON-encodable: {exc}"
         ) from exc
     return _plain(200, JSON, body.encode("utf-8"))
+
+
+def _json_default(value: object) -> object:
+    """What ``json`` cannot encode itself: NumPy's scalars and arrays, told by
+    their module so that NumPy is never imported for a handler that does not
+    use it. ``tolist()`` gives Python numbers (an array: nested lists)."""
+    if type(value).__module__ == "numpy":
+        tolist = getattr(value, "tolist", None)
+        if callable(tolist):
+            return tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def to_http_response(value: object, request_id: str = "") -> http_pb2.HttpResponse:
@@ -152,7 +165,7 @@ def error_response(exc: BaseException, request_id: str, status: int = 500) -> ht
         if isinstance(exc.response, Response):
             return _from_response(exc.response)
         status = exc.code or 500
-        payload = {"error": exc.name, "message": exc.description or ""}
+        payload = {"error": camel_case(exc.name), "message": exc.description or ""}
         extra = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
     else:
         payload = {"error": type(exc).__name__, "message": str(exc)}
@@ -160,6 +173,13 @@ def error_response(exc: BaseException, request_id: str, status: int = 500) -> ht
     response = _plain(status, JSON, json.dumps(payload).encode("utf-8"))
     response.headers.extend(http_pb2.Header(name=k, value=v) for k, v in extra)
     return response
+
+
+def camel_case(phrase: str) -> str:
+    """An HTTP reason phrase as an error name: "Bad Request" -> "BadRequest",
+    "I'm a teapot" -> "ImATeapot" (the names every other error body uses)."""
+    words = re.split(r"[^A-Za-z0-9]+", phrase.replace("'", ""))
+    return "".join(word[:1].upper() + word[1:] for word in words)
 
 
 def _plain(status: int, content_type: str, body: bytes) -> http_pb2.HttpResponse:

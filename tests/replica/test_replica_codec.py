@@ -363,14 +363,14 @@ def test_http_exception_keeps_its_status_like_flask_abort() -> None:
     answer = codec.error_response(NotFound(), "r")
     assert answer.status == 404
     assert json_body(answer) == {
-        "error": "Not Found",
+        "error": "NotFound",
         "message": NotFound.description,
         "request_id": "r",
     }
     custom = codec.error_response(BadRequest("missing field 'x'"), "r")
     assert custom.status == 400
     assert json_body(custom) == {
-        "error": "Bad Request",
+        "error": "BadRequest",
         "message": "missing field 'x'",
         "request_id": "r",
     }
