@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import cloudpickle
 import grpc
 
+from turnout import _pickling
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
@@ -101,14 +101,14 @@ def _spec(
             raise InvalidArgumentError(
                 f"backend {tag!r} is a function: init args are only for classes"
             )
-        spec.pickled_callable = cloudpickle.dumps(func_or_class)
+        spec.pickled_callable = _pickling.dumps(func_or_class)
     else:
         raise TypeError(
             "func_or_class must be a function, a class or an import path str, "
             f"got {type(func_or_class).__name__}"
         )
     if init_args:
-        spec.pickled_init_args = cloudpickle.dumps(tuple(init_args))
+        spec.pickled_init_args = _pickling.dumps(tuple(init_args))
     return spec
 
 
