@@ -122,6 +122,10 @@ def test_max_concurrent_queries_changes_on_the_running_replicas(
     with ThreadPoolExecutor(3) as pool:
         replies = list(pool.map(lambda _: requests.get(app.url, params={"size": 3}), range(3)))
     assert [r.json() for r in replies] == [3, 3, 3]
+    # And five calls from a handle, once the limit is five.
+    client.update_backend_config(app.backend, {"max_concurrent_queries": 5})
+    handle = client.get_handle(app.backend)
+    assert [f.result(timeout=30) for f in [handle.remote(size=5) for _ in range(5)]] == [5] * 5
     assert _replicas(client, app.backend) == before
 
 

@@ -297,3 +297,39 @@ def test_check_health_at_start_fails_like_a_constructor(load: Load) -> None:
         "Unhealthy.check_health raised RuntimeError: database unreachable"
     )
     assert "database unreachable" in raised.value.traceback
+
+
+class SlowBatch:
+    def __init__(self) -> None:
+        self.cancelled = 0
+
+    @turnout.accept_batch
+    async def __call__(self, requests: list[Any]) -> list[int]:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return [0] * len(requests)
+
+    @turnout.accept_batch
+    async def count(self, requests: list[Any]) -> list[int]:
+        return [self.cancelled] * len(requests)
+
+
+def test_a_batch_is_cancelled_once_every_caller_in_it_gave_up(load: Load) -> None:
+    runtime = load(SlowBatch, max_batch_size=2)
+
+    async def scenario() -> int:
+        calls = [asyncio.wait_for(runtime.handle("", i), 0.2) for i in range(2)]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(isinstance(r, TimeoutError) for r in results)
+        seen = 0
+        for _ in range(500):  # the cancellation reaches the handler within a few loop turns
+            seen = await asyncio.wait_for(runtime.handle("count", None), 5)
+            if seen:
+                break
+            await asyncio.sleep(0.01)
+        return seen
+
+    assert asyncio.run(scenario()) == 1
