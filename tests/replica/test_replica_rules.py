@@ -164,22 +164,6 @@ def test_http_call_methods_naming_what_the_class_lacks_is_refused_at_load() -> N
     assert "function" in load_error(no_arg, http_call_methods=["predict"]).message
 
 
-def test_method_names_are_checked_in_the_config() -> None:
-    assert turnout.BackendConfig(http_call_methods=["a", "b", "a"]).http_call_methods == [
-        "a",
-        "b",
-    ]
-    for bad in (["reconfigure"], ["check_health"], ["__init__"], ["_private"], ["a b"]):
-        with pytest.raises(turnout.InvalidArgumentError):
-            turnout.BackendConfig(http_call_methods=bad)
-    for wrong in ("predict", [1], None.__class__):
-        with pytest.raises(TypeError):
-            turnout.BackendConfig(http_call_methods=wrong)  # type: ignore[arg-type]
-    empty = turnout.BackendConfig(http_call_methods=[]).to_proto()
-    assert empty.HasField("http_call_methods") and not empty.http_call_methods.names
-    assert turnout.BackendConfig.from_proto(empty).http_call_methods == []
-
-
 # --- live limits -----------------------------------------------------------------
 
 
