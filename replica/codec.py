@@ -3,7 +3,8 @@
 A handler receives a werkzeug ``Request`` (the class Flask's request derives
 from) and may return ``None``, ``str``, ``bytes``, a werkzeug/Flask
 ``Response`` or anything JSON-encodable, NumPy scalars and arrays included
-(as Ray Serve encodes them: an array becomes a list). Nothing here does I/O.
+(encoded as Ray Serve encodes them: an array becomes a list). Nothing here
+does I/O.
 """
 
 from __future__ import annotations
@@ -135,14 +136,22 @@ def encode_http(value: object) -> http_pb2.HttpResponse:
 
 
 def _json_default(value: object) -> object:
-    """What ``json`` cannot encode itself: NumPy's scalars and arrays, told by
-    their module so that NumPy is never imported for a handler that does not
-    use it. ``tolist()`` gives Python numbers (an array: nested lists)."""
-    if type(value).__module__ == "numpy":
+    """What ``json`` cannot encode itself, encoded as Ray Serve's ``ServeEncoder``
+    does: NumPy scalars and arrays (``tolist()``: Python numbers, nested lists),
+    bytes inside a container (UTF-8 text) and exceptions (their message).
+    NumPy values are told by their class's module, so that NumPy is never
+    imported for a handler that does not use it.
+    """
+    cls = type(value)
+    if cls.__module__ == "numpy":
         tolist = getattr(value, "tolist", None)
         if callable(tolist):
             return tolist()
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if isinstance(value, BaseException):
+        return str(value)
+    raise TypeError(f"Object of type {cls.__name__} is not JSON serializable")
 
 
 def to_http_response(value: object, request_id: str = "") -> http_pb2.HttpResponse:

@@ -453,6 +453,15 @@ def test_numpy_values_are_json_as_ray_serve_sends_them() -> None:
     assert json_body(codec.encode_http(np.arange(2))) == [0, 1]
 
 
+def test_bytes_and_exceptions_inside_an_answer_are_text_as_in_ray_serve() -> None:
+    answer = codec.encode_http(
+        {"raw": b"caf\xc3\xa9", "items": [bytearray(b"x")], "why": KeyError("k")}
+    )
+    assert json_body(answer) == {"raw": "café", "items": ["x"], "why": "'k'"}
+    with pytest.raises(codec.BadReturnValue, match="can't decode"):
+        codec.encode_http({"raw": b"\xff"})
+
+
 def test_answers_never_import_numpy_themselves() -> None:
     script = (
         "import sys\n"
