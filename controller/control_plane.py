@@ -171,6 +171,9 @@ class ControlPlane:
             config = pb.BackendConfig()
             config.CopyFrom(record.config)
             config.MergeFrom(update)
+            if update.HasField("http_call_methods"):
+                # MergeFrom appends repeated fields: the update replaces the list.
+                config.http_call_methods.CopyFrom(update.http_call_methods)
             _check_capabilities(tag, config, replicas.capabilities)
             new = dataclasses.replace(record, config=config)
             spec_path = self._write_spec(new)
@@ -180,6 +183,12 @@ class ControlPlane:
             reconfigure = config.user_config_json != record.config.user_config_json or (
                 config.HasField("user_config_json") != record.config.HasField("user_config_json")
             )
+            limits = {
+                f: getattr(config, f)
+                for f in validation.LIVE_FIELDS
+                if getattr(config, f) != getattr(record.config, f)
+            }
+            user_config = config.user_config_json if reconfigure else ""
             previous_path, previous_config = replicas.spec_path, replicas.config
             previous_digest = replicas.digest
             replicas.config = config
@@ -187,9 +196,11 @@ class ControlPlane:
                 if restart:
                     await replicas.roll(spec_path, replica_digest(new))
                 else:
+                    # Replicas started from now on read the new values; the
+                    # running ones take them in place.
                     replicas.spec_path = spec_path
-                    if reconfigure and config.HasField("user_config_json"):
-                        await replicas.reconfigure(config.user_config_json)
+                    if user_config or limits:
+                        await replicas.reconfigure(user_config, **limits)
                     replicas.set_digest(replica_digest(new))
                 await replicas.scale(config.num_replicas)
             except (ReplicaStartError, InvalidArgumentError) as exc:
@@ -388,15 +399,21 @@ class ControlPlane:
 def replica_digest(record: BackendRecord) -> str:
     """What a replica of ``record`` runs, in a few hex digits: its code, its
     replica options, and the config it reads at start or takes in place
-    (``user_config``). Two replicas with the same digest are interchangeable;
+    (limits, ``user_config``): a replica changed in place is relabelled with
+    the new digest. Two replicas with the same digest are interchangeable;
     config the senders or the controller apply (num_replicas, queues, health
     checks) is left out, so changing it does not make replicas look stale.
     """
     digest = hashlib.sha256()
     digest.update(record.spec.SerializeToString(deterministic=True))
     digest.update(record.options.SerializeToString(deterministic=True))
-    for name in (*validation.RESTART_FIELDS, "user_config_json"):
+    for name in (*validation.LIVE_FIELDS, "user_config_json"):
         digest.update(f"|{name}={getattr(record.config, name)!r}".encode())
+    # Only when set, so that the digests of backends without it stay as they were.
+    if record.config.HasField("http_call_methods"):
+        digest.update(
+            f"|http_call_methods={list(record.config.http_call_methods.names)!r}".encode()
+        )
     return digest.hexdigest()[:16]
 
 

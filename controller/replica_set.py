@@ -216,9 +216,11 @@ class ReplicaSet:
                 raise
             await self._stop_slots([old])
 
-    async def reconfigure(self, user_config_json: str) -> None:
-        """Call reconfigure() on every running replica, in place."""
-        request = replica_pb2.ReconfigureRequest(user_config_json=user_config_json)
+    async def reconfigure(self, user_config_json: str = "", **limits: Any) -> None:
+        """Change every running replica in place: call its reconfigure() with
+        ``user_config_json`` ("" = don't) and set the config ``limits`` given
+        (max_concurrent_queries, max_batch_size, batch_wait_timeout)."""
+        request = replica_pb2.ReconfigureRequest(user_config_json=user_config_json, **limits)
         for slot in self.running():
             assert slot.child is not None
             async with grpc.aio.insecure_channel(

@@ -10,7 +10,7 @@ import json
 import math
 import re
 
-from turnout.config import DEFAULTS
+from turnout.config import DEFAULTS, method_names
 from turnout.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
@@ -122,6 +122,10 @@ def config_update(update: pb.BackendConfig) -> None:
             json.loads(update.user_config_json)
         except ValueError as exc:
             raise InvalidArgumentError(f"user_config_json is not valid JSON: {exc}") from None
+    if update.HasField("http_call_methods"):
+        names = method_names(update.http_call_methods.names)
+        del update.http_call_methods.names[:]
+        update.http_call_methods.names.extend(names)
 
 
 def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
@@ -135,7 +139,10 @@ def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
 
 # Config fields a running replica reads only at start: changing one restarts the
 # replicas, one at a time.
-RESTART_FIELDS = ("max_concurrent_queries", "max_batch_size", "batch_wait_timeout")
+RESTART_FIELDS = ("http_call_methods",)
+# Config fields a running replica takes in place (ReplicaService.Reconfigure),
+# keeping its process and replica id.
+LIVE_FIELDS = ("max_concurrent_queries", "max_batch_size", "batch_wait_timeout")
 
 
 def replica_options(options: pb.ReplicaOptions) -> pb.ReplicaOptions:

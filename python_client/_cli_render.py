@@ -105,11 +105,15 @@ def _shares(shares: Mapping[str, float]) -> str:
     return ", ".join(f"{b} {_number(w)}" for b, w in sorted(shares.items())) or "-"
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _config_text(config: Mapping[str, Any]) -> str:
     """The fields that differ from the defaults (num_replicas has its own column)."""
     defaults = DEFAULTS.to_dict()
     changed = [
-        f"{key}={json.dumps(value) if key == 'user_config' else _number(value)}"
+        f"{key}={_number(value) if _is_number(value) else json.dumps(value)}"
         for key, value in sorted(config.items())
         if key != "num_replicas" and value is not None and value != defaults.get(key)
     ]

@@ -1,18 +1,58 @@
-"""Pickling a backend's code and init args, with errors that name the culprit.
+"""Pickling a backend's code and init args: real file names, and errors that name the culprit.
 
-cloudpickle alone says "cannot pickle '_thread.lock' object" and nothing of
-where that lock was: in a closure, a global the function uses, a class
+cloudpickle 3 writes every code object it pickles by value (a function or
+class defined in ``__main__``, a notebook, a lambda, a nested function) with
+the file name ``<dynamic-code>``, so that a payload does not depend on where
+it was defined. A replica's traceback then says ``File "<dynamic-code>"``
+instead of the user's file. Line numbers survive either way; ``dumps`` keeps
+the file name too (a payload still depends only on the code and its file's path).
+
+cloudpickle alone also says "cannot pickle '_thread.lock' object" and nothing
+of where that lock was: in a closure, a global the function uses, a class
 attribute, an init arg's attribute. ``dumps`` then looks for the first part
 that does not pickle (bounded in depth and count, only on failure) and names it.
 """
 
 from __future__ import annotations
 
+import io
 import types
+from collections import ChainMap
 from collections.abc import Iterator
 from typing import Any
 
 import cloudpickle
+from cloudpickle import cloudpickle as _cloudpickle
+
+_DYNAMIC = "<dynamic-code>"
+# A private function of cloudpickle: without it, plain cloudpickle it is.
+_code_reduce = getattr(_cloudpickle, "_code_reduce", None)
+
+
+def _code_reduce_keeping_filename(code: types.CodeType) -> Any:
+    assert _code_reduce is not None
+    rebuild, args = _code_reduce(code)
+    # args is the CodeType constructor's argument tuple; only the file name is
+    # the placeholder (names and constants are other fields, or tuples).
+    renamed = tuple(code.co_filename if arg == _DYNAMIC else arg for arg in args)
+    return rebuild, renamed
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]  # untyped base
+    dispatch_table = ChainMap(
+        {types.CodeType: _code_reduce_keeping_filename}, cloudpickle.Pickler.dispatch_table
+    )
+
+
+def _dumps_keeping_filenames(obj: Any) -> bytes:
+    """``cloudpickle.dumps(obj)``, with code objects keeping their file names."""
+    if _code_reduce is None:
+        data: bytes = cloudpickle.dumps(obj)
+        return data
+    with io.BytesIO() as file:
+        _Pickler(file).dump(obj)
+        return file.getvalue()
+
 
 # How far and how much to look for the part that fails: a failure is rare,
 # but a backend's class may hold big objects, each pickled again to test it.
@@ -36,7 +76,7 @@ def dumps(value: Any, tag: str, what: str, fix: str) -> bytes:
         # handler (a _thread.lock): cannot pickle '_thread.lock' object; create ...
     """
     try:
-        pickled: bytes = cloudpickle.dumps(value)
+        pickled = _dumps_keeping_filenames(value)
     except Exception as exc:
         budget = [_MAX_CHECKS]
         label, culprit = _culprit(value, what, _MAX_DEPTH, budget) or (what, value)

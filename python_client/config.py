@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,36 @@ _SECONDS_FIELDS = (
     "health_check_period",
     "queue_timeout",
 )
+
+# Methods the replica calls on the instance itself; never on a request's behalf.
+LIFECYCLE_METHODS = frozenset({"reconfigure", "check_health"})
+
+
+def request_callable(name: str) -> bool:
+    """Whether a request (HTTP or handle) may ever call the method ``name``:
+    ``__call__`` and public methods, lifecycle methods excepted."""
+    return name == "__call__" or (
+        name.isidentifier() and not name.startswith("_") and name not in LIFECYCLE_METHODS
+    )
+
+
+def method_names(values: Iterable[Any], what: str = "http_call_methods") -> list[str]:
+    """Method names for ``what``, de-duplicated in order; raises TypeError for
+    a non-str and InvalidArgumentError for a name no request may call."""
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be a list of method names, got {type(values).__name__}")
+    names: list[str] = []
+    for value in values:
+        if not isinstance(value, str):
+            raise TypeError(f"{what} must hold str method names, got {type(value).__name__}")
+        if not request_callable(value):
+            raise InvalidArgumentError(
+                f"{what} cannot name {value!r}: only __call__ and public methods other than "
+                f"{' and '.join(sorted(LIFECYCLE_METHODS))} are callable by requests"
+            )
+        if value not in names:
+            names.append(value)
+    return names
 
 
 @dataclass
@@ -59,10 +90,15 @@ class BackendConfig:
         max_queued_requests: requests a sender holds while every replica is
             full; more are refused with 503 / OverloadedError (default 1000).
         queue_timeout: seconds a request may wait in that queue (default 30).
+        http_call_methods: the methods of a class backend that HTTP requests
+            may call (``__call__`` without ``X-Serve-Call-Method``, the
+            header's method with it); others answer 404. Default: ``__call__``
+            and every public method. Handles may call any public method.
+            ``reconfigure`` and ``check_health`` are never callable by requests.
 
-    Changing ``max_concurrent_queries``, ``max_batch_size`` or
-    ``batch_wait_timeout`` restarts the replicas one at a time (no downtime);
-    the other fields apply without a restart.
+    Every field applies to the running replicas without restarting them,
+    except ``http_call_methods``: changing it restarts the replicas one at a
+    time (no downtime).
     """
 
     num_replicas: int | None = None
@@ -75,6 +111,7 @@ class BackendConfig:
     health_check_failure_threshold: int | None = None
     max_queued_requests: int | None = None
     queue_timeout: float | None = None
+    http_call_methods: list[str] | None = None
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -100,6 +137,8 @@ class BackendConfig:
                 json.dumps(self.user_config)
             except (TypeError, ValueError) as exc:
                 raise TypeError(f"user_config must be JSON-compatible: {exc}") from None
+        if self.http_call_methods is not None:
+            self.http_call_methods = method_names(self.http_call_methods)
 
     @classmethod
     def coerce(cls, value: BackendConfig | dict[str, Any] | None) -> BackendConfig:
@@ -126,6 +165,10 @@ class BackendConfig:
                 setattr(message, name, value)
         if self.user_config is not None:
             message.user_config_json = json.dumps(self.user_config)
+        if self.http_call_methods is not None:
+            # Set even when empty: an empty list (only handles may call) is not "unset".
+            message.http_call_methods.SetInParent()
+            message.http_call_methods.names.extend(self.http_call_methods)
         return message
 
     @classmethod
@@ -137,6 +180,8 @@ class BackendConfig:
         }
         if message.HasField("user_config_json"):
             values["user_config"] = json.loads(message.user_config_json)
+        if message.HasField("http_call_methods"):
+            values["http_call_methods"] = list(message.http_call_methods.names)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

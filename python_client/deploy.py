@@ -483,9 +483,9 @@ def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> B
     new_code = bool(details)
     update: dict[str, Any] = {}
     for key, value in _effective(wanted.config).items():
-        # A user_config left out of the file is left as it is: the controller
-        # has no way to clear one.
-        if key == "user_config" and value is None:
+        # A user_config or http_call_methods left out of the file is left as
+        # it is: the controller has no way to clear one.
+        if key in ("user_config", "http_call_methods") and value is None:
             continue
         if not _same(value, running.config.get(key)):
             update[key] = value

@@ -34,10 +34,16 @@ class Batcher:
     def __init__(self, name: str, call: BatchCall, max_size: int, wait_timeout: float) -> None:
         self.name = name
         self._call = call
-        self.max_size = max(1, max_size)
-        self.wait_timeout = max(0.0, wait_timeout)
+        self.max_size = 1
+        self.wait_timeout = 0.0
+        self.resize(max_size, wait_timeout)
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._runner: asyncio.Task[None] | None = None
+
+    def resize(self, max_size: int, wait_timeout: float) -> None:
+        """New limits, from the next batch on (the one filling up included)."""
+        self.max_size = max(1, max_size)
+        self.wait_timeout = max(0.0, wait_timeout)
 
     async def submit(self, request: Any, web: bool) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -70,8 +76,29 @@ class Batcher:
         return [item for item in batch if not item.future.done()]
 
     async def _execute(self, batch: list[_Item]) -> None:
+        call = asyncio.ensure_future(
+            self._call([i.request for i in batch], all(i.web for i in batch))
+        )
+        waiting = len(batch)
+
+        def gone(_: asyncio.Future[Any]) -> None:
+            # Once every caller has stopped waiting (deadlines passed), the call
+            # is cancelled like a lone request's would be.
+            nonlocal waiting
+            waiting -= 1
+            if waiting == 0 and not call.done():
+                call.cancel()
+
+        for item in batch:
+            item.future.add_done_callback(gone)
         try:
-            results = await self._call([i.request for i in batch], all(i.web for i in batch))
+            try:
+                results = await call
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the runner itself is being stopped
+                return
             if not _is_sequence(results):
                 raise BadBatch(
                     f"batch handler {self.name!r} must return a sequence with one result per "

@@ -2,13 +2,16 @@
 
 A handler receives a werkzeug ``Request`` (the class Flask's request derives
 from) and may return ``None``, ``str``, ``bytes``, a werkzeug/Flask
-``Response`` or anything JSON-encodable. Nothing here does I/O.
+``Response`` or anything JSON-encodable, NumPy scalars and arrays included
+(encoded as Ray Serve encodes them: an array becomes a list). Nothing here
+does I/O.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -123,13 +126,32 @@ def encode_http(value: object) -> http_pb2.HttpResponse:
     if isinstance(value, Response):
         return _from_response(value)
     try:
-        body = json.dumps(value)
+        body = json.dumps(value, default=_json_default)
     except (TypeError, ValueError) as exc:
         raise BadReturnValue(
             f"handler returned a {type_name(value)}, which is not str, bytes, "
             f"a Response or JSON-encodable: {exc}"
         ) from exc
     return _plain(200, JSON, body.encode("utf-8"))
+
+
+def _json_default(value: object) -> object:
+    """What ``json`` cannot encode itself, encoded as Ray Serve's ``ServeEncoder``
+    does: NumPy scalars and arrays (``tolist()``: Python numbers, nested lists),
+    bytes inside a container (UTF-8 text) and exceptions (their message).
+    NumPy values are told by their class's module, so that NumPy is never
+    imported for a handler that does not use it.
+    """
+    cls = type(value)
+    if cls.__module__ == "numpy":
+        tolist = getattr(value, "tolist", None)
+        if callable(tolist):
+            return tolist()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8")  # UnicodeDecodeError is a ValueError
+    if isinstance(value, BaseException):
+        return str(value)
+    raise TypeError(f"Object of type {cls.__name__} is not JSON serializable")
 
 
 def to_http_response(value: object, request_id: str = "") -> http_pb2.HttpResponse:
@@ -152,7 +174,7 @@ def error_response(exc: BaseException, request_id: str, status: int = 500) -> ht
         if isinstance(exc.response, Response):
             return _from_response(exc.response)
         status = exc.code or 500
-        payload = {"error": exc.name, "message": exc.description or ""}
+        payload = {"error": camel_case(exc.name), "message": exc.description or ""}
         extra = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
     else:
         payload = {"error": type(exc).__name__, "message": str(exc)}
@@ -160,6 +182,13 @@ def error_response(exc: BaseException, request_id: str, status: int = 500) -> ht
     response = _plain(status, JSON, json.dumps(payload).encode("utf-8"))
     response.headers.extend(http_pb2.Header(name=k, value=v) for k, v in extra)
     return response
+
+
+def camel_case(phrase: str) -> str:
+    """An HTTP reason phrase as an error name: "Bad Request" -> "BadRequest",
+    "I'm a teapot" -> "ImATeapot" (the names every other error body uses)."""
+    words = re.split(r"[^A-Za-z0-9]+", phrase.replace("'", ""))
+    return "".join(word[:1].upper() + word[1:] for word in words)
 
 
 def _plain(status: int, content_type: str, body: bytes) -> http_pb2.HttpResponse:

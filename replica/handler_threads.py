@@ -69,6 +69,17 @@ class HandlerThreads:
         """Threads started so far (they are kept, parked, when idle)."""
         return self._started
 
+    def resize(self, max_threads: int) -> None:
+        """At most ``max_threads`` from now on. Surplus idle threads exit;
+        busy ones finish their call first."""
+        with self._lock:
+            self._max_threads = max_threads
+            surplus = min(len(self._parked), self._started - max_threads)
+            retiring = [self._parked.pop() for _ in range(max(0, surplus))]
+            self._awake += len(retiring)
+        for parking in retiring:
+            parking.release()  # it finds no job, or takes one, and then exits
+
     async def run(self, func: Callable[..., Any], *args: Any) -> Any:
         """``func(*args)`` in a thread; its result or exception here."""
         if self._closed:
@@ -142,6 +153,9 @@ class HandlerThreads:
                 else:
                     self._awake -= 1
                     if self._closed:
+                        return
+                    if self._started > self._max_threads:
+                        self._started -= 1  # the pool was made smaller
                         return
                     self._parked.append(parking)
                     future = None

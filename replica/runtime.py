@@ -4,6 +4,8 @@
 a ``CreateBackendRequest`` (raising ``LoadError``), and runs one request
 through a handler (raising ``MethodNotFound`` or whatever the handler raised).
 Synchronous handlers run on a thread pool so they never block the event loop.
+A handler that takes no positional parameter (``def __call__(self)``) is
+called without the request, as Ray Serve does.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +27,10 @@ from typing import Any
 import cloudpickle
 
 from turnout.batching import accepts_batch, set_call_context
-from turnout.config import DEFAULTS
+from turnout.config import DEFAULTS, request_callable
 from turnout.replica.batcher import Batcher
 from turnout.replica.handler_threads import HandlerThreads
+from turnout.replica.slots import Slots
 from turnout.v1 import controller_pb2
 
 DEFAULT_MAX_CONCURRENT_QUERIES = DEFAULTS.to_proto().max_concurrent_queries
@@ -44,7 +48,17 @@ class LoadError(Exception):
 
 
 class MethodNotFound(Exception):
-    """The request names a method the backend does not have."""
+    """The request names a method the backend does not have, or one it may not call."""
+
+
+@dataclass(eq=False)
+class _ThreadCall:
+    """One sync handler call, as far as stuck-call accounting needs it."""
+
+    # When its caller stopped waiting (time.monotonic()); None while it waits.
+    abandoned_at: float | None = None
+    running: bool = False
+    done: bool = False
 
 
 @dataclass
@@ -73,18 +87,23 @@ class BackendRuntime:
         max_concurrent_queries: int,
         max_batch_size: int = 1,
         batch_wait_timeout: float = 0.0,
+        http_call_methods: frozenset[str] | None = None,
     ) -> None:
         self.backend = backend
         self.max_concurrent_queries = max_concurrent_queries
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout = batch_wait_timeout
+        # Methods HTTP requests may call; None = every one a request may call.
+        self.http_call_methods = http_call_methods
         self._threads = HandlerThreads(max_concurrent_queries, f"handler-{backend.tag}")
-        self._slots = asyncio.Semaphore(max_concurrent_queries)
+        self._slots = Slots(max_concurrent_queries)
         self._batchers: dict[str, Batcher] = {}
         # method name -> (handler, is it async, does it take batches)
         self._handlers: dict[str, tuple[Callable[[Any], Any], bool, bool]] = {}
         self._lock = threading.Lock()
         self._running_in_threads = 0
+        # Sync calls still running in a thread after their caller gave up.
+        self._abandoned: set[_ThreadCall] = set()
 
     @classmethod
     def load(cls, request: controller_pb2.CreateBackendRequest) -> BackendRuntime:
@@ -99,14 +118,68 @@ class BackendRuntime:
             raise LoadError(INVALID_ARGUMENT, "max_concurrent_queries must be >= 1")
         backend = load_backend(request)
         max_batch = config.max_batch_size if config.HasField("max_batch_size") else 1
-        runtime = cls(backend, max_queries, max_batch, config.batch_wait_timeout)
-        if max_batch > 1 and not runtime.batch_methods():
+        http_methods = (
+            frozenset(config.http_call_methods.names)
+            if config.HasField("http_call_methods")
+            else None
+        )
+        runtime = cls(backend, max_queries, max_batch, config.batch_wait_timeout, http_methods)
+        runtime._check_batching(max_batch)
+        runtime._check_http_call_methods()
+        return runtime
+
+    def _check_batching(self, max_batch_size: int) -> None:
+        if max_batch_size > 1 and not self.batch_methods():
             raise LoadError(
                 INVALID_ARGUMENT,
-                f"max_batch_size is {max_batch} but {_name(backend.target)} has no handler "
-                "decorated with @turnout.accept_batch",
+                f"max_batch_size is {max_batch_size} but {_name(self.backend.target)} has no "
+                "handler decorated with @turnout.accept_batch",
             )
-        return runtime
+
+    def _check_http_call_methods(self) -> None:
+        for name in sorted(self.http_call_methods or ()):
+            try:
+                self._resolve(name)
+            except MethodNotFound as exc:
+                raise LoadError(INVALID_ARGUMENT, f"http_call_methods: {exc}") from None
+
+    def check_limits(
+        self,
+        max_concurrent_queries: int | None = None,
+        max_batch_size: int | None = None,
+        batch_wait_timeout: float | None = None,
+    ) -> None:
+        """Raise LoadError unless ``resize`` can take these values."""
+        if max_concurrent_queries is not None and max_concurrent_queries < 1:
+            raise LoadError(INVALID_ARGUMENT, "max_concurrent_queries must be >= 1")
+        if max_batch_size is not None:
+            if max_batch_size < 1:
+                raise LoadError(INVALID_ARGUMENT, "max_batch_size must be >= 1")
+            self._check_batching(max_batch_size)
+        if batch_wait_timeout is not None and not 0 <= batch_wait_timeout < float("inf"):
+            raise LoadError(INVALID_ARGUMENT, "batch_wait_timeout must be a finite number >= 0")
+
+    def resize(
+        self,
+        *,
+        max_concurrent_queries: int | None = None,
+        max_batch_size: int | None = None,
+        batch_wait_timeout: float | None = None,
+    ) -> None:
+        """Change the limits of this live runtime (None = unchanged); calls in
+        flight keep running, new calls and batches follow the new limits.
+        Raises LoadError for a value it cannot take, changing nothing."""
+        self.check_limits(max_concurrent_queries, max_batch_size, batch_wait_timeout)
+        if max_concurrent_queries is not None:
+            self.max_concurrent_queries = max_concurrent_queries
+            self._slots.resize(max_concurrent_queries)
+            self._threads.resize(max_concurrent_queries)
+        if max_batch_size is not None:
+            self.max_batch_size = max_batch_size
+        if batch_wait_timeout is not None:
+            self.batch_wait_timeout = batch_wait_timeout
+        for batcher in self._batchers.values():
+            batcher.resize(self.max_batch_size, self.batch_wait_timeout)
 
     def capabilities(self) -> dict[str, Any]:
         """What the controller needs to validate later config changes."""
@@ -136,13 +209,32 @@ class BackendRuntime:
         with self._lock:
             return self._running_in_threads
 
+    def stuck_calls(self, grace: float) -> int:
+        """Sync handler calls still running ``grace`` seconds or more after
+        their caller stopped waiting (its deadline passed, or it went away)."""
+        now = time.monotonic()
+        with self._lock:
+            return sum(
+                1
+                for call in self._abandoned
+                if call.abandoned_at is not None and now - call.abandoned_at >= grace
+            )
+
     async def handle(self, method_name: str, request: Any, web: bool = False) -> Any:
         """Call the handler ``method_name`` ("" = ``__call__``) with ``request``.
 
-        ``web`` says whether the request came over HTTP (``turnout.context.web``).
+        ``web`` says whether the request came over HTTP (``turnout.context.web``);
+        only HTTP requests are held to ``http_call_methods``.
         """
+        if web and self.http_call_methods is not None:
+            name = method_name or "__call__"
+            if name not in self.http_call_methods:
+                raise MethodNotFound(
+                    f"backend {self.backend.tag!r} does not let HTTP requests call {name!r} "
+                    "(see its http_call_methods)"
+                )
         handler, is_async, batched = self._handler(method_name)
-        async with self._slots:
+        async with self._slots.hold():
             if batched:
                 batcher = self._batcher(method_name or "__call__", handler, is_async)
                 return await batcher.submit(request, web)
@@ -153,11 +245,11 @@ class BackendRuntime:
         known = self._handlers.get(method_name)
         if known is None:
             handler = self._resolve(method_name)
-            known = self._handlers[method_name] = (
-                handler,
-                _is_async(handler),
-                accepts_batch(handler),
-            )
+            batched = accepts_batch(handler)
+            is_async = _is_async(handler)
+            if not batched and not _takes_request(handler):
+                handler = _without_request(handler)
+            known = self._handlers[method_name] = (handler, is_async, batched)
         return known
 
     def _batcher(self, name: str, handler: Callable[[Any], Any], is_async: bool) -> Batcher:
@@ -185,13 +277,27 @@ class BackendRuntime:
         if is_async:
             result = handler(arg)
         else:
-            context = contextvars.copy_context()
-            result = await self._threads.run(context.run, self._run_in_thread, handler, arg)
+            result = await self._run_sync(handler, arg)
         # A sync callable may still hand back a coroutine (a decorated async
         # function, a partial); it belongs to the loop, not to the thread.
         if inspect.isawaitable(result):
             result = await result
         return result
+
+    async def _run_sync(self, handler: Callable[[Any], Any], arg: Any) -> Any:
+        context = contextvars.copy_context()
+        call = _ThreadCall()
+        try:
+            return await self._threads.run(context.run, self._run_in_thread, call, handler, arg)
+        except asyncio.CancelledError:
+            # Its thread cannot be stopped: remember it, so that a replica
+            # whose threads stay stuck can say it is unhealthy.
+            with self._lock:
+                if not call.done:
+                    call.abandoned_at = time.monotonic()
+                    if call.running:
+                        self._abandoned.add(call)
+            raise
 
     async def reconfigure(self, user_config_json: str) -> None:
         """Call the instance's ``reconfigure(user_config)`` (raises LoadError)."""
@@ -207,18 +313,36 @@ class BackendRuntime:
         if self.has_check_health:
             await _call_aside(lambda _: self.backend.target.check_health(), None)
 
+    async def check_health_at_start(self, timeout: float) -> None:
+        """The first ``check_health()``, before the replica says it is ready:
+        a failure refuses the backend as a raising constructor would (LoadError)."""
+        name = type(self.backend.target).__name__
+        try:
+            await asyncio.wait_for(self.check_health(), timeout)
+        except TimeoutError:
+            raise LoadError(
+                INVALID_ARGUMENT, f"{name}.check_health did not return within {timeout:g} s"
+            ) from None
+        except Exception as exc:
+            raise _load_error(f"{name}.check_health raised {_describe(exc)}") from exc
+
     def close(self) -> None:
         """Stop taking handler calls; calls still running are not waited for."""
         self._threads.close()
 
-    def _run_in_thread(self, handler: Callable[[Any], Any], request: Any) -> Any:
+    def _run_in_thread(self, call: _ThreadCall, handler: Callable[[Any], Any], request: Any) -> Any:
         with self._lock:
+            if call.abandoned_at is not None:
+                return None  # its caller gave up while it was queued
+            call.running = True
             self._running_in_threads += 1
         try:
             return handler(request)
         finally:
             with self._lock:
+                call.done = True
                 self._running_in_threads -= 1
+                self._abandoned.discard(call)
 
     def _resolve(self, method_name: str) -> Callable[[Any], Any]:
         backend = self.backend
@@ -226,7 +350,9 @@ class BackendRuntime:
         if name == "__call__" and not backend.is_instance:
             target: Callable[[Any], Any] = backend.target
             return target
-        if name.startswith("_") and name != "__call__":
+        if not request_callable(name):
+            # Private, dunder (the constructor) and lifecycle methods are the
+            # replica's to call, never a request's.
             raise MethodNotFound(f"backend {backend.tag!r} has no method {name!r}")
         if not backend.is_instance:
             raise MethodNotFound(
@@ -290,6 +416,10 @@ def _import(path: str) -> Any:
         sys.path.insert(0, cwd)
     try:
         obj: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise _load_error(
+            f"cannot import module {module_name!r}: {_describe(exc)}. {_import_hint(cwd)}"
+        ) from exc
     except Exception as exc:
         raise _load_error(f"cannot import module {module_name!r}: {_describe(exc)}") from exc
     for part in attr_path.split("."):
@@ -300,6 +430,22 @@ def _import(path: str) -> Any:
                 INVALID_ARGUMENT, f"module {module_name!r} has no attribute {attr_path!r}"
             ) from exc
     return obj
+
+
+def _import_hint(cwd: str) -> str:
+    """Where the replica looked, and how to make it look elsewhere."""
+    entries = [e for e in os.environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    shown = os.pathsep.join(entries[:_HINT_PATHS]) + (" ..." if len(entries) > _HINT_PATHS else "")
+    return (
+        f"The replica imports from its working directory {cwd!r} and PYTHONPATH "
+        f"{shown!r}; start the controller (`turnout start`, or the program that calls "
+        "init()) from the directory that holds the module, or add that directory to "
+        "PYTHONPATH."
+    )
+
+
+# PYTHONPATH entries an import error shows (a local instance passes the owner's whole sys.path).
+_HINT_PATHS = 5
 
 
 def _init_args(spec: controller_pb2.BackendSpec) -> tuple[Any, ...]:
@@ -375,6 +521,28 @@ async def _call_aside(method: Callable[[Any], Any], arg: Any) -> Any:
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+def _takes_request(handler: Callable[..., Any]) -> bool:
+    """Whether ``handler`` takes a positional parameter for the request. Ray
+    Serve calls a handler with no such parameter without one."""
+    try:
+        parameters = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: try the request
+        return True
+    positional = (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.VAR_POSITIONAL,
+    )
+    return any(p.kind in positional for p in parameters)
+
+
+def _without_request(handler: Callable[..., Any]) -> Callable[[Any], Any]:
+    def call(request: Any) -> Any:
+        return handler()
+
+    return call
 
 
 def _is_async(handler: Callable[..., Any]) -> bool:

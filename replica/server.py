@@ -4,10 +4,12 @@
 
     python -m turnout.replica --spec-file PATH --replica-id ID
         [--host 127.0.0.1] [--ready-fd N] [--parent-pid PID] [--log-file PATH]
+        [--stuck-call-grace SECONDS]
 
 The spec file holds a serialized ``turnout.v1.CreateBackendRequest``. Readiness
 (or the reason for giving up) is reported on ``--ready-fd`` as described in
-``turnout._process``.
+``turnout._process``; a class's ``check_health()`` runs once before that, and
+its failure is reported like a failing constructor.
 """
 
 from __future__ import annotations
@@ -42,18 +44,29 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 SHUTDOWN_GRACE = 5.0
 # A check_health() that takes longer than this counts as failed.
 HEALTH_CHECK_TIMEOUT = 10.0
+# Seconds a sync handler call may go on running after its caller stopped
+# waiting (a deadline passed) before the replica reports NOT_SERVING, so that
+# the controller replaces it: a thread cannot be stopped, only its process.
+STUCK_CALL_GRACE_S = 30.0
+# The environment variable that changes it (e.g. in a backend's replica_options).
+STUCK_CALL_GRACE_ENV = "TURNOUT_STUCK_CALL_GRACE_S"
 
 
 class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped base
     """The standard health service, which also asks the backend's check_health().
 
     The controller's periodic Check therefore tells a dead or hung replica
-    (no answer in time) from one whose own check fails (NOT_SERVING).
+    (no answer in time) from one whose own check fails (NOT_SERVING). A
+    replica with handler calls stuck ``stuck_call_grace`` seconds past the
+    moment their callers gave up is NOT_SERVING too.
     """
 
-    def __init__(self, runtime: BackendRuntime) -> None:
+    def __init__(
+        self, runtime: BackendRuntime, stuck_call_grace: float = STUCK_CALL_GRACE_S
+    ) -> None:
         super().__init__()
         self._runtime = runtime
+        self._stuck_call_grace = stuck_call_grace
 
     async def Check(
         self,
@@ -62,6 +75,15 @@ class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped
             health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
         ],
     ) -> health_pb2.HealthCheckResponse:
+        stuck = self._runtime.stuck_calls(self._stuck_call_grace)
+        if stuck and request.service in ("", REPLICA_SERVICE):
+            log.warning(
+                "%d handler call(s) still running %.0f s after their callers gave up; "
+                "reporting NOT_SERVING so that this replica is replaced",
+                stuck,
+                self._stuck_call_grace,
+            )
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._runtime.has_check_health and request.service in ("", REPLICA_SERVICE):
             try:
                 await asyncio.wait_for(self._runtime.check_health(), HEALTH_CHECK_TIMEOUT)
@@ -83,6 +105,7 @@ class ReplicaOptions:
     parent_pid: int | None = None
     # Rotated log file; None = stderr.
     log_file: Path | None = None
+    stuck_call_grace: float = STUCK_CALL_GRACE_S
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
@@ -97,6 +120,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
     parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
     parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
+    parser.add_argument(
+        "--stuck-call-grace",
+        type=_seconds,
+        default=os.environ.get(STUCK_CALL_GRACE_ENV, str(STUCK_CALL_GRACE_S)),
+        help=f"seconds a handler call may run on after its caller gave up before the replica "
+        f"reports NOT_SERVING (default: ${STUCK_CALL_GRACE_ENV}, else {STUCK_CALL_GRACE_S:g})",
+    )
     ns = parser.parse_args(argv)
     return ReplicaOptions(
         spec_file=ns.spec_file,
@@ -105,7 +135,18 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
         ready_fd=ns.ready_fd,
         parent_pid=ns.parent_pid,
         log_file=ns.log_file,
+        stuck_call_grace=ns.stuck_call_grace,
     )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -162,6 +203,14 @@ def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:
 async def serve(
     options: ReplicaOptions, runtime: BackendRuntime, grace: float = SHUTDOWN_GRACE
 ) -> int:
+    if runtime.has_check_health:
+        # On the loop the later checks run on: an async check_health() may
+        # create loop-bound objects the first time.
+        try:
+            await runtime.check_health_at_start(HEALTH_CHECK_TIMEOUT)
+        except LoadError as exc:
+            log.error("the backend is not healthy: %s\n%s", exc.message, exc.traceback)
+            return _give_up(options, exc.code, exc.message, exc.traceback, logged=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -169,7 +218,7 @@ async def serve(
 
     server = grpc.aio.server(options=SERVER_OPTIONS)
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(runtime), server)
-    health_servicer = BackendHealth(runtime)
+    health_servicer = BackendHealth(runtime, options.stuck_call_grace)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
@@ -207,8 +256,11 @@ async def serve(
     return 0
 
 
-def _give_up(options: ReplicaOptions, code: str, message: str) -> int:
-    log.error("%s", message)
+def _give_up(
+    options: ReplicaOptions, code: str, message: str, traceback: str = "", logged: bool = False
+) -> int:
+    if not logged:
+        log.error("%s", message)
     if options.ready_fd is not None:
-        report_failure(options.ready_fd, code, message)
+        report_failure(options.ready_fd, code, message, traceback)
     return 1

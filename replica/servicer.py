@@ -123,12 +123,22 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             replica_pb2.ReconfigureRequest, replica_pb2.ReconfigureResponse
         ],
     ) -> replica_pb2.ReconfigureResponse:
+        limits = {
+            name: getattr(request, name)
+            for name in ("max_concurrent_queries", "max_batch_size", "batch_wait_timeout")
+            if request.HasField(name)
+        }
         try:
-            await self._runtime.reconfigure(request.user_config_json)
+            self._runtime.check_limits(**limits)
+            # The user's reconfigure() may fail: run it before anything changes.
+            if request.user_config_json:
+                await self._runtime.reconfigure(request.user_config_json)
+            self._runtime.resize(**limits)
         except LoadError as exc:
             log.error("reconfigure failed: %s\n%s", exc.message, exc.traceback)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-        log.info("reconfigured")
+        changed = ", ".join(f"{k}={v}" for k, v in limits.items())
+        log.info("reconfigured%s", f" ({changed})" if changed else "")
         return replica_pb2.ReconfigureResponse()
 
 

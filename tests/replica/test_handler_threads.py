@@ -110,3 +110,23 @@ def test_close_refuses_new_calls_and_lets_idle_threads_exit() -> None:
     while any(t.name.startswith("closing-") for t in threading.enumerate()):
         assert time.monotonic() < deadline, "idle handler threads did not exit after close()"
         time.sleep(0.01)
+
+
+def test_resize_lets_surplus_idle_threads_exit_and_caps_new_ones() -> None:
+    threads = HandlerThreads(4, "resized")
+    barrier = threading.Barrier(4, timeout=10)
+
+    async def scenario() -> None:
+        # Four calls that meet: four threads.
+        await asyncio.gather(*(threads.run(barrier.wait) for _ in range(4)))
+        threads.resize(1)
+        # One thread is left, and calls still run.
+        assert await threads.run(quick, 2) == 4
+
+    asyncio.run(scenario())
+    deadline = time.monotonic() + 5
+    while sum(t.name.startswith("resized-") for t in threading.enumerate()) > 1:
+        assert time.monotonic() < deadline, "surplus threads did not exit after resize()"
+        time.sleep(0.01)
+    assert threads.started == 1
+    threads.close()

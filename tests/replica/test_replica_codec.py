@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -363,14 +365,14 @@ def test_http_exception_keeps_its_status_like_flask_abort() -> None:
     answer = codec.error_response(NotFound(), "r")
     assert answer.status == 404
     assert json_body(answer) == {
-        "error": "Not Found",
+        "error": "NotFound",
         "message": NotFound.description,
         "request_id": "r",
     }
     custom = codec.error_response(BadRequest("missing field 'x'"), "r")
     assert custom.status == 400
     assert json_body(custom) == {
-        "error": "Bad Request",
+        "error": "BadRequest",
         "message": "missing field 'x'",
         "request_id": "r",
     }
@@ -426,3 +428,61 @@ def test_same_request_as_werkzeug_builds_for_a_wsgi_server(make_request: MakeReq
         reference.close()
     finally:
         builder.close()
+
+
+def test_numpy_values_are_json_as_ray_serve_sends_them() -> None:
+    import numpy as np
+
+    answer = codec.encode_http(
+        {
+            "label": np.int64(3),
+            "score": np.float32(0.5),
+            "ok": np.bool_(True),
+            "row": np.arange(3),
+            "grid": [np.zeros((2, 2), dtype=np.float32)],
+        }
+    )
+    assert answer.status == 200
+    assert json_body(answer) == {
+        "label": 3,
+        "score": 0.5,
+        "ok": True,
+        "row": [0, 1, 2],
+        "grid": [[[0.0, 0.0], [0.0, 0.0]]],
+    }
+    assert json_body(codec.encode_http(np.arange(2))) == [0, 1]
+
+
+def test_bytes_and_exceptions_inside_an_answer_are_text_as_in_ray_serve() -> None:
+    answer = codec.encode_http(
+        {"raw": b"caf\xc3\xa9", "items": [bytearray(b"x")], "why": KeyError("k")}
+    )
+    assert json_body(answer) == {"raw": "café", "items": ["x"], "why": "'k'"}
+    with pytest.raises(codec.BadReturnValue, match="can't decode"):
+        codec.encode_http({"raw": b"\xff"})
+
+
+def test_answers_never_import_numpy_themselves() -> None:
+    script = (
+        "import sys\n"
+        "from turnout.replica import codec, server\n"
+        "codec.encode_http({'a': [1, 2.5]})\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "False"
+
+
+def test_a_malformed_json_body_read_by_the_handler_is_a_camel_case_400(
+    make_request: MakeRequest,
+) -> None:
+    request = make_request(
+        http(method="POST", headers=[("Content-Type", "application/json")], body=b"{oops")
+    )
+    with pytest.raises(HTTPException) as raised:
+        _ = request.json
+    answer = codec.error_response(raised.value, "r")
+    assert answer.status == 400
+    assert json_body(answer)["error"] == "BadRequest"
+    assert codec.camel_case("I'm a teapot") == "ImATeapot"
+    assert codec.camel_case("Request Entity Too Large") == "RequestEntityTooLarge"

@@ -198,3 +198,17 @@ def test_servicer_logs_under_the_replica_logger(
     with caplog.at_level(logging.INFO, logger="turnout.replica"):
         handle(servicer, http_request("action=abort"))
     assert [r.name for r in caplog.records] == ["turnout.replica"]
+
+
+def test_reconfigure_with_limits_only_changes_them_without_calling_reconfigure(
+    servicer: ReplicaServicer,
+) -> None:
+    # Model has no reconfigure(): an empty user_config_json must not need one.
+    request = replica_pb2.ReconfigureRequest(max_concurrent_queries=2, batch_wait_timeout=0.5)
+    context = cast(Any, AbortingContext())
+    asyncio.run(servicer.Reconfigure(request, context))
+    runtime = servicer._runtime
+    assert (runtime.max_concurrent_queries, runtime.batch_wait_timeout) == (2, 0.5)
+    with pytest.raises(RuntimeError, match="INVALID_ARGUMENT: .*accept_batch"):
+        asyncio.run(servicer.Reconfigure(replica_pb2.ReconfigureRequest(max_batch_size=4), context))
+    assert runtime.max_batch_size == 1

@@ -67,6 +67,7 @@ class BackendConfig(_message.Message):
     HEALTH_CHECK_FAILURE_THRESHOLD_FIELD_NUMBER: _builtins.int
     MAX_QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    HTTP_CALL_METHODS_FIELD_NUMBER: _builtins.int
     num_replicas: _builtins.int
     """Number of replica processes. Default 1; must be >= 1."""
     max_concurrent_queries: _builtins.int
@@ -100,6 +101,16 @@ class BackendConfig(_message.Message):
     """Seconds a request may wait in that queue before it is refused. Default 30;
     must be >= 0.
     """
+    @_builtins.property
+    def http_call_methods(self) -> Global___MethodNames:
+        """Methods of a class backend that HTTP requests may call: `__call__` for a
+        request without X-Serve-Call-Method, the header's value otherwise. Unset =
+        `__call__` and every public method. Python handles may call any public
+        method whatever this says. `reconfigure`, `check_health` and dunder
+        methods other than `__call__` are never callable, listed or not. A change
+        restarts the replicas one at a time.
+        """
+
     def __init__(
         self,
         *,
@@ -113,10 +124,11 @@ class BackendConfig(_message.Message):
         health_check_failure_threshold: _builtins.int | None = ...,
         max_queued_requests: _builtins.int | None = ...,
         queue_timeout: _builtins.float | None = ...,
+        http_call_methods: Global___MethodNames | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batch_wait_timeout: _TypeAlias = _typing.Literal["batch_wait_timeout"]  # noqa: Y015
     _WhichOneofArgType__batch_wait_timeout: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout"]  # noqa: Y015
@@ -1487,3 +1499,28 @@ class ShutdownResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShutdownResponse: _TypeAlias = ShutdownResponse  # noqa: Y015
+
+@_typing.final
+class MethodNames(_message.Message):
+    """A list of method names whose presence is its own (BackendConfig's
+    http_call_methods): set with no names is not the same as unset, and an
+    update replaces the list instead of appending to it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MethodNames: _TypeAlias = MethodNames  # noqa: Y015

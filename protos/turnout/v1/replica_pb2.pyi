@@ -79,18 +79,47 @@ class ReconfigureRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENT_QUERIES_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    BATCH_WAIT_TIMEOUT_FIELD_NUMBER: _builtins.int
     user_config_json: _builtins.str
-    """JSON text of the new user_config."""
+    """JSON text of the new user_config, passed to reconfigure(); empty = leave
+    user_config as it is (reconfigure() is not called).
+    """
+    max_concurrent_queries: _builtins.int
+    """Most requests the replica works on at once (its handler threads and its
+    own limit); unset = unchanged. Must be >= 1.
+    """
+    max_batch_size: _builtins.int
+    """Most requests in one call of an @accept_batch handler; unset = unchanged.
+    Must be >= 1.
+    """
+    batch_wait_timeout: _builtins.float
+    """Seconds a batch waits to fill up; unset = unchanged. Must be >= 0."""
     def __init__(
         self,
         *,
         user_config_json: _builtins.str = ...,
+        max_concurrent_queries: _builtins.int | None = ...,
+        max_batch_size: _builtins.int | None = ...,
+        batch_wait_timeout: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "batch_wait_timeout", b"batch_wait_timeout", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_config_json", b"user_config_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "batch_wait_timeout", b"batch_wait_timeout", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "user_config_json", b"user_config_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__batch_wait_timeout: _TypeAlias = _typing.Literal["batch_wait_timeout"]  # noqa: Y015
+    _WhichOneofArgType__batch_wait_timeout: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout"]  # noqa: Y015
+    _WhichOneofReturnType__max_batch_size: _TypeAlias = _typing.Literal["max_batch_size"]  # noqa: Y015
+    _WhichOneofArgType__max_batch_size: _TypeAlias = _typing.Literal["_max_batch_size", b"_max_batch_size"]  # noqa: Y015
+    _WhichOneofReturnType__max_concurrent_queries: _TypeAlias = _typing.Literal["max_concurrent_queries"]  # noqa: Y015
+    _WhichOneofArgType__max_concurrent_queries: _TypeAlias = _typing.Literal["_max_concurrent_queries", b"_max_concurrent_queries"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__batch_wait_timeout) -> _WhichOneofReturnType__batch_wait_timeout | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_batch_size) -> _WhichOneofReturnType__max_batch_size | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_concurrent_queries) -> _WhichOneofReturnType__max_concurrent_queries | None: ...
 
 Global___ReconfigureRequest: _TypeAlias = ReconfigureRequest  # noqa: Y015
 

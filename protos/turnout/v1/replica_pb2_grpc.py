@@ -80,7 +80,9 @@ class ReplicaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Reconfigure(self, request, context):
-        """Calls the class's reconfigure(user_config) on this live replica.
+        """Changes a live replica in place: calls the class's
+        reconfigure(user_config) and/or changes its concurrency and batching
+        limits, keeping its process and the requests it holds.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

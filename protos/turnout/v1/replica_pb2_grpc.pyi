@@ -49,7 +49,10 @@ class ReplicaServiceStub:
     replica answers UNIMPLEMENTED.
     """
     Reconfigure: _grpc.UnaryUnaryMultiCallable[_replica_pb2.ReconfigureRequest, _replica_pb2.ReconfigureResponse]
-    """Calls the class's reconfigure(user_config) on this live replica."""
+    """Changes a live replica in place: calls the class's
+    reconfigure(user_config) and/or changes its concurrency and batching
+    limits, keeping its process and the requests it holds.
+    """
 
 @_typing.type_check_only
 class ReplicaServiceAsyncStub(ReplicaServiceStub):
@@ -72,7 +75,10 @@ class ReplicaServiceAsyncStub(ReplicaServiceStub):
     replica answers UNIMPLEMENTED.
     """
     Reconfigure: _aio.UnaryUnaryMultiCallable[_replica_pb2.ReconfigureRequest, _replica_pb2.ReconfigureResponse]  # type: ignore[assignment]
-    """Calls the class's reconfigure(user_config) on this live replica."""
+    """Changes a live replica in place: calls the class's
+    reconfigure(user_config) and/or changes its concurrency and batching
+    limits, keeping its process and the requests it holds.
+    """
 
 class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
     """The data plane: what a replica serves. A replica in any language that serves
@@ -110,6 +116,9 @@ class ReplicaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _replica_pb2.ReconfigureRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_replica_pb2.ReconfigureResponse, _abc.Awaitable[_replica_pb2.ReconfigureResponse]]:
-        """Calls the class's reconfigure(user_config) on this live replica."""
+        """Changes a live replica in place: calls the class's
+        reconfigure(user_config) and/or changes its concurrency and batching
+        limits, keeping its process and the requests it holds.
+        """
 
 def add_ReplicaServiceServicer_to_server(servicer: ReplicaServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
