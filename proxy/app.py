@@ -378,10 +378,9 @@ def _timeout(request: web.BaseRequest, route: EndpointRoute) -> float | None:
     header = request.headers.get(TIMEOUT_HEADER)
     if header is None:
         return route.request_timeout or None
-    try:
-        millis = int(header)
-    except ValueError:
-        millis = 0
+    # ASCII digits only: int() would also take "5_000", " 5", "+5" and other
+    # scripts' digits.
+    millis = int(header) if header.isascii() and header.isdigit() else 0
     if millis <= 0:
         raise ValueError(f"{TIMEOUT_HEADER} must be a positive number of milliseconds")
     return millis / 1000
