@@ -281,3 +281,26 @@ def test_nothing_is_routed_before_the_first_snapshot() -> None:
             await state.close()
 
     asyncio.run(main())
+
+
+def test_a_body_that_does_not_arrive_in_time_is_a_408() -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        # The head says 100 bytes; 10 come, then nothing (the connection stays open).
+        head = b"POST /app HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(head + b"x" * 10)
+            async with asyncio.timeout(10):
+                head_part = await reader.readuntil(b"\r\n\r\n")
+                length = int(head_part.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                body = await reader.readexactly(length)
+        finally:
+            writer.close()
+        assert head_part.startswith(b"HTTP/1.1 408 ")
+        assert b"connection: close" in head_part.lower()
+        assert json.loads(body)["error"] == "RequestTimeout"
+        async with session.post(base + "/app", data=b"x" * 100) as reply:
+            assert reply.status == 200
+
+    serve(echo, scenario, read_timeout=0.5)
