@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from turnout._grpc import never_delivered
 from turnout.v1 import controller_pb2 as pb
@@ -206,9 +207,15 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
         # The rest of the body may still come: the connection cannot be reused.
         too_slow.force_close()
         return too_slow
-    except web.HTTPBadRequest as exc:
-        # A body aiohttp cannot read (chunked framing that does not parse).
-        return http_codec.json_error(400, "BadRequest", exc.text or exc.reason, request_id)
+    except HttpProcessingError as exc:
+        # A body that does not parse (chunked framing, a length that lies).
+        problem = (exc.message or "the request body is malformed").splitlines()[0][:200]
+        return http_codec.json_error(400, "BadRequest", problem, request_id)
+    except ConnectionError:
+        # The client left before its body was whole: nobody reads this.
+        return http_codec.json_error(
+            400, "BadRequest", "the connection closed before the whole body arrived", request_id
+        )
     try:
         timeout = _timeout(request, route)
     except ValueError as exc:

@@ -18,11 +18,15 @@ import logging
 import resource
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
+
+from . import http_codec
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +77,10 @@ def raise_fd_limit() -> int:
     except (ValueError, OSError):
         return soft
     return hard
+
+
+# The proxy's names for the statuses aiohttp answers malformed requests with.
+_ERROR_NAMES = {400: "BadRequest", 413: "PayloadTooLarge", 431: "HeadersTooLarge"}
 
 
 def _too_many_connections(limit: int) -> bytes:
@@ -169,6 +177,31 @@ class _Connection(RequestHandler):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp's answer to a request it could not parse (or to a handler
+        that raised): JSON like every other error, and a client's malformed
+        request logged at DEBUG only, so that no client can fill the log."""
+        if status < 500:
+            logger.debug("bad request from %s: %s", request.remote, exc)
+            error = _ERROR_NAMES.get(status) or HTTPStatus(status).phrase.replace(" ", "")
+            if isinstance(exc, HttpProcessingError) and exc.message:
+                message = exc.message
+            text = (message or HTTPStatus(status).phrase).strip().splitlines()[0][:200]
+        else:
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+            error, text = "InternalError", "the proxy failed to handle the request"
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was being sent already; the connection is broken")
+        response = http_codec.json_error(status, error, text)
+        response.force_close()
+        return response
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._refused is not None:

@@ -8,16 +8,21 @@ need; small limits keep their waits short.
 from __future__ import annotations
 
 import json
-import resource
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from test_proxy_process import unused_port
-
 from turnout import _process
+
+
+def unused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 @contextmanager
@@ -30,18 +35,16 @@ def proxy(
     argv = _process.child_argv(
         "turnout.proxy", ["--controller", controller, "--port", str(port), *options]
     )
-
-    def limit_fds() -> None:
-        if fd_limit is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
-
-    process = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=limit_fds,
-    )
+    if fd_limit is not None:
+        # Set by a small launcher that then execs the proxy: a preexec_fn is
+        # not safe in this (threaded) test process.
+        launcher = (
+            "import os, resource, sys; "
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, ({fd_limit}, {fd_limit})); "
+            "os.execv(sys.argv[1], sys.argv[1:])"
+        )
+        argv = [sys.executable, "-c", launcher, *argv]
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:

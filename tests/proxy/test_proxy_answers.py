@@ -35,8 +35,20 @@ def echo(request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
 
 
 class Replica(replica_pb2_grpc.ReplicaServiceServicer):
+    """Answers each call on the stream with ``answer(request)``."""
+
     def __init__(self, answer: Answer) -> None:
         self.answer = answer
+
+    async def Handle(
+        self, request: replica_pb2.HandleRequest, context: Any
+    ) -> replica_pb2.HandleResponse:
+        return await self.respond(request)
+
+    async def Reconfigure(
+        self, request: replica_pb2.ReconfigureRequest, context: Any
+    ) -> replica_pb2.ReconfigureResponse:
+        return replica_pb2.ReconfigureResponse()
 
     async def respond(self, message: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
         return replica_pb2.HandleResponse(http=self.answer(message))

@@ -273,6 +273,12 @@ def test_a_stream_to_nowhere_is_never_delivered() -> None:
 class TimingOutReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
     """Answers every call on the stream with "the call's timeout passed"."""
 
+    async def Handle(
+        self, request: replica_pb2.HandleRequest, context: Any
+    ) -> replica_pb2.HandleResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        raise AssertionError("abort returned")
+
     async def HandleStream(
         self, request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest], context: Any
     ) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
