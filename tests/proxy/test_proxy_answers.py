@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ import grpc
 from aiohttp import web
 
 from turnout.proxy.app import ProxyState, build_server
+from turnout.proxy.front_door import AccessLog
 from turnout.replica.call_stream import serve_stream
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
@@ -82,7 +85,12 @@ def snapshot(address: str) -> pb.RoutingSnapshot:
 Scenario = Callable[[aiohttp.ClientSession, str], Awaitable[None]]
 
 
-def serve(answer: Answer, scenario: Scenario, **state_options: Any) -> None:
+def serve(
+    answer: Answer,
+    scenario: Scenario,
+    server_options: dict[str, Any] | None = None,
+    **state_options: Any,
+) -> None:
     async def main() -> None:
         server = grpc.aio.server()
         replica_pb2_grpc.add_ReplicaServiceServicer_to_server(Replica(answer), server)
@@ -90,7 +98,8 @@ def serve(answer: Answer, scenario: Scenario, **state_options: Any) -> None:
         await server.start()
         state = ProxyState(**state_options)
         state.apply(snapshot(f"127.0.0.1:{grpc_port}"))
-        runner = web.ServerRunner(build_server(state, access_log=None))
+        options = server_options or {"access_log": None}
+        runner = web.ServerRunner(build_server(state, **options))
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
@@ -316,3 +325,45 @@ def test_a_body_that_does_not_arrive_in_time_is_a_408() -> None:
             assert reply.status == 200
 
     serve(echo, scenario, read_timeout=0.5)
+
+
+# time, client, "request line" (only escaped quotes inside), status, bytes,
+# seconds, request id: nothing else.
+ACCESS_LINE = re.compile(
+    r'\[[^\]]+\] 127\.0\.0\.1 "(?:[^"\\]|\\.)*" \d{3} \d+ \d+\.\d+ rid=[A-Za-z0-9._-]+'
+)
+
+
+def test_no_client_can_forge_an_access_log_field() -> None:
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    access = logging.getLogger("test.access")
+    access.handlers[:] = [Capture()]
+    access.setLevel(logging.INFO)
+    access.propagate = False
+
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        forged = b'" 200 0 0.1 rid=forged "'
+        for head in (
+            b"GET /app?q=" + forged.replace(b" ", b"%20") + b'\\"x HTTP/1.1\r\n',
+            b"GET /app?\xff\xfe\x01 HTTP/1.1\r\n",
+            b"GET /nowhere HTTP/1.1\r\nX-Request-Id: " + forged + b"\r\n",
+        ):
+            status, _, _ = await raw(base, head + b"Host: x\r\nConnection: close\r\n\r\n")
+            assert status in (200, 400, 404)
+
+    serve(
+        echo,
+        scenario,
+        server_options={"access_log": access, "access_log_class": AccessLog},
+    )
+    assert len(lines) == 3
+    for line in lines:
+        assert ACCESS_LINE.fullmatch(line), line
+        assert "rid=forged" not in line.split('"')[-1]
+    # The quotes a client sent are in the line, escaped.
+    assert '\\"%20200%200%200.1%20rid=forged%20\\"' in lines[0]
