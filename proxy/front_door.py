@@ -39,6 +39,8 @@ FD_RESERVE = 256
 # How long a connection refused at the limit stays open after its 503, so
 # that the client reads the answer before the socket goes away.
 REFUSED_LINGER_S = 1.0
+# "No limit" for aiohttp's keep-alive timer: about 30 years.
+_NEVER_S = 1e9
 # An fd shortage is logged at most once per this many seconds.
 ACCEPT_ERROR_INTERVAL_S = 60.0
 
@@ -104,7 +106,9 @@ class FrontDoor(web.Server):
     """aiohttp's low-level server with ``ConnectionLimits`` on its connections."""
 
     def __init__(self, handler: Any, *, limits: ConnectionLimits, **kwargs: Any) -> None:
-        super().__init__(handler, keepalive_timeout=limits.idle_timeout, **kwargs)
+        # aiohttp takes a keep-alive timeout of 0 as "close once idle".
+        idle = limits.idle_timeout or _NEVER_S
+        super().__init__(handler, keepalive_timeout=idle, **kwargs)
         self.limits = limits
         self.open_connections = 0
         self._refusal = _too_many_connections(limits.max_connections)
