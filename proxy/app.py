@@ -12,12 +12,14 @@ import inspect
 import itertools
 import logging
 import os
+import re
 import time
 from collections.abc import Coroutine, Hashable
 from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from turnout._grpc import never_delivered
 from turnout.v1 import controller_pb2 as pb
@@ -25,6 +27,7 @@ from turnout.v1 import replica_pb2
 
 from . import http_codec, metrics
 from .admission import Admission, NoReplica, Overloaded
+from .front_door import DEFAULT_READ_TIMEOUT_S, ConnectionLimits, FrontDoor
 from .replica_link import ReplicaCallError, ReplicaLink
 from .replica_pool import ReplicaConn
 from .route_table import EndpointRoute
@@ -35,6 +38,13 @@ from .workers import SharedCounters
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# Largest answer body passed on; a larger one is a 502 ResponseTooLarge.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# What one gRPC message from a replica may hold: several answers may travel
+# together on a stream, and their headers with them. A larger message ends
+# the stream before it is buffered whole.
+RECEIVE_ANSWERS = 4
+RECEIVE_SLACK_BYTES = 1024 * 1024
 # How long requests already sent to a replica that left the snapshot may take
 # before its channel is closed under them.
 DRAIN_GRACE_S = 30.0
@@ -44,20 +54,27 @@ SHADOW_TIMEOUT_S = 30.0
 # so a slow shadow backend cannot pile up memory in the proxy.
 MAX_SHADOWS_IN_FLIGHT = 1000
 SYSTEM_PREFIX = "/-/"
-SYSTEM_PATHS = frozenset({"/-/routes", "/-/healthz", "/-/metrics"})
+SYSTEM_PATHS = frozenset({"/-/routes", "/-/routing", "/-/healthz", "/-/metrics"})
 SHARD_KEY_HEADER = "X-Serve-Shard-Key"
 CALL_METHOD_HEADER = "X-Serve-Call-Method"
 TIMEOUT_HEADER = "X-Serve-Timeout-Ms"
-# Seconds an overloaded client is asked to wait before it tries again.
+# Seconds an overloaded (or a starting proxy's) client is asked to wait
+# before it tries again.
 RETRY_AFTER_S = "1"
+# A client's X-Request-Id is used only when it is this safe; else the proxy
+# makes one, so no client can fill the logs or forge their fields with it.
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Other replicas a request may be retried on when one cannot be connected to.
 MAX_CONNECT_RETRIES = 2
 
 Conn = ReplicaConn[ReplicaLink]
 
 
-def connect(conn: Conn) -> None:
-    link = ReplicaLink(conn.address)
+def connect(conn: Conn, max_response_bytes: int | None = None) -> None:
+    receive = None
+    if max_response_bytes is not None:
+        receive = max_response_bytes * RECEIVE_ANSWERS + RECEIVE_SLACK_BYTES
+    link = ReplicaLink(conn.address, max_receive_bytes=receive)
     conn.stub = link
     conn.close = link.close
 
@@ -67,13 +84,29 @@ def response_key(reply: replica_pb2.HandleResponse) -> Hashable:
     return (reply.http.status, reply.http.body)
 
 
+def _key_of(response: web.Response) -> Hashable:
+    """``response_key`` of the answer built from a reply (its body not copied again)."""
+    return (response.status, response.body)
+
+
 class ProxyState:
     """The router and the background work hanging off it."""
 
-    def __init__(self, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, worker_index: int = 0) -> None:
-        self.router: Router[ReplicaLink] = Router(connect)
+    def __init__(
+        self,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        worker_index: int = 0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+    ) -> None:
+        self.router: Router[ReplicaLink] = Router(
+            functools.partial(connect, max_response_bytes=max_response_bytes)
+        )
         self.admission = Admission(self.router)
         self.max_body_bytes = max_body_bytes
+        self.max_response_bytes = max_response_bytes
+        # Seconds a request body may take to arrive (0 = no limit).
+        self.read_timeout = read_timeout
         # Which of the proxy's processes this is (0 unless --workers N).
         self.worker_index = worker_index
         self.first_snapshot = asyncio.Event()
@@ -134,7 +167,16 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
     path = request.path
     if path.startswith(SYSTEM_PREFIX):
         return _system(state, path, request.method)
-    request_id = request.headers.get("X-Request-Id") or _new_request_id()
+    request_id = _request_id(request.headers.get("X-Request-Id"))
+    if not state.first_snapshot.is_set():
+        # Not a 404: the routes are not known yet, not absent.
+        return http_codec.json_error(
+            503,
+            "Starting",
+            "the proxy is starting and has no routes yet; try again",
+            request_id,
+            **{"Retry-After": RETRY_AFTER_S},
+        )
     route = state.router.table.match(path)
     if route is None:
         return http_codec.json_error(404, "NotFound", f"no endpoint at {path}", request_id)
@@ -147,7 +189,7 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
             Allow=route.allow,
         )
     try:
-        body = await request.read()
+        body = await _read_body(state, request)
     except web.HTTPRequestEntityTooLarge:
         return http_codec.json_error(
             413,
@@ -155,32 +197,59 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
             f"request body is larger than the limit of {state.max_body_bytes} bytes",
             request_id,
         )
+    except TimeoutError:
+        too_slow = http_codec.json_error(
+            408,
+            "RequestTimeout",
+            f"the request body did not arrive within {state.read_timeout:g} s",
+            request_id,
+        )
+        # The rest of the body may still come: the connection cannot be reused.
+        too_slow.force_close()
+        return too_slow
+    except HttpProcessingError as exc:
+        # A body that does not parse (chunked framing, a length that lies).
+        problem = (exc.message or "the request body is malformed").splitlines()[0][:200]
+        return http_codec.json_error(400, "BadRequest", problem, request_id)
+    except ConnectionError:
+        # The client left before its body was whole: nobody reads this.
+        return http_codec.json_error(
+            400, "BadRequest", "the connection closed before the whole body arrived", request_id
+        )
     try:
         timeout = _timeout(request, route)
     except ValueError as exc:
         return http_codec.json_error(400, "BadRequest", str(exc), request_id)
     deadline = time.monotonic() + timeout if timeout else None
-    shard_key = request.headers.get(SHARD_KEY_HEADER, "")
+    message = replica_pb2.HandleRequest()
+    message.request_id = request_id
+    try:
+        shard_key = _utf8(request.headers.get(SHARD_KEY_HEADER, ""))
+        method_name = request.headers.get(CALL_METHOD_HEADER)
+        if method_name:
+            message.method_name = method_name
+        http_codec.fill(message.http, request, body)
+    except UnicodeEncodeError:
+        return http_codec.json_error(
+            400,
+            "BadRequest",
+            "the request's target, Host or a header the proxy reads is not valid UTF-8",
+            request_id,
+        )
     backend = route.choose_backend(state.router.rng, shard_key)
     if backend is None:
         state.router.stats.failed_unrouted(route.name)
         return http_codec.json_error(
             503, "NoBackend", f"endpoint {route.name!r} has no backend", request_id
         )
-    message = replica_pb2.HandleRequest()
-    message.request_id = request_id
-    method_name = request.headers.get(CALL_METHOD_HEADER)
-    if method_name:
-        message.method_name = method_name
-    http_codec.fill(message.http, request, body)
     primary: asyncio.Future[Hashable | None] | None = None
     if route.shadows:
         primary = _send_shadows(state, route, message)
     response: web.Response | None = None
     try:
-        response, key = await _forward(state, backend, shard_key, deadline, message)
+        response, replied = await _forward(state, backend, shard_key, deadline, message)
         if primary is not None:
-            primary.set_result(key)
+            primary.set_result(_key_of(response) if replied else None)
     finally:
         if primary is not None and not primary.done():
             # No answer to compare with: the shadows count as failed.
@@ -188,7 +257,29 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
         state.router.stats.answered(
             route.name, backend, failed=response is None or response.status >= 500
         )
-    return response
+    return await http_codec.send(response, request)
+
+
+async def _read_body(state: ProxyState, request: web.BaseRequest) -> bytes:
+    """The whole body, within the read timeout; as sent (a gzip body stays
+    gzip, with its Content-Encoding: the handler decides)."""
+    if not state.read_timeout:
+        return await request.read()
+    async with asyncio.timeout(state.read_timeout):
+        return await request.read()
+
+
+def _utf8(text: str) -> str:
+    """``text``, or UnicodeEncodeError when it holds bytes that were not UTF-8
+    (aiohttp keeps them as surrogates)."""
+    text.encode()
+    return text
+
+
+def _request_id(sent: str | None) -> str:
+    if sent is not None and _CLIENT_REQUEST_ID.fullmatch(sent):
+        return sent
+    return _new_request_id()
 
 
 async def _forward(
@@ -197,12 +288,12 @@ async def _forward(
     shard_key: str,
     deadline: float | None,
     message: replica_pb2.HandleRequest,
-) -> tuple[web.Response, Hashable | None]:
+) -> tuple[web.Response, bool]:
     """Send the request to a replica of ``backend``: queue if all are full,
     retry elsewhere if a replica cannot be connected to.
 
-    Returns the response and what shadows compare with (None when the replica
-    gave no answer).
+    Returns the response and whether it is the replica's answer (what shadows
+    compare with) rather than the proxy's error.
     """
     rid = message.request_id
     tried: frozenset[str] = frozenset()
@@ -230,7 +321,7 @@ async def _forward(
                 logger.info("replica %s unreachable; retrying request %s", conn.replica_id, rid)
                 tried |= {conn.replica_id}
                 continue
-            return _rpc_error(exc, backend, conn.replica_id, rid), None
+            return _rpc_error(state, exc, backend, conn.replica_id, rid), False
         except Exception:
             # Anything else (a channel closed under the call, a malformed
             # answer) is still answered, and in JSON like every other error.
@@ -245,7 +336,18 @@ async def _forward(
                 f"replica {conn.replica_id} of backend {backend!r} sent no valid HTTP answer",
                 rid,
             )
-        return http_codec.from_proto(reply.http, rid), response_key(reply)
+        if len(reply.http.body) > state.max_response_bytes:
+            return _too_large(state, backend, rid)
+        try:
+            return http_codec.from_proto(reply.http, rid), True
+        except http_codec.BadResponse as exc:
+            logger.warning("replica %s answered request %s: %s", conn.replica_id, rid, exc)
+            return _error(
+                502,
+                "BadResponse",
+                f"backend {backend!r} sent an answer HTTP cannot carry: {exc}",
+                rid,
+            )
 
 
 # Request ids: 32 hex digits, a random half per process and a counter, unique
@@ -260,8 +362,18 @@ def _new_request_id() -> str:
 
 def _error(
     status: int, error: str, message: str, request_id: str, **headers: str
-) -> tuple[web.Response, None]:
-    return http_codec.json_error(status, error, message, request_id, **headers), None
+) -> tuple[web.Response, bool]:
+    return http_codec.json_error(status, error, message, request_id, **headers), False
+
+
+def _too_large(state: ProxyState, backend: str, request_id: str) -> tuple[web.Response, bool]:
+    return _error(
+        502,
+        "ResponseTooLarge",
+        f"backend {backend!r} answered with more than the limit of "
+        f"{state.max_response_bytes} bytes",
+        request_id,
+    )
 
 
 def _never_delivered(exc: ReplicaCallError) -> bool:
@@ -273,10 +385,9 @@ def _timeout(request: web.BaseRequest, route: EndpointRoute) -> float | None:
     header = request.headers.get(TIMEOUT_HEADER)
     if header is None:
         return route.request_timeout or None
-    try:
-        millis = int(header)
-    except ValueError:
-        millis = 0
+    # ASCII digits only: int() would also take "5_000", " 5", "+5" and other
+    # scripts' digits.
+    millis = int(header) if header.isascii() and header.isdigit() else 0
     if millis <= 0:
         raise ValueError(f"{TIMEOUT_HEADER} must be a positive number of milliseconds")
     return millis / 1000
@@ -329,10 +440,13 @@ async def _shadow(
 
 
 def _rpc_error(
-    exc: ReplicaCallError, backend: str, replica_id: str, request_id: str
+    state: ProxyState, exc: ReplicaCallError, backend: str, replica_id: str, request_id: str
 ) -> web.Response:
     code = exc.code
     logger.warning("replica %s failed request %s: %s", replica_id, request_id, code.name)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # The channel's receive limit (see ``connect``): the answer was not read.
+        return _too_large(state, backend, request_id)[0]
     if code == grpc.StatusCode.UNAVAILABLE and _never_delivered(exc):
         return http_codec.json_error(
             503,
@@ -376,25 +490,32 @@ def _system(state: ProxyState, path: str, method: str) -> web.Response:
             Allow=SYSTEM_ALLOW,
         )
     if path == "/-/routes":
+        return web.json_response(state.router.table.ray_routes())
+    if path == "/-/routing":
         return web.json_response(state.router.table.describe())
     if path == "/-/healthz":
+        ready = state.first_snapshot.is_set()
         return web.json_response(
             {
-                "status": "ok",
+                "status": "ok" if ready else "starting",
                 "routes_version": state.router.table.version,
                 "worker": state.worker_index,
                 "pid": os.getpid(),
-            }
+            },
+            status=200 if ready else 503,
         )
     return web.Response(
         body=metrics.render(state.registry), headers={"Content-Type": metrics.CONTENT_TYPE}
     )
 
 
-def build_server(state: ProxyState, **options: Any) -> web.Server:
-    """aiohttp's low-level server around ``handle``; ``options`` go to its
-    connection handler (access_log, access_log_format, ...). Call on the loop
-    that will serve it; close ``state`` after the server's runner is cleaned up.
+def build_server(
+    state: ProxyState, limits: ConnectionLimits | None = None, **options: Any
+) -> web.Server:
+    """aiohttp's low-level server around ``handle``, with ``limits`` on its
+    connections; ``options`` go to its connection handler (access_log,
+    access_log_class, ...). Call on the loop that will serve it; close
+    ``state`` after the server's runner is cleaned up.
 
     No ``web.Application``: every path is ours, so its router and middleware
     chain would only add work (about 20 % of the proxy's CPU per request in
@@ -409,4 +530,12 @@ def build_server(state: ProxyState, **options: Any) -> web.Server:
             message, payload, protocol, writer, task, loop, client_max_size=state.max_body_bytes
         )
 
-    return web.Server(functools.partial(handle, state), request_factory=make_request, **options)
+    # auto_decompress=False: the handler gets the body as sent, with its
+    # Content-Encoding, and a malformed gzip body is the handler's to judge.
+    return FrontDoor(
+        functools.partial(handle, state),
+        limits=limits or ConnectionLimits(),
+        request_factory=make_request,
+        auto_decompress=False,
+        **options,
+    )

@@ -4,6 +4,7 @@ responses, and the JSON error bodies the proxy answers itself."""
 from __future__ import annotations
 
 import json
+import re
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -55,12 +56,52 @@ def valid_status(status: int) -> bool:
     return 200 <= status <= 599
 
 
+class BadResponse(ValueError):
+    """A replica's answer that cannot be sent as HTTP (a header holding CR or LF)."""
+
+
+# RFC 9110: a field name is a token; a field value has no control characters
+# but tab (a CR or LF would end the header, and with it the answer).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+# Bodies at least this large are written in slices (``write_body``), so the
+# socket's buffer never holds a second copy of the whole body.
+STREAM_MIN_BYTES = 1024 * 1024
+_SLICE_BYTES = 256 * 1024
+
+
 def from_proto(reply: http_pb2.HttpResponse, request_id: str) -> web.Response:
-    pairs = [
-        (h.name, h.value) for h in reply.headers if h.name.lower() not in _SKIPPED_RESPONSE_HEADERS
-    ]
+    """The answer to send, its body read out of ``reply`` once; raises
+    ``BadResponse`` for a header that HTTP cannot carry."""
+    pairs = []
+    for header in reply.headers:
+        name, value = header.name, header.value
+        if not _HEADER_NAME.fullmatch(name) or _BAD_VALUE.search(value):
+            raise BadResponse(f"the replica sent an invalid header {name[:64]!r}")
+        if name.lower() not in _SKIPPED_RESPONSE_HEADERS:
+            pairs.append((name, value))
     pairs.append(("X-Request-Id", request_id))
     return web.Response(status=reply.status, headers=CIMultiDict(pairs), body=reply.body)
+
+
+async def send(response: web.Response, request: web.BaseRequest) -> web.StreamResponse:
+    """``response`` as the handler's return value: a large body is written
+    now, in slices, each once the socket has taken the last; a small one is
+    left to aiohttp (one write with the head)."""
+    body = response.body
+    if not isinstance(body, bytes) or len(body) < STREAM_MIN_BYTES or request.method == "HEAD":
+        return response
+    streamed = web.StreamResponse(status=response.status, headers=response.headers)
+    streamed.content_length = len(body)
+    view = memoryview(body)
+    try:
+        await streamed.prepare(request)
+        for start in range(0, len(view), _SLICE_BYTES):
+            await streamed.write(view[start : start + _SLICE_BYTES])
+    except ConnectionError:
+        pass  # the client left; aiohttp notes it when it finishes the answer
+    return streamed
 
 
 def json_error(

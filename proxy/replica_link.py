@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -54,22 +55,48 @@ class ReplicaCallError(Exception):
         self.details = details
 
 
+# What each stream failure means. A new exception per failure: one shared
+# object would gather every raise's traceback (and, through it, every failed
+# call's request) for as long as the process runs.
 _FAILURES = {
-    replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED: ReplicaCallError(
-        grpc.StatusCode.DEADLINE_EXCEEDED, "the call's timeout passed on the replica"
+    replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED: (
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        "the call's timeout passed on the replica",
     ),
-    replica_pb2.CALL_FAILURE_INVALID_ARGUMENT: ReplicaCallError(
-        grpc.StatusCode.INVALID_ARGUMENT, "HandleRequest has no payload"
+    replica_pb2.CALL_FAILURE_INVALID_ARGUMENT: (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "HandleRequest has no payload",
     ),
 }
+
+
+def _failure(answer: replica_pb2.StreamAnswer) -> ReplicaCallError:
+    known = _FAILURES.get(answer.failure)
+    if known is None:
+        return ReplicaCallError(
+            grpc.StatusCode.UNKNOWN, f"the replica answered with failure {answer.failure}"
+        )
+    return ReplicaCallError(*known)
+
+
+def channel_options(max_receive_bytes: int | None) -> list[tuple[str, int]]:
+    """The replica channel's options: no limit on what is sent (the proxy
+    limits request bodies itself), ``max_receive_bytes`` on each message
+    received (None = no limit)."""
+    options = dict(CHANNEL_OPTIONS)
+    if max_receive_bytes is not None:
+        options["grpc.max_receive_message_length"] = max_receive_bytes
+    return list(options.items())
 
 
 class ReplicaLink:
     """Channel, unary stub (for shadows and fallback) and the shared stream."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, max_receive_bytes: int | None = None) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.channel = grpc.aio.insecure_channel(
+            address, options=channel_options(max_receive_bytes)
+        )
         self.stub: ReplicaServiceAsyncStub = replica_pb2_grpc.ReplicaServiceStub(self.channel)
         self._stream: _CallStream | None = None
         self._streaming = True
@@ -204,14 +231,10 @@ class _CallStream:
         try:
             async for message in self._rpc:
                 self._answered.set()
-                for answer in message.answers:
-                    waiter = self._waiting.get(answer.id)
-                    if waiter is None or waiter.done():
-                        continue  # given up on already
-                    if answer.HasField("response"):
-                        waiter.set_result(answer.response)
-                    else:
-                        waiter.set_exception(_FAILURES.get(answer.failure) or _unknown(answer))
+                self._deliver(message.answers)
+                # Not kept while waiting for the next message: its answers
+                # (large bodies, perhaps) are their callers' now.
+                del message
             error = ReplicaCallError(
                 grpc.StatusCode.UNAVAILABLE, "the replica ended the stream before answering"
             )
@@ -221,17 +244,28 @@ class _CallStream:
             error = ReplicaCallError(grpc.StatusCode.CANCELLED, "the proxy closed the stream")
         self._fail(error)
 
+    def _deliver(self, answers: Iterable[replica_pb2.StreamAnswer]) -> None:
+        for answer in answers:
+            waiter = self._waiting.get(answer.id)
+            if waiter is None or waiter.done():
+                continue  # given up on already
+            if answer.HasField("response"):
+                waiter.set_result(answer.response)
+            else:
+                waiter.set_exception(_failure(answer))
+
     def _fail(self, error: ReplicaCallError) -> None:
         self.failed = True
         self._writer.cancel()
         unsent = {call.id for call in self._outbox}
-        if error.code == grpc.StatusCode.UNAVAILABLE:
-            never_sent = ReplicaCallError(grpc.StatusCode.UNAVAILABLE, _UNSENT)
-        else:
-            never_sent = error
         for call_id, waiter in self._waiting.items():
-            if not waiter.done():
-                waiter.set_exception(never_sent if call_id in unsent else error)
+            if waiter.done():
+                continue
+            # Each caller raises an exception of its own (see _FAILURES).
+            if call_id in unsent and error.code == grpc.StatusCode.UNAVAILABLE:
+                waiter.set_exception(ReplicaCallError(grpc.StatusCode.UNAVAILABLE, _UNSENT))
+            else:
+                waiter.set_exception(ReplicaCallError(error.code, error.details))
 
     async def close(self, grace: float | None) -> None:
         if grace:
@@ -243,9 +277,3 @@ class _CallStream:
         self._rpc.cancel()
         self._writer.cancel()
         await asyncio.gather(self._writer, self._reader, return_exceptions=True)
-
-
-def _unknown(answer: replica_pb2.StreamAnswer) -> ReplicaCallError:
-    return ReplicaCallError(
-        grpc.StatusCode.UNKNOWN, f"the replica answered with failure {answer.failure}"
-    )

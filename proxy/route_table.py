@@ -29,6 +29,7 @@ def stable_fraction(*parts: str) -> float:
 class EndpointRoute:
     name: str
     route: str
+    # What the proxy accepts: the endpoint's methods, and HEAD where GET is one.
     methods: frozenset[str]
     # Value of the Allow header of a 405.
     allow: str
@@ -40,15 +41,21 @@ class EndpointRoute:
     shadows: tuple[tuple[str, float], ...]
     # Seconds a request may take; 0 = no limit.
     request_timeout: float = 0.0
+    # The endpoint's methods as the controller lists them (no implied HEAD).
+    declared: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, endpoint: pb.Endpoint) -> EndpointRoute:
         weighted = [(t.backend, t.weight) for t in endpoint.traffic if t.weight > 0]
+        declared = tuple(endpoint.methods)
+        # As Flask does: a route that answers GET answers HEAD (without a body).
+        accepted = [*declared, "HEAD"] if "GET" in declared and "HEAD" not in declared else declared
         return cls(
             name=endpoint.name,
             route=endpoint.route,
-            methods=frozenset(endpoint.methods),
-            allow=", ".join(endpoint.methods),
+            methods=frozenset(accepted),
+            allow=", ".join(accepted),
+            declared=declared,
             backends=tuple(b for b, _ in weighted),
             cumulative=tuple(itertools.accumulate(w for _, w in weighted)),
             traffic={t.backend: t.weight for t in endpoint.traffic},
@@ -99,16 +106,21 @@ class RouteTable:
         return self._by_name.get(name)
 
     def describe(self) -> dict[str, Any]:
-        """The JSON of ``GET /-/routes``."""
+        """The JSON of ``GET /-/routing``: the version and each route's detail."""
         return {
             "version": self.version,
             "routes": {
                 path: {
                     "endpoint": r.name,
-                    "methods": sorted(r.methods),
+                    "methods": sorted(r.declared),
                     "traffic": r.traffic,
                     "shadows": dict(r.shadows),
                 }
                 for path, r in sorted(self._by_route.items())
             },
         }
+
+    def ray_routes(self) -> dict[str, list[Any]]:
+        """The JSON of ``GET /-/routes``, in Ray Serve's shape:
+        ``{"/api": ["endpoint_name", ["GET", "POST"]]}``."""
+        return {path: [r.name, list(r.declared)] for path, r in sorted(self._by_route.items())}

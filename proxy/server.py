@@ -21,19 +21,24 @@ from aiohttp import web
 
 from turnout import _logging, _process
 
-from .app import DEFAULT_MAX_BODY_BYTES, ProxyState, build_server
+from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
 from .controller_link import report_stats, subscriber_id, watch_routes
+from .front_door import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_READ_TIMEOUT_S,
+    FD_RESERVE,
+    AcceptErrors,
+    AccessLog,
+    ConnectionLimits,
+    default_max_connections,
+    raise_fd_limit,
+)
 from .workers import SharedCounters, Workers, WorkerSpec, new_stats_dir
 
 logger = logging.getLogger("turnout.proxy")
 
 FIRST_SNAPSHOT_TIMEOUT_S = 30.0
-
-# One line per request, written by aiohttp's own access logger after the
-# response (nothing added to the request path): time, client, request line
-# (method, path, version), status, body bytes, duration in seconds, and the
-# request id the proxy answered with ("-" for system paths).
-ACCESS_LOG_FORMAT = '%t %a "%r" %s %b %Tf rid=%{X-Request-Id}o'
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -46,6 +51,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body accepted; larger ones get 413 (default 16 MiB)",
+    )
+    parser.add_argument(
+        "--max-response-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_RESPONSE_BYTES,
+        help="largest answer body passed on; larger ones get 502 (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        default=DEFAULT_READ_TIMEOUT_S,
+        help="seconds a request's head, and then its body, may take to arrive; 0 = no limit "
+        f"(default {DEFAULT_READ_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=DEFAULT_IDLE_TIMEOUT_S,
+        help="seconds a connection may wait for its next (or first) request; 0 = no limit "
+        f"(default {DEFAULT_IDLE_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive_int,
+        help=f"client connections open at once; more get 503 (default {DEFAULT_MAX_CONNECTIONS}, "
+        f"fewer if the open-file limit is lower: that limit less {FD_RESERVE})",
     )
     parser.add_argument(
         "--workers",
@@ -75,6 +106,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    """The limits ``args`` ask for; raises the open-file limit as far as allowed."""
+    if args.max_connections is None:
+        max_connections = default_max_connections()
+    else:
+        max_connections = args.max_connections
+        room = raise_fd_limit() - FD_RESERVE
+        if max_connections > room:
+            logger.warning(
+                "--max-connections %d is more than the open-file limit allows (%d); "
+                "accepts will fail with 'Too many open files' before it is reached",
+                max_connections,
+                room,
+            )
+    return ConnectionLimits(args.read_timeout, args.idle_timeout, max_connections)
+
+
 def access_logger(path: Path | None) -> logging.Logger | None:
     """The logger aiohttp writes access lines to, alone in its rotated file."""
     if path is None:
@@ -86,6 +144,18 @@ def access_logger(path: Path | None) -> logging.Logger | None:
     log.setLevel(logging.INFO)
     log.propagate = False
     return log
+
+
+def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
+    """The options the lead gives every worker as it was given them."""
+    options = [
+        "--max-response-bytes", str(args.max_response_bytes),
+        "--read-timeout", repr(args.read_timeout),
+        "--idle-timeout", repr(args.idle_timeout),
+    ]  # fmt: skip
+    if args.max_connections is not None:
+        options += ["--max-connections", str(args.max_connections)]
+    return tuple(options)
 
 
 def _fail(args: argparse.Namespace, code: str, message: str) -> int:
@@ -100,11 +170,17 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.set_exception_handler(AcceptErrors())
 
     index = args.worker_index
     lead_of_workers = index == 0 and args.workers > 1
     stats_dir = new_stats_dir() if lead_of_workers else args.stats_dir
-    state = ProxyState(args.max_body_bytes, worker_index=index)
+    state = ProxyState(
+        args.max_body_bytes,
+        worker_index=index,
+        max_response_bytes=args.max_response_bytes,
+        read_timeout=args.read_timeout,
+    )
     counters = None
     if stats_dir is not None:
         counters = SharedCounters(stats_dir, index, state.router.stats, state.admission.queued)
@@ -112,8 +188,9 @@ async def serve(args: argparse.Namespace) -> int:
     runner = web.ServerRunner(
         build_server(
             state,
+            connection_limits(args),
             access_log=access_logger(args.access_log),
-            access_log_format=ACCESS_LOG_FORMAT,
+            access_log_class=AccessLog,
         )
     )
     await runner.setup()
@@ -140,7 +217,7 @@ async def serve(args: argparse.Namespace) -> int:
     if lead_of_workers and stats_dir is not None:
         spec = WorkerSpec(
             args.controller, args.host, port, args.max_body_bytes, stats_dir,
-            args.log_file, args.access_log,
+            args.log_file, args.access_log, pass_on(args),
         )  # fmt: skip
         workers = Workers(spec, args.workers)
         # Started now, so that they load and get their routes while this one does.

@@ -66,6 +66,8 @@ class WorkerSpec:
     stats_dir: Path
     log_file: Path | None = None
     access_log: Path | None = None
+    # Further options, passed on as they are (limits, timeouts).
+    options: tuple[str, ...] = ()
 
     def argv(self, index: int, ready_fd: int) -> list[str]:
         args = [
@@ -77,6 +79,7 @@ class WorkerSpec:
             "--stats-dir", str(self.stats_dir),
             "--parent-pid", str(os.getpid()),
             "--ready-fd", str(ready_fd),
+            *self.options,
         ]  # fmt: skip
         if self.log_file is not None:
             args += ["--log-file", str(indexed(self.log_file, index))]

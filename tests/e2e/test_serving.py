@@ -97,9 +97,13 @@ def test_wrong_method_is_405_with_allow(
     app = deploy(whoami, methods=["GET", "post"])
     reply = http.delete(app.url)
     assert reply.status_code == 405
-    assert set(reply.headers["Allow"].replace(" ", "").split(",")) == {"GET", "POST"}
+    # HEAD comes with GET, as in Flask.
+    assert set(reply.headers["Allow"].replace(" ", "").split(",")) == {"GET", "POST", "HEAD"}
     assert reply.json()["error"] == "MethodNotAllowed"
     assert http.post(app.url).status_code == 200
+    got, head = http.get(app.url), http.head(app.url)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["Content-Length"] == str(len(got.content))
 
 
 def test_handler_exception_is_500_json_and_traceback_is_logged(

@@ -75,7 +75,10 @@ def test_system_paths() -> None:
                 "worker": 0,
                 "pid": os.getpid(),
             }
+        # Ray Serve's shape, which Ray's tests and readiness scripts poll.
         async with session.get(base + "/-/routes") as reply:
+            assert await reply.json() == {"/idle": ["idle", ["GET"]], "/model": ["model", ["POST"]]}
+        async with session.get(base + "/-/routing") as reply:
             assert await reply.json() == {
                 "version": 5,
                 "routes": {

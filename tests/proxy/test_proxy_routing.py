@@ -49,13 +49,15 @@ def test_routes_match_exactly() -> None:
     assert route is not None and route.name == "model"
     for path in ("/model/", "/model/x", "/mode", "/", "/Model"):
         assert table.match(path) is None
-    assert route.allow == "GET, POST"
-    assert "DELETE" not in route.methods
+    # HEAD comes with GET, as in Flask.
+    assert route.allow == "GET, POST, HEAD"
+    assert "HEAD" in route.methods and "DELETE" not in route.methods
 
 
 def test_endpoints_without_route_are_not_on_http() -> None:
     table = RouteTable.from_snapshot(snapshot())
     assert set(table.describe()["routes"]) == {"/model"}
+    assert table.ray_routes() == {"/model": ["model", ["GET", "POST"]]}
 
 
 def test_weighted_choice_is_statistically_right() -> None:

@@ -4,6 +4,7 @@ stream, timeouts that cancel, and the fallback to unary Handle."""
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -267,3 +268,46 @@ def test_a_stream_to_nowhere_is_never_delivered() -> None:
         assert never_delivered(caught.value.code, caught.value.details)
 
     asyncio.run(main())
+
+
+class TimingOutReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
+    """Answers every call on the stream with "the call's timeout passed"."""
+
+    async def Handle(
+        self, request: replica_pb2.HandleRequest, context: Any
+    ) -> replica_pb2.HandleResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        raise AssertionError("abort returned")
+
+    async def HandleStream(
+        self, request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest], context: Any
+    ) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
+        async for message in request_iterator:
+            yield replica_pb2.HandleStreamResponse(
+                answers=[
+                    replica_pb2.StreamAnswer(
+                        id=call.id, failure=replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED
+                    )
+                    for call in message.calls
+                ]
+            )
+
+
+def test_each_failure_raises_an_exception_of_its_own() -> None:
+    caught: list[ReplicaCallError] = []
+    depths: list[int] = []
+
+    async def scenario(link: ReplicaLink) -> None:
+        for i in range(5):
+            try:
+                await link.handle(request(f"r{i}"), 5.0)
+            except ReplicaCallError as exc:
+                caught.append(exc)
+                depths.append(len(traceback.extract_tb(exc.__traceback__)))
+
+    with_replica(TimingOutReplica(), scenario)
+    assert len(caught) == 5
+    assert all(exc.code == grpc.StatusCode.DEADLINE_EXCEEDED for exc in caught)
+    # A shared exception would be the same object, its traceback one raise longer each time.
+    assert len({id(exc) for exc in caught}) == 5
+    assert len(set(depths)) == 1
