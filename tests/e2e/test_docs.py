@@ -40,6 +40,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,15 +174,23 @@ def listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture
-def free_ports() -> None:
-    """The previous example's processes are gone (they stop asynchronously)."""
+def wait_ports_free(when: str) -> None:
     deadline = time.monotonic() + 20
     while any(listening(port) for port in PORTS):
         if time.monotonic() > deadline:
             taken = [port for port in PORTS if listening(port)]
-            pytest.fail(f"ports {taken} are taken: the doc examples need the default ports")
+            pytest.fail(f"ports {taken} are still taken {when}")
         time.sleep(0.1)
+
+
+@pytest.fixture
+def free_ports() -> Iterator[None]:
+    """The previous example's processes are gone (they stop asynchronously),
+    and this one's are gone after it, so that no later test finds the default
+    ports taken."""
+    wait_ports_free("before the example: the doc examples need the default ports")
+    yield
+    wait_ports_free("20 s after the example ended: its instance did not stop")
 
 
 def show(result: subprocess.CompletedProcess[str]) -> str:
