@@ -26,6 +26,8 @@ class EndpointCounts:
     requests_by_backend: dict[str, int] = field(default_factory=dict)
     errors: int = 0
     shadows: dict[str, ShadowCounts] = field(default_factory=dict)
+    # The failed ones among requests_by_backend.
+    errors_by_backend: dict[str, int] = field(default_factory=dict)
 
 
 def compare(primary: Hashable | None, shadow: Hashable | None) -> Outcome:
@@ -56,6 +58,8 @@ class RouterStats:
             counts = self._counts(endpoint)
             counts.requests_by_backend[backend] = counts.requests_by_backend.get(backend, 0) + 1
             counts.errors += failed
+            if failed:
+                counts.errors_by_backend[backend] = counts.errors_by_backend.get(backend, 0) + 1
             self.changes += 1
 
     def failed_unrouted(self, endpoint: str) -> None:
@@ -85,6 +89,7 @@ class RouterStats:
                         dict(c.requests_by_backend),
                         c.errors,
                         {b: ShadowCounts(**vars(s)) for b, s in c.shadows.items()},
+                        dict(c.errors_by_backend),
                     ),
                 )
                 for name, c in self._endpoints.items()
@@ -101,6 +106,7 @@ class RouterStats:
                     pb.ShadowStats(backend=backend, **vars(shadow))
                     for backend, shadow in counts.shadows.items()
                 ],
+                errors_by_backend=counts.errors_by_backend,
             )
             for name, counts in self.items()
         ]
@@ -116,6 +122,8 @@ def sum_reports(reports: Iterable[list[pb.EndpointStats]]) -> list[pb.EndpointSt
             for backend, n in stats.requests_by_backend.items():
                 total.requests_by_backend[backend] += n
             total.errors += stats.errors
+            for backend, n in stats.errors_by_backend.items():
+                total.errors_by_backend[backend] += n
             for shadow in stats.shadows:
                 key = (stats.endpoint, shadow.backend)
                 if key not in shadows:

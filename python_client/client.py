@@ -583,9 +583,14 @@ class Client:
             #  "shadows": {"model-v3": {"sent": 25, "matched": 24, "differed": 1,
             #                           "failed": 0}}}
         """
+        return self._counters()[0]
+
+    def _counters(self) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+        """``endpoint_stats()``, and the failed requests by backend over all endpoints."""
         HandleRouter.flush_local(self._address)
         reply = self._call(self._stub.GetStats, pb.GetStatsRequest())
         listed = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
+        errors_by_backend: dict[str, int] = {}
         stats: dict[str, dict[str, Any]] = {
             e.name: {
                 "requests": {t.backend: 0 for t in e.traffic},
@@ -600,7 +605,9 @@ class Client:
             counts["errors"] = e.errors
             for shadow in e.shadows:
                 counts["shadows"][shadow.backend] = _shadow_counts(shadow)
-        return dict(sorted(stats.items()))
+            for backend, n in e.errors_by_backend.items():
+                errors_by_backend[backend] = errors_by_backend.get(backend, 0) + n
+        return dict(sorted(stats.items())), errors_by_backend
 
     def stat(self) -> list[dict[str, Any]]:
         """The counters in Ray Serve 0.8's shape: a list of
@@ -610,7 +617,10 @@ class Client:
         - ``num_router_requests`` (per endpoint): requests answered;
         - ``num_error_endpoint_requests`` (per endpoint): those that failed;
         - ``backend_request_counter`` (per backend): requests it answered,
-          shadow copies included, over all endpoints.
+          shadow copies included, over all endpoints;
+        - ``backend_error_counter`` (per backend): the failed ones among them
+          (shadow copies not included: their failures are in
+          ``endpoint_stats()``'s shadow counts).
 
         Every existing endpoint and backend has its entries, zeros included.
         ``endpoint_stats()`` has the same counts per endpoint and backend,
@@ -626,7 +636,7 @@ class Client:
                     and entry["info"]["backend"] == backend
                 )
         """
-        per_endpoint = self.endpoint_stats()
+        per_endpoint, errors_by_backend = self._counters()
         backends = self._call(self._stub.ListBackends, pb.ListBackendsRequest()).backends
         per_backend = dict.fromkeys(sorted(b.tag for b in backends), 0)
         entries: list[dict[str, Any]] = []
@@ -643,6 +653,8 @@ class Client:
             )
         for backend, n in sorted(per_backend.items()):
             entries.append(_metric("backend_request_counter", "backend", backend, n))
+            errors = errors_by_backend.get(backend, 0)
+            entries.append(_metric("backend_error_counter", "backend", backend, errors))
         return entries
 
     def delete_endpoint(self, name: str) -> None:

@@ -184,6 +184,7 @@ def test_stat_has_ray_serve_08s_shape_and_names(
         return count  # type: ignore[no-any-return]
 
     assert value("backend_request_counter", "backend", shadow) == 0
+    assert value("backend_error_counter", "backend", endpoint) == 0
     for x in range(5):
         assert requests.get(app.url, params={"x": x}).json() == {"y": x * x}
     # int("two") raises in the handler: a 500, counted as an error.
@@ -201,6 +202,9 @@ def test_stat_has_ray_serve_08s_shape_and_names(
     wait_until(lambda: requests_to(shadow) == 6 and requests_to(endpoint) == 6, timeout=30)
     assert value("num_router_requests", "endpoint", endpoint) == 6
     assert value("num_error_endpoint_requests", "endpoint", endpoint) == 1
+    assert value("backend_error_counter", "backend", endpoint) == 1
+    # The shadow answered int("two") too (an error), but only primaries count here.
+    assert value("backend_error_counter", "backend", shadow) == 0
     assert all(set(entry) == {"info", "value"} for entry in client.stat())
     stats = client.endpoint_stats()[endpoint]
     assert (stats["requests"], stats["errors"]) == ({endpoint: 6}, 1)

@@ -1316,10 +1316,31 @@ class EndpointStats(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ErrorsByBackendEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ENDPOINT_FIELD_NUMBER: _builtins.int
     REQUESTS_BY_BACKEND_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     SHADOWS_FIELD_NUMBER: _builtins.int
+    ERRORS_BY_BACKEND_FIELD_NUMBER: _builtins.int
     endpoint: _builtins.str
     errors: _builtins.int
     """Requests that failed: HTTP status >= 500, or an error through a handle."""
@@ -1329,6 +1350,12 @@ class EndpointStats(_message.Message):
 
     @_builtins.property
     def shadows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowStats]: ...
+    @_builtins.property
+    def errors_by_backend(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The failed requests among requests_by_backend, by the backend that took
+        them (requests that failed before any backend took one are only in errors).
+        """
+
     def __init__(
         self,
         *,
@@ -1336,10 +1363,11 @@ class EndpointStats(_message.Message):
         requests_by_backend: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         errors: _builtins.int = ...,
         shadows: _abc.Iterable[Global___ShadowStats] | None = ...,
+        errors_by_backend: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "errors", b"errors", "requests_by_backend", b"requests_by_backend", "shadows", b"shadows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "errors", b"errors", "errors_by_backend", b"errors_by_backend", "requests_by_backend", b"requests_by_backend", "shadows", b"shadows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
