@@ -17,6 +17,7 @@ from typing import Any
 
 from turnout.errors import (
     AlreadyExistsError,
+    CapacityError,
     InUseError,
     InvalidArgumentError,
     NotFoundError,
@@ -41,8 +42,11 @@ class ControlPlane:
         launcher: ProcessLauncher,
         publisher: RoutePublisher,
         resources: ResourcePool | None = None,
+        *,
+        max_replicas: int = 16,
     ) -> None:
         self._store = store
+        self.max_replicas = max_replicas
         self._launcher = launcher
         self._publisher = publisher
         self._resources = resources or ResourcePool()
@@ -75,6 +79,7 @@ class ControlPlane:
                     # A retry of a call that succeeded: same answer, no duplicate.
                     return self._backend(tag)
                 raise AlreadyExistsError(f"backend {tag!r} already exists with other content")
+            self._check_capacity(config.num_replicas)
             replicas = self._replica_set(record)
             replicas.check_fits(config.num_replicas)
             self._sets[tag] = replicas
@@ -172,6 +177,7 @@ class ControlPlane:
             config.CopyFrom(record.config)
             config.MergeFrom(update)
             _check_capabilities(tag, config, replicas.capabilities)
+            self._check_capacity(config.num_replicas, replacing=tag)
             new = dataclasses.replace(record, config=config)
             spec_path = self._write_spec(new)
             restart = any(
@@ -290,13 +296,16 @@ class ControlPlane:
         traffic: dict[str, float] = {}
         for item in weights:
             if item.backend in traffic:
-                raise InvalidArgumentError(f"backend {item.backend!r} is listed twice")
+                raise InvalidArgumentError(
+                    f"backend {validation.shown(item.backend)} is listed twice"
+                )
             traffic[item.backend] = item.weight
         traffic = validation.traffic(traffic)
         async with self._lock:
             record = self._endpoint_record(endpoint)
             for tag in traffic:
                 self._backend_record(tag)
+            _check_not_shadowed(record, traffic)
             record = dataclasses.replace(record, traffic=traffic)
             self._store.put_endpoint(record)
             await self.routes_changed()
@@ -311,6 +320,17 @@ class ControlPlane:
             if proportion == 0:
                 shadows.pop(backend, None)
             else:
+                if record.traffic.get(backend, 0) > 0:
+                    # It already gets these requests: a copy would run them twice.
+                    raise InvalidArgumentError(
+                        f"backend {validation.shown(backend)} serves endpoint "
+                        f"{validation.shown(endpoint)} (traffic weight > 0), so it cannot "
+                        "shadow it too"
+                    )
+                if backend not in shadows and len(shadows) >= validation.MAX_TRAFFIC_ENTRIES:
+                    raise InvalidArgumentError(
+                        f"at most {validation.MAX_TRAFFIC_ENTRIES} shadows per endpoint"
+                    )
                 shadows[backend] = proportion
             record = dataclasses.replace(record, shadows=shadows)
             self._store.put_endpoint(record)
@@ -358,16 +378,29 @@ class ControlPlane:
 
     # ---- helpers --------------------------------------------------------
 
+    def _check_capacity(self, count: int, replacing: str = "") -> None:
+        """Raise CapacityError unless ``count`` replicas (for a new backend, or
+        instead of those of ``replacing``) fit the instance's max_replicas."""
+        others = sum(
+            b.config.num_replicas for tag, b in self._store.backends().items() if tag != replacing
+        )
+        if others + count > self.max_replicas:
+            raise CapacityError(
+                f"{count} replica(s) do not fit: this instance runs at most "
+                f"{self.max_replicas} replicas in all (max_replicas) and other backends "
+                f"have {others}"
+            )
+
     def _backend_record(self, tag: str) -> BackendRecord:
         record = self._store.backends().get(tag)
         if record is None:
-            raise NotFoundError(f"backend {tag!r} does not exist")
+            raise NotFoundError(f"backend {validation.shown(tag)} does not exist")
         return record
 
     def _endpoint_record(self, name: str) -> EndpointRecord:
         record = self._store.endpoints().get(name)
         if record is None:
-            raise NotFoundError(f"endpoint {name!r} does not exist")
+            raise NotFoundError(f"endpoint {validation.shown(name)} does not exist")
         return record
 
     def _backend(self, tag: str) -> pb.Backend:
@@ -412,6 +445,18 @@ def _check_capabilities(tag: str, config: pb.BackendConfig, capabilities: dict[s
     if config.HasField("user_config_json") and not capabilities.get("reconfigure"):
         raise InvalidArgumentError(
             f"backend {tag!r} has no reconfigure() method to take a user_config"
+        )
+
+
+def _check_not_shadowed(record: EndpointRecord, traffic: dict[str, float]) -> None:
+    """Refuse traffic that would make a current shadow of the endpoint a
+    primary: removing the shadow is the caller's explicit step."""
+    both = sorted(tag for tag, weight in traffic.items() if weight > 0 and tag in record.shadows)
+    if both:
+        raise InvalidArgumentError(
+            f"backend(s) {', '.join(validation.shown(t) for t in both)} shadow endpoint "
+            f"{validation.shown(record.name)}; remove the shadow (proportion 0) before "
+            "giving it traffic"
         )
 
 

@@ -34,10 +34,21 @@ def _translate_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await method(self, request, context)
         except TurnoutError as exc:
-            await context.abort(status_for(exc), str(exc))
+            await context.abort(status_for(exc), _bounded(str(exc)))
             raise  # abort raises; this line only satisfies the type checker
 
     return wrapper
+
+
+# An error message is at most this long (a replica's reason may quote its
+# traceback); the rest is in the controller's and the replica's logs.
+MAX_ERROR_CHARS = 4096
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[: MAX_ERROR_CHARS - 1] + "…"
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):

@@ -31,6 +31,7 @@ def init(
     state_path: str | os.PathLike[str] | None = None,
     access_log: bool = False,
     proxy_workers: int = 1,
+    max_replicas: int | None = None,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -44,6 +45,8 @@ def init(
     development and benchmarks; ``turnout start`` turns it on).
     ``proxy_workers=N`` runs the HTTP proxy as N processes sharing the port
     (SO_REUSEPORT), for machines with cores to spare; see docs/operations.md.
+    ``max_replicas`` caps the replicas of all backends together (default: from
+    the machine's CPUs and memory, see docs/operations.md "Limits").
     With an ``address`` ("host:port" of a controller) it connects to that
     instance. Calling ``init()`` again returns the same client.
 
@@ -66,6 +69,12 @@ def init(
         raise TypeError(f"proxy_workers must be an int, got {type(proxy_workers).__name__}")
     if proxy_workers < 1:
         raise InvalidArgumentError(f"proxy_workers must be >= 1, got {proxy_workers}")
+    if max_replicas is not None and (
+        isinstance(max_replicas, bool) or not isinstance(max_replicas, int)
+    ):
+        raise TypeError(f"max_replicas must be an int, got {type(max_replicas).__name__}")
+    if max_replicas is not None and max_replicas < 1:
+        raise InvalidArgumentError(f"max_replicas must be >= 1, got {max_replicas}")
     with _lock:
         if _client is not None:
             if address in (None, _client.controller_address):
@@ -83,6 +92,7 @@ def init(
             state_path=None if state_path is None else Path(state_path),
             access_log=access_log,
             proxy_workers=proxy_workers,
+            max_replicas=max_replicas,
         )
         try:
             _client = Client(instance.address, _instance=instance)

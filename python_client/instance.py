@@ -36,6 +36,7 @@ class LocalInstance:
         state_path: Path | None = None,
         access_log: bool = False,
         proxy_workers: int = 1,
+        max_replicas: int | None = None,
     ) -> LocalInstance:
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         (instance_dir / "logs").mkdir()
@@ -57,6 +58,7 @@ class LocalInstance:
                 "--access-log" if access_log else "--no-access-log",
                 "--proxy-workers", str(proxy_workers),
                 *(["--state", str(state_path)] if state_path is not None else []),
+                *(["--max-replicas", str(max_replicas)] if max_replicas is not None else []),
             ],
         )  # fmt: skip
         try:

@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from turnout import _logging
 from turnout._grpc import SERVER_OPTIONS
-from turnout._process import die_with_parent, report_failure, report_ready
+from turnout._process import die_with_parent, report_failure, report_ready, set_memory_limit
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
 from turnout.replica.servicer import ReplicaServicer
 from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
@@ -116,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(options.replica_id, options.log_file)
     try:
         spec = read_spec(options.spec_file)
+        if spec.replica_options.memory_bytes:
+            # Before the backend loads: its imports and constructor count.
+            set_memory_limit(spec.replica_options.memory_bytes)
         runtime = BackendRuntime.load(spec)
     except LoadError as exc:
         log.error("cannot load the backend: %s\n%s", exc.message, exc.traceback)
@@ -148,7 +151,7 @@ def configure_logging(replica_id: str, log_file: Path | None = None) -> None:
     )
     if log_file is not None:
         # What handlers print is rotated with the rest of the replica's log.
-        _logging.capture_prints("print")
+        _logging.capture_prints("print", descriptors=True)
 
 
 def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:
