@@ -24,13 +24,12 @@ from turnout._grpc import SERVER_OPTIONS
 from turnout._version import __version__
 from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
 from turnout.v1 import controller_pb2 as pb
-from turnout.v1 import controller_pb2_grpc
 
 from . import adoption
 from .control_plane import ControlPlane
 from .launcher import ChildProcess, ProcessLauncher
 from .routing import RoutePublisher
-from .servicer import ControllerServicer
+from .servicer import ControllerServicer, add_to_server
 from .sqlite_store import SqliteStore
 from .state_lock import StateLock
 from .store import PROXY
@@ -120,7 +119,7 @@ class Controller:
             version=__version__,
             max_replicas=self.options.max_replicas,
         )
-        controller_pb2_grpc.add_ControllerServiceServicer_to_server(
+        add_to_server(
             ControllerServicer(self.plane, self.publisher, instance, self.shutdown), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

@@ -37,6 +37,7 @@ from turnout.config import BackendConfig
 from turnout.errors import (
     AlreadyExistsError,
     BackendError,
+    CapacityError,
     DeadlineExceededError,
     InUseError,
     InvalidArgumentError,
@@ -55,6 +56,7 @@ __all__ = [
     "AlreadyExistsError",
     "BackendConfig",
     "BackendError",
+    "CapacityError",
     "DeadlineExceededError",
     "Client",
     "EndpointHandle",
