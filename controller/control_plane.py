@@ -305,8 +305,9 @@ class ControlPlane:
             record = self._endpoint_record(endpoint)
             for tag in traffic:
                 self._backend_record(tag)
-            _check_not_shadowed(record, traffic)
-            record = dataclasses.replace(record, traffic=traffic)
+            record = dataclasses.replace(
+                record, traffic=traffic, shadows=_shadows_beside(record.shadows, traffic)
+            )
             self._store.put_endpoint(record)
             await self.routes_changed()
         return _endpoint_proto(record)
@@ -448,16 +449,11 @@ def _check_capabilities(tag: str, config: pb.BackendConfig, capabilities: dict[s
         )
 
 
-def _check_not_shadowed(record: EndpointRecord, traffic: dict[str, float]) -> None:
-    """Refuse traffic that would make a current shadow of the endpoint a
-    primary: removing the shadow is the caller's explicit step."""
-    both = sorted(tag for tag, weight in traffic.items() if weight > 0 and tag in record.shadows)
-    if both:
-        raise InvalidArgumentError(
-            f"backend(s) {', '.join(validation.shown(t) for t in both)} shadow endpoint "
-            f"{validation.shown(record.name)}; remove the shadow (proportion 0) before "
-            "giving it traffic"
-        )
+def _shadows_beside(shadows: dict[str, float], traffic: dict[str, float]) -> dict[str, float]:
+    """The shadows that stay when ``traffic`` is set: a shadow given a weight
+    > 0 has been promoted (the last step of a rollout), and a backend never
+    gets copies of the requests it already serves."""
+    return {tag: share for tag, share in shadows.items() if traffic.get(tag, 0) == 0}
 
 
 def _endpoint_proto(record: EndpointRecord) -> pb.Endpoint:

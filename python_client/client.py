@@ -14,6 +14,7 @@ import grpc
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
+from turnout.controller import validation
 from turnout.errors import InvalidArgumentError, NotRunningError, error_from_status
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
@@ -144,7 +145,9 @@ def _replica_options(options: dict[str, Any] | None) -> pb.ReplicaOptions:
     if memory < 0:
         raise InvalidArgumentError(f"memory must be >= 0 bytes (0 = no limit), got {memory}")
     message.memory_bytes = memory
-    return message
+    # The controller's own checks (environment names and sizes, bounds), so
+    # that a refused value fails here with the same message.
+    return validation.replica_options(message)
 
 
 class Client:

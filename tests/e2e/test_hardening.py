@@ -276,7 +276,7 @@ def test_a_check_longer_than_its_period_passes_within_its_timeout(
     assert client.get_backend_config(name).health_check_timeout == 5.0
 
 
-def test_a_primary_cannot_shadow_its_own_endpoint_nor_a_shadow_become_primary(
+def test_a_primary_cannot_shadow_its_own_endpoint_and_a_promoted_shadow_is_dropped(
     client: turnout.Client, unique: Callable[[str], str]
 ) -> None:
     primary, shadow, endpoint = unique("primary"), unique("shadow"), unique("shadowed")
@@ -286,11 +286,11 @@ def test_a_primary_cannot_shadow_its_own_endpoint_nor_a_shadow_become_primary(
     with pytest.raises(turnout.InvalidArgumentError, match="cannot shadow"):
         client.shadow_traffic(endpoint, primary, 0.5)
     client.shadow_traffic(endpoint, shadow, 0.5)
-    with pytest.raises(turnout.InvalidArgumentError, match="remove the shadow"):
-        client.set_traffic(endpoint, {primary: 0.5, shadow: 0.5})
-    assert client.list_endpoints()[endpoint]["traffic"] == {primary: 1.0}
-    client.shadow_traffic(endpoint, shadow, 0)
+    assert client.list_endpoints()[endpoint]["shadows"] == {shadow: 0.5}
+    # Promoted: it serves its share and no longer gets copies on top.
     client.set_traffic(endpoint, {primary: 0.5, shadow: 0.5})
+    assert client.list_endpoints()[endpoint]["shadows"] == {}
+    assert client.list_endpoints()[endpoint]["traffic"] == {primary: 0.5, shadow: 0.5}
 
 
 # ---- 8. memory limit -------------------------------------------------------------
