@@ -87,14 +87,14 @@ class ControlPlane:
                 await replicas.scale(config.num_replicas)
             except ReplicaStartError as exc:
                 await replicas.stop()
-                del self._sets[tag]
+                self._sets.pop(tag, None)
                 raise start_error_to_user_error(exc, tag) from None
             try:
                 self._store.put_backend(record)
             except BaseException:
                 # Not recorded, so not acknowledged: nothing may stay running.
                 await replicas.stop()
-                del self._sets[tag]
+                self._sets.pop(tag, None)
                 raise
         return self._backend(tag)
 
