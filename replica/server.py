@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -134,6 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(options, runtime, grace))
     finally:
         runtime.close()
+        _stop_own_group()
         busy = runtime.running_in_threads
         if busy:
             # Handler threads cannot be interrupted, and the interpreter would
@@ -141,6 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("%d handler calls still running; exiting without them", busy)
             logging.shutdown()
             os._exit(0)
+
+
+def _stop_own_group() -> None:
+    """SIGTERM to what this replica's handlers started (its process group,
+    which the launcher made its own): it ends with the replica even when no
+    controller is left to kill the group (PDEATHSIG after a controller crash)."""
+    if os.getpgrp() != os.getpid():
+        return  # started by hand, in someone else's group
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.killpg(os.getpgrp(), signal.SIGTERM)
 
 
 def configure_logging(replica_id: str, log_file: Path | None = None) -> None:

@@ -22,6 +22,7 @@ from conftest import SMALL_MAX_REPLICAS, wait_until
 import turnout
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout.controller.processes import start_time
+from turnout.instance import LocalInstance
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -344,6 +345,21 @@ def test_processes_a_handler_started_stop_with_its_backend(
     client.delete_endpoint(name)
     client.delete_backend(name)
     wait_until(lambda: start_time(pid) is None)
+
+
+def test_processes_a_handler_started_stop_with_a_killed_controller() -> None:
+    # Nobody is left to kill the group: the replica, told by PDEATHSIG, stops it.
+    instance = LocalInstance.start("127.0.0.1", 0)
+    own = turnout.Client(instance.address, _instance=instance)
+    try:
+        own.create_backend("spawner", spawn_sleep)
+        own.create_endpoint("spawner", "spawner")
+        pid = own.get_handle("spawner").remote().result(timeout=30)
+        assert start_time(pid) is not None
+        os.kill(own.controller_pid, signal.SIGKILL)
+        wait_until(lambda: start_time(pid) is None)
+    finally:
+        instance.wait_stopped()
 
 
 # ---- 10. output to file descriptors 1 and 2 rotates --------------------------------
