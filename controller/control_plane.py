@@ -229,11 +229,12 @@ class ControlPlane:
         route = validation.route(request.route)
         methods = validation.methods(list(request.methods))
         timeout = validation.request_timeout(request.request_timeout)
+        if not request.backend:
+            # As Ray Serve: an endpoint without a backend would answer nothing.
+            raise InvalidArgumentError("backend must be specified when creating an endpoint")
         async with self._lock:
-            traffic: dict[str, float] = {}
-            if request.backend:
-                self._backend_record(request.backend)
-                traffic = {request.backend: 1.0}
+            self._backend_record(request.backend)
+            traffic = {request.backend: 1.0}
             record = EndpointRecord(
                 name=name, route=route, methods=methods, traffic=traffic, request_timeout=timeout
             )
@@ -305,6 +306,10 @@ class ControlPlane:
             record = self._endpoint_record(endpoint)
             for tag in traffic:
                 self._backend_record(tag)
+            # A backend given weight 0 gets no traffic, so it is left out of the
+            # split: it can then be deleted, which is the last step of a rollout.
+            # (Ray 0.8 kept the zero and refused the delete.)
+            traffic = {tag: weight for tag, weight in traffic.items() if weight > 0}
             record = dataclasses.replace(
                 record, traffic=traffic, shadows=_shadows_beside(record.shadows, traffic)
             )

@@ -52,7 +52,7 @@ def to_json(snapshot: Snapshot) -> str:
 
         {"instance": {"controller_address": ..., "controller_pid": ..., "http_address": ...,
                       "log_dir": ...},
-         "endpoints": {name: {"route", "methods", "traffic", "shadows"}},
+         "endpoints": {name: {"route", "methods", "traffic", "shadows", "request_timeout"}},
          "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...}}},
          "replicas": [{"replica_id", "backend", "state", "pid", "address", "error",
                        "cpus", "gpus", "log_path"}]}
@@ -129,11 +129,12 @@ def to_text(snapshot: Snapshot) -> str:
             ",".join(e["methods"]),
             _shares(e["traffic"]),
             _shares(e["shadows"]),
+            f"{_number(e['request_timeout'])}s" if e.get("request_timeout") else "-",
         ]
         for name, e in sorted(snapshot.endpoints.items())
     ]
     parts.append(
-        table(["ENDPOINT", "ROUTE", "METHODS", "TRAFFIC", "SHADOWS"], endpoint_rows)
+        table(["ENDPOINT", "ROUTE", "METHODS", "TRAFFIC", "SHADOWS", "TIMEOUT"], endpoint_rows)
         if endpoint_rows
         else "No endpoints."
     )

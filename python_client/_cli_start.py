@@ -140,6 +140,10 @@ def _check_can_start(options: StartOptions) -> None:
     # its proxy still holds the HTTP port, and the new controller adopts it.
     family = socket.AF_INET6 if ":" in options.grpc_host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # As the gRPC server itself binds: a crashed controller's connections
+        # linger on the port (TIME_WAIT) for a minute and must not block its
+        # restart; a socket that listens there still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((options.grpc_host, options.grpc_port))
         except OSError as exc:

@@ -50,6 +50,8 @@ MAX_CONNECT_RETRIES = 2
 # How long a call waits for its endpoint to show up in the routing snapshot
 # (a handle made with missing_ok=True, or right after create_endpoint).
 ENDPOINT_WAIT_S = 30.0
+# Calls that may wait for their endpoints at once, per process and controller.
+MAX_AWAITING_CALLS = 10_000
 DRAIN_GRACE_S = 30.0
 SHADOW_TIMEOUT_S = 30.0
 BACKOFF_MAX_S = 2.0
@@ -159,6 +161,8 @@ class HandleRouter:
         self._reported = 0
         # backend -> calls waiting for a free replica slot, oldest first
         self._queues: dict[str, collections.deque[_Call]] = {}
+        # Calls whose endpoint is not in the routing snapshot yet, oldest first.
+        self._awaiting: list[_Call] = []
         threads = ((self._watch, "routes"), (self._report_loop, "stats"), (self._reap, "queue"))
         for target, name in threads:
             threading.Thread(target=target, name=f"turnout-handles-{name}", daemon=True).start()
@@ -173,6 +177,7 @@ class HandleRouter:
                     with self._changed:
                         gone = self._router.apply(reply.snapshot)
                         self._changed.notify_all()
+                    self._route_awaiting()
                     self._retry_queued()
                     for conn in gone:
                         if conn.close is not None:
@@ -202,16 +207,6 @@ class HandleRouter:
             return
         self._reported = changes
 
-    def _endpoint(self, name: str) -> EndpointRoute:
-        deadline = time.monotonic() + ENDPOINT_WAIT_S
-        with self._changed:
-            while (route := self._router.table.endpoint(name)) is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise NotFoundError(f"endpoint {name!r} does not exist")
-                self._changed.wait(remaining)
-            return route
-
     # ---- calls -------------------------------------------------------------
 
     def submit(
@@ -219,8 +214,10 @@ class HandleRouter:
     ) -> Future[Any]:
         """Send one call; the future holds the handler's result or a turnout error.
 
-        Never blocks on a full backend: the call then waits in this router's
-        bounded queue and is sent when a replica has a free slot.
+        Never blocks: a call to an endpoint not in the routing snapshot yet waits
+        in the future (up to ``ENDPOINT_WAIT_S``) and leaves when the snapshot
+        has it; a call to a full backend waits in this router's bounded queue
+        and is sent when a replica has a free slot.
         """
         message = replica_pb2.HandleRequest(
             request_id=uuid.uuid4().hex,
@@ -232,7 +229,6 @@ class HandleRouter:
                 headers=[http_pb2.Header(name=n, value=v) for n, v in options.http_headers],
             ),
         )
-        route = self._endpoint(endpoint)
         call = _Call(
             endpoint=endpoint,
             backend="",
@@ -241,17 +237,54 @@ class HandleRouter:
             deadline=None if options.timeout is None else time.monotonic() + options.timeout,
         )
         with self._changed:
-            backend = route.choose_backend(self._router.rng, options.shard_key)
+            route = self._router.table.endpoint(endpoint)
+            if route is None:
+                # Parked under the same lock the watch thread applies snapshots
+                # under, so a snapshot cannot slip in between look and park.
+                if len(self._awaiting) >= MAX_AWAITING_CALLS:
+                    call.result.set_exception(
+                        OverloadedError("too many calls are waiting for endpoints to appear")
+                    )
+                    return call.result
+                call.queued_until = time.monotonic() + ENDPOINT_WAIT_S
+                self._awaiting.append(call)
+                self._changed.notify_all()  # the reaper may need to wake earlier
+                return call.result
+        self._route(call, route)
+        return call.result
+
+    def _route(self, call: _Call, route: EndpointRoute) -> None:
+        """Pick the call's backend by the endpoint's traffic, start its shadows, send it."""
+        with self._changed:
+            backend = route.choose_backend(self._router.rng, call.shard_key)
             shadows = self._router.shadow_targets(route) if route.shadows else []
         if backend is None:
-            self._router.stats.failed_unrouted(endpoint)
-            call.result.set_exception(UnavailableError(f"endpoint {endpoint!r} has no backend"))
-            return call.result
+            self._router.stats.failed_unrouted(call.endpoint)
+            call.result.set_exception(
+                UnavailableError(f"endpoint {call.endpoint!r} has no backend")
+            )
+            return
         call.backend = backend
         for shadow_backend, shadow_conn in shadows:
-            self._shadow(endpoint, shadow_backend, shadow_conn, message, call.primary)
+            self._shadow(call.endpoint, shadow_backend, shadow_conn, call.message, call.primary)
         self._dispatch(call)
-        return call.result
+
+    def _route_awaiting(self) -> None:
+        """A new snapshot: calls whose endpoint it has can leave."""
+        with self._changed:
+            if not self._awaiting:
+                return
+            ready: list[tuple[_Call, EndpointRoute]] = []
+            still: list[_Call] = []
+            for call in self._awaiting:
+                route = self._router.table.endpoint(call.endpoint)
+                if route is None:
+                    still.append(call)
+                else:
+                    ready.append((call, route))
+            self._awaiting = still
+        for call, route in ready:
+            self._route(call, route)
 
     def _dispatch(self, call: _Call) -> None:
         """Send ``call`` now if a replica has room, else queue it (or refuse it)."""
@@ -300,13 +333,14 @@ class HandleRouter:
             self._dispatch(waiting)
 
     def _reap(self) -> None:
-        """Refuse queued calls whose queue timeout or deadline has passed."""
+        """Refuse queued calls whose queue timeout or deadline has passed, and
+        calls whose endpoint did not appear in time."""
         while True:
             with self._changed:
                 now = time.monotonic()
                 expired: list[_Call] = []
                 next_due = now + 1.0
-                for queue in self._queues.values():
+                for queue in (*self._queues.values(), self._awaiting):
                     for call in list(queue):
                         due = call.due()
                         if due <= now:
@@ -317,15 +351,34 @@ class HandleRouter:
                 if not expired:
                     self._changed.wait(next_due - now)
             for call in expired:
-                if call.deadline is not None and call.deadline <= call.queued_until:
-                    error: TurnoutError = DeadlineExceededError(
-                        f"no replica of backend {call.backend!r} was free before the deadline"
-                    )
-                else:
-                    error = OverloadedError(
-                        f"no replica of backend {call.backend!r} was free in time"
-                    )
-                self._fail(call, error)
+                self._expire(call)
+
+    def _expire(self, call: _Call) -> None:
+        before_deadline = call.deadline is not None and call.deadline <= call.queued_until
+        if not call.backend:
+            # Still waiting for its endpoint: it never reached a backend.
+            error: TurnoutError = (
+                DeadlineExceededError(
+                    f"endpoint {call.endpoint!r} did not appear before the deadline"
+                )
+                if before_deadline
+                else NotFoundError(
+                    f"endpoint {call.endpoint!r} does not exist "
+                    f"(waited {ENDPOINT_WAIT_S:g} s for it to be created)"
+                )
+            )
+            call.result.set_exception(error)
+        elif before_deadline:
+            self._fail(
+                call,
+                DeadlineExceededError(
+                    f"no replica of backend {call.backend!r} was free before the deadline"
+                ),
+            )
+        else:
+            self._fail(
+                call, OverloadedError(f"no replica of backend {call.backend!r} was free in time")
+            )
 
     def _retry_queued(self) -> None:
         """Replicas changed: queued calls may fit now (or have nowhere to go)."""

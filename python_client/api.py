@@ -183,9 +183,14 @@ def get_handle(endpoint: str, missing_ok: bool = False) -> EndpointHandle:
     return _current().get_handle(endpoint, missing_ok)
 
 
-def stat() -> dict[str, dict[str, Any]]:
+def stat() -> list[dict[str, Any]]:
     """See ``Client.stat``."""
     return _current().stat()
+
+
+def endpoint_stats() -> dict[str, dict[str, Any]]:
+    """See ``Client.endpoint_stats``."""
+    return _current().endpoint_stats()
 
 
 def update_backend_config(tag: str, config: BackendConfig | dict[str, Any]) -> None:

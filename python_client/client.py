@@ -8,9 +8,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import cloudpickle
 import grpc
 
+from turnout import _pickling
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
@@ -102,14 +102,25 @@ def _spec(
             raise InvalidArgumentError(
                 f"backend {tag!r} is a function: init args are only for classes"
             )
-        spec.pickled_callable = cloudpickle.dumps(func_or_class)
+        spec.pickled_callable = _pickling.dumps(
+            func_or_class,
+            tag,
+            getattr(func_or_class, "__qualname__", "the backend"),
+            "create such objects in __init__ (a class backend's constructor runs in each "
+            "replica) instead of capturing them",
+        )
     else:
         raise TypeError(
             "func_or_class must be a function, a class or an import path str, "
             f"got {type(func_or_class).__name__}"
         )
     if init_args:
-        spec.pickled_init_args = cloudpickle.dumps(tuple(init_args))
+        spec.pickled_init_args = _pickling.dumps(
+            tuple(init_args),
+            tag,
+            "init_args",
+            "create such objects in __init__ (it runs in each replica) instead of passing them",
+        )
     return spec
 
 
@@ -148,6 +159,22 @@ def _replica_options(options: dict[str, Any] | None) -> pb.ReplicaOptions:
     # The controller's own checks (environment names and sizes, bounds), so
     # that a refused value fails here with the same message.
     return validation.replica_options(message)
+
+
+def _shadow_counts(shadow: pb.ShadowStats | None = None) -> dict[str, int]:
+    if shadow is None:
+        return {"sent": 0, "matched": 0, "differed": 0, "failed": 0}
+    return {
+        "sent": shadow.sent,
+        "matched": shadow.matched,
+        "differed": shadow.differed,
+        "failed": shadow.failed,
+    }
+
+
+def _metric(name: str, label: str, value: str, count: int) -> dict[str, Any]:
+    """One entry of ``stat()``, as Ray Serve 0.8's in-memory metric exporter wrote it."""
+    return {"info": {"name": name, "type": "MetricType.COUNTER", label: value}, "value": count}
 
 
 class Client:
@@ -250,6 +277,10 @@ class Client:
         ``num_gpus`` (whole GPUs, or a fraction of one, via
         ``CUDA_VISIBLE_DEVICES``) and ``env`` (extra environment variables).
 
+        The callable and ``init_args`` travel to the replicas pickled: one that
+        holds something that cannot be (a lock, a socket, an open file) raises
+        ``TypeError`` naming it; create such objects in ``__init__`` instead.
+
         Example::
 
             class Counter:
@@ -344,8 +375,10 @@ class Client:
         request_timeout: float | None = None,
     ) -> None:
         """Create an endpoint, optionally on an HTTP route, sending all traffic to
-        ``backend``. ``request_timeout`` (seconds) answers 504 to requests that
-        take longer and cancels their work; ``X-Serve-Timeout-Ms`` overrides it.
+        ``backend`` (required, positional or keyword; ``TypeError`` without it,
+        as in Ray Serve). ``request_timeout`` (seconds) answers 504 to requests
+        that take longer and cancels their work; ``X-Serve-Timeout-Ms``
+        overrides it.
 
         Example::
 
@@ -353,13 +386,17 @@ class Client:
                                   route="/simple", methods=["GET"])
         """
         _check_str(name, "name")
-        if backend is not None:
-            _check_str(backend, "backend")
+        if backend is None:
+            raise TypeError(
+                f"backend must be specified when creating endpoint {name!r}, "
+                "e.g. create_endpoint(name, backend=tag)"
+            )
+        _check_str(backend, "backend")
         if route is not None:
             _check_str(route, "route")
         request = pb.CreateEndpointRequest(
             name=name,
-            backend=backend or "",
+            backend=backend,
             route=route or "",
             methods=_method_list(methods),
             request_timeout=float(_check_timeout(request_timeout) or 0),
@@ -414,7 +451,16 @@ class Client:
         self._call(self._stub.SetTraffic, pb.SetTrafficRequest(endpoint=endpoint, traffic=weights))
 
     def list_endpoints(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"route", "methods", "traffic", "shadows"}}`` for every endpoint."""
+        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout"}}``
+        for every endpoint; ``route`` is None for one reachable only through
+        handles, ``request_timeout`` (seconds) None when there is no limit.
+
+        Example::
+
+            serve.list_endpoints()
+            # {"model": {"route": "/model", "methods": ["GET"], "traffic": {"model": 1.0},
+            #            "shadows": {}, "request_timeout": None}}
+        """
         reply = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
         return {
             e.name: {
@@ -422,6 +468,7 @@ class Client:
                 "methods": list(e.methods),
                 "traffic": {t.backend: t.weight for t in e.traffic},
                 "shadows": {s.backend: s.proportion for s in e.shadows},
+                "request_timeout": e.request_timeout or None,
             }
             for e in reply.endpoints
         }
@@ -429,8 +476,8 @@ class Client:
     def shadow_traffic(self, endpoint: str, backend: str, proportion: float) -> None:
         """Copy a share of an endpoint's requests to ``backend``; 0 removes the shadow.
 
-        The copies' answers never reach the client; ``stat()`` counts how many
-        matched the primary's answer and how many differed.
+        The copies' answers never reach the client; ``endpoint_stats()`` counts
+        how many matched the primary's answer and how many differed.
 
         Example::
 
@@ -449,39 +496,105 @@ class Client:
         """A handle to call ``endpoint`` from Python.
 
         Raises NotFoundError for an unknown endpoint unless ``missing_ok``, in
-        which case calls wait (up to 30 s) for the endpoint to be created.
+        which case ``remote()`` still returns at once and the call waits in its
+        future (up to 30 s, then ``NotFoundError``) for the endpoint to be created.
+
+        Example::
+
+            handle = serve.get_handle("later", missing_ok=True)
+            future = handle.remote(1)  # does not wait
+            serve.create_endpoint("later", "model")
+            print(future.result(timeout=30))
         """
         _check_str(endpoint, "endpoint")
         if not missing_ok:
             self._call(self._stub.GetEndpoint, pb.GetEndpointRequest(name=endpoint))
         return EndpointHandle(self._address, endpoint)
 
-    def stat(self) -> dict[str, dict[str, Any]]:
+    def endpoint_stats(self) -> dict[str, dict[str, Any]]:
         """Counters per endpoint, summed over the proxy and every process's handles:
 
         ``{endpoint: {"requests": {backend: n}, "errors": n,
         "shadows": {backend: {"sent", "matched", "differed", "failed"}}}}``.
-        Routers report about once a second, so the numbers may lag by that much;
-        this process's own handle calls are always included.
+
+        Every endpoint that exists is there from its creation, with a zero for
+        each backend of its traffic and shadows, so reading one never raises
+        ``KeyError`` before the first request; an endpoint deleted after it
+        counted requests stays, with what it counted. ``requests`` counts
+        answered requests (failed ones too); ``errors`` those that failed
+        (HTTP status >= 500, or an error through a handle). Routers report
+        about once a second, so the numbers may lag by that much; this
+        process's own handle calls are always included. ``stat()`` gives
+        the same counters in Ray Serve 0.8's shape.
+
+        Example::
+
+            serve.endpoint_stats()["model"]
+            # {"requests": {"model-v1": 90, "model-v2": 10}, "errors": 0,
+            #  "shadows": {"model-v3": {"sent": 25, "matched": 24, "differed": 1,
+            #                           "failed": 0}}}
         """
         HandleRouter.flush_local(self._address)
         reply = self._call(self._stub.GetStats, pb.GetStatsRequest())
-        return {
-            e.endpoint: {
-                "requests": dict(e.requests_by_backend),
-                "errors": e.errors,
-                "shadows": {
-                    s.backend: {
-                        "sent": s.sent,
-                        "matched": s.matched,
-                        "differed": s.differed,
-                        "failed": s.failed,
-                    }
-                    for s in e.shadows
-                },
+        listed = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
+        stats: dict[str, dict[str, Any]] = {
+            e.name: {
+                "requests": {t.backend: 0 for t in e.traffic},
+                "errors": 0,
+                "shadows": {s.backend: _shadow_counts() for s in e.shadows},
             }
-            for e in reply.endpoints
+            for e in listed.endpoints
         }
+        for e in reply.endpoints:
+            counts = stats.setdefault(e.endpoint, {"requests": {}, "errors": 0, "shadows": {}})
+            counts["requests"].update(dict(e.requests_by_backend))
+            counts["errors"] = e.errors
+            for shadow in e.shadows:
+                counts["shadows"][shadow.backend] = _shadow_counts(shadow)
+        return dict(sorted(stats.items()))
+
+    def stat(self) -> list[dict[str, Any]]:
+        """The counters in Ray Serve 0.8's shape: a list of
+        ``{"info": {"name": ..., "type": "MetricType.COUNTER", "endpoint" or
+        "backend": ...}, "value": n}``, with Ray's metric names:
+
+        - ``num_router_requests`` (per endpoint): requests answered;
+        - ``num_error_endpoint_requests`` (per endpoint): those that failed;
+        - ``backend_request_counter`` (per backend): requests it answered,
+          shadow copies included, over all endpoints.
+
+        Every existing endpoint and backend has its entries, zeros included.
+        ``endpoint_stats()`` has the same counts per endpoint and backend,
+        with how shadows compared.
+
+        Example::
+
+            def requests_to(backend):
+                return sum(
+                    entry["value"]
+                    for entry in serve.stat()
+                    if entry["info"]["name"] == "backend_request_counter"
+                    and entry["info"]["backend"] == backend
+                )
+        """
+        per_endpoint = self.endpoint_stats()
+        backends = self._call(self._stub.ListBackends, pb.ListBackendsRequest()).backends
+        per_backend = dict.fromkeys(sorted(b.tag for b in backends), 0)
+        entries: list[dict[str, Any]] = []
+        for endpoint, counts in per_endpoint.items():
+            for backend, n in counts["requests"].items():
+                per_backend[backend] = per_backend.get(backend, 0) + n
+            for backend, shadow in counts["shadows"].items():
+                answered = shadow["matched"] + shadow["differed"]
+                per_backend[backend] = per_backend.get(backend, 0) + answered
+            answered_requests = sum(counts["requests"].values())
+            entries.append(_metric("num_router_requests", "endpoint", endpoint, answered_requests))
+            entries.append(
+                _metric("num_error_endpoint_requests", "endpoint", endpoint, counts["errors"])
+            )
+        for backend, n in sorted(per_backend.items()):
+            entries.append(_metric("backend_request_counter", "backend", backend, n))
+        return entries
 
     def delete_endpoint(self, name: str) -> None:
         """Delete an endpoint; its backends stay."""

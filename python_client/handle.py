@@ -84,8 +84,8 @@ class EndpointHandle:
 
     def options(
         self,
-        *,
         method_name: str | None = None,
+        *,
         shard_key: str | None = None,
         http_method: str | None = None,
         http_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
@@ -93,7 +93,8 @@ class EndpointHandle:
     ) -> EndpointHandle:
         """A new handle with some call options changed.
 
-        - ``method_name``: method of a class backend to call instead of ``__call__``.
+        - ``method_name`` (also positional, as in Ray Serve: ``options("explain")``):
+          method of a class backend to call instead of ``__call__``.
         - ``shard_key``: the same key goes to the same backend (while the traffic
           weights stay) and the same replica (while its replicas stay).
         - ``http_method``: what the handler sees as ``request.method`` (default GET).

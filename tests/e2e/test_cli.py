@@ -22,10 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import requests
 import yaml
 from conftest import processes_mentioning, wait_until
+
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import controller_pb2_grpc
 
 # Backends the instances import by path, as an operator's project would hold them.
 APP = """
@@ -74,6 +78,7 @@ endpoints:
   greet:
     route: /greet
     backend: greeter
+    request_timeout: 5
   echo:
     route: /echo
     backend: echo
@@ -262,8 +267,9 @@ def test_detached_start_wrote_a_pid_file_and_refuses_a_second_start(running: Hom
 def test_status_shows_endpoints_backends_and_replicas(running: Home) -> None:
     table = running.run("status").stdout
     lines = [" ".join(line.split()) for line in table.splitlines()]
-    assert "ENDPOINT ROUTE METHODS TRAFFIC SHADOWS" in lines
-    assert "greet /greet GET greeter 1 -" in lines
+    assert "ENDPOINT ROUTE METHODS TRAFFIC SHADOWS TIMEOUT" in lines
+    assert "greet /greet GET greeter 1 - 5s" in lines
+    assert "echo /echo GET echo 1 - -" in lines
     assert "BACKEND WANTED RUNNING STARTING STOPPING FAILED CONFIG" in lines
     assert "greeter 2 2 0 0 0 defaults" in lines
     assert sum(line.startswith("greeter#") and " RUNNING " in line for line in lines) == 2
@@ -274,7 +280,9 @@ def test_status_shows_endpoints_backends_and_replicas(running: Home) -> None:
         "methods": ["GET"],
         "traffic": {"greeter": 1.0},
         "shadows": {},
+        "request_timeout": 5.0,
     }
+    assert document["endpoints"]["echo"]["request_timeout"] is None
     assert document["backends"]["greeter"]["config"]["num_replicas"] == 2
     assert document["backends"]["greeter"]["replicas"]["RUNNING"] == 2
     replicas = [r for r in document["replicas"] if r["backend"] == "greeter"]
@@ -469,4 +477,34 @@ def test_a_killed_controller_is_restarted_and_adopts_what_kept_serving(home: Hom
     assert {r["pid"] for r in after["replicas"]} == replica_pids
     assert requests.get(f"{home.http}/echo", params={"word": "again"}).text == "again"
     home.run("stop")
+    assert home.processes() == []
+
+
+def test_start_after_a_crash_with_clients_connected_is_not_refused(home: Home) -> None:
+    """The killed controller's end of each open connection closes first and
+    lingers (TIME_WAIT) on the gRPC port: that is no listener, so a restart,
+    as systemd's Restart=on-failure makes at once, must not trip on it."""
+    home.start_detached()
+    controller = int((home.data_dir / "turnout.pid").read_text())
+    with grpc.insecure_channel(home.address) as channel:
+        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        assert stub.GetInstance(pb.GetInstanceRequest(), timeout=10).controller_pid == controller
+        os.kill(controller, signal.SIGKILL)
+        wait_until(lambda: home.run("status", check=False).returncode == 1)
+
+        restarted = home.start_detached()
+        assert "Turnout is running" in restarted.stdout
+        reply = stub.GetInstance(pb.GetInstanceRequest(), timeout=10, wait_for_ready=True)
+        assert reply.controller_pid not in (0, controller)
+    home.run("stop")
+    assert home.processes() == []
+
+
+def test_start_refuses_a_port_something_listens_on(home: Home) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", home.grpc_port))
+        taken.listen()
+        refused = home.run("start", "--detach", *home.ports(), check=False)
+    assert refused.returncode == 1
+    assert f"port {home.grpc_port} on 127.0.0.1 is already in use" in refused.stderr
     assert home.processes() == []

@@ -69,6 +69,8 @@ def test_options_make_new_handles(client: turnout.Client, deploy: Deploy) -> Non
     seen = posted.remote().result(timeout=30)
     assert (seen["method"], seen["header"]) == ("POST", "t1")
     assert plain.remote().result(timeout=30)["method"] == "GET"
+    # The method name positionally, as Ray Serve 0.8 and 1.0 take it.
+    assert plain.options("double").remote(21).result(timeout=30) == 42
     with pytest.raises(turnout.InvalidArgumentError):
         plain.options(http_method="FETCH")
     with pytest.raises(TypeError):
@@ -93,8 +95,28 @@ def test_missing_ok_handle_waits_for_its_endpoint(client: turnout.Client, unique
     name = unique("late")
     handle = client.get_handle(name, missing_ok=True)
     client.create_backend(name, Inspect)
+    # remote() returns at once (it never holds the caller's thread or event
+    # loop); the call waits inside its future for the endpoint to appear.
+    pending = handle.remote(5)
+    assert not pending.done()
     client.create_endpoint(name, name)
-    assert handle.remote(5).result(timeout=30)["data"] == 5
+    assert pending.result(timeout=30)["data"] == 5
+    assert handle.remote(6).result(timeout=30)["data"] == 6
+
+
+def test_a_call_to_an_endpoint_that_never_appears_fails_in_its_future(
+    client: turnout.Client, unique: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from turnout import _handle_router
+
+    monkeypatch.setattr(_handle_router, "ENDPOINT_WAIT_S", 0.5)
+    handle = client.get_handle(unique("never"), missing_ok=True)
+    with pytest.raises(turnout.NotFoundError, match="does not exist"):
+        handle.remote().result(timeout=30)
+    # A shorter timeout of the call's own ends the wait first.
+    monkeypatch.setattr(_handle_router, "ENDPOINT_WAIT_S", 30.0)
+    with pytest.raises(turnout.DeadlineExceededError):
+        handle.options(timeout=0.5).remote().result(timeout=30)
 
 
 def test_handles_pickle_and_follow_the_shard_key(client: turnout.Client, deploy: Deploy) -> None:

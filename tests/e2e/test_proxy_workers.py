@@ -77,7 +77,7 @@ def test_metrics_and_stats_count_the_requests_of_every_worker(two_workers: Clien
 
     wait_until(every_worker_shows_30, timeout=15)
     wait_until(
-        lambda: two_workers.stat().get("w-count", {}).get("requests") == {"w-count": 30},
+        lambda: two_workers.endpoint_stats().get("w-count", {}).get("requests") == {"w-count": 30},
         timeout=15,
     )
 

@@ -75,11 +75,11 @@ def test_weighted_split_is_statistically_right(
     assert abs(counts["v2"] / 10_000 - 0.8) < 0.03
 
     def reported() -> bool:
-        stats = client.stat().get(endpoint, {})
+        stats = client.endpoint_stats().get(endpoint, {})
         return sum(stats.get("requests", {}).values()) >= 10_000  # type: ignore[no-any-return]
 
     wait_until(reported, timeout=10)
-    requests_by_backend = client.stat()[endpoint]["requests"]
+    requests_by_backend = client.endpoint_stats()[endpoint]["requests"]
     assert requests_by_backend[v1] == counts["v1"]
     assert requests_by_backend[v2] == counts["v2"]
 
@@ -103,6 +103,21 @@ def test_bad_traffic_is_refused_and_changes_nothing(
         assert client.list_endpoints()[endpoint] == before
     with pytest.raises(TypeError):
         client.set_traffic(endpoint, [(v1, 1.0)])  # type: ignore[arg-type]
+
+
+def test_weight_zero_leaves_the_split_so_the_backend_can_be_deleted(
+    client: turnout.Client, two_versions: tuple[str, str, str]
+) -> None:
+    # The last step of a rollout as users write it: {old: 0, new: 1}, then delete old.
+    # (Ray 0.8 kept the zero weight and refused the delete; docs/ray-compatibility.md.)
+    endpoint, v1, v2 = two_versions
+    client.set_traffic(endpoint, {v1: 0.0, v2: 1.0})
+    assert client.list_endpoints()[endpoint]["traffic"] == {v2: 1.0}
+    client.delete_backend(v1)
+    assert v1 not in client.list_backends()
+    assert requests.get(f"{client.http_address}/{endpoint}").json()["version"] == "v2"
+    with pytest.raises(turnout.NotFoundError):
+        client.set_traffic(endpoint, {v1: 0.0, v2: 1.0})  # an unknown name is still refused
 
 
 def test_new_split_applies_without_dropping_requests_in_flight(
@@ -144,6 +159,53 @@ def explode(request: Any) -> None:
     raise RuntimeError("candidate is broken")
 
 
+def test_stat_has_ray_serve_08s_shape_and_names(
+    client: turnout.Client, deploy: Deploy, unique: Any
+) -> None:
+    app = deploy(Power, 2)
+    endpoint = app.backend
+    shadow = unique("cube")
+    client.create_backend(shadow, Power, 3)
+    client.shadow_traffic(endpoint, shadow, 1.0)
+    # Listed from the start, with zeros: reading them never raises KeyError.
+    zero = {"sent": 0, "matched": 0, "differed": 0, "failed": 0}
+    assert client.endpoint_stats()[endpoint] == {
+        "requests": {endpoint: 0},
+        "errors": 0,
+        "shadows": {shadow: zero},
+    }
+
+    def value(name: str, label: str, of: str) -> int:
+        [count] = [
+            entry["value"]
+            for entry in client.stat()
+            if entry["info"] == {"name": name, "type": "MetricType.COUNTER", label: of}
+        ]
+        return count  # type: ignore[no-any-return]
+
+    assert value("backend_request_counter", "backend", shadow) == 0
+    for x in range(5):
+        assert requests.get(app.url, params={"x": x}).json() == {"y": x * x}
+    # int("two") raises in the handler: a 500, counted as an error.
+    assert requests.get(app.url, params={"x": "two"}).status_code == 500
+
+    # As Ray Serve's own shadow test reads it.
+    def requests_to(backend: str) -> int:
+        return sum(
+            entry["value"]
+            for entry in client.stat()
+            if entry["info"]["name"] == "backend_request_counter"
+            and entry["info"]["backend"] == backend
+        )
+
+    wait_until(lambda: requests_to(shadow) == 6 and requests_to(endpoint) == 6, timeout=30)
+    assert value("num_router_requests", "endpoint", endpoint) == 6
+    assert value("num_error_endpoint_requests", "endpoint", endpoint) == 1
+    assert all(set(entry) == {"info", "value"} for entry in client.stat())
+    stats = client.endpoint_stats()[endpoint]
+    assert (stats["requests"], stats["errors"]) == ({endpoint: 6}, 1)
+
+
 def test_shadows_never_reach_or_hold_the_client_and_are_compared(
     client: turnout.Client, deploy: Deploy, tmp_path: Path
 ) -> None:
@@ -171,7 +233,7 @@ def test_shadows_never_reach_or_hold_the_client_and_are_compared(
         assert reply.status_code == 200 and reply.json() == {"y": x * x}
 
     def compared() -> bool:
-        counts = client.stat().get(endpoint, {}).get("shadows", {})
+        counts = client.endpoint_stats().get(endpoint, {}).get("shadows", {})
         return (
             all(
                 b in counts and counts[b]["matched"] + counts[b]["differed"] == counts[b]["sent"]
@@ -181,7 +243,7 @@ def test_shadows_never_reach_or_hold_the_client_and_are_compared(
         )
 
     wait_until(compared, timeout=30)
-    counts = client.stat()[endpoint]["shadows"]
+    counts = client.endpoint_stats()[endpoint]["shadows"]
     assert counts[sleepy] == {"sent": 100, "matched": 100, "differed": 0, "failed": 0}
     # x = 0 or 1 would cube to the same; x runs from 2, so every cube differs.
     assert counts[cube] == {"sent": 100, "matched": 0, "differed": 100, "failed": 0}
@@ -326,8 +388,10 @@ def test_update_endpoint_moves_the_route_and_sets_the_timeout(
     moved = client.http_address + new_route
     assert requests.get(moved).json()["version"] == "a"
     assert client.list_endpoints()[app.backend]["methods"] == ["GET"]  # kept
+    assert client.list_endpoints()[app.backend]["request_timeout"] is None
 
     client.update_endpoint(app.backend, request_timeout=0.2)
+    assert client.list_endpoints()[app.backend]["request_timeout"] == 0.2
     started, release = tmp_path / "started", tmp_path / "release"
     reply = requests.get(moved, params={"started": str(started), "release": str(release)})
     release.touch()

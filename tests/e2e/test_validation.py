@@ -3,6 +3,7 @@ A refused call changes nothing."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -58,12 +59,16 @@ GRPC_CASES: list[tuple[str, grpc.StatusCode, Callable[[Any], Any]]] = [
     (
         "duplicate endpoint name",
         grpc.StatusCode.ALREADY_EXISTS,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="v-endpoint")),
+        lambda s: s.CreateEndpoint(
+            pb.CreateEndpointRequest(name="v-endpoint", backend="v-backend")
+        ),
     ),
     (
         "duplicate route",
         grpc.StatusCode.ALREADY_EXISTS,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="other", route="/v-route")),
+        lambda s: s.CreateEndpoint(
+            pb.CreateEndpointRequest(name="other", backend="v-backend", route="/v-route")
+        ),
     ),
     (
         "unknown backend",
@@ -93,17 +98,26 @@ GRPC_CASES: list[tuple[str, grpc.StatusCode, Callable[[Any], Any]]] = [
     (
         "empty endpoint name",
         grpc.StatusCode.INVALID_ARGUMENT,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="")),
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="", backend="v-backend")),
     ),
     (
         "route without leading slash",
         grpc.StatusCode.INVALID_ARGUMENT,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="e3", route="simple")),
+        lambda s: s.CreateEndpoint(
+            pb.CreateEndpointRequest(name="e3", backend="v-backend", route="simple")
+        ),
     ),
     (
         "unknown HTTP method",
         grpc.StatusCode.INVALID_ARGUMENT,
-        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="e4", methods=["FETCH"])),
+        lambda s: s.CreateEndpoint(
+            pb.CreateEndpointRequest(name="e4", backend="v-backend", methods=["FETCH"])
+        ),
+    ),
+    (
+        "endpoint without a backend",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(name="e6", route="/e6")),
     ),
     (
         "num_replicas 0",
@@ -182,16 +196,20 @@ PYTHON_CASES: list[tuple[str, type[Exception], Callable[[turnout.Client], Any]]]
     ("unknown endpoint", turnout.NotFoundError, lambda c: c.delete_endpoint("nope")),
     ("delete backend in use", turnout.InUseError, lambda c: c.delete_backend("v-backend")),
     ("empty backend tag", turnout.InvalidArgumentError, lambda c: c.create_backend("", hello)),
-    ("empty endpoint name", turnout.InvalidArgumentError, lambda c: c.create_endpoint("")),
+    (
+        "empty endpoint name",
+        turnout.InvalidArgumentError,
+        lambda c: c.create_endpoint("", "v-backend"),
+    ),
     (
         "route without leading slash",
         turnout.InvalidArgumentError,
-        lambda c: c.create_endpoint("e3", route="simple"),
+        lambda c: c.create_endpoint("e3", "v-backend", route="simple"),
     ),
     (
         "unknown HTTP method",
         turnout.InvalidArgumentError,
-        lambda c: c.create_endpoint("e4", methods=["FETCH"]),
+        lambda c: c.create_endpoint("e4", "v-backend", methods=["FETCH"]),
     ),
     (
         "num_replicas 0",
@@ -215,7 +233,18 @@ PYTHON_CASES: list[tuple[str, type[Exception], Callable[[turnout.Client], Any]]]
     ),
     ("tag of wrong type", TypeError, lambda c: c.create_backend(42, hello)),  # type: ignore[arg-type]
     ("backend of wrong type", TypeError, lambda c: c.create_backend("t", 42)),  # type: ignore[arg-type]
-    ("methods as a str", TypeError, lambda c: c.create_endpoint("e5", methods="GET")),
+    (
+        "methods as a str",
+        TypeError,
+        lambda c: c.create_endpoint("e5", "v-backend", methods="GET"),
+    ),
+    # As Ray Serve: an endpoint needs a backend to send its traffic to.
+    ("endpoint without a backend", TypeError, lambda c: c.create_endpoint("e6", route="/e6")),
+    (
+        "endpoint with backend=None",
+        TypeError,
+        lambda c: c.create_endpoint("e7", backend=None, route="/e7"),
+    ),
     (
         "num_replicas of wrong type",
         TypeError,
@@ -254,6 +283,56 @@ def test_constructor_error_names_the_cause(client: turnout.Client) -> None:
     with pytest.raises(turnout.InvalidArgumentError, match="weights file missing"):
         client.create_backend("broken", Broken)
     assert "broken" not in client.list_backends()
+
+
+_LOCK = threading.Lock()
+
+
+def test_unpicklable_code_names_the_backend_and_the_object(client: turnout.Client) -> None:
+    """cloudpickle says only "cannot pickle '_thread.lock' object"; the error
+    says which backend, which object, and what to do instead."""
+    lock = threading.Lock()
+
+    def in_closure(request: Any) -> str:
+        with lock:
+            return "never"
+
+    def locked(request: Any) -> str:
+        with _LOCK:
+            return "never"
+
+    class Cached:
+        cache_lock = threading.Lock()
+
+        def __call__(self, request: Any) -> str:
+            return "never"
+
+    class Holder:
+        def __init__(self) -> None:
+            self.mutex = threading.Lock()
+
+    class Takes:
+        def __init__(self, greeting: str, holder: Holder) -> None:
+            self.holder = holder
+
+        def __call__(self, request: Any) -> str:
+            return "never"
+
+    cases: list[tuple[Any, tuple[Any, ...], str]] = [
+        (in_closure, (), "closure variable 'lock' of "),
+        (locked, (), "global '_LOCK' used by "),
+        (Cached, (), "Cached.cache_lock"),
+        (Takes, ("hi", Holder()), "init_args[1].mutex"),
+    ]
+    for code, init_args, culprit in cases:
+        with pytest.raises(TypeError) as info:
+            client.create_backend("unpicklable", code, *init_args)
+        message = str(info.value)
+        assert message.startswith("backend 'unpicklable': cannot pickle "), message
+        assert culprit in message and "(a _thread.lock)" in message, message
+        assert "cannot pickle '_thread.lock' object" in message
+        assert "create such objects in __init__" in message
+    assert "unpicklable" not in client.list_backends()
 
 
 def test_calls_without_an_instance_say_how_to_start_one() -> None:

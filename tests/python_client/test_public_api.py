@@ -35,6 +35,7 @@ EXPECTED = {
     "create_endpoint",
     "delete_backend",
     "delete_endpoint",
+    "endpoint_stats",
     "get_backend_config",
     "get_handle",
     "init",

@@ -731,7 +731,9 @@ class CreateEndpointRequest(_message.Message):
     name: _builtins.str
     """Unique name; non-empty."""
     backend: _builtins.str
-    """Backend that gets all traffic; empty = none yet (set it with SetTraffic)."""
+    """Backend that gets all traffic; required (INVALID_ARGUMENT when empty, as
+    Ray Serve refuses an endpoint without one). SetTraffic splits it later.
+    """
     route: _builtins.str
     """HTTP route, starting with "/"; empty = no HTTP route."""
     request_timeout: _builtins.float
