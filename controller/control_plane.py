@@ -9,9 +9,11 @@ that affect routing return only after the proxy applied them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +54,17 @@ class ControlPlane:
         self._resources = resources or ResourcePool()
         self._sets: dict[str, ReplicaSet] = {}
         self._spec_versions: dict[str, int] = {}
-        # Admin changes run one at a time: each sees the state the previous left.
+        # Admin changes run one at a time: each sees the state the previous
+        # left. Starting and stopping replicas, which may take long, happens
+        # outside it, under the backend's own lock (``_backend_lock``), so a
+        # big start of one backend holds up no change of another.
         self._lock = asyncio.Lock()
+        # tag -> its lock and how many calls hold or wait for it (dropped at 0,
+        # so that calls naming any tag leave nothing behind).
+        self._backend_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # tag -> replicas counted for it while a change of it is in flight
+        # (a backend being created, or the larger of old and new count).
+        self._reserved: dict[str, int] = {}
 
     # ---- backends -------------------------------------------------------
 
@@ -66,37 +77,66 @@ class ControlPlane:
         )
         return self._launcher.write_spec(request, version)
 
+    @contextlib.asynccontextmanager
+    async def _backend_lock(self, tag: str) -> AsyncIterator[None]:
+        """Changes of one backend run one at a time, apart from the others'."""
+        lock, users = self._backend_locks.setdefault(tag, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._backend_locks[tag]
+
     async def create_backend(self, request: pb.CreateBackendRequest) -> pb.Backend:
         tag = validation.name(request.tag, "backend tag")
         spec = validation.spec(request.spec)
         config = validation.full_config(request.config)
         options = validation.replica_options(request.replica_options)
-        async with self._lock:
-            record = BackendRecord(tag=tag, spec=spec, config=config, options=options)
-            existing = self._store.backends().get(tag)
-            if existing is not None:
-                if existing == record:
-                    # A retry of a call that succeeded: same answer, no duplicate.
-                    return self._backend(tag)
-                raise AlreadyExistsError(f"backend {tag!r} already exists with other content")
-            self._check_capacity(config.num_replicas)
-            replicas = self._replica_set(record)
-            replicas.check_fits(config.num_replicas)
-            self._sets[tag] = replicas
+        record = BackendRecord(tag=tag, spec=spec, config=config, options=options)
+        async with self._backend_lock(tag):
+            async with self._lock:
+                existing = self._store.backends().get(tag)
+                if existing is not None:
+                    if existing == record:
+                        # A retry of a call that succeeded: same answer, no duplicate.
+                        return self._backend(tag)
+                    raise AlreadyExistsError(f"backend {tag!r} already exists with other content")
+                self._check_capacity(config.num_replicas)
+                replicas = self._replica_set(record)
+                replicas.check_fits(config.num_replicas)
+                self._sets[tag] = replicas
+                self._reserved[tag] = config.num_replicas
             try:
                 await replicas.scale(config.num_replicas)
             except ReplicaStartError as exc:
-                await replicas.stop()
-                self._sets.pop(tag, None)
+                await self._discard(tag, replicas)
                 raise start_error_to_user_error(exc, tag) from None
-            try:
-                self._store.put_backend(record)
             except BaseException:
-                # Not recorded, so not acknowledged: nothing may stay running.
-                await replicas.stop()
-                self._sets.pop(tag, None)
+                await self._discard(tag, replicas)
                 raise
+            async with self._lock:
+                self._reserved.pop(tag, None)
+                if self._sets.get(tag) is not replicas:
+                    raise TurnoutError(f"backend {tag!r} was not created: the instance stopped")
+                try:
+                    self._store.put_backend(record)
+                except BaseException:
+                    # Not recorded, so not acknowledged: nothing may stay running.
+                    self._sets.pop(tag, None)
+                    await replicas.stop()
+                    raise
         return self._backend(tag)
+
+    async def _discard(self, tag: str, replicas: ReplicaSet) -> None:
+        """Undo a backend that was never recorded."""
+        await replicas.stop()
+        async with self._lock:
+            self._reserved.pop(tag, None)
+            if self._sets.get(tag) is replicas:
+                del self._sets[tag]
 
     def _replica_set(self, record: BackendRecord) -> ReplicaSet:
         return ReplicaSet(
@@ -150,13 +190,16 @@ class ControlPlane:
     async def update_backend(self, tag: str, spec: pb.BackendSpec) -> pb.Backend:
         """New code under the same tag, rolled out replica by replica."""
         spec = validation.spec(spec)
-        async with self._lock:
-            record = dataclasses.replace(self._backend_record(tag), spec=spec)
+        async with self._backend_lock(tag):
+            async with self._lock:
+                record = dataclasses.replace(self._backend_record(tag), spec=spec)
+                replicas = self._sets[tag]
             try:
-                await self._sets[tag].roll(self._write_spec(record), replica_digest(record))
+                await replicas.roll(self._write_spec(record), replica_digest(record))
             except ReplicaStartError as exc:
                 raise start_error_to_user_error(exc, tag) from None
-            self._store.put_backend(record)
+            async with self._lock:
+                self._store.put_backend(record)
         return self._backend(tag)
 
     def get_backend(self, tag: str) -> pb.Backend:
@@ -170,55 +213,72 @@ class ControlPlane:
 
     async def update_backend_config(self, tag: str, update: pb.BackendConfig) -> pb.Backend:
         validation.config_update(update)
-        async with self._lock:
-            record = self._backend_record(tag)
-            replicas = self._sets[tag]
-            config = pb.BackendConfig()
-            config.CopyFrom(record.config)
-            config.MergeFrom(update)
-            _check_capabilities(tag, config, replicas.capabilities)
-            self._check_capacity(config.num_replicas, replacing=tag)
-            new = dataclasses.replace(record, config=config)
-            spec_path = self._write_spec(new)
-            restart = any(
-                getattr(config, f) != getattr(record.config, f) for f in validation.RESTART_FIELDS
-            )
-            reconfigure = config.user_config_json != record.config.user_config_json or (
-                config.HasField("user_config_json") != record.config.HasField("user_config_json")
-            )
-            previous_path, previous_config = replicas.spec_path, replicas.config
-            previous_digest = replicas.digest
-            replicas.config = config
+        async with self._backend_lock(tag):
+            async with self._lock:
+                record = self._backend_record(tag)
+                replicas = self._sets[tag]
+                config = pb.BackendConfig()
+                config.CopyFrom(record.config)
+                config.MergeFrom(update)
+                _check_capabilities(tag, config, replicas.capabilities)
+                self._check_capacity(config.num_replicas, replacing=tag)
+                self._reserved[tag] = max(config.num_replicas, record.config.num_replicas)
             try:
-                if restart:
-                    await replicas.roll(spec_path, replica_digest(new))
-                else:
-                    replicas.spec_path = spec_path
-                    if reconfigure and config.HasField("user_config_json"):
-                        await replicas.reconfigure(config.user_config_json)
-                    replicas.set_digest(replica_digest(new))
-                await replicas.scale(config.num_replicas)
-            except (ReplicaStartError, InvalidArgumentError) as exc:
-                replicas.spec_path, replicas.config = previous_path, previous_config
-                replicas.digest = previous_digest
-                if isinstance(exc, ReplicaStartError):
-                    raise start_error_to_user_error(exc, tag) from None
-                raise
-            self._store.put_backend(new)
-            await self.routes_changed()
+                await self._apply_config(record, config, replicas)
+            finally:
+                self._reserved.pop(tag, None)
         return self._backend(tag)
 
-    async def delete_backend(self, tag: str) -> None:
+    async def _apply_config(
+        self, record: BackendRecord, config: pb.BackendConfig, replicas: ReplicaSet
+    ) -> None:
+        """Restart, reconfigure and scale ``replicas`` to ``config``, then record it."""
+        tag = record.tag
+        new = dataclasses.replace(record, config=config)
+        spec_path = self._write_spec(new)
+        restart = any(
+            getattr(config, f) != getattr(record.config, f) for f in validation.RESTART_FIELDS
+        )
+        reconfigure = config.user_config_json != record.config.user_config_json or (
+            config.HasField("user_config_json") != record.config.HasField("user_config_json")
+        )
+        previous_path, previous_config = replicas.spec_path, replicas.config
+        previous_digest = replicas.digest
+        replicas.config = config
+        try:
+            if restart:
+                await replicas.roll(spec_path, replica_digest(new))
+            else:
+                replicas.spec_path = spec_path
+                if reconfigure and config.HasField("user_config_json"):
+                    await replicas.reconfigure(config.user_config_json)
+                replicas.set_digest(replica_digest(new))
+            await replicas.scale(config.num_replicas)
+        except (ReplicaStartError, InvalidArgumentError) as exc:
+            replicas.spec_path, replicas.config = previous_path, previous_config
+            replicas.digest = previous_digest
+            if isinstance(exc, ReplicaStartError):
+                raise start_error_to_user_error(exc, tag) from None
+            raise
         async with self._lock:
-            self._backend_record(tag)
-            users = sorted(e.name for e in self._store.endpoints().values() if tag in e.backends())
-            if users:
-                raise InUseError(
-                    f"backend {tag!r} is used by endpoint(s) {', '.join(users)}; "
-                    "change their traffic or delete them first"
+            self._store.put_backend(new)
+        await self.routes_changed()
+
+    async def delete_backend(self, tag: str) -> None:
+        async with self._backend_lock(tag):
+            async with self._lock:
+                self._backend_record(tag)
+                users = sorted(
+                    e.name for e in self._store.endpoints().values() if tag in e.backends()
                 )
-            self._store.delete_backend(tag)
-            replicas = self._sets.pop(tag)
+                if users:
+                    raise InUseError(
+                        f"backend {tag!r} is used by endpoint(s) {', '.join(users)}; "
+                        "change their traffic or delete them first"
+                    )
+                self._store.delete_backend(tag)
+                replicas = self._sets.pop(tag)
+            # Outside the admin lock: stopping waits for graceful shutdowns.
             await replicas.stop()
             await self.routes_changed()
 
@@ -387,9 +447,11 @@ class ControlPlane:
     def _check_capacity(self, count: int, replacing: str = "") -> None:
         """Raise CapacityError unless ``count`` replicas (for a new backend, or
         instead of those of ``replacing``) fit the instance's max_replicas."""
-        others = sum(
-            b.config.num_replicas for tag, b in self._store.backends().items() if tag != replacing
-        )
+        counted = {tag: b.config.num_replicas for tag, b in self._store.backends().items()}
+        # Changes in flight count what they may run (a roll runs one more).
+        counted.update(self._reserved)
+        counted.pop(replacing, None)
+        others = sum(counted.values())
         if others + count > self.max_replicas:
             raise CapacityError(
                 f"{count} replica(s) do not fit: this instance runs at most "

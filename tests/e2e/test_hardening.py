@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -122,6 +123,44 @@ def test_replicas_beyond_max_replicas_are_refused_before_any_starts(
         assert len(small.list_replicas("cap-a")) == SMALL_MAX_REPLICAS
     finally:
         small.delete_backend("cap-a")
+
+
+class Gated:
+    """Its constructor waits (bounded) until the file ``gate`` exists."""
+
+    def __init__(self, gate: str) -> None:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def __call__(self, request: Any) -> str:
+        return "gated"
+
+
+def test_a_start_in_progress_holds_up_no_change_of_another_backend(
+    small: turnout.Client, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    small.create_backend("quick", answering("q"), config={"num_replicas": 2})
+    creating = threading.Thread(target=small.create_backend, args=("gated", Gated, str(gate)))
+    creating.start()
+    try:
+        wait_until(lambda: any(r.backend == "gated" for r in small.list_replicas()))
+        scaling = threading.Thread(
+            target=small.update_backend_config, args=("quick", {"num_replicas": 1})
+        )
+        scaling.start()
+        # Done while the other backend is still starting (its gate is shut).
+        wait_until(lambda: not scaling.is_alive())
+        assert len(small.list_replicas("quick")) == 1
+        assert not gate.exists() and creating.is_alive()
+    finally:
+        gate.touch()
+        creating.join(60)
+        for tag in ("quick", "gated"):
+            if tag in small.list_backends():
+                small.delete_backend(tag)
+    assert small.list_backends() == {}
 
 
 # ---- 3. replica options that exec() refuses fail fast ----------------------------
