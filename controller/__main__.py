@@ -27,6 +27,7 @@ from pathlib import Path
 from turnout import _logging, _process
 from turnout.errors import TurnoutError
 
+from .resources import default_max_replicas
 from .server import Controller, ControllerOptions
 
 OWNER_POLL_S = 0.5
@@ -74,7 +75,16 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         metavar="N",
         help="run the HTTP proxy as N processes sharing its port (SO_REUSEPORT; default 1)",
     )
+    parser.add_argument(
+        "--max-replicas",
+        type=int,
+        metavar="N",
+        help="most replicas of all backends together; more are refused "
+        "(default: max(16, min(4 x CPUs, 2 x memory GiB)))",
+    )
     args = parser.parse_args(argv)
+    if args.max_replicas is not None and args.max_replicas < 1:
+        parser.error(f"--max-replicas must be >= 1, got {args.max_replicas}")
     if args.proxy_workers < 1:
         parser.error(f"--proxy-workers must be >= 1, got {args.proxy_workers}")
     if args.durable:
@@ -126,6 +136,7 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
         durable=args.durable,
         access_log=args.access_log,
         proxy_workers=args.proxy_workers,
+        max_replicas=args.max_replicas or default_max_replicas(),
     )
     try:
         controller = Controller(options)

@@ -9,14 +9,17 @@ that affect routing return only after the proxy applied them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from turnout.errors import (
     AlreadyExistsError,
+    CapacityError,
     InUseError,
     InvalidArgumentError,
     NotFoundError,
@@ -41,15 +44,27 @@ class ControlPlane:
         launcher: ProcessLauncher,
         publisher: RoutePublisher,
         resources: ResourcePool | None = None,
+        *,
+        max_replicas: int = 16,
     ) -> None:
         self._store = store
+        self.max_replicas = max_replicas
         self._launcher = launcher
         self._publisher = publisher
         self._resources = resources or ResourcePool()
         self._sets: dict[str, ReplicaSet] = {}
         self._spec_versions: dict[str, int] = {}
-        # Admin changes run one at a time: each sees the state the previous left.
+        # Admin changes run one at a time: each sees the state the previous
+        # left. Starting and stopping replicas, which may take long, happens
+        # outside it, under the backend's own lock (``_backend_lock``), so a
+        # big start of one backend holds up no change of another.
         self._lock = asyncio.Lock()
+        # tag -> its lock and how many calls hold or wait for it (dropped at 0,
+        # so that calls naming any tag leave nothing behind).
+        self._backend_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        # tag -> replicas counted for it while a change of it is in flight
+        # (a backend being created, or the larger of old and new count).
+        self._reserved: dict[str, int] = {}
 
     # ---- backends -------------------------------------------------------
 
@@ -62,36 +77,66 @@ class ControlPlane:
         )
         return self._launcher.write_spec(request, version)
 
+    @contextlib.asynccontextmanager
+    async def _backend_lock(self, tag: str) -> AsyncIterator[None]:
+        """Changes of one backend run one at a time, apart from the others'."""
+        lock, users = self._backend_locks.setdefault(tag, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._backend_locks[tag]
+
     async def create_backend(self, request: pb.CreateBackendRequest) -> pb.Backend:
         tag = validation.name(request.tag, "backend tag")
         spec = validation.spec(request.spec)
         config = validation.full_config(request.config)
         options = validation.replica_options(request.replica_options)
-        async with self._lock:
-            record = BackendRecord(tag=tag, spec=spec, config=config, options=options)
-            existing = self._store.backends().get(tag)
-            if existing is not None:
-                if existing == record:
-                    # A retry of a call that succeeded: same answer, no duplicate.
-                    return self._backend(tag)
-                raise AlreadyExistsError(f"backend {tag!r} already exists with other content")
-            replicas = self._replica_set(record)
-            replicas.check_fits(config.num_replicas)
-            self._sets[tag] = replicas
+        record = BackendRecord(tag=tag, spec=spec, config=config, options=options)
+        async with self._backend_lock(tag):
+            async with self._lock:
+                existing = self._store.backends().get(tag)
+                if existing is not None:
+                    if existing == record:
+                        # A retry of a call that succeeded: same answer, no duplicate.
+                        return self._backend(tag)
+                    raise AlreadyExistsError(f"backend {tag!r} already exists with other content")
+                self._check_capacity(config.num_replicas)
+                replicas = self._replica_set(record)
+                replicas.check_fits(config.num_replicas)
+                self._sets[tag] = replicas
+                self._reserved[tag] = config.num_replicas
             try:
                 await replicas.scale(config.num_replicas)
             except ReplicaStartError as exc:
-                await replicas.stop()
-                del self._sets[tag]
+                await self._discard(tag, replicas)
                 raise start_error_to_user_error(exc, tag) from None
-            try:
-                self._store.put_backend(record)
             except BaseException:
-                # Not recorded, so not acknowledged: nothing may stay running.
-                await replicas.stop()
-                del self._sets[tag]
+                await self._discard(tag, replicas)
                 raise
+            async with self._lock:
+                self._reserved.pop(tag, None)
+                if self._sets.get(tag) is not replicas:
+                    raise TurnoutError(f"backend {tag!r} was not created: the instance stopped")
+                try:
+                    self._store.put_backend(record)
+                except BaseException:
+                    # Not recorded, so not acknowledged: nothing may stay running.
+                    self._sets.pop(tag, None)
+                    await replicas.stop()
+                    raise
         return self._backend(tag)
+
+    async def _discard(self, tag: str, replicas: ReplicaSet) -> None:
+        """Undo a backend that was never recorded."""
+        await replicas.stop()
+        async with self._lock:
+            self._reserved.pop(tag, None)
+            if self._sets.get(tag) is replicas:
+                del self._sets[tag]
 
     def _replica_set(self, record: BackendRecord) -> ReplicaSet:
         return ReplicaSet(
@@ -145,13 +190,16 @@ class ControlPlane:
     async def update_backend(self, tag: str, spec: pb.BackendSpec) -> pb.Backend:
         """New code under the same tag, rolled out replica by replica."""
         spec = validation.spec(spec)
-        async with self._lock:
-            record = dataclasses.replace(self._backend_record(tag), spec=spec)
+        async with self._backend_lock(tag):
+            async with self._lock:
+                record = dataclasses.replace(self._backend_record(tag), spec=spec)
+                replicas = self._sets[tag]
             try:
-                await self._sets[tag].roll(self._write_spec(record), replica_digest(record))
+                await replicas.roll(self._write_spec(record), replica_digest(record))
             except ReplicaStartError as exc:
                 raise start_error_to_user_error(exc, tag) from None
-            self._store.put_backend(record)
+            async with self._lock:
+                self._store.put_backend(record)
         return self._backend(tag)
 
     def get_backend(self, tag: str) -> pb.Backend:
@@ -165,65 +213,83 @@ class ControlPlane:
 
     async def update_backend_config(self, tag: str, update: pb.BackendConfig) -> pb.Backend:
         validation.config_update(update)
-        async with self._lock:
-            record = self._backend_record(tag)
-            replicas = self._sets[tag]
-            config = pb.BackendConfig()
-            config.CopyFrom(record.config)
-            config.MergeFrom(update)
-            if update.HasField("http_call_methods"):
-                # MergeFrom appends repeated fields: the update replaces the list.
-                config.http_call_methods.CopyFrom(update.http_call_methods)
-            _check_capabilities(tag, config, replicas.capabilities)
-            new = dataclasses.replace(record, config=config)
-            spec_path = self._write_spec(new)
-            restart = any(
-                getattr(config, f) != getattr(record.config, f) for f in validation.RESTART_FIELDS
-            )
-            reconfigure = config.user_config_json != record.config.user_config_json or (
-                config.HasField("user_config_json") != record.config.HasField("user_config_json")
-            )
-            limits = {
-                f: getattr(config, f)
-                for f in validation.LIVE_FIELDS
-                if getattr(config, f) != getattr(record.config, f)
-            }
-            user_config = config.user_config_json if reconfigure else ""
-            previous_path, previous_config = replicas.spec_path, replicas.config
-            previous_digest = replicas.digest
-            replicas.config = config
+        async with self._backend_lock(tag):
+            async with self._lock:
+                record = self._backend_record(tag)
+                replicas = self._sets[tag]
+                config = pb.BackendConfig()
+                config.CopyFrom(record.config)
+                config.MergeFrom(update)
+                if update.HasField("http_call_methods"):
+                    # MergeFrom appends repeated fields: the update replaces the list.
+                    config.http_call_methods.CopyFrom(update.http_call_methods)
+                _check_capabilities(tag, config, replicas.capabilities)
+                self._check_capacity(config.num_replicas, replacing=tag)
+                self._reserved[tag] = max(config.num_replicas, record.config.num_replicas)
             try:
-                if restart:
-                    await replicas.roll(spec_path, replica_digest(new))
-                else:
-                    # Replicas started from now on read the new values; the
-                    # running ones take them in place.
-                    replicas.spec_path = spec_path
-                    if user_config or limits:
-                        await replicas.reconfigure(user_config, **limits)
-                    replicas.set_digest(replica_digest(new))
-                await replicas.scale(config.num_replicas)
-            except (ReplicaStartError, InvalidArgumentError) as exc:
-                replicas.spec_path, replicas.config = previous_path, previous_config
-                replicas.digest = previous_digest
-                if isinstance(exc, ReplicaStartError):
-                    raise start_error_to_user_error(exc, tag) from None
-                raise
-            self._store.put_backend(new)
-            await self.routes_changed()
+                await self._apply_config(record, config, replicas)
+            finally:
+                self._reserved.pop(tag, None)
         return self._backend(tag)
 
-    async def delete_backend(self, tag: str) -> None:
+    async def _apply_config(
+        self, record: BackendRecord, config: pb.BackendConfig, replicas: ReplicaSet
+    ) -> None:
+        """Restart, reconfigure and scale ``replicas`` to ``config``, then record it."""
+        tag = record.tag
+        new = dataclasses.replace(record, config=config)
+        spec_path = self._write_spec(new)
+        restart = any(
+            getattr(config, f) != getattr(record.config, f) for f in validation.RESTART_FIELDS
+        )
+        reconfigure = config.user_config_json != record.config.user_config_json or (
+            config.HasField("user_config_json") != record.config.HasField("user_config_json")
+        )
+        limits = {
+            f: getattr(config, f)
+            for f in validation.LIVE_FIELDS
+            if getattr(config, f) != getattr(record.config, f)
+        }
+        user_config = config.user_config_json if reconfigure else ""
+        previous_path, previous_config = replicas.spec_path, replicas.config
+        previous_digest = replicas.digest
+        replicas.config = config
+        try:
+            if restart:
+                await replicas.roll(spec_path, replica_digest(new))
+            else:
+                # Replicas started from now on read the new values; the
+                # running ones take them in place.
+                replicas.spec_path = spec_path
+                if user_config or limits:
+                    await replicas.reconfigure(user_config, **limits)
+                replicas.set_digest(replica_digest(new))
+            await replicas.scale(config.num_replicas)
+        except (ReplicaStartError, InvalidArgumentError) as exc:
+            replicas.spec_path, replicas.config = previous_path, previous_config
+            replicas.digest = previous_digest
+            if isinstance(exc, ReplicaStartError):
+                raise start_error_to_user_error(exc, tag) from None
+            raise
         async with self._lock:
-            self._backend_record(tag)
-            users = sorted(e.name for e in self._store.endpoints().values() if tag in e.backends())
-            if users:
-                raise InUseError(
-                    f"backend {tag!r} is used by endpoint(s) {', '.join(users)}; "
-                    "change their traffic or delete them first"
+            self._store.put_backend(new)
+        await self.routes_changed()
+
+    async def delete_backend(self, tag: str) -> None:
+        async with self._backend_lock(tag):
+            async with self._lock:
+                self._backend_record(tag)
+                users = sorted(
+                    e.name for e in self._store.endpoints().values() if tag in e.backends()
                 )
-            self._store.delete_backend(tag)
-            replicas = self._sets.pop(tag)
+                if users:
+                    raise InUseError(
+                        f"backend {tag!r} is used by endpoint(s) {', '.join(users)}; "
+                        "change their traffic or delete them first"
+                    )
+                self._store.delete_backend(tag)
+                replicas = self._sets.pop(tag)
+            # Outside the admin lock: stopping waits for graceful shutdowns.
             await replicas.stop()
             await self.routes_changed()
 
@@ -302,7 +368,9 @@ class ControlPlane:
         traffic: dict[str, float] = {}
         for item in weights:
             if item.backend in traffic:
-                raise InvalidArgumentError(f"backend {item.backend!r} is listed twice")
+                raise InvalidArgumentError(
+                    f"backend {validation.shown(item.backend)} is listed twice"
+                )
             traffic[item.backend] = item.weight
         traffic = validation.traffic(traffic)
         async with self._lock:
@@ -313,7 +381,9 @@ class ControlPlane:
             # split: it can then be deleted, which is the last step of a rollout.
             # (Ray 0.8 kept the zero and refused the delete.)
             traffic = {tag: weight for tag, weight in traffic.items() if weight > 0}
-            record = dataclasses.replace(record, traffic=traffic)
+            record = dataclasses.replace(
+                record, traffic=traffic, shadows=_shadows_beside(record.shadows, traffic)
+            )
             self._store.put_endpoint(record)
             await self.routes_changed()
         return _endpoint_proto(record)
@@ -327,6 +397,17 @@ class ControlPlane:
             if proportion == 0:
                 shadows.pop(backend, None)
             else:
+                if record.traffic.get(backend, 0) > 0:
+                    # It already gets these requests: a copy would run them twice.
+                    raise InvalidArgumentError(
+                        f"backend {validation.shown(backend)} serves endpoint "
+                        f"{validation.shown(endpoint)} (traffic weight > 0), so it cannot "
+                        "shadow it too"
+                    )
+                if backend not in shadows and len(shadows) >= validation.MAX_TRAFFIC_ENTRIES:
+                    raise InvalidArgumentError(
+                        f"at most {validation.MAX_TRAFFIC_ENTRIES} shadows per endpoint"
+                    )
                 shadows[backend] = proportion
             record = dataclasses.replace(record, shadows=shadows)
             self._store.put_endpoint(record)
@@ -374,16 +455,31 @@ class ControlPlane:
 
     # ---- helpers --------------------------------------------------------
 
+    def _check_capacity(self, count: int, replacing: str = "") -> None:
+        """Raise CapacityError unless ``count`` replicas (for a new backend, or
+        instead of those of ``replacing``) fit the instance's max_replicas."""
+        counted = {tag: b.config.num_replicas for tag, b in self._store.backends().items()}
+        # Changes in flight count what they may run (a roll runs one more).
+        counted.update(self._reserved)
+        counted.pop(replacing, None)
+        others = sum(counted.values())
+        if others + count > self.max_replicas:
+            raise CapacityError(
+                f"{count} replica(s) do not fit: this instance runs at most "
+                f"{self.max_replicas} replicas in all (max_replicas) and other backends "
+                f"have {others}"
+            )
+
     def _backend_record(self, tag: str) -> BackendRecord:
         record = self._store.backends().get(tag)
         if record is None:
-            raise NotFoundError(f"backend {tag!r} does not exist")
+            raise NotFoundError(f"backend {validation.shown(tag)} does not exist")
         return record
 
     def _endpoint_record(self, name: str) -> EndpointRecord:
         record = self._store.endpoints().get(name)
         if record is None:
-            raise NotFoundError(f"endpoint {name!r} does not exist")
+            raise NotFoundError(f"endpoint {validation.shown(name)} does not exist")
         return record
 
     def _backend(self, tag: str) -> pb.Backend:
@@ -435,6 +531,13 @@ def _check_capabilities(tag: str, config: pb.BackendConfig, capabilities: dict[s
         raise InvalidArgumentError(
             f"backend {tag!r} has no reconfigure() method to take a user_config"
         )
+
+
+def _shadows_beside(shadows: dict[str, float], traffic: dict[str, float]) -> dict[str, float]:
+    """The shadows that stay when ``traffic`` is set: a shadow given a weight
+    > 0 has been promoted (the last step of a rollout), and a backend never
+    gets copies of the requests it already serves."""
+    return {tag: share for tag, share in shadows.items() if traffic.get(tag, 0) == 0}
 
 
 def _endpoint_proto(record: EndpointRecord) -> pb.Endpoint:

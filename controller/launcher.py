@@ -17,16 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
+import hashlib
 import json
 import logging
 import os
 import re
 import signal
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from turnout import _process
+from turnout import _logging, _process
 from turnout.v1 import controller_pb2 as pb
 
 from .processes import AdoptedProcess, start_time
@@ -45,6 +48,8 @@ STOP_TIMEOUT_S = 10.0
 # is about 10 % less CPU and latency per request at one connection
 # (bench/RESULTS.md). A default only: the environment may choose otherwise.
 CHILD_ENV_DEFAULTS = {"GRPC_EXPERIMENTS": "-event_engine_client,-event_engine_listener"}
+# Replicas starting at once (fork to readiness report), per instance.
+SPAWN_CONCURRENCY = min(8, max(2, os.cpu_count() or 1))
 
 
 class OsProcess(Protocol):
@@ -60,6 +65,15 @@ class OsProcess(Protocol):
     def kill(self) -> None: ...
 
 
+class SpawnError(Exception):
+    """The OS refused to start a child (bad environment, no memory, no such
+    interpreter); ``code`` is the gRPC status name the caller should see."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass(eq=False)
 class ChildProcess:
     """A child (started or re-adopted) and what it reported when it came up."""
@@ -70,6 +84,9 @@ class ChildProcess:
     report: dict[str, Any] = field(default_factory=dict)
     # How the store knows it; None until recorded.
     record: ChildRecord | None = None
+    # It leads a process group of its own (pgid == pid): stopping it stops
+    # what its code started too (a handler's subprocess).
+    group: bool = False
 
     @property
     def pid(self) -> int:
@@ -91,26 +108,63 @@ class ChildProcess:
         return await self.process.wait()
 
     async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within ``timeout``."""
+        """SIGTERM, then SIGKILL (to its whole group) if it has not exited
+        within ``timeout``; what is left of its group is killed once it exited.
+
+        SIGTERM goes to the process alone: while it drains, the requests it
+        finishes may still need the processes their handlers started.
+        """
         if self.process.returncode is not None:
-            return
+            return  # its group went when it was reaped
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(self.process.wait(), timeout)
         except TimeoutError:
             logger.warning("%s (pid %d) ignored SIGTERM; killing it", self.name, self.pid)
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+            self.kill()
             await self.process.wait()
+        self.kill_group()
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
+        """SIGKILL to it and its group."""
+        if self.process.returncode is None:
+            # Through the pidfd first when adopted: a reused pid is never hit.
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+        self.kill_group()
+
+    def kill_group(self) -> None:
+        """SIGKILL what is left of its process group (its own children)."""
+        if self.group:
+            # The group id stays reserved while any member lives, so this
+            # cannot reach a stranger's group; with no member left it fails.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
 
 
-def _file_safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:100]
+# Characters of a tag kept as they are in file names; the rest become "_".
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+FILE_PREFIX_CHARS = 40
+
+
+def file_key(text: str) -> str:
+    """A file name for ``text`` (a backend tag, a replica id) that no other
+    text gets: a readable prefix and a digest of the exact text.
+
+    The prefix alone would collide ("x y" and "x_y", or two tags sharing their
+    first characters), and a backend would then load another's spec file
+    after a restart and write into its log.
+    """
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{_UNSAFE.sub('_', text)[:FILE_PREFIX_CHARS]}-{digest}"
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return False
 
 
 def out_path(log_path: Path) -> Path:
@@ -133,6 +187,9 @@ class ProcessLauncher:
         log_dir.mkdir(parents=True, exist_ok=True)
         # child -> the task that forgets it once it exited
         self._children: dict[ChildProcess, asyncio.Task[None]] = {}
+        # Replicas starting at once (spawn to readiness): a big scale-up
+        # loads the machine a few at a time instead of forking all at once.
+        self._spawn_slots = asyncio.Semaphore(SPAWN_CONCURRENCY)
 
     @property
     def proxy_log_path(self) -> Path:
@@ -143,11 +200,11 @@ class ProcessLauncher:
         return self.log_dir / "proxy-access.log"
 
     def replica_log_path(self, backend: str, replica_id: str) -> Path:
-        return self.log_dir / "replicas" / _file_safe(backend) / f"{_file_safe(replica_id)}.log"
+        return self.log_dir / "replicas" / file_key(backend) / f"{file_key(replica_id)}.log"
 
     def write_spec(self, request: pb.CreateBackendRequest, version: int) -> Path:
         """Persist what a replica loads; replicas read it at start."""
-        path = self.run_dir / f"backend-{_file_safe(request.tag)}-{version}.pb"
+        path = self.run_dir / f"backend-{file_key(request.tag)}-{version}.pb"
         path.write_bytes(request.SerializeToString())
         return path
 
@@ -163,9 +220,10 @@ class ProcessLauncher:
         replica_id = record.name
         args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
         log_path = self.replica_log_path(record.backend, replica_id)
-        return await self._start(
-            "turnout.replica", f"replica {replica_id}", args, log_path, record, env, record.cpus
-        )
+        async with self._spawn_slots:
+            return await self._start(
+                "turnout.replica", f"replica {replica_id}", args, log_path, record, env, record.cpus
+            )
 
     async def start_proxy(
         self,
@@ -201,6 +259,7 @@ class ProcessLauncher:
             extra += ["--parent-pid", str(os.getpid())]
         argv = _process.child_argv(module, [*args, *extra])
         try:
+            _logging.trim_output_file(out_path(log_path))
             with out_path(log_path).open("ab") as out:
                 process = await asyncio.create_subprocess_exec(
                     *argv,
@@ -209,8 +268,19 @@ class ProcessLauncher:
                     stderr=out,
                     pass_fds=(write_fd,),
                     env={**CHILD_ENV_DEFAULTS, **os.environ, **(env or {})},
+                    # Durable: a session of its own, so that no signal to the
+                    # controller's group reaches it. Owned: a group of its own,
+                    # so that stopping it can stop its whole process tree.
                     start_new_session=self.durable,
+                    process_group=None if self.durable else 0,
                 )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            os.close(read_fd)
+            # A value exec() refuses (NUL in the environment, too large) is the
+            # caller's; anything else (no memory, no processes left) is ours.
+            too_big = isinstance(exc, OSError) and exc.errno == errno.E2BIG
+            code = "INVALID_ARGUMENT" if isinstance(exc, ValueError) or too_big else "INTERNAL"
+            raise SpawnError(code, f"cannot start {name}: {exc}") from exc
         except BaseException:
             os.close(read_fd)
             raise
@@ -221,7 +291,7 @@ class ProcessLauncher:
             # while importing inherit the mask.
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(process.pid, cpus)
-        child = ChildProcess(name=name, process=process, log_path=log_path)
+        child = ChildProcess(name=name, process=process, log_path=log_path, group=True)
         # Recorded before it can serve: a controller killed from here on leaves
         # a record that the next one uses to find (and stop) the process.
         self._record(
@@ -269,7 +339,11 @@ class ProcessLauncher:
         with contextlib.suppress(ValueError):
             report["capabilities"] = json.loads(record.capabilities)
         child = ChildProcess(
-            name=name, process=process, log_path=Path(record.log_path), report=report
+            name=name,
+            process=process,
+            log_path=Path(record.log_path),
+            report=report,
+            group=_leads_group(record.pid),
         )
         child.record = record
         self._track(child)
@@ -306,6 +380,8 @@ class ProcessLauncher:
             # Not in a ``finally``: cancelled (the controller exiting without a
             # shutdown), the child lives on and its record must stay.
             await child.wait()
+            # Whatever its code started dies with it, however it ended.
+            child.kill_group()
             self._children.pop(child, None)
             if child.record is not None:
                 self._forget(child.record.name, child.pid)

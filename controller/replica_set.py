@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,11 +25,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from turnout._grpc import CHANNEL_OPTIONS
+from turnout._process import OUT_OF_MEMORY_EXIT
 from turnout.errors import InvalidArgumentError, TurnoutError
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
-from .launcher import ChildProcess, ProcessLauncher
+from .launcher import ChildProcess, ProcessLauncher, SpawnError
 from .resources import Allocation, ResourcePool
 from .store import REPLICA, ChildRecord
 
@@ -309,9 +311,16 @@ class ReplicaSet:
             gpus=slot.allocation.gpus,
             gpu_share=slot.allocation.gpu_share,
         )
-        child = await self._launcher.start_replica(
-            record, self.spec_path, self._environment(slot.allocation)
-        )
+        try:
+            child = await self._launcher.start_replica(
+                record, self.spec_path, self._environment(slot.allocation)
+            )
+        except SpawnError as exc:
+            # Becomes the answer of the call that asked for the replica (or a
+            # FAILED replica retried with backoff), never a supervisor task
+            # that died and left its caller waiting.
+            logger.error("replica %s: %s", slot.replica_id, exc)
+            return None, {"ok": False, "code": exc.code, "message": str(exc)}
         if not child.ok:
             return None, child.report
         if not await health_ok(child.address):
@@ -363,6 +372,15 @@ class ReplicaSet:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
+    def _exit_reason(self, code: int) -> str:
+        limit = self.options.memory_bytes
+        if limit and code == OUT_OF_MEMORY_EXIT:
+            return f"exceeded memory limit of {limit / 2**20:g} MiB"
+        if limit and code == -signal.SIGKILL:
+            # The kernel's OOM killer, or an operator: say which limit it had.
+            return f"process was killed (SIGKILL); its memory limit was {limit / 2**20:g} MiB"
+        return f"process exited with code {code}"
+
     async def _watch(self, slot: ReplicaSlot, child: ChildProcess) -> str:
         """Wait until the replica exits or fails its health checks; says which."""
         exited = asyncio.ensure_future(child.wait())
@@ -374,11 +392,12 @@ class ReplicaSet:
                 if done:
                     if child.adopted:  # not our child: no exit status to tell
                         return "process exited"
-                    return f"process exited with code {exited.result()}"
+                    return self._exit_reason(exited.result())
                 if slot.stopping:
                     await exited
                     return "stopped"
-                if await health_ok(child.address, timeout=min(period, HEALTH_TIMEOUT_S)):
+                timeout = self.config.health_check_timeout or HEALTH_TIMEOUT_S
+                if await health_ok(child.address, timeout=timeout):
                     failures = 0
                     continue
                 failures += 1

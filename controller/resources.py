@@ -22,6 +22,28 @@ from turnout.errors import InvalidArgumentError
 # e.g. "0,1", instead of asking nvidia-smi. An empty value means none.
 GPUS_ENV = "TURNOUT_GPUS"
 _EPSILON = 1e-9
+# Default capacity of an instance, in replicas of all backends together:
+# MAX_REPLICAS_PER_CPU per core and MAX_REPLICAS_PER_GIB per GiB of memory,
+# whichever is less, and never below MIN_DEFAULT_MAX_REPLICAS.
+MAX_REPLICAS_PER_CPU = 4
+MAX_REPLICAS_PER_GIB = 2
+MIN_DEFAULT_MAX_REPLICAS = 16
+
+
+def default_max_replicas() -> int:
+    """``max(16, min(4 × CPUs, 2 × memory in GiB))`` for this machine.
+
+    Example::
+
+        default_max_replicas()  # 16 on a 2-core, 8 GiB machine
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        memory_gib = float("inf")
+    by_machine = min(MAX_REPLICAS_PER_CPU * (cpus or 1), int(MAX_REPLICAS_PER_GIB * memory_gib))
+    return max(MIN_DEFAULT_MAX_REPLICAS, by_machine)
 
 
 def discover_gpus() -> list[str]:

@@ -57,6 +57,9 @@ class RoutePublisher:
                 self._open[subscriber_id] -= 1
                 if not self._open[subscriber_id]:
                     del self._open[subscriber_id]
+                    if subscriber_id not in self._required:
+                        # It acknowledges again when it reconnects.
+                        self._acked.pop(subscriber_id, None)
                 async with self._changed:
                     self._changed.notify_all()
 
@@ -78,6 +81,9 @@ class RoutePublisher:
             self._changed.notify_all()
 
     async def ack(self, subscriber_id: str, version: int) -> None:
+        if subscriber_id not in self._open and subscriber_id not in self._required:
+            # Only routers waited for are remembered: any id may be sent.
+            return
         if version > self._acked.get(subscriber_id, -1):
             self._acked[subscriber_id] = version
         async with self._changed:

@@ -25,13 +25,12 @@ from turnout._grpc import SERVER_OPTIONS
 from turnout._version import __version__
 from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
 from turnout.v1 import controller_pb2 as pb
-from turnout.v1 import controller_pb2_grpc
 
 from . import adoption
 from .control_plane import ControlPlane
 from .launcher import ChildProcess, ProcessLauncher
 from .routing import RoutePublisher
-from .servicer import ControllerServicer
+from .servicer import ControllerServicer, add_to_server
 from .sqlite_store import SqliteStore
 from .state_lock import StateLock
 from .store import PROXY
@@ -40,6 +39,14 @@ logger = logging.getLogger(__name__)
 
 PROXY_BACKOFF_MAX_S = 10.0
 SHUTDOWN_GRACE_S = 2.0
+# Largest admin request the controller reads (a CreateBackend carries the
+# pickled code): bigger ones are refused with RESOURCE_EXHAUSTED before they
+# are buffered. Replicas keep no limit (request bodies are the proxy's).
+MAX_ADMIN_MESSAGE_BYTES = 64 * 2**20
+ADMIN_SERVER_OPTIONS = [
+    *(o for o in SERVER_OPTIONS if o[0] != "grpc.max_receive_message_length"),
+    ("grpc.max_receive_message_length", MAX_ADMIN_MESSAGE_BYTES),
+]
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class ControllerOptions:
     access_log: bool = True
     # How many proxy processes share the HTTP port (the proxy's --workers).
     proxy_workers: int = 1
+    # Most replicas of all backends together (resources.default_max_replicas).
+    max_replicas: int = 16
 
     @property
     def log_dir(self) -> Path:
@@ -83,7 +92,9 @@ class Controller:
             options.run_dir, options.log_dir, self.store, durable=options.durable
         )
         self.publisher = RoutePublisher()
-        self.plane = ControlPlane(self.store, self.launcher, self.publisher)
+        self.plane = ControlPlane(
+            self.store, self.launcher, self.publisher, max_replicas=options.max_replicas
+        )
         self.health = health.aio.HealthServicer()
         self.address = ""
         self.http_address = ""
@@ -96,7 +107,7 @@ class Controller:
 
     async def start(self) -> None:
         """Serve gRPC, then start the proxy; raises ProxyStartError if it cannot."""
-        server = grpc.aio.server(options=SERVER_OPTIONS)
+        server = grpc.aio.server(options=ADMIN_SERVER_OPTIONS)
         self._server = server
         port = server.add_insecure_port(f"{self.options.host}:{self.options.port}")
         if port == 0:
@@ -110,8 +121,9 @@ class Controller:
             controller_pid=os.getpid(),
             log_dir=str(self.options.log_dir),
             version=__version__,
+            max_replicas=self.options.max_replicas,
         )
-        controller_pb2_grpc.add_ControllerServiceServicer_to_server(
+        add_to_server(
             ControllerServicer(self.plane, self.publisher, instance, self.shutdown), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

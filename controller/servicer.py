@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from turnout.errors import TurnoutError, status_for
 from turnout.v1 import controller_pb2 as pb
@@ -34,10 +35,76 @@ def _translate_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await method(self, request, context)
         except TurnoutError as exc:
-            await context.abort(status_for(exc), str(exc))
+            await context.abort(status_for(exc), _bounded(str(exc)))
             raise  # abort raises; this line only satisfies the type checker
 
     return wrapper
+
+
+# An error message is at most this long (a replica's reason may quote its
+# traceback); the rest is in the controller's and the replica's logs.
+MAX_ERROR_CHARS = 4096
+
+
+def _bounded(message: str) -> str:
+    if len(message) <= MAX_ERROR_CHARS:
+        return message
+    return message[: MAX_ERROR_CHARS - 1] + "…"
+
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ControllerService"]
+
+
+def add_to_server(servicer: ControllerServicer, server: grpc.aio.Server) -> None:
+    """Serve ``servicer`` as turnout.v1.ControllerService on ``server``.
+
+    As the generated ``add_ControllerServiceServicer_to_server`` does, except
+    that requests are parsed here: bytes that are no valid request get
+    INVALID_ARGUMENT, where gRPC's own deserializer failure would answer UNKNOWN.
+    """
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in SERVICE.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        implementation = getattr(servicer, method.name)
+        if method.server_streaming:
+            handlers[method.name] = grpc.unary_stream_rpc_method_handler(
+                _parsing_stream(implementation, request_type),
+                response_serializer=response_type.SerializeToString,
+            )
+        else:
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                _parsing(implementation, request_type),
+                response_serializer=response_type.SerializeToString,
+            )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+    )
+
+
+async def _parse(request_type: Any, raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    try:
+        return request_type.FromString(raw)
+    except DecodeError:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {request_type.DESCRIPTOR.full_name}",
+        )
+
+
+def _parsing(method: Callable[..., Awaitable[Any]], request_type: Any) -> Any:
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await method(await _parse(request_type, raw, context), context)
+
+    return handle
+
+
+def _parsing_stream(method: Callable[..., AsyncIterator[Any]], request_type: Any) -> Any:
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async for item in method(await _parse(request_type, raw, context), context):
+            yield item
+
+    return handle
 
 
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):

@@ -10,7 +10,7 @@ import json
 import math
 import re
 
-from turnout.config import DEFAULTS, method_names
+from turnout.config import DEFAULTS, MAX_SECONDS, MIN_HEALTH_CHECK_S, method_names
 from turnout.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
@@ -22,10 +22,37 @@ DEFAULT_METHODS = ["GET"]
 SYSTEM_PREFIX = "/-/"
 _DEFAULTS = DEFAULTS.to_proto()
 DEFAULT_MAX_CONCURRENT_QUERIES = _DEFAULTS.max_concurrent_queries
-MAX_NAME_LENGTH = 256
+MAX_NAME_LENGTH = 200
+MAX_ROUTE_LENGTH = 1024
+MAX_METHODS = len(HTTP_METHODS)
+# Entries of one set_traffic call, and shadows per endpoint.
+MAX_TRAFFIC_ENTRIES = 100
+# JSON config (init_args_json, user_config_json) nests at most this deep;
+# deeper input would exhaust the parsers' recursion (here and in replicas).
+MAX_JSON_DEPTH = 100
+# Environment of a replica: what exec() and a sane environment accept.
+MAX_ENV_VARS = 256
+MAX_ENV_NAME_LENGTH = 256
+MAX_ENV_VALUE_BYTES = 32 * 1024
+MAX_ENV_TOTAL_BYTES = 256 * 1024
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+# Smallest per-replica memory limit: below it the interpreter and gRPC
+# cannot even start.
+MIN_MEMORY_BYTES = 128 * 2**20
+# What an error message repeats of the input, at most.
+MAX_SHOWN_CHARS = 100
 WEIGHT_TOLERANCE = 1e-6
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` cut to ``MAX_SHOWN_CHARS``: what an error may repeat of
+    the input, so that a huge value never comes back in a message (or a log)."""
+    text = repr(value)
+    if len(text) <= MAX_SHOWN_CHARS:
+        return text
+    return text[: MAX_SHOWN_CHARS - 1] + "…"
 
 
 def name(value: str, what: str) -> str:
@@ -33,22 +60,54 @@ def name(value: str, what: str) -> str:
     if not value:
         raise InvalidArgumentError(f"{what} must not be empty")
     if len(value) > MAX_NAME_LENGTH:
-        raise InvalidArgumentError(f"{what} is longer than {MAX_NAME_LENGTH} characters")
+        raise InvalidArgumentError(
+            f"{what} {shown(value)} is longer than {MAX_NAME_LENGTH} characters"
+        )
     if not value.isprintable():
-        raise InvalidArgumentError(f"{what} {value!r} contains control characters")
+        raise InvalidArgumentError(f"{what} {shown(value)} contains control characters")
     return value
+
+
+def json_text(value: str, what: str) -> object:
+    """Parsed JSON, at most ``MAX_JSON_DEPTH`` levels deep."""
+    try:
+        parsed = json.loads(value)
+    except RecursionError:
+        raise InvalidArgumentError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:
+        raise InvalidArgumentError(f"{what} is not valid JSON: {shown(str(exc))}") from None
+    # Iteratively, so that the check itself cannot run out of stack.
+    level: list[object] = [parsed]
+    for _ in range(MAX_JSON_DEPTH):
+        level = [
+            child
+            for item in level
+            if isinstance(item, list | dict)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+        if not level:
+            return parsed
+    raise InvalidArgumentError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
 
 
 def route(value: str) -> str:
     """An HTTP route: empty (no HTTP exposure) or an absolute path."""
     if not value:
         return ""
+    if len(value) > MAX_ROUTE_LENGTH:
+        raise InvalidArgumentError(
+            f"route {shown(value)} is longer than {MAX_ROUTE_LENGTH} characters"
+        )
     if not value.startswith("/"):
-        raise InvalidArgumentError(f"route {value!r} must start with '/'")
+        raise InvalidArgumentError(f"route {shown(value)} must start with '/'")
     if any(c in value for c in "?# ") or not value.isprintable():
-        raise InvalidArgumentError(f"route {value!r} must be a plain path (no '?', '#' or spaces)")
+        raise InvalidArgumentError(
+            f"route {shown(value)} must be a plain path (no '?', '#' or spaces)"
+        )
     if value.startswith(SYSTEM_PREFIX) or value == SYSTEM_PREFIX.rstrip("/"):
-        raise InvalidArgumentError(f"route {value!r} is reserved: paths under /-/ are the proxy's")
+        raise InvalidArgumentError(
+            f"route {shown(value)} is reserved: paths under /-/ are the proxy's"
+        )
     return value
 
 
@@ -56,12 +115,14 @@ def methods(values: list[str]) -> list[str]:
     """HTTP methods, upper-cased and de-duplicated; empty means GET."""
     if not values:
         return list(DEFAULT_METHODS)
+    if len(values) > MAX_METHODS:
+        raise InvalidArgumentError(f"at most {MAX_METHODS} methods, got {len(values)}")
     result: list[str] = []
     for value in values:
         upper = value.upper()
         if upper not in HTTP_METHODS:
             known = ", ".join(sorted(HTTP_METHODS))
-            raise InvalidArgumentError(f"unknown HTTP method {value!r}; use one of {known}")
+            raise InvalidArgumentError(f"unknown HTTP method {shown(value)}; use one of {known}")
         if upper not in result:
             result.append(upper)
     return result
@@ -73,7 +134,7 @@ def spec(value: pb.BackendSpec) -> pb.BackendSpec:
         raise InvalidArgumentError("backend spec needs pickled_callable or import_path")
     if source == "import_path" and not _IMPORT_PATH.match(value.import_path):
         raise InvalidArgumentError(
-            f"import path {value.import_path!r} must look like 'package.module:attribute'"
+            f"import path {shown(value.import_path)} must look like 'package.module:attribute'"
         )
     if source == "pickled_callable" and not value.pickled_callable:
         raise InvalidArgumentError("pickled_callable is empty")
@@ -82,21 +143,21 @@ def spec(value: pb.BackendSpec) -> pb.BackendSpec:
             "give init args as pickled_init_args or init_args_json, not both"
         )
     if value.init_args_json:
-        try:
-            args = json.loads(value.init_args_json)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"init_args_json is not valid JSON: {exc}") from None
+        args = json_text(value.init_args_json, "init_args_json")
         if not isinstance(args, list):
             raise InvalidArgumentError("init_args_json must be a JSON array")
     return value
 
 
-def _non_negative(update: pb.BackendConfig, field: str, positive: bool = False) -> None:
+def _seconds(update: pb.BackendConfig, field: str, minimum: float = 0.0) -> None:
+    """A seconds field, when set: ``minimum`` (0 included when it is 0) to a day."""
     if update.HasField(field):  # type: ignore[arg-type]
         value = getattr(update, field)
-        if not math.isfinite(value) or value < 0 or (positive and value == 0):
-            bound = "> 0" if positive else ">= 0"
-            raise InvalidArgumentError(f"{field} must be a finite number {bound}, got {value}")
+        if not math.isfinite(value) or value < minimum or value > MAX_SECONDS:
+            raise InvalidArgumentError(
+                f"{field} must be a number of seconds from {minimum:g} to {MAX_SECONDS:g}, "
+                f"got {value}"
+            )
 
 
 def _at_least_one(update: pb.BackendConfig, field: str) -> None:
@@ -115,13 +176,11 @@ def config_update(update: pb.BackendConfig) -> None:
     ):
         _at_least_one(update, field)
     for field in ("batch_wait_timeout", "graceful_shutdown_timeout", "queue_timeout"):
-        _non_negative(update, field)
-    _non_negative(update, "health_check_period", positive=True)
+        _seconds(update, field)
+    _seconds(update, "health_check_period", MIN_HEALTH_CHECK_S)
+    _seconds(update, "health_check_timeout", MIN_HEALTH_CHECK_S)
     if update.HasField("user_config_json"):
-        try:
-            json.loads(update.user_config_json)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"user_config_json is not valid JSON: {exc}") from None
+        json_text(update.user_config_json, "user_config_json")
     if update.HasField("http_call_methods"):
         names = method_names(update.http_call_methods.names)
         del update.http_call_methods.names[:]
@@ -155,10 +214,40 @@ def replica_options(options: pb.ReplicaOptions) -> pb.ReplicaOptions:
             f"num_gpus {options.num_gpus} mixes whole and shared GPUs; use a whole number "
             "or a fraction below 1"
         )
-    for key in options.env:
-        if not key or "=" in key or "\0" in key:
-            raise InvalidArgumentError(f"environment variable name {key!r} is not valid")
+    if options.memory_bytes and options.memory_bytes < MIN_MEMORY_BYTES:
+        raise InvalidArgumentError(
+            f"memory_bytes must be 0 (no limit) or at least {MIN_MEMORY_BYTES} "
+            f"({MIN_MEMORY_BYTES // 2**20} MiB: a replica needs that much to start), "
+            f"got {options.memory_bytes}"
+        )
+    _environment(dict(options.env))
     return options
+
+
+def _environment(env: dict[str, str]) -> None:
+    """Names exec() and shells accept, values without NUL, sizes bounded."""
+    if len(env) > MAX_ENV_VARS:
+        raise InvalidArgumentError(f"at most {MAX_ENV_VARS} environment variables, got {len(env)}")
+    total = 0
+    for key, value in env.items():
+        if len(key) > MAX_ENV_NAME_LENGTH or not _ENV_NAME.match(key):
+            raise InvalidArgumentError(
+                f"environment variable name {shown(key)} is not valid: use letters, digits "
+                f"and '_' (not first: digits, '.', '-'), at most {MAX_ENV_NAME_LENGTH} characters"
+            )
+        if "\0" in value:
+            raise InvalidArgumentError(f"environment variable {shown(key)} contains a NUL byte")
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > MAX_ENV_VALUE_BYTES:
+            raise InvalidArgumentError(
+                f"environment variable {shown(key)} is {size} bytes; "
+                f"at most {MAX_ENV_VALUE_BYTES} per value"
+            )
+        total += len(key) + size
+    if total > MAX_ENV_TOTAL_BYTES:
+        raise InvalidArgumentError(
+            f"replica environment is {total} bytes; at most {MAX_ENV_TOTAL_BYTES} in all"
+        )
 
 
 def request_timeout(value: float) -> float:
@@ -176,10 +265,14 @@ def proportion(value: float) -> float:
 
 def traffic(weights: dict[str, float]) -> dict[str, float]:
     """Weights >= 0 and finite that sum to 1."""
+    if len(weights) > MAX_TRAFFIC_ENTRIES:
+        raise InvalidArgumentError(
+            f"at most {MAX_TRAFFIC_ENTRIES} backends per endpoint, got {len(weights)}"
+        )
     for backend, weight in weights.items():
         if not math.isfinite(weight) or weight < 0:
             raise InvalidArgumentError(
-                f"weight of {backend!r} must be a finite number >= 0, got {weight}"
+                f"weight of {shown(backend)} must be a finite number >= 0, got {weight}"
             )
     total = math.fsum(weights.values())
     if abs(total - 1.0) > WEIGHT_TOLERANCE:

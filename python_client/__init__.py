@@ -40,6 +40,7 @@ from turnout.config import BackendConfig
 from turnout.errors import (
     AlreadyExistsError,
     BackendError,
+    CapacityError,
     DeadlineExceededError,
     InUseError,
     InvalidArgumentError,
@@ -58,6 +59,7 @@ __all__ = [
     "AlreadyExistsError",
     "BackendConfig",
     "BackendError",
+    "CapacityError",
     "DeadlineExceededError",
     "Client",
     "EndpointHandle",

@@ -55,6 +55,8 @@ class StartOptions:
     http_port: int = 8000
     access_log: bool = True
     proxy_workers: int = 1
+    # None: the controller's default (docs/operations.md "Limits").
+    max_replicas: int | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -97,6 +99,8 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
         args.append("--no-access-log")
     if options.proxy_workers != 1:
         args += ["--proxy-workers", str(options.proxy_workers)]
+    if options.max_replicas is not None:
+        args += ["--max-replicas", str(options.max_replicas)]
     return _process.child_argv("turnout.controller", args)
 
 

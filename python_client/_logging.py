@@ -87,11 +87,16 @@ class LineLogger(io.TextIOBase):
     (faulthandler, a child process) still reaches the ``.out`` file.
     """
 
-    def __init__(self, logger: logging.Logger, level: int, fileno: int) -> None:
+    def __init__(
+        self, logger: logging.Logger, level: int, fileno: int, fallback: int | None = None
+    ) -> None:
         super().__init__()
         self._logger = logger
         self._level = level
         self._fileno = fileno
+        # Where a write made while logging goes (the raw output file): never
+        # ``fileno`` when that is captured into this same logger.
+        self._fallback = fileno if fallback is None else fallback
         self._pending = ""
         self._lock = threading.Lock()
         self._inside = threading.local()
@@ -103,7 +108,7 @@ class LineLogger(io.TextIOBase):
         if getattr(self._inside, "logging", False):
             # Written while logging (logging reporting its own failure):
             # straight to the descriptor, or it would come back here forever.
-            os.write(self._fileno, text.encode("utf-8", "replace"))
+            os.write(self._fallback, text.encode("utf-8", "replace"))
             return len(text)
         with self._lock:
             lines = (self._pending + text).split("\n")
@@ -132,8 +137,71 @@ class LineLogger(io.TextIOBase):
         return False
 
 
-def capture_prints(prefix: str) -> None:
+# A captured line longer than this is logged in pieces (output without
+# newlines must not grow a buffer without bound).
+MAX_CAPTURED_LINE = 64 * 1024
+
+
+def capture_prints(prefix: str, *, descriptors: bool = False) -> None:
     """Send ``print`` output and other writes to sys.stdout / sys.stderr to the
-    loggers ``<prefix>.stdout`` (INFO) and ``<prefix>.stderr`` (WARNING)."""
-    sys.stdout = LineLogger(logging.getLogger(f"{prefix}.stdout"), logging.INFO, 1)
-    sys.stderr = LineLogger(logging.getLogger(f"{prefix}.stderr"), logging.WARNING, 2)
+    loggers ``<prefix>.stdout`` (INFO) and ``<prefix>.stderr`` (WARNING).
+
+    With ``descriptors``, file descriptors 1 and 2 themselves become pipes
+    read by a thread into the same loggers, so that what bypasses
+    ``sys.stdout`` (``os.write(1, ...)``, C extensions, a handler's
+    subprocess) is rotated too; the raw output file keeps only what was
+    written before, and what logging writes about its own failures.
+    """
+    streams = []
+    for fd, stream, level in ((1, "stdout", logging.INFO), (2, "stderr", logging.WARNING)):
+        logger = logging.getLogger(f"{prefix}.{stream}")
+        fallback = None
+        if descriptors:
+            fallback = os.dup(fd)
+            _capture_descriptor(fd, logger, level)
+        streams.append(LineLogger(logger, level, fd, fallback))
+    sys.stdout, sys.stderr = streams
+
+
+def _capture_descriptor(fd: int, logger: logging.Logger, level: int) -> None:
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, fd)
+    os.close(write_end)
+    threading.Thread(
+        target=_pump, args=(read_end, logger, level), name=f"capture fd {fd}", daemon=True
+    ).start()
+
+
+def _pump(fd: int, logger: logging.Logger, level: int) -> None:
+    """Log each line read from ``fd`` until every writer closed it."""
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not chunk:
+            break
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        while len(pending) > MAX_CAPTURED_LINE:
+            lines.append(pending[:MAX_CAPTURED_LINE])
+            pending = pending[MAX_CAPTURED_LINE:]
+        for line in lines:
+            logger.log(level, "%s", line.decode("utf-8", "replace"))
+    if pending:
+        logger.log(level, "%s", pending.decode("utf-8", "replace"))
+
+
+def trim_output_file(path: Path) -> None:
+    """Keep a child's raw output file bounded: once it reached the rotation
+    size it becomes ``<name>.1`` (replacing the previous one) before the next
+    child appends to it."""
+    limit = _env_int(MAX_BYTES_ENV, DEFAULT_MAX_BYTES)
+    try:
+        if limit and path.stat().st_size >= limit:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass

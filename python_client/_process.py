@@ -26,6 +26,7 @@ import asyncio
 import ctypes
 import json
 import os
+import resource
 import select
 import selectors
 import signal
@@ -42,6 +43,29 @@ OWNER_PID_ENV = "TURNOUT_OWNER_PID"
 # How long a process whose owner died may take to stop after its SIGTERM.
 OWNER_GONE_GRACE_S = 30.0
 _OWNER_POLL_S = 1.0
+# Exit status of a replica that ran out of the memory its limit allows; the
+# controller names the limit when it reports the replica FAILED.
+OUT_OF_MEMORY_EXIT = 86
+
+
+def set_memory_limit(limit_bytes: int) -> None:
+    """Cap this process's data segment (heap and anonymous mappings) at
+    ``limit_bytes``: allocations beyond it fail with MemoryError.
+
+    RLIMIT_DATA rather than RLIMIT_AS: address space reserved but never
+    written (thread stacks, malloc arenas, gRPC's pools) does not count, so
+    the limit is close to the memory actually used. Set by the process
+    itself before it loads user code, rather than by ``preexec_fn`` (unsafe
+    in a threaded parent) or ``prlimit`` after spawn (the child may already
+    have allocated).
+    """
+    resource.setrlimit(resource.RLIMIT_DATA, (limit_bytes, limit_bytes))
+
+
+def memory_limit() -> int | None:
+    """The data segment limit of this process in bytes, None if unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_DATA)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -43,6 +43,7 @@ def init(
     proxy_workers: int = 1,
     log_to_driver: bool = True,
     keep_instance_dir: bool = False,
+    max_replicas: int | None = None,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -66,7 +67,8 @@ def init(
     development and benchmarks; ``turnout start`` turns it on).
     ``proxy_workers=N`` runs the HTTP proxy as N processes sharing the port
     (SO_REUSEPORT), for machines with cores to spare; see docs/operations.md.
-
+    ``max_replicas`` caps the replicas of all backends together (default: from
+    the machine's CPUs and memory, see docs/operations.md "Limits").
     With an ``address`` ("host:port" of a controller) it connects to that
     instance. Inside a replica, ``init()`` connects to the instance running
     it and never starts another.
@@ -105,6 +107,12 @@ def init(
         raise TypeError(f"proxy_workers must be an int, got {type(proxy_workers).__name__}")
     if proxy_workers < 1:
         raise InvalidArgumentError(f"proxy_workers must be >= 1, got {proxy_workers}")
+    if max_replicas is not None and (
+        isinstance(max_replicas, bool) or not isinstance(max_replicas, int)
+    ):
+        raise TypeError(f"max_replicas must be an int, got {type(max_replicas).__name__}")
+    if max_replicas is not None and max_replicas < 1:
+        raise InvalidArgumentError(f"max_replicas must be >= 1, got {max_replicas}")
     with _lock:
         client = _clients.get(name)
         if client is not None and client.closed:
@@ -131,6 +139,7 @@ def init(
                 proxy_workers=proxy_workers,
                 log_to_driver=log_to_driver,
                 keep_dir=keep_instance_dir,
+                max_replicas=max_replicas,
             )
         _clients[name] = client
         _current_name = name
@@ -146,6 +155,7 @@ def _start_local(
     proxy_workers: int,
     log_to_driver: bool,
     keep_dir: bool,
+    max_replicas: int | None,
 ) -> Client:
     instance = LocalInstance.start(
         http_host,
@@ -155,6 +165,7 @@ def _start_local(
         proxy_workers=proxy_workers,
         log_to_driver=log_to_driver,
         keep_dir=keep_dir,
+        max_replicas=max_replicas,
     )
     try:
         client = Client(instance.address, _instance=instance)

@@ -76,6 +76,7 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         http_port=args.http_port,
         access_log=args.access_log,
         proxy_workers=args.proxy_workers,
+        max_replicas=args.max_replicas,
     )
 
 
@@ -329,6 +330,14 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         metavar="N",
         help="run the HTTP proxy as N processes sharing the HTTP port (1); see docs/operations.md",
+    )
+    start.add_argument(
+        "--max-replicas",
+        type=_at_least_one,
+        default=None,
+        metavar="N",
+        help="most replicas of all backends together (default: from CPUs and memory; "
+        "see docs/operations.md)",
     )
     start.add_argument(
         "--detach",

@@ -16,6 +16,7 @@ from turnout import _pickling
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
+from turnout.controller import validation
 from turnout.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -135,7 +136,7 @@ def _spec(
     return spec
 
 
-_REPLICA_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "env"})
+_REPLICA_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "env", "memory"})
 
 
 def _replica_options(options: dict[str, Any] | None) -> pb.ReplicaOptions:
@@ -146,7 +147,8 @@ def _replica_options(options: dict[str, Any] | None) -> pb.ReplicaOptions:
     unknown = sorted(str(k) for k in options if k not in _REPLICA_OPTION_KEYS)
     if unknown:
         raise InvalidArgumentError(
-            f"unknown replica option(s) {', '.join(unknown)}; known: num_cpus, num_gpus, env"
+            f"unknown replica option(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(_REPLICA_OPTION_KEYS))}"
         )
     message = pb.ReplicaOptions()
     for key in ("num_cpus", "num_gpus"):
@@ -160,7 +162,15 @@ def _replica_options(options: dict[str, Any] | None) -> pb.ReplicaOptions:
     ):
         raise TypeError("env must be a dict of str to str")
     message.env.update(env)
-    return message
+    memory = options.get("memory", 0)
+    if isinstance(memory, bool) or not isinstance(memory, int):
+        raise TypeError(f"memory must be an int (bytes), got {type(memory).__name__}")
+    if memory < 0:
+        raise InvalidArgumentError(f"memory must be >= 0 bytes (0 = no limit), got {memory}")
+    message.memory_bytes = memory
+    # The controller's own checks (environment names and sizes, bounds), so
+    # that a refused value fails here with the same message.
+    return validation.replica_options(message)
 
 
 def _shadow_counts(shadow: pb.ShadowStats | None = None) -> dict[str, int]:

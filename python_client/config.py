@@ -24,7 +24,15 @@ _SECONDS_FIELDS = (
     "graceful_shutdown_timeout",
     "health_check_period",
     "queue_timeout",
+    "health_check_timeout",
 )
+# Bounds of the seconds fields (the controller checks the same, see
+# docs/operations.md "Limits"): a longer wait is a typo, and every wait of the
+# controller stays bounded; a health check more often than 10 times a second
+# only costs the replica.
+MAX_SECONDS = 86400.0
+MIN_HEALTH_CHECK_S = 0.1
+_HEALTH_FIELDS = ("health_check_period", "health_check_timeout")
 
 # Methods the replica calls on the instance itself; never on a request's behalf.
 LIFECYCLE_METHODS = frozenset({"reconfigure", "check_health"})
@@ -87,6 +95,8 @@ class BackendConfig:
             class's ``check_health()`` if it has one (default 10).
         health_check_failure_threshold: failed checks in a row after which a
             replica is replaced (default 3).
+        health_check_timeout: seconds one health check may take before it
+            counts as failed (default 10).
         max_queued_requests: requests a sender holds while every replica is
             full; more are refused with 503 / OverloadedError (default 1000).
         queue_timeout: seconds a request may wait in that queue (default 30).
@@ -112,6 +122,7 @@ class BackendConfig:
     max_queued_requests: int | None = None
     queue_timeout: float | None = None
     http_call_methods: list[str] | None = None
+    health_check_timeout: float | None = None
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -128,10 +139,12 @@ class BackendConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-            positive = name == "health_check_period"
-            if not math.isfinite(value) or value < 0 or (positive and value == 0):
-                bound = "> 0" if positive else ">= 0"
-                raise InvalidArgumentError(f"{name} must be a finite number {bound}, got {value}")
+            minimum = MIN_HEALTH_CHECK_S if name in _HEALTH_FIELDS else 0.0
+            if not math.isfinite(value) or not minimum <= value <= MAX_SECONDS:
+                raise InvalidArgumentError(
+                    f"{name} must be a number of seconds from {minimum:g} to {MAX_SECONDS:g}, "
+                    f"got {value}"
+                )
         if self.user_config is not None:
             try:
                 json.dumps(self.user_config)
@@ -200,4 +213,5 @@ DEFAULTS = BackendConfig(
     health_check_failure_threshold=3,
     max_queued_requests=1000,
     queue_timeout=30.0,
+    health_check_timeout=10.0,
 )

@@ -338,7 +338,7 @@ def _replica_options(body: Any, where: str, problems: list[str]) -> ReplicaOptio
         env = {}
     if len(problems) > before:
         return None
-    message = pb.ReplicaOptions(env=env, **numbers)
+    message = pb.ReplicaOptions(env=env, num_cpus=numbers["num_cpus"], num_gpus=numbers["num_gpus"])
     if not _check(where, problems, validation.replica_options, message):
         return None
     return ReplicaOptions(

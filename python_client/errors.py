@@ -8,7 +8,8 @@
     │   ├── NotFoundError                     NOT_FOUND: no such backend or endpoint
     │   │   └── MethodNotFoundError           the backend has no such method
     │   ├── InUseError                        FAILED_PRECONDITION: e.g. backend used by an endpoint
-    │   └── InvalidArgumentError              INVALID_ARGUMENT: malformed value
+    │   ├── InvalidArgumentError              INVALID_ARGUMENT: malformed value
+    │   └── CapacityError                     RESOURCE_EXHAUSTED: more replicas than max_replicas
     ├── NotRunningError (also ConnectionError) no Turnout instance to talk to
     ├── UnavailableError                      no running replica, or it could not be reached
     │   └── OverloadedError                   every replica full and the queue too (HTTP 503)
@@ -54,6 +55,11 @@ class InvalidArgumentError(TurnoutValueError):
     """A value is malformed or out of range."""
 
 
+class CapacityError(TurnoutValueError):
+    """The instance would run more replicas than its ``max_replicas`` allows
+    (all backends together); nothing was started."""
+
+
 class NotRunningError(TurnoutError, ConnectionError):
     """No Turnout instance answers at the address."""
 
@@ -95,6 +101,7 @@ STATUS_FOR: dict[type[TurnoutError], grpc.StatusCode] = {
     NotFoundError: grpc.StatusCode.NOT_FOUND,
     InUseError: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     NotRunningError: grpc.StatusCode.UNAVAILABLE,
 }

@@ -91,6 +91,7 @@ class LocalInstance:
         *,
         log_to_driver: bool = False,
         keep_dir: bool = False,
+        max_replicas: int | None = None,
     ) -> LocalInstance:
         """Start an instance; ``keep_dir`` keeps the instance directory after it stops."""
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
@@ -108,6 +109,7 @@ class LocalInstance:
                 "--access-log" if access_log else "--no-access-log",
                 "--proxy-workers", str(proxy_workers),
                 *([] if keep_dir else ["--remove-instance-dir"]),
+                *(["--max-replicas", str(max_replicas)] if max_replicas is not None else []),
             ],
         )  # fmt: skip
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -30,7 +31,13 @@ from grpc_reflection.v1alpha import reflection
 
 from turnout import _logging
 from turnout._grpc import SERVER_OPTIONS
-from turnout._process import die_with_parent, exit_with_owner, report_failure, report_ready
+from turnout._process import (
+    die_with_parent,
+    exit_with_owner,
+    report_failure,
+    report_ready,
+    set_memory_limit,
+)
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
 from turnout.replica.servicer import ReplicaServicer
 from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
@@ -158,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(options.replica_id, options.log_file)
     try:
         spec = read_spec(options.spec_file)
+        if spec.replica_options.memory_bytes:
+            # Before the backend loads: its imports and constructor count.
+            set_memory_limit(spec.replica_options.memory_bytes)
         runtime = BackendRuntime.load(spec)
     except LoadError as exc:
         log.error("cannot load the backend: %s\n%s", exc.message, exc.traceback)
@@ -173,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(serve(options, runtime, grace))
     finally:
         runtime.close()
+        _stop_own_group()
         busy = runtime.running_in_threads
         if busy:
             # Handler threads cannot be interrupted, and the interpreter would
@@ -180,6 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.warning("%d handler calls still running; exiting without them", busy)
             logging.shutdown()
             os._exit(0)
+
+
+def _stop_own_group() -> None:
+    """SIGTERM to what this replica's handlers started (its process group,
+    which the launcher made its own): it ends with the replica even when no
+    controller is left to kill the group (PDEATHSIG after a controller crash)."""
+    if os.getpgrp() != os.getpid():
+        return  # started by hand, in someone else's group
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError):
+        os.killpg(os.getpgrp(), signal.SIGTERM)
 
 
 def configure_logging(replica_id: str, log_file: Path | None = None) -> None:
@@ -190,7 +212,7 @@ def configure_logging(replica_id: str, log_file: Path | None = None) -> None:
     )
     if log_file is not None:
         # What handlers print is rotated with the rest of the replica's log.
-        _logging.capture_prints("print")
+        _logging.capture_prints("print", descriptors=True)
 
 
 def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:

@@ -8,7 +8,9 @@ never into an HTTP body.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import traceback
 from collections.abc import AsyncIterator
 
@@ -16,6 +18,7 @@ import cloudpickle
 import grpc
 from werkzeug.exceptions import HTTPException
 
+from turnout._process import OUT_OF_MEMORY_EXIT, memory_limit
 from turnout.replica import codec
 from turnout.replica.batcher import BadBatch
 from turnout.replica.call_stream import NoPayload, serve_stream
@@ -23,6 +26,10 @@ from turnout.replica.runtime import BackendRuntime, LoadError, MethodNotFound
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
 
 log = logging.getLogger("turnout.replica")
+
+# Time for the answer to a request that ran out of memory to go out before
+# the replica exits.
+OOM_EXIT_DELAY_S = 0.2
 
 Context = grpc.aio.ServicerContext[replica_pb2.HandleRequest, replica_pb2.HandleResponse]
 StreamContext = grpc.aio.ServicerContext[
@@ -82,6 +89,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             return codec.error_response(exc, rid)
         except Exception as exc:
             log.exception("request %s: %s", rid, _what_failed(exc))
+            _exit_if_out_of_memory(exc)
             return codec.error_response(exc, rid)
         finally:
             http_request.close()
@@ -103,6 +111,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             return _error(replica_pb2.ERROR_KIND_BAD_BATCH, exc, with_traceback=False)
         except Exception as exc:
             log.exception("request %s: %s", rid, _what_failed(exc))
+            _exit_if_out_of_memory(exc)
             return _error(replica_pb2.ERROR_KIND_USER, exc, with_traceback=True)
         finally:
             call_request.close()
@@ -140,6 +149,21 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         changed = ", ".join(f"{k}={v}" for k, v in limits.items())
         log.info("reconfigured%s", f" ({changed})" if changed else "")
         return replica_pb2.ReconfigureResponse()
+
+
+def _exit_if_out_of_memory(exc: Exception) -> None:
+    """A replica with a memory limit that hit it exits (after this answer went
+    out), so that the controller restarts it and reports the limit: memory
+    freed on paper may stay fragmented, and the next request would fail too."""
+    if isinstance(exc, MemoryError) and memory_limit() is not None:
+        log.error("out of memory (limit %s bytes); exiting to be restarted", memory_limit())
+        asyncio.get_running_loop().call_later(OOM_EXIT_DELAY_S, _exit_out_of_memory)
+
+
+def _exit_out_of_memory() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(OUT_OF_MEMORY_EXIT)
 
 
 def _what_failed(exc: Exception) -> str:

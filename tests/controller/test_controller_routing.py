@@ -55,3 +55,19 @@ def test_wait_applied_waits_for_named_subscribers_only() -> None:
         await passive.aclose()
 
     asyncio.run(scenario())
+
+
+def test_acknowledgements_count_only_from_connected_routers() -> None:
+    async def scenario() -> None:
+        publisher = RoutePublisher()
+        version = await publisher.publish([endpoint("a")], [])
+        # Any id may be sent; one that is not watching is not remembered.
+        await publisher.ack("late", version)
+        late = publisher.watch("late")
+        await anext(late)
+        assert not await publisher.wait_applied(version, timeout=0.05)
+        await publisher.ack("late", version)
+        assert await publisher.wait_applied(version, timeout=0.05)
+        await late.aclose()
+
+    asyncio.run(scenario())

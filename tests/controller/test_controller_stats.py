@@ -47,3 +47,12 @@ def test_totals_sum_reporters_and_keep_only_the_latest_of_each() -> None:
     assert dict(total.requests_by_backend) == {"v1": 17}
     assert total.errors == 2
     assert total.shadows[0] == pb.ShadowStats(backend="c", sent=7, matched=7)
+
+
+def test_the_book_keeps_a_bounded_number_of_reporters_and_every_count() -> None:
+    book = StatsBook(max_reporters=3)
+    for n in range(10):
+        book.record(f"handles-{n}", report(requests=1, matched=1))
+    book.record("handles-9", report(requests=2, matched=1))
+    (total,) = book.totals()
+    assert dict(total.requests_by_backend) == {"v1": 11}

@@ -18,9 +18,26 @@ import turnout
 
 @pytest.fixture(scope="session")
 def client() -> Iterator[turnout.Client]:
-    instance = turnout.init(http_port=0)
+    # Every test of the session adds its backends to this one instance and
+    # few delete them: room for all of them, whatever the machine's default.
+    instance = turnout.init(http_port=0, max_replicas=1000)
     yield instance
     turnout.shutdown()
+
+
+SMALL_MAX_REPLICAS = 3
+
+
+@pytest.fixture(scope="session")
+def small() -> Iterator[turnout.Client]:
+    """A second instance that runs at most ``SMALL_MAX_REPLICAS`` replicas, for
+    tests that ask for many (they can never fork more than that)."""
+    from turnout.instance import LocalInstance
+
+    instance = LocalInstance.start("127.0.0.1", 0, max_replicas=SMALL_MAX_REPLICAS)
+    small_client = turnout.Client(instance.address, _instance=instance)
+    yield small_client
+    small_client.shutdown()
 
 
 @pytest.fixture(scope="session")

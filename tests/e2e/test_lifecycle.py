@@ -137,9 +137,10 @@ STATEFUL = textwrap.dedent(
     if sys.argv[2] == "create":
         client.create_backend("a", lambda request: "a")
         client.create_backend("b", lambda request: "b")
+        client.create_backend("c", lambda request: "c")
         client.create_endpoint("e", "a", route="/e", methods=["GET", "POST"], request_timeout=9)
         client.set_traffic("e", {"a": 0.25, "b": 0.75})
-        client.shadow_traffic("e", "a", 0.5)
+        client.shadow_traffic("e", "c", 0.5)
     answers = {requests.get(client.http_address + "/e").text for _ in range(40)}
     print(json.dumps({"endpoints": client.list_endpoints(),
                       "backends": sorted(client.list_backends()),
@@ -174,10 +175,10 @@ def test_desired_state_comes_back_from_the_state_file(tmp_path: Path) -> None:
                 "route": "/e",
                 "methods": ["GET", "POST"],
                 "traffic": {"a": 0.25, "b": 0.75},
-                "shadows": {"a": 0.5},
+                "shadows": {"c": 0.5},
                 "request_timeout": 9.0,
             }
         }
     )
-    assert second["backends"] == ["a", "b"]
+    assert second["backends"] == ["a", "b", "c"]
     assert second["answers"] == ["a", "b"]

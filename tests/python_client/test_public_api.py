@@ -12,6 +12,7 @@ EXPECTED = {
     "AlreadyExistsError",
     "BackendConfig",
     "BackendError",
+    "CapacityError",
     "DeadlineExceededError",
     "Client",
     "EndpointHandle",

@@ -68,6 +68,7 @@ class BackendConfig(_message.Message):
     MAX_QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     HTTP_CALL_METHODS_FIELD_NUMBER: _builtins.int
+    HEALTH_CHECK_TIMEOUT_FIELD_NUMBER: _builtins.int
     num_replicas: _builtins.int
     """Number of replica processes. Default 1; must be >= 1."""
     max_concurrent_queries: _builtins.int
@@ -101,6 +102,10 @@ class BackendConfig(_message.Message):
     """Seconds a request may wait in that queue before it is refused. Default 30;
     must be >= 0.
     """
+    health_check_timeout: _builtins.float
+    """Seconds one health check may take before it counts as failed. Default 10;
+    0.1 to 86400. Independent of health_check_period.
+    """
     @_builtins.property
     def http_call_methods(self) -> Global___MethodNames:
         """Methods of a class backend that HTTP requests may call: `__call__` for a
@@ -125,10 +130,11 @@ class BackendConfig(_message.Message):
         max_queued_requests: _builtins.int | None = ...,
         queue_timeout: _builtins.float | None = ...,
         http_call_methods: Global___MethodNames | None = ...,
+        health_check_timeout: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batch_wait_timeout: _TypeAlias = _typing.Literal["batch_wait_timeout"]  # noqa: Y015
     _WhichOneofArgType__batch_wait_timeout: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout"]  # noqa: Y015
@@ -138,6 +144,8 @@ class BackendConfig(_message.Message):
     _WhichOneofArgType__health_check_failure_threshold: _TypeAlias = _typing.Literal["_health_check_failure_threshold", b"_health_check_failure_threshold"]  # noqa: Y015
     _WhichOneofReturnType__health_check_period: _TypeAlias = _typing.Literal["health_check_period"]  # noqa: Y015
     _WhichOneofArgType__health_check_period: _TypeAlias = _typing.Literal["_health_check_period", b"_health_check_period"]  # noqa: Y015
+    _WhichOneofReturnType__health_check_timeout: _TypeAlias = _typing.Literal["health_check_timeout"]  # noqa: Y015
+    _WhichOneofArgType__health_check_timeout: _TypeAlias = _typing.Literal["_health_check_timeout", b"_health_check_timeout"]  # noqa: Y015
     _WhichOneofReturnType__max_batch_size: _TypeAlias = _typing.Literal["max_batch_size"]  # noqa: Y015
     _WhichOneofArgType__max_batch_size: _TypeAlias = _typing.Literal["_max_batch_size", b"_max_batch_size"]  # noqa: Y015
     _WhichOneofReturnType__max_concurrent_queries: _TypeAlias = _typing.Literal["max_concurrent_queries"]  # noqa: Y015
@@ -158,6 +166,8 @@ class BackendConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__health_check_failure_threshold) -> _WhichOneofReturnType__health_check_failure_threshold | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__health_check_period) -> _WhichOneofReturnType__health_check_period | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__health_check_timeout) -> _WhichOneofReturnType__health_check_timeout | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_batch_size) -> _WhichOneofReturnType__max_batch_size | None: ...
     @_typing.overload
@@ -202,6 +212,7 @@ class ReplicaOptions(_message.Message):
     NUM_CPUS_FIELD_NUMBER: _builtins.int
     NUM_GPUS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     num_cpus: _builtins.float
     """CPU cores per replica; the replica is pinned to that many cores (rounded
     up) when the machine has enough. 0 = no pinning.
@@ -210,9 +221,18 @@ class ReplicaOptions(_message.Message):
     """GPUs per replica, from those the controller sees: whole GPUs are never
     shared; a fraction (e.g. 0.5) shares one GPU. 0 = none.
     """
+    memory_bytes: _builtins.int
+    """Most memory one replica process may use, in bytes (its data segment,
+    RLIMIT_DATA, set by the replica before it loads the backend). A replica
+    that runs out is restarted and reported FAILED with the limit named.
+    0 = no limit.
+    """
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Extra environment variables of the replica process."""
+        """Extra environment variables of the replica process. Names: letters,
+        digits, '_', '.', '-' (not first: a digit, '.' or '-'), at most 256
+        characters; values without NUL, at most 32 KiB each, 256 KiB in all.
+        """
 
     def __init__(
         self,
@@ -220,10 +240,11 @@ class ReplicaOptions(_message.Message):
         num_cpus: _builtins.float = ...,
         num_gpus: _builtins.float = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "num_cpus", b"num_cpus", "num_gpus", b"num_gpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "memory_bytes", b"memory_bytes", "num_cpus", b"num_cpus", "num_gpus", b"num_gpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1471,6 +1492,7 @@ class GetInstanceResponse(_message.Message):
     CONTROLLER_PID_FIELD_NUMBER: _builtins.int
     LOG_DIR_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
     controller_address: _builtins.str
     """"host:port" of this ControllerService."""
     http_address: _builtins.str
@@ -1481,6 +1503,10 @@ class GetInstanceResponse(_message.Message):
     """Directory holding the controller, proxy and replica logs."""
     version: _builtins.str
     """Turnout version."""
+    max_replicas: _builtins.int
+    """Most replicas this instance runs, all backends together (the
+    controller's --max-replicas); more are refused with RESOURCE_EXHAUSTED.
+    """
     def __init__(
         self,
         *,
@@ -1489,10 +1515,11 @@ class GetInstanceResponse(_message.Message):
         controller_pid: _builtins.int = ...,
         log_dir: _builtins.str = ...,
         version: _builtins.str = ...,
+        max_replicas: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_address", b"controller_address", "controller_pid", b"controller_pid", "http_address", b"http_address", "log_dir", b"log_dir", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["controller_address", b"controller_address", "controller_pid", b"controller_pid", "http_address", b"http_address", "log_dir", b"log_dir", "max_replicas", b"max_replicas", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,45 @@
+"""A replica the OS refuses to start fails the call that asked for it, at once,
+and leaves no replica behind: the real launcher, a real (refused) exec."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from turnout.controller.launcher import ProcessLauncher, file_key
+from turnout.controller.replica_set import ReplicaSet, ReplicaStartError
+from turnout.controller.store import MemoryStore
+from turnout.controller.validation import full_config
+from turnout.v1 import controller_pb2 as pb
+
+
+def test_a_spawn_the_os_refuses_is_an_answer_not_a_hang(tmp_path: Path) -> None:
+    async def scenario() -> tuple[ReplicaStartError, list[pb.Replica]]:
+        launcher = ProcessLauncher(tmp_path / "run", tmp_path / "logs", MemoryStore())
+        # Past validation (the controller checks this first), straight to exec().
+        options = pb.ReplicaOptions(env={"BROKEN": "a\0b"})
+
+        async def nothing() -> None:
+            pass
+
+        replicas = ReplicaSet(
+            "b", tmp_path / "spec.pb", launcher, nothing, full_config(pb.BackendConfig()), options
+        )
+        with pytest.raises(ReplicaStartError) as info:
+            await asyncio.wait_for(replicas.scale(2), 30)
+        return info.value, replicas.describe()
+
+    error, left = asyncio.run(scenario())
+    assert error.code == "INVALID_ARGUMENT"
+    assert "null" in str(error) or "NUL" in str(error)
+    assert left == []
+
+
+def test_file_keys_differ_for_tags_alike_as_file_names() -> None:
+    tags = ["x y", "x_y", "x/y", "a" * 150 + "1", "a" * 150 + "2"]
+    keys = {file_key(tag) for tag in tags}
+    assert len(keys) == len(tags)
+    assert all(len(key) <= 60 and "/" not in key for key in keys)
+    assert file_key("x y") == file_key("x y")
