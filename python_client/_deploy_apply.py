@@ -95,6 +95,7 @@ class Instance:
                 num_cpus=backend.replica_options.num_cpus,
                 num_gpus=backend.replica_options.num_gpus,
                 env=dict(backend.replica_options.env),
+                memory_bytes=backend.replica_options.memory,
             ),
         )
         self._call(self._stub.CreateBackend, request, timeout=_START_TIMEOUT_S)
@@ -128,6 +129,7 @@ def _backend(message: pb.Backend) -> Backend:
             num_cpus=options.num_cpus,
             num_gpus=options.num_gpus,
             env=tuple(sorted(options.env.items())),
+            memory=options.memory_bytes,
         ),
     )
 

@@ -11,7 +11,7 @@ JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
         import_path: myapp.models:Greeter   # "package.module:attribute"
         init_args: ["hello"]                # JSON values, given to the class
         config: {num_replicas: 2}           # BackendConfig fields
-        replica_options: {num_cpus: 1}      # num_cpus, num_gpus, env
+        replica_options: {num_cpus: 1}      # num_cpus, num_gpus, env, memory (bytes)
     endpoints:
       greet:
         route: /greet                       # omit for handles only
@@ -42,7 +42,7 @@ Action = Literal["create", "update", "delete", "unchanged", "kept"]
 _TOP_KEYS = frozenset({"backends", "endpoints"})
 _BACKEND_KEYS = frozenset({"import_path", "init_args", "config", "replica_options"})
 _ENDPOINT_KEYS = frozenset({"route", "methods", "backend", "traffic", "shadows", "request_timeout"})
-_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "env"})
+_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "env", "memory"})
 _WEIGHT_TOLERANCE = 1e-9
 
 
@@ -65,9 +65,16 @@ class ReplicaOptions:
     num_cpus: float = 0.0
     num_gpus: float = 0.0
     env: tuple[tuple[str, str], ...] = ()
+    # Bytes of memory a replica may use; 0 = no limit.
+    memory: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "env": dict(self.env)}
+        return {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "env": dict(self.env),
+            "memory": self.memory,
+        }
 
 
 @dataclass(frozen=True)
@@ -319,7 +326,7 @@ def _backend(name: str, body: dict[str, Any], problems: list[str]) -> Backend | 
 
 def _replica_options(body: Any, where: str, problems: list[str]) -> ReplicaOptions | None:
     if not isinstance(body, dict):
-        problems.append(f"{where}: must be a mapping with num_cpus, num_gpus, env")
+        problems.append(f"{where}: must be a mapping with num_cpus, num_gpus, env, memory")
         return None
     before = len(problems)
     _unknown_keys(body, _OPTION_KEYS, where, problems)
@@ -336,13 +343,21 @@ def _replica_options(body: Any, where: str, problems: list[str]) -> ReplicaOptio
     ):
         problems.append(f"{where}.env: must map names to strings (quote numbers)")
         env = {}
+    memory = body.get("memory", 0)
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+        problems.append(f"{where}.memory: must be a whole number of bytes (0 = no limit)")
     if len(problems) > before:
         return None
-    message = pb.ReplicaOptions(env=env, num_cpus=numbers["num_cpus"], num_gpus=numbers["num_gpus"])
+    message = pb.ReplicaOptions(
+        env=env, num_cpus=numbers["num_cpus"], num_gpus=numbers["num_gpus"], memory_bytes=memory
+    )
     if not _check(where, problems, validation.replica_options, message):
         return None
     return ReplicaOptions(
-        num_cpus=numbers["num_cpus"], num_gpus=numbers["num_gpus"], env=tuple(sorted(env.items()))
+        num_cpus=numbers["num_cpus"],
+        num_gpus=numbers["num_gpus"],
+        env=tuple(sorted(env.items())),
+        memory=memory,
     )
 
 

@@ -386,8 +386,9 @@ def test_processes_a_handler_started_stop_with_its_backend(
     wait_until(lambda: start_time(pid) is None)
 
 
-def test_processes_a_handler_started_stop_with_a_killed_controller() -> None:
-    # Nobody is left to kill the group: the replica, told by PDEATHSIG, stops it.
+def test_processes_a_handler_started_stop_with_a_replica_adopted_after_a_crash() -> None:
+    # The owner restarts its killed controller, which adopts the replica (it is
+    # not its child): stopping it must still stop the group.
     instance = LocalInstance.start("127.0.0.1", 0)
     own = turnout.Client(instance.address, _instance=instance)
     try:
@@ -396,9 +397,12 @@ def test_processes_a_handler_started_stop_with_a_killed_controller() -> None:
         pid = own.get_handle("spawner").remote().result(timeout=30)
         assert start_time(pid) is not None
         os.kill(own.controller_pid, signal.SIGKILL)
+        # Admin calls wait for the restarted controller.
+        own.delete_endpoint("spawner")
+        own.delete_backend("spawner")
         wait_until(lambda: start_time(pid) is None)
     finally:
-        instance.wait_stopped()
+        own.shutdown()
 
 
 # ---- 10. output to file descriptors 1 and 2 rotates --------------------------------

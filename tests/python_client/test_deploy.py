@@ -33,6 +33,7 @@ backends:
     replica_options:
       num_cpus: 1
       env: {MODEL_DIR: /srv/models}
+      memory: 1073741824
   shouter:
     import_path: myapp.models:shout
 endpoints:
@@ -88,7 +89,9 @@ def test_full_yaml_file_is_read_into_backends_and_endpoints(tmp_path: Path) -> N
         import_path="myapp.models:Greeter",
         init_args=("hello", {"punctuation": "!"}),
         config={"num_replicas": 2, "max_concurrent_queries": 8},
-        replica_options=ReplicaOptions(num_cpus=1.0, env=(("MODEL_DIR", "/srv/models"),)),
+        replica_options=ReplicaOptions(
+            num_cpus=1.0, env=(("MODEL_DIR", "/srv/models"),), memory=1 << 30
+        ),
     )
     assert wanted.endpoints["greet"] == Endpoint(
         name="greet",
@@ -114,7 +117,7 @@ def test_every_problem_names_its_item_and_field() -> None:
         {
             "backends": {
                 "a": {"import_path": "not a path", "config": {"num_replicas": 0, "colour": 1}},
-                "b": {"init_args": "x", "replica_options": {"num_gpus": "two"}},
+                "b": {"init_args": "x", "replica_options": {"num_gpus": "two", "memory": -1}},
             },
             "endpoints": {
                 "e": {"route": "e", "methods": ["FETCH"], "traffic": {"a": 0.5}},
@@ -132,6 +135,7 @@ def test_every_problem_names_its_item_and_field() -> None:
         "backends.b.import_path: required",
         "backends.b.init_args: must be a list",
         "backends.b.replica_options.num_gpus: must be a number",
+        "backends.b.replica_options.memory: must be a whole number of bytes",
         "endpoints.e.route: route 'e' must start with '/'",
         "endpoints.e.methods: unknown HTTP method 'FETCH'",
         "endpoints.e.traffic: traffic weights must sum to 1",
