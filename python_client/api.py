@@ -70,7 +70,8 @@ def init(
     ``max_replicas`` caps the replicas of all backends together (default: from
     the machine's CPUs and memory, see docs/operations.md "Limits").
     With an ``address`` ("host:port" of a controller) it connects to that
-    instance. Inside a replica, ``init()`` connects to the instance running
+    instance; a first argument without a colon is a ``name`` instead, as Ray
+    Serve 0.8's ``serve.init("x")`` means. Inside a replica, ``init()`` connects to the instance running
     it and never starts another.
 
     Several instances can live in one process under different names
@@ -88,6 +89,10 @@ def init(
     global _current_name
     if address is not None and not isinstance(address, str):
         raise TypeError(f"address must be a str, got {type(address).__name__}")
+    if address is not None and ":" not in address and name == DEFAULT_NAME:
+        # Ray Serve 0.8's first parameter is the instance's name
+        # (``serve.init("x")``); an address always has a colon (host:port, unix:).
+        address, name = None, address
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if not name:

@@ -233,3 +233,19 @@ def test_keep_instance_dir_keeps_it(tmp_path: Path) -> None:
         assert (log_dir / "controller.log").stat().st_mode & 0o077 == 0
     finally:
         shutil.rmtree(log_dir.parent, ignore_errors=True)
+
+
+def test_a_first_argument_without_a_colon_names_the_instance_as_in_ray() -> None:
+    # Ray Serve 0.8: serve.init("x") names the instance (there is no address).
+    script = (
+        "import json, turnout as serve\n"
+        "a = serve.init('alpha', http_port=0)\n"
+        "same = serve.init('alpha') is a\n"
+        "print(json.dumps({'same': same, 'name_ok': serve.init(name='alpha') is a}))\n"
+        "serve.shutdown()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"same": True, "name_ok": True}
