@@ -71,8 +71,8 @@ def init(
     the machine's CPUs and memory, see docs/operations.md "Limits").
     With an ``address`` ("host:port" of a controller) it connects to that
     instance; a first argument without a colon is a ``name`` instead, as Ray
-    Serve 0.8's ``serve.init("x")`` means. Inside a replica, ``init()`` connects to the instance running
-    it and never starts another.
+    Serve 0.8's ``serve.init("x")`` means. Inside a replica, ``init()``
+    connects to the instance running it and never starts another.
 
     Several instances can live in one process under different names
     (``name``, default ``"default"``), each with its own controller and HTTP port.
