@@ -92,7 +92,7 @@ def init(
     if address is not None and ":" not in address and name == DEFAULT_NAME:
         # Ray Serve 0.8's first parameter is the instance's name
         # (``serve.init("x")``); an address always has a colon (host:port, unix:).
-        address, name = None, address
+        name, address = address, None
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     if not name:
