@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import grpc
 
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout._grpc import Security, aio_channel
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -35,21 +35,21 @@ async def watch_routes(
     controller_address: str,
     apply: Callable[[pb.RoutingSnapshot], None],
     subscriber: str = SUBSCRIBER_ID,
+    security: Security | None = None,
 ) -> None:
     """Apply every snapshot the controller streams; reconnect forever.
 
     While the controller is unreachable nothing is applied, so the proxy keeps
     serving on the last snapshot it had.
     """
+    security = security or Security()
     backoff = BACKOFF_INITIAL_S
     # Once the link broke, each failed retry is logged at DEBUG only, so a
     # controller that is down for hours does not flood the proxy log.
     lost = False
     while True:
         try:
-            async with grpc.aio.insecure_channel(
-                controller_address, options=CHANNEL_OPTIONS
-            ) as channel:
+            async with aio_channel(controller_address, security) as channel:
                 stub = controller_pb2_grpc.ControllerServiceStub(channel)
                 stream = stub.WatchRoutes(pb.WatchRoutesRequest(subscriber_id=subscriber))
                 # Versions only grow within one stream; a new stream (a
@@ -85,9 +85,11 @@ async def watch_routes(
         backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
-async def report_stats(controller_address: str, stats: RouterStats, reporter_id: str) -> None:
+async def report_stats(
+    controller_address: str, stats: RouterStats, reporter_id: str, security: Security
+) -> None:
     """Send the counters to the controller about once a second when they changed."""
-    async with grpc.aio.insecure_channel(controller_address, options=CHANNEL_OPTIONS) as channel:
+    async with aio_channel(controller_address, security) as channel:
         stub = controller_pb2_grpc.ControllerServiceStub(channel)
         reported = 0
         while True:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout._grpc import CHANNEL_OPTIONS, Security, aio_channel
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
 if TYPE_CHECKING:
@@ -92,10 +92,15 @@ def channel_options(max_receive_bytes: int | None) -> list[tuple[str, int]]:
 class ReplicaLink:
     """Channel, unary stub (for shadows and fallback) and the shared stream."""
 
-    def __init__(self, address: str, max_receive_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        max_receive_bytes: int | None = None,
+        security: Security | None = None,
+    ) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(
-            address, options=channel_options(max_receive_bytes)
+        self.channel = aio_channel(
+            address, security or Security(), channel_options(max_receive_bytes)
         )
         self.stub: ReplicaServiceAsyncStub = replica_pb2_grpc.ReplicaServiceStub(self.channel)
         self._stream: _CallStream | None = None

@@ -208,8 +208,8 @@ async def serve(args: argparse.Namespace) -> int:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     name = subscriber_id(index)
-    watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name))
-    state.spawn(report_stats(args.controller, state.router.stats, name))
+    watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name, state.security))
+    state.spawn(report_stats(args.controller, state.router.stats, name, state.security))
     if counters is not None:
         state.spawn(counters.share_forever())
     workers = None

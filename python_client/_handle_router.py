@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import grpc
 
-from turnout._grpc import CHANNEL_OPTIONS, never_delivered
+from turnout import _grpc
+from turnout._grpc import Security, never_delivered
 from turnout.errors import (
     BackendError,
     DeadlineExceededError,
@@ -94,8 +95,8 @@ class _Call:
         return min(self.deadline, self.queued_until)
 
 
-def _connect(conn: Conn) -> None:
-    channel = grpc.insecure_channel(conn.address, options=CHANNEL_OPTIONS)
+def _connect(conn: Conn, security: Security) -> None:
+    channel = _grpc.channel(conn.address, security)
     conn.stub = replica_pb2_grpc.ReplicaServiceStub(channel)
 
     def close(grace: float | None) -> None:
@@ -152,9 +153,12 @@ class HandleRouter:
     def __init__(self, address: str) -> None:
         self.address = address
         self.reporter_id = f"handles-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._router: Router[ReplicaServiceStub] = Router(_connect)
+        self._security = _grpc.security_for(address)
+        self._router: Router[ReplicaServiceStub] = Router(
+            lambda conn: _connect(conn, self._security)
+        )
         self._changed = threading.Condition()
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = _grpc.channel(address, self._security)
         self._controller: ControllerServiceStub = controller_pb2_grpc.ControllerServiceStub(
             self._channel
         )

@@ -12,8 +12,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from turnout import _pickling
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout import _grpc, _pickling
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
 from turnout.controller import validation
@@ -207,7 +206,8 @@ class Client:
     def __init__(self, address: str, *, _instance: LocalInstance | None = None) -> None:
         self._address = _check_str(address, "address")
         self._instance = _instance
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._security = _grpc.security_for(address)
+        self._channel = _grpc.channel(address, self._security)
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._lock = threading.Lock()
         self._closed = False
