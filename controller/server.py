@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from turnout import _replica_context
 from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
+from turnout._tls import is_unix
 from turnout._version import __version__
 from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
 from turnout.v1 import controller_pb2 as pb
@@ -70,6 +71,10 @@ class ControllerOptions:
     max_replicas: int = 16
     # TLS material (and token) of every gRPC hop of the instance.
     security: Security = field(default_factory=Security)
+    # Whether CreateBackend/UpdateBackend take pickled code (import paths always).
+    allow_pickled_code: bool = True
+    # Set: the proxy's system paths (but /-/healthz) want the token in this file.
+    system_token_file: Path | None = None
 
     @property
     def log_dir(self) -> Path:
@@ -99,7 +104,11 @@ class Controller:
         )
         self.publisher = RoutePublisher()
         self.plane = ControlPlane(
-            self.store, self.launcher, self.publisher, max_replicas=options.max_replicas
+            self.store,
+            self.launcher,
+            self.publisher,
+            max_replicas=options.max_replicas,
+            allow_pickled_code=options.allow_pickled_code,
         )
         self.health = health.aio.HealthServicer()
         self.address = ""
@@ -116,10 +125,13 @@ class Controller:
         security = self.options.security
         server = aio_server(security, ADMIN_SERVER_OPTIONS)
         self._server = server
-        port = add_port(server, f"{self.options.host}:{self.options.port}", security)
+        host = self.options.host
+        # A Unix socket is its own address: the port means nothing there.
+        where = host if is_unix(host) else f"{host}:{self.options.port}"
+        port = add_port(server, where, security)
         if port == 0:
-            raise OSError(f"cannot listen on {self.options.host}:{self.options.port}")
-        self.address = f"{self.options.host}:{port}"
+            raise OSError(f"cannot listen on {where}")
+        self.address = host if is_unix(host) else f"{host}:{port}"
         # Replicas started from here on find their instance through it (handles
         # inside backends); adopted ones got the same address, the port is fixed.
         _replica_context.publish(self.address)
@@ -177,7 +189,12 @@ class Controller:
         elif record is not None:
             await self.launcher.stop_recorded(record)
         return await self.launcher.start_proxy(
-            self.address, host, port, self.options.access_log, workers=self.options.proxy_workers
+            self.address,
+            host,
+            port,
+            self.options.access_log,
+            workers=self.options.proxy_workers,
+            system_token_file=self.options.system_token_file,
         )
 
     async def _supervise_proxy(self) -> None:
@@ -203,6 +220,7 @@ class Controller:
                 int(port),
                 self.options.access_log,
                 workers=self.options.proxy_workers,
+                system_token_file=self.options.system_token_file,
             )
             if proxy.ok:
                 self._proxy = proxy

@@ -11,6 +11,7 @@ Example::
     print(requests.get("http://127.0.0.1:8000/hello").text)
 """
 
+from turnout._grpc import TLSConfig
 from turnout._version import __version__
 from turnout.api import (
     connect,
@@ -48,6 +49,7 @@ from turnout.errors import (
     NotFoundError,
     NotRunningError,
     OverloadedError,
+    PermissionDeniedError,
     TurnoutError,
     TurnoutValueError,
     UnavailableError,
@@ -70,7 +72,9 @@ __all__ = [
     "NotFoundError",
     "NotRunningError",
     "OverloadedError",
+    "PermissionDeniedError",
     "ReplicaInfo",
+    "TLSConfig",
     "TurnoutError",
     "TurnoutValueError",
     "UnavailableError",

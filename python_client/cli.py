@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from turnout import _cli_logs, _cli_render, _cli_start
+from turnout import _cli_logs, _cli_render, _cli_start, _tls
 from turnout._deploy_apply import Instance, apply
 from turnout._version import __version__
 from turnout.client import Client
@@ -55,7 +55,11 @@ def _address(args: argparse.Namespace) -> str:
 def _connect(args: argparse.Namespace) -> Client:
     address = _address(args)
     try:
-        return Client(address)
+        tls = _tls.from_args(args, os.environ)
+    except TurnoutError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    try:
+        return Client(address, tls=tls)
     except NotRunningError:
         raise CliError(
             f"no Turnout instance at {address}: start one with `turnout start`"
@@ -67,6 +71,13 @@ def _connect(args: argparse.Namespace) -> Client:
 
 def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
     instance_dir = Path(args.instance_dir or _cli_start.data_dir()).absolute()
+    try:
+        tls = _tls.from_args(args)
+    except TurnoutError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    if args.protect_system_paths and args.system_token_file is None:
+        raise CliError("--protect-system-paths needs --system-token-file", EXIT_USAGE)
+    token_file = args.system_token_file if args.protect_system_paths else None
     return _cli_start.StartOptions(
         instance_dir=instance_dir,
         state_path=Path(args.state or instance_dir / "state.db").absolute(),
@@ -77,6 +88,10 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         access_log=args.access_log,
         proxy_workers=args.proxy_workers,
         max_replicas=args.max_replicas,
+        tls=tls,
+        insecure=args.insecure,
+        allow_pickled_code=args.allow_pickled_code,
+        system_token_file=None if token_file is None else Path(token_file).absolute(),
     )
 
 
@@ -132,6 +147,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def _is_local(address: str) -> bool:
+    if _tls.is_unix(address):
+        return True
     host = address.rpartition(":")[0].strip("[]")
     return host in ("localhost", "::1", "0.0.0.0", "::") or host.startswith("127.")
 
@@ -283,7 +300,21 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--address",
         metavar="HOST:PORT",
-        help=f"the controller's gRPC address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
+        help="the controller's gRPC address, host:port or unix:/path "
+        f"(default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
+    )
+    tls = connect.add_argument_group(
+        "TLS", "for an instance started with --tls-cert (default: $TURNOUT_TLS_CA, ...)"
+    )
+    tls.add_argument(
+        "--tls-ca", metavar="PEM", type=Path, help="CA that signed the controller's certificate"
+    )
+    tls.add_argument(
+        "--tls-cert", metavar="PEM", type=Path, help="client certificate, for mutual TLS"
+    )
+    tls.add_argument("--tls-key", metavar="PEM", type=Path, help="the client certificate's key")
+    tls.add_argument(
+        "--tls-server-name", metavar="NAME", help="name the controller's certificate must have"
     )
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument(
@@ -309,8 +340,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--grpc-host",
         default="127.0.0.1",
-        help="gRPC bind host (127.0.0.1); creating a backend runs code, so do not expose "
-        "it beyond machines you trust",
+        help="gRPC bind host (127.0.0.1), or unix:/path for a Unix socket; creating a backend "
+        "runs code, so beyond loopback TLS is required (see docs/security.md)",
     )
     start.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (50051)")
     start.add_argument(
@@ -338,6 +369,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most replicas of all backends together (default: from CPUs and memory; "
         "see docs/operations.md)",
+    )
+    _tls.add_arguments(start, server=True)
+    start.add_argument(
+        "--allow-pickled-code",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept backends sent as pickled code (default: on when --grpc-host is loopback "
+        "or a Unix socket, off otherwise); import-path backends always work",
+    )
+    start.add_argument(
+        "--protect-system-paths",
+        action="store_true",
+        help="the proxy's /-/routes, /-/routing and /-/metrics answer 401 without "
+        "'Authorization: Bearer <token>' (/-/healthz stays open)",
+    )
+    start.add_argument(
+        "--system-token-file",
+        metavar="PATH",
+        help="file holding the token --protect-system-paths wants",
     )
     start.add_argument(
         "--detach",

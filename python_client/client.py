@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import threading
 import time
@@ -12,7 +13,8 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from turnout import _grpc, _pickling
+from turnout import _grpc, _pickling, _tls
+from turnout._grpc import TLSConfig
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
 from turnout.controller import validation
@@ -201,17 +203,38 @@ class Client:
         client = turnout.Client("127.0.0.1:50051")
         client.create_backend("echo", lambda request: request.args.get("q"))
         client.create_endpoint("echo", "echo", route="/echo")
+
+    ``address`` is "host:port" or "unix:/path/to/controller.sock". ``tls``
+    (a ``turnout.TLSConfig``) connects over TLS: ``ca`` verifies the
+    controller, ``cert``/``key`` are this client's certificate when the
+    instance wants mutual TLS; handles made from this client use it too::
+
+        tls = turnout.TLSConfig(ca="ca.pem", cert="client.pem", key="client.key")
+        client = turnout.Client("10.0.0.5:50051", tls=tls)
     """
 
-    def __init__(self, address: str, *, _instance: LocalInstance | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: TLSConfig | None = None,
+        _instance: LocalInstance | None = None,
+    ) -> None:
         self._address = _check_str(address, "address")
         self._instance = _instance
         self._security = _grpc.security_for(address)
+        if tls is not None:
+            if not isinstance(tls, TLSConfig):
+                raise TypeError(f"tls must be a turnout.TLSConfig, got {type(tls).__name__}")
+            self._security = dataclasses.replace(self._security, tls=_tls.check(tls))
         self._channel = _grpc.channel(address, self._security)
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._lock = threading.Lock()
         self._closed = False
         self._info = self._call(self._stub.GetInstance, pb.GetInstanceRequest())
+        # Only once it answered: handles made from here on (and unpickled in
+        # this process) reach the instance the same way.
+        _grpc.remember(address, self._security)
 
     # ---- connection -------------------------------------------------------
 
@@ -245,6 +268,14 @@ class Client:
         """True once ``shutdown()`` was called on this client."""
         return self._closed
 
+    def _tls_hint(self) -> str:
+        if self._security.tls is None:
+            return "; if it uses TLS, pass tls=turnout.TLSConfig(ca=...) (CLI: --tls-ca)"
+        return (
+            "; if it runs, check the TLS material: the CA that signed its certificate, the "
+            "name it was issued for, and a client certificate when it wants mutual TLS"
+        )
+
     def _call(
         self, method: Callable[..., Resp], request: Any, timeout: float = _QUICK_TIMEOUT_S
     ) -> Resp:
@@ -261,7 +292,7 @@ class Client:
                     timeout,
                     lambda details: (
                         f"no Turnout controller answers at {self._address} ({details}); "
-                        "start one with turnout.init()"
+                        f"start one with turnout.init(){self._tls_hint()}"
                     ),
                 )
             except NotRunningError:

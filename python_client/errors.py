@@ -14,6 +14,7 @@
     ├── UnavailableError                      no running replica, or it could not be reached
     │   └── OverloadedError                   every replica full and the queue too (HTTP 503)
     ├── DeadlineExceededError (also TimeoutError) the call's timeout passed (HTTP 504)
+    ├── PermissionDeniedError                 PERMISSION_DENIED: the instance refuses this
     ├── UnimplementedError                    UNIMPLEMENTED: not built yet
     └── BackendError                          a handler raised; carries the remote traceback
 
@@ -78,6 +79,11 @@ class DeadlineExceededError(TurnoutError, TimeoutError):
     to cancel it."""
 
 
+class PermissionDeniedError(TurnoutError):
+    """The instance does not allow this call, e.g. a backend sent as pickled
+    code to an instance started with ``--no-allow-pickled-code``."""
+
+
 class UnimplementedError(TurnoutError, NotImplementedError):
     """The controller does not implement this call yet."""
 
@@ -103,6 +109,7 @@ STATUS_FOR: dict[type[TurnoutError], grpc.StatusCode] = {
     InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
     CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     NotRunningError: grpc.StatusCode.UNAVAILABLE,
 }
 
