@@ -231,6 +231,12 @@ def _failure(report: dict[str, object], log: Path, options: StartOptions) -> Sta
 
 
 def _prepare(options: StartOptions) -> None:
+    # Before anything is bound, even the probe of _check_can_start.
+    try:
+        security = Security(tls=options.tls, insecure=options.insecure)
+        _tls.refuse_exposed(options.grpc_host, security, "the controller")
+    except TurnoutError as exc:
+        raise StartError(str(exc)) from None
     options.log_dir.mkdir(parents=True, exist_ok=True)
     options.state_path.parent.mkdir(parents=True, exist_ok=True)
     _check_can_start(options)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -104,6 +105,15 @@ def _check_timeout(value: float | None) -> float | None:
     return value
 
 
+def _as_json(values: tuple[Any, ...]) -> str | None:
+    """``values`` as a JSON array when they come back from it unchanged, else None."""
+    try:
+        text = json.dumps(list(values))
+    except (TypeError, ValueError):
+        return None
+    return text if json.loads(text) == list(values) else None
+
+
 def _spec(
     tag: str, func_or_class: Callable[..., Any] | type | str, init_args: tuple[Any, ...]
 ) -> pb.BackendSpec:
@@ -127,7 +137,10 @@ def _spec(
             "func_or_class must be a function, a class or an import path str, "
             f"got {type(func_or_class).__name__}"
         )
-    if init_args:
+    if init_args and spec.import_path and _as_json(init_args) is not None:
+        # No pickle at all: an instance that refuses pickled code takes it.
+        spec.init_args_json = _as_json(init_args) or ""
+    elif init_args:
         spec.pickled_init_args = _pickling.dumps(
             tuple(init_args),
             tag,
