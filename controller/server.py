@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout import _replica_context
+from turnout import _auth, _replica_context
 from turnout._grpc import SERVER_OPTIONS
 from turnout._version import __version__
 from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
@@ -68,6 +68,12 @@ class ControllerOptions:
     proxy_workers: int = 1
     # Most replicas of all backends together (resources.default_max_replicas).
     max_replicas: int = 16
+    # The admin token's file; None = <instance dir>/token, created if missing.
+    token_file: Path | None = None
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.token_file or self.instance_dir / _auth.TOKEN_FILE
 
     @property
     def log_dir(self) -> Path:
@@ -88,8 +94,17 @@ class Controller:
         state_path = options.state_path or options.instance_dir / "state.db"
         self._lock = StateLock(state_path)
         self.store = SqliteStore(state_path)
+        # The admin token (created on first start) and the internal secret the
+        # proxy's and replicas' credentials derive from; rotating the first
+        # leaves the second, so running children keep working.
+        _auth.ensure(options.admin_token_file)
+        self._secret = _auth.ensure(options.instance_dir / _auth.SECRET_FILE).encode()
+        self.verifier = _auth.instance_verifier(self._secret, options.admin_token_file)
         self.launcher = ProcessLauncher(
             options.run_dir, options.log_dir, self.store, durable=options.durable
+        )
+        self.launcher.credentials = lambda principal: _auth.child_credentials(
+            self._secret, principal
         )
         self.publisher = RoutePublisher()
         self.plane = ControlPlane(
@@ -107,7 +122,10 @@ class Controller:
 
     async def start(self) -> None:
         """Serve gRPC, then start the proxy; raises ProxyStartError if it cannot."""
-        server = grpc.aio.server(options=ADMIN_SERVER_OPTIONS)
+        server = grpc.aio.server(
+            options=ADMIN_SERVER_OPTIONS,
+            interceptors=_auth.interceptors(self.verifier, "controller"),
+        )
         self._server = server
         port = server.add_insecure_port(f"{self.options.host}:{self.options.port}")
         if port == 0:
@@ -124,12 +142,16 @@ class Controller:
             max_replicas=self.options.max_replicas,
         )
         add_to_server(
-            ControllerServicer(self.plane, self.publisher, instance, self.shutdown), server
+            ControllerServicer(
+                self.plane, self.publisher, instance, self.shutdown, self._data_token
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
                 pb.DESCRIPTOR.services_by_name["ControllerService"].full_name,
+                pb.DESCRIPTOR.services_by_name["RouterService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -152,6 +174,13 @@ class Controller:
         for service in ("", "turnout.v1.ControllerService"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("controller on %s, proxy on %s", self.address, self.http_address)
+
+    def _data_token(self, presented: str | None) -> str:
+        """What a caller presents to replicas: an admin gets the handle token
+        (replicas never see the admin one), anyone else keeps their own."""
+        if self.verifier.roles(presented) == _auth.ADMIN_ROLES:
+            return _auth.derive(self._secret, "handle")
+        return presented or ""
 
     async def _recover_proxy(self) -> ChildProcess:
         """The proxy an earlier controller left serving, or a new one.

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import grpc
 
+from turnout import _auth
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
@@ -23,6 +24,11 @@ BACKOFF_INITIAL_S = 0.1
 BACKOFF_MAX_S = 1.0
 ACK_TIMEOUT_S = 5.0
 REPORT_INTERVAL_S = 1.0
+
+
+def _token() -> tuple[tuple[str, str], ...]:
+    # The proxy's own credentials (router and data roles), from its file.
+    return _auth.metadata(_auth.process_token())
 
 
 def subscriber_id(worker_index: int) -> str:
@@ -50,8 +56,10 @@ async def watch_routes(
             async with grpc.aio.insecure_channel(
                 controller_address, options=CHANNEL_OPTIONS
             ) as channel:
-                stub = controller_pb2_grpc.ControllerServiceStub(channel)
-                stream = stub.WatchRoutes(pb.WatchRoutesRequest(subscriber_id=subscriber))
+                stub = controller_pb2_grpc.RouterServiceStub(channel)
+                stream = stub.WatchRoutes(
+                    pb.WatchRoutesRequest(subscriber_id=subscriber), metadata=_token()
+                )
                 # Versions only grow within one stream; a new stream (a
                 # restarted controller) starts its own sequence.
                 seen = -1
@@ -68,6 +76,7 @@ async def watch_routes(
                     await stub.AckRoutes(
                         pb.AckRoutesRequest(subscriber_id=subscriber, version=seen),
                         timeout=ACK_TIMEOUT_S,
+                        metadata=_token(),
                     )
         except grpc.aio.AioRpcError as exc:
             logger.log(
@@ -88,7 +97,7 @@ async def watch_routes(
 async def report_stats(controller_address: str, stats: RouterStats, reporter_id: str) -> None:
     """Send the counters to the controller about once a second when they changed."""
     async with grpc.aio.insecure_channel(controller_address, options=CHANNEL_OPTIONS) as channel:
-        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        stub = controller_pb2_grpc.RouterServiceStub(channel)
         reported = 0
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
@@ -97,7 +106,7 @@ async def report_stats(controller_address: str, stats: RouterStats, reporter_id:
                 continue
             request = pb.ReportStatsRequest(reporter_id=reporter_id, endpoints=stats.to_proto())
             try:
-                await stub.ReportStats(request, timeout=ACK_TIMEOUT_S)
+                await stub.ReportStats(request, timeout=ACK_TIMEOUT_S, metadata=_token())
             except grpc.aio.AioRpcError as exc:
                 logger.debug("stats report failed: %s", exc.code().name)
                 continue

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from turnout import _auth
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
@@ -127,7 +128,12 @@ class ReplicaLink:
         try:
             # wait_for_ready=False: a replica that cannot be reached fails the
             # call at once instead of holding it.
-            return await self.stub.Handle(request, timeout=timeout, wait_for_ready=False)
+            return await self.stub.Handle(
+                request,
+                timeout=timeout,
+                wait_for_ready=False,
+                metadata=_auth.metadata(_auth.process_token()),
+            )
         except grpc.aio.AioRpcError as exc:
             raise ReplicaCallError(exc.code(), exc.details() or "") from exc
 
@@ -148,7 +154,10 @@ class _CallStream:
     """One ``HandleStream`` call: requests out in batches, answers matched by id."""
 
     def __init__(self, stub: ReplicaServiceAsyncStub) -> None:
-        self._rpc = stub.HandleStream(wait_for_ready=False)
+        # The token goes once per stream, not per request.
+        self._rpc = stub.HandleStream(
+            wait_for_ready=False, metadata=_auth.metadata(_auth.process_token())
+        )
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[replica_pb2.HandleResponse]] = {}
         self._outbox: list[replica_pb2.StreamCall] = []

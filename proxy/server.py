@@ -19,7 +19,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from turnout import _logging, _process
+from turnout import _auth, _logging, _process
+from turnout.errors import TokenFileError
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
 from .controller_link import report_stats, subscriber_id, watch_routes
@@ -87,6 +88,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # Set by the lead for the workers it starts (turnout.proxy.workers).
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--stats-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--credentials-file", type=Path, help="the proxy's token (0600 JSON, from the controller)"
+    )
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
     parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
     parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
@@ -155,6 +159,8 @@ def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
     ]  # fmt: skip
     if args.max_connections is not None:
         options += ["--max-connections", str(args.max_connections)]
+    if args.credentials_file is not None:
+        options += ["--credentials-file", str(args.credentials_file)]
     return tuple(options)
 
 
@@ -166,6 +172,11 @@ def _fail(args: argparse.Namespace, code: str, message: str) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    if args.credentials_file is not None:
+        try:
+            _auth.set_process_token(_auth.ChildCredentials.read(args.credentials_file).token)
+        except (TokenFileError, ValueError, KeyError) as exc:
+            return _fail(args, "INVALID_ARGUMENT", f"cannot read the credentials file: {exc}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -193,6 +193,8 @@ def _failure(report: dict[str, object], log: Path, options: StartOptions) -> Sta
 
 
 def _prepare(options: StartOptions) -> None:
+    # The token lives here: a new instance directory is its owner's alone.
+    options.instance_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     options.log_dir.mkdir(parents=True, exist_ok=True)
     options.state_path.parent.mkdir(parents=True, exist_ok=True)
     _check_can_start(options)

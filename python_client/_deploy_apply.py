@@ -18,6 +18,7 @@ from typing import Any, TextIO, TypeVar
 
 import grpc
 
+from turnout import _auth
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout.client import Client, call_controller
 from turnout.config import BackendConfig
@@ -52,7 +53,10 @@ class Instance:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._channel = grpc.insecure_channel(client.controller_address, options=CHANNEL_OPTIONS)
+        self._channel = _auth.with_token(
+            grpc.insecure_channel(client.controller_address, options=CHANNEL_OPTIONS),
+            client.token,
+        )
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import grpc
 
+from turnout import _auth
 from turnout._grpc import CHANNEL_OPTIONS, never_delivered
 from turnout.errors import (
     BackendError,
@@ -40,7 +41,7 @@ from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc, http_pb2, replica_pb2, replica_pb2_grpc
 
 if TYPE_CHECKING:
-    from turnout.v1.controller_pb2_grpc import ControllerServiceStub
+    from turnout.v1.controller_pb2_grpc import RouterServiceStub
     from turnout.v1.replica_pb2_grpc import ReplicaServiceStub
 
 logger = logging.getLogger(__name__)
@@ -94,9 +95,9 @@ class _Call:
         return min(self.deadline, self.queued_until)
 
 
-def _connect(conn: Conn) -> None:
+def _connect(conn: Conn, token: str | None) -> None:
     channel = grpc.insecure_channel(conn.address, options=CHANNEL_OPTIONS)
-    conn.stub = replica_pb2_grpc.ReplicaServiceStub(channel)
+    conn.stub = replica_pb2_grpc.ReplicaServiceStub(_auth.with_token(channel, token))
 
     def close(grace: float | None) -> None:
         # A blocking channel's close() cancels calls in flight: give them time.
@@ -131,14 +132,15 @@ class HandleRouter:
     _routers: dict[tuple[int, str], HandleRouter] = {}
 
     @classmethod
-    def for_address(cls, address: str) -> HandleRouter:
-        """The process's router for this controller, started on first use."""
+    def for_address(cls, address: str, token: str | None = None) -> HandleRouter:
+        """The process's router for this controller, started on first use with
+        ``token`` (None: found as ``turnout._auth.find_token`` says)."""
         # Keyed by pid too: after a fork the child needs threads of its own.
         key = (os.getpid(), address)
         with cls._lock:
             router = cls._routers.get(key)
             if router is None:
-                router = cls._routers[key] = cls(address)
+                router = cls._routers[key] = cls(address, _auth.find_token(token))
             return router
 
     @classmethod
@@ -149,15 +151,20 @@ class HandleRouter:
         if router is not None:
             router.flush_stats()
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
         self.reporter_id = f"handles-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._router: Router[ReplicaServiceStub] = Router(_connect)
-        self._changed = threading.Condition()
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._controller: ControllerServiceStub = controller_pb2_grpc.ControllerServiceStub(
-            self._channel
+        # What replicas are shown: asked of the controller before the first
+        # snapshot (an admin token is never sent to a replica).
+        self._data_token: str | None = None
+        self._router: Router[ReplicaServiceStub] = Router(
+            lambda conn: _connect(conn, self._data_token)
         )
+        self._changed = threading.Condition()
+        self._channel = _auth.with_token(
+            grpc.insecure_channel(address, options=CHANNEL_OPTIONS), token
+        )
+        self._controller: RouterServiceStub = controller_pb2_grpc.RouterServiceStub(self._channel)
         self._reported = 0
         # backend -> calls waiting for a free replica slot, oldest first
         self._queues: dict[str, collections.deque[_Call]] = {}
@@ -173,6 +180,10 @@ class HandleRouter:
         backoff = 0.1
         while True:
             try:
+                if self._data_token is None:
+                    self._data_token = self._controller.GetDataToken(
+                        pb.GetDataTokenRequest(), timeout=5
+                    ).token
                 for reply in self._controller.WatchRoutes(pb.WatchRoutesRequest()):
                     with self._changed:
                         gone = self._router.apply(reply.snapshot)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from turnout import _cli_logs, _cli_render, _cli_start
+from turnout import _auth, _cli_logs, _cli_render, _cli_start
 from turnout._deploy_apply import Instance, apply
 from turnout._version import __version__
 from turnout.client import Client
@@ -52,10 +52,20 @@ def _address(args: argparse.Namespace) -> str:
     return str(args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS)
 
 
+def _token_file(args: argparse.Namespace) -> Path | None:
+    """--token-file, else the token of --instance-dir when one is named (None:
+    the client's own lookup, see ``turnout._auth.find_token``)."""
+    if getattr(args, "token_file", None):
+        return Path(args.token_file)
+    if getattr(args, "instance_dir", None):
+        return Path(args.instance_dir) / _auth.TOKEN_FILE
+    return None
+
+
 def _connect(args: argparse.Namespace) -> Client:
     address = _address(args)
     try:
-        return Client(address)
+        return Client(address, token_file=_token_file(args))
     except NotRunningError:
         raise CliError(
             f"no Turnout instance at {address}: start one with `turnout start`"
@@ -87,6 +97,7 @@ def _ready_text(started: _cli_start.Started, options: _cli_start.StartOptions) -
         f"  HTTP:  {started.http_address}",
         f"  state: {options.state_path}",
         f"  logs:  {started.log_dir or options.log_dir}",
+        f"  token: {options.instance_dir / _auth.TOKEN_FILE} (admin; `turnout token` prints it)",
     ]
     if started.address != DEFAULT_ADDRESS:
         lines.append(
@@ -128,6 +139,18 @@ def cmd_stop(args: argparse.Namespace) -> int:
             raise CliError(f"asked Turnout at {address} to stop, but pid {pid} still runs")
     _cli_start.remove_pid_file(pid_file, pid)
     print(f"Stopped Turnout at {address} (controller pid {pid}).")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    path = Path(args.instance_dir or _cli_start.data_dir()) / _auth.TOKEN_FILE
+    if args.rotate:
+        token = _auth.rotate(path)
+    elif path.exists():
+        token = _auth.read_private(path)
+    else:
+        raise CliError(f"no token at {path}: `turnout start` creates it")
+    print(token)
     return 0
 
 
@@ -285,6 +308,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"the controller's gRPC address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
     )
+    connect.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"the admin token's file (default: ${_auth.TOKEN_FILE_ENV}, else ${_auth.TOKEN_ENV}, "
+        "else INSTANCE_DIR/token of the default instance)",
+    )
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument(
         "--instance-dir",
@@ -358,6 +387,18 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds to wait for it to exit (60)"
     )
     stop.set_defaults(func=cmd_stop)
+
+    token = commands.add_parser(
+        "token",
+        parents=[home],
+        help="print the instance's admin token (for grpcurl), or replace it",
+        description="Print the admin token in INSTANCE_DIR/token, which every gRPC call to the "
+        "controller must present (grpcurl -H 'authorization: Bearer ...'). With --rotate, "
+        "replace it with a new one first: the running controller accepts the new token at its "
+        "next call and refuses the old one; the proxy and replicas keep working.",
+    )
+    token.add_argument("--rotate", action="store_true", help="replace the token, then print it")
+    token.set_defaults(func=cmd_token)
 
     status = commands.add_parser(
         "status",

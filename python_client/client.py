@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -12,7 +13,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from turnout import _pickling
+from turnout import _auth, _pickling
 from turnout._grpc import CHANNEL_OPTIONS
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
@@ -204,10 +205,22 @@ class Client:
         client.create_endpoint("echo", "echo", route="/echo")
     """
 
-    def __init__(self, address: str, *, _instance: LocalInstance | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        _instance: LocalInstance | None = None,
+    ) -> None:
         self._address = _check_str(address, "address")
         self._instance = _instance
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # An explicit token, else a file, else the replica's own credentials,
+        # $TURNOUT_TOKEN_FILE, $TURNOUT_TOKEN, the default instance's file.
+        self._token = _auth.find_token(token, token_file)
+        self._channel = _auth.with_token(
+            grpc.insecure_channel(address, options=CHANNEL_OPTIONS), self._token
+        )
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._lock = threading.Lock()
         self._closed = False
@@ -219,6 +232,12 @@ class Client:
     def controller_address(self) -> str:
         """The controller's "host:port", as grpcurl and ``init(address=...)`` take it."""
         return self._address
+
+    @property
+    def token(self) -> str | None:
+        """The token this client presents (e.g. to hand to grpcurl); inside a
+        replica, the replica's own, which grants no admin calls."""
+        return self._token
 
     @property
     def http_address(self) -> str:
@@ -568,7 +587,7 @@ class Client:
         _check_str(endpoint, "endpoint")
         if not missing_ok:
             self._call(self._stub.GetEndpoint, pb.GetEndpointRequest(name=endpoint))
-        return EndpointHandle(self._address, endpoint)
+        return EndpointHandle(self._address, endpoint, token=self._token)
 
     def endpoint_stats(self) -> dict[str, dict[str, Any]]:
         """Counters per endpoint, summed over the proxy and every process's handles:

@@ -82,6 +82,21 @@ class UnimplementedError(TurnoutError, NotImplementedError):
     """The controller does not implement this call yet."""
 
 
+class UnauthenticatedError(TurnoutError, PermissionError):
+    """The call carried no valid token of the instance; the message says how to
+    pass one (``Client(..., token=...)``, ``$TURNOUT_TOKEN``, ``turnout token``)."""
+
+
+class PermissionDeniedError(TurnoutError, PermissionError):
+    """The token is valid but its role does not grant the call (e.g. an admin
+    call from code running in a replica, which never holds the admin token)."""
+
+
+class TokenFileError(InvalidArgumentError):
+    """A token or credentials file that cannot be read, or that group or
+    others may read (it is then refused, as ssh refuses such a key)."""
+
+
 class BackendError(TurnoutError):
     """A backend's handler raised.
 
@@ -104,6 +119,8 @@ STATUS_FOR: dict[type[TurnoutError], grpc.StatusCode] = {
     CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     NotRunningError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 _ERROR_FOR = {code: cls for cls, code in STATUS_FOR.items()}
