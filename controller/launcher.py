@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from turnout import _auth, _logging, _process
+from turnout._grpc import Security
 from turnout.v1 import controller_pb2 as pb
 
 from .processes import AdoptedProcess, start_time
@@ -214,9 +215,17 @@ class ProcessLauncher:
     """Starts proxies and replicas, records them, and adopts recorded ones."""
 
     def __init__(
-        self, run_dir: Path, log_dir: Path, store: Store, *, durable: bool = False
+        self,
+        run_dir: Path,
+        log_dir: Path,
+        store: Store,
+        *,
+        durable: bool = False,
+        security: Security | None = None,
     ) -> None:
         self.run_dir = run_dir
+        # How this process reaches its children (health checks, reconfigure).
+        self.security = security or Security()
         self.log_dir = log_dir
         self.durable = durable
         self._store = store

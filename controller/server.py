@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -21,7 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from turnout import _auth, _replica_context
-from turnout._grpc import SERVER_OPTIONS
+from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout._version import __version__
 from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
 from turnout.v1 import controller_pb2 as pb
@@ -68,6 +68,8 @@ class ControllerOptions:
     proxy_workers: int = 1
     # Most replicas of all backends together (resources.default_max_replicas).
     max_replicas: int = 16
+    # TLS material (and token) of every gRPC hop of the instance.
+    security: Security = field(default_factory=Security)
     # The admin token's file; None = <instance dir>/token, created if missing.
     token_file: Path | None = None
 
@@ -101,7 +103,11 @@ class Controller:
         self._secret = _auth.ensure(options.instance_dir / _auth.SECRET_FILE).encode()
         self.verifier = _auth.instance_verifier(self._secret, options.admin_token_file)
         self.launcher = ProcessLauncher(
-            options.run_dir, options.log_dir, self.store, durable=options.durable
+            options.run_dir,
+            options.log_dir,
+            self.store,
+            durable=options.durable,
+            security=options.security,
         )
         self.launcher.credentials = lambda principal: _auth.child_credentials(
             self._secret, principal
@@ -122,12 +128,12 @@ class Controller:
 
     async def start(self) -> None:
         """Serve gRPC, then start the proxy; raises ProxyStartError if it cannot."""
-        server = grpc.aio.server(
-            options=ADMIN_SERVER_OPTIONS,
-            interceptors=_auth.interceptors(self.verifier, "controller"),
+        security = self.options.security
+        server = aio_server(
+            security, ADMIN_SERVER_OPTIONS, _auth.interceptors(self.verifier, "controller")
         )
         self._server = server
-        port = server.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        port = add_port(server, f"{self.options.host}:{self.options.port}", security)
         if port == 0:
             raise OSError(f"cannot listen on {self.options.host}:{self.options.port}")
         self.address = f"{self.options.host}:{port}"

@@ -21,7 +21,7 @@ import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from turnout._grpc import never_delivered
+from turnout._grpc import Security, never_delivered
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
@@ -70,11 +70,11 @@ MAX_CONNECT_RETRIES = 2
 Conn = ReplicaConn[ReplicaLink]
 
 
-def connect(conn: Conn, max_response_bytes: int | None = None) -> None:
+def connect(conn: Conn, security: Security, max_response_bytes: int | None = None) -> None:
     receive = None
     if max_response_bytes is not None:
         receive = max_response_bytes * RECEIVE_ANSWERS + RECEIVE_SLACK_BYTES
-    link = ReplicaLink(conn.address, max_receive_bytes=receive)
+    link = ReplicaLink(conn.address, max_receive_bytes=receive, security=security)
     conn.stub = link
     conn.close = link.close
 
@@ -98,9 +98,14 @@ class ProxyState:
         worker_index: int = 0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+        security: Security | None = None,
     ) -> None:
+        # How this proxy reaches the controller and replicas.
+        self.security = security or Security()
         self.router: Router[ReplicaLink] = Router(
-            functools.partial(connect, max_response_bytes=max_response_bytes)
+            functools.partial(
+                connect, security=self.security, max_response_bytes=max_response_bytes
+            )
         )
         self.admission = Admission(self.router)
         self.max_body_bytes = max_body_bytes

@@ -20,6 +20,7 @@ from pathlib import Path
 from aiohttp import web
 
 from turnout import _auth, _logging, _process
+from turnout._grpc import Security
 from turnout.errors import TokenFileError
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
@@ -172,9 +173,11 @@ def _fail(args: argparse.Namespace, code: str, message: str) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    # The proxy's own token (router and data roles), for the controller and replicas.
+    token = None
     if args.credentials_file is not None:
         try:
-            _auth.set_process_token(_auth.ChildCredentials.read(args.credentials_file).token)
+            token = _auth.ChildCredentials.read(args.credentials_file).token
         except (TokenFileError, ValueError, KeyError) as exc:
             return _fail(args, "INVALID_ARGUMENT", f"cannot read the credentials file: {exc}")
     stop = asyncio.Event()
@@ -191,6 +194,7 @@ async def serve(args: argparse.Namespace) -> int:
         worker_index=index,
         max_response_bytes=args.max_response_bytes,
         read_timeout=args.read_timeout,
+        security=Security(token=token),
     )
     counters = None
     if stats_dir is not None:
@@ -219,8 +223,8 @@ async def serve(args: argparse.Namespace) -> int:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     name = subscriber_id(index)
-    watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name))
-    state.spawn(report_stats(args.controller, state.router.stats, name))
+    watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name, state.security))
+    state.spawn(report_stats(args.controller, state.router.stats, name, state.security))
     if counters is not None:
         state.spawn(counters.share_forever())
     workers = None

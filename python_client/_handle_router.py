@@ -9,6 +9,7 @@ loop (or none) without a loop of its own.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -22,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import grpc
 
-from turnout import _auth
-from turnout._grpc import CHANNEL_OPTIONS, never_delivered
+from turnout import _auth, _grpc
+from turnout._grpc import Security, never_delivered
 from turnout.errors import (
     BackendError,
     DeadlineExceededError,
@@ -95,9 +96,9 @@ class _Call:
         return min(self.deadline, self.queued_until)
 
 
-def _connect(conn: Conn, token: str | None) -> None:
-    channel = grpc.insecure_channel(conn.address, options=CHANNEL_OPTIONS)
-    conn.stub = replica_pb2_grpc.ReplicaServiceStub(_auth.with_token(channel, token))
+def _connect(conn: Conn, security: Security) -> None:
+    channel = _grpc.channel(conn.address, security)
+    conn.stub = replica_pb2_grpc.ReplicaServiceStub(channel)
 
     def close(grace: float | None) -> None:
         # A blocking channel's close() cancels calls in flight: give them time.
@@ -140,7 +141,8 @@ class HandleRouter:
         with cls._lock:
             router = cls._routers.get(key)
             if router is None:
-                router = cls._routers[key] = cls(address, _auth.find_token(token))
+                known = _grpc.security_for(address).token
+                router = cls._routers[key] = cls(address, token or known or _auth.find_token())
             return router
 
     @classmethod
@@ -154,16 +156,15 @@ class HandleRouter:
     def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
         self.reporter_id = f"handles-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        # What replicas are shown: asked of the controller before the first
-        # snapshot (an admin token is never sent to a replica).
-        self._data_token: str | None = None
+        self._security = dataclasses.replace(_grpc.security_for(address), token=token)
+        # What replicas are shown, asked of the controller before the first
+        # snapshot: an admin token is never sent to a replica.
+        self._replica_security: Security | None = None
         self._router: Router[ReplicaServiceStub] = Router(
-            lambda conn: _connect(conn, self._data_token)
+            lambda conn: _connect(conn, self._replica_security or Security())
         )
         self._changed = threading.Condition()
-        self._channel = _auth.with_token(
-            grpc.insecure_channel(address, options=CHANNEL_OPTIONS), token
-        )
+        self._channel = _grpc.channel(address, self._security)
         self._controller: RouterServiceStub = controller_pb2_grpc.RouterServiceStub(self._channel)
         self._reported = 0
         # backend -> calls waiting for a free replica slot, oldest first
@@ -180,10 +181,11 @@ class HandleRouter:
         backoff = 0.1
         while True:
             try:
-                if self._data_token is None:
-                    self._data_token = self._controller.GetDataToken(
-                        pb.GetDataTokenRequest(), timeout=5
-                    ).token
+                if self._replica_security is None:
+                    data = self._controller.GetDataToken(pb.GetDataTokenRequest(), timeout=5)
+                    self._replica_security = dataclasses.replace(
+                        self._security, token=data.token or None
+                    )
                 for reply in self._controller.WatchRoutes(pb.WatchRoutesRequest()):
                     with self._changed:
                         gone = self._router.apply(reply.snapshot)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import os
 import threading
@@ -13,8 +14,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from turnout import _auth, _pickling
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout import _auth, _grpc, _pickling
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
 from turnout.controller import validation
@@ -218,9 +218,10 @@ class Client:
         # An explicit token, else a file, else the replica's own credentials,
         # $TURNOUT_TOKEN_FILE, $TURNOUT_TOKEN, the default instance's file.
         self._token = _auth.find_token(token, token_file)
-        self._channel = _auth.with_token(
-            grpc.insecure_channel(address, options=CHANNEL_OPTIONS), self._token
-        )
+        self._security = dataclasses.replace(_grpc.security_for(address), token=self._token)
+        # Handles and tools of this process reach the instance as this client does.
+        _grpc.remember(address, self._security)
+        self._channel = _grpc.channel(address, self._security)
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._lock = threading.Lock()
         self._closed = False

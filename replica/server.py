@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -35,7 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from turnout import _auth, _logging
-from turnout._grpc import SERVER_OPTIONS
+from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout._process import (
     die_with_parent,
     exit_with_owner,
@@ -119,6 +119,8 @@ class ReplicaOptions:
     # Rotated log file; None = stderr.
     log_file: Path | None = None
     stuck_call_grace: float = STUCK_CALL_GRACE_S
+    # TLS material (and token) of the replica's port.
+    security: Security = field(default_factory=Security)
     credentials_file: Path | None = None
 
 
@@ -269,9 +271,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    server = grpc.aio.server(
-        options=SERVER_OPTIONS, interceptors=_auth.interceptors(verifier, "replica")
-    )
+    server = aio_server(options.security, SERVER_OPTIONS, _auth.interceptors(verifier, "replica"))
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(runtime), server)
     health_servicer = BackendHealth(runtime, options.stuck_call_grace)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -281,7 +281,7 @@ async def serve(
     host = options.host
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     try:
-        port = server.add_insecure_port(f"{bind_host}:0")
+        port = add_port(server, f"{bind_host}:0", options.security)
     except RuntimeError as exc:
         return _give_up(options, "UNAVAILABLE", f"cannot bind {host}: {exc}")
     await server.start()
