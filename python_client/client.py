@@ -217,6 +217,8 @@ class Client:
         self._instance = _instance
         # An explicit token, else a file, else the replica's own credentials,
         # $TURNOUT_TOKEN_FILE, $TURNOUT_TOKEN, the default instance's file.
+        if token is None and token_file is None and _instance is not None:
+            token = _instance.token
         self._token = _auth.find_token(token, token_file)
         self._security = dataclasses.replace(_grpc.security_for(address), token=self._token)
         # Handles and tools of this process reach the instance as this client does.
