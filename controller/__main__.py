@@ -105,12 +105,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         "--system-token-file",
         type=Path,
         metavar="PATH",
-        help="file holding the token --protect-system-paths wants",
+        help="file holding the token --protect-system-paths wants (default: the instance's "
+        "admin token file)",
     )
     _tls.add_arguments(parser, server=True)
     args = parser.parse_args(argv)
-    if args.protect_system_paths and args.system_token_file is None:
-        parser.error("--protect-system-paths needs --system-token-file")
     if args.max_replicas is not None and args.max_replicas < 1:
         parser.error(f"--max-replicas must be >= 1, got {args.max_replicas}")
     if args.proxy_workers < 1:
@@ -183,7 +182,8 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
         max_replicas=args.max_replicas or default_max_replicas(),
         security=security,
         allow_pickled_code=allow_pickled,
-        system_token_file=args.system_token_file if args.protect_system_paths else None,
+        protect_system_paths=args.protect_system_paths,
+        system_token_file=args.system_token_file,
     )
     try:
         controller = Controller(options)

@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from turnout import _auth
 from turnout._grpc import Security, aio_channel
 from turnout._process import OUT_OF_MEMORY_EXIT
 from turnout.errors import InvalidArgumentError, TurnoutError
@@ -228,7 +229,11 @@ class ReplicaSet:
             async with aio_channel(slot.child.address, self._launcher.security) as channel:
                 stub = replica_pb2_grpc.ReplicaServiceStub(channel)
                 try:
-                    await stub.Reconfigure(request, timeout=RECONFIGURE_TIMEOUT_S)
+                    await stub.Reconfigure(
+                        request,
+                        timeout=RECONFIGURE_TIMEOUT_S,
+                        metadata=_auth.metadata(self._launcher.data_token),
+                    )
                 except grpc.aio.AioRpcError as exc:
                     raise InvalidArgumentError(
                         f"backend {self.tag!r}: replica {slot.replica_id} could not "

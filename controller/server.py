@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout import _replica_context
+from turnout import _auth, _replica_context
 from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout._tls import is_unix
 from turnout._version import __version__
@@ -73,8 +73,23 @@ class ControllerOptions:
     security: Security = field(default_factory=Security)
     # Whether CreateBackend/UpdateBackend take pickled code (import paths always).
     allow_pickled_code: bool = True
-    # Set: the proxy's system paths (but /-/healthz) want the token in this file.
+    # The proxy's system paths (but /-/healthz) want the token of
+    # system_token_file (None: the admin token's file).
+    protect_system_paths: bool = False
     system_token_file: Path | None = None
+    # The admin token's file; None = <instance dir>/token, created if missing.
+    token_file: Path | None = None
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.token_file or self.instance_dir / _auth.TOKEN_FILE
+
+    @property
+    def system_paths_token_file(self) -> Path | None:
+        """What the proxy's protected system paths read the token from; None = open."""
+        if not self.protect_system_paths:
+            return None
+        return self.system_token_file or self.admin_token_file
 
     @property
     def log_dir(self) -> Path:
@@ -95,12 +110,21 @@ class Controller:
         state_path = options.state_path or options.instance_dir / "state.db"
         self._lock = StateLock(state_path)
         self.store = SqliteStore(state_path)
+        # The admin token (created on first start) and the internal secret the
+        # proxy's and replicas' credentials derive from; rotating the first
+        # leaves the second, so running children keep working.
+        _auth.ensure(options.admin_token_file)
+        self._secret = _auth.ensure(options.instance_dir / _auth.SECRET_FILE).encode()
+        self.verifier = _auth.instance_verifier(self._secret, options.admin_token_file)
         self.launcher = ProcessLauncher(
             options.run_dir,
             options.log_dir,
             self.store,
             durable=options.durable,
             security=options.security,
+        )
+        self.launcher.credentials = lambda principal: _auth.child_credentials(
+            self._secret, principal
         )
         self.publisher = RoutePublisher()
         self.plane = ControlPlane(
@@ -123,7 +147,9 @@ class Controller:
     async def start(self) -> None:
         """Serve gRPC, then start the proxy; raises ProxyStartError if it cannot."""
         security = self.options.security
-        server = aio_server(security, ADMIN_SERVER_OPTIONS)
+        server = aio_server(
+            security, ADMIN_SERVER_OPTIONS, _auth.interceptors(self.verifier, "controller")
+        )
         self._server = server
         host = self.options.host
         # A Unix socket is its own address: the port means nothing there.
@@ -143,12 +169,16 @@ class Controller:
             max_replicas=self.options.max_replicas,
         )
         add_to_server(
-            ControllerServicer(self.plane, self.publisher, instance, self.shutdown), server
+            ControllerServicer(
+                self.plane, self.publisher, instance, self.shutdown, self._data_token
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
                 pb.DESCRIPTOR.services_by_name["ControllerService"].full_name,
+                pb.DESCRIPTOR.services_by_name["RouterService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -172,6 +202,13 @@ class Controller:
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("controller on %s, proxy on %s", self.address, self.http_address)
 
+    def _data_token(self, presented: str | None) -> str:
+        """What a caller presents to replicas: an admin gets the handle token
+        (replicas never see the admin one), anyone else keeps their own."""
+        if self.verifier.roles(presented) == _auth.ADMIN_ROLES:
+            return _auth.derive(self._secret, "handle")
+        return presented or ""
+
     async def _recover_proxy(self) -> ChildProcess:
         """The proxy an earlier controller left serving, or a new one.
 
@@ -194,7 +231,7 @@ class Controller:
             port,
             self.options.access_log,
             workers=self.options.proxy_workers,
-            system_token_file=self.options.system_token_file,
+            system_token_file=self.options.system_paths_token_file,
         )
 
     async def _supervise_proxy(self) -> None:
@@ -220,7 +257,7 @@ class Controller:
                 int(port),
                 self.options.access_log,
                 workers=self.options.proxy_workers,
-                system_token_file=self.options.system_token_file,
+                system_token_file=self.options.system_paths_token_file,
             )
             if proxy.ok:
                 self._proxy = proxy

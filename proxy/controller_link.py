@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import grpc
 
+from turnout import _auth
 from turnout._grpc import Security, aio_channel
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
@@ -50,8 +51,11 @@ async def watch_routes(
     while True:
         try:
             async with aio_channel(controller_address, security) as channel:
-                stub = controller_pb2_grpc.ControllerServiceStub(channel)
-                stream = stub.WatchRoutes(pb.WatchRoutesRequest(subscriber_id=subscriber))
+                stub = controller_pb2_grpc.RouterServiceStub(channel)
+                stream = stub.WatchRoutes(
+                    pb.WatchRoutesRequest(subscriber_id=subscriber),
+                    metadata=_auth.metadata(security.token),
+                )
                 # Versions only grow within one stream; a new stream (a
                 # restarted controller) starts its own sequence.
                 seen = -1
@@ -68,6 +72,7 @@ async def watch_routes(
                     await stub.AckRoutes(
                         pb.AckRoutesRequest(subscriber_id=subscriber, version=seen),
                         timeout=ACK_TIMEOUT_S,
+                        metadata=_auth.metadata(security.token),
                     )
         except grpc.aio.AioRpcError as exc:
             logger.log(
@@ -90,7 +95,7 @@ async def report_stats(
 ) -> None:
     """Send the counters to the controller about once a second when they changed."""
     async with aio_channel(controller_address, security) as channel:
-        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        stub = controller_pb2_grpc.RouterServiceStub(channel)
         reported = 0
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
@@ -99,7 +104,9 @@ async def report_stats(
                 continue
             request = pb.ReportStatsRequest(reporter_id=reporter_id, endpoints=stats.to_proto())
             try:
-                await stub.ReportStats(request, timeout=ACK_TIMEOUT_S)
+                await stub.ReportStats(
+                    request, timeout=ACK_TIMEOUT_S, metadata=_auth.metadata(security.token)
+                )
             except grpc.aio.AioRpcError as exc:
                 logger.debug("stats report failed: %s", exc.code().name)
                 continue

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from turnout import _logging, _process, _tls
+from turnout import _auth, _logging, _process, _tls
 from turnout._grpc import Security
-from turnout.errors import TurnoutError
+from turnout.errors import TokenFileError, TurnoutError
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
 from .controller_link import report_stats, subscriber_id, watch_routes
@@ -92,6 +92,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # Set by the lead for the workers it starts (turnout.proxy.workers).
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--stats-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--credentials-file", type=Path, help="the proxy's token (0600 JSON, from the controller)"
+    )
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
     parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
     parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
@@ -191,6 +194,8 @@ def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
     if args.protect_system_paths:
         options += ["--protect-system-paths", "--system-token-file", str(args.system_token_file)]
     options += _tls.argv(Security(tls=_tls.from_args(args)))
+    if args.credentials_file is not None:
+        options += ["--credentials-file", str(args.credentials_file)]
     return tuple(options)
 
 
@@ -203,9 +208,16 @@ def _fail(args: argparse.Namespace, code: str, message: str) -> int:
 
 async def serve(args: argparse.Namespace) -> int:
     try:
-        security = Security(tls=_tls.from_args(args))
+        tls = _tls.from_args(args)
     except TurnoutError as exc:
         return _fail(args, "INVALID_ARGUMENT", str(exc))
+    # The proxy's own token (router and data roles), for the controller and replicas.
+    token = None
+    if args.credentials_file is not None:
+        try:
+            token = _auth.ChildCredentials.read(args.credentials_file).token
+        except (TokenFileError, ValueError, KeyError) as exc:
+            return _fail(args, "INVALID_ARGUMENT", f"cannot read the credentials file: {exc}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -220,7 +232,7 @@ async def serve(args: argparse.Namespace) -> int:
         worker_index=index,
         max_response_bytes=args.max_response_bytes,
         read_timeout=args.read_timeout,
-        security=security,
+        security=Security(tls=tls, token=token),
         system_token=system_token(args),
     )
     counters = None

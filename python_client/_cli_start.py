@@ -64,7 +64,8 @@ class StartOptions:
     insecure: bool = False
     # None: on when the gRPC host is loopback or a Unix socket.
     allow_pickled_code: bool | None = None
-    # Set: the proxy's system paths want the token in this file.
+    # The proxy's system paths want the token (of this file; None: the admin token's).
+    protect_system_paths: bool = False
     system_token_file: Path | None = None
 
     @property
@@ -117,8 +118,10 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
         args.append(
             "--allow-pickled-code" if options.allow_pickled_code else "--no-allow-pickled-code"
         )
+    if options.protect_system_paths:
+        args.append("--protect-system-paths")
     if options.system_token_file is not None:
-        args += ["--protect-system-paths", "--system-token-file", str(options.system_token_file)]
+        args += ["--system-token-file", str(options.system_token_file)]
     return _process.child_argv("turnout.controller", args)
 
 
@@ -237,6 +240,8 @@ def _prepare(options: StartOptions) -> None:
         _tls.refuse_exposed(options.grpc_host, security, "the controller")
     except TurnoutError as exc:
         raise StartError(str(exc)) from None
+    # The token lives here: a new instance directory is its owner's alone.
+    options.instance_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     options.log_dir.mkdir(parents=True, exist_ok=True)
     options.state_path.parent.mkdir(parents=True, exist_ok=True)
     _check_can_start(options)

@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from turnout import _auth
+
 # Request and response bodies can be large (file uploads, tensors); gRPC's 4 MiB
 # default would turn them into opaque RESOURCE_EXHAUSTED errors. The HTTP proxy
 # enforces its own body limit with a clear 413 instead.
@@ -112,27 +114,39 @@ def _channel_options(security: Security, options: Options) -> list[tuple[str, An
 
 
 def channel(address: str, security: Security, options: Options = CHANNEL_OPTIONS) -> grpc.Channel:
-    """A blocking channel to ``address`` ("host:port" or "unix:/path")."""
+    """A blocking channel to ``address`` ("host:port" or "unix:/path"),
+    presenting ``security.token`` on every call."""
     opts = _channel_options(security, options)
     if security.tls is None:
-        return grpc.insecure_channel(address, options=opts)
-    return grpc.secure_channel(address, channel_credentials(security.tls), options=opts)
+        made = grpc.insecure_channel(address, options=opts)
+    else:
+        made = grpc.secure_channel(address, channel_credentials(security.tls), options=opts)
+    return _auth.with_token(made, security.token)
 
 
 def aio_channel(
     address: str, security: Security, options: Options = CHANNEL_OPTIONS
 ) -> grpc.aio.Channel:
-    """An asyncio channel to ``address`` ("host:port" or "unix:/path")."""
+    """An asyncio channel to ``address`` ("host:port" or "unix:/path").
+
+    Its callers pass ``metadata=_auth.metadata(security.token)`` themselves:
+    a grpc.aio client interceptor would wrap every message of a stream (and
+    needs one object per call kind)."""
     opts = _channel_options(security, options)
     if security.tls is None:
         return grpc.aio.insecure_channel(address, options=opts)
     return grpc.aio.secure_channel(address, channel_credentials(security.tls), options=opts)
 
 
-def aio_server(security: Security, options: Options = SERVER_OPTIONS) -> grpc.aio.Server:
-    """An asyncio server; ports are added with ``add_port``."""
-    del security  # the token's interceptors hook in here
-    return grpc.aio.server(options=list(options))
+def aio_server(
+    security: Security,
+    options: Options = SERVER_OPTIONS,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
+    """An asyncio server; ports are added with ``add_port``. ``interceptors``:
+    the token check (``turnout._auth.interceptors``)."""
+    del security
+    return grpc.aio.server(options=list(options), interceptors=list(interceptors))
 
 
 def add_port(server: grpc.aio.Server, address: str, security: Security) -> int:

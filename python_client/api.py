@@ -46,6 +46,7 @@ def init(
     keep_instance_dir: bool = False,
     max_replicas: int | None = None,
     tls: TLSConfig | None = None,
+    token: str | None = None,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -75,9 +76,11 @@ def init(
     with TLS on every gRPC hop (mutual TLS when ``ca`` is given) and connects
     with the same material; see docs/security.md.
     With an ``address`` ("host:port" or "unix:/path" of a controller) it
-    connects to that instance, over TLS when ``tls`` is given. Inside a
-    replica, ``init()`` connects to the instance running it and never
-    starts another.
+    connects to that instance, over TLS when ``tls`` is given, presenting
+    ``token`` (else ``$TURNOUT_TOKEN_FILE``, ``$TURNOUT_TOKEN``, the default
+    instance's token file). A started instance gets a new token, held in
+    memory (``client.token``). Inside a replica, ``init()`` connects to the
+    instance running it and never starts another.
 
     Several instances can live in one process under different names
     (``name``, default ``"default"``), each with its own controller and HTTP port.
@@ -135,7 +138,7 @@ def init(
         if address is None:
             address = _replica_context.controller_address()
         if address is not None:
-            client = Client(address, tls=tls)
+            client = Client(address, tls=tls, token=token)
         else:
             client = _start_local(
                 http_host,
@@ -182,7 +185,7 @@ def _start_local(
         tls=tls,
     )
     try:
-        client = Client(instance.address, tls=tls, _instance=instance)
+        client = Client(instance.address, tls=tls, token=instance.token, _instance=instance)
     except BaseException:
         instance.wait_stopped()
         raise
@@ -221,7 +224,7 @@ def start(detached: bool = False, **options: Any) -> Client:
     return init(name=f"started-{next(_started)}", **options)
 
 
-def connect(address: str | None = None) -> Client:
+def connect(address: str | None = None, token: str | None = None) -> Client:
     """A ``Client`` of a running instance (Ray Serve 1.0's ``serve.connect()``).
 
     With no ``address``: the current instance (the one ``init()`` or
@@ -229,7 +232,7 @@ def connect(address: str | None = None) -> Client:
     that runs it; else the one ``turnout start`` runs (``$TURNOUT_ADDRESS``,
     else 127.0.0.1:50051, as the CLI finds it), as Ray's ``connect()`` finds
     the detached instance. With an ``address`` ("host:port" of a
-    controller): that instance.
+    controller): that instance. ``token``: as ``init()`` takes it.
 
     Example::
 
@@ -251,7 +254,7 @@ def connect(address: str | None = None) -> Client:
         for client in _clients.values():
             if client.controller_address == address and not client.closed:
                 return client
-    return Client(address)
+    return Client(address, token=token)
 
 
 def shutdown() -> None:

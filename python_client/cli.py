@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from turnout import _cli_logs, _cli_render, _cli_start, _tls
+from turnout import _auth, _cli_logs, _cli_render, _cli_start, _tls
 from turnout._deploy_apply import Instance, apply
 from turnout._version import __version__
 from turnout.client import Client
@@ -52,6 +52,16 @@ def _address(args: argparse.Namespace) -> str:
     return str(args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS)
 
 
+def _token_file(args: argparse.Namespace) -> Path | None:
+    """--token-file, else the token of --instance-dir when one is named (None:
+    the client's own lookup, see ``turnout._auth.find_token``)."""
+    if getattr(args, "token_file", None):
+        return Path(args.token_file)
+    if getattr(args, "instance_dir", None):
+        return Path(args.instance_dir) / _auth.TOKEN_FILE
+    return None
+
+
 def _connect(args: argparse.Namespace) -> Client:
     address = _address(args)
     try:
@@ -59,7 +69,7 @@ def _connect(args: argparse.Namespace) -> Client:
     except TurnoutError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     try:
-        return Client(address, tls=tls)
+        return Client(address, tls=tls, token_file=_token_file(args))
     except NotRunningError:
         raise CliError(
             f"no Turnout instance at {address}: start one with `turnout start`"
@@ -75,9 +85,6 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         tls = _tls.from_args(args)
     except TurnoutError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
-    if args.protect_system_paths and args.system_token_file is None:
-        raise CliError("--protect-system-paths needs --system-token-file", EXIT_USAGE)
-    token_file = args.system_token_file if args.protect_system_paths else None
     return _cli_start.StartOptions(
         instance_dir=instance_dir,
         state_path=Path(args.state or instance_dir / "state.db").absolute(),
@@ -91,7 +98,10 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         tls=tls,
         insecure=args.insecure,
         allow_pickled_code=args.allow_pickled_code,
-        system_token_file=None if token_file is None else Path(token_file).absolute(),
+        protect_system_paths=args.protect_system_paths,
+        system_token_file=(
+            None if args.system_token_file is None else Path(args.system_token_file).absolute()
+        ),
     )
 
 
@@ -102,6 +112,7 @@ def _ready_text(started: _cli_start.Started, options: _cli_start.StartOptions) -
         f"  HTTP:  {started.http_address}",
         f"  state: {options.state_path}",
         f"  logs:  {started.log_dir or options.log_dir}",
+        f"  token: {options.instance_dir / _auth.TOKEN_FILE} (admin; `turnout token` prints it)",
     ]
     if started.address != DEFAULT_ADDRESS:
         lines.append(
@@ -143,6 +154,18 @@ def cmd_stop(args: argparse.Namespace) -> int:
             raise CliError(f"asked Turnout at {address} to stop, but pid {pid} still runs")
     _cli_start.remove_pid_file(pid_file, pid)
     print(f"Stopped Turnout at {address} (controller pid {pid}).")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    path = Path(args.instance_dir or _cli_start.data_dir()) / _auth.TOKEN_FILE
+    if args.rotate:
+        token = _auth.rotate(path)
+    elif path.exists():
+        token = _auth.read_private(path)
+    else:
+        raise CliError(f"no token at {path}: `turnout start` creates it")
+    print(token)
     return 0
 
 
@@ -316,6 +339,12 @@ def _parser() -> argparse.ArgumentParser:
     tls.add_argument(
         "--tls-server-name", metavar="NAME", help="name the controller's certificate must have"
     )
+    connect.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"the admin token's file (default: ${_auth.TOKEN_FILE_ENV}, else ${_auth.TOKEN_ENV}, "
+        "else INSTANCE_DIR/token of the default instance)",
+    )
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument(
         "--instance-dir",
@@ -387,7 +416,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--system-token-file",
         metavar="PATH",
-        help="file holding the token --protect-system-paths wants",
+        help="file holding the token --protect-system-paths wants (default: the instance's "
+        "token file, INSTANCE_DIR/token)",
     )
     start.add_argument(
         "--detach",
@@ -408,6 +438,18 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds to wait for it to exit (60)"
     )
     stop.set_defaults(func=cmd_stop)
+
+    token = commands.add_parser(
+        "token",
+        parents=[home],
+        help="print the instance's admin token (for grpcurl), or replace it",
+        description="Print the admin token in INSTANCE_DIR/token, which every gRPC call to the "
+        "controller must present (grpcurl -H 'authorization: Bearer ...'). With --rotate, "
+        "replace it with a new one first: the running controller accepts the new token at its "
+        "next call and refuses the old one; the proxy and replicas keep working.",
+    )
+    token.add_argument("--rotate", action="store_true", help="replace the token, then print it")
+    token.set_defaults(func=cmd_token)
 
     status = commands.add_parser(
         "status",

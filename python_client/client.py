@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -14,7 +15,7 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from turnout import _grpc, _pickling, _tls
+from turnout import _auth, _grpc, _pickling, _tls
 from turnout._grpc import TLSConfig
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
@@ -231,11 +232,18 @@ class Client:
         address: str,
         *,
         tls: TLSConfig | None = None,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
         _instance: LocalInstance | None = None,
     ) -> None:
         self._address = _check_str(address, "address")
         self._instance = _instance
-        self._security = _grpc.security_for(address)
+        # An explicit token, else a file, else the replica's own credentials,
+        # $TURNOUT_TOKEN_FILE, $TURNOUT_TOKEN, the default instance's file.
+        if token is None and token_file is None and _instance is not None:
+            token = _instance.token
+        self._token = _auth.find_token(token, token_file)
+        self._security = dataclasses.replace(_grpc.security_for(address), token=self._token)
         if tls is not None:
             if not isinstance(tls, TLSConfig):
                 raise TypeError(f"tls must be a turnout.TLSConfig, got {type(tls).__name__}")
@@ -255,6 +263,12 @@ class Client:
     def controller_address(self) -> str:
         """The controller's "host:port", as grpcurl and ``init(address=...)`` take it."""
         return self._address
+
+    @property
+    def token(self) -> str | None:
+        """The token this client presents (e.g. to hand to grpcurl); inside a
+        replica, the replica's own, which grants no admin calls."""
+        return self._token
 
     @property
     def http_address(self) -> str:
@@ -612,7 +626,7 @@ class Client:
         _check_str(endpoint, "endpoint")
         if not missing_ok:
             self._call(self._stub.GetEndpoint, pb.GetEndpointRequest(name=endpoint))
-        return EndpointHandle(self._address, endpoint)
+        return EndpointHandle(self._address, endpoint, token=self._token)
 
     def endpoint_stats(self) -> dict[str, dict[str, Any]]:
         """Counters per endpoint, summed over the proxy and every process's handles:

@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from turnout import _process, _replica_context, _tls
+from turnout import _auth, _process, _replica_context, _tls
 from turnout._driver_logs import DriverLogs
 from turnout._grpc import Security, TLSConfig
 from turnout.controller.processes import start_time
@@ -68,6 +68,9 @@ class LocalInstance:
         self.address = str(report["address"])
         self.http_address = str(report["http_address"])
         self.instance_dir = instance_dir
+        # The admin token, made here and handed to the controller in a 0600
+        # file of the 0700 instance directory (never its environment).
+        self.token = _auth.read_private(instance_dir / _auth.TOKEN_FILE)
         self._keep_dir = keep_dir
         self._logs = logs
         # Set once the owner shuts the instance down: no restart after that.
@@ -98,6 +101,7 @@ class LocalInstance:
         """Start an instance; ``keep_dir`` keeps the instance directory after it stops."""
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         (instance_dir / "logs").mkdir(mode=0o700)
+        _auth.write_private(instance_dir / _auth.TOKEN_FILE, _auth.new_token())
         argv = _process.child_argv(
             "turnout.controller",
             [

@@ -486,7 +486,8 @@ def test_start_after_a_crash_with_clients_connected_is_not_refused(home: Home) -
     as systemd's Restart=on-failure makes at once, must not trip on it."""
     home.start_detached()
     controller = int((home.data_dir / "turnout.pid").read_text())
-    with _grpc.channel(home.address, _grpc.security_for(home.address)) as channel:
+    token = (home.data_dir / "token").read_text()
+    with _grpc.channel(home.address, _grpc.Security(token=token)) as channel:
         stub = controller_pb2_grpc.ControllerServiceStub(channel)
         assert stub.GetInstance(pb.GetInstanceRequest(), timeout=10).controller_pid == controller
         os.kill(controller, signal.SIGKILL)

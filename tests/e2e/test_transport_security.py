@@ -75,7 +75,7 @@ def test_wrong_or_missing_material_is_refused(mtls: turnout.Client, pki: Pki) ->
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     # The failures left this process's way to the instance as it was.
     assert mtls.list_backends() is not None
-    assert turnout.Client(address).controller_pid == mtls.controller_pid
+    assert turnout.Client(address, token=mtls.token).controller_pid == mtls.controller_pid
 
 
 def test_grpcurl_with_tls(mtls: turnout.Client, pki: Pki) -> None:
@@ -84,9 +84,13 @@ def test_grpcurl_with_tls(mtls: turnout.Client, pki: Pki) -> None:
     flags = ["-cacert", str(pki.ca), "-cert", str(pki.good.cert), "-key", str(pki.good.key)]
     method = "turnout.v1.ControllerService/GetInstance"
 
+    # As docs/security.md shows it: the token from the environment, not argv.
+    bearer = ["-expand-headers", "-H", "authorization: Bearer ${TURNOUT_TOKEN}"]
+    env = {**os.environ, "TURNOUT_TOKEN": mtls.token or ""}
+
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [binary, *args, mtls.controller_address, method]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        argv = [binary, *bearer, *args, mtls.controller_address, method]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
 
     served = run(*flags)
     assert served.returncode == 0, served.stderr
@@ -125,12 +129,11 @@ def test_exposed_plaintext_is_refused_at_start(tmp_path: Path) -> None:
 @pytest.fixture
 def uds_instance(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     """`turnout start` on a Unix socket, with pickled code refused and the
-    system paths protected; yields (address, token file, environment)."""
+    system paths protected by the instance's token; yields (address, token
+    file, environment)."""
     sock_dir = tmp_path / "sock"
     address = f"unix:{sock_dir}/controller.sock"
-    token = tmp_path / "token"
-    token.write_text("s3cret-token\n")
-    token.chmod(0o600)
+    token = tmp_path / "data" / "turnout" / "token"
     env = {
         **os.environ,
         "XDG_DATA_HOME": str(tmp_path / "data"),
@@ -139,8 +142,7 @@ def uds_instance(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     }
     started = _python(
         "turnout.cli", "start", "--detach", "--grpc-host", address, "--http-port", "0",
-        "--no-allow-pickled-code", "--protect-system-paths", "--system-token-file", str(token),
-        env=env,
+        "--no-allow-pickled-code", "--protect-system-paths", env=env,
     )  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr
     try:
@@ -153,7 +155,7 @@ def uds_instance(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
 def test_unix_socket_instance(uds_instance: tuple[str, Path, dict[str, str]]) -> None:
     address, token, env = uds_instance
     assert stat.S_IMODE(Path(address.removeprefix("unix:")).parent.stat().st_mode) == 0o700
-    client = turnout.Client(address)
+    client = turnout.Client(address, token_file=token)
     assert client.controller_address == address
 
     # Pickled code is refused before any replica starts; import paths work.

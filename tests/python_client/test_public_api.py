@@ -24,6 +24,8 @@ EXPECTED = {
     "NotRunningError",
     "OverloadedError",
     "PermissionDeniedError",
+    "TokenFileError",
+    "UnauthenticatedError",
     "ReplicaInfo",
     "TLSConfig",
     "TurnoutError",
