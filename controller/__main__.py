@@ -108,8 +108,17 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="file holding the token --protect-system-paths wants (default: the instance's "
         "admin token file)",
     )
+    parser.add_argument(
+        "--https-cert",
+        type=Path,
+        metavar="PEM",
+        help="the proxy serves HTTPS with this certificate",
+    )
+    parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
     _tls.add_arguments(parser, server=True)
     args = parser.parse_args(argv)
+    if (args.https_cert is None) != (args.https_key is None):
+        parser.error("HTTPS needs both --https-cert and --https-key")
     if args.max_replicas is not None and args.max_replicas < 1:
         parser.error(f"--max-replicas must be >= 1, got {args.max_replicas}")
     if args.proxy_workers < 1:
@@ -184,6 +193,9 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
         allow_pickled_code=allow_pickled,
         protect_system_paths=args.protect_system_paths,
         system_token_file=args.system_token_file,
+        https=None
+        if args.https_cert is None
+        else (args.https_cert.absolute(), args.https_key.absolute()),
     )
     try:
         controller = Controller(options)

@@ -226,6 +226,8 @@ class ProcessLauncher:
         self.run_dir = run_dir
         # How this process reaches its children (health checks, reconfigure).
         self.security = security or Security()
+        # The proxy's HTTPS certificate and key; None = plain HTTP.
+        self.https: tuple[Path, Path] | None = None
         self.log_dir = log_dir
         self.durable = durable
         self._store = store
@@ -309,6 +311,8 @@ class ProcessLauncher:
             args += ["--workers", str(workers)]
         if system_token_file is not None:
             args += ["--protect-system-paths", "--system-token-file", str(system_token_file)]
+        if self.https is not None:
+            args += ["--https-cert", str(self.https[0]), "--https-key", str(self.https[1])]
         template = ChildRecord(name=PROXY, kind=PROXY, pid=0, start_time=0)
         return await self._start("turnout.proxy", "proxy", args, self.proxy_log_path, template)
 

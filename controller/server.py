@@ -77,6 +77,8 @@ class ControllerOptions:
     # system_token_file (None: the admin token's file).
     protect_system_paths: bool = False
     system_token_file: Path | None = None
+    # The proxy serves HTTPS with this certificate and key; None = HTTP.
+    https: tuple[Path, Path] | None = None
     # The admin token's file; None = <instance dir>/token, created if missing.
     token_file: Path | None = None
 
@@ -123,6 +125,7 @@ class Controller:
             durable=options.durable,
             security=options.security,
         )
+        self.launcher.https = options.https
         self.launcher.credentials = lambda principal: _auth.child_credentials(
             self._secret, principal
         )
@@ -195,7 +198,8 @@ class Controller:
             # Ready means the proxy serves the recovered state: a change the
             # old controller wrote but never published reaches it now.
             await self.plane.routes_changed()
-        self.http_address = f"http://{proxy.address}"
+        scheme = "http" if self.options.https is None else "https"
+        self.http_address = f"{scheme}://{proxy.address}"
         instance.http_address = self.http_address
         self._proxy_task = asyncio.create_task(self._supervise_proxy())
         for service in ("", "turnout.v1.ControllerService"):
@@ -236,7 +240,7 @@ class Controller:
 
     async def _supervise_proxy(self) -> None:
         """Restart the proxy on the same port whenever it dies."""
-        host, _, port = self.http_address.removeprefix("http://").rpartition(":")
+        host, _, port = self.http_address.partition("://")[2].rpartition(":")
         backoff = 0.2
         while not self._stopping:
             assert self._proxy is not None

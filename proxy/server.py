@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -113,11 +114,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="PATH",
         help="file holding the token --protect-system-paths wants (read on each request)",
     )
+    parser.add_argument(
+        "--https-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate"
+    )
+    parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
     _tls.add_arguments(parser, server=False)
     args = parser.parse_args(argv)
+    if (args.https_cert is None) != (args.https_key is None):
+        parser.error("HTTPS needs both --https-cert and --https-key")
     if args.protect_system_paths and args.system_token_file is None:
         parser.error("--protect-system-paths needs --system-token-file")
     return args
+
+
+def https_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server-side TLS context ``--https-cert``/``--https-key`` ask for; None = HTTP."""
+    if args.https_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.https_cert, args.https_key)
+    return context
 
 
 def system_token(args: argparse.Namespace) -> Callable[[], str] | None:
@@ -193,6 +209,8 @@ def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
         options += ["--max-connections", str(args.max_connections)]
     if args.protect_system_paths:
         options += ["--protect-system-paths", "--system-token-file", str(args.system_token_file)]
+    if args.https_cert is not None:
+        options += ["--https-cert", str(args.https_cert), "--https-key", str(args.https_key)]
     options += _tls.argv(Security(tls=_tls.from_args(args)))
     if args.credentials_file is not None:
         options += ["--credentials-file", str(args.credentials_file)]
@@ -209,8 +227,11 @@ def _fail(args: argparse.Namespace, code: str, message: str) -> int:
 async def serve(args: argparse.Namespace) -> int:
     try:
         tls = _tls.from_args(args)
+        https = https_context(args)
     except TurnoutError as exc:
         return _fail(args, "INVALID_ARGUMENT", str(exc))
+    except (OSError, ssl.SSLError) as exc:
+        return _fail(args, "INVALID_ARGUMENT", f"cannot load the HTTPS certificate: {exc}")
     # The proxy's own token (router and data roles), for the controller and replicas.
     token = None
     if args.credentials_file is not None:
@@ -249,7 +270,9 @@ async def serve(args: argparse.Namespace) -> int:
     )
     await runner.setup()
     # Sharing the port only when asked to: otherwise a port in use is an error.
-    site = web.TCPSite(runner, args.host, args.port, reuse_port=stats_dir is not None)
+    site = web.TCPSite(
+        runner, args.host, args.port, reuse_port=stats_dir is not None, ssl_context=https
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -299,7 +322,7 @@ async def serve(args: argparse.Namespace) -> int:
     if args.ready_fd is not None:
         _process.report_ready(args.ready_fd, address=address, pid=os.getpid())
     who = f"proxy worker {index}" if index else "proxy"
-    logger.info("%s listening on http://%s", who, address)
+    logger.info("%s listening on %s://%s", who, "https" if https else "http", address)
 
     await stop.wait()
     logger.info("%s stopping", who)

@@ -67,6 +67,8 @@ class StartOptions:
     # The proxy's system paths want the token (of this file; None: the admin token's).
     protect_system_paths: bool = False
     system_token_file: Path | None = None
+    # The proxy serves HTTPS with this certificate and key; None = HTTP.
+    https: tuple[Path, Path] | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -122,6 +124,8 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
         args.append("--protect-system-paths")
     if options.system_token_file is not None:
         args += ["--system-token-file", str(options.system_token_file)]
+    if options.https is not None:
+        args += ["--https-cert", str(options.https[0]), "--https-key", str(options.https[1])]
     return _process.child_argv("turnout.controller", args)
 
 

@@ -79,6 +79,14 @@ def _connect(args: argparse.Namespace) -> Client:
 # ---- start / stop ---------------------------------------------------------------
 
 
+def _https(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    if (args.https_cert is None) != (args.https_key is None):
+        raise CliError("HTTPS needs both --https-cert and --https-key", EXIT_USAGE)
+    if args.https_cert is None:
+        return None
+    return Path(args.https_cert).absolute(), Path(args.https_key).absolute()
+
+
 def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
     instance_dir = Path(args.instance_dir or _cli_start.data_dir()).absolute()
     try:
@@ -99,6 +107,7 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         insecure=args.insecure,
         allow_pickled_code=args.allow_pickled_code,
         protect_system_paths=args.protect_system_paths,
+        https=_https(args),
         system_token_file=(
             None if args.system_token_file is None else Path(args.system_token_file).absolute()
         ),
@@ -419,6 +428,10 @@ def _parser() -> argparse.ArgumentParser:
         help="file holding the token --protect-system-paths wants (default: the instance's "
         "token file, INSTANCE_DIR/token)",
     )
+    start.add_argument(
+        "--https-cert", metavar="PEM", help="the HTTP proxy serves HTTPS with this certificate"
+    )
+    start.add_argument("--https-key", metavar="PEM", help="the HTTPS certificate's key")
     start.add_argument(
         "--detach",
         action="store_true",

@@ -4,6 +4,7 @@ processes with certificates made here by openssl (docs/security.md)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import stat
@@ -127,10 +128,10 @@ def test_exposed_plaintext_is_refused_at_start(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def uds_instance(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
-    """`turnout start` on a Unix socket, with pickled code refused and the
-    system paths protected by the instance's token; yields (address, token
-    file, environment)."""
+def uds_instance(tmp_path: Path, pki: Pki) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    """`turnout start` on a Unix socket, with pickled code refused, HTTPS on
+    the proxy and the system paths protected by the instance's token; yields
+    (address, token file, environment)."""
     sock_dir = tmp_path / "sock"
     address = f"unix:{sock_dir}/controller.sock"
     token = tmp_path / "data" / "turnout" / "token"
@@ -142,7 +143,8 @@ def uds_instance(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     }
     started = _python(
         "turnout.cli", "start", "--detach", "--grpc-host", address, "--http-port", "0",
-        "--no-allow-pickled-code", "--protect-system-paths", env=env,
+        "--no-allow-pickled-code", "--protect-system-paths",
+        "--https-cert", str(pki.good.cert), "--https-key", str(pki.good.key), env=env,
     )  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr
     try:
@@ -152,7 +154,7 @@ def uds_instance(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
 
-def test_unix_socket_instance(uds_instance: tuple[str, Path, dict[str, str]]) -> None:
+def test_unix_socket_instance(uds_instance: tuple[str, Path, dict[str, str]], pki: Pki) -> None:
     address, token, env = uds_instance
     assert stat.S_IMODE(Path(address.removeprefix("unix:")).parent.stat().st_mode) == 0o700
     client = turnout.Client(address, token_file=token)
@@ -168,7 +170,10 @@ def test_unix_socket_instance(uds_instance: tuple[str, Path, dict[str, str]]) ->
         client.update_backend("greeter", lambda request: "ran")
 
     http = client.http_address
-    assert requests.get(http + "/greet?name=uds", timeout=30).text == "hey, uds"
+    assert http.startswith("https://127.0.0.1:")
+    # Per request: requests lets $REQUESTS_CA_BUNDLE override a session's verify.
+    https = functools.partial(requests.get, verify=str(pki.ca))
+    assert https(http + "/greet?name=uds", timeout=30).text == "hey, uds"
     assert client.get_handle("greeter").remote(name="handle").result(30) == "hey, handle"
     status = _python("turnout.cli", "status", "--json", env=env)
     assert status.returncode == 0 and "greeter" in status.stdout, status.stderr
@@ -176,10 +181,10 @@ def test_unix_socket_instance(uds_instance: tuple[str, Path, dict[str, str]]) ->
     # The system paths but /-/healthz want the token.
     bearer = {"Authorization": "Bearer " + token.read_text().strip()}
     for path in ("/-/routes", "/-/routing", "/-/metrics"):
-        refused = requests.get(http + path, timeout=10)
+        refused = https(http + path, timeout=10)
         assert refused.status_code == 401, path
         assert refused.json()["error"] == "Unauthenticated"
-        wrong = requests.get(http + path, headers={"Authorization": "Bearer nope"}, timeout=10)
+        wrong = https(http + path, headers={"Authorization": "Bearer nope"}, timeout=10)
         assert wrong.status_code == 401, path
-        assert requests.get(http + path, headers=bearer, timeout=10).status_code == 200, path
-    assert requests.get(http + "/-/healthz", timeout=10).status_code == 200
+        assert https(http + path, headers=bearer, timeout=10).status_code == 200, path
+    assert https(http + "/-/healthz", timeout=10).status_code == 200
