@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from turnout import _auth, _logging, _process
+from turnout import _auth, _logging, _process, _tls
 from turnout._grpc import Security
 from turnout.v1 import controller_pb2 as pb
 
@@ -282,6 +282,7 @@ class ProcessLauncher:
         variables, pinned to the record's cores."""
         replica_id = record.name
         args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
+        args += _tls.argv(self.security)
         args += self._credentials_args("handle")
         log_path = self.replica_log_path(record.backend, replica_id)
         async with self._spawn_slots:
@@ -296,14 +297,18 @@ class ProcessLauncher:
         port: int,
         access_log: bool = True,
         workers: int = 1,
+        system_token_file: Path | None = None,
     ) -> ChildProcess:
         args = ["--controller", controller_address, "--host", host, "--port", str(port)]
+        args += _tls.argv(self.security)
         args += self._credentials_args("proxy")
         if access_log:
             args += ["--access-log", str(self.access_log_path)]
         # Only when asked for: a proxy of an older build knows no --workers.
         if workers > 1:
             args += ["--workers", str(workers)]
+        if system_token_file is not None:
+            args += ["--protect-system-paths", "--system-token-file", str(system_token_file)]
         template = ChildRecord(name=PROXY, kind=PROXY, pid=0, start_time=0)
         return await self._start("turnout.proxy", "proxy", args, self.proxy_log_path, template)
 

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from turnout import _auth, _replica_context
 from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
+from turnout._tls import is_unix
 from turnout._version import __version__
 from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
 from turnout.v1 import controller_pb2 as pb
@@ -70,12 +71,25 @@ class ControllerOptions:
     max_replicas: int = 16
     # TLS material (and token) of every gRPC hop of the instance.
     security: Security = field(default_factory=Security)
+    # Whether CreateBackend/UpdateBackend take pickled code (import paths always).
+    allow_pickled_code: bool = True
+    # The proxy's system paths (but /-/healthz) want the token of
+    # system_token_file (None: the admin token's file).
+    protect_system_paths: bool = False
+    system_token_file: Path | None = None
     # The admin token's file; None = <instance dir>/token, created if missing.
     token_file: Path | None = None
 
     @property
     def admin_token_file(self) -> Path:
         return self.token_file or self.instance_dir / _auth.TOKEN_FILE
+
+    @property
+    def system_paths_token_file(self) -> Path | None:
+        """What the proxy's protected system paths read the token from; None = open."""
+        if not self.protect_system_paths:
+            return None
+        return self.system_token_file or self.admin_token_file
 
     @property
     def log_dir(self) -> Path:
@@ -114,7 +128,11 @@ class Controller:
         )
         self.publisher = RoutePublisher()
         self.plane = ControlPlane(
-            self.store, self.launcher, self.publisher, max_replicas=options.max_replicas
+            self.store,
+            self.launcher,
+            self.publisher,
+            max_replicas=options.max_replicas,
+            allow_pickled_code=options.allow_pickled_code,
         )
         self.health = health.aio.HealthServicer()
         self.address = ""
@@ -133,10 +151,13 @@ class Controller:
             security, ADMIN_SERVER_OPTIONS, _auth.interceptors(self.verifier, "controller")
         )
         self._server = server
-        port = add_port(server, f"{self.options.host}:{self.options.port}", security)
+        host = self.options.host
+        # A Unix socket is its own address: the port means nothing there.
+        where = host if is_unix(host) else f"{host}:{self.options.port}"
+        port = add_port(server, where, security)
         if port == 0:
-            raise OSError(f"cannot listen on {self.options.host}:{self.options.port}")
-        self.address = f"{self.options.host}:{port}"
+            raise OSError(f"cannot listen on {where}")
+        self.address = host if is_unix(host) else f"{host}:{port}"
         # Replicas started from here on find their instance through it (handles
         # inside backends); adopted ones got the same address, the port is fixed.
         _replica_context.publish(self.address)
@@ -205,7 +226,12 @@ class Controller:
         elif record is not None:
             await self.launcher.stop_recorded(record)
         return await self.launcher.start_proxy(
-            self.address, host, port, self.options.access_log, workers=self.options.proxy_workers
+            self.address,
+            host,
+            port,
+            self.options.access_log,
+            workers=self.options.proxy_workers,
+            system_token_file=self.options.system_paths_token_file,
         )
 
     async def _supervise_proxy(self) -> None:
@@ -231,6 +257,7 @@ class Controller:
                 int(port),
                 self.options.access_log,
                 workers=self.options.proxy_workers,
+                system_token_file=self.options.system_paths_token_file,
             )
             if proxy.ok:
                 self._proxy = proxy

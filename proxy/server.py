@@ -15,13 +15,14 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from turnout import _auth, _logging, _process
+from turnout import _auth, _logging, _process, _tls
 from turnout._grpc import Security
-from turnout.errors import TokenFileError
+from turnout.errors import TokenFileError, TurnoutError
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
 from .controller_link import report_stats, subscriber_id, watch_routes
@@ -45,7 +46,9 @@ FIRST_SNAPSHOT_TIMEOUT_S = 30.0
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m turnout.proxy")
-    parser.add_argument("--controller", required=True, help="controller gRPC address host:port")
+    parser.add_argument(
+        "--controller", required=True, help="controller gRPC address host:port or unix:/path"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port; 0 = any free port")
     parser.add_argument(
@@ -98,7 +101,35 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--access-log", type=Path, help="rotated access log, one line per request (default: none)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--protect-system-paths",
+        action="store_true",
+        help="/-/routes, /-/routing and /-/metrics answer 401 without "
+        "'Authorization: Bearer <token>' (/-/healthz stays open)",
+    )
+    parser.add_argument(
+        "--system-token-file",
+        type=Path,
+        metavar="PATH",
+        help="file holding the token --protect-system-paths wants (read on each request)",
+    )
+    _tls.add_arguments(parser, server=False)
+    args = parser.parse_args(argv)
+    if args.protect_system_paths and args.system_token_file is None:
+        parser.error("--protect-system-paths needs --system-token-file")
+    return args
+
+
+def system_token(args: argparse.Namespace) -> Callable[[], str] | None:
+    """What reads the token the protected system paths want; None = unprotected."""
+    if not args.protect_system_paths:
+        return None
+    path: Path = args.system_token_file
+
+    def read() -> str:
+        return path.read_text().strip()
+
+    return read
 
 
 def _positive_int(text: str) -> int:
@@ -160,6 +191,9 @@ def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
     ]  # fmt: skip
     if args.max_connections is not None:
         options += ["--max-connections", str(args.max_connections)]
+    if args.protect_system_paths:
+        options += ["--protect-system-paths", "--system-token-file", str(args.system_token_file)]
+    options += _tls.argv(Security(tls=_tls.from_args(args)))
     if args.credentials_file is not None:
         options += ["--credentials-file", str(args.credentials_file)]
     return tuple(options)
@@ -173,6 +207,10 @@ def _fail(args: argparse.Namespace, code: str, message: str) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    try:
+        tls = _tls.from_args(args)
+    except TurnoutError as exc:
+        return _fail(args, "INVALID_ARGUMENT", str(exc))
     # The proxy's own token (router and data roles), for the controller and replicas.
     token = None
     if args.credentials_file is not None:
@@ -194,7 +232,8 @@ async def serve(args: argparse.Namespace) -> int:
         worker_index=index,
         max_response_bytes=args.max_response_bytes,
         read_timeout=args.read_timeout,
-        security=Security(token=token),
+        security=Security(tls=tls, token=token),
+        system_token=system_token(args),
     )
     counters = None
     if stats_dir is not None:

@@ -11,6 +11,7 @@ Example::
     print(requests.get("http://127.0.0.1:8000/hello").text)
 """
 
+from turnout._grpc import TLSConfig
 from turnout._version import __version__
 from turnout.api import (
     connect,
@@ -75,6 +76,7 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "ReplicaInfo",
+    "TLSConfig",
     "TokenFileError",
     "TurnoutError",
     "TurnoutValueError",

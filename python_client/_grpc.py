@@ -40,9 +40,9 @@ class TLSConfig:
 
     On a server, ``cert``/``key`` are its identity and ``ca``, when given,
     turns on mutual TLS: a peer must present a certificate signed by it. On a
-    channel, ``ca`` verifies the server (None: the system's roots) and
-    ``cert``/``key``, when given, are the client certificate mutual TLS asks
-    for. ``server_name`` overrides the name checked against the server's
+    channel, ``ca`` verifies the server (None: ``cert`` if given, else the
+    system's roots) and ``cert``/``key``, when given, are the client
+    certificate mutual TLS asks for. ``server_name`` overrides the name checked against the server's
     certificate (None: the host of the address).
 
     Example::
@@ -85,8 +85,12 @@ def _read(path: Path | None) -> bytes | None:
 
 
 def channel_credentials(tls: TLSConfig) -> grpc.ChannelCredentials:
+    # Without a CA, a process that has a certificate of its own trusts it:
+    # the hops inside an instance started with a self-signed certificate
+    # (and no --tls-ca) verify each other by it.
+    roots = tls.ca if tls.ca is not None else tls.cert
     return grpc.ssl_channel_credentials(
-        root_certificates=_read(tls.ca),
+        root_certificates=_read(roots),
         private_key=_read(tls.key),
         certificate_chain=_read(tls.cert),
     )

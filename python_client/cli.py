@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from turnout import _auth, _cli_logs, _cli_render, _cli_start
+from turnout import _auth, _cli_logs, _cli_render, _cli_start, _tls
 from turnout._deploy_apply import Instance, apply
 from turnout._version import __version__
 from turnout.client import Client
@@ -65,7 +65,11 @@ def _token_file(args: argparse.Namespace) -> Path | None:
 def _connect(args: argparse.Namespace) -> Client:
     address = _address(args)
     try:
-        return Client(address, token_file=_token_file(args))
+        tls = _tls.from_args(args, os.environ)
+    except TurnoutError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    try:
+        return Client(address, tls=tls, token_file=_token_file(args))
     except NotRunningError:
         raise CliError(
             f"no Turnout instance at {address}: start one with `turnout start`"
@@ -77,6 +81,10 @@ def _connect(args: argparse.Namespace) -> Client:
 
 def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
     instance_dir = Path(args.instance_dir or _cli_start.data_dir()).absolute()
+    try:
+        tls = _tls.from_args(args)
+    except TurnoutError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     return _cli_start.StartOptions(
         instance_dir=instance_dir,
         state_path=Path(args.state or instance_dir / "state.db").absolute(),
@@ -87,6 +95,13 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         access_log=args.access_log,
         proxy_workers=args.proxy_workers,
         max_replicas=args.max_replicas,
+        tls=tls,
+        insecure=args.insecure,
+        allow_pickled_code=args.allow_pickled_code,
+        protect_system_paths=args.protect_system_paths,
+        system_token_file=(
+            None if args.system_token_file is None else Path(args.system_token_file).absolute()
+        ),
     )
 
 
@@ -155,6 +170,8 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def _is_local(address: str) -> bool:
+    if _tls.is_unix(address):
+        return True
     host = address.rpartition(":")[0].strip("[]")
     return host in ("localhost", "::1", "0.0.0.0", "::") or host.startswith("127.")
 
@@ -306,7 +323,21 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--address",
         metavar="HOST:PORT",
-        help=f"the controller's gRPC address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
+        help="the controller's gRPC address, host:port or unix:/path "
+        f"(default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
+    )
+    tls = connect.add_argument_group(
+        "TLS", "for an instance started with --tls-cert (default: $TURNOUT_TLS_CA, ...)"
+    )
+    tls.add_argument(
+        "--tls-ca", metavar="PEM", type=Path, help="CA that signed the controller's certificate"
+    )
+    tls.add_argument(
+        "--tls-cert", metavar="PEM", type=Path, help="client certificate, for mutual TLS"
+    )
+    tls.add_argument("--tls-key", metavar="PEM", type=Path, help="the client certificate's key")
+    tls.add_argument(
+        "--tls-server-name", metavar="NAME", help="name the controller's certificate must have"
     )
     connect.add_argument(
         "--token-file",
@@ -338,8 +369,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--grpc-host",
         default="127.0.0.1",
-        help="gRPC bind host (127.0.0.1); creating a backend runs code, so do not expose "
-        "it beyond machines you trust",
+        help="gRPC bind host (127.0.0.1), or unix:/path for a Unix socket; creating a backend "
+        "runs code, so beyond loopback TLS is required (see docs/security.md)",
     )
     start.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (50051)")
     start.add_argument(
@@ -367,6 +398,26 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most replicas of all backends together (default: from CPUs and memory; "
         "see docs/operations.md)",
+    )
+    _tls.add_arguments(start, server=True)
+    start.add_argument(
+        "--allow-pickled-code",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept backends sent as pickled code (default: on when --grpc-host is loopback "
+        "or a Unix socket, off otherwise); import-path backends always work",
+    )
+    start.add_argument(
+        "--protect-system-paths",
+        action="store_true",
+        help="the proxy's /-/routes, /-/routing and /-/metrics answer 401 without "
+        "'Authorization: Bearer <token>' (/-/healthz stays open)",
+    )
+    start.add_argument(
+        "--system-token-file",
+        metavar="PATH",
+        help="file holding the token --protect-system-paths wants (default: the instance's "
+        "token file, INSTANCE_DIR/token)",
     )
     start.add_argument(
         "--detach",

@@ -14,6 +14,8 @@
     ├── UnavailableError                      no running replica, or it could not be reached
     │   └── OverloadedError                   every replica full and the queue too (HTTP 503)
     ├── DeadlineExceededError (also TimeoutError) the call's timeout passed (HTTP 504)
+    ├── UnauthenticatedError (also PermissionError) UNAUTHENTICATED: no valid token
+    ├── PermissionDeniedError (also PermissionError) PERMISSION_DENIED: role or instance refuses
     ├── UnimplementedError                    UNIMPLEMENTED: not built yet
     └── BackendError                          a handler raised; carries the remote traceback
 
@@ -89,7 +91,9 @@ class UnauthenticatedError(TurnoutError, PermissionError):
 
 class PermissionDeniedError(TurnoutError, PermissionError):
     """The token is valid but its role does not grant the call (e.g. an admin
-    call from code running in a replica, which never holds the admin token)."""
+    call from code running in a replica, which never holds the admin token),
+    or the instance refuses it: a backend sent as pickled code to an instance
+    started with ``--no-allow-pickled-code``."""
 
 
 class TokenFileError(InvalidArgumentError):

@@ -29,8 +29,9 @@ import threading
 import time
 from pathlib import Path
 
-from turnout import _auth, _process, _replica_context
+from turnout import _auth, _process, _replica_context, _tls
 from turnout._driver_logs import DriverLogs
+from turnout._grpc import Security, TLSConfig
 from turnout.controller.processes import start_time
 from turnout.errors import TurnoutError
 
@@ -95,6 +96,7 @@ class LocalInstance:
         log_to_driver: bool = False,
         keep_dir: bool = False,
         max_replicas: int | None = None,
+        tls: TLSConfig | None = None,
     ) -> LocalInstance:
         """Start an instance; ``keep_dir`` keeps the instance directory after it stops."""
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
@@ -114,6 +116,7 @@ class LocalInstance:
                 "--proxy-workers", str(proxy_workers),
                 *([] if keep_dir else ["--remove-instance-dir"]),
                 *(["--max-replicas", str(max_replicas)] if max_replicas is not None else []),
+                *_tls.argv(Security(tls=tls)),
             ],
         )  # fmt: skip
         try:
@@ -205,7 +208,8 @@ class LocalInstance:
             self._gone.set()
 
     def _restart(self) -> bool:
-        port = self.address.rpartition(":")[2]
+        # A Unix socket is its own address; a TCP one keeps its port.
+        port = "0" if _tls.is_unix(self.address) else self.address.rpartition(":")[2]
         for attempt in range(RESTART_ATTEMPTS):
             if attempt:
                 time.sleep(RESTART_BACKOFF_S * 2 ** (attempt - 1))

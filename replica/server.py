@@ -34,7 +34,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout import _auth, _logging
+from turnout import _auth, _grpc, _logging, _replica_context, _tls
 from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout._process import (
     die_with_parent,
@@ -43,7 +43,7 @@ from turnout._process import (
     report_ready,
     set_memory_limit,
 )
-from turnout.errors import TokenFileError
+from turnout.errors import TokenFileError, TurnoutError
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
 from turnout.replica.servicer import ReplicaServicer
 from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
@@ -143,10 +143,15 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
         help=f"seconds a handler call may run on after its caller gave up before the replica "
         f"reports NOT_SERVING (default: ${STUCK_CALL_GRACE_ENV}, else {STUCK_CALL_GRACE_S:g})",
     )
+    _tls.add_arguments(parser, server=True)
     parser.add_argument(
         "--credentials-file", type=Path, help="tokens to accept and present (0600 JSON)"
     )
     ns = parser.parse_args(argv)
+    try:
+        security = Security(tls=_tls.from_args(ns), insecure=ns.insecure)
+    except TurnoutError as exc:
+        parser.error(str(exc))
     return ReplicaOptions(
         spec_file=ns.spec_file,
         replica_id=ns.replica_id,
@@ -155,6 +160,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
         parent_pid=ns.parent_pid,
         log_file=ns.log_file,
         stuck_call_grace=ns.stuck_call_grace,
+        security=security,
         credentials_file=ns.credentials_file,
     )
 
@@ -176,6 +182,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         die_with_parent(options.parent_pid)
     exit_with_owner()
     configure_logging(options.replica_id, options.log_file)
+    try:
+        # Before any user code loads: an exposed plaintext port is refused.
+        _tls.refuse_exposed(options.host, options.security, "a replica")
+    except TurnoutError as exc:
+        return _give_up(options, "INVALID_ARGUMENT", str(exc))
+    controller = _replica_context.controller_address()
+    if controller is not None:
+        # Handles inside the backend reach their instance as the replica does.
+        _grpc.remember(controller, options.security)
     try:
         verifier = load_credentials(options.credentials_file)
         spec = read_spec(options.spec_file)

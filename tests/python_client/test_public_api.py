@@ -27,6 +27,7 @@ EXPECTED = {
     "TokenFileError",
     "UnauthenticatedError",
     "ReplicaInfo",
+    "TLSConfig",
     "TurnoutError",
     "TurnoutValueError",
     "UnavailableError",
