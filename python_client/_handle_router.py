@@ -109,6 +109,11 @@ def _connect(conn: Conn, security: Security) -> None:
     conn.close = close
 
 
+def _refused(exc: grpc.RpcError) -> bool:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    return code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
 def _answer_key(reply: replica_pb2.HandleResponse) -> Hashable:
     """What two answers must share to count as the same."""
     if reply.WhichOneof("result") == "error":
@@ -179,6 +184,7 @@ class HandleRouter:
 
     def _watch(self) -> None:
         backoff = 0.1
+        refused = False
         while True:
             try:
                 if self._replica_security is None:
@@ -197,6 +203,10 @@ class HandleRouter:
                             conn.close(DRAIN_GRACE_S)
                     backoff = 0.1
             except grpc.RpcError as exc:
+                if not refused and _refused(exc):
+                    # Calls wait for routes that never come: say why, once.
+                    logger.warning("handles cannot follow %s: %s", self.address, exc)
+                    refused = True
                 logger.debug("handle routing stream ended: %s", exc)
             time.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)

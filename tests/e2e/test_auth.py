@@ -115,9 +115,9 @@ def test_every_kind_of_call_needs_the_right_token(client: turnout.Client, deploy
                 iter([replica_pb2.HandleStreamRequest(calls=[replica_pb2.StreamCall(id=1)])]),
                 timeout=10,
             )
-            with pytest.raises(grpc.RpcError) as failure:
+            with pytest.raises(grpc.RpcError) as failed:
                 next(stream)
-            assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
     for token in (handle, proxy):
         with _grpc.channel(replica.address, _grpc.Security(token=token)) as channel:
             answer = replica_pb2_grpc.ReplicaServiceStub(channel).Handle(call, timeout=10)
