@@ -50,6 +50,16 @@ def test_mutual_tls_serves_http_and_handles(mtls: turnout.Client) -> None:
     assert requests.get(mtls.http_address + "/tls-hi?n=http", timeout=30).text == "hi http"
     assert mtls.get_handle("tls-hi").remote(n="handle").result(30) == "hi handle"
 
+    # A handle inside a backend reaches its instance over the replica's own mTLS.
+    def outer(request: object) -> str:
+        import turnout
+
+        return str(turnout.get_handle("tls-hi").remote(n="inner").result(30))
+
+    mtls.create_backend("tls-outer", outer)
+    mtls.create_endpoint("tls-outer", backend="tls-outer", route="/tls-outer")
+    assert requests.get(mtls.http_address + "/tls-outer", timeout=60).text == "hi inner"
+
 
 def test_wrong_or_missing_material_is_refused(mtls: turnout.Client, pki: Pki) -> None:
     address = mtls.controller_address
