@@ -4,6 +4,11 @@ Run from the repository root, in the project's virtualenv, with wrk on PATH::
 
     python bench/ab.py --env-b GRPC_EXPERIMENTS=-event_engine_client --connections 1,64
     python bench/ab.py --workers-b 2 --connections 16,64 --rounds 6
+    python bench/ab.py --tls-b cert.pem,cert.key,ca.pem --connections 1,64
+
+``--tls-b CERT,KEY,CA`` runs set-up B with mutual TLS on every gRPC hop
+(``CA`` may be left out: TLS without client certificates); the certificate
+must name 127.0.0.1 (docs/operations.md, "TLS").
 
 Both instances run side by side (each serving ``noop`` on ``/noop``, as in
 ``http_noop.py``) and are loaded in turn, in short runs whose order flips each
@@ -23,6 +28,7 @@ import shutil
 import statistics
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from http_noop import (
     HOST,
@@ -37,7 +43,7 @@ from http_noop import (
     wrk_load,
 )
 
-from turnout import Client
+from turnout import Client, TLSConfig
 from turnout.instance import LocalInstance
 
 WARMUP_S = 1
@@ -59,18 +65,20 @@ class Side:
         return wrk_load(wrk, self.label, spec)
 
 
-def start(label: str, env: dict[str, str], proxy_workers: int) -> Side:
+def start(
+    label: str, env: dict[str, str], proxy_workers: int, tls: TLSConfig | None = None
+) -> Side:
     saved = {name: os.environ.get(name) for name in env}
     os.environ.update(env)
     try:
-        instance = LocalInstance.start(HOST, 0, proxy_workers=proxy_workers)
+        instance = LocalInstance.start(HOST, 0, proxy_workers=proxy_workers, tls=tls)
     finally:
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-    client = Client(instance.address, _instance=instance)
+    client = Client(instance.address, tls=tls, _instance=instance)
     client.create_backend("noop", noop)
     client.create_endpoint("noop", "noop", route=PATH)
     return Side(label, client, turnout_processes(client))
@@ -81,6 +89,13 @@ def _assignment(text: str) -> tuple[str, str]:
     if not sep or not name:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
     return name, value
+
+
+def _tls(text: str) -> TLSConfig:
+    cert, key, *ca = text.split(",")
+    if not cert or not key or len(ca) > 1:
+        raise argparse.ArgumentTypeError(f"expected CERT,KEY[,CA], got {text!r}")
+    return TLSConfig(cert=Path(cert), key=Path(key), ca=Path(ca[0]) if ca else None)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,19 +114,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             default=1,
             help=f"set-up {side.upper()}'s proxy processes",
         )
+        parser.add_argument(
+            f"--tls-{side}",
+            type=_tls,
+            metavar="CERT,KEY[,CA]",
+            help=f"set-up {side.upper()} runs TLS (mutual with CA) on every gRPC hop",
+        )
     parser.add_argument("--connections", default="16,64", help="comma list (default 16,64)")
     parser.add_argument("--rounds", type=int, default=4, help="A B / B A rounds (default 4)")
     return parser.parse_args(argv)
 
 
-def setups(args: argparse.Namespace) -> list[tuple[str, dict[str, str], int]]:
+def setups(
+    args: argparse.Namespace,
+) -> list[tuple[str, dict[str, str], int, TLSConfig | None]]:
     found = []
     for side in ("a", "b"):
         env = dict(getattr(args, f"env_{side}"))
         workers = getattr(args, f"workers_{side}")
+        tls: TLSConfig | None = getattr(args, f"tls_{side}")
         settings = [f"{name}={value!r}" for name, value in env.items()]
+        if tls is not None:
+            settings.append("mTLS" if tls.ca is not None else "TLS")
         label = " ".join([f"{side.upper()}:", *settings, f"proxy_workers={workers}"])
-        found.append((label, env, workers))
+        found.append((label, env, workers, tls))
     return found
 
 
@@ -124,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     connections = [int(c) for c in args.connections.split(",")]
     sides: list[Side] = []
     try:
-        for label, env, workers in setups(args):
-            sides.append(start(label, env, workers))
+        for label, env, workers, tls in setups(args):
+            sides.append(start(label, env, workers, tls))
         for c, side in in_turn(sides, connections, args.rounds):
             side.runs.setdefault(c, []).append(side.load(wrk, c))
         for c in connections:

@@ -24,7 +24,8 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from turnout import _logging, _process
+from turnout import _logging, _process, _tls
+from turnout._grpc import Security
 from turnout.errors import TurnoutError
 
 from .resources import default_max_replicas
@@ -35,7 +36,12 @@ OWNER_POLL_S = 0.5
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m turnout.controller")
-    parser.add_argument("--host", default="127.0.0.1", help="gRPC bind host (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="gRPC bind host, or unix:/path for a Unix socket (default 127.0.0.1); beyond "
+        "loopback it needs TLS",
+    )
     parser.add_argument("--port", type=int, default=0, help="gRPC port; 0 = any free port")
     parser.add_argument("--http-host", default="127.0.0.1", help="HTTP proxy bind host")
     parser.add_argument("--http-port", type=int, default=8000, help="HTTP proxy port; 0 = any")
@@ -82,7 +88,37 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="most replicas of all backends together; more are refused "
         "(default: max(16, min(4 x CPUs, 2 x memory GiB)))",
     )
+    parser.add_argument(
+        "--allow-pickled-code",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept backends sent as pickled code (default: on when --host is loopback or "
+        "a Unix socket, off otherwise); import-path backends are always accepted",
+    )
+    parser.add_argument(
+        "--protect-system-paths",
+        action="store_true",
+        help="the proxy's /-/routes, /-/routing and /-/metrics want the token "
+        "(Authorization: Bearer); /-/healthz stays open",
+    )
+    parser.add_argument(
+        "--system-token-file",
+        type=Path,
+        metavar="PATH",
+        help="file holding the token --protect-system-paths wants (default: the instance's "
+        "admin token file)",
+    )
+    parser.add_argument(
+        "--https-cert",
+        type=Path,
+        metavar="PEM",
+        help="the proxy serves HTTPS with this certificate",
+    )
+    parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
+    _tls.add_arguments(parser, server=True)
     args = parser.parse_args(argv)
+    if (args.https_cert is None) != (args.https_key is None):
+        parser.error("HTTPS needs both --https-cert and --https-key")
     if args.max_replicas is not None and args.max_replicas < 1:
         parser.error(f"--max-replicas must be >= 1, got {args.max_replicas}")
     if args.proxy_workers < 1:
@@ -91,7 +127,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         if args.state is None:
             parser.error("--durable needs --state: re-adoption reads the state file")
         # An owner restarts its controller on the port the first one bound.
-        if args.port == 0 and args.owner_pid is None:
+        if args.port == 0 and args.owner_pid is None and not _tls.is_unix(args.host):
             parser.error(
                 "--durable needs a fixed --port: surviving proxies reconnect to that address"
             )
@@ -125,7 +161,23 @@ def _give_up(args: argparse.Namespace, exc: BaseException) -> int:
     return 1
 
 
+def _security(args: argparse.Namespace) -> Security:
+    """The instance's TLS material; refuses an exposed plaintext port."""
+    security = Security(tls=_tls.from_args(args), insecure=args.insecure)
+    _tls.refuse_exposed(args.host, security, "the controller")
+    if _tls.is_unix(args.host):
+        _tls.prepare_unix_socket(args.host)
+    return security
+
+
 async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
+    try:
+        security = _security(args)
+    except TurnoutError as exc:
+        return _give_up(args, exc)
+    allow_pickled = args.allow_pickled_code
+    if allow_pickled is None:
+        allow_pickled = _tls.is_local(args.host)
     options = ControllerOptions(
         instance_dir=instance_dir,
         host=args.host,
@@ -137,6 +189,13 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
         access_log=args.access_log,
         proxy_workers=args.proxy_workers,
         max_replicas=args.max_replicas or default_max_replicas(),
+        security=security,
+        allow_pickled_code=allow_pickled,
+        protect_system_paths=args.protect_system_paths,
+        system_token_file=args.system_token_file,
+        https=None
+        if args.https_cert is None
+        else (args.https_cert.absolute(), args.https_key.absolute()),
     )
     try:
         controller = Controller(options)

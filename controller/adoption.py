@@ -78,7 +78,7 @@ async def adopt_replicas(
         if child is None:
             logger.info("replica %s (pid %d) is gone", record.name, record.pid)
             return None
-        if not await health_ok(child.address, ADOPT_HEALTH_TIMEOUT_S):
+        if not await health_ok(child.address, launcher.security, ADOPT_HEALTH_TIMEOUT_S):
             logger.warning(
                 "replica %s (pid %d) is not healthy; replacing it", record.name, child.pid
             )
@@ -96,12 +96,18 @@ async def adopt_replicas(
     return adopted
 
 
-async def proxy_healthy(address: str, timeout: float = ADOPT_HEALTH_TIMEOUT_S) -> bool:
-    """True when the proxy at host:port answers ``GET /-/healthz`` with 200."""
+async def proxy_healthy(
+    address: str, timeout: float = ADOPT_HEALTH_TIMEOUT_S, https: bool = False
+) -> bool:
+    """True when the proxy at host:port answers ``GET /-/healthz`` with 200.
+
+    Over HTTPS the certificate is not checked: this asks our own proxy, on
+    the address we recorded, whether it lives; no secret is sent."""
+    url = f"{'https' if https else 'http'}://{address}/-/healthz"
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.get(f"http://{address}/-/healthz") as reply,
+            session.get(url, ssl=False if https else True) as reply,
         ):
             return reply.status == 200
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -139,7 +145,7 @@ async def adopt_proxy(
     child = launcher.adopt(record)
     if child is None:
         return None
-    if not await proxy_healthy(child.address):
+    if not await proxy_healthy(child.address, https=launcher.https is not None):
         await child.stop()
         return None
     return child

@@ -23,6 +23,7 @@ from turnout.errors import (
     InUseError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     TurnoutError,
 )
 from turnout.v1 import controller_pb2 as pb
@@ -46,8 +47,10 @@ class ControlPlane:
         resources: ResourcePool | None = None,
         *,
         max_replicas: int = 16,
+        allow_pickled_code: bool = True,
     ) -> None:
         self._store = store
+        self.allow_pickled_code = allow_pickled_code
         self.max_replicas = max_replicas
         self._launcher = launcher
         self._publisher = publisher
@@ -90,9 +93,23 @@ class ControlPlane:
             if not users[0]:
                 del self._backend_locks[tag]
 
+    def _check_code(self, spec: pb.BackendSpec) -> None:
+        """Refuse pickled code when the instance does not take it: the
+        controller never unpickles, so refusing here means nothing ever runs."""
+        if self.allow_pickled_code:
+            return
+        if spec.WhichOneof("source") == "pickled_callable" or spec.pickled_init_args:
+            raise PermissionDeniedError(
+                "this instance does not accept pickled code (--allow-pickled-code is off: on "
+                "by default only when the controller listens on loopback or a Unix socket); "
+                "create the backend from an import path ('package.module:attribute', with "
+                "init_args_json), or restart the controller with --allow-pickled-code"
+            )
+
     async def create_backend(self, request: pb.CreateBackendRequest) -> pb.Backend:
         tag = validation.name(request.tag, "backend tag")
         spec = validation.spec(request.spec)
+        self._check_code(spec)
         config = validation.full_config(request.config)
         options = validation.replica_options(request.replica_options)
         record = BackendRecord(tag=tag, spec=spec, config=config, options=options)
@@ -190,6 +207,7 @@ class ControlPlane:
     async def update_backend(self, tag: str, spec: pb.BackendSpec) -> pb.Backend:
         """New code under the same tag, rolled out replica by replica."""
         spec = validation.spec(spec)
+        self._check_code(spec)
         async with self._backend_lock(tag):
             async with self._lock:
                 record = dataclasses.replace(self._backend_record(tag), spec=spec)

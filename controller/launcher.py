@@ -25,11 +25,13 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from turnout import _logging, _process
+from turnout import _auth, _logging, _process, _tls
+from turnout._grpc import Security
 from turnout.v1 import controller_pb2 as pb
 
 from .processes import AdoptedProcess, start_time
@@ -48,6 +50,42 @@ STOP_TIMEOUT_S = 10.0
 # is about 10 % less CPU and latency per request at one connection
 # (bench/RESULTS.md). A default only: the environment may choose otherwise.
 CHILD_ENV_DEFAULTS = {"GRPC_EXPERIMENTS": "-event_engine_client,-event_engine_listener"}
+# What a child inherits of the controller's environment: these names, and
+# names with these prefixes (locale, gRPC, Python, CUDA and Turnout's own
+# settings). Nothing else: user code runs in replicas, and a secret in the
+# controller's environment (a token, a cloud key) must not reach it. What a
+# backend needs besides goes in its replica_options env.
+CHILD_ENV_NAMES = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+     "VIRTUAL_ENV", "LD_LIBRARY_PATH", "XDG_DATA_HOME", "XDG_CACHE_HOME"}
+)  # fmt: skip
+CHILD_ENV_PREFIXES = ("LC_", "GRPC_", "PYTHON", "CUDA_", "TURNOUT_", "COVERAGE_")
+# Never passed on, whatever the prefix: the client-side token settings.
+CHILD_ENV_REFUSED = frozenset({_auth.TOKEN_ENV, _auth.TOKEN_FILE_ENV})
+
+
+def child_environment(
+    environ: Mapping[str, str], extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of a child: the defaults, what ``environ`` (the
+    controller's) holds of the names above, then ``extra`` (the backend's own
+    env, CUDA_VISIBLE_DEVICES as its GPUs say).
+
+    Example::
+
+        child_environment({"PATH": "/bin", "AWS_SECRET_ACCESS_KEY": "x"})
+        # {"GRPC_EXPERIMENTS": "...", "PATH": "/bin"}
+    """
+    env = dict(CHILD_ENV_DEFAULTS)
+    for name, value in environ.items():
+        if name in CHILD_ENV_REFUSED:
+            continue
+        if name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES):
+            env[name] = value
+    env.update(extra or {})
+    return env
+
+
 # Replicas starting at once (fork to readiness report), per instance.
 SPAWN_CONCURRENCY = min(8, max(2, os.cpu_count() or 1))
 
@@ -177,9 +215,19 @@ class ProcessLauncher:
     """Starts proxies and replicas, records them, and adopts recorded ones."""
 
     def __init__(
-        self, run_dir: Path, log_dir: Path, store: Store, *, durable: bool = False
+        self,
+        run_dir: Path,
+        log_dir: Path,
+        store: Store,
+        *,
+        durable: bool = False,
+        security: Security | None = None,
     ) -> None:
         self.run_dir = run_dir
+        # How this process reaches its children (health checks, reconfigure).
+        self.security = security or Security()
+        # The proxy's HTTPS certificate and key; None = plain HTTP.
+        self.https: tuple[Path, Path] | None = None
         self.log_dir = log_dir
         self.durable = durable
         self._store = store
@@ -190,6 +238,23 @@ class ProcessLauncher:
         # Replicas starting at once (spawn to readiness): a big scale-up
         # loads the machine a few at a time instead of forking all at once.
         self._spawn_slots = asyncio.Semaphore(SPAWN_CONCURRENCY)
+        # principal -> its credentials (set by the controller); None: no checks.
+        self.credentials: Callable[[str], _auth.ChildCredentials] | None = None
+
+    @property
+    def data_token(self) -> str | None:
+        """What the controller presents to replicas (Reconfigure)."""
+        return None if self.credentials is None else self.credentials("handle").token
+
+    def _credentials_args(self, principal: str) -> list[str]:
+        """``--credentials-file`` naming a 0600 file with ``principal``'s
+        credentials in the run directory: never the environment."""
+        if self.credentials is None:
+            return []
+        path = self.run_dir / f"credentials-{principal}.json"
+        if not path.exists():
+            self.credentials(principal).write(path)
+        return ["--credentials-file", str(path)]
 
     @property
     def proxy_log_path(self) -> Path:
@@ -219,6 +284,8 @@ class ProcessLauncher:
         variables, pinned to the record's cores."""
         replica_id = record.name
         args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
+        args += _tls.argv(self.security)
+        args += self._credentials_args("handle")
         log_path = self.replica_log_path(record.backend, replica_id)
         async with self._spawn_slots:
             return await self._start(
@@ -232,13 +299,20 @@ class ProcessLauncher:
         port: int,
         access_log: bool = True,
         workers: int = 1,
+        system_token_file: Path | None = None,
     ) -> ChildProcess:
         args = ["--controller", controller_address, "--host", host, "--port", str(port)]
+        args += _tls.argv(self.security)
+        args += self._credentials_args("proxy")
         if access_log:
             args += ["--access-log", str(self.access_log_path)]
         # Only when asked for: a proxy of an older build knows no --workers.
         if workers > 1:
             args += ["--workers", str(workers)]
+        if system_token_file is not None:
+            args += ["--protect-system-paths", "--system-token-file", str(system_token_file)]
+        if self.https is not None:
+            args += ["--https-cert", str(self.https[0]), "--https-key", str(self.https[1])]
         template = ChildRecord(name=PROXY, kind=PROXY, pid=0, start_time=0)
         return await self._start("turnout.proxy", "proxy", args, self.proxy_log_path, template)
 
@@ -267,7 +341,7 @@ class ProcessLauncher:
                     stdout=out,
                     stderr=out,
                     pass_fds=(write_fd,),
-                    env={**CHILD_ENV_DEFAULTS, **os.environ, **(env or {})},
+                    env=child_environment(os.environ, env),
                     # Durable: a session of its own, so that no signal to the
                     # controller's group reaches it. Owned: a group of its own,
                     # so that stopping it can stop its whole process tree.

@@ -24,7 +24,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout import _auth
+from turnout._grpc import Security, aio_channel
 from turnout._process import OUT_OF_MEMORY_EXIT
 from turnout.errors import InvalidArgumentError, TurnoutError
 from turnout.v1 import controller_pb2 as pb
@@ -90,9 +91,9 @@ def replica_index(replica_id: str) -> int:
     return int(index) if index.isdigit() else 0
 
 
-async def health_ok(address: str, timeout: float = HEALTH_TIMEOUT_S) -> bool:
+async def health_ok(address: str, security: Security, timeout: float = HEALTH_TIMEOUT_S) -> bool:
     """True when the replica's grpc.health.v1 service says SERVING in time."""
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+    async with aio_channel(address, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(
@@ -225,12 +226,14 @@ class ReplicaSet:
         request = replica_pb2.ReconfigureRequest(user_config_json=user_config_json, **limits)
         for slot in self.running():
             assert slot.child is not None
-            async with grpc.aio.insecure_channel(
-                slot.child.address, options=CHANNEL_OPTIONS
-            ) as channel:
+            async with aio_channel(slot.child.address, self._launcher.security) as channel:
                 stub = replica_pb2_grpc.ReplicaServiceStub(channel)
                 try:
-                    await stub.Reconfigure(request, timeout=RECONFIGURE_TIMEOUT_S)
+                    await stub.Reconfigure(
+                        request,
+                        timeout=RECONFIGURE_TIMEOUT_S,
+                        metadata=_auth.metadata(self._launcher.data_token),
+                    )
                 except grpc.aio.AioRpcError as exc:
                     raise InvalidArgumentError(
                         f"backend {self.tag!r}: replica {slot.replica_id} could not "
@@ -323,7 +326,7 @@ class ReplicaSet:
             return None, {"ok": False, "code": exc.code, "message": str(exc)}
         if not child.ok:
             return None, child.report
-        if not await health_ok(child.address):
+        if not await health_ok(child.address, self._launcher.security):
             await child.stop()
             return None, {"ok": False, "code": "UNAVAILABLE", "message": "health check failed"}
         return child, child.report
@@ -397,7 +400,7 @@ class ReplicaSet:
                     await exited
                     return "stopped"
                 timeout = self.config.health_check_timeout or HEALTH_TIMEOUT_S
-                if await health_ok(child.address, timeout=timeout):
+                if await health_ok(child.address, self._launcher.security, timeout=timeout):
                     failures = 0
                     continue
                 failures += 1

@@ -13,15 +13,16 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout import _replica_context
-from turnout._grpc import SERVER_OPTIONS
+from turnout import _auth, _replica_context
+from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
+from turnout._tls import is_unix
 from turnout._version import __version__
 from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
 from turnout.v1 import controller_pb2 as pb
@@ -68,6 +69,29 @@ class ControllerOptions:
     proxy_workers: int = 1
     # Most replicas of all backends together (resources.default_max_replicas).
     max_replicas: int = 16
+    # TLS material (and token) of every gRPC hop of the instance.
+    security: Security = field(default_factory=Security)
+    # Whether CreateBackend/UpdateBackend take pickled code (import paths always).
+    allow_pickled_code: bool = True
+    # The proxy's system paths (but /-/healthz) want the token of
+    # system_token_file (None: the admin token's file).
+    protect_system_paths: bool = False
+    system_token_file: Path | None = None
+    # The proxy serves HTTPS with this certificate and key; None = HTTP.
+    https: tuple[Path, Path] | None = None
+    # The admin token's file; None = <instance dir>/token, created if missing.
+    token_file: Path | None = None
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.token_file or self.instance_dir / _auth.TOKEN_FILE
+
+    @property
+    def system_paths_token_file(self) -> Path | None:
+        """What the proxy's protected system paths read the token from; None = open."""
+        if not self.protect_system_paths:
+            return None
+        return self.system_token_file or self.admin_token_file
 
     @property
     def log_dir(self) -> Path:
@@ -88,12 +112,30 @@ class Controller:
         state_path = options.state_path or options.instance_dir / "state.db"
         self._lock = StateLock(state_path)
         self.store = SqliteStore(state_path)
+        # The admin token (created on first start) and the internal secret the
+        # proxy's and replicas' credentials derive from; rotating the first
+        # leaves the second, so running children keep working.
+        _auth.ensure(options.admin_token_file)
+        self._secret = _auth.ensure(options.instance_dir / _auth.SECRET_FILE).encode()
+        self.verifier = _auth.instance_verifier(self._secret, options.admin_token_file)
         self.launcher = ProcessLauncher(
-            options.run_dir, options.log_dir, self.store, durable=options.durable
+            options.run_dir,
+            options.log_dir,
+            self.store,
+            durable=options.durable,
+            security=options.security,
+        )
+        self.launcher.https = options.https
+        self.launcher.credentials = lambda principal: _auth.child_credentials(
+            self._secret, principal
         )
         self.publisher = RoutePublisher()
         self.plane = ControlPlane(
-            self.store, self.launcher, self.publisher, max_replicas=options.max_replicas
+            self.store,
+            self.launcher,
+            self.publisher,
+            max_replicas=options.max_replicas,
+            allow_pickled_code=options.allow_pickled_code,
         )
         self.health = health.aio.HealthServicer()
         self.address = ""
@@ -107,12 +149,18 @@ class Controller:
 
     async def start(self) -> None:
         """Serve gRPC, then start the proxy; raises ProxyStartError if it cannot."""
-        server = grpc.aio.server(options=ADMIN_SERVER_OPTIONS)
+        security = self.options.security
+        server = aio_server(
+            security, ADMIN_SERVER_OPTIONS, _auth.interceptors(self.verifier, "controller")
+        )
         self._server = server
-        port = server.add_insecure_port(f"{self.options.host}:{self.options.port}")
+        host = self.options.host
+        # A Unix socket is its own address: the port means nothing there.
+        where = host if is_unix(host) else f"{host}:{self.options.port}"
+        port = add_port(server, where, security)
         if port == 0:
-            raise OSError(f"cannot listen on {self.options.host}:{self.options.port}")
-        self.address = f"{self.options.host}:{port}"
+            raise OSError(f"cannot listen on {where}")
+        self.address = host if is_unix(host) else f"{host}:{port}"
         # Replicas started from here on find their instance through it (handles
         # inside backends); adopted ones got the same address, the port is fixed.
         _replica_context.publish(self.address)
@@ -124,12 +172,16 @@ class Controller:
             max_replicas=self.options.max_replicas,
         )
         add_to_server(
-            ControllerServicer(self.plane, self.publisher, instance, self.shutdown), server
+            ControllerServicer(
+                self.plane, self.publisher, instance, self.shutdown, self._data_token
+            ),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             [
                 pb.DESCRIPTOR.services_by_name["ControllerService"].full_name,
+                pb.DESCRIPTOR.services_by_name["RouterService"].full_name,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ],
@@ -146,12 +198,20 @@ class Controller:
             # Ready means the proxy serves the recovered state: a change the
             # old controller wrote but never published reaches it now.
             await self.plane.routes_changed()
-        self.http_address = f"http://{proxy.address}"
+        scheme = "http" if self.options.https is None else "https"
+        self.http_address = f"{scheme}://{proxy.address}"
         instance.http_address = self.http_address
         self._proxy_task = asyncio.create_task(self._supervise_proxy())
         for service in ("", "turnout.v1.ControllerService"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("controller on %s, proxy on %s", self.address, self.http_address)
+
+    def _data_token(self, presented: str | None) -> str:
+        """What a caller presents to replicas: an admin gets the handle token
+        (replicas never see the admin one), anyone else keeps their own."""
+        if self.verifier.roles(presented) == _auth.ADMIN_ROLES:
+            return _auth.derive(self._secret, "handle")
+        return presented or ""
 
     async def _recover_proxy(self) -> ChildProcess:
         """The proxy an earlier controller left serving, or a new one.
@@ -170,12 +230,17 @@ class Controller:
         elif record is not None:
             await self.launcher.stop_recorded(record)
         return await self.launcher.start_proxy(
-            self.address, host, port, self.options.access_log, workers=self.options.proxy_workers
+            self.address,
+            host,
+            port,
+            self.options.access_log,
+            workers=self.options.proxy_workers,
+            system_token_file=self.options.system_paths_token_file,
         )
 
     async def _supervise_proxy(self) -> None:
         """Restart the proxy on the same port whenever it dies."""
-        host, _, port = self.http_address.removeprefix("http://").rpartition(":")
+        host, _, port = self.http_address.partition("://")[2].rpartition(":")
         backoff = 0.2
         while not self._stopping:
             assert self._proxy is not None
@@ -196,6 +261,7 @@ class Controller:
                 int(port),
                 self.options.access_log,
                 workers=self.options.proxy_workers,
+                system_token_file=self.options.system_paths_token_file,
             )
             if proxy.ok:
                 self._proxy = proxy

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from turnout import _auth
 from turnout.errors import TurnoutError, status_for
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
@@ -53,17 +54,24 @@ def _bounded(message: str) -> str:
 
 
 SERVICE = pb.DESCRIPTOR.services_by_name["ControllerService"]
+ROUTER_SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"]
 
 
 def add_to_server(servicer: ControllerServicer, server: grpc.aio.Server) -> None:
-    """Serve ``servicer`` as turnout.v1.ControllerService on ``server``.
+    """Serve ``servicer`` as turnout.v1.ControllerService and
+    turnout.v1.RouterService on ``server``.
 
     As the generated ``add_ControllerServiceServicer_to_server`` does, except
     that requests are parsed here: bytes that are no valid request get
     INVALID_ARGUMENT, where gRPC's own deserializer failure would answer UNKNOWN.
     """
+    for service in (SERVICE, ROUTER_SERVICE):
+        _add_service(servicer, server, service)
+
+
+def _add_service(servicer: ControllerServicer, server: grpc.aio.Server, service: Any) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in SERVICE.methods:
+    for method in service.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
         implementation = getattr(servicer, method.name)
@@ -78,7 +86,7 @@ def add_to_server(servicer: ControllerServicer, server: grpc.aio.Server) -> None
                 response_serializer=response_type.SerializeToString,
             )
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
 
 
@@ -107,14 +115,20 @@ def _parsing_stream(method: Callable[..., AsyncIterator[Any]], request_type: Any
     return handle
 
 
-class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
+class ControllerServicer(
+    controller_pb2_grpc.ControllerServiceServicer, controller_pb2_grpc.RouterServiceServicer
+):
+    """Both services of the controller; they share the stats book."""
+
     def __init__(
         self,
         plane: ControlPlane,
         publisher: RoutePublisher,
         instance: pb.GetInstanceResponse,
         shutdown: Callable[[], Awaitable[None]],
+        data_token: Callable[[str | None], str] = lambda presented: presented or "",
     ) -> None:
+        self._data_token = data_token
         self._stats = StatsBook()
         self._plane = plane
         self._publisher = publisher
@@ -230,6 +244,12 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     ) -> pb.ReportStatsResponse:
         self._stats.record(request.reporter_id, list(request.endpoints))
         return pb.ReportStatsResponse()
+
+    async def GetDataToken(
+        self, request: pb.GetDataTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetDataTokenResponse:
+        presented = _auth.bearer(context.invocation_metadata())
+        return pb.GetDataTokenResponse(token=self._data_token(presented))
 
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext[Any, Any]

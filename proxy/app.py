@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import inspect
 import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import Coroutine, Hashable
+from collections.abc import Callable, Coroutine, Hashable
 from typing import Any
 
 import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from turnout._grpc import never_delivered
+from turnout._grpc import Security, never_delivered
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
@@ -55,6 +56,9 @@ SHADOW_TIMEOUT_S = 30.0
 MAX_SHADOWS_IN_FLIGHT = 1000
 SYSTEM_PREFIX = "/-/"
 SYSTEM_PATHS = frozenset({"/-/routes", "/-/routing", "/-/healthz", "/-/metrics"})
+# What --protect-system-paths guards: they reveal topology and traffic weights.
+# /-/healthz stays open for probes.
+PROTECTED_SYSTEM_PATHS = frozenset({"/-/routes", "/-/routing", "/-/metrics"})
 SHARD_KEY_HEADER = "X-Serve-Shard-Key"
 CALL_METHOD_HEADER = "X-Serve-Call-Method"
 TIMEOUT_HEADER = "X-Serve-Timeout-Ms"
@@ -70,11 +74,11 @@ MAX_CONNECT_RETRIES = 2
 Conn = ReplicaConn[ReplicaLink]
 
 
-def connect(conn: Conn, max_response_bytes: int | None = None) -> None:
+def connect(conn: Conn, security: Security, max_response_bytes: int | None = None) -> None:
     receive = None
     if max_response_bytes is not None:
         receive = max_response_bytes * RECEIVE_ANSWERS + RECEIVE_SLACK_BYTES
-    link = ReplicaLink(conn.address, max_receive_bytes=receive)
+    link = ReplicaLink(conn.address, max_receive_bytes=receive, security=security)
     conn.stub = link
     conn.close = link.close
 
@@ -98,9 +102,18 @@ class ProxyState:
         worker_index: int = 0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+        security: Security | None = None,
+        system_token: Callable[[], str] | None = None,
     ) -> None:
+        # How this proxy reaches the controller and replicas.
+        self.security = security or Security()
+        # The token the protected system paths want (read on each request, so
+        # a rotated one applies at once); None = those paths are open.
+        self.system_token = system_token
         self.router: Router[ReplicaLink] = Router(
-            functools.partial(connect, max_response_bytes=max_response_bytes)
+            functools.partial(
+                connect, security=self.security, max_response_bytes=max_response_bytes
+            )
         )
         self.admission = Admission(self.router)
         self.max_body_bytes = max_body_bytes
@@ -166,7 +179,7 @@ async def _close(conns: list[Conn], grace: float | None) -> None:
 async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamResponse:
     path = request.path
     if path.startswith(SYSTEM_PREFIX):
-        return _system(state, path, request.method)
+        return _system(state, path, request.method, request.headers.get("Authorization"))
     request_id = _request_id(request.headers.get("X-Request-Id"))
     if not state.first_snapshot.is_set():
         # Not a 404: the routes are not known yet, not absent.
@@ -479,9 +492,33 @@ SYSTEM_METHODS = frozenset({"GET", "HEAD"})
 SYSTEM_ALLOW = "GET, HEAD"
 
 
-def _system(state: ProxyState, path: str, method: str) -> web.Response:
+def _authorized(state: ProxyState, authorization: str | None) -> bool:
+    if state.system_token is None:
+        return True
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    try:
+        wanted = state.system_token()
+    except OSError as exc:
+        logger.error("cannot read the system paths' token: %s", exc)
+        return False
+    return bool(wanted) and hmac.compare_digest(given.strip().encode(), wanted.encode())
+
+
+def _system(
+    state: ProxyState, path: str, method: str, authorization: str | None = None
+) -> web.Response:
     if path not in SYSTEM_PATHS:
         return http_codec.json_error(404, "NotFound", f"no system path {path}")
+    if path in PROTECTED_SYSTEM_PATHS and not _authorized(state, authorization):
+        return http_codec.json_error(
+            401,
+            "Unauthenticated",
+            f"{path} needs the instance's token: send 'Authorization: Bearer <token>' "
+            "(this proxy runs with --protect-system-paths)",
+            **{"WWW-Authenticate": 'Bearer realm="turnout"'},
+        )
     if method not in SYSTEM_METHODS:
         return http_codec.json_error(
             405,

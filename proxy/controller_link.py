@@ -9,7 +9,8 @@ from collections.abc import Callable
 
 import grpc
 
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout import _auth
+from turnout._grpc import Security, aio_channel
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -35,23 +36,26 @@ async def watch_routes(
     controller_address: str,
     apply: Callable[[pb.RoutingSnapshot], None],
     subscriber: str = SUBSCRIBER_ID,
+    security: Security | None = None,
 ) -> None:
     """Apply every snapshot the controller streams; reconnect forever.
 
     While the controller is unreachable nothing is applied, so the proxy keeps
     serving on the last snapshot it had.
     """
+    security = security or Security()
     backoff = BACKOFF_INITIAL_S
     # Once the link broke, each failed retry is logged at DEBUG only, so a
     # controller that is down for hours does not flood the proxy log.
     lost = False
     while True:
         try:
-            async with grpc.aio.insecure_channel(
-                controller_address, options=CHANNEL_OPTIONS
-            ) as channel:
-                stub = controller_pb2_grpc.ControllerServiceStub(channel)
-                stream = stub.WatchRoutes(pb.WatchRoutesRequest(subscriber_id=subscriber))
+            async with aio_channel(controller_address, security) as channel:
+                stub = controller_pb2_grpc.RouterServiceStub(channel)
+                stream = stub.WatchRoutes(
+                    pb.WatchRoutesRequest(subscriber_id=subscriber),
+                    metadata=_auth.metadata(security.token),
+                )
                 # Versions only grow within one stream; a new stream (a
                 # restarted controller) starts its own sequence.
                 seen = -1
@@ -68,6 +72,7 @@ async def watch_routes(
                     await stub.AckRoutes(
                         pb.AckRoutesRequest(subscriber_id=subscriber, version=seen),
                         timeout=ACK_TIMEOUT_S,
+                        metadata=_auth.metadata(security.token),
                     )
         except grpc.aio.AioRpcError as exc:
             logger.log(
@@ -85,10 +90,12 @@ async def watch_routes(
         backoff = min(backoff * 2, BACKOFF_MAX_S)
 
 
-async def report_stats(controller_address: str, stats: RouterStats, reporter_id: str) -> None:
+async def report_stats(
+    controller_address: str, stats: RouterStats, reporter_id: str, security: Security
+) -> None:
     """Send the counters to the controller about once a second when they changed."""
-    async with grpc.aio.insecure_channel(controller_address, options=CHANNEL_OPTIONS) as channel:
-        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+    async with aio_channel(controller_address, security) as channel:
+        stub = controller_pb2_grpc.RouterServiceStub(channel)
         reported = 0
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
@@ -97,7 +104,9 @@ async def report_stats(controller_address: str, stats: RouterStats, reporter_id:
                 continue
             request = pb.ReportStatsRequest(reporter_id=reporter_id, endpoints=stats.to_proto())
             try:
-                await stub.ReportStats(request, timeout=ACK_TIMEOUT_S)
+                await stub.ReportStats(
+                    request, timeout=ACK_TIMEOUT_S, metadata=_auth.metadata(security.token)
+                )
             except grpc.aio.AioRpcError as exc:
                 logger.debug("stats report failed: %s", exc.code().name)
                 continue

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout import _auth
+from turnout._grpc import CHANNEL_OPTIONS, Security, aio_channel
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
 if TYPE_CHECKING:
@@ -92,11 +93,18 @@ def channel_options(max_receive_bytes: int | None) -> list[tuple[str, int]]:
 class ReplicaLink:
     """Channel, unary stub (for shadows and fallback) and the shared stream."""
 
-    def __init__(self, address: str, max_receive_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        max_receive_bytes: int | None = None,
+        security: Security | None = None,
+    ) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(
-            address, options=channel_options(max_receive_bytes)
-        )
+        security = security or Security()
+        # Presented on each call (the HandleStream: once per stream). Not a
+        # grpc.aio client interceptor: those wrap every message of a stream.
+        self._metadata = _auth.metadata(security.token)
+        self.channel = aio_channel(address, security, channel_options(max_receive_bytes))
         self.stub: ReplicaServiceAsyncStub = replica_pb2_grpc.ReplicaServiceStub(self.channel)
         self._stream: _CallStream | None = None
         self._streaming = True
@@ -110,7 +118,7 @@ class ReplicaLink:
             return await self.unary(request, timeout)
         stream = self._stream
         if stream is None or stream.failed:
-            stream = self._stream = _CallStream(self.stub)
+            stream = self._stream = _CallStream(self.stub, self._metadata)
         try:
             return await stream.call(request, timeout)
         except ReplicaCallError as exc:
@@ -127,7 +135,12 @@ class ReplicaLink:
         try:
             # wait_for_ready=False: a replica that cannot be reached fails the
             # call at once instead of holding it.
-            return await self.stub.Handle(request, timeout=timeout, wait_for_ready=False)
+            return await self.stub.Handle(
+                request,
+                timeout=timeout,
+                wait_for_ready=False,
+                metadata=self._metadata,
+            )
         except grpc.aio.AioRpcError as exc:
             raise ReplicaCallError(exc.code(), exc.details() or "") from exc
 
@@ -147,8 +160,11 @@ class ReplicaLink:
 class _CallStream:
     """One ``HandleStream`` call: requests out in batches, answers matched by id."""
 
-    def __init__(self, stub: ReplicaServiceAsyncStub) -> None:
-        self._rpc = stub.HandleStream(wait_for_ready=False)
+    def __init__(
+        self, stub: ReplicaServiceAsyncStub, metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        # The token goes once per stream, not per request.
+        self._rpc = stub.HandleStream(wait_for_ready=False, metadata=metadata)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[replica_pb2.HandleResponse]] = {}
         self._outbox: list[replica_pb2.StreamCall] = []

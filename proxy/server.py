@@ -14,12 +14,16 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from turnout import _logging, _process
+from turnout import _auth, _logging, _process, _tls
+from turnout._grpc import Security
+from turnout.errors import TokenFileError, TurnoutError
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
 from .controller_link import report_stats, subscriber_id, watch_routes
@@ -43,7 +47,9 @@ FIRST_SNAPSHOT_TIMEOUT_S = 30.0
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m turnout.proxy")
-    parser.add_argument("--controller", required=True, help="controller gRPC address host:port")
+    parser.add_argument(
+        "--controller", required=True, help="controller gRPC address host:port or unix:/path"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="HTTP port; 0 = any free port")
     parser.add_argument(
@@ -87,13 +93,59 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     # Set by the lead for the workers it starts (turnout.proxy.workers).
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--stats-dir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--credentials-file", type=Path, help="the proxy's token (0600 JSON, from the controller)"
+    )
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
     parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
     parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
     parser.add_argument(
         "--access-log", type=Path, help="rotated access log, one line per request (default: none)"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--protect-system-paths",
+        action="store_true",
+        help="/-/routes, /-/routing and /-/metrics answer 401 without "
+        "'Authorization: Bearer <token>' (/-/healthz stays open)",
+    )
+    parser.add_argument(
+        "--system-token-file",
+        type=Path,
+        metavar="PATH",
+        help="file holding the token --protect-system-paths wants (read on each request)",
+    )
+    parser.add_argument(
+        "--https-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate"
+    )
+    parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
+    _tls.add_arguments(parser, server=False)
+    args = parser.parse_args(argv)
+    if (args.https_cert is None) != (args.https_key is None):
+        parser.error("HTTPS needs both --https-cert and --https-key")
+    if args.protect_system_paths and args.system_token_file is None:
+        parser.error("--protect-system-paths needs --system-token-file")
+    return args
+
+
+def https_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The server-side TLS context ``--https-cert``/``--https-key`` ask for; None = HTTP."""
+    if args.https_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.https_cert, args.https_key)
+    return context
+
+
+def system_token(args: argparse.Namespace) -> Callable[[], str] | None:
+    """What reads the token the protected system paths want; None = unprotected."""
+    if not args.protect_system_paths:
+        return None
+    path: Path = args.system_token_file
+
+    def read() -> str:
+        return path.read_text().strip()
+
+    return read
 
 
 def _positive_int(text: str) -> int:
@@ -155,6 +207,13 @@ def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
     ]  # fmt: skip
     if args.max_connections is not None:
         options += ["--max-connections", str(args.max_connections)]
+    if args.protect_system_paths:
+        options += ["--protect-system-paths", "--system-token-file", str(args.system_token_file)]
+    if args.https_cert is not None:
+        options += ["--https-cert", str(args.https_cert), "--https-key", str(args.https_key)]
+    options += _tls.argv(Security(tls=_tls.from_args(args)))
+    if args.credentials_file is not None:
+        options += ["--credentials-file", str(args.credentials_file)]
     return tuple(options)
 
 
@@ -166,6 +225,20 @@ def _fail(args: argparse.Namespace, code: str, message: str) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    try:
+        tls = _tls.from_args(args)
+        https = https_context(args)
+    except TurnoutError as exc:
+        return _fail(args, "INVALID_ARGUMENT", str(exc))
+    except (OSError, ssl.SSLError) as exc:
+        return _fail(args, "INVALID_ARGUMENT", f"cannot load the HTTPS certificate: {exc}")
+    # The proxy's own token (router and data roles), for the controller and replicas.
+    token = None
+    if args.credentials_file is not None:
+        try:
+            token = _auth.ChildCredentials.read(args.credentials_file).token
+        except (TokenFileError, ValueError, KeyError) as exc:
+            return _fail(args, "INVALID_ARGUMENT", f"cannot read the credentials file: {exc}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -180,6 +253,8 @@ async def serve(args: argparse.Namespace) -> int:
         worker_index=index,
         max_response_bytes=args.max_response_bytes,
         read_timeout=args.read_timeout,
+        security=Security(tls=tls, token=token),
+        system_token=system_token(args),
     )
     counters = None
     if stats_dir is not None:
@@ -195,7 +270,9 @@ async def serve(args: argparse.Namespace) -> int:
     )
     await runner.setup()
     # Sharing the port only when asked to: otherwise a port in use is an error.
-    site = web.TCPSite(runner, args.host, args.port, reuse_port=stats_dir is not None)
+    site = web.TCPSite(
+        runner, args.host, args.port, reuse_port=stats_dir is not None, ssl_context=https
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -208,8 +285,8 @@ async def serve(args: argparse.Namespace) -> int:
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     name = subscriber_id(index)
-    watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name))
-    state.spawn(report_stats(args.controller, state.router.stats, name))
+    watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name, state.security))
+    state.spawn(report_stats(args.controller, state.router.stats, name, state.security))
     if counters is not None:
         state.spawn(counters.share_forever())
     workers = None
@@ -245,7 +322,7 @@ async def serve(args: argparse.Namespace) -> int:
     if args.ready_fd is not None:
         _process.report_ready(args.ready_fd, address=address, pid=os.getpid())
     who = f"proxy worker {index}" if index else "proxy"
-    logger.info("%s listening on http://%s", who, address)
+    logger.info("%s listening on %s://%s", who, "https" if https else "http", address)
 
     await stop.wait()
     logger.info("%s stopping", who)

@@ -11,6 +11,7 @@ Example::
     print(requests.get("http://127.0.0.1:8000/hello").text)
 """
 
+from turnout._grpc import TLSConfig
 from turnout._version import __version__
 from turnout.api import (
     connect,
@@ -48,8 +49,11 @@ from turnout.errors import (
     NotFoundError,
     NotRunningError,
     OverloadedError,
+    PermissionDeniedError,
+    TokenFileError,
     TurnoutError,
     TurnoutValueError,
+    UnauthenticatedError,
     UnavailableError,
     UnimplementedError,
 )
@@ -70,9 +74,13 @@ __all__ = [
     "NotFoundError",
     "NotRunningError",
     "OverloadedError",
+    "PermissionDeniedError",
     "ReplicaInfo",
+    "TLSConfig",
+    "TokenFileError",
     "TurnoutError",
     "TurnoutValueError",
+    "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
     "__version__",

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from turnout import _process
+from turnout import _process, _tls
+from turnout._grpc import Security, TLSConfig
 from turnout.controller.processes import command_line, start_time
 from turnout.errors import TurnoutError
 from turnout.instance import START_TIMEOUT_S, _child_env, port_in_use_hint
@@ -57,6 +58,17 @@ class StartOptions:
     proxy_workers: int = 1
     # None: the controller's default (docs/operations.md "Limits").
     max_replicas: int | None = None
+    # TLS material of every gRPC hop; None = plaintext (loopback or a Unix socket only).
+    tls: TLSConfig | None = None
+    # Plaintext beyond loopback anyway (labs only).
+    insecure: bool = False
+    # None: on when the gRPC host is loopback or a Unix socket.
+    allow_pickled_code: bool | None = None
+    # The proxy's system paths want the token (of this file; None: the admin token's).
+    protect_system_paths: bool = False
+    system_token_file: Path | None = None
+    # The proxy serves HTTPS with this certificate and key; None = HTTP.
+    https: tuple[Path, Path] | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -101,6 +113,19 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
         args += ["--proxy-workers", str(options.proxy_workers)]
     if options.max_replicas is not None:
         args += ["--max-replicas", str(options.max_replicas)]
+    args += _tls.argv(Security(tls=options.tls))
+    if options.insecure:
+        args.append("--insecure")
+    if options.allow_pickled_code is not None:
+        args.append(
+            "--allow-pickled-code" if options.allow_pickled_code else "--no-allow-pickled-code"
+        )
+    if options.protect_system_paths:
+        args.append("--protect-system-paths")
+    if options.system_token_file is not None:
+        args += ["--system-token-file", str(options.system_token_file)]
+    if options.https is not None:
+        args += ["--https-cert", str(options.https[0]), "--https-key", str(options.https[1])]
     return _process.child_argv("turnout.controller", args)
 
 
@@ -136,6 +161,9 @@ def _check_can_start(options: StartOptions) -> None:
             f"Turnout is already running from {options.instance_dir} (pid {running}); "
             "stop it with `turnout stop`, or pick another --instance-dir"
         )
+    if _tls.is_unix(options.grpc_host):
+        _check_socket_free(options.grpc_host)
+        return
     # Only the controller's own port is checked here: after a controller crash
     # its proxy still holds the HTTP port, and the new controller adopts it.
     family = socket.AF_INET6 if ":" in options.grpc_host else socket.AF_INET
@@ -154,6 +182,23 @@ def _check_can_start(options: StartOptions) -> None:
                 ) from None
             where = f"{options.grpc_host}:{options.grpc_port}"
             raise StartError(f"cannot listen on {where}: {exc}") from None
+
+
+def _check_socket_free(address: str) -> None:
+    """Refuse a Unix socket a live server answers on; a stale file is fine
+    (the controller replaces it)."""
+    path = _tls.unix_path(address)
+    if not path.exists():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return
+    raise StartError(
+        f"{path} already has a server listening; is another Turnout running? "
+        "Pick another --grpc-host unix:/path"
+    )
 
 
 @dataclass(frozen=True)
@@ -193,6 +238,14 @@ def _failure(report: dict[str, object], log: Path, options: StartOptions) -> Sta
 
 
 def _prepare(options: StartOptions) -> None:
+    # Before anything is bound, even the probe of _check_can_start.
+    try:
+        security = Security(tls=options.tls, insecure=options.insecure)
+        _tls.refuse_exposed(options.grpc_host, security, "the controller")
+    except TurnoutError as exc:
+        raise StartError(str(exc)) from None
+    # The token lives here: a new instance directory is its owner's alone.
+    options.instance_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     options.log_dir.mkdir(parents=True, exist_ok=True)
     options.state_path.parent.mkdir(parents=True, exist_ok=True)
     _check_can_start(options)

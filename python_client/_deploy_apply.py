@@ -16,9 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
-import grpc
-
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout import _grpc
 from turnout.client import Client, call_controller
 from turnout.config import BackendConfig
 from turnout.deploy import (
@@ -52,7 +50,9 @@ class Instance:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._channel = grpc.insecure_channel(client.controller_address, options=CHANNEL_OPTIONS)
+        self._channel = _grpc.channel(
+            client.controller_address, _grpc.security_for(client.controller_address)
+        )
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
 
     def close(self) -> None:

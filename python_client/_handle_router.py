@@ -9,6 +9,7 @@ loop (or none) without a loop of its own.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import threading
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import grpc
 
-from turnout._grpc import CHANNEL_OPTIONS, never_delivered
+from turnout import _auth, _grpc
+from turnout._grpc import Security, never_delivered
 from turnout.errors import (
     BackendError,
     DeadlineExceededError,
@@ -40,7 +42,7 @@ from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc, http_pb2, replica_pb2, replica_pb2_grpc
 
 if TYPE_CHECKING:
-    from turnout.v1.controller_pb2_grpc import ControllerServiceStub
+    from turnout.v1.controller_pb2_grpc import RouterServiceStub
     from turnout.v1.replica_pb2_grpc import ReplicaServiceStub
 
 logger = logging.getLogger(__name__)
@@ -94,8 +96,8 @@ class _Call:
         return min(self.deadline, self.queued_until)
 
 
-def _connect(conn: Conn) -> None:
-    channel = grpc.insecure_channel(conn.address, options=CHANNEL_OPTIONS)
+def _connect(conn: Conn, security: Security) -> None:
+    channel = _grpc.channel(conn.address, security)
     conn.stub = replica_pb2_grpc.ReplicaServiceStub(channel)
 
     def close(grace: float | None) -> None:
@@ -105,6 +107,11 @@ def _connect(conn: Conn) -> None:
         timer.start()
 
     conn.close = close
+
+
+def _refused(exc: grpc.RpcError) -> bool:
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    return code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def _answer_key(reply: replica_pb2.HandleResponse) -> Hashable:
@@ -131,14 +138,16 @@ class HandleRouter:
     _routers: dict[tuple[int, str], HandleRouter] = {}
 
     @classmethod
-    def for_address(cls, address: str) -> HandleRouter:
-        """The process's router for this controller, started on first use."""
+    def for_address(cls, address: str, token: str | None = None) -> HandleRouter:
+        """The process's router for this controller, started on first use with
+        ``token`` (None: found as ``turnout._auth.find_token`` says)."""
         # Keyed by pid too: after a fork the child needs threads of its own.
         key = (os.getpid(), address)
         with cls._lock:
             router = cls._routers.get(key)
             if router is None:
-                router = cls._routers[key] = cls(address)
+                known = _grpc.security_for(address).token
+                router = cls._routers[key] = cls(address, token or known or _auth.find_token())
             return router
 
     @classmethod
@@ -149,15 +158,19 @@ class HandleRouter:
         if router is not None:
             router.flush_stats()
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
         self.reporter_id = f"handles-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._router: Router[ReplicaServiceStub] = Router(_connect)
-        self._changed = threading.Condition()
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self._controller: ControllerServiceStub = controller_pb2_grpc.ControllerServiceStub(
-            self._channel
+        self._security = dataclasses.replace(_grpc.security_for(address), token=token)
+        # What replicas are shown, asked of the controller before the first
+        # snapshot: an admin token is never sent to a replica.
+        self._replica_security: Security | None = None
+        self._router: Router[ReplicaServiceStub] = Router(
+            lambda conn: _connect(conn, self._replica_security or Security())
         )
+        self._changed = threading.Condition()
+        self._channel = _grpc.channel(address, self._security)
+        self._controller: RouterServiceStub = controller_pb2_grpc.RouterServiceStub(self._channel)
         self._reported = 0
         # backend -> calls waiting for a free replica slot, oldest first
         self._queues: dict[str, collections.deque[_Call]] = {}
@@ -171,8 +184,14 @@ class HandleRouter:
 
     def _watch(self) -> None:
         backoff = 0.1
+        refused = False
         while True:
             try:
+                if self._replica_security is None:
+                    data = self._controller.GetDataToken(pb.GetDataTokenRequest(), timeout=5)
+                    self._replica_security = dataclasses.replace(
+                        self._security, token=data.token or None
+                    )
                 for reply in self._controller.WatchRoutes(pb.WatchRoutesRequest()):
                     with self._changed:
                         gone = self._router.apply(reply.snapshot)
@@ -184,6 +203,10 @@ class HandleRouter:
                             conn.close(DRAIN_GRACE_S)
                     backoff = 0.1
             except grpc.RpcError as exc:
+                if not refused and _refused(exc):
+                    # Calls wait for routes that never come: say why, once.
+                    logger.warning("handles cannot follow %s: %s", self.address, exc)
+                    refused = True
                 logger.debug("handle routing stream ended: %s", exc)
             time.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX_S)

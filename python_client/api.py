@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from turnout import _replica_context
+from turnout import _replica_context, _tls
+from turnout._grpc import TLSConfig
 from turnout.client import Client, ReplicaInfo
 from turnout.config import BackendConfig
 from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
@@ -44,6 +45,8 @@ def init(
     log_to_driver: bool = True,
     keep_instance_dir: bool = False,
     max_replicas: int | None = None,
+    tls: TLSConfig | None = None,
+    token: str | None = None,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -69,10 +72,16 @@ def init(
     (SO_REUSEPORT), for machines with cores to spare; see docs/operations.md.
     ``max_replicas`` caps the replicas of all backends together (default: from
     the machine's CPUs and memory, see docs/operations.md "Limits").
-    With an ``address`` ("host:port" of a controller) it connects to that
-    instance; a first argument without a colon is a ``name`` instead, as Ray
-    Serve 0.8's ``serve.init("x")`` means. Inside a replica, ``init()``
-    connects to the instance running it and never starts another.
+    ``tls=turnout.TLSConfig(cert=..., key=..., ca=...)`` starts the instance
+    with TLS on every gRPC hop (mutual TLS when ``ca`` is given) and connects
+    with the same material; see docs/security.md.
+    With an ``address`` ("host:port" or "unix:/path" of a controller) it
+    connects to that instance, over TLS when ``tls`` is given, presenting
+    ``token`` (else ``$TURNOUT_TOKEN_FILE``, ``$TURNOUT_TOKEN``, the default
+    instance's token file). A first argument without a colon is a ``name``
+    instead, as Ray Serve 0.8's ``serve.init("x")`` means. A started instance
+    gets a new token, held in memory (``client.token``). Inside a replica,
+    ``init()`` connects to the instance running it and never starts another.
 
     Several instances can live in one process under different names
     (``name``, default ``"default"``), each with its own controller and HTTP port.
@@ -134,7 +143,7 @@ def init(
         if address is None:
             address = _replica_context.controller_address()
         if address is not None:
-            client = Client(address)
+            client = Client(address, tls=tls, token=token)
         else:
             client = _start_local(
                 http_host,
@@ -145,6 +154,7 @@ def init(
                 log_to_driver=log_to_driver,
                 keep_dir=keep_instance_dir,
                 max_replicas=max_replicas,
+                tls=tls,
             )
         _clients[name] = client
         _current_name = name
@@ -161,7 +171,13 @@ def _start_local(
     log_to_driver: bool,
     keep_dir: bool,
     max_replicas: int | None,
+    tls: TLSConfig | None = None,
 ) -> Client:
+    if tls is not None and not isinstance(tls, TLSConfig):
+        raise TypeError(f"tls must be a turnout.TLSConfig, got {type(tls).__name__}")
+    tls = None if tls is None else _tls.check(tls)
+    if tls is not None and tls.cert is None:
+        raise InvalidArgumentError("init(tls=...) starting an instance needs cert and key")
     instance = LocalInstance.start(
         http_host,
         http_port,
@@ -171,9 +187,10 @@ def _start_local(
         log_to_driver=log_to_driver,
         keep_dir=keep_dir,
         max_replicas=max_replicas,
+        tls=tls,
     )
     try:
-        client = Client(instance.address, _instance=instance)
+        client = Client(instance.address, tls=tls, token=instance.token, _instance=instance)
     except BaseException:
         instance.wait_stopped()
         raise
@@ -212,7 +229,7 @@ def start(detached: bool = False, **options: Any) -> Client:
     return init(name=f"started-{next(_started)}", **options)
 
 
-def connect(address: str | None = None) -> Client:
+def connect(address: str | None = None, token: str | None = None) -> Client:
     """A ``Client`` of a running instance (Ray Serve 1.0's ``serve.connect()``).
 
     With no ``address``: the current instance (the one ``init()`` or
@@ -220,7 +237,7 @@ def connect(address: str | None = None) -> Client:
     that runs it; else the one ``turnout start`` runs (``$TURNOUT_ADDRESS``,
     else 127.0.0.1:50051, as the CLI finds it), as Ray's ``connect()`` finds
     the detached instance. With an ``address`` ("host:port" of a
-    controller): that instance.
+    controller): that instance. ``token``: as ``init()`` takes it.
 
     Example::
 
@@ -242,7 +259,7 @@ def connect(address: str | None = None) -> Client:
         for client in _clients.values():
             if client.controller_address == address and not client.closed:
                 return client
-    return Client(address)
+    return Client(address, token=token)
 
 
 def shutdown() -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from turnout import _cli_logs, _cli_render, _cli_start
+from turnout import _auth, _cli_logs, _cli_render, _cli_start, _tls
 from turnout._deploy_apply import Instance, apply
 from turnout._version import __version__
 from turnout.client import Client
@@ -52,10 +52,24 @@ def _address(args: argparse.Namespace) -> str:
     return str(args.address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS)
 
 
+def _token_file(args: argparse.Namespace) -> Path | None:
+    """--token-file, else the token of --instance-dir when one is named (None:
+    the client's own lookup, see ``turnout._auth.find_token``)."""
+    if getattr(args, "token_file", None):
+        return Path(args.token_file)
+    if getattr(args, "instance_dir", None):
+        return Path(args.instance_dir) / _auth.TOKEN_FILE
+    return None
+
+
 def _connect(args: argparse.Namespace) -> Client:
     address = _address(args)
     try:
-        return Client(address)
+        tls = _tls.from_args(args, os.environ)
+    except TurnoutError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    try:
+        return Client(address, tls=tls, token_file=_token_file(args))
     except NotRunningError:
         raise CliError(
             f"no Turnout instance at {address}: start one with `turnout start`"
@@ -65,8 +79,20 @@ def _connect(args: argparse.Namespace) -> Client:
 # ---- start / stop ---------------------------------------------------------------
 
 
+def _https(args: argparse.Namespace) -> tuple[Path, Path] | None:
+    if (args.https_cert is None) != (args.https_key is None):
+        raise CliError("HTTPS needs both --https-cert and --https-key", EXIT_USAGE)
+    if args.https_cert is None:
+        return None
+    return Path(args.https_cert).absolute(), Path(args.https_key).absolute()
+
+
 def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
     instance_dir = Path(args.instance_dir or _cli_start.data_dir()).absolute()
+    try:
+        tls = _tls.from_args(args)
+    except TurnoutError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
     return _cli_start.StartOptions(
         instance_dir=instance_dir,
         state_path=Path(args.state or instance_dir / "state.db").absolute(),
@@ -77,6 +103,14 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         access_log=args.access_log,
         proxy_workers=args.proxy_workers,
         max_replicas=args.max_replicas,
+        tls=tls,
+        insecure=args.insecure,
+        allow_pickled_code=args.allow_pickled_code,
+        protect_system_paths=args.protect_system_paths,
+        https=_https(args),
+        system_token_file=(
+            None if args.system_token_file is None else Path(args.system_token_file).absolute()
+        ),
     )
 
 
@@ -87,6 +121,7 @@ def _ready_text(started: _cli_start.Started, options: _cli_start.StartOptions) -
         f"  HTTP:  {started.http_address}",
         f"  state: {options.state_path}",
         f"  logs:  {started.log_dir or options.log_dir}",
+        f"  token: {options.instance_dir / _auth.TOKEN_FILE} (admin; `turnout token` prints it)",
     ]
     if started.address != DEFAULT_ADDRESS:
         lines.append(
@@ -131,7 +166,21 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    path = Path(args.instance_dir or _cli_start.data_dir()) / _auth.TOKEN_FILE
+    if args.rotate:
+        token = _auth.rotate(path)
+    elif path.exists():
+        token = _auth.read_private(path)
+    else:
+        raise CliError(f"no token at {path}: `turnout start` creates it")
+    print(token)
+    return 0
+
+
 def _is_local(address: str) -> bool:
+    if _tls.is_unix(address):
+        return True
     host = address.rpartition(":")[0].strip("[]")
     return host in ("localhost", "::1", "0.0.0.0", "::") or host.startswith("127.")
 
@@ -283,7 +332,27 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--address",
         metavar="HOST:PORT",
-        help=f"the controller's gRPC address (default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
+        help="the controller's gRPC address, host:port or unix:/path "
+        f"(default: ${ADDRESS_ENV}, else {DEFAULT_ADDRESS})",
+    )
+    tls = connect.add_argument_group(
+        "TLS", "for an instance started with --tls-cert (default: $TURNOUT_TLS_CA, ...)"
+    )
+    tls.add_argument(
+        "--tls-ca", metavar="PEM", type=Path, help="CA that signed the controller's certificate"
+    )
+    tls.add_argument(
+        "--tls-cert", metavar="PEM", type=Path, help="client certificate, for mutual TLS"
+    )
+    tls.add_argument("--tls-key", metavar="PEM", type=Path, help="the client certificate's key")
+    tls.add_argument(
+        "--tls-server-name", metavar="NAME", help="name the controller's certificate must have"
+    )
+    connect.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help=f"the admin token's file (default: ${_auth.TOKEN_FILE_ENV}, else ${_auth.TOKEN_ENV}, "
+        "else INSTANCE_DIR/token of the default instance)",
     )
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument(
@@ -309,8 +378,8 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--grpc-host",
         default="127.0.0.1",
-        help="gRPC bind host (127.0.0.1); creating a backend runs code, so do not expose "
-        "it beyond machines you trust",
+        help="gRPC bind host (127.0.0.1), or unix:/path for a Unix socket; creating a backend "
+        "runs code, so beyond loopback TLS is required (see docs/security.md)",
     )
     start.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (50051)")
     start.add_argument(
@@ -339,6 +408,30 @@ def _parser() -> argparse.ArgumentParser:
         help="most replicas of all backends together (default: from CPUs and memory; "
         "see docs/operations.md)",
     )
+    _tls.add_arguments(start, server=True)
+    start.add_argument(
+        "--allow-pickled-code",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept backends sent as pickled code (default: on when --grpc-host is loopback "
+        "or a Unix socket, off otherwise); import-path backends always work",
+    )
+    start.add_argument(
+        "--protect-system-paths",
+        action="store_true",
+        help="the proxy's /-/routes, /-/routing and /-/metrics answer 401 without "
+        "'Authorization: Bearer <token>' (/-/healthz stays open)",
+    )
+    start.add_argument(
+        "--system-token-file",
+        metavar="PATH",
+        help="file holding the token --protect-system-paths wants (default: the instance's "
+        "token file, INSTANCE_DIR/token)",
+    )
+    start.add_argument(
+        "--https-cert", metavar="PEM", help="the HTTP proxy serves HTTPS with this certificate"
+    )
+    start.add_argument("--https-key", metavar="PEM", help="the HTTPS certificate's key")
     start.add_argument(
         "--detach",
         action="store_true",
@@ -358,6 +451,18 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, help="seconds to wait for it to exit (60)"
     )
     stop.set_defaults(func=cmd_stop)
+
+    token = commands.add_parser(
+        "token",
+        parents=[home],
+        help="print the instance's admin token (for grpcurl), or replace it",
+        description="Print the admin token in INSTANCE_DIR/token, which every gRPC call to the "
+        "controller must present (grpcurl -H 'authorization: Bearer ...'). With --rotate, "
+        "replace it with a new one first: the running controller accepts the new token at its "
+        "next call and refuses the old one; the proxy and replicas keep working.",
+    )
+    token.add_argument("--rotate", action="store_true", help="replace the token, then print it")
+    token.set_defaults(func=cmd_token)
 
     status = commands.add_parser(
         "status",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
+import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -12,8 +15,8 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from turnout import _pickling
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout import _auth, _grpc, _pickling, _tls
+from turnout._grpc import TLSConfig
 from turnout._handle_router import HandleRouter
 from turnout.config import BackendConfig
 from turnout.controller import validation
@@ -103,6 +106,15 @@ def _check_timeout(value: float | None) -> float | None:
     return value
 
 
+def _as_json(values: tuple[Any, ...]) -> str | None:
+    """``values`` as a JSON array when they come back from it unchanged, else None."""
+    try:
+        text = json.dumps(list(values))
+    except (TypeError, ValueError):
+        return None
+    return text if json.loads(text) == list(values) else None
+
+
 def _spec(
     tag: str, func_or_class: Callable[..., Any] | type | str, init_args: tuple[Any, ...]
 ) -> pb.BackendSpec:
@@ -126,7 +138,10 @@ def _spec(
             "func_or_class must be a function, a class or an import path str, "
             f"got {type(func_or_class).__name__}"
         )
-    if init_args:
+    if init_args and spec.import_path and _as_json(init_args) is not None:
+        # No pickle at all: an instance that refuses pickled code takes it.
+        spec.init_args_json = _as_json(init_args) or ""
+    elif init_args:
         spec.pickled_init_args = _pickling.dumps(
             tuple(init_args),
             tag,
@@ -202,16 +217,45 @@ class Client:
         client = turnout.Client("127.0.0.1:50051")
         client.create_backend("echo", lambda request: request.args.get("q"))
         client.create_endpoint("echo", "echo", route="/echo")
+
+    ``address`` is "host:port" or "unix:/path/to/controller.sock". ``tls``
+    (a ``turnout.TLSConfig``) connects over TLS: ``ca`` verifies the
+    controller, ``cert``/``key`` are this client's certificate when the
+    instance wants mutual TLS; handles made from this client use it too::
+
+        tls = turnout.TLSConfig(ca="ca.pem", cert="client.pem", key="client.key")
+        client = turnout.Client("10.0.0.5:50051", tls=tls)
     """
 
-    def __init__(self, address: str, *, _instance: LocalInstance | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        tls: TLSConfig | None = None,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        _instance: LocalInstance | None = None,
+    ) -> None:
         self._address = _check_str(address, "address")
         self._instance = _instance
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        # An explicit token, else a file, else the replica's own credentials,
+        # $TURNOUT_TOKEN_FILE, $TURNOUT_TOKEN, the default instance's file.
+        if token is None and token_file is None and _instance is not None:
+            token = _instance.token
+        self._token = _auth.find_token(token, token_file)
+        self._security = dataclasses.replace(_grpc.security_for(address), token=self._token)
+        if tls is not None:
+            if not isinstance(tls, TLSConfig):
+                raise TypeError(f"tls must be a turnout.TLSConfig, got {type(tls).__name__}")
+            self._security = dataclasses.replace(self._security, tls=_tls.check(tls))
+        self._channel = _grpc.channel(address, self._security)
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._lock = threading.Lock()
         self._closed = False
         self._info = self._call(self._stub.GetInstance, pb.GetInstanceRequest())
+        # Only once it answered: handles made from here on (and unpickled in
+        # this process) reach the instance the same way.
+        _grpc.remember(address, self._security)
 
     # ---- connection -------------------------------------------------------
 
@@ -219,6 +263,12 @@ class Client:
     def controller_address(self) -> str:
         """The controller's "host:port", as grpcurl and ``init(address=...)`` take it."""
         return self._address
+
+    @property
+    def token(self) -> str | None:
+        """The token this client presents (e.g. to hand to grpcurl); inside a
+        replica, the replica's own, which grants no admin calls."""
+        return self._token
 
     @property
     def http_address(self) -> str:
@@ -245,6 +295,14 @@ class Client:
         """True once ``shutdown()`` was called on this client."""
         return self._closed
 
+    def _tls_hint(self) -> str:
+        if self._security.tls is None:
+            return "; if it uses TLS, pass tls=turnout.TLSConfig(ca=...) (CLI: --tls-ca)"
+        return (
+            "; if it runs, check the TLS material: the CA that signed its certificate, the "
+            "name it was issued for, and a client certificate when it wants mutual TLS"
+        )
+
     def _call(
         self, method: Callable[..., Resp], request: Any, timeout: float = _QUICK_TIMEOUT_S
     ) -> Resp:
@@ -261,7 +319,7 @@ class Client:
                     timeout,
                     lambda details: (
                         f"no Turnout controller answers at {self._address} ({details}); "
-                        "start one with turnout.init()"
+                        f"start one with turnout.init(){self._tls_hint()}"
                     ),
                 )
             except NotRunningError:
@@ -568,7 +626,7 @@ class Client:
         _check_str(endpoint, "endpoint")
         if not missing_ok:
             self._call(self._stub.GetEndpoint, pb.GetEndpointRequest(name=endpoint))
-        return EndpointHandle(self._address, endpoint)
+        return EndpointHandle(self._address, endpoint, token=self._token)
 
     def endpoint_stats(self) -> dict[str, dict[str, Any]]:
         """Counters per endpoint, summed over the proxy and every process's handles:

@@ -14,6 +14,8 @@
     ├── UnavailableError                      no running replica, or it could not be reached
     │   └── OverloadedError                   every replica full and the queue too (HTTP 503)
     ├── DeadlineExceededError (also TimeoutError) the call's timeout passed (HTTP 504)
+    ├── UnauthenticatedError (also PermissionError) UNAUTHENTICATED: no valid token
+    ├── PermissionDeniedError (also PermissionError) PERMISSION_DENIED: role or instance refuses
     ├── UnimplementedError                    UNIMPLEMENTED: not built yet
     └── BackendError                          a handler raised; carries the remote traceback
 
@@ -82,6 +84,23 @@ class UnimplementedError(TurnoutError, NotImplementedError):
     """The controller does not implement this call yet."""
 
 
+class UnauthenticatedError(TurnoutError, PermissionError):
+    """The call carried no valid token of the instance; the message says how to
+    pass one (``Client(..., token=...)``, ``$TURNOUT_TOKEN``, ``turnout token``)."""
+
+
+class PermissionDeniedError(TurnoutError, PermissionError):
+    """The token is valid but its role does not grant the call (e.g. an admin
+    call from code running in a replica, which never holds the admin token),
+    or the instance refuses it: a backend sent as pickled code to an instance
+    started with ``--no-allow-pickled-code``."""
+
+
+class TokenFileError(InvalidArgumentError):
+    """A token or credentials file that cannot be read, or that group or
+    others may read (it is then refused, as ssh refuses such a key)."""
+
+
 class BackendError(TurnoutError):
     """A backend's handler raised.
 
@@ -104,6 +123,8 @@ STATUS_FOR: dict[type[TurnoutError], grpc.StatusCode] = {
     CapacityError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     NotRunningError: grpc.StatusCode.UNAVAILABLE,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 _ERROR_FOR = {code: cls for cls, code in STATUS_FOR.items()}

@@ -66,9 +66,17 @@ class EndpointHandle:
     """
 
     def __init__(
-        self, controller_address: str, endpoint: str, options: CallOptions | None = None
+        self,
+        controller_address: str,
+        endpoint: str,
+        options: CallOptions | None = None,
+        *,
+        token: str | None = None,
     ) -> None:
         self._address = controller_address
+        # The token of the client that made it; never pickled (a handle in a
+        # backend uses the replica's own credentials).
+        self._token = token
         self._endpoint = endpoint
         self._options = options or CallOptions()
 
@@ -79,7 +87,7 @@ class EndpointHandle:
     def remote(self, data: Any = None, **kwargs: Any) -> HandleFuture:
         """Call the endpoint: the handler's request has ``.data``/``.json`` =
         ``data`` and ``.args`` = ``kwargs``. Returns at once."""
-        router = HandleRouter.for_address(self._address)
+        router = HandleRouter.for_address(self._address, self._token)
         return HandleFuture(router.submit(self._endpoint, self._options, data, kwargs))
 
     def options(
@@ -125,11 +133,14 @@ class EndpointHandle:
                 raise InvalidArgumentError(f"timeout must be > 0 seconds, got {timeout}")
             changes["timeout"] = float(timeout)
         return EndpointHandle(
-            self._address, self._endpoint, dataclasses.replace(self._options, **changes)
+            self._address,
+            self._endpoint,
+            dataclasses.replace(self._options, **changes),
+            token=self._token,
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # Only the address, endpoint and options travel; the unpickled handle
+        # Only the address, endpoint and options travel (never the token); the unpickled handle
         # follows the controller from whatever process it lands in.
         return (EndpointHandle, (self._address, self._endpoint, self._options))
 

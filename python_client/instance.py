@@ -29,8 +29,9 @@ import threading
 import time
 from pathlib import Path
 
-from turnout import _process, _replica_context
+from turnout import _auth, _process, _replica_context, _tls
 from turnout._driver_logs import DriverLogs
+from turnout._grpc import Security, TLSConfig
 from turnout.controller.processes import start_time
 from turnout.errors import TurnoutError
 
@@ -67,6 +68,9 @@ class LocalInstance:
         self.address = str(report["address"])
         self.http_address = str(report["http_address"])
         self.instance_dir = instance_dir
+        # The admin token, made here and handed to the controller in a 0600
+        # file of the 0700 instance directory (never its environment).
+        self.token = _auth.read_private(instance_dir / _auth.TOKEN_FILE)
         self._keep_dir = keep_dir
         self._logs = logs
         # Set once the owner shuts the instance down: no restart after that.
@@ -92,10 +96,12 @@ class LocalInstance:
         log_to_driver: bool = False,
         keep_dir: bool = False,
         max_replicas: int | None = None,
+        tls: TLSConfig | None = None,
     ) -> LocalInstance:
         """Start an instance; ``keep_dir`` keeps the instance directory after it stops."""
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         (instance_dir / "logs").mkdir(mode=0o700)
+        _auth.write_private(instance_dir / _auth.TOKEN_FILE, _auth.new_token())
         argv = _process.child_argv(
             "turnout.controller",
             [
@@ -110,6 +116,7 @@ class LocalInstance:
                 "--proxy-workers", str(proxy_workers),
                 *([] if keep_dir else ["--remove-instance-dir"]),
                 *(["--max-replicas", str(max_replicas)] if max_replicas is not None else []),
+                *_tls.argv(Security(tls=tls)),
             ],
         )  # fmt: skip
         try:
@@ -201,7 +208,8 @@ class LocalInstance:
             self._gone.set()
 
     def _restart(self) -> bool:
-        port = self.address.rpartition(":")[2]
+        # A Unix socket is its own address; a TCP one keeps its port.
+        port = "0" if _tls.is_unix(self.address) else self.address.rpartition(":")[2]
         for attempt in range(RESTART_ATTEMPTS):
             if attempt:
                 time.sleep(RESTART_BACKOFF_S * 2 ** (attempt - 1))

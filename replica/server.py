@@ -4,12 +4,17 @@
 
     python -m turnout.replica --spec-file PATH --replica-id ID
         [--host 127.0.0.1] [--ready-fd N] [--parent-pid PID] [--log-file PATH]
-        [--stuck-call-grace SECONDS]
+        [--stuck-call-grace SECONDS] [--credentials-file PATH]
 
 The spec file holds a serialized ``turnout.v1.CreateBackendRequest``. Readiness
 (or the reason for giving up) is reported on ``--ready-fd`` as described in
 ``turnout._process``; a class's ``check_health()`` runs once before that, and
 its failure is reported like a failing constructor.
+
+The credentials file (0600, written by the controller) holds the tokens this
+replica accepts (the proxy's and handles': the data role, never admin) and
+its own, which handles created by the backend's code present. A replica
+started without one (by hand, in tests) checks no token.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import logging
 import os
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -29,8 +34,8 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout import _logging
-from turnout._grpc import SERVER_OPTIONS
+from turnout import _auth, _grpc, _logging, _replica_context, _tls
+from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout._process import (
     die_with_parent,
     exit_with_owner,
@@ -38,6 +43,7 @@ from turnout._process import (
     report_ready,
     set_memory_limit,
 )
+from turnout.errors import TokenFileError, TurnoutError
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
 from turnout.replica.servicer import ReplicaServicer
 from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
@@ -113,6 +119,9 @@ class ReplicaOptions:
     # Rotated log file; None = stderr.
     log_file: Path | None = None
     stuck_call_grace: float = STUCK_CALL_GRACE_S
+    # TLS material (and token) of the replica's port.
+    security: Security = field(default_factory=Security)
+    credentials_file: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
@@ -134,7 +143,15 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
         help=f"seconds a handler call may run on after its caller gave up before the replica "
         f"reports NOT_SERVING (default: ${STUCK_CALL_GRACE_ENV}, else {STUCK_CALL_GRACE_S:g})",
     )
+    _tls.add_arguments(parser, server=True)
+    parser.add_argument(
+        "--credentials-file", type=Path, help="tokens to accept and present (0600 JSON)"
+    )
     ns = parser.parse_args(argv)
+    try:
+        security = Security(tls=_tls.from_args(ns), insecure=ns.insecure)
+    except TurnoutError as exc:
+        parser.error(str(exc))
     return ReplicaOptions(
         spec_file=ns.spec_file,
         replica_id=ns.replica_id,
@@ -143,6 +160,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
         parent_pid=ns.parent_pid,
         log_file=ns.log_file,
         stuck_call_grace=ns.stuck_call_grace,
+        security=security,
+        credentials_file=ns.credentials_file,
     )
 
 
@@ -164,6 +183,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     exit_with_owner()
     configure_logging(options.replica_id, options.log_file)
     try:
+        # Before any user code loads: an exposed plaintext port is refused.
+        _tls.refuse_exposed(options.host, options.security, "a replica")
+    except TurnoutError as exc:
+        return _give_up(options, "INVALID_ARGUMENT", str(exc))
+    controller = _replica_context.controller_address()
+    if controller is not None:
+        # Handles inside the backend reach their instance as the replica does.
+        _grpc.remember(controller, options.security)
+    try:
+        verifier = load_credentials(options.credentials_file)
         spec = read_spec(options.spec_file)
         if spec.replica_options.memory_bytes:
             # Before the backend loads: its imports and constructor count.
@@ -180,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if spec.config.HasField("graceful_shutdown_timeout")
             else SHUTDOWN_GRACE
         )
-        return asyncio.run(serve(options, runtime, grace))
+        return asyncio.run(serve(options, runtime, grace, verifier))
     finally:
         runtime.close()
         _stop_own_group()
@@ -215,6 +244,22 @@ def configure_logging(replica_id: str, log_file: Path | None = None) -> None:
         _logging.capture_prints("print", descriptors=True)
 
 
+def load_credentials(path: Path | None) -> _auth.Verifier | None:
+    """What checks callers' tokens (None: no file, no checks); the replica's own
+    token is kept for the handles its backend creates (before any user code runs)."""
+    if path is None:
+        return None
+    try:
+        credentials = _auth.ChildCredentials.read(path)
+    except (TokenFileError, ValueError, KeyError) as exc:
+        raise LoadError(INVALID_ARGUMENT, f"cannot read credentials {str(path)!r}: {exc}") from exc
+    _auth.set_process_token(credentials.token)
+    if _auth.no_check_requested():
+        log.warning("%s=1: this replica checks no token (bench only)", _auth.BENCH_NO_CHECK_ENV)
+        return None
+    return _auth.Verifier(credentials.accept)
+
+
 def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:
     try:
         return controller_pb2.CreateBackendRequest.FromString(path.read_bytes())
@@ -223,7 +268,10 @@ def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:
 
 
 async def serve(
-    options: ReplicaOptions, runtime: BackendRuntime, grace: float = SHUTDOWN_GRACE
+    options: ReplicaOptions,
+    runtime: BackendRuntime,
+    grace: float = SHUTDOWN_GRACE,
+    verifier: _auth.Verifier | None = None,
 ) -> int:
     if runtime.has_check_health:
         # On the loop the later checks run on: an async check_health() may
@@ -238,7 +286,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = aio_server(options.security, SERVER_OPTIONS, _auth.interceptors(verifier, "replica"))
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(runtime), server)
     health_servicer = BackendHealth(runtime, options.stuck_call_grace)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -248,7 +296,7 @@ async def serve(
     host = options.host
     bind_host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     try:
-        port = server.add_insecure_port(f"{bind_host}:0")
+        port = add_port(server, f"{bind_host}:0", options.security)
     except RuntimeError as exc:
         return _give_up(options, "UNAVAILABLE", f"cannot bind {host}: {exc}")
     await server.start()

@@ -22,6 +22,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 import turnout
+from turnout import _grpc
 from turnout.v1 import controller_pb2 as pb
 
 SEED = 20261201
@@ -199,7 +200,9 @@ def fuzz(small: turnout.Client) -> None:
     seen: Counter[tuple[str, str]] = Counter()
     wrong: list[tuple[str, str, str]] = []
     began = time.monotonic()
-    with grpc.insecure_channel(small.controller_address) as channel:
+    with _grpc.channel(
+        small.controller_address, _grpc.security_for(small.controller_address)
+    ) as channel:
         calls: dict[str, grpc.UnaryUnaryMultiCallable[bytes, bytes]] = {
             m.name: channel.unary_unary(
                 f"/{SERVICE.full_name}/{m.name}",

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import requests
 import yaml
 from conftest import processes_mentioning, wait_until
 
+from turnout import _grpc
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -486,7 +486,8 @@ def test_start_after_a_crash_with_clients_connected_is_not_refused(home: Home) -
     as systemd's Restart=on-failure makes at once, must not trip on it."""
     home.start_detached()
     controller = int((home.data_dir / "turnout.pid").read_text())
-    with grpc.insecure_channel(home.address) as channel:
+    token = (home.data_dir / "token").read_text()
+    with _grpc.channel(home.address, _grpc.Security(token=token)) as channel:
         stub = controller_pb2_grpc.ControllerServiceStub(channel)
         assert stub.GetInstance(pb.GetInstanceRequest(), timeout=10).controller_pid == controller
         os.kill(controller, signal.SIGKILL)

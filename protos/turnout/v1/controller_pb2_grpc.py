@@ -111,21 +111,6 @@ class ControllerServiceStub:
                 request_serializer=turnout_dot_v1_dot_controller__pb2.ListReplicasRequest.SerializeToString,
                 response_deserializer=turnout_dot_v1_dot_controller__pb2.ListReplicasResponse.FromString,
                 _registered_method=True)
-        self.WatchRoutes = channel.unary_stream(
-                '/turnout.v1.ControllerService/WatchRoutes',
-                request_serializer=turnout_dot_v1_dot_controller__pb2.WatchRoutesRequest.SerializeToString,
-                response_deserializer=turnout_dot_v1_dot_controller__pb2.WatchRoutesResponse.FromString,
-                _registered_method=True)
-        self.AckRoutes = channel.unary_unary(
-                '/turnout.v1.ControllerService/AckRoutes',
-                request_serializer=turnout_dot_v1_dot_controller__pb2.AckRoutesRequest.SerializeToString,
-                response_deserializer=turnout_dot_v1_dot_controller__pb2.AckRoutesResponse.FromString,
-                _registered_method=True)
-        self.ReportStats = channel.unary_unary(
-                '/turnout.v1.ControllerService/ReportStats',
-                request_serializer=turnout_dot_v1_dot_controller__pb2.ReportStatsRequest.SerializeToString,
-                response_deserializer=turnout_dot_v1_dot_controller__pb2.ReportStatsResponse.FromString,
-                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/turnout.v1.ControllerService/GetStats',
                 request_serializer=turnout_dot_v1_dot_controller__pb2.GetStatsRequest.SerializeToString,
@@ -254,29 +239,6 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def WatchRoutes(self, request, context):
-        """Streams routing snapshots: the current one at once, then each new version.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def AckRoutes(self, request, context):
-        """A router says it now serves a snapshot version. Changes are acknowledged to
-        their caller only once every named subscriber has applied them, so a route
-        answers as soon as CreateEndpoint returns.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ReportStats(self, request, context):
-        """A router (the proxy, or a process holding handles) reports its counters.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def GetStats(self, request, context):
         """Counters summed over every router that reported: requests per backend,
         errors, and how shadow backends compared with the primary.
@@ -371,21 +333,6 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListReplicas,
                     request_deserializer=turnout_dot_v1_dot_controller__pb2.ListReplicasRequest.FromString,
                     response_serializer=turnout_dot_v1_dot_controller__pb2.ListReplicasResponse.SerializeToString,
-            ),
-            'WatchRoutes': grpc.unary_stream_rpc_method_handler(
-                    servicer.WatchRoutes,
-                    request_deserializer=turnout_dot_v1_dot_controller__pb2.WatchRoutesRequest.FromString,
-                    response_serializer=turnout_dot_v1_dot_controller__pb2.WatchRoutesResponse.SerializeToString,
-            ),
-            'AckRoutes': grpc.unary_unary_rpc_method_handler(
-                    servicer.AckRoutes,
-                    request_deserializer=turnout_dot_v1_dot_controller__pb2.AckRoutesRequest.FromString,
-                    response_serializer=turnout_dot_v1_dot_controller__pb2.AckRoutesResponse.SerializeToString,
-            ),
-            'ReportStats': grpc.unary_unary_rpc_method_handler(
-                    servicer.ReportStats,
-                    request_deserializer=turnout_dot_v1_dot_controller__pb2.ReportStatsRequest.FromString,
-                    response_serializer=turnout_dot_v1_dot_controller__pb2.ReportStatsResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -799,87 +746,6 @@ class ControllerService:
             _registered_method=True)
 
     @staticmethod
-    def WatchRoutes(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/turnout.v1.ControllerService/WatchRoutes',
-            turnout_dot_v1_dot_controller__pb2.WatchRoutesRequest.SerializeToString,
-            turnout_dot_v1_dot_controller__pb2.WatchRoutesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def AckRoutes(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/turnout.v1.ControllerService/AckRoutes',
-            turnout_dot_v1_dot_controller__pb2.AckRoutesRequest.SerializeToString,
-            turnout_dot_v1_dot_controller__pb2.AckRoutesResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ReportStats(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/turnout.v1.ControllerService/ReportStats',
-            turnout_dot_v1_dot_controller__pb2.ReportStatsRequest.SerializeToString,
-            turnout_dot_v1_dot_controller__pb2.ReportStatsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
     def GetStats(request,
             target,
             options=(),
@@ -950,6 +816,228 @@ class ControllerService:
             '/turnout.v1.ControllerService/Shutdown',
             turnout_dot_v1_dot_controller__pb2.ShutdownRequest.SerializeToString,
             turnout_dot_v1_dot_controller__pb2.ShutdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class RouterServiceStub:
+    """The routers' side of the control plane: the proxy and every process holding
+    handles subscribe to routing snapshots here and report their counters.
+    Callers need the router role (docs/operations.md, "Authentication"); the
+    admin surface (ControllerService) holds only what operators call.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.WatchRoutes = channel.unary_stream(
+                '/turnout.v1.RouterService/WatchRoutes',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.WatchRoutesRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.WatchRoutesResponse.FromString,
+                _registered_method=True)
+        self.AckRoutes = channel.unary_unary(
+                '/turnout.v1.RouterService/AckRoutes',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.AckRoutesRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.AckRoutesResponse.FromString,
+                _registered_method=True)
+        self.ReportStats = channel.unary_unary(
+                '/turnout.v1.RouterService/ReportStats',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.ReportStatsRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.ReportStatsResponse.FromString,
+                _registered_method=True)
+        self.GetDataToken = channel.unary_unary(
+                '/turnout.v1.RouterService/GetDataToken',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.GetDataTokenRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.GetDataTokenResponse.FromString,
+                _registered_method=True)
+
+
+class RouterServiceServicer:
+    """The routers' side of the control plane: the proxy and every process holding
+    handles subscribe to routing snapshots here and report their counters.
+    Callers need the router role (docs/operations.md, "Authentication"); the
+    admin surface (ControllerService) holds only what operators call.
+    """
+
+    def WatchRoutes(self, request, context):
+        """Streams routing snapshots: the current one at once, then each new version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AckRoutes(self, request, context):
+        """A router says it now serves a snapshot version. Changes are acknowledged to
+        their caller only once every named subscriber has applied them, so a route
+        answers as soon as CreateEndpoint returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportStats(self, request, context):
+        """A router (the proxy, or a process holding handles) reports its counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataToken(self, request, context):
+        """The token this caller presents to replicas (ReplicaService): a caller
+        holding the admin token gets the handle token (read, router and data
+        roles), any other caller its own. Handles of an admin client use it, so
+        that replicas never hold the admin token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RouterServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'WatchRoutes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRoutes,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.WatchRoutesRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.WatchRoutesResponse.SerializeToString,
+            ),
+            'AckRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckRoutes,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.AckRoutesRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.AckRoutesResponse.SerializeToString,
+            ),
+            'ReportStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportStats,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.ReportStatsRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.ReportStatsResponse.SerializeToString,
+            ),
+            'GetDataToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataToken,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.GetDataTokenRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.GetDataTokenResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'turnout.v1.RouterService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('turnout.v1.RouterService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class RouterService:
+    """The routers' side of the control plane: the proxy and every process holding
+    handles subscribe to routing snapshots here and report their counters.
+    Callers need the router role (docs/operations.md, "Authentication"); the
+    admin surface (ControllerService) holds only what operators call.
+    """
+
+    @staticmethod
+    def WatchRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/turnout.v1.RouterService/WatchRoutes',
+            turnout_dot_v1_dot_controller__pb2.WatchRoutesRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.WatchRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.RouterService/AckRoutes',
+            turnout_dot_v1_dot_controller__pb2.AckRoutesRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.AckRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.RouterService/ReportStats',
+            turnout_dot_v1_dot_controller__pb2.ReportStatsRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.ReportStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.RouterService/GetDataToken',
+            turnout_dot_v1_dot_controller__pb2.GetDataTokenRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.GetDataTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

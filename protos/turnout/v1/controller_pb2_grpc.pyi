@@ -73,15 +73,6 @@ class ControllerServiceStub:
     """Sets (or, with proportion 0, removes) a shadow backend of an endpoint."""
     ListReplicas: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListReplicasRequest, _controller_pb2.ListReplicasResponse]
     """Replicas with their state, address and pid."""
-    WatchRoutes: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchRoutesRequest, _controller_pb2.WatchRoutesResponse]
-    """Streams routing snapshots: the current one at once, then each new version."""
-    AckRoutes: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AckRoutesRequest, _controller_pb2.AckRoutesResponse]
-    """A router says it now serves a snapshot version. Changes are acknowledged to
-    their caller only once every named subscriber has applied them, so a route
-    answers as soon as CreateEndpoint returns.
-    """
-    ReportStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReportStatsRequest, _controller_pb2.ReportStatsResponse]
-    """A router (the proxy, or a process holding handles) reports its counters."""
     GetStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetStatsRequest, _controller_pb2.GetStatsResponse]
     """Counters summed over every router that reported: requests per backend,
     errors, and how shadow backends compared with the primary.
@@ -136,15 +127,6 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Sets (or, with proportion 0, removes) a shadow backend of an endpoint."""
     ListReplicas: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListReplicasRequest, _controller_pb2.ListReplicasResponse]  # type: ignore[assignment]
     """Replicas with their state, address and pid."""
-    WatchRoutes: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchRoutesRequest, _controller_pb2.WatchRoutesResponse]  # type: ignore[assignment]
-    """Streams routing snapshots: the current one at once, then each new version."""
-    AckRoutes: _aio.UnaryUnaryMultiCallable[_controller_pb2.AckRoutesRequest, _controller_pb2.AckRoutesResponse]  # type: ignore[assignment]
-    """A router says it now serves a snapshot version. Changes are acknowledged to
-    their caller only once every named subscriber has applied them, so a route
-    answers as soon as CreateEndpoint returns.
-    """
-    ReportStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReportStatsRequest, _controller_pb2.ReportStatsResponse]  # type: ignore[assignment]
-    """A router (the proxy, or a process holding handles) reports its counters."""
     GetStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetStatsRequest, _controller_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counters summed over every router that reported: requests per backend,
     errors, and how shadow backends compared with the primary.
@@ -282,6 +264,93 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Replicas with their state, address and pid."""
 
     @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _controller_pb2.GetStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GetStatsResponse, _abc.Awaitable[_controller_pb2.GetStatsResponse]]:
+        """Counters summed over every router that reported: requests per backend,
+        errors, and how shadow backends compared with the primary.
+        """
+
+    @_abc_1.abstractmethod
+    def GetInstance(
+        self,
+        request: _controller_pb2.GetInstanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GetInstanceResponse, _abc.Awaitable[_controller_pb2.GetInstanceResponse]]:
+        """Where this instance's processes listen."""
+
+    @_abc_1.abstractmethod
+    def Shutdown(
+        self,
+        request: _controller_pb2.ShutdownRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ShutdownResponse, _abc.Awaitable[_controller_pb2.ShutdownResponse]]:
+        """Stops every process of the instance, then the controller itself."""
+
+def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class RouterServiceStub:
+    """The routers' side of the control plane: the proxy and every process holding
+    handles subscribe to routing snapshots here and report their counters.
+    Callers need the router role (docs/operations.md, "Authentication"); the
+    admin surface (ControllerService) holds only what operators call.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> RouterServiceAsyncStub: ...
+    WatchRoutes: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchRoutesRequest, _controller_pb2.WatchRoutesResponse]
+    """Streams routing snapshots: the current one at once, then each new version."""
+    AckRoutes: _grpc.UnaryUnaryMultiCallable[_controller_pb2.AckRoutesRequest, _controller_pb2.AckRoutesResponse]
+    """A router says it now serves a snapshot version. Changes are acknowledged to
+    their caller only once every named subscriber has applied them, so a route
+    answers as soon as CreateEndpoint returns.
+    """
+    ReportStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ReportStatsRequest, _controller_pb2.ReportStatsResponse]
+    """A router (the proxy, or a process holding handles) reports its counters."""
+    GetDataToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetDataTokenRequest, _controller_pb2.GetDataTokenResponse]
+    """The token this caller presents to replicas (ReplicaService): a caller
+    holding the admin token gets the handle token (read, router and data
+    roles), any other caller its own. Handles of an admin client use it, so
+    that replicas never hold the admin token.
+    """
+
+@_typing.type_check_only
+class RouterServiceAsyncStub(RouterServiceStub):
+    """The routers' side of the control plane: the proxy and every process holding
+    handles subscribe to routing snapshots here and report their counters.
+    Callers need the router role (docs/operations.md, "Authentication"); the
+    admin surface (ControllerService) holds only what operators call.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    WatchRoutes: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchRoutesRequest, _controller_pb2.WatchRoutesResponse]  # type: ignore[assignment]
+    """Streams routing snapshots: the current one at once, then each new version."""
+    AckRoutes: _aio.UnaryUnaryMultiCallable[_controller_pb2.AckRoutesRequest, _controller_pb2.AckRoutesResponse]  # type: ignore[assignment]
+    """A router says it now serves a snapshot version. Changes are acknowledged to
+    their caller only once every named subscriber has applied them, so a route
+    answers as soon as CreateEndpoint returns.
+    """
+    ReportStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.ReportStatsRequest, _controller_pb2.ReportStatsResponse]  # type: ignore[assignment]
+    """A router (the proxy, or a process holding handles) reports its counters."""
+    GetDataToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetDataTokenRequest, _controller_pb2.GetDataTokenResponse]  # type: ignore[assignment]
+    """The token this caller presents to replicas (ReplicaService): a caller
+    holding the admin token gets the handle token (read, router and data
+    roles), any other caller its own. Handles of an admin client use it, so
+    that replicas never hold the admin token.
+    """
+
+class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The routers' side of the control plane: the proxy and every process holding
+    handles subscribe to routing snapshots here and report their counters.
+    Callers need the router role (docs/operations.md, "Authentication"); the
+    admin surface (ControllerService) holds only what operators call.
+    """
+
+    @_abc_1.abstractmethod
     def WatchRoutes(
         self,
         request: _controller_pb2.WatchRoutesRequest,
@@ -309,29 +378,15 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         """A router (the proxy, or a process holding handles) reports its counters."""
 
     @_abc_1.abstractmethod
-    def GetStats(
+    def GetDataToken(
         self,
-        request: _controller_pb2.GetStatsRequest,
+        request: _controller_pb2.GetDataTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.GetStatsResponse, _abc.Awaitable[_controller_pb2.GetStatsResponse]]:
-        """Counters summed over every router that reported: requests per backend,
-        errors, and how shadow backends compared with the primary.
+    ) -> _typing.Union[_controller_pb2.GetDataTokenResponse, _abc.Awaitable[_controller_pb2.GetDataTokenResponse]]:
+        """The token this caller presents to replicas (ReplicaService): a caller
+        holding the admin token gets the handle token (read, router and data
+        roles), any other caller its own. Handles of an admin client use it, so
+        that replicas never hold the admin token.
         """
 
-    @_abc_1.abstractmethod
-    def GetInstance(
-        self,
-        request: _controller_pb2.GetInstanceRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.GetInstanceResponse, _abc.Awaitable[_controller_pb2.GetInstanceResponse]]:
-        """Where this instance's processes listen."""
-
-    @_abc_1.abstractmethod
-    def Shutdown(
-        self,
-        request: _controller_pb2.ShutdownRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_controller_pb2.ShutdownResponse, _abc.Awaitable[_controller_pb2.ShutdownResponse]]:
-        """Stops every process of the instance, then the controller itself."""
-
-def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+def add_RouterServiceServicer_to_server(servicer: RouterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,224 @@
+"""Authentication: every gRPC method of the controller and of every replica asks
+for a token, and each principal gets only its roles (real grpcurl, real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import requests
+from conftest import Deploy, wait_until
+from test_cli import Home
+from test_grpcurl import run_grpcurl
+
+import turnout
+from turnout import _grpc
+from turnout.controller.launcher import child_environment
+from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
+
+WRONG = "0" * 64
+
+
+def environment(request: Any) -> dict[str, str]:
+    return dict(os.environ)
+
+
+def admin_from_inside(request: Any) -> str:
+    """User code in a replica: reads and handles work, admin calls do not."""
+    client = turnout.connect()
+    assert client.list_backends()
+    try:
+        client.delete_endpoint("anything")
+    except turnout.PermissionDeniedError as exc:
+        return f"denied: {exc}"
+    return "allowed"
+
+
+def code_of(result: subprocess.CompletedProcess[str]) -> str:
+    """The status grpcurl reports ("OK" when it succeeded)."""
+    if result.returncode == 0:
+        return "OK"
+    for line in result.stderr.splitlines():
+        if "Code:" in line:
+            return line.split("Code:")[1].strip()
+        if "code = " in line:
+            return line.split("code = ")[1].split()[0]
+    return result.stderr
+
+
+def instance_dir(client: turnout.Client) -> Path:
+    return Path(client.log_dir).parent
+
+
+def principal_token(client: turnout.Client, principal: str) -> str:
+    """The token the controller gave a child (from its 0600 credentials file)."""
+    path = instance_dir(client) / "run" / f"credentials-{principal}.json"
+    token: str = json.loads(path.read_text())["token"]
+    return token
+
+
+def test_every_kind_of_call_needs_the_right_token(client: turnout.Client, deploy: Deploy) -> None:
+    address = client.controller_address
+    # What handles of an admin client present to replicas: read + router + data.
+    given = run_grpcurl(address, "turnout.v1.RouterService/GetDataToken", token=client.token)
+    handle = json.loads(given.stdout)["token"]
+    assert handle != client.token
+    proxy = principal_token(client, "proxy")  # router + data
+
+    def code(method: str, token: str | None, **kwargs: Any) -> str:
+        # Reflection (to find the method) with the admin token; the call with ``token``.
+        kwargs.setdefault("reflect_token", client.token)
+        return code_of(run_grpcurl(address, method, token=token, **kwargs))
+
+    admin_unary = "turnout.v1.ControllerService/DeleteEndpoint"
+    read_unary = "turnout.v1.ControllerService/ListBackends"
+    for method in (admin_unary, read_unary, "turnout.v1.RouterService/AckRoutes"):
+        assert code(method, None) == "Unauthenticated"
+        assert code(method, WRONG) == "Unauthenticated"
+    assert code(admin_unary, handle, data={"name": "nothing-here"}) == "PermissionDenied"
+    assert code(admin_unary, client.token, data={"name": "nothing-here"}) == "NotFound"
+    assert code(read_unary, handle) == "OK"
+    assert code(read_unary, proxy) == "PermissionDenied"
+    # Server streaming: the routing stream (a router's); reflection (bidi) needs read.
+    watch = "turnout.v1.RouterService/WatchRoutes"
+    assert code(watch, None) == "Unauthenticated"
+    assert code(watch, WRONG) == "Unauthenticated"
+    streamed = run_grpcurl(address, watch, token=handle, flags=("-max-time", "3"))
+    assert '"snapshot"' in streamed.stdout, streamed.stderr
+    assert code("list", None, reflect_token=None) == "Unauthenticated"
+    assert code("list", None, reflect_token=proxy) == "PermissionDenied"
+    assert code("grpc.health.v1.Health/Check", None) == "OK"  # probes stay open
+    rejected = run_grpcurl(address, admin_unary, token=None, reflect_token=client.token)
+    assert "authorization: Bearer" in rejected.stderr and "turnout token" in rejected.stderr
+
+    # A replica: unary and bidi streaming; it knows no admin token at all.
+    served = deploy(environment)
+    (replica,) = client.list_replicas(served.backend)
+    reconfigure = "turnout.v1.ReplicaService/Reconfigure"
+    for token in (None, WRONG, client.token):
+        refused = run_grpcurl(replica.address, reconfigure, token=token, reflect_token=handle)
+        assert code_of(refused) == "Unauthenticated"
+    assert code_of(run_grpcurl(replica.address, reconfigure, token=handle, data={})) == "OK"
+    call = replica_pb2.HandleRequest(
+        request_id="r1", http=http_pb2.HttpRequest(method="GET", scheme="http", path="/")
+    )
+    for token in (None, WRONG, client.token):
+        with _grpc.channel(replica.address, _grpc.Security(token=token)) as channel:
+            stream = replica_pb2_grpc.ReplicaServiceStub(channel).HandleStream(
+                iter([replica_pb2.HandleStreamRequest(calls=[replica_pb2.StreamCall(id=1)])]),
+                timeout=10,
+            )
+            with pytest.raises(grpc.RpcError) as failed:
+                next(stream)
+            assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    for token in (handle, proxy):
+        with _grpc.channel(replica.address, _grpc.Security(token=token)) as channel:
+            answer = replica_pb2_grpc.ReplicaServiceStub(channel).Handle(call, timeout=10)
+            assert answer.http.status == 200
+
+
+def test_replicas_never_see_the_admin_token(client: turnout.Client, deploy: Deploy) -> None:
+    assert client.token
+    served = deploy(environment)
+    seen = requests.get(served.url, timeout=30).json()
+    assert not [name for name, value in seen.items() if client.token in value]
+    assert "TURNOUT_TOKEN" not in seen and "TURNOUT_TOKEN_FILE" not in seen
+    # Handles inside a backend work, with the replica's own (non-admin) credentials.
+    inside = deploy(admin_from_inside)
+    answer = requests.get(inside.url, timeout=30).text
+    assert answer.startswith("denied:") and "admin" in answer, answer
+    # No log of the instance holds the token.
+    logs = [p for p in Path(client.log_dir).rglob("*") if p.is_file()]
+    assert logs
+    assert not [p for p in logs if client.token in p.read_text(errors="replace")]
+
+
+def test_child_environment_passes_only_what_children_need() -> None:
+    env = child_environment(
+        {
+            "PATH": "/bin",
+            "LC_ALL": "C",
+            "TURNOUT_LOG_MAX_BYTES": "10",
+            "TURNOUT_TOKEN": "secret",
+            "TURNOUT_TOKEN_FILE": "/x",
+            "AWS_SECRET_ACCESS_KEY": "secret",
+        },
+        {"CUDA_VISIBLE_DEVICES": "1", "MY_SETTING": "on"},
+    )
+    assert {"PATH", "LC_ALL", "TURNOUT_LOG_MAX_BYTES", "MY_SETTING"} <= set(env)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1"
+    assert not {"TURNOUT_TOKEN", "TURNOUT_TOKEN_FILE", "AWS_SECRET_ACCESS_KEY"} & set(env)
+
+
+def test_started_instance_token_file_rotation_and_refusal(tmp_path: Path) -> None:
+    from test_cli import make_home
+
+    home: Home = make_home(tmp_path)
+    try:
+        started = home.start_detached()
+        token_file = home.data_dir / "token"
+        assert str(token_file) in started.stdout
+        token = home.run("token").stdout.strip()
+        assert len(token) == 64 and token not in started.stdout + started.stderr
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        assert stat.S_IMODE(home.data_dir.stat().st_mode) == 0o700
+        home.run("deploy", home.write("app.yaml", APP_YAML))
+        assert requests.get(f"{home.http}/hi?word=hi", timeout=30).text == "hi"
+
+        rotated = home.run("token", "--rotate").stdout.strip()
+        assert rotated != token and token_file.read_text() == rotated
+        old = code_of(run_grpcurl(home.address, READ, token=token))
+        assert old == "Unauthenticated"
+        assert code_of(run_grpcurl(home.address, READ, token=rotated)) == "OK"
+        assert "hi" in home.run("status").stdout  # the CLI reads the new file
+        # The proxy's own credentials are untouched: it still follows changes.
+        home.run("deploy", home.write("app.yaml", APP_YAML.replace("/hi", "/hey")))
+        wait_until(lambda: requests.get(f"{home.http}/hey", timeout=30).status_code == 200)
+        home.run("stop")
+
+        token_file.chmod(0o640)
+        refused = home.run("start", "--detach", *home.ports(), check=False)
+        assert refused.returncode != 0
+        assert "chmod 600" in refused.stdout + refused.stderr
+    finally:
+        home.clean_up()
+
+
+def test_owned_instance_hands_its_token_to_the_client(client: turnout.Client) -> None:
+    token_file = instance_dir(client) / "token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert client.token == token_file.read_text()
+    code = (
+        "import turnout, sys\n"
+        "c = turnout.Client(sys.argv[1], token=sys.argv[2])\n"
+        "print(len(c.list_backends()) >= 0)\n"
+        "try:\n"
+        "    turnout.Client(sys.argv[1], token='0' * 64)\n"
+        "except turnout.UnauthenticatedError as exc:\n"
+        "    print('refused', 'TURNOUT_TOKEN' in str(exc))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TURNOUT_TOKEN")}
+    out = subprocess.run(
+        [sys.executable, "-c", code, client.controller_address, client.token or ""],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert out.stdout.split() == ["True", "refused", "True"], out.stderr
+
+
+READ = "turnout.v1.ControllerService/ListBackends"
+APP_YAML = """\
+backends:
+  hi: {import_path: cli_app:echo}
+endpoints:
+  hi: {route: /hi, backend: hi}
+"""
