@@ -402,12 +402,16 @@ def default_token_file() -> Path:
 
 
 def find_token(
-    token: str | None = None, token_file: str | os.PathLike[str] | None = None
+    token: str | None = None,
+    token_file: str | os.PathLike[str] | None = None,
+    address: str | None = None,
 ) -> str | None:
     """The token a client presents: ``token``, else ``token_file``, else the
     credentials of the replica this runs in, else ``$TURNOUT_TOKEN_FILE``,
     else ``$TURNOUT_TOKEN``, else the default instance's token file (None if
-    there is none: the server then says how to pass one)."""
+    there is none: the server then says how to pass one). The default
+    instance's token is offered only to an ``address`` on this machine
+    (loopback or a Unix socket): it is never sent to another host unasked."""
     if token is not None:
         if not isinstance(token, str):
             raise TypeError(f"token must be a str, got {type(token).__name__}")
@@ -420,6 +424,11 @@ def find_token(
         return read_private(Path(os.environ[TOKEN_FILE_ENV]))
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV].strip()
+    from turnout import _tls  # _tls imports _grpc, which imports this module
+
+    if address is not None and not _tls.is_unix(address):
+        if not _tls.is_local(address.rpartition(":")[0] or address):
+            return None
     path = default_token_file()
     return read_private(path) if path.exists() else None
 

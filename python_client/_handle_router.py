@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Hashable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,22 @@ if TYPE_CHECKING:
     from turnout.v1.replica_pb2_grpc import ReplicaServiceStub
 
 logger = logging.getLogger(__name__)
+
+
+def _settle(future: Future[Any], *, error: BaseException | None = None, value: Any = None) -> None:
+    """Give a call's future its outcome, unless its caller cancelled it: a
+    future awaited (``await handle.remote()``) in a task that is cancelled is
+    cancelled too, and setting it then would raise in a router thread."""
+    if future.done():
+        return
+    try:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+    except InvalidStateError:  # cancelled between the check and the set
+        pass
+
 
 # Other replicas a call may be retried on when one cannot be connected to.
 MAX_CONNECT_RETRIES = 2
@@ -147,7 +163,9 @@ class HandleRouter:
             router = cls._routers.get(key)
             if router is None:
                 known = _grpc.security_for(address).token
-                router = cls._routers[key] = cls(address, token or known or _auth.find_token())
+                router = cls._routers[key] = cls(
+                    address, token or known or _auth.find_token(address=address)
+                )
             return router
 
     @classmethod
@@ -265,8 +283,9 @@ class HandleRouter:
                 # Parked under the same lock the watch thread applies snapshots
                 # under, so a snapshot cannot slip in between look and park.
                 if len(self._awaiting) >= MAX_AWAITING_CALLS:
-                    call.result.set_exception(
-                        OverloadedError("too many calls are waiting for endpoints to appear")
+                    _settle(
+                        call.result,
+                        error=OverloadedError("too many calls are waiting for endpoints to appear"),
                     )
                     return call.result
                 call.queued_until = time.monotonic() + ENDPOINT_WAIT_S
@@ -283,8 +302,8 @@ class HandleRouter:
             shadows = self._router.shadow_targets(route) if route.shadows else []
         if backend is None:
             self._router.stats.failed_unrouted(call.endpoint)
-            call.result.set_exception(
-                UnavailableError(f"endpoint {call.endpoint!r} has no backend")
+            _settle(
+                call.result, error=UnavailableError(f"endpoint {call.endpoint!r} has no backend")
             )
             return
         call.backend = backend
@@ -344,7 +363,7 @@ class HandleRouter:
         self._router.stats.answered(call.endpoint, call.backend, failed=True)
         if not call.primary.done():
             call.primary.set_result(None)
-        call.result.set_exception(error)
+        _settle(call.result, error=error)
 
     def _release(self, backend: str, conn: Conn) -> None:
         """A slot of ``conn`` is free: send the oldest queued call that can use it."""
@@ -390,7 +409,7 @@ class HandleRouter:
                     f"(waited {ENDPOINT_WAIT_S:g} s for it to be created)"
                 )
             )
-            call.result.set_exception(error)
+            _settle(call.result, error=error)
         elif before_deadline:
             self._fail(
                 call,
@@ -441,10 +460,10 @@ class HandleRouter:
             value = _decode(reply, call.endpoint)
         except TurnoutError as exc:
             self._router.stats.answered(call.endpoint, call.backend, failed=True)
-            call.result.set_exception(exc)
+            _settle(call.result, error=exc)
         else:
             self._router.stats.answered(call.endpoint, call.backend, failed=False)
-            call.result.set_result(value)
+            _settle(call.result, value=value)
 
     def _shadow(
         self,

@@ -242,7 +242,7 @@ class Client:
         # $TURNOUT_TOKEN_FILE, $TURNOUT_TOKEN, the default instance's file.
         if token is None and token_file is None and _instance is not None:
             token = _instance.token
-        self._token = _auth.find_token(token, token_file)
+        self._token = _auth.find_token(token, token_file, address)
         self._security = dataclasses.replace(_grpc.security_for(address), token=self._token)
         if tls is not None:
             if not isinstance(tls, TLSConfig):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -117,6 +118,23 @@ def test_a_call_to_an_endpoint_that_never_appears_fails_in_its_future(
     monkeypatch.setattr(_handle_router, "ENDPOINT_WAIT_S", 30.0)
     with pytest.raises(turnout.DeadlineExceededError):
         handle.options(timeout=0.5).remote().result(timeout=30)
+
+
+def test_a_call_whose_awaiting_task_was_cancelled_leaves_the_router_working(
+    client: turnout.Client, unique: Any
+) -> None:
+    # asyncio.wait_for cancels the awaited handle future; when that call later
+    # expires, the router must not fail on it (and then expire nothing more).
+    handle = client.get_handle(unique("never"), missing_ok=True).options(timeout=0.5)
+
+    async def give_up_early() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(handle.remote(), 0.05)
+
+    asyncio.run(give_up_early())
+    time.sleep(1.0)  # the cancelled call's own timeout passes
+    with pytest.raises(turnout.DeadlineExceededError):
+        handle.remote().result(timeout=30)
 
 
 def test_handles_pickle_and_follow_the_shard_key(client: turnout.Client, deploy: Deploy) -> None:
