@@ -55,6 +55,10 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Seconds in-flight requests get to finish after SIGTERM, unless the backend's
 # graceful_shutdown_timeout says otherwise.
 SHUTDOWN_GRACE = 5.0
+# After SIGTERM, how long no call may have been open before the server stops
+# accepting new ones (see ReplicaServicer.drain): longer than a stream that
+# was opened just before the replica left the routing snapshot takes to come.
+DRAIN_QUIET_S = 0.2
 # A check_health() that takes longer than this counts as failed.
 HEALTH_CHECK_TIMEOUT = 10.0
 # Seconds a sync handler call may go on running after its caller stopped
@@ -287,7 +291,8 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
 
     server = aio_server(options.security, SERVER_OPTIONS, _auth.interceptors(verifier, "replica"))
-    replica_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(runtime), server)
+    servicer = ReplicaServicer(runtime)
+    replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
     health_servicer = BackendHealth(runtime, options.stuck_call_grace)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -321,7 +326,9 @@ async def serve(
     await stop.wait()
     log.info("shutting down; in-flight requests get %.1fs", grace)
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(grace=grace)
+    began = loop.time()
+    await servicer.drain(DRAIN_QUIET_S, grace)
+    await server.stop(grace=max(0.0, grace - (loop.time() - began)))
     log.info("stopped")
     return 0
 

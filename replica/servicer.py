@@ -9,10 +9,12 @@ never into an HTTP body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import cloudpickle
 import grpc
@@ -40,8 +42,49 @@ StreamContext = grpc.aio.ServicerContext[
 class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
     def __init__(self, runtime: BackendRuntime) -> None:
         self._runtime = runtime
+        # Handle and HandleStream calls open now, and when the last one ended.
+        self._open = 0
+        self._quiet_since = time.monotonic()
+        self._quiet = asyncio.Event()
+        self._quiet.set()
+
+    @contextlib.contextmanager
+    def _counted(self) -> Iterator[None]:
+        self._open += 1
+        self._quiet.clear()
+        try:
+            yield
+        finally:
+            self._open -= 1
+            if not self._open:
+                self._quiet_since = time.monotonic()
+                self._quiet.set()
+
+    async def drain(self, quiet: float, limit: float) -> None:
+        """Return once no call has been open for ``quiet`` seconds, or after
+        ``limit`` seconds. A replica told to stop has already left the routing
+        snapshot, but a stream a sender opened just before may still be on
+        its way: the server keeps accepting until things are quiet, since one
+        that stops accepting cancels such a stream with its call in it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit
+        while (remaining := end - loop.time()) > 0:
+            if self._open:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._quiet.wait(), remaining)
+                continue
+            idle_for = time.monotonic() - self._quiet_since
+            if idle_for >= quiet:
+                return
+            await asyncio.sleep(min(quiet - idle_for, remaining))
 
     async def Handle(
+        self, request: replica_pb2.HandleRequest, context: Context
+    ) -> replica_pb2.HandleResponse:
+        with self._counted():
+            return await self._handle(request, context)
+
+    async def _handle(
         self, request: replica_pb2.HandleRequest, context: Context
     ) -> replica_pb2.HandleResponse:
         remaining = context.time_remaining()
@@ -59,8 +102,9 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest],
         context: StreamContext,
     ) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
-        async for batch in serve_stream(self.respond, request_iterator):
-            yield batch
+        with self._counted():
+            async for batch in serve_stream(self.respond, request_iterator):
+                yield batch
 
     async def respond(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
         """The answer to one request, whichever way it came."""

@@ -217,6 +217,26 @@ def test_sigterm_lets_an_in_flight_request_finish(
     assert replica.process.wait(timeout=30) == 0
 
 
+def test_calls_that_come_while_a_stopping_replica_drains_are_still_answered(
+    channel: grpc.Channel, replica: Replica, tmp_path: Path
+) -> None:
+    # A sender that has not applied the routing change yet (or a stream that
+    # was on its way) still reaches a replica told to stop: while calls are
+    # open it keeps accepting new ones, instead of cancelling them.
+    future = start_slow_call(channel, tmp_path, 2.0)
+    replica.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + READY_TIMEOUT
+    while "shutting down" not in replica.log_text():
+        assert time.monotonic() < deadline, "the replica never began to shut down"
+        time.sleep(0.01)
+    stub = replica_pb2_grpc.ReplicaServiceStub(channel)
+    http = http_pb2.HttpRequest(method="GET", path="/late")
+    late = stub.Handle(replica_pb2.HandleRequest(request_id="late", http=http), timeout=30)
+    assert json.loads(late.http.body)["reply"] == "hello /late"
+    assert future.result(timeout=30).http.status == 200
+    assert replica.process.wait(timeout=30) == 0
+
+
 def test_sigterm_does_not_wait_forever_for_a_hung_handler(
     channel: grpc.Channel, replica: Replica, tmp_path: Path
 ) -> None:
