@@ -45,7 +45,6 @@ HOLD_MAX_CALLS = 32
 # Said of calls still waiting to be written when their stream failed: they
 # never reached the replica. Worded so that ``never_delivered`` recognises it.
 _UNSENT = "failed to connect: the stream to the replica ended before the call was sent"
-_CLOSING = "failed to connect: the link to the replica is closing (it left the routing table)"
 
 
 class ReplicaCallError(Exception):
@@ -109,17 +108,12 @@ class ReplicaLink:
         self.stub: ReplicaServiceAsyncStub = replica_pb2_grpc.ReplicaServiceStub(self.channel)
         self._stream: _CallStream | None = None
         self._streaming = True
-        self._closing = False
 
     async def handle(
         self, request: replica_pb2.HandleRequest, timeout: float | None
     ) -> replica_pb2.HandleResponse:
         """Send one request and wait up to ``timeout`` seconds (None = no limit)
         for its answer; raises ``ReplicaCallError`` when there is none."""
-        if self._closing:
-            # The replica left the routing table; a request that had chosen it
-            # before goes to another one (the stream may be cut at any moment).
-            raise ReplicaCallError(grpc.StatusCode.UNAVAILABLE, _CLOSING)
         if not self._streaming:
             return await self.unary(request, timeout)
         stream = self._stream
@@ -156,9 +150,7 @@ class ReplicaLink:
 
     async def close(self, grace: float | None) -> None:
         """Let calls in flight finish (up to ``grace`` seconds; None = at once),
-        then close the stream and the channel. Calls sent from now on fail as
-        never delivered."""
-        self._closing = True
+        then close the stream and the channel."""
         stream = self._stream
         if stream is not None:
             await stream.close(grace)

@@ -311,30 +311,3 @@ def test_each_failure_raises_an_exception_of_its_own() -> None:
     # A shared exception would be the same object, its traceback one raise longer each time.
     assert len({id(exc) for exc in caught}) == 5
     assert len(set(depths)) == 1
-
-
-def test_a_closing_link_refuses_new_calls_as_never_delivered() -> None:
-    # Draining a replica that left the snapshot: a request that had already
-    # chosen it may send its call while the link closes. It must fail as never
-    # delivered (the proxy then sends it to another replica), not be cut off
-    # with the stream (a 502 during a rollout), while calls in flight finish.
-    answers: list[bytes] = []
-    refused: list[ReplicaCallError] = []
-
-    async def scenario(link: ReplicaLink) -> None:
-        await link.handle(request("warm"), 5.0)  # the stream exists
-        in_flight = asyncio.create_task(link.handle(request("one"), 5.0))
-        await asyncio.sleep(0)  # "one" is on the stream
-        closing = asyncio.create_task(link.close(5.0))
-        await asyncio.sleep(0)  # close waits for the stream to go idle
-        answers.append((await in_flight).http.body)
-        try:
-            await link.handle(request("two"), 5.0)
-        except ReplicaCallError as exc:
-            refused.append(exc)
-        await closing
-
-    with_replica(StreamReplica(delay=0.05), scenario)
-    assert answers == [b"one"]
-    [error] = refused
-    assert never_delivered(error.code, error.details), error
