@@ -242,9 +242,10 @@ class ProcessLauncher:
         self.credentials: Callable[[str], _auth.ChildCredentials] | None = None
 
     @property
-    def data_token(self) -> str | None:
-        """What the controller presents to replicas (Reconfigure)."""
-        return None if self.credentials is None else self.credentials("handle").token
+    def control_token(self) -> str | None:
+        """What the controller presents to replicas (Reconfigure): its own
+        token, whose control role no handle (user code) holds."""
+        return None if self.credentials is None else self.credentials(_auth.CONTROLLER).token
 
     def _credentials_args(self, principal: str) -> list[str]:
         """``--credentials-file`` naming a 0600 file with ``principal``'s

@@ -232,7 +232,7 @@ class ReplicaSet:
                     await stub.Reconfigure(
                         request,
                         timeout=RECONFIGURE_TIMEOUT_S,
-                        metadata=_auth.metadata(self._launcher.data_token),
+                        metadata=_auth.metadata(self._launcher.control_token),
                     )
                 except grpc.aio.AioRpcError as exc:
                     raise InvalidArgumentError(

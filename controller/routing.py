@@ -84,6 +84,9 @@ class RoutePublisher:
         if subscriber_id not in self._open and subscriber_id not in self._required:
             # Only routers waited for are remembered: any id may be sent.
             return
+        # No router applied a version not yet published: a bigger one would
+        # count as applied for changes it never saw.
+        version = min(version, self._snapshot.version)
         if version > self._acked.get(subscriber_id, -1):
             self._acked[subscriber_id] = version
         async with self._changed:

@@ -173,7 +173,12 @@ class Controller:
         )
         add_to_server(
             ControllerServicer(
-                self.plane, self.publisher, instance, self.shutdown, self._data_token
+                self.plane,
+                self.publisher,
+                instance,
+                self.shutdown,
+                self._data_token,
+                self.verifier.principal,
             ),
             server,
         )

@@ -53,6 +53,11 @@ def _bounded(message: str) -> str:
     return message[: MAX_ERROR_CHARS - 1] + "…"
 
 
+# Principals whose routing stream and acknowledgements admin calls trust.
+ROUTER_PRINCIPALS = frozenset({_auth.ADMIN, "proxy"})
+# Reporter ids of other principals' ReportStats are namespaced under this.
+HANDLE_REPORTS = "handle:"
+
 SERVICE = pb.DESCRIPTOR.services_by_name["ControllerService"]
 ROUTER_SERVICE = pb.DESCRIPTOR.services_by_name["RouterService"]
 
@@ -127,8 +132,10 @@ class ControllerServicer(
         instance: pb.GetInstanceResponse,
         shutdown: Callable[[], Awaitable[None]],
         data_token: Callable[[str | None], str] = lambda presented: presented or "",
+        principal: Callable[[str | None], str | None] = lambda presented: _auth.ADMIN,
     ) -> None:
         self._data_token = data_token
+        self._principal = principal
         self._stats = StatsBook()
         self._plane = plane
         self._publisher = publisher
@@ -230,20 +237,39 @@ class ControllerServicer(
     async def WatchRoutes(
         self, request: pb.WatchRoutesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchRoutesResponse]:
-        async for snapshot in self._publisher.watch(request.subscriber_id):
+        # Anyone else's stream is anonymous: admin calls never wait for it.
+        subscriber = request.subscriber_id if self._names_routers(context) else ""
+        async for snapshot in self._publisher.watch(subscriber):
             yield pb.WatchRoutesResponse(snapshot=snapshot)
 
     async def AckRoutes(
         self, request: pb.AckRoutesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.AckRoutesResponse:
+        if request.subscriber_id and not self._names_routers(context):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "only the proxy acknowledges routes: admin calls wait for it, so no "
+                "other token may acknowledge in its name",
+            )
         await self._publisher.ack(request.subscriber_id, request.version)
         return pb.AckRoutesResponse()
 
     async def ReportStats(
         self, request: pb.ReportStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ReportStatsResponse:
-        self._stats.record(request.reporter_id, list(request.endpoints))
+        reporter = request.reporter_id
+        if not self._names_routers(context):
+            # Handles' counters live beside the proxy's, never in place of them.
+            reporter = f"{HANDLE_REPORTS}{reporter}"
+        self._stats.record(reporter, list(request.endpoints))
         return pb.ReportStatsResponse()
+
+    def _names_routers(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
+        """Whether the caller may watch, acknowledge and report under the ids
+        of the routers admin calls wait for: the proxy (and operators) only.
+        User code holds a handle's token, which has the router role too."""
+        presented = _auth.bearer(context.invocation_metadata())
+        return self._principal(presented) in ROUTER_PRINCIPALS
 
     async def GetDataToken(
         self, request: pb.GetDataTokenRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -17,8 +17,16 @@ role      methods                                                 held by
 admin     every ControllerService method                          operators (the token file)
 read      Get*/List*, GetStats, GetInstance; server reflection    handles, replicas
 router    RouterService (WatchRoutes, AckRoutes, ReportStats...)  proxy, handles, replicas
-data      ReplicaService                                          proxy, handles, replicas
+data      ReplicaService but Reconfigure                          proxy, handles, replicas
+control   ReplicaService/Reconfigure                              the controller only
 ========  =====================================================  ==========================
+
+The controller's own calls to replicas present its ``controller`` token, the
+only one with the control role: user code holds a handle's credentials, and
+must not reconfigure another backend's replicas with them. On the
+RouterService the caller's principal also bounds what it may name: only the
+proxy (or an admin) watches, acknowledges and reports under a router id that
+admin calls wait for (see ``controller/servicer.py``).
 
 ``grpc.health.v1.Health`` needs no token (probes). A call without a valid
 token fails UNAUTHENTICATED with a message that says how to pass one; a valid
@@ -45,14 +53,18 @@ import grpc
 
 from turnout.errors import TokenFileError
 
-ADMIN, READ, ROUTER, DATA = "admin", "read", "router", "data"
+ADMIN, READ, ROUTER, DATA, CONTROL = "admin", "read", "router", "data", "control"
 # What each principal of an instance may do. ``handle``: handles of any
 # client, and user code in replicas (never admin); ``proxy``: the HTTP proxy.
 PRINCIPALS: Mapping[str, frozenset[str]] = {
     "handle": frozenset({READ, ROUTER, DATA}),
     "proxy": frozenset({ROUTER, DATA}),
 }
-ADMIN_ROLES = frozenset({ADMIN, READ, ROUTER, DATA})
+# The controller's calls to its replicas (Reconfigure); replicas accept it,
+# the controller itself does not.
+CONTROLLER = "controller"
+CONTROLLER_ROLES = frozenset({CONTROL})
+ADMIN_ROLES = frozenset({ADMIN, READ, ROUTER, DATA, CONTROL})
 
 TOKEN_FILE = "token"
 SECRET_FILE = "secret"
@@ -106,7 +118,7 @@ def required_role(method: str) -> str | None:
     if service == "turnout.v1.RouterService":
         return ROUTER
     if service == "turnout.v1.ReplicaService":
-        return DATA
+        return CONTROL if name == "Reconfigure" else DATA
     return ADMIN  # anything else is nobody's but the operator's
 
 
@@ -204,8 +216,14 @@ class Verifier:
     on each check), so that ``turnout token --rotate`` takes effect at once.
     """
 
-    def __init__(self, fixed: Mapping[str, frozenset[str]], admin_file: Path | None = None) -> None:
-        self._fixed = [(t.encode(), r) for t, r in fixed.items()]
+    def __init__(
+        self,
+        fixed: Mapping[str, frozenset[str]],
+        admin_file: Path | None = None,
+        names: Mapping[str, str] | None = None,
+    ) -> None:
+        # (token, roles, principal); ``names``: token -> principal, where known
+        self._fixed = [(t.encode(), r, (names or {}).get(t)) for t, r in fixed.items()]
         self._admin_file = admin_file
         self._admin: bytes | None = None
         self._admin_stamp: tuple[int, int, int] | None = None
@@ -231,18 +249,26 @@ class Verifier:
 
     def roles(self, token: str | None) -> frozenset[str] | None:
         """The roles ``token`` grants; None if it is no token of this instance."""
+        return self._find(token)[0]
+
+    def principal(self, token: str | None) -> str | None:
+        """Who presents ``token``: ``ADMIN``, a principal's name (``proxy``,
+        ``handle``...), or None for no token of this instance (or an unnamed one)."""
+        return self._find(token)[1]
+
+    def _find(self, token: str | None) -> tuple[frozenset[str] | None, str | None]:
         if token is None:
-            return None
+            return None, None
         presented = token.encode()
-        found: frozenset[str] | None = None
+        found: tuple[frozenset[str] | None, str | None] = (None, None)
         if self._admin_file is not None:
             self._reload()
             admin = self._admin
             if admin is not None and hmac.compare_digest(presented, admin):
-                found = ADMIN_ROLES
-        for known, roles in self._fixed:
+                found = (ADMIN_ROLES, ADMIN)
+        for known, roles, name in self._fixed:
             if hmac.compare_digest(presented, known):
-                found = roles
+                found = (roles, name)
         return found
 
 
@@ -437,6 +463,7 @@ def child_credentials(secret: bytes, principal: str) -> ChildCredentials:
     """What a child of the controller running as ``principal`` is given: its
     token, and (replicas) the tokens of everyone who may send it requests."""
     accept = {derive(secret, p): roles for p, roles in PRINCIPALS.items() if DATA in roles}
+    accept[derive(secret, CONTROLLER)] = CONTROLLER_ROLES
     return ChildCredentials(token=derive(secret, principal), accept=accept)
 
 
@@ -444,7 +471,8 @@ def instance_verifier(secret: bytes, admin_file: Path) -> Verifier:
     """The controller's check: the admin token (live from its file) and every
     principal derived from the internal secret."""
     fixed = {derive(secret, p): roles for p, roles in PRINCIPALS.items()}
-    return Verifier(fixed, admin_file)
+    names = {derive(secret, p): p for p in PRINCIPALS}
+    return Verifier(fixed, admin_file, names)
 
 
 def no_check_requested() -> bool:

@@ -71,3 +71,18 @@ def test_acknowledgements_count_only_from_connected_routers() -> None:
         await late.aclose()
 
     asyncio.run(scenario())
+
+
+def test_an_acknowledgement_counts_only_for_published_versions() -> None:
+    async def scenario() -> None:
+        publisher = RoutePublisher()
+        await publisher.require("proxy")
+        await publisher.publish([endpoint("a")], [])
+        # One acknowledgement of a version far ahead must not cover later changes.
+        await publisher.ack("proxy", 2**62)
+        version = await publisher.publish([endpoint("b")], [])
+        assert not await publisher.wait_applied(version, timeout=0.05)
+        await publisher.ack("proxy", version)
+        assert await publisher.wait_applied(version, timeout=0.05)
+
+    asyncio.run(scenario())

@@ -21,9 +21,11 @@ from test_grpcurl import run_grpcurl
 import turnout
 from turnout import _grpc
 from turnout.controller.launcher import child_environment
-from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import controller_pb2_grpc, http_pb2, replica_pb2, replica_pb2_grpc
 
 WRONG = "0" * 64
+GET_DATA_TOKEN = "turnout.v1.RouterService/GetDataToken"
 
 
 def environment(request: Any) -> dict[str, str]:
@@ -67,8 +69,7 @@ def principal_token(client: turnout.Client, principal: str) -> str:
 def test_every_kind_of_call_needs_the_right_token(client: turnout.Client, deploy: Deploy) -> None:
     address = client.controller_address
     # What handles of an admin client present to replicas: read + router + data.
-    given = run_grpcurl(address, "turnout.v1.RouterService/GetDataToken", token=client.token)
-    handle = json.loads(given.stdout)["token"]
+    handle = handle_token(client)
     assert handle != client.token
     proxy = principal_token(client, "proxy")  # router + data
 
@@ -105,7 +106,9 @@ def test_every_kind_of_call_needs_the_right_token(client: turnout.Client, deploy
     for token in (None, WRONG, client.token):
         refused = run_grpcurl(replica.address, reconfigure, token=token, reflect_token=handle)
         assert code_of(refused) == "Unauthenticated"
-    assert code_of(run_grpcurl(replica.address, reconfigure, token=handle, data={})) == "OK"
+    for token in (handle, proxy):  # only the controller's own token reconfigures
+        refused = run_grpcurl(replica.address, reconfigure, token=token, data={})
+        assert code_of(refused) == "PermissionDenied"
     call = replica_pb2.HandleRequest(
         request_id="r1", http=http_pb2.HttpRequest(method="GET", scheme="http", path="/")
     )
@@ -122,6 +125,68 @@ def test_every_kind_of_call_needs_the_right_token(client: turnout.Client, deploy
         with _grpc.channel(replica.address, _grpc.Security(token=token)) as channel:
             answer = replica_pb2_grpc.ReplicaServiceStub(channel).Handle(call, timeout=10)
             assert answer.http.status == 200
+
+
+def handle_token(client: turnout.Client) -> str:
+    """What handles of ``client`` present (the replicas' user code holds the same roles)."""
+    given = run_grpcurl(client.controller_address, GET_DATA_TOKEN, token=client.token)
+    token: str = json.loads(given.stdout)["token"]
+    return token
+
+
+class Remembers:
+    def __init__(self) -> None:
+        self.config: Any = None
+
+    def reconfigure(self, config: Any) -> None:
+        self.config = config
+
+    def __call__(self, request: Any) -> Any:
+        return {"config": self.config}
+
+
+def test_user_code_cannot_reconfigure_replicas(client: turnout.Client, deploy: Deploy) -> None:
+    served = deploy(Remembers, config={"user_config": {"owner": "me"}})
+    (replica,) = client.list_replicas(served.backend)
+    handle = handle_token(client)
+    forged = {"user_config_json": json.dumps({"owner": "attacker"}), "max_concurrent_queries": 1}
+    refused = run_grpcurl(
+        replica.address, "turnout.v1.ReplicaService/Reconfigure", token=handle, data=forged
+    )
+    assert code_of(refused) == "PermissionDenied", refused.stderr
+    assert requests.get(served.url, timeout=30).json() == {"config": {"owner": "me"}}
+    # The controller's own calls still reconfigure it.
+    client.update_backend_config(served.backend, {"user_config": {"owner": "you"}})
+    assert requests.get(served.url, timeout=30).json() == {"config": {"owner": "you"}}
+
+
+def echo(request: Any) -> str:
+    return "here"
+
+
+def test_user_code_cannot_speak_for_the_proxy(client: turnout.Client, unique: Any) -> None:
+    handle = handle_token(client)
+    name = unique("prompt")
+    client.create_backend(name, echo)
+    with (
+        _grpc.channel(client.controller_address, _grpc.Security(token=handle)) as user,
+        _grpc.channel(client.controller_address, _grpc.Security(token=client.token)) as admin,
+    ):
+        router = controller_pb2_grpc.RouterServiceStub(user)
+        with pytest.raises(grpc.RpcError) as refused:
+            router.AckRoutes(pb.AckRoutesRequest(subscriber_id="proxy", version=2**62), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        # A router that never acknowledges: admin calls must not wait for it
+        # (they wait up to 10 s for routers; this one gets 5 s).
+        stalled = router.WatchRoutes(pb.WatchRoutesRequest(subscriber_id="stall"), timeout=60)
+        try:
+            assert next(stalled).snapshot.version > 0
+            request = pb.CreateEndpointRequest(name=name, backend=name, route=f"/{name}")
+            controller_pb2_grpc.ControllerServiceStub(admin).CreateEndpoint(request, timeout=5)
+        finally:
+            stalled.cancel()
+    # It answered once the real proxy applied the change: the route serves at once.
+    assert requests.get(f"{client.http_address}/{name}", timeout=30).text == "here"
 
 
 def test_replicas_never_see_the_admin_token(client: turnout.Client, deploy: Deploy) -> None:
