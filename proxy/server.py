@@ -66,14 +66,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--read-timeout",
-        type=_seconds,
+        type=_process.seconds_arg,
         default=DEFAULT_READ_TIMEOUT_S,
         help="seconds a request's head, and then its body, may take to arrive; 0 = no limit "
         f"(default {DEFAULT_READ_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--idle-timeout",
-        type=_seconds,
+        type=_process.seconds_arg,
         default=DEFAULT_IDLE_TIMEOUT_S,
         help="seconds a connection may wait for its next (or first) request; 0 = no limit "
         f"(default {DEFAULT_IDLE_TIMEOUT_S:g})",
@@ -155,16 +155,6 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
     return value
 
 

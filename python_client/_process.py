@@ -22,6 +22,7 @@ its controller.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ctypes
 import json
@@ -181,6 +182,18 @@ async def read_report_async(fd: int) -> dict[str, Any]:
         return _decode(await reader.read())
     finally:
         transport.close()
+
+
+def seconds_arg(text: str) -> float:
+    """An argparse type: a finite number of seconds >= 0 (the children's
+    timeouts and graces)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def child_argv(module: str, args: Sequence[str]) -> list[str]:

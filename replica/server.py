@@ -34,7 +34,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout import _auth, _grpc, _logging, _replica_context, _tls
+from turnout import _auth, _grpc, _logging, _process, _replica_context, _tls
 from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout._process import (
     die_with_parent,
@@ -142,7 +142,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
     parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
     parser.add_argument(
         "--stuck-call-grace",
-        type=_seconds,
+        type=_process.seconds_arg,
         default=os.environ.get(STUCK_CALL_GRACE_ENV, str(STUCK_CALL_GRACE_S)),
         help=f"seconds a handler call may run on after its caller gave up before the replica "
         f"reports NOT_SERVING (default: ${STUCK_CALL_GRACE_ENV}, else {STUCK_CALL_GRACE_S:g})",
@@ -167,16 +167,6 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
         security=security,
         credentials_file=ns.credentials_file,
     )
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
