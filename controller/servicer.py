@@ -19,6 +19,7 @@ from turnout.errors import TurnoutError, status_for
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
+from . import validation
 from .control_plane import ControlPlane
 from .routing import RoutePublisher
 from .stats_book import StatsBook
@@ -36,7 +37,7 @@ def _translate_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
         try:
             return await method(self, request, context)
         except TurnoutError as exc:
-            await context.abort(status_for(exc), _bounded(str(exc)))
+            await context.abort(status_for(exc), validation.truncated(str(exc), MAX_ERROR_CHARS))
             raise  # abort raises; this line only satisfies the type checker
 
     return wrapper
@@ -45,12 +46,6 @@ def _translate_errors(method: Handler[Req, Resp]) -> Handler[Req, Resp]:
 # An error message is at most this long (a replica's reason may quote its
 # traceback); the rest is in the controller's and the replica's logs.
 MAX_ERROR_CHARS = 4096
-
-
-def _bounded(message: str) -> str:
-    if len(message) <= MAX_ERROR_CHARS:
-        return message
-    return message[: MAX_ERROR_CHARS - 1] + "…"
 
 
 # Principals whose routing stream and acknowledgements admin calls trust.

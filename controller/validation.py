@@ -46,13 +46,17 @@ WEIGHT_TOLERANCE = 1e-6
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
+def truncated(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, the last one an ellipsis if cut."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
+
+
 def shown(value: object) -> str:
     """``repr(value)`` cut to ``MAX_SHOWN_CHARS``: what an error may repeat of
     the input, so that a huge value never comes back in a message (or a log)."""
-    text = repr(value)
-    if len(text) <= MAX_SHOWN_CHARS:
-        return text
-    return text[: MAX_SHOWN_CHARS - 1] + "…"
+    return truncated(repr(value), MAX_SHOWN_CHARS)
 
 
 def name(value: str, what: str) -> str:
