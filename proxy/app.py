@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hmac
 import inspect
 import itertools
 import logging
 import os
 import re
 import time
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Coroutine, Hashable
 from typing import Any
 
 import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from turnout import _auth
 from turnout._grpc import Security, never_delivered
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
@@ -103,7 +103,7 @@ class ProxyState:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         read_timeout: float = DEFAULT_READ_TIMEOUT_S,
         security: Security | None = None,
-        system_token: Callable[[], str] | None = None,
+        system_token: _auth.Verifier | None = None,
     ) -> None:
         # How this proxy reaches the controller and replicas.
         self.security = security or Security()
@@ -498,12 +498,7 @@ def _authorized(state: ProxyState, authorization: str | None) -> bool:
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer":
         return False
-    try:
-        wanted = state.system_token()
-    except OSError as exc:
-        logger.error("cannot read the system paths' token: %s", exc)
-        return False
-    return bool(wanted) and hmac.compare_digest(given.strip().encode(), wanted.encode())
+    return state.system_token.roles(given.strip()) is not None
 
 
 def _system(

@@ -16,7 +16,6 @@ import shutil
 import signal
 import ssl
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -136,16 +135,12 @@ def https_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
-def system_token(args: argparse.Namespace) -> Callable[[], str] | None:
-    """What reads the token the protected system paths want; None = unprotected."""
+def system_token(args: argparse.Namespace) -> _auth.Verifier | None:
+    """What checks the token the protected system paths want (re-read when
+    its file changes, as the controller does); None = unprotected."""
     if not args.protect_system_paths:
         return None
-    path: Path = args.system_token_file
-
-    def read() -> str:
-        return path.read_text().strip()
-
-    return read
+    return _auth.Verifier({}, args.system_token_file)
 
 
 def _positive_int(text: str) -> int:
