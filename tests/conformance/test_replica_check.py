@@ -1,6 +1,8 @@
 """``turnout replica-check`` against real replicas serving the conformance
-handler: the Python replica (``turnout._conformance.echo``), each started
-alone as the controller starts it (a readiness pipe and a credentials file)."""
+handler: the Python replica (``turnout._conformance.echo``) and the Node.js
+one (examples/node-replica), each started alone as the controller starts it
+(a readiness pipe and a credentials file; the Node.js one with the
+environment a command backend gets)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from turnout._internal import auth
+from turnout._internal import auth, command_replica
 from turnout._internal.child_process import read_report
 from turnout.v1 import controller_pb2
 
@@ -44,8 +46,14 @@ def start(argv: list[str], folder: Path, env: dict[str, str] | None = None) -> S
     credentials = write_credentials(folder)
     read_fd, write_fd = os.pipe()
     fill = {"ready_fd": str(write_fd), "credentials": str(credentials)}
-    argv = [arg.format(**fill) for arg in argv]
-    environ = {**os.environ, **{k: v.format(**fill) for k, v in (env or {}).items()}}
+
+    def filled(text: str) -> str:
+        for name, value in fill.items():
+            text = text.replace(f"{{{name}}}", value)
+        return text
+
+    argv = [filled(arg) for arg in argv]
+    environ = {**os.environ, **{k: filled(v) for k, v in (env or {}).items()}}
     log = folder / "replica.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -80,6 +88,26 @@ def python_replica(tmp_path: Path) -> Iterator[Started]:
         started.process.wait(timeout=30)
 
 
+@pytest.fixture
+def node_replica_process(tmp_path: Path, node_replica: Path) -> Iterator[Started]:
+    env = command_replica.environment(
+        replica_id="node#1",
+        backend="node",
+        config=controller_pb2.BackendConfig(graceful_shutdown_timeout=5),
+        ready_fd=0,  # replaced by the pipe's descriptor
+        parent_pid=os.getpid(),
+    )
+    env[command_replica.READY_FD_ENV] = "{ready_fd}"
+    env[command_replica.CREDENTIALS_FILE_ENV] = "{credentials}"
+    started = start(["node", str(node_replica / "replica.js")], tmp_path, env)
+    try:
+        yield started
+    finally:
+        if started.process.poll() is None:
+            started.process.kill()
+        started.process.wait(timeout=30)
+
+
 def replica_check(replica: Started, *extra: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "turnout.cli", "replica-check", replica.address]
     argv += ["--credentials-file", str(replica.credentials), *extra]
@@ -99,6 +127,14 @@ def test_the_python_replica_keeps_the_replica_contract(python_replica: Started) 
     assert_every_rule_passes(result, python_replica.log)
     # The graceful-stop rule stopped it, as SIGTERM does: status 0.
     assert python_replica.process.wait(timeout=30) == 0
+
+
+def test_the_node_replica_keeps_the_replica_contract(node_replica_process: Started) -> None:
+    result = replica_check(
+        node_replica_process, "--stop-pid", str(node_replica_process.process.pid)
+    )
+    assert_every_rule_passes(result, node_replica_process.log)
+    assert node_replica_process.process.wait(timeout=30) == 0
 
 
 def test_a_replica_that_breaks_a_rule_fails_the_check(tmp_path: Path) -> None:
