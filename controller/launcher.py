@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from turnout._internal import auth, child_process, logs, tls_options
+from turnout._internal import auth, child_process, command_replica, logs, tls_options
 from turnout._internal.processes import AdoptedProcess, start_time
 from turnout._internal.rpc import Security
 from turnout.v1 import controller_pb2 as pb
@@ -211,6 +211,68 @@ def out_path(log_path: Path) -> Path:
     return log_path.with_suffix(".out")
 
 
+# What a failed command's error quotes of its output, at most.
+COMMAND_OUTPUT_SHOWN = 1000
+# How long a command that closed its readiness pipe gets to exit, so that its
+# exit status can be told.
+COMMAND_EXIT_WAIT_S = 2.0
+
+
+async def _command_report(
+    fd: int, process: asyncio.subprocess.Process, argv: list[str], timeout: float, output: Path
+) -> dict[str, Any]:
+    """What a command replica reported on ``fd`` (closed after), as a report;
+    a silence, a crash or a line that is no report becomes INVALID_ARGUMENT."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
+    except TimeoutError:
+        return _command_failed(
+            f"the command {argv} did not report readiness on $TURNOUT_READY_FD within "
+            f"{timeout:g} s",
+            output,
+        )
+    finally:
+        transport.close()
+    if not line.strip():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), COMMAND_EXIT_WAIT_S)
+        status = (
+            "exited" if process.returncode is None else f"exited with status {process.returncode}"
+        )
+        return _command_failed(f"the command {argv} {status} before it reported readiness", output)
+    try:
+        report = json.loads(line)
+    except ValueError:
+        report = None
+    if not isinstance(report, dict) or not isinstance(report.get("ok"), bool):
+        return _command_failed(
+            f"the command {argv} wrote {line.decode(errors='replace').strip()[:200]!r} on "
+            '$TURNOUT_READY_FD, which is no readiness report (one JSON line: {"ok": true, '
+            '"address": "host:port"}, see docs/replica-protocol.md)',
+            output,
+        )
+    address = report.get("address")
+    if report["ok"] and not (isinstance(address, str) and address):
+        return _command_failed(f"the command {argv} reported ok without an address", output)
+    return report
+
+
+def _command_failed(reason: str, output: Path) -> dict[str, Any]:
+    try:
+        with output.open("rb") as out:
+            out.seek(max(0, out.seek(0, os.SEEK_END) - COMMAND_OUTPUT_SHOWN))
+            printed = out.read().decode(errors="replace").strip()
+    except OSError:
+        printed = ""
+    said = f"; it printed: {printed}" if printed else "; it printed nothing"
+    return {"ok": False, "code": "INVALID_ARGUMENT", "message": reason + said}
+
+
 class ProcessLauncher:
     """Starts proxies and replicas, records them, and adopts recorded ones."""
 
@@ -283,6 +345,9 @@ class ProcessLauncher:
         """Start the replica ``record`` names (id, backend, digest, resources;
         pid and start time are filled in here) with extra environment
         variables, pinned to the record's cores."""
+        request = pb.CreateBackendRequest.FromString(spec_path.read_bytes())
+        if request.spec.HasField("command"):
+            return await self.start_command_replica(record, request, env)
         replica_id = record.name
         args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
         args += tls_options.argv(self.security)
@@ -292,6 +357,88 @@ class ProcessLauncher:
             return await self._start(
                 "turnout.replica", f"replica {replica_id}", args, log_path, record, env, record.cpus
             )
+
+    async def start_command_replica(
+        self, record: ChildRecord, request: pb.CreateBackendRequest, env: dict[str, str] | None
+    ) -> ChildProcess:
+        """Start a command backend's replica: its program with the variables of
+        ``turnout._internal.command_replica`` (docs/replica-protocol.md). A
+        program that cannot start, exits, says nothing or something that is no
+        readiness report gets an INVALID_ARGUMENT report quoting what it printed."""
+        command = request.spec.command
+        log_path = self.replica_log_path(record.backend, record.name)
+        timeout = command.ready_timeout if command.HasField("ready_timeout") else READY_TIMEOUT_S
+        async with self._spawn_slots:
+            read_fd, write_fd = os.pipe()
+            credentials = self._credentials_args("handle")
+            environ = child_environment(
+                {k: v for k, v in os.environ.items() if k not in command_replica.NAMES},
+                {**(env or {}), **command.env},
+            )
+            environ.update(
+                command_replica.environment(
+                    replica_id=record.name,
+                    backend=record.backend,
+                    config=request.config,
+                    ready_fd=write_fd,
+                    credentials_file=Path(credentials[1]) if credentials else None,
+                    parent_pid=None if self.durable else os.getpid(),
+                    tls=self.security.tls,
+                )
+            )
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = out_path(log_path)
+            name = f"replica {record.name}"
+            try:
+                logs.trim_output_file(output)
+                with output.open("ab") as out:
+                    process = await asyncio.create_subprocess_exec(
+                        *command.argv,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=out,
+                        pass_fds=(write_fd,),
+                        env=environ,
+                        cwd=command.cwd or None,
+                        start_new_session=self.durable,
+                        process_group=None if self.durable else 0,
+                    )
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                os.close(read_fd)
+                raise SpawnError(
+                    "INVALID_ARGUMENT", f"cannot start the command {list(command.argv)}: {exc}"
+                ) from exc
+            finally:
+                os.close(write_fd)
+            if record.cpus:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(process.pid, record.cpus)
+            child = ChildProcess(name=name, process=process, log_path=log_path, group=True)
+            self._record(
+                child,
+                dataclasses.replace(
+                    record,
+                    pid=process.pid,
+                    start_time=start_time(process.pid) or 0,
+                    log_path=str(log_path),
+                ),
+            )
+            self._track(child)
+            try:
+                child.report = await _command_report(
+                    read_fd, process, list(command.argv), timeout, output
+                )
+            except BaseException:
+                child.kill()
+                raise
+        if not child.ok:
+            child.kill()
+            await process.wait()
+            logger.warning("%s failed to start: %s", name, child.report.get("message"))
+        else:
+            capabilities = json.dumps(child.report.get("capabilities", {}), sort_keys=True)
+            self.relabel(child, address=child.address, capabilities=capabilities)
+        return child
 
     async def start_proxy(
         self,

@@ -38,10 +38,22 @@ function sleep(seconds, signal) {
   });
 }
 
+function decoded(path) {
+  try {
+    return decodeURIComponent(path);
+  } catch {
+    return path;
+  }
+}
+
 async function handle(request, { signal }) {
-  const path = decodeURIComponent(request.path || "/");
+  const path = decoded(request.path || "/");
   const query = new URLSearchParams(request.query_string || "");
-  if (path === "/sleep") {
+  // By the end of the path, so that it answers alike behind any route.
+  const parts = path.split("/");
+  const last = parts[parts.length - 1];
+  const parent = parts.length > 1 ? parts[parts.length - 2] : "";
+  if (last === "sleep") {
     const key = query.get("key") || "";
     remember(key, "running");
     try {
@@ -57,18 +69,18 @@ async function handle(request, { signal }) {
       body: Buffer.from(key),
     };
   }
-  if (path === "/probe") return json({ state: calls.get(query.get("key") || "") || "unknown" });
-  if (path.startsWith("/status/")) {
-    return { status: Number(path.slice("/status/".length)), headers: [], body: Buffer.alloc(0) };
+  if (last === "probe") return json({ state: calls.get(query.get("key") || "") || "unknown" });
+  if (parent === "status" && /^[0-9]+$/.test(last)) {
+    return { status: Number(last), headers: [], body: Buffer.alloc(0) };
   }
-  if (path === "/fail") throw new Error("the conformance handler failed on purpose");
-  if (path === "/cookies") {
+  if (last === "fail") throw new Error("the conformance handler failed on purpose");
+  if (last === "cookies") {
     const count = Number(query.get("n") || "1");
     const headers = [];
     for (let i = 1; i <= count; i++) headers.push({ name: "Set-Cookie", value: `c${i}=${i}` });
     return { status: 200, headers, body: Buffer.alloc(0) };
   }
-  if (path === "/config") return json({ user_config: userConfig });
+  if (last === "config") return json({ user_config: userConfig });
   const headers = [
     {
       name: "Content-Type",

@@ -33,21 +33,24 @@ class Echo:
         self._user_config = user_config
 
     async def __call__(self, request: Request) -> Response:
+        # By the end of the path, so that it answers alike behind any route.
         path = request.path
-        if path == "/sleep":
+        last = path.rpartition("/")[2]
+        parent = path.rpartition("/")[0].rpartition("/")[2]
+        if last == "sleep":
             return await self._sleep(request)
-        if path == "/probe":
+        if last == "probe":
             state = self._calls.get(request.args.get("key", ""), "unknown")
             return _json({"state": state})
-        if path.startswith("/status/"):
-            return Response(b"", status=int(path.removeprefix("/status/")))
-        if path == "/fail":
+        if parent == "status" and last.isdigit():
+            return Response(b"", status=int(last))
+        if last == "fail":
             raise RuntimeError("the conformance handler failed on purpose")
-        if path == "/cookies":
+        if last == "cookies":
             count = int(request.args.get("n", "1"))
             cookies = [("Set-Cookie", f"c{i}={i}") for i in range(1, count + 1)]
             return Response(b"", headers=cookies)
-        if path == "/config":
+        if last == "config":
             return _json({"user_config": self._user_config})
         return _echo(request)
 
