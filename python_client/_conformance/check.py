@@ -670,7 +670,7 @@ def graceful_stop(kit: _Kit) -> None:
         raise Skipped("give --stop-pid PID to check the graceful stop (it stops the replica)")
     key = f"stop-{uuid.uuid4().hex[:8]}"
     with futures.ThreadPoolExecutor(2) as pool:
-        in_flight = pool.submit(kit.http, "/sleep", query=f"s=1.5&key={key}")
+        in_flight = pool.submit(kit.http, "/sleep", query=f"s=2.5&key={key}")
         kit.wait_for_state(key, "running")
         os.kill(pid, signal.SIGTERM)
         late = pool.submit(kit.http, "/echo", body=b"late", method="POST")

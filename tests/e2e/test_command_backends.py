@@ -148,7 +148,7 @@ def test_a_deploy_file_declares_a_command_backend(
     ("script", "options", "reason"),
     [
         ("echo about to fail; exit 3", {}, "exited with status 3 before it reported readiness"),
-        ("echo still loading; sleep 60", {"ready_timeout": 1}, "within 1 s"),
+        ("echo still loading; sleep 60", {"ready_timeout": 2}, "within 2 s"),
         ('echo ready >&"$TURNOUT_READY_FD"; sleep 60', {}, "which is no readiness report"),
     ],
     ids=["exits", "never-ready", "malformed"],
