@@ -177,9 +177,9 @@ def check(name: str, value: int | float) -> None:
     row = FIELD[name]
     if row.kind is Kind.COUNT:
         if value < row.minimum:
-            raise InvalidArgumentError(f"{name} must be >= {row.minimum:g}, got {value}")
+            raise InvalidArgumentError(f"{name} must be >= {int(row.minimum)}, got {value}")
         if value > row.maximum:
-            raise InvalidArgumentError(f"{name} must be at most {row.maximum:g}, got {value}")
+            raise InvalidArgumentError(f"{name} must be at most {int(row.maximum)}, got {value}")
     elif not math.isfinite(value) or not row.minimum <= value <= row.maximum:
         raise InvalidArgumentError(
             f"{name} must be a number of seconds from {row.minimum:g} to {row.maximum:g}, "
@@ -291,8 +291,10 @@ def sender_limits(targets: pb.BackendTargets | pb.BackendConfig) -> SenderLimits
     return SenderLimits(**values)
 
 
-def sender_targets(config: pb.BackendConfig) -> dict[str, int | float]:
-    """The keyword arguments of ``pb.BackendTargets`` that carry ``config``'s
-    sender limits (the controller fills them into each routing snapshot)."""
+def with_sender_limits(targets: pb.BackendTargets, config: pb.BackendConfig) -> pb.BackendTargets:
+    """``targets`` (a routing snapshot entry) given ``config``'s sender limits,
+    as the controller publishes them; returns ``targets``."""
     limits = sender_limits(config)
-    return {name: getattr(limits, name) for name in SENDER_FIELDS}
+    for name in SENDER_FIELDS:
+        setattr(targets, name, getattr(limits, name))
+    return targets
