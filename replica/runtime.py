@@ -28,7 +28,7 @@ import cloudpickle
 
 from turnout._internal import backend_fields
 from turnout._internal.backend_fields import request_callable
-from turnout.batching import accepts_batch, set_call_context
+from turnout._internal.batching import accepts_batch, set_call_context
 from turnout.replica.batcher import Batcher
 from turnout.replica.handler_threads import HandlerThreads
 from turnout.replica.slots import Slots

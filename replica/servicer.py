@@ -21,7 +21,7 @@ import grpc
 from werkzeug.exceptions import HTTPException
 
 from turnout._internal import backend_fields
-from turnout._process import OUT_OF_MEMORY_EXIT, memory_limit
+from turnout._internal.child_process import OUT_OF_MEMORY_EXIT, memory_limit
 from turnout.replica import codec
 from turnout.replica.batcher import BadBatch
 from turnout.replica.call_stream import NoPayload, serve_stream

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from turnout.errors import InvalidArgumentError
+from turnout._internal.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
 # A longer wait is a typo, and every wait of the controller stays bounded.

@@ -17,7 +17,7 @@ from typing import Any
 
 from turnout._internal import backend_fields
 from turnout._internal.backend_fields import method_names
-from turnout.errors import InvalidArgumentError
+from turnout._internal.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
 HTTP_METHODS = frozenset(
