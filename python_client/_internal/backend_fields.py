@@ -105,8 +105,7 @@ def _seconds(
     return BackendField(name, Kind.SECONDS, default, "s", change, senders, minimum=minimum)
 
 
-# In the order of BackendConfig's fields (and of the proto's field numbers but
-# for health_check_timeout, added last).
+# In the order of BackendConfig's fields and of the proto's field numbers.
 FIELDS: tuple[BackendField, ...] = (
     _count("num_replicas", 1, "replicas", Change.LIVE),
     _count("max_concurrent_queries", 100, "requests", Change.RECONFIGURE, senders=True),
@@ -244,7 +243,8 @@ def needs_new_replicas(old: pb.BackendConfig, new: pb.BackendConfig) -> bool:
 
     Example::
 
-        needs_new_replicas(BackendConfig(num_replicas=1), BackendConfig(num_replicas=3))  # False
+        old = pb.BackendConfig(num_replicas=1)
+        needs_new_replicas(old, pb.BackendConfig(num_replicas=3))  # False: a scale
     """
     return any(row.change is Change.NEW_REPLICAS for row in changed(old, new))
 
@@ -276,13 +276,16 @@ SENDER_FIELDS: tuple[str, ...] = tuple(f.name for f in FIELDS if f.senders)
 def sender_limits(targets: pb.BackendTargets | pb.BackendConfig) -> SenderLimits:
     """The limits of one backend, from its routing snapshot entry (or config).
 
-    In a ``BackendTargets`` a 0 means "not sent" (the message has no presence),
-    so it counts as the default, as it always has; in a ``BackendConfig`` an
-    unset field does.
+    A field that is unset takes its default. Where the message has no
+    presence for it (``BackendTargets`` today), unset reads as 0, so a 0
+    counts as the default, as it always has: a ``queue_timeout`` of 0 cannot
+    travel until that field is ``optional`` in the proto, and then this
+    honours it with no change here.
     """
+    fields = targets.DESCRIPTOR.fields_by_name
     values: dict[str, Any] = {}
     for name in SENDER_FIELDS:
-        if isinstance(targets, pb.BackendConfig):
+        if fields[name].has_presence:
             given = targets.HasField(name)  # type: ignore[arg-type]
         else:
             given = bool(getattr(targets, name))
