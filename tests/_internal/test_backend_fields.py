@@ -190,3 +190,13 @@ def test_the_deploy_file_table_names_every_field() -> None:
     line = next(x for x in text.splitlines() if x.startswith("| `backends.NAME.config`"))
     named = re.findall(r"`(\w+)`", line.split("fields of `BackendConfig`:", 1)[1])
     assert sorted(named) == sorted(backend_fields.NAMES)
+
+
+def test_a_replica_reads_each_number_or_its_default() -> None:
+    config = BackendConfig(max_batch_size=8, batch_wait_timeout=0.25).to_proto()
+    assert backend_fields.count(config, "max_batch_size") == 8
+    assert backend_fields.count(config, "max_concurrent_queries") == 100
+    assert backend_fields.seconds(config, "batch_wait_timeout") == 0.25
+    assert backend_fields.seconds(config, "graceful_shutdown_timeout") == 20.0
+    with pytest.raises(KeyError):
+        backend_fields.seconds(config, "max_batch_size")
