@@ -203,19 +203,22 @@ def defaults_proto() -> pb.BackendConfig:
 
 def count(config: pb.BackendConfig, name: str) -> int:
     """The count field ``name`` of ``config``, or its default when unset."""
+    default = _default(name, Kind.COUNT)
     if config.HasField(name):  # type: ignore[arg-type]
         return int(getattr(config, name))
-    return int(_default(name, Kind.COUNT))
+    return int(default)
 
 
 def seconds(config: pb.BackendConfig, name: str) -> float:
     """The seconds field ``name`` of ``config``, or its default when unset."""
+    default = _default(name, Kind.SECONDS)
     if config.HasField(name):  # type: ignore[arg-type]
         return float(getattr(config, name))
-    return float(_default(name, Kind.SECONDS))
+    return float(default)
 
 
 def _default(name: str, kind: Kind) -> int | float:
+    """The default of ``name``; KeyError unless it is a ``kind`` field."""
     row = FIELD[name]
     if row.kind is not kind or row.default is None:
         raise KeyError(f"{name} is not a {kind.value} field")
