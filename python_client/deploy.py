@@ -34,9 +34,9 @@ from typing import Any, Literal
 
 import yaml
 
+from turnout._internal import backend_fields, validation
 from turnout.command import Command
 from turnout.config import DEFAULTS, BackendConfig
-from turnout.controller import validation
 from turnout.errors import TurnoutError
 from turnout.v1 import controller_pb2 as pb
 
@@ -46,7 +46,6 @@ _TOP_KEYS = frozenset({"backends", "endpoints"})
 _BACKEND_KEYS = frozenset({"import_path", "command", "init_args", "config", "replica_options"})
 _COMMAND_KEYS = frozenset({"argv", "env", "cwd", "ready_timeout"})
 _ENDPOINT_KEYS = frozenset({"route", "methods", "backend", "traffic", "shadows", "request_timeout"})
-_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "env", "memory"})
 _WEIGHT_TOLERANCE = 1e-9
 
 
@@ -63,46 +62,29 @@ class DeployFileError(TurnoutError):
 
 
 @dataclass(frozen=True)
-class ReplicaOptions:
-    """Where a backend's replicas run (see ``Client.create_backend``)."""
-
-    num_cpus: float = 0.0
-    num_gpus: float = 0.0
-    env: tuple[tuple[str, str], ...] = ()
-    # Bytes of memory a replica may use; 0 = no limit.
-    memory: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "num_cpus": self.num_cpus,
-            "num_gpus": self.num_gpus,
-            "env": dict(self.env),
-            "memory": self.memory,
-        }
-
-
-@dataclass(frozen=True)
-class Backend:
+class BackendEntry:
     """A backend as a deploy file declares it, or as an instance runs it.
 
     ``import_path`` is None for a backend whose code was sent pickled (from
     Python) or that runs a ``command``; ``init_args`` is None when its init
     args were pickled. Pickled code cannot be compared with a file, so such a
     backend always counts as changed.
-    ``config`` holds the fields a file gives, or every field of a running one.
+    ``config`` holds the fields a file gives, or every field of a running one;
+    ``replica_options`` is what ``CreateBackend`` carries (memory as
+    ``memory_bytes``).
     """
 
     name: str
     import_path: str | None
     init_args: tuple[Any, ...] | None = ()
     config: Mapping[str, Any] = field(default_factory=dict)
-    replica_options: ReplicaOptions = ReplicaOptions()
+    replica_options: pb.ReplicaOptions = field(default_factory=pb.ReplicaOptions)
     # The program a command backend runs (its import_path is None).
     command: Command | None = None
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class EndpointEntry:
     """An endpoint as a deploy file declares it, or as an instance serves it."""
 
     name: str
@@ -117,8 +99,8 @@ class Endpoint:
 class DeployFile:
     """What should run: backends and endpoints by name, in file order."""
 
-    backends: dict[str, Backend] = field(default_factory=dict)
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    backends: dict[str, BackendEntry] = field(default_factory=dict)
+    endpoints: dict[str, EndpointEntry] = field(default_factory=dict)
 
 
 # An instance's current state has the same shape as a file.
@@ -135,7 +117,7 @@ class BackendChange:
 
     name: str
     action: Action
-    desired: Backend | None = None
+    desired: BackendEntry | None = None
     new_code: bool = False
     config_update: Mapping[str, Any] = field(default_factory=dict)
     details: tuple[str, ...] = ()
@@ -152,7 +134,7 @@ class EndpointChange:
 
     name: str
     action: Action
-    desired: Endpoint | None = None
+    desired: EndpointEntry | None = None
     new_shape: bool = False
     new_traffic: bool = False
     shadow_updates: Mapping[str, float] = field(default_factory=dict)
@@ -241,12 +223,12 @@ def parse(
     if not isinstance(document, dict):
         raise DeployFileError(source, ["the top level must be a mapping with backends/endpoints"])
     _unknown_keys(document, _TOP_KEYS, "", problems)
-    backends: dict[str, Backend] = {}
+    backends: dict[str, BackendEntry] = {}
     for name, body in _section(document, "backends", problems):
         backend = _backend(name, body, problems, base_dir or Path.cwd())
         if backend is not None:
             backends[name] = backend
-    endpoints: dict[str, Endpoint] = {}
+    endpoints: dict[str, EndpointEntry] = {}
     for name, body in _section(document, "endpoints", problems):
         endpoint = _endpoint(name, body, problems)
         if endpoint is not None:
@@ -301,7 +283,7 @@ def _is_number(value: object) -> bool:
 
 def _backend(
     name: str, body: dict[str, Any], problems: list[str], base_dir: Path
-) -> Backend | None:
+) -> BackendEntry | None:
     where = f"backends.{name}"
     before = len(problems)
     _unknown_keys(body, _BACKEND_KEYS, where, problems)
@@ -338,7 +320,7 @@ def _backend(
     )
     if len(problems) > before or options is None:
         return None
-    return Backend(
+    return BackendEntry(
         name=name,
         import_path=None if command is not None else str(import_path),
         init_args=tuple(init_args),
@@ -379,44 +361,23 @@ def _command(body: Any, where: str, problems: list[str], base_dir: Path) -> Comm
     return command
 
 
-def _replica_options(body: Any, where: str, problems: list[str]) -> ReplicaOptions | None:
+def _replica_options(body: Any, where: str, problems: list[str]) -> pb.ReplicaOptions | None:
     if not isinstance(body, dict):
-        problems.append(f"{where}: must be a mapping with num_cpus, num_gpus, env, memory")
+        keys = ", ".join(validation.REPLICA_OPTION_KEYS)
+        problems.append(f"{where}: must be a mapping with {keys}")
         return None
-    before = len(problems)
-    _unknown_keys(body, _OPTION_KEYS, where, problems)
-    numbers: dict[str, float] = {}
-    for key in ("num_cpus", "num_gpus"):
-        value = body.get(key, 0)
-        if not _is_number(value):
-            problems.append(f"{where}.{key}: must be a number")
-        else:
-            numbers[key] = float(value)
-    env = body.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        problems.append(f"{where}.env: must map names to strings (quote numbers)")
-        env = {}
-    memory = body.get("memory", 0)
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-        problems.append(f"{where}.memory: must be a whole number of bytes (0 = no limit)")
-    if len(problems) > before:
-        return None
-    message = pb.ReplicaOptions(
-        env=env, num_cpus=numbers["num_cpus"], num_gpus=numbers["num_gpus"], memory_bytes=memory
-    )
-    if not _check(where, problems, validation.replica_options, message):
-        return None
-    return ReplicaOptions(
-        num_cpus=numbers["num_cpus"],
-        num_gpus=numbers["num_gpus"],
-        env=tuple(sorted(env.items())),
-        memory=memory,
-    )
+    # The Python API's check, each problem recorded under its option.
+    message, found = validation.replica_option_problems(body)
+    for problem in found:
+        problems.append(
+            f"{where}.{problem.key}: {problem.message}"
+            if problem.key
+            else f"{where}: {problem.message}"
+        )
+    return message
 
 
-def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> Endpoint | None:
+def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointEntry | None:
     where = f"endpoints.{name}"
     before = len(problems)
     _unknown_keys(body, _ENDPOINT_KEYS, where, problems)
@@ -456,7 +417,7 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> Endpoint 
         _check(where, problems, validation.request_timeout, float(timeout))
     if len(problems) > before:
         return None
-    return Endpoint(
+    return EndpointEntry(
         name=name,
         route=route or None,
         methods=tuple(validation.methods(methods)),
@@ -542,7 +503,9 @@ def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
     return {**DEFAULTS.to_dict(), **config}
 
 
-def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> BackendChange:
+def _backend_change(
+    wanted: BackendEntry, running: BackendEntry, problems: list[str]
+) -> BackendChange:
     details: list[str] = []
     if wanted.import_path != running.import_path or wanted.command != running.command:
         details.append(f"code: {_code(running)} -> {_code(wanted)}")
@@ -553,9 +516,9 @@ def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> B
     new_code = bool(details)
     update: dict[str, Any] = {}
     for key, value in _effective(wanted.config).items():
-        # A user_config or http_call_methods left out of the file is left as
-        # it is: the controller has no way to clear one.
-        if key in ("user_config", "http_call_methods") and value is None:
+        # A field without a default (user_config, http_call_methods) left out
+        # of the file is left as it is: the controller has no way to clear one.
+        if backend_fields.FIELD[key].default is None and value is None:
             continue
         if not _same(value, running.config.get(key)):
             update[key] = value
@@ -563,7 +526,8 @@ def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> B
     if wanted.replica_options != running.replica_options:
         problems.append(
             f"backends.{wanted.name}.replica_options: cannot change on a running backend "
-            f"({running.replica_options.to_dict()} -> {wanted.replica_options.to_dict()}); "
+            f"({validation.replica_options_dict(running.replica_options)} -> "
+            f"{validation.replica_options_dict(wanted.replica_options)}); "
             "deploy it under a new name and move the traffic, or delete it first"
         )
     action: Action = "update" if details else "unchanged"
@@ -577,13 +541,13 @@ def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> B
     )
 
 
-def _code(backend: Backend) -> str:
+def _code(backend: BackendEntry) -> str:
     if backend.command is not None:
         return "command " + json.dumps(list(backend.command.argv))
     return backend.import_path or "(pickled)"
 
 
-def _endpoint_change(wanted: Endpoint, serving: Endpoint) -> EndpointChange:
+def _endpoint_change(wanted: EndpointEntry, serving: EndpointEntry) -> EndpointChange:
     details: list[str] = []
     if wanted.route != serving.route:
         details.append(f"route: {serving.route or '(none)'} -> {wanted.route or '(none)'}")

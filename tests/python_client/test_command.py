@@ -9,7 +9,7 @@ import pytest
 
 import turnout
 from turnout.client import _spec
-from turnout.deploy import Backend, DeployFileError, State, parse, plan
+from turnout.deploy import BackendEntry, DeployFileError, State, parse, plan
 from turnout.errors import InvalidArgumentError
 
 
@@ -90,7 +90,7 @@ def test_deploy_file_command_problems_name_their_field() -> None:
 
 def test_a_changed_command_is_new_code_and_the_same_one_is_unchanged(tmp_path: Path) -> None:
     wanted = parse({"backends": {"b": {"command": ["node", "v2.js"]}}}, base_dir=tmp_path)
-    running = Backend(
+    running = BackendEntry(
         name="b",
         import_path=None,
         command=turnout.Command(["node", "v1.js"], cwd=tmp_path),
@@ -99,5 +99,5 @@ def test_a_changed_command_is_new_code_and_the_same_one_is_unchanged(tmp_path: P
     change = plan(wanted, State(backends={"b": running})).backends[0]
     assert change.new_code
     assert any("command" in detail for detail in change.details)
-    same = Backend(name="b", import_path=None, command=wanted.backends["b"].command)
+    same = BackendEntry(name="b", import_path=None, command=wanted.backends["b"].command)
     assert not plan(wanted, State(backends={"b": same})).backends[0].new_code
