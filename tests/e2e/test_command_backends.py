@@ -75,6 +75,10 @@ def test_a_node_backend_serves_http_through_the_proxy(
     assert http.get(config_url, timeout=30).json() == {"user_config": {"greeting": "hello"}}
     assert client.list_replicas(name)[0].pid == pid
 
+    # A Python handle's call gets the replica's RemoteError as a BackendError.
+    with pytest.raises(turnout.BackendError, match="NotImplementedError: .* HTTP requests only"):
+        client.get_handle(name).remote(1).result(30)
+
     failed = http.get(f"{client.http_address}/{name}/fail", timeout=30)
     assert failed.status_code == 500
     assert failed.json()["request_id"] == failed.headers["X-Request-Id"]
