@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from google.protobuf.message import DecodeError
+
 from turnout._internal import auth, child_process, command_replica, logs, tls_options
 from turnout._internal.processes import AdoptedProcess, start_time
 from turnout._internal.rpc import Security
@@ -262,6 +264,16 @@ async def _command_report(
     return report
 
 
+def _command_spec(spec_path: Path) -> pb.CreateBackendRequest | None:
+    """The spec at ``spec_path`` when it is a command backend's; None for a
+    Python backend's (and for one it cannot read: the replica says why)."""
+    try:
+        request = pb.CreateBackendRequest.FromString(spec_path.read_bytes())
+    except (OSError, DecodeError):
+        return None
+    return request if request.spec.HasField("command") else None
+
+
 def _command_failed(reason: str, output: Path) -> dict[str, Any]:
     try:
         with output.open("rb") as out:
@@ -345,8 +357,8 @@ class ProcessLauncher:
         """Start the replica ``record`` names (id, backend, digest, resources;
         pid and start time are filled in here) with extra environment
         variables, pinned to the record's cores."""
-        request = pb.CreateBackendRequest.FromString(spec_path.read_bytes())
-        if request.spec.HasField("command"):
+        request = _command_spec(spec_path)
+        if request is not None:
             return await self.start_command_replica(record, request, env)
         replica_id = record.name
         args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
