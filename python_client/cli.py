@@ -23,11 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from turnout import _auth, _cli_logs, _cli_render, _cli_start, _tls
+from turnout import _auth, _cli_logs, _cli_render, _cli_start, _logging, _tls
 from turnout._deploy_apply import Instance, apply
 from turnout._version import __version__
 from turnout.client import Client
-from turnout.controller.launcher import out_path
 from turnout.deploy import DeployFileError, Plan, load_file, plan
 from turnout.errors import NotRunningError, TurnoutError
 
@@ -252,7 +251,7 @@ def _with_output(log: Path, label: str) -> list[_cli_logs.LogSource]:
     out_label = f"{label} out" if label else "out"
     return [
         _cli_logs.LogSource(log, label),
-        _cli_logs.LogSource(out_path(log), out_label),
+        _cli_logs.LogSource(_logging.out_path(log), out_label),
     ]
 
 

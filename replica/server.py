@@ -2,11 +2,13 @@
 
 ::
 
-    python -m turnout.replica --spec-file PATH --replica-id ID
+    python -m turnout.replica (--spec-fd N | --spec-file PATH) --replica-id ID
         [--host 127.0.0.1] [--ready-fd N] [--parent-pid PID] [--log-file PATH]
         [--stuck-call-grace SECONDS] [--credentials-file PATH]
 
-The spec file holds a serialized ``turnout.v1.CreateBackendRequest``. Readiness
+The spec is a serialized ``turnout.v1.CreateBackendRequest``, read to its end
+from an inherited descriptor (the controller's launcher passes it on stdin,
+``--spec-fd 0``) or from a file (by hand, in tests). Readiness
 (or the reason for giving up) is reported on ``--ready-fd`` as described in
 ``turnout._process``; a class's ``check_health()`` runs once before that, and
 its failure is reported like a failing constructor.
@@ -115,8 +117,10 @@ class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped
 
 @dataclass(frozen=True)
 class ReplicaOptions:
-    spec_file: Path
+    # Where the spec comes from: a descriptor to read to its end, or a file.
+    spec_file: Path | None
     replica_id: str
+    spec_fd: int | None = None
     host: str = "127.0.0.1"
     ready_fd: int | None = None
     parent_pid: int | None = None
@@ -132,9 +136,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
     parser = argparse.ArgumentParser(
         prog="python -m turnout.replica", description="Serve one Turnout backend over gRPC."
     )
-    parser.add_argument(
-        "--spec-file", required=True, type=Path, help="a serialized CreateBackendRequest"
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--spec-fd", type=int, help="descriptor to read a serialized CreateBackendRequest from"
     )
+    source.add_argument("--spec-file", type=Path, help="a serialized CreateBackendRequest")
     parser.add_argument("--replica-id", required=True, help="id used in logs, e.g. 'backend#1'")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (port is chosen)")
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
@@ -158,6 +164,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
         parser.error(str(exc))
     return ReplicaOptions(
         spec_file=ns.spec_file,
+        spec_fd=ns.spec_fd,
         replica_id=ns.replica_id,
         host=ns.host,
         ready_fd=ns.ready_fd,
@@ -187,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _grpc.remember(controller, options.security)
     try:
         verifier = load_credentials(options.credentials_file)
-        spec = read_spec(options.spec_file)
+        spec = read_spec(options.spec_file, options.spec_fd)
         if spec.replica_options.memory_bytes:
             # Before the backend loads: its imports and constructor count.
             set_memory_limit(spec.replica_options.memory_bytes)
@@ -254,11 +261,24 @@ def load_credentials(path: Path | None) -> _auth.Verifier | None:
     return _auth.Verifier(credentials.accept)
 
 
-def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:
+def read_spec(path: Path | None, fd: int | None = None) -> controller_pb2.CreateBackendRequest:
+    """The spec from descriptor ``fd`` (read to its end, then closed) or ``path``."""
+    where = f"descriptor {fd}" if fd is not None else f"file {str(path)!r}"
     try:
-        return controller_pb2.CreateBackendRequest.FromString(path.read_bytes())
+        if fd is not None:
+            with os.fdopen(fd, "rb", closefd=True) as stream:
+                raw = stream.read()
+            if fd == 0:
+                # Whatever user code reads from stdin later finds it empty.
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+        else:
+            assert path is not None
+            raw = path.read_bytes()
+        return controller_pb2.CreateBackendRequest.FromString(raw)
     except (OSError, DecodeError) as exc:
-        raise LoadError(INVALID_ARGUMENT, f"cannot read spec file {str(path)!r}: {exc}") from exc
+        raise LoadError(INVALID_ARGUMENT, f"cannot read the spec from {where}: {exc}") from exc
 
 
 async def serve(

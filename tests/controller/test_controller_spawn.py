@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from turnout.controller.launcher import ProcessLauncher, file_key
+from turnout.controller.launchers.local import LocalLauncher, file_key
 from turnout.controller.replica_set import ReplicaSet, ReplicaStartError
 from turnout.controller.store import MemoryStore
 from turnout.controller.validation import full_config
@@ -17,16 +17,14 @@ from turnout.v1 import controller_pb2 as pb
 
 def test_a_spawn_the_os_refuses_is_an_answer_not_a_hang(tmp_path: Path) -> None:
     async def scenario() -> tuple[ReplicaStartError, list[pb.Replica]]:
-        launcher = ProcessLauncher(tmp_path / "run", tmp_path / "logs", MemoryStore())
+        launcher = LocalLauncher(tmp_path / "run", tmp_path / "logs", MemoryStore())
         # Past validation (the controller checks this first), straight to exec().
         options = pb.ReplicaOptions(env={"BROKEN": "a\0b"})
 
         async def nothing() -> None:
             pass
 
-        replicas = ReplicaSet(
-            "b", tmp_path / "spec.pb", launcher, nothing, full_config(pb.BackendConfig()), options
-        )
+        replicas = ReplicaSet("b", b"", launcher, nothing, full_config(pb.BackendConfig()), options)
         with pytest.raises(ReplicaStartError) as info:
             await asyncio.wait_for(replicas.scale(2), 30)
         return info.value, replicas.describe()
