@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from turnout.errors import (
+from turnout._internal.errors import (
     AlreadyExistsError,
     CapacityError,
     InUseError,

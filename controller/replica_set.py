@@ -20,9 +20,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from turnout._internal.child_process import OUT_OF_MEMORY_EXIT
+from turnout._internal.errors import InvalidArgumentError, TurnoutError
 from turnout._internal.readiness import Readiness
-from turnout._process import OUT_OF_MEMORY_EXIT
-from turnout.errors import InvalidArgumentError, TurnoutError
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 

@@ -21,8 +21,8 @@ import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from turnout import _auth
-from turnout._grpc import Security, never_delivered
+from turnout._internal import auth
+from turnout._internal.rpc import Security, never_delivered
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
@@ -103,7 +103,7 @@ class ProxyState:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         read_timeout: float = DEFAULT_READ_TIMEOUT_S,
         security: Security | None = None,
-        system_token: _auth.Verifier | None = None,
+        system_token: auth.Verifier | None = None,
     ) -> None:
         # How this proxy reaches the controller and replicas.
         self.security = security or Security()

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import grpc
 
-from turnout import _auth
-from turnout._grpc import Security, aio_channel
+from turnout._internal import auth
+from turnout._internal.rpc import Security, aio_channel
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -54,7 +54,7 @@ async def watch_routes(
                 stub = controller_pb2_grpc.RouterServiceStub(channel)
                 stream = stub.WatchRoutes(
                     pb.WatchRoutesRequest(subscriber_id=subscriber),
-                    metadata=_auth.metadata(security.token),
+                    metadata=auth.metadata(security.token),
                 )
                 # Versions only grow within one stream; a new stream (a
                 # restarted controller) starts its own sequence.
@@ -72,7 +72,7 @@ async def watch_routes(
                     await stub.AckRoutes(
                         pb.AckRoutesRequest(subscriber_id=subscriber, version=seen),
                         timeout=ACK_TIMEOUT_S,
-                        metadata=_auth.metadata(security.token),
+                        metadata=auth.metadata(security.token),
                     )
         except grpc.aio.AioRpcError as exc:
             logger.log(
@@ -105,7 +105,7 @@ async def report_stats(
             request = pb.ReportStatsRequest(reporter_id=reporter_id, endpoints=stats.to_proto())
             try:
                 await stub.ReportStats(
-                    request, timeout=ACK_TIMEOUT_S, metadata=_auth.metadata(security.token)
+                    request, timeout=ACK_TIMEOUT_S, metadata=auth.metadata(security.token)
                 )
             except grpc.aio.AioRpcError as exc:
                 logger.debug("stats report failed: %s", exc.code().name)

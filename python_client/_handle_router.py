@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 import grpc
 
-from turnout import _auth, _grpc
-from turnout._grpc import Security, never_delivered
+from turnout._internal import auth, rpc
+from turnout._internal.rpc import Security, never_delivered
 from turnout.errors import (
     BackendError,
     DeadlineExceededError,
@@ -113,7 +113,7 @@ class _Call:
 
 
 def _connect(conn: Conn, security: Security) -> None:
-    channel = _grpc.channel(conn.address, security)
+    channel = rpc.channel(conn.address, security)
     conn.stub = replica_pb2_grpc.ReplicaServiceStub(channel)
 
     def close(grace: float | None) -> None:
@@ -156,15 +156,15 @@ class HandleRouter:
     @classmethod
     def for_address(cls, address: str, token: str | None = None) -> HandleRouter:
         """The process's router for this controller, started on first use with
-        ``token`` (None: found as ``turnout._auth.find_token`` says)."""
+        ``token`` (None: found as ``turnout._internal.auth.find_token`` says)."""
         # Keyed by pid too: after a fork the child needs threads of its own.
         key = (os.getpid(), address)
         with cls._lock:
             router = cls._routers.get(key)
             if router is None:
-                known = _grpc.security_for(address).token
+                known = rpc.security_for(address).token
                 router = cls._routers[key] = cls(
-                    address, token or known or _auth.find_token(address=address)
+                    address, token or known or auth.find_token(address=address)
                 )
             return router
 
@@ -179,7 +179,7 @@ class HandleRouter:
     def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
         self.reporter_id = f"handles-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self._security = dataclasses.replace(_grpc.security_for(address), token=token)
+        self._security = dataclasses.replace(rpc.security_for(address), token=token)
         # What replicas are shown, asked of the controller before the first
         # snapshot: an admin token is never sent to a replica.
         self._replica_security: Security | None = None
@@ -187,7 +187,7 @@ class HandleRouter:
             lambda conn: _connect(conn, self._replica_security or Security())
         )
         self._changed = threading.Condition()
-        self._channel = _grpc.channel(address, self._security)
+        self._channel = rpc.channel(address, self._security)
         self._controller: RouterServiceStub = controller_pb2_grpc.RouterServiceStub(self._channel)
         self._reported = 0
         # backend -> calls waiting for a free replica slot, oldest first

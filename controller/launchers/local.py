@@ -33,13 +33,13 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from turnout import _auth, _logging, _process, _tls
-from turnout._grpc import Security, aio_channel
+from turnout._internal import auth, child_process, logs, tls_options
+from turnout._internal.processes import AdoptedProcess, command_line, start_time
 from turnout._internal.readiness import Readiness
+from turnout._internal.rpc import Security, aio_channel
 from turnout._internal.spawn import spawn_async
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
-from ..processes import AdoptedProcess, command_line, start_time
 from ..store import LOCAL, PROXY, ChildRecord, Store
 from .base import STOP_TIMEOUT_S, Child, ProxySpec, ReconfigureError, SpawnError
 
@@ -65,7 +65,7 @@ CHILD_ENV_NAMES = frozenset(
 )  # fmt: skip
 CHILD_ENV_PREFIXES = ("LC_", "GRPC_", "PYTHON", "CUDA_", "TURNOUT_", "COVERAGE_")
 # Never passed on, whatever the prefix: the client-side token settings.
-CHILD_ENV_REFUSED = frozenset({_auth.TOKEN_ENV, _auth.TOKEN_FILE_ENV})
+CHILD_ENV_REFUSED = frozenset({auth.TOKEN_ENV, auth.TOKEN_FILE_ENV})
 
 
 def child_environment(
@@ -284,13 +284,13 @@ class LocalLauncher:
         # loads the machine a few at a time instead of forking all at once.
         self._spawn_slots = asyncio.Semaphore(SPAWN_CONCURRENCY)
         # principal -> its credentials (set by the controller); None: no checks.
-        self.credentials: Callable[[str], _auth.ChildCredentials] | None = None
+        self.credentials: Callable[[str], auth.ChildCredentials] | None = None
 
     @property
     def control_token(self) -> str | None:
         """What the controller presents to replicas (Reconfigure): its own
         token, whose control role no handle (user code) holds."""
-        return None if self.credentials is None else self.credentials(_auth.CONTROLLER).token
+        return None if self.credentials is None else self.credentials(auth.CONTROLLER).token
 
     def _credentials_args(self, principal: str) -> list[str]:
         """``--credentials-file`` naming a 0600 file with ``principal``'s
@@ -322,7 +322,7 @@ class LocalLauncher:
         of the backend's code is written to the controller's disk."""
         replica_id = record.name
         args = ["--spec-fd", "0", "--replica-id", replica_id]
-        args += _tls.argv(self.security)
+        args += tls_options.argv(self.security)
         args += self._credentials_args("handle")
         log_path = self.replica_log_path(record.backend, replica_id)
         async with self._spawn_slots:
@@ -340,7 +340,7 @@ class LocalLauncher:
     async def start_proxy(self, spec: ProxySpec) -> ChildProcess:
         args = ["--controller", spec.controller_address, "--host", spec.host]
         args += ["--port", str(spec.port)]
-        args += _tls.argv(self.security)
+        args += tls_options.argv(self.security)
         args += self._credentials_args("proxy")
         if spec.access_log:
             args += ["--access-log", str(self.access_log_path)]
@@ -371,11 +371,11 @@ class LocalLauncher:
             extra += ["--parent-pid", str(os.getpid())]
 
         def argv(ready_fd: int) -> list[str]:
-            return _process.child_argv(module, [*args, *extra, "--ready-fd", str(ready_fd)])
+            return child_process.child_argv(module, [*args, *extra, "--ready-fd", str(ready_fd)])
 
         try:
-            _logging.trim_output_file(_logging.out_path(log_path))
-            with _logging.out_path(log_path).open("ab") as out:
+            logs.trim_output_file(logs.out_path(log_path))
+            with logs.out_path(log_path).open("ab") as out:
                 spawned = await spawn_async(
                     argv,
                     stdin_data=stdin_data,
@@ -495,7 +495,7 @@ class LocalLauncher:
             stub = replica_pb2_grpc.ReplicaServiceStub(channel)
             try:
                 await stub.Reconfigure(
-                    request, timeout=timeout, metadata=_auth.metadata(self.control_token)
+                    request, timeout=timeout, metadata=auth.metadata(self.control_token)
                 )
             except grpc.aio.AioRpcError as exc:
                 raise ReconfigureError(exc.details() or exc.code().name) from None
