@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from turnout._internal.backoff import Backoff
 from turnout._internal.child_process import OUT_OF_MEMORY_EXIT
 from turnout._internal.errors import InvalidArgumentError, TurnoutError
 from turnout._internal.readiness import Readiness
@@ -307,7 +308,7 @@ class ReplicaSet:
 
     async def _supervise(self, slot: ReplicaSlot, adopted: Child | None = None) -> None:
         """Keep the slot's replica running; ``adopted`` is one already running."""
-        backoff = RESTART_BACKOFF_INITIAL_S
+        backoff = Backoff(RESTART_BACKOFF_INITIAL_S, RESTART_BACKOFF_MAX_S)
         while not slot.stopping:
             slot.state = pb.REPLICA_STATE_STARTING
             child: Child | None
@@ -323,8 +324,7 @@ class ReplicaSet:
                     slot.started.set_exception(ReplicaStartError(code, slot.error))
                     return
                 await self._on_change()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
                 continue
             slot.child = child
             slot.state = pb.REPLICA_STATE_RUNNING
@@ -344,10 +344,9 @@ class ReplicaSet:
             logger.warning("replica %s: %s; restarting", slot.replica_id, reason)
             await self._on_change()
             if time.monotonic() - began >= STABLE_AFTER_S:
-                backoff = RESTART_BACKOFF_INITIAL_S
+                backoff.reset()
             else:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
 
     def _exit_reason(self, code: int) -> str:
         limit = self.options.memory_bytes

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from turnout._internal import auth, replica_context
+from turnout._internal.backoff import Backoff
 from turnout._internal.rpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout._internal.tls_options import is_unix
 from turnout._internal.version import __version__
@@ -253,7 +254,7 @@ class Controller:
     async def _supervise_proxy(self) -> None:
         """Restart the proxy on the same port whenever it dies."""
         host, _, port = self.http_address.partition("://")[2].rpartition(":")
-        backoff = PROXY_BACKOFF_INITIAL_S
+        backoff = Backoff(PROXY_BACKOFF_INITIAL_S, PROXY_BACKOFF_MAX_S)
         while not self._stopping:
             assert self._proxy is not None
             began = time.monotonic()
@@ -263,10 +264,9 @@ class Controller:
             await self.publisher.release(PROXY_SUBSCRIBER)
             logger.warning("proxy (pid %d) exited (%s); restarting it", self._proxy.pid, code)
             if time.monotonic() - began < PROXY_STABLE_AFTER_S:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, PROXY_BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
             else:
-                backoff = PROXY_BACKOFF_INITIAL_S
+                backoff.reset()
             proxy = await self.launcher.start_proxy(self._proxy_spec(host, int(port)))
             if proxy.ok:
                 self._proxy = proxy

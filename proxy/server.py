@@ -20,8 +20,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from turnout._internal import auth, child_process, logs, tls_options
+from turnout._internal import auth, child_process, logs, readiness, tls_options
 from turnout._internal.errors import TokenFileError, TurnoutError
+from turnout._internal.readiness import Readiness
 from turnout._internal.rpc import Security
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
@@ -205,7 +206,7 @@ def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
 def _fail(args: argparse.Namespace, code: str, message: str) -> int:
     logger.error("%s", message)
     if args.ready_fd is not None:
-        child_process.report_failure(args.ready_fd, code, message)
+        readiness.write(args.ready_fd, Readiness.failed(code, message))
     return 1
 
 
@@ -305,7 +306,7 @@ async def serve(args: argparse.Namespace) -> int:
             await _shut_down(watcher, runner, state, workers)
             return _fail(args, "UNAVAILABLE", str(exc))
     if args.ready_fd is not None:
-        child_process.report_ready(args.ready_fd, address=address, pid=os.getpid())
+        readiness.write(args.ready_fd, Readiness(ok=True, address=address, pid=os.getpid()))
     who = f"proxy worker {index}" if index else "proxy"
     logger.info("%s listening on %s://%s", who, "https" if https else "http", address)
 

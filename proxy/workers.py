@@ -33,6 +33,8 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from turnout._internal import child_process
+from turnout._internal.backoff import Backoff
+from turnout._internal.spawn import spawn_async
 from turnout.v1 import controller_pb2 as pb
 
 from .metrics import Counters
@@ -44,7 +46,8 @@ logger = logging.getLogger(__name__)
 WORKER_READY_TIMEOUT_S = 60.0
 # How long a worker told to stop may drain its requests before it is killed.
 WORKER_STOP_TIMEOUT_S = 35.0
-# Restarts of a worker that keeps exiting back off up to this.
+# Restarts of a worker that keeps exiting wait 0.5 s, 1 s, 2 s... up to this.
+RESTART_BACKOFF_INITIAL_S = 0.5
 RESTART_BACKOFF_MAX_S = 10.0
 # How often a worker writes its counters for the others' /-/metrics.
 SHARE_INTERVAL_S = 1.0
@@ -186,48 +189,31 @@ class Workers:
         self._watchers = [asyncio.create_task(self._watch(i)) for i in indices]
 
     async def _start(self, index: int) -> None:
-        read_fd, write_fd = os.pipe()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self._spec.argv(index, write_fd),
-                stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=(write_fd,),
-            )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        self._processes[index] = process
-        try:
-            report = await asyncio.wait_for(
-                child_process.read_report_async(read_fd), WORKER_READY_TIMEOUT_S
-            )
-        except TimeoutError:
-            report = {"message": f"not ready within {WORKER_READY_TIMEOUT_S:.0f} s"}
-        if not report.get("ok"):
+        spawned = await spawn_async(lambda ready_fd: self._spec.argv(index, ready_fd))
+        process = self._processes[index] = spawned.process
+        report = await spawned.ready(WORKER_READY_TIMEOUT_S, f"proxy worker {index}")
+        if not report.ok:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-            raise RuntimeError(f"worker {index}: {report.get('message', 'failed')}")
+            raise RuntimeError(f"worker {index}: {report.message or 'failed'}")
         logger.info("proxy worker %d serving (pid %d)", index, process.pid)
 
     async def _watch(self, index: int) -> None:
-        backoff = 0.5
+        backoff = Backoff(RESTART_BACKOFF_INITIAL_S, RESTART_BACKOFF_MAX_S)
         while True:
             code = await self._processes[index].wait()
             if self._stopping:
                 return
             logger.warning("proxy worker %d exited with %s; restarting it", index, code)
             while True:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
                 try:
                     await self._start(index)
                     break
                 except (RuntimeError, OSError) as exc:
                     logger.error("restarting proxy worker %d failed: %s", index, exc)
-            backoff = 0.5
+            backoff.reset()
 
     async def stop(self) -> None:
         """SIGTERM every worker (each drains its requests), then wait; SIGKILL

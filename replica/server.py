@@ -36,15 +36,18 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout._internal import auth, child_process, logs, replica_context, rpc, tls_options
-from turnout._internal.child_process import (
-    die_with_parent,
-    exit_with_owner,
-    report_failure,
-    report_ready,
-    set_memory_limit,
+from turnout._internal import (
+    auth,
+    child_process,
+    logs,
+    readiness,
+    replica_context,
+    rpc,
+    tls_options,
 )
+from turnout._internal.child_process import die_with_parent, exit_with_owner, set_memory_limit
 from turnout._internal.errors import TokenFileError, TurnoutError
+from turnout._internal.readiness import Readiness
 from turnout._internal.rpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
 from turnout.replica.servicer import ReplicaServicer
@@ -202,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoadError as exc:
         log.error("cannot load the backend: %s\n%s", exc.message, exc.traceback)
         if options.ready_fd is not None:
-            report_failure(options.ready_fd, exc.code, exc.message, exc.traceback)
+            readiness.write(
+                options.ready_fd, Readiness.failed(exc.code, exc.message, exc.traceback)
+            )
         return 1
     try:
         grace = (
@@ -322,11 +327,14 @@ async def serve(
     log.info("serving backend %r on %s (pid %d)", runtime.backend.tag, address, os.getpid())
     if options.ready_fd is not None:
         try:
-            report_ready(
+            readiness.write(
                 options.ready_fd,
-                address=address,
-                pid=os.getpid(),
-                capabilities=runtime.capabilities(),
+                Readiness(
+                    ok=True,
+                    address=address,
+                    pid=os.getpid(),
+                    capabilities=runtime.capabilities(),
+                ),
             )
         except OSError as exc:
             log.error("cannot report readiness: %s", exc)
@@ -349,5 +357,5 @@ def _give_up(
     if not logged:
         log.error("%s", message)
     if options.ready_fd is not None:
-        report_failure(options.ready_fd, code, message, traceback)
+        readiness.write(options.ready_fd, Readiness.failed(code, message, traceback))
     return 1

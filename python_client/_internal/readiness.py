@@ -16,9 +16,12 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
+import selectors
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +89,42 @@ def _default(f: dataclasses.Field[Any]) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return f.default
+
+
+def read(fd: int, timeout: float, what: str = "the process") -> Readiness:
+    """Block until the child reports or dies, at most ``timeout`` seconds;
+    ``fd`` (the pipe's read end) is closed after."""
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return Readiness.timed_out(what, timeout)
+                if not sel.select(remaining):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return Readiness.from_json(b"".join(chunks))
+                chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+async def read_async(fd: int, timeout: float, what: str = "the process") -> Readiness:
+    """As ``read``, without blocking the event loop."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        return Readiness.from_json(await asyncio.wait_for(reader.read(), timeout))
+    except TimeoutError:
+        return Readiness.timed_out(what, timeout)
+    finally:
+        transport.close()
 
 
 def write(fd: int, report: Readiness) -> None:

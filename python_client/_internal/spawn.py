@@ -20,13 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import selectors
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import readiness
 from .readiness import Readiness
 
 Argv = Callable[[int], Sequence[str]]
@@ -52,39 +51,13 @@ class ReadyPipe:
 
     def read(self, timeout: float, what: str) -> Readiness:
         """Block until the child reports or dies, at most ``timeout`` seconds."""
-        chunks: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(self.read_fd, selectors.EVENT_READ)
-                while True:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return Readiness.timed_out(what, timeout)
-                    if not sel.select(remaining):
-                        continue
-                    chunk = os.read(self.read_fd, 65536)
-                    if not chunk:
-                        return Readiness.from_json(b"".join(chunks))
-                    chunks.append(chunk)
-        finally:
-            self.close()
+        self._read_open = False
+        return readiness.read(self.read_fd, timeout, what)
 
     async def read_async(self, timeout: float, what: str) -> Readiness:
         """As ``read``, without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        self._read_open = False  # the transport owns it now
-        pipe = os.fdopen(self.read_fd, "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-        try:
-            return Readiness.from_json(await asyncio.wait_for(reader.read(), timeout))
-        except TimeoutError:
-            return Readiness.timed_out(what, timeout)
-        finally:
-            transport.close()
+        self._read_open = False
+        return await readiness.read_async(self.read_fd, timeout, what)
 
 
 class AsyncChild:
@@ -139,11 +112,9 @@ async def spawn_async(argv: Argv, *, stdin_data: bytes | None = None, **kwargs: 
     return AsyncChild(process, pipe, feeder)
 
 
-def spawn(
-    argv: Argv, timeout: float, what: str, **kwargs: Any
-) -> tuple[subprocess.Popen[bytes], Readiness]:
+def popen(argv: Argv, **kwargs: Any) -> tuple[subprocess.Popen[bytes], ReadyPipe]:
     """Start ``argv(ready_fd)`` (``kwargs`` as for ``Popen``; stdin is
-    /dev/null) and wait for its report, at most ``timeout`` seconds."""
+    /dev/null); its report is the returned pipe's to read."""
     pipe = ReadyPipe()
     pass_fds = (*kwargs.pop("pass_fds", ()), pipe.write_fd)
     try:
@@ -155,6 +126,14 @@ def spawn(
         raise
     finally:
         pipe.started()
+    return process, pipe
+
+
+def spawn(
+    argv: Argv, timeout: float, what: str, **kwargs: Any
+) -> tuple[subprocess.Popen[bytes], Readiness]:
+    """``popen``, then wait for its report, at most ``timeout`` seconds."""
+    process, pipe = popen(argv, **kwargs)
     return process, pipe.read(timeout, what)
 
 
