@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,8 +33,9 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from turnout._internal import child_process
+from turnout._internal import proxy_args
 from turnout._internal.backoff import Backoff
+from turnout._internal.proxy_args import ProxyArgs
 from turnout._internal.spawn import spawn_async
 from turnout.v1 import controller_pb2 as pb
 
@@ -60,35 +62,29 @@ def indexed(path: Path, index: int) -> Path:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What the lead tells every worker it starts."""
+    """What the lead tells every worker it starts: its own options, but for
+    the port it bound (``--port 0`` means the one the lead got) and the
+    files each worker keeps to itself."""
 
-    controller: str
-    host: str
+    lead: ProxyArgs
     port: int
-    max_body_bytes: int
     stats_dir: Path
-    log_file: Path | None = None
-    access_log: Path | None = None
-    # Further options, passed on as they are (limits, timeouts).
-    options: tuple[str, ...] = ()
 
     def argv(self, index: int, ready_fd: int) -> list[str]:
-        args = [
-            "--controller", self.controller,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--max-body-bytes", str(self.max_body_bytes),
-            "--worker-index", str(index),
-            "--stats-dir", str(self.stats_dir),
-            "--parent-pid", str(os.getpid()),
-            "--ready-fd", str(ready_fd),
-            *self.options,
-        ]  # fmt: skip
-        if self.log_file is not None:
-            args += ["--log-file", str(indexed(self.log_file, index))]
-        if self.access_log is not None:
-            args += ["--access-log", str(indexed(self.access_log, index))]
-        return child_process.child_argv("turnout.proxy", args)
+        lead = self.lead
+        return proxy_args.command(
+            dataclasses.replace(
+                lead,
+                port=self.port,
+                workers=1,
+                worker_index=index,
+                stats_dir=self.stats_dir,
+                parent_pid=os.getpid(),
+                ready_fd=ready_fd,
+                log_file=None if lead.log_file is None else indexed(lead.log_file, index),
+                access_log=None if lead.access_log is None else indexed(lead.access_log, index),
+            )
+        )
 
 
 def new_stats_dir() -> Path:

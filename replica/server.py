@@ -21,14 +21,13 @@ started without one (by hand, in tests) checks no token.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -38,9 +37,9 @@ from grpc_reflection.v1alpha import reflection
 
 from turnout._internal import (
     auth,
-    child_process,
     logs,
     readiness,
+    replica_args,
     replica_context,
     rpc,
     tls_options,
@@ -48,7 +47,8 @@ from turnout._internal import (
 from turnout._internal.child_process import die_with_parent, exit_with_owner, set_memory_limit
 from turnout._internal.errors import TokenFileError, TurnoutError
 from turnout._internal.readiness import Readiness
-from turnout._internal.rpc import SERVER_OPTIONS, Security, add_port, aio_server
+from turnout._internal.replica_args import STUCK_CALL_GRACE_S, ReplicaArgs
+from turnout._internal.rpc import SERVER_OPTIONS, add_port, aio_server
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
 from turnout.replica.servicer import ReplicaServicer
 from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
@@ -66,12 +66,6 @@ SHUTDOWN_GRACE = 5.0
 DRAIN_QUIET_S = 0.2
 # A check_health() that takes longer than this counts as failed.
 HEALTH_CHECK_TIMEOUT = 10.0
-# Seconds a sync handler call may go on running after its caller stopped
-# waiting (a deadline passed) before the replica reports NOT_SERVING, so that
-# the controller replaces it: a thread cannot be stopped, only its process.
-STUCK_CALL_GRACE_S = 30.0
-# The environment variable that changes it (e.g. in a backend's replica_options).
-STUCK_CALL_GRACE_ENV = "TURNOUT_STUCK_CALL_GRACE_S"
 
 
 class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped base
@@ -118,70 +112,9 @@ class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped
         return reply
 
 
-@dataclass(frozen=True)
-class ReplicaOptions:
-    # Where the spec comes from: a descriptor to read to its end, or a file.
-    spec_file: Path | None
-    replica_id: str
-    spec_fd: int | None = None
-    host: str = "127.0.0.1"
-    ready_fd: int | None = None
-    parent_pid: int | None = None
-    # Rotated log file; None = stderr.
-    log_file: Path | None = None
-    stuck_call_grace: float = STUCK_CALL_GRACE_S
-    # TLS material (and token) of the replica's port.
-    security: Security = field(default_factory=Security)
-    credentials_file: Path | None = None
-
-
-def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
-    parser = argparse.ArgumentParser(
-        prog="python -m turnout.replica", description="Serve one Turnout backend over gRPC."
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--spec-fd", type=int, help="descriptor to read a serialized CreateBackendRequest from"
-    )
-    source.add_argument("--spec-file", type=Path, help="a serialized CreateBackendRequest")
-    parser.add_argument("--replica-id", required=True, help="id used in logs, e.g. 'backend#1'")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (port is chosen)")
-    parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
-    parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
-    parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
-    parser.add_argument(
-        "--stuck-call-grace",
-        type=child_process.seconds_arg,
-        default=os.environ.get(STUCK_CALL_GRACE_ENV, str(STUCK_CALL_GRACE_S)),
-        help=f"seconds a handler call may run on after its caller gave up before the replica "
-        f"reports NOT_SERVING (default: ${STUCK_CALL_GRACE_ENV}, else {STUCK_CALL_GRACE_S:g})",
-    )
-    tls_options.add_arguments(parser, server=True)
-    parser.add_argument(
-        "--credentials-file", type=Path, help="tokens to accept and present (0600 JSON)"
-    )
-    ns = parser.parse_args(argv)
-    try:
-        security = Security(tls=tls_options.from_args(ns), insecure=ns.insecure)
-    except TurnoutError as exc:
-        parser.error(str(exc))
-    return ReplicaOptions(
-        spec_file=ns.spec_file,
-        spec_fd=ns.spec_fd,
-        replica_id=ns.replica_id,
-        host=ns.host,
-        ready_fd=ns.ready_fd,
-        parent_pid=ns.parent_pid,
-        log_file=ns.log_file,
-        stuck_call_grace=ns.stuck_call_grace,
-        security=security,
-        credentials_file=ns.credentials_file,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a replica until SIGTERM/SIGINT; the process exit status."""
-    options = parse_args(argv)
+    options = replica_args.parse(sys.argv[1:] if argv is None else argv)
     if options.parent_pid is not None:
         die_with_parent(options.parent_pid)
     exit_with_owner()
@@ -287,7 +220,7 @@ def read_spec(path: Path | None, fd: int | None = None) -> controller_pb2.Create
 
 
 async def serve(
-    options: ReplicaOptions,
+    options: ReplicaArgs,
     runtime: BackendRuntime,
     grace: float = SHUTDOWN_GRACE,
     verifier: auth.Verifier | None = None,
@@ -308,7 +241,8 @@ async def serve(
     server = aio_server(options.security, SERVER_OPTIONS, auth.interceptors(verifier, "replica"))
     servicer = ReplicaServicer(runtime)
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
-    health_servicer = BackendHealth(runtime, options.stuck_call_grace)
+    grace_s = options.stuck_call_grace_s
+    health_servicer = BackendHealth(runtime, STUCK_CALL_GRACE_S if grace_s is None else grace_s)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
@@ -352,7 +286,7 @@ async def serve(
 
 
 def _give_up(
-    options: ReplicaOptions, code: str, message: str, traceback: str = "", logged: bool = False
+    options: ReplicaArgs, code: str, message: str, traceback: str = "", logged: bool = False
 ) -> int:
     if not logged:
         log.error("%s", message)

@@ -33,9 +33,11 @@ import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from turnout._internal import auth, child_process, logs, tls_options
+from turnout._internal import auth, logs, proxy_args, replica_args
 from turnout._internal.processes import AdoptedProcess, command_line, start_time
+from turnout._internal.proxy_args import ProxyArgs
 from turnout._internal.readiness import Readiness
+from turnout._internal.replica_args import ReplicaArgs
 from turnout._internal.rpc import Security, aio_channel
 from turnout._internal.spawn import spawn_async
 from turnout.v1 import replica_pb2, replica_pb2_grpc
@@ -292,15 +294,15 @@ class LocalLauncher:
         token, whose control role no handle (user code) holds."""
         return None if self.credentials is None else self.credentials(auth.CONTROLLER).token
 
-    def _credentials_args(self, principal: str) -> list[str]:
-        """``--credentials-file`` naming a 0600 file with ``principal``'s
-        credentials in the run directory: never the environment."""
+    def _credentials_file(self, principal: str) -> Path | None:
+        """A 0600 file with ``principal``'s credentials in the run directory
+        (never the environment); None when tokens are not checked."""
         if self.credentials is None:
-            return []
+            return None
         path = self.run_dir / f"credentials-{principal}.json"
         if not path.exists():
             self.credentials(principal).write(path)
-        return ["--credentials-file", str(path)]
+        return path
 
     @property
     def proxy_log_path(self) -> Path:
@@ -313,6 +315,11 @@ class LocalLauncher:
     def replica_log_path(self, backend: str, replica_id: str) -> Path:
         return self.log_dir / "replicas" / file_key(backend) / f"{file_key(replica_id)}.log"
 
+    @property
+    def _parent_pid(self) -> int | None:
+        # Durable children outlive the controller; owned ones die with it.
+        return None if self.durable else os.getpid()
+
     async def start_replica(
         self, record: ChildRecord, spec: bytes, env: dict[str, str] | None = None
     ) -> ChildProcess:
@@ -320,45 +327,52 @@ class LocalLauncher:
         its handle is filled in here) with extra environment variables, pinned
         to the record's cores. The spec reaches it on its stdin, so nothing
         of the backend's code is written to the controller's disk."""
-        replica_id = record.name
-        args = ["--spec-fd", "0", "--replica-id", replica_id]
-        args += tls_options.argv(self.security)
-        args += self._credentials_args("handle")
-        log_path = self.replica_log_path(record.backend, replica_id)
+        log_path = self.replica_log_path(record.backend, record.name)
+        options = ReplicaArgs(
+            replica_id=record.name,
+            spec_fd=0,
+            parent_pid=self._parent_pid,
+            log_file=log_path,
+            security=Security(tls=self.security.tls),
+            credentials_file=self._credentials_file("handle"),
+        )
+
+        def argv(ready_fd: int) -> list[str]:
+            return replica_args.command(dataclasses.replace(options, ready_fd=ready_fd))
+
         async with self._spawn_slots:
             return await self._start(
-                "turnout.replica",
-                f"replica {replica_id}",
-                args,
-                log_path,
-                record,
-                env,
-                record.cpus,
-                spec,
+                f"replica {record.name}", argv, log_path, record, env, record.cpus, spec
             )
 
     async def start_proxy(self, spec: ProxySpec) -> ChildProcess:
-        args = ["--controller", spec.controller_address, "--host", spec.host]
-        args += ["--port", str(spec.port)]
-        args += tls_options.argv(self.security)
-        args += self._credentials_args("proxy")
-        if spec.access_log:
-            args += ["--access-log", str(self.access_log_path)]
-        # Only when asked for: a proxy of an older build knows no --workers.
-        if spec.workers > 1:
-            args += ["--workers", str(spec.workers)]
-        if spec.system_token_file is not None:
-            args += ["--protect-system-paths", "--system-token-file", str(spec.system_token_file)]
-        if self.https is not None:
-            args += ["--https-cert", str(self.https[0]), "--https-key", str(self.https[1])]
+        https = self.https
+        options = ProxyArgs(
+            controller=spec.controller_address,
+            host=spec.host,
+            port=spec.port,
+            workers=spec.workers,
+            credentials_file=self._credentials_file("proxy"),
+            parent_pid=self._parent_pid,
+            log_file=self.proxy_log_path,
+            access_log=self.access_log_path if spec.access_log else None,
+            protect_system_paths=spec.system_token_file is not None,
+            system_token_file=spec.system_token_file,
+            https_cert=None if https is None else https[0],
+            https_key=None if https is None else https[1],
+            tls=self.security.tls,
+        )
+
+        def argv(ready_fd: int) -> list[str]:
+            return proxy_args.command(dataclasses.replace(options, ready_fd=ready_fd))
+
         template = ChildRecord(name=PROXY, kind=PROXY)
-        return await self._start("turnout.proxy", "proxy", args, self.proxy_log_path, template)
+        return await self._start("proxy", argv, self.proxy_log_path, template)
 
     async def _start(
         self,
-        module: str,
         name: str,
-        args: list[str],
+        argv: Callable[[int], list[str]],
         log_path: Path,
         template: ChildRecord,
         env: dict[str, str] | None = None,
@@ -366,13 +380,6 @@ class LocalLauncher:
         stdin_data: bytes | None = None,
     ) -> ChildProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        extra = ["--log-file", str(log_path)]
-        if not self.durable:
-            extra += ["--parent-pid", str(os.getpid())]
-
-        def argv(ready_fd: int) -> list[str]:
-            return child_process.child_argv(module, [*args, *extra, "--ready-fd", str(ready_fd)])
-
         try:
             logs.trim_output_file(logs.out_path(log_path))
             with logs.out_path(log_path).open("ab") as out:
