@@ -54,7 +54,7 @@ class Readiness:
 
     @classmethod
     def timed_out(cls, what: str, timeout: float) -> Readiness:
-        return cls.failed("DEADLINE_EXCEEDED", f"{what} did not start within {timeout:.0f} s")
+        return cls.failed("DEADLINE_EXCEEDED", f"{what} did not start within {timeout:g} s")
 
     def to_json(self) -> str:
         """One line; fields left at their defaults are left out."""

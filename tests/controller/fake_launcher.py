@@ -69,6 +69,8 @@ class FakeLauncher:
         # replica id -> why its Reconfigure fails
         self.reconfigure_refusals: dict[str, str] = {}
         self.reconfigured: list[tuple[str, replica_pb2.ReconfigureRequest]] = []
+        # What replicas say their code can do.
+        self.capabilities = dict(CAPABILITIES)
 
     def live(self, name_prefix: str = "") -> list[FakeChild]:
         return [c for c in self.children if not c.exited.done() and c.name.startswith(name_prefix)]
@@ -91,7 +93,7 @@ class FakeLauncher:
     ) -> FakeChild:
         request = pb.CreateBackendRequest.FromString(spec)
         refusal = self.refusals.get(request.spec.import_path)
-        child = self._child(record, refusal or Readiness(ok=True, capabilities=CAPABILITIES))
+        child = self._child(record, refusal or Readiness(ok=True, capabilities=self.capabilities))
         child.spec, child.env = request, env
         return child
 

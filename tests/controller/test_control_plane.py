@@ -16,7 +16,15 @@ from turnout.controller import replica_set, validation
 from turnout.controller.control_plane import ControlPlane, replica_digest
 from turnout.controller.routing import RoutePublisher
 from turnout.controller.store import REPLICA, BackendRecord, ChildRecord, MemoryStore
-from turnout.errors import InvalidArgumentError, NotFoundError, TurnoutError
+from turnout.errors import (
+    AlreadyExistsError,
+    CapacityError,
+    InUseError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    TurnoutError,
+)
 from turnout.v1 import controller_pb2 as pb
 
 RUNNING = pb.REPLICA_STATE_RUNNING
@@ -256,5 +264,77 @@ def test_recovery_adopts_live_recorded_replicas_and_starts_the_missing() -> None
         await until(lambda: list(states(plane, "a").values()) == [RUNNING, RUNNING])
         assert targets(plane, "a") == ["fake:1", "fake:3"]  # the live one adopted as it was
         assert len(launcher.live()) == 2
+
+    run(scenario)
+
+
+def test_endpoints_route_to_their_backends_and_a_used_backend_stays() -> None:
+    async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
+        await plane.create_backend(create("a"))
+        await plane.create_backend(create("b"))
+        request = pb.CreateEndpointRequest(name="e", route="/e", backend="a", methods=["GET"])
+        await plane.create_endpoint(request)
+        await plane.create_endpoint(request)  # a retry: same answer
+        with pytest.raises(AlreadyExistsError, match="already taken"):
+            await plane.create_endpoint(pb.CreateEndpointRequest(name="f", route="/e", backend="a"))
+        weights = [
+            pb.TrafficWeight(backend="a", weight=0.75),
+            pb.TrafficWeight(backend="b", weight=0.25),
+        ]
+        endpoint = await plane.set_traffic("e", weights)
+        assert {t.backend: t.weight for t in endpoint.traffic} == {"a": 0.75, "b": 0.25}
+        with pytest.raises(InUseError, match="used by endpoint"):
+            await plane.delete_backend("b")
+        await plane.set_traffic("e", [pb.TrafficWeight(backend="a", weight=1.0)])
+        with pytest.raises(InvalidArgumentError, match="cannot shadow"):
+            await plane.shadow_traffic("e", "a", 0.5)
+        endpoint = await plane.shadow_traffic("e", "b", 0.5)
+        assert [(s.backend, s.proportion) for s in endpoint.shadows] == [("b", 0.5)]
+        endpoints, _ = plane.snapshot_parts()
+        assert [(e.name, e.route, list(e.methods)) for e in endpoints] == [("e", "/e", ["GET"])]
+        updated = await plane.update_endpoint(pb.UpdateEndpointRequest(name="e", route="/f"))
+        assert updated.route == "/f" and plane.get_endpoint("e").route == "/f"
+        await plane.delete_endpoint("e")
+        assert plane.list_endpoints() == []
+        await plane.delete_backend("b")
+        assert [b.tag for b in plane.list_backends()] == ["a"]
+
+    run(scenario)
+
+
+def test_replicas_beyond_the_instance_limit_are_refused_and_nothing_starts() -> None:
+    async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
+        plane.max_replicas = 3
+        await plane.create_backend(create("a", replicas=2))
+        with pytest.raises(CapacityError, match="at most 3 replicas"):
+            await plane.create_backend(create("b", replicas=2))
+        with pytest.raises(CapacityError):
+            await plane.update_backend_config("a", pb.BackendConfig(num_replicas=4))
+        assert len(launcher.children) == 2
+
+    run(scenario)
+
+
+def test_config_the_code_cannot_honour_is_refused() -> None:
+    async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
+        launcher.capabilities = {"reconfigure": False, "batch_methods": []}
+        await plane.create_backend(create("a"))
+        with pytest.raises(InvalidArgumentError, match="accept_batch"):
+            await plane.update_backend_config("a", pb.BackendConfig(max_batch_size=4))
+        with pytest.raises(InvalidArgumentError, match="no reconfigure"):
+            await plane.update_backend_config("a", pb.BackendConfig(user_config_json="{}"))
+
+    run(scenario)
+
+
+def test_pickled_code_is_refused_when_the_instance_takes_none() -> None:
+    async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
+        plane.allow_pickled_code = False
+        request = pb.CreateBackendRequest(
+            tag="a", spec=pb.BackendSpec(pickled_callable=b"\x80\x04N.")
+        )
+        with pytest.raises(PermissionDeniedError, match="does not accept pickled code"):
+            await plane.create_backend(request)
+        assert launcher.children == []
 
     run(scenario)
