@@ -49,8 +49,8 @@ WORKER_READY_TIMEOUT_S = 60.0
 # How long a worker told to stop may drain its requests before it is killed.
 WORKER_STOP_TIMEOUT_S = 35.0
 # Restarts of a worker that keeps exiting wait 0.5 s, 1 s, 2 s... up to this.
-RESTART_BACKOFF_INITIAL_S = 0.5
-RESTART_BACKOFF_MAX_S = 10.0
+WORKER_BACKOFF_INITIAL_S = 0.5
+WORKER_BACKOFF_MAX_S = 10.0
 # How often a worker writes its counters for the others' /-/metrics.
 SHARE_INTERVAL_S = 1.0
 
@@ -196,7 +196,7 @@ class Workers:
         logger.info("proxy worker %d serving (pid %d)", index, process.pid)
 
     async def _watch(self, index: int) -> None:
-        backoff = Backoff(RESTART_BACKOFF_INITIAL_S, RESTART_BACKOFF_MAX_S)
+        backoff = Backoff(WORKER_BACKOFF_INITIAL_S, WORKER_BACKOFF_MAX_S)
         while True:
             code = await self._processes[index].wait()
             if self._stopping:
