@@ -193,9 +193,6 @@ def load_credentials(path: Path | None) -> auth.Verifier | None:
     except (TokenFileError, ValueError, KeyError) as exc:
         raise LoadError(INVALID_ARGUMENT, f"cannot read credentials {str(path)!r}: {exc}") from exc
     auth.set_process_token(credentials.token)
-    if auth.no_check_requested():
-        log.warning("%s=1: this replica checks no token (bench only)", auth.BENCH_NO_CHECK_ENV)
-        return None
     return auth.Verifier(credentials.accept)
 
 

@@ -287,3 +287,23 @@ backends:
 endpoints:
   hi: {route: /hi, backend: hi}
 """
+
+
+def test_no_environment_turns_a_replicas_token_check_off(
+    client: turnout.Client, unique: Any
+) -> None:
+    # A backend's own env reaches its replicas; no value of it may open them to
+    # callers without a token (a bench-only switch once did).
+    name = unique("opened")
+    client.create_backend(
+        name, environment, replica_options={"env": {"TURNOUT_BENCH_NO_TOKEN_CHECK": "1"}}
+    )
+    (replica,) = client.list_replicas(name)
+    call = replica_pb2.HandleRequest(
+        request_id="r1", http=http_pb2.HttpRequest(method="GET", scheme="http", path="/")
+    )
+    with rpc.channel(replica.address, rpc.Security(token=None)) as channel:
+        with pytest.raises(grpc.RpcError) as failed:
+            replica_pb2_grpc.ReplicaServiceStub(channel).Handle(call, timeout=10)
+    assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    client.delete_backend(name)
