@@ -75,7 +75,10 @@ class AsyncChild:
         try:
             return await self._pipe.read_async(timeout, what)
         finally:
+            # Whatever of its input it did not read by now it never will.
             self._feeder.cancel()
+            if self.process.stdin is not None:
+                self.process.stdin.close()
 
 
 async def _feed(process: asyncio.subprocess.Process, data: bytes | None) -> None:
