@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from turnout._internal import auth, command_replica
-from turnout._internal.child_process import read_report
+from turnout._internal import auth, command_replica, readiness
 from turnout.v1 import controller_pb2
 
 READY_TIMEOUT_S = 60.0
@@ -60,12 +59,12 @@ def start(argv: list[str], folder: Path, env: dict[str, str] | None = None) -> S
             argv, pass_fds=(write_fd,), stdout=out, stderr=out, env=environ, cwd=folder
         )
     os.close(write_fd)
-    report = read_report(read_fd, READY_TIMEOUT_S)
-    if not report.get("ok"):
+    report = readiness.read(read_fd, READY_TIMEOUT_S, "the replica")
+    if not report.ok:
         process.kill()
         process.wait(timeout=30)
         pytest.fail(f"the replica did not start: {report}\n{log.read_text()}")
-    return Started(process, str(report["address"]), credentials, log)
+    return Started(process, report.address, credentials, log)
 
 
 @pytest.fixture
