@@ -22,9 +22,9 @@ from grpc_reflection.v1alpha import reflection
 
 from turnout import _auth, _replica_context
 from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
+from turnout._internal.subscribers import PROXY as PROXY_SUBSCRIBER
 from turnout._tls import is_unix
 from turnout._version import __version__
-from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
 from turnout.v1 import controller_pb2 as pb
 
 from . import adoption

@@ -22,10 +22,11 @@ from aiohttp import web
 
 from turnout import _auth, _logging, _process, _tls
 from turnout._grpc import Security
+from turnout._internal import subscribers
+from turnout._sending.controller_link import StatsReporter, watch_routes
 from turnout.errors import TokenFileError, TurnoutError
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
-from .controller_link import report_stats, subscriber_id, watch_routes
 from .front_door import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_CONNECTIONS,
@@ -269,9 +270,9 @@ async def serve(args: argparse.Namespace) -> int:
     host, port = runner.addresses[0][:2]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    name = subscriber_id(index)
+    name = subscribers.proxy(index)
     watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name, state.security))
-    state.spawn(report_stats(args.controller, state.router.stats, name, state.security))
+    state.spawn(StatsReporter(args.controller, state.sender.stats, name, state.security).run())
     if counters is not None:
         state.spawn(counters.share_forever())
     workers = None

@@ -33,10 +33,11 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from turnout import _process
+from turnout._internal.counters import sum_reports
+from turnout._sending.stats import RouterStats
 from turnout.v1 import controller_pb2 as pb
 
 from .metrics import Counters
-from .stats import RouterStats, sum_reports
 
 logger = logging.getLogger(__name__)
 
