@@ -24,9 +24,9 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from turnout import _logging, _process, _tls
-from turnout._grpc import Security
-from turnout.errors import TurnoutError
+from turnout._internal import child_process, logs, tls_options
+from turnout._internal.errors import TurnoutError
+from turnout._internal.rpc import Security
 
 from .resources import default_max_replicas
 from .server import Controller, ControllerOptions
@@ -115,7 +115,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         help="the proxy serves HTTPS with this certificate",
     )
     parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
-    _tls.add_arguments(parser, server=True)
+    tls_options.add_arguments(parser, server=True)
     args = parser.parse_args(argv)
     if (args.https_cert is None) != (args.https_key is None):
         parser.error("HTTPS needs both --https-cert and --https-key")
@@ -127,7 +127,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         if args.state is None:
             parser.error("--durable needs --state: re-adoption reads the state file")
         # An owner restarts its controller on the port the first one bound.
-        if args.port == 0 and args.owner_pid is None and not _tls.is_unix(args.host):
+        if args.port == 0 and args.owner_pid is None and not tls_options.is_unix(args.host):
             parser.error(
                 "--durable needs a fixed --port: surviving proxies reconnect to that address"
             )
@@ -156,17 +156,17 @@ def _give_up(args: argparse.Namespace, exc: BaseException) -> int:
     """Tell the owner (ready pipe) and the operator (stderr, log) why we stop."""
     logging.getLogger(__name__).error("cannot start: %s", exc)
     if args.ready_fd is not None:
-        _process.report_failure(args.ready_fd, "UNAVAILABLE", str(exc), traceback.format_exc())
+        child_process.report_failure(args.ready_fd, "UNAVAILABLE", str(exc), traceback.format_exc())
     print(f"turnout controller: {exc}", file=sys.stderr)
     return 1
 
 
 def _security(args: argparse.Namespace) -> Security:
     """The instance's TLS material; refuses an exposed plaintext port."""
-    security = Security(tls=_tls.from_args(args), insecure=args.insecure)
-    _tls.refuse_exposed(args.host, security, "the controller")
-    if _tls.is_unix(args.host):
-        _tls.prepare_unix_socket(args.host)
+    security = Security(tls=tls_options.from_args(args), insecure=args.insecure)
+    tls_options.refuse_exposed(args.host, security, "the controller")
+    if tls_options.is_unix(args.host):
+        tls_options.prepare_unix_socket(args.host)
     return security
 
 
@@ -177,7 +177,7 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
         return _give_up(args, exc)
     allow_pickled = args.allow_pickled_code
     if allow_pickled is None:
-        allow_pickled = _tls.is_local(args.host)
+        allow_pickled = tls_options.is_local(args.host)
     options = ControllerOptions(
         instance_dir=instance_dir,
         host=args.host,
@@ -216,7 +216,7 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
         await controller.close()
         return _give_up(args, exc)
     if args.ready_fd is not None:
-        _process.report_ready(
+        child_process.report_ready(
             args.ready_fd,
             address=controller.address,
             http_address=controller.http_address,
@@ -237,7 +237,7 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     instance_dir = _instance_dir(args)
-    _logging.configure(
+    logs.configure(
         instance_dir / "logs" / "controller.log",
         "%(asctime)s %(levelname)s controller %(name)s: %(message)s",
         also_tty=True,

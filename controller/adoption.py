@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from turnout._internal.processes import command_line
+
 from .launcher import ChildProcess, ProcessLauncher
-from .processes import command_line
 from .replica_set import health_ok, replica_index
 from .store import PROXY, REPLICA, ChildRecord
 

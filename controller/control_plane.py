@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from turnout.errors import (
+from turnout._internal.errors import (
     AlreadyExistsError,
     CapacityError,
     InUseError,

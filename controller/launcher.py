@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from turnout import _auth, _logging, _process, _tls
-from turnout._grpc import Security
+from turnout._internal import auth, child_process, logs, tls_options
+from turnout._internal.processes import AdoptedProcess, start_time
+from turnout._internal.rpc import Security
 from turnout.v1 import controller_pb2 as pb
 
-from .processes import AdoptedProcess, start_time
 from .store import PROXY, ChildRecord, Store
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ CHILD_ENV_NAMES = frozenset(
 )  # fmt: skip
 CHILD_ENV_PREFIXES = ("LC_", "GRPC_", "PYTHON", "CUDA_", "TURNOUT_", "COVERAGE_")
 # Never passed on, whatever the prefix: the client-side token settings.
-CHILD_ENV_REFUSED = frozenset({_auth.TOKEN_ENV, _auth.TOKEN_FILE_ENV})
+CHILD_ENV_REFUSED = frozenset({auth.TOKEN_ENV, auth.TOKEN_FILE_ENV})
 
 
 def child_environment(
@@ -207,7 +207,7 @@ def _leads_group(pid: int) -> bool:
 
 def out_path(log_path: Path) -> Path:
     """Where a child's stdout and stderr go: next to its log, never into it
-    (see ``turnout._logging``)."""
+    (see ``turnout._internal.logs``)."""
     return log_path.with_suffix(".out")
 
 
@@ -239,13 +239,13 @@ class ProcessLauncher:
         # loads the machine a few at a time instead of forking all at once.
         self._spawn_slots = asyncio.Semaphore(SPAWN_CONCURRENCY)
         # principal -> its credentials (set by the controller); None: no checks.
-        self.credentials: Callable[[str], _auth.ChildCredentials] | None = None
+        self.credentials: Callable[[str], auth.ChildCredentials] | None = None
 
     @property
     def control_token(self) -> str | None:
         """What the controller presents to replicas (Reconfigure): its own
         token, whose control role no handle (user code) holds."""
-        return None if self.credentials is None else self.credentials(_auth.CONTROLLER).token
+        return None if self.credentials is None else self.credentials(auth.CONTROLLER).token
 
     def _credentials_args(self, principal: str) -> list[str]:
         """``--credentials-file`` naming a 0600 file with ``principal``'s
@@ -285,7 +285,7 @@ class ProcessLauncher:
         variables, pinned to the record's cores."""
         replica_id = record.name
         args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
-        args += _tls.argv(self.security)
+        args += tls_options.argv(self.security)
         args += self._credentials_args("handle")
         log_path = self.replica_log_path(record.backend, replica_id)
         async with self._spawn_slots:
@@ -303,7 +303,7 @@ class ProcessLauncher:
         system_token_file: Path | None = None,
     ) -> ChildProcess:
         args = ["--controller", controller_address, "--host", host, "--port", str(port)]
-        args += _tls.argv(self.security)
+        args += tls_options.argv(self.security)
         args += self._credentials_args("proxy")
         if access_log:
             args += ["--access-log", str(self.access_log_path)]
@@ -332,9 +332,9 @@ class ProcessLauncher:
         extra = ["--ready-fd", str(write_fd), "--log-file", str(log_path)]
         if not self.durable:
             extra += ["--parent-pid", str(os.getpid())]
-        argv = _process.child_argv(module, [*args, *extra])
+        argv = child_process.child_argv(module, [*args, *extra])
         try:
-            _logging.trim_output_file(out_path(log_path))
+            logs.trim_output_file(out_path(log_path))
             with out_path(log_path).open("ab") as out:
                 process = await asyncio.create_subprocess_exec(
                     *argv,
@@ -381,7 +381,7 @@ class ProcessLauncher:
         self._track(child)
         try:
             child.report = await asyncio.wait_for(
-                _process.read_report_async(read_fd), READY_TIMEOUT_S
+                child_process.read_report_async(read_fd), READY_TIMEOUT_S
             )
         except TimeoutError:
             child.report = {

@@ -24,10 +24,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from turnout import _auth
-from turnout._grpc import Security, aio_channel
-from turnout._process import OUT_OF_MEMORY_EXIT
-from turnout.errors import InvalidArgumentError, TurnoutError
+from turnout._internal import auth
+from turnout._internal.child_process import OUT_OF_MEMORY_EXIT
+from turnout._internal.errors import InvalidArgumentError, TurnoutError
+from turnout._internal.rpc import Security, aio_channel
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
@@ -232,7 +232,7 @@ class ReplicaSet:
                     await stub.Reconfigure(
                         request,
                         timeout=RECONFIGURE_TIMEOUT_S,
-                        metadata=_auth.metadata(self._launcher.control_token),
+                        metadata=auth.metadata(self._launcher.control_token),
                     )
                 except grpc.aio.AioRpcError as exc:
                     raise InvalidArgumentError(

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from turnout.errors import InvalidArgumentError
+from turnout._internal.errors import InvalidArgumentError
 
 # Lets an operator (or a test) say which GPUs the controller may hand out,
 # e.g. "0,1", instead of asking nvidia-smi. An empty value means none.

@@ -20,11 +20,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout import _auth, _replica_context
-from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
+from turnout._internal import auth, replica_context
+from turnout._internal.rpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout._internal.subscribers import PROXY as PROXY_SUBSCRIBER
-from turnout._tls import is_unix
-from turnout._version import __version__
+from turnout._internal.tls_options import is_unix
+from turnout._internal.version import __version__
 from turnout.v1 import controller_pb2 as pb
 
 from . import adoption
@@ -84,7 +84,7 @@ class ControllerOptions:
 
     @property
     def admin_token_file(self) -> Path:
-        return self.token_file or self.instance_dir / _auth.TOKEN_FILE
+        return self.token_file or self.instance_dir / auth.TOKEN_FILE
 
     @property
     def system_paths_token_file(self) -> Path | None:
@@ -115,9 +115,9 @@ class Controller:
         # The admin token (created on first start) and the internal secret the
         # proxy's and replicas' credentials derive from; rotating the first
         # leaves the second, so running children keep working.
-        _auth.ensure(options.admin_token_file)
-        self._secret = _auth.ensure(options.instance_dir / _auth.SECRET_FILE).encode()
-        self.verifier = _auth.instance_verifier(self._secret, options.admin_token_file)
+        auth.ensure(options.admin_token_file)
+        self._secret = auth.ensure(options.instance_dir / auth.SECRET_FILE).encode()
+        self.verifier = auth.instance_verifier(self._secret, options.admin_token_file)
         self.launcher = ProcessLauncher(
             options.run_dir,
             options.log_dir,
@@ -126,7 +126,7 @@ class Controller:
             security=options.security,
         )
         self.launcher.https = options.https
-        self.launcher.credentials = lambda principal: _auth.child_credentials(
+        self.launcher.credentials = lambda principal: auth.child_credentials(
             self._secret, principal
         )
         self.publisher = RoutePublisher()
@@ -151,7 +151,7 @@ class Controller:
         """Serve gRPC, then start the proxy; raises ProxyStartError if it cannot."""
         security = self.options.security
         server = aio_server(
-            security, ADMIN_SERVER_OPTIONS, _auth.interceptors(self.verifier, "controller")
+            security, ADMIN_SERVER_OPTIONS, auth.interceptors(self.verifier, "controller")
         )
         self._server = server
         host = self.options.host
@@ -163,7 +163,7 @@ class Controller:
         self.address = host if is_unix(host) else f"{host}:{port}"
         # Replicas started from here on find their instance through it (handles
         # inside backends); adopted ones got the same address, the port is fixed.
-        _replica_context.publish(self.address)
+        replica_context.publish(self.address)
         instance = pb.GetInstanceResponse(
             controller_address=self.address,
             controller_pid=os.getpid(),
@@ -214,8 +214,8 @@ class Controller:
     def _data_token(self, presented: str | None) -> str:
         """What a caller presents to replicas: an admin gets the handle token
         (replicas never see the admin one), anyone else keeps their own."""
-        if self.verifier.roles(presented) == _auth.ADMIN_ROLES:
-            return _auth.derive(self._secret, "handle")
+        if self.verifier.roles(presented) == auth.ADMIN_ROLES:
+            return auth.derive(self._secret, "handle")
         return presented or ""
 
     async def _recover_proxy(self) -> ChildProcess:

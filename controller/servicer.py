@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from turnout import _auth
-from turnout.errors import TurnoutError, status_for
+from turnout._internal import auth
+from turnout._internal.errors import TurnoutError, status_for
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -49,7 +49,7 @@ MAX_ERROR_CHARS = 4096
 
 
 # Principals whose routing stream and acknowledgements admin calls trust.
-ROUTER_PRINCIPALS = frozenset({_auth.ADMIN, "proxy"})
+ROUTER_PRINCIPALS = frozenset({auth.ADMIN, "proxy"})
 # Reporter ids of other principals' ReportStats are namespaced under this.
 HANDLE_REPORTS = "handle:"
 
@@ -127,7 +127,7 @@ class ControllerServicer(
         instance: pb.GetInstanceResponse,
         shutdown: Callable[[], Awaitable[None]],
         data_token: Callable[[str | None], str] = lambda presented: presented or "",
-        principal: Callable[[str | None], str | None] = lambda presented: _auth.ADMIN,
+        principal: Callable[[str | None], str | None] = lambda presented: auth.ADMIN,
     ) -> None:
         self._data_token = data_token
         self._principal = principal
@@ -263,13 +263,13 @@ class ControllerServicer(
         """Whether the caller may watch, acknowledge and report under the ids
         of the routers admin calls wait for: the proxy (and operators) only.
         User code holds a handle's token, which has the router role too."""
-        presented = _auth.bearer(context.invocation_metadata())
+        presented = auth.bearer(context.invocation_metadata())
         return self._principal(presented) in ROUTER_PRINCIPALS
 
     async def GetDataToken(
         self, request: pb.GetDataTokenRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetDataTokenResponse:
-        presented = _auth.bearer(context.invocation_metadata())
+        presented = auth.bearer(context.invocation_metadata())
         return pb.GetDataTokenResponse(token=self._data_token(presented))
 
     async def GetStats(

@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from turnout.errors import TurnoutError
+from turnout._internal.errors import TurnoutError
 
 
 class StateInUseError(TurnoutError):

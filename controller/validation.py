@@ -10,8 +10,8 @@ import json
 import math
 import re
 
+from turnout._internal.errors import InvalidArgumentError
 from turnout.config import DEFAULTS, MAX_SECONDS, MIN_HEALTH_CHECK_S, method_names
-from turnout.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
 HTTP_METHODS = frozenset(

@@ -23,8 +23,8 @@ import grpc
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from turnout import _auth
-from turnout._grpc import Security
+from turnout._internal import auth
+from turnout._internal.rpc import Security
 from turnout._sending import failures
 from turnout._sending.replica_link import ReplicaLink
 from turnout._sending.route_table import EndpointRoute
@@ -131,7 +131,7 @@ class ProxyState:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         read_timeout: float = DEFAULT_READ_TIMEOUT_S,
         security: Security | None = None,
-        system_token: _auth.Verifier | None = None,
+        system_token: auth.Verifier | None = None,
     ) -> None:
         # How this proxy reaches the controller and replicas.
         self.security = security or Security()

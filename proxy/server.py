@@ -20,11 +20,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from turnout import _auth, _logging, _process, _tls
-from turnout._grpc import Security
-from turnout._internal import subscribers
+from turnout._internal import auth, child_process, logs, subscribers, tls_options
+from turnout._internal.errors import TokenFileError, TurnoutError
+from turnout._internal.rpc import Security
 from turnout._sending.controller_link import StatsReporter, watch_routes
-from turnout.errors import TokenFileError, TurnoutError
 
 from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
 from .front_door import (
@@ -66,14 +65,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--read-timeout",
-        type=_process.seconds_arg,
+        type=child_process.seconds_arg,
         default=DEFAULT_READ_TIMEOUT_S,
         help="seconds a request's head, and then its body, may take to arrive; 0 = no limit "
         f"(default {DEFAULT_READ_TIMEOUT_S:g})",
     )
     parser.add_argument(
         "--idle-timeout",
-        type=_process.seconds_arg,
+        type=child_process.seconds_arg,
         default=DEFAULT_IDLE_TIMEOUT_S,
         help="seconds a connection may wait for its next (or first) request; 0 = no limit "
         f"(default {DEFAULT_IDLE_TIMEOUT_S:g})",
@@ -118,7 +117,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--https-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate"
     )
     parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
-    _tls.add_arguments(parser, server=False)
+    tls_options.add_arguments(parser, server=False)
     args = parser.parse_args(argv)
     if (args.https_cert is None) != (args.https_key is None):
         parser.error("HTTPS needs both --https-cert and --https-key")
@@ -136,12 +135,12 @@ def https_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
-def system_token(args: argparse.Namespace) -> _auth.Verifier | None:
+def system_token(args: argparse.Namespace) -> auth.Verifier | None:
     """What checks the token the protected system paths want (re-read when
     its file changes, as the controller does); None = unprotected."""
     if not args.protect_system_paths:
         return None
-    return _auth.Verifier({}, args.system_token_file)
+    return auth.Verifier({}, args.system_token_file)
 
 
 def _positive_int(text: str) -> int:
@@ -176,7 +175,7 @@ def access_logger(path: Path | None) -> logging.Logger | None:
     if path is None:
         return None
     log = logging.getLogger("turnout.proxy.access")
-    handler = _logging.rotating_handler(path)
+    handler = logs.rotating_handler(path)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
@@ -197,7 +196,7 @@ def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
         options += ["--protect-system-paths", "--system-token-file", str(args.system_token_file)]
     if args.https_cert is not None:
         options += ["--https-cert", str(args.https_cert), "--https-key", str(args.https_key)]
-    options += _tls.argv(Security(tls=_tls.from_args(args)))
+    options += tls_options.argv(Security(tls=tls_options.from_args(args)))
     if args.credentials_file is not None:
         options += ["--credentials-file", str(args.credentials_file)]
     return tuple(options)
@@ -206,13 +205,13 @@ def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
 def _fail(args: argparse.Namespace, code: str, message: str) -> int:
     logger.error("%s", message)
     if args.ready_fd is not None:
-        _process.report_failure(args.ready_fd, code, message)
+        child_process.report_failure(args.ready_fd, code, message)
     return 1
 
 
 async def serve(args: argparse.Namespace) -> int:
     try:
-        tls = _tls.from_args(args)
+        tls = tls_options.from_args(args)
         https = https_context(args)
     except TurnoutError as exc:
         return _fail(args, "INVALID_ARGUMENT", str(exc))
@@ -222,7 +221,7 @@ async def serve(args: argparse.Namespace) -> int:
     token = None
     if args.credentials_file is not None:
         try:
-            token = _auth.ChildCredentials.read(args.credentials_file).token
+            token = auth.ChildCredentials.read(args.credentials_file).token
         except (TokenFileError, ValueError, KeyError) as exc:
             return _fail(args, "INVALID_ARGUMENT", f"cannot read the credentials file: {exc}")
     stop = asyncio.Event()
@@ -306,7 +305,7 @@ async def serve(args: argparse.Namespace) -> int:
             await _shut_down(watcher, runner, state, workers)
             return _fail(args, "UNAVAILABLE", str(exc))
     if args.ready_fd is not None:
-        _process.report_ready(args.ready_fd, address=address, pid=os.getpid())
+        child_process.report_ready(args.ready_fd, address=address, pid=os.getpid())
     who = f"proxy worker {index}" if index else "proxy"
     logger.info("%s listening on %s://%s", who, "https" if https else "http", address)
 
@@ -351,7 +350,7 @@ async def _shut_down(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.parent_pid is not None:
-        _process.die_with_parent(args.parent_pid)
-    _process.exit_with_owner()
-    _logging.configure(args.log_file, "%(asctime)s %(levelname)s proxy %(name)s: %(message)s")
+        child_process.die_with_parent(args.parent_pid)
+    child_process.exit_with_owner()
+    logs.configure(args.log_file, "%(asctime)s %(levelname)s proxy %(name)s: %(message)s")
     return asyncio.run(serve(args))

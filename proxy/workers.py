@@ -32,7 +32,7 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from turnout import _process
+from turnout._internal import child_process
 from turnout._internal.counters import sum_reports
 from turnout._sending.stats import RouterStats
 from turnout.v1 import controller_pb2 as pb
@@ -86,7 +86,7 @@ class WorkerSpec:
             args += ["--log-file", str(indexed(self.log_file, index))]
         if self.access_log is not None:
             args += ["--access-log", str(indexed(self.access_log, index))]
-        return _process.child_argv("turnout.proxy", args)
+        return child_process.child_argv("turnout.proxy", args)
 
 
 def new_stats_dir() -> Path:
@@ -202,7 +202,7 @@ class Workers:
         self._processes[index] = process
         try:
             report = await asyncio.wait_for(
-                _process.read_report_async(read_fd), WORKER_READY_TIMEOUT_S
+                child_process.read_report_async(read_fd), WORKER_READY_TIMEOUT_S
             )
         except TimeoutError:
             report = {"message": f"not ready within {WORKER_READY_TIMEOUT_S:.0f} s"}

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from turnout import _process, _tls
-from turnout._grpc import Security, TLSConfig
-from turnout.controller.processes import command_line, start_time
+from turnout._internal import child_process, tls_options
+from turnout._internal.processes import command_line, start_time
+from turnout._internal.rpc import Security, TLSConfig
 from turnout.errors import TurnoutError
 from turnout.instance import START_TIMEOUT_S, _child_env, port_in_use_hint
 
@@ -79,17 +79,6 @@ class StartOptions:
         return self.instance_dir / "logs"
 
 
-def data_dir() -> Path:
-    """Where ``turnout start`` keeps its state by default.
-
-    Example::
-
-        data_dir()  # PosixPath('/home/me/.local/share/turnout')
-    """
-    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
-    return Path(base) / "turnout"
-
-
 def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
     """The controller's command line for ``options``.
 
@@ -113,7 +102,7 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
         args += ["--proxy-workers", str(options.proxy_workers)]
     if options.max_replicas is not None:
         args += ["--max-replicas", str(options.max_replicas)]
-    args += _tls.argv(Security(tls=options.tls))
+    args += tls_options.argv(Security(tls=options.tls))
     if options.insecure:
         args.append("--insecure")
     if options.allow_pickled_code is not None:
@@ -126,7 +115,7 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
         args += ["--system-token-file", str(options.system_token_file)]
     if options.https is not None:
         args += ["--https-cert", str(options.https[0]), "--https-key", str(options.https[1])]
-    return _process.child_argv("turnout.controller", args)
+    return child_process.child_argv("turnout.controller", args)
 
 
 def _controller_alive(pid: int) -> bool:
@@ -161,7 +150,7 @@ def _check_can_start(options: StartOptions) -> None:
             f"Turnout is already running from {options.instance_dir} (pid {running}); "
             "stop it with `turnout stop`, or pick another --instance-dir"
         )
-    if _tls.is_unix(options.grpc_host):
+    if tls_options.is_unix(options.grpc_host):
         _check_socket_free(options.grpc_host)
         return
     # Only the controller's own port is checked here: after a controller crash
@@ -187,7 +176,7 @@ def _check_can_start(options: StartOptions) -> None:
 def _check_socket_free(address: str) -> None:
     """Refuse a Unix socket a live server answers on; a stale file is fine
     (the controller replaces it)."""
-    path = _tls.unix_path(address)
+    path = tls_options.unix_path(address)
     if not path.exists():
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
@@ -241,7 +230,7 @@ def _prepare(options: StartOptions) -> None:
     # Before anything is bound, even the probe of _check_can_start.
     try:
         security = Security(tls=options.tls, insecure=options.insecure)
-        _tls.refuse_exposed(options.grpc_host, security, "the controller")
+        tls_options.refuse_exposed(options.grpc_host, security, "the controller")
     except TurnoutError as exc:
         raise StartError(str(exc)) from None
     # The token lives here: a new instance directory is its owner's alone.
@@ -285,7 +274,7 @@ def start_detached(options: StartOptions) -> Started:
         )
     finally:
         os.close(write_fd)
-    report = _process.read_report(read_fd, START_TIMEOUT_S)
+    report = child_process.read_report(read_fd, START_TIMEOUT_S)
     if not report.get("ok"):
         _kill_and_reap(pid)
         raise _failure(report, options.log_dir / "controller.log", options)
@@ -351,7 +340,7 @@ def run_foreground(options: StartOptions, on_ready: Callable[[Started], None]) -
     finally:
         os.close(write_fd)
     with process, _forwarding(process):
-        report = _process.read_report(read_fd, START_TIMEOUT_S)
+        report = child_process.read_report(read_fd, START_TIMEOUT_S)
         if not report.get("ok"):
             if process.poll() is None:
                 process.terminate()

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
-from turnout import _grpc
+from turnout._internal import rpc
 from turnout.client import Client, call_controller
 from turnout.config import BackendConfig
 from turnout.deploy import (
@@ -50,8 +50,8 @@ class Instance:
 
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._channel = _grpc.channel(
-            client.controller_address, _grpc.security_for(client.controller_address)
+        self._channel = rpc.channel(
+            client.controller_address, rpc.security_for(client.controller_address)
         )
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
 

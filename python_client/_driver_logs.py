@@ -29,7 +29,7 @@ READ_CHUNK = 1 << 20
 # "<date> <time> replica <id> <LEVEL> <logger>: <message>"; other lines continue it.
 _RECORD = re.compile(r"^\S+ \S+ replica (?P<replica>\S+) (?P<level>[A-Z]+) (?P<logger>\S+): ")
 _SHOWN_LEVELS = frozenset({"WARNING", "ERROR", "CRITICAL"})
-# The loggers a replica's print() and sys.stderr writes go to (turnout._logging).
+# The loggers a replica's print() and sys.stderr writes go to (turnout._internal.logs).
 _PRINT_LOGGERS = frozenset({"print.stdout", "print.stderr"})
 
 

@@ -24,14 +24,8 @@ from typing import Any
 import cloudpickle
 import grpc
 
-from turnout import _auth, _grpc
-from turnout._grpc import Security
-from turnout._internal import subscribers
-from turnout._sending import failures, loop_thread
-from turnout._sending.controller_link import StatsReporter, watch_routes
-from turnout._sending.replica_link import ReplicaLink
-from turnout._sending.sender import Sender
-from turnout.errors import (
+from turnout._internal import auth, rpc, subscribers
+from turnout._internal.errors import (
     BackendError,
     DeadlineExceededError,
     MethodNotFoundError,
@@ -40,6 +34,11 @@ from turnout.errors import (
     TurnoutError,
     UnavailableError,
 )
+from turnout._internal.rpc import Security
+from turnout._sending import failures, loop_thread
+from turnout._sending.controller_link import StatsReporter, watch_routes
+from turnout._sending.replica_link import ReplicaLink
+from turnout._sending.sender import Sender
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc, http_pb2, replica_pb2
 
@@ -151,15 +150,15 @@ class HandleRouter:
     @classmethod
     def for_address(cls, address: str, token: str | None = None) -> HandleRouter:
         """The process's router for this controller, started on first use with
-        ``token`` (None: found as ``turnout._auth.find_token`` says)."""
+        ``token`` (None: found as ``turnout.auth.find_token`` says)."""
         # Keyed by pid too: after a fork the child needs a loop of its own.
         key = (os.getpid(), address)
         with cls._lock:
             router = cls._routers.get(key)
             if router is None:
-                known = _grpc.security_for(address).token
+                known = rpc.security_for(address).token
                 router = cls._routers[key] = cls(
-                    address, token or known or _auth.find_token(address=address)
+                    address, token or known or auth.find_token(address=address)
                 )
             return router
 
@@ -174,7 +173,7 @@ class HandleRouter:
     def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
         self.subscriber = subscribers.handles()
-        self._security = dataclasses.replace(_grpc.security_for(address), token=token)
+        self._security = dataclasses.replace(rpc.security_for(address), token=token)
         # What replicas are shown, asked of the controller before the first
         # snapshot: an admin token is never sent to a replica.
         self._replica_security: Security | None = None
@@ -205,7 +204,7 @@ class HandleRouter:
     async def _data_token(self, stub: controller_pb2_grpc.RouterServiceAsyncStub) -> None:
         if self._replica_security is None:
             data = await stub.GetDataToken(
-                pb.GetDataTokenRequest(), timeout=5, metadata=_auth.metadata(self._security.token)
+                pb.GetDataTokenRequest(), timeout=5, metadata=auth.metadata(self._security.token)
             )
             self._replica_security = dataclasses.replace(self._security, token=data.token or None)
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from turnout import _replica_context, _tls
-from turnout._grpc import TLSConfig
+from turnout._internal import replica_context, tls_options
+from turnout._internal.rpc import TLSConfig
 from turnout.client import Client, ReplicaInfo
 from turnout.config import BackendConfig
 from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
@@ -141,7 +141,7 @@ def init(
             _current_name = name
             return client
         if address is None:
-            address = _replica_context.controller_address()
+            address = replica_context.controller_address()
         if address is not None:
             client = Client(address, tls=tls, token=token)
         else:
@@ -175,7 +175,7 @@ def _start_local(
 ) -> Client:
     if tls is not None and not isinstance(tls, TLSConfig):
         raise TypeError(f"tls must be a turnout.TLSConfig, got {type(tls).__name__}")
-    tls = None if tls is None else _tls.check(tls)
+    tls = None if tls is None else tls_options.check(tls)
     if tls is not None and tls.cert is None:
         raise InvalidArgumentError("init(tls=...) starting an instance needs cert and key")
     instance = LocalInstance.start(
@@ -281,7 +281,7 @@ def _current() -> Client:
     client = _clients.get(_current_name) if _current_name is not None else None
     if client is not None and not client.closed:
         return client
-    if _replica_context.controller_address() is not None:
+    if replica_context.controller_address() is not None:
         # User code in a replica reaches its own instance with no set-up.
         return init()
     raise NotRunningError("no Turnout instance: call turnout.init() first")

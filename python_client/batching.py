@@ -1,68 +1,9 @@
-"""``accept_batch`` and ``context``: what a handler needs to know about batches."""
+"""``accept_batch`` and ``context``: what a handler needs to know about batches.
 
-from __future__ import annotations
+Defined in ``turnout._internal.batching``, which the replica reads too; this
+module is their public name.
+"""
 
-import contextvars
-from collections.abc import Callable
-from typing import Any, TypeVar
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-BATCH_ATTRIBUTE = "_turnout_accept_batch"
-
-_batch_size: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "turnout_batch_size", default=None
-)
-_web: contextvars.ContextVar[bool] = contextvars.ContextVar("turnout_web", default=False)
-
-
-def accept_batch(handler: F) -> F:
-    """Mark a function or method as taking a list of requests.
-
-    The handler gets a list of requests (up to the backend's
-    ``max_batch_size``, waiting at most ``batch_wait_timeout`` seconds to fill
-    it) and must return a sequence of the same length, one result per request.
-
-    Example::
-
-        class Model:
-            @turnout.accept_batch
-            def __call__(self, requests):
-                inputs = np.stack([r.json["x"] for r in requests])
-                return self.model.predict(inputs)  # one row per request
-
-        serve.create_backend("model", Model, config={"max_batch_size": 16,
-                                                     "batch_wait_timeout": 0.01})
-    """
-    setattr(handler, BATCH_ATTRIBUTE, True)
-    return handler
-
-
-def accepts_batch(handler: object) -> bool:
-    return bool(getattr(handler, BATCH_ATTRIBUTE, False))
-
-
-class Context:
-    """What the running handler call is: read ``turnout.context`` inside a handler.
-
-    ``batch_size``: number of requests in the current batch (None outside a
-    batch handler). ``web``: True when the request came over HTTP, False when
-    it came from a Python handle.
-    """
-
-    @property
-    def batch_size(self) -> int | None:
-        return _batch_size.get()
-
-    @property
-    def web(self) -> bool:
-        return _web.get()
-
-
-context = Context()
-
-
-def set_call_context(batch_size: int | None, web: bool) -> None:
-    """Called by the replica before it runs a handler (in the handler's context)."""
-    _batch_size.set(batch_size)
-    _web.set(web)
+from turnout._internal.batching import Context as Context
+from turnout._internal.batching import accept_batch as accept_batch
+from turnout._internal.batching import context as context

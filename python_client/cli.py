@@ -23,9 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from turnout import _auth, _cli_logs, _cli_render, _cli_start, _tls
+from turnout import _cli_logs, _cli_render, _cli_start
 from turnout._deploy_apply import Instance, apply
-from turnout._version import __version__
+from turnout._internal import auth, paths, tls_options
+from turnout._internal.version import __version__
 from turnout.client import Client
 from turnout.controller.launcher import out_path
 from turnout.deploy import DeployFileError, Plan, load_file, plan
@@ -54,18 +55,18 @@ def _address(args: argparse.Namespace) -> str:
 
 def _token_file(args: argparse.Namespace) -> Path | None:
     """--token-file, else the token of --instance-dir when one is named (None:
-    the client's own lookup, see ``turnout._auth.find_token``)."""
+    the client's own lookup, see ``turnout._internal.auth.find_token``)."""
     if getattr(args, "token_file", None):
         return Path(args.token_file)
     if getattr(args, "instance_dir", None):
-        return Path(args.instance_dir) / _auth.TOKEN_FILE
+        return Path(args.instance_dir) / auth.TOKEN_FILE
     return None
 
 
 def _connect(args: argparse.Namespace) -> Client:
     address = _address(args)
     try:
-        tls = _tls.from_args(args, os.environ)
+        tls = tls_options.from_args(args, os.environ)
     except TurnoutError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     try:
@@ -88,9 +89,9 @@ def _https(args: argparse.Namespace) -> tuple[Path, Path] | None:
 
 
 def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
-    instance_dir = Path(args.instance_dir or _cli_start.data_dir()).absolute()
+    instance_dir = Path(args.instance_dir or paths.data_dir()).absolute()
     try:
-        tls = _tls.from_args(args)
+        tls = tls_options.from_args(args)
     except TurnoutError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     return _cli_start.StartOptions(
@@ -121,7 +122,7 @@ def _ready_text(started: _cli_start.Started, options: _cli_start.StartOptions) -
         f"  HTTP:  {started.http_address}",
         f"  state: {options.state_path}",
         f"  logs:  {started.log_dir or options.log_dir}",
-        f"  token: {options.instance_dir / _auth.TOKEN_FILE} (admin; `turnout token` prints it)",
+        f"  token: {options.instance_dir / auth.TOKEN_FILE} (admin; `turnout token` prints it)",
     ]
     if started.address != DEFAULT_ADDRESS:
         lines.append(
@@ -156,7 +157,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     pid = client.controller_pid
     address = client.controller_address
     client.shutdown()
-    pid_file = Path(args.instance_dir or _cli_start.data_dir()) / _cli_start.PID_FILE
+    pid_file = Path(args.instance_dir or paths.data_dir()) / _cli_start.PID_FILE
     # The pid is only ours to wait for when the controller runs on this machine.
     if _cli_start.read_pid_file(pid_file) == pid or _is_local(address):
         if not _cli_start.wait_gone(pid, args.timeout):
@@ -167,11 +168,11 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    path = Path(args.instance_dir or _cli_start.data_dir()) / _auth.TOKEN_FILE
+    path = Path(args.instance_dir or paths.data_dir()) / auth.TOKEN_FILE
     if args.rotate:
-        token = _auth.rotate(path)
+        token = auth.rotate(path)
     elif path.exists():
-        token = _auth.read_private(path)
+        token = auth.read_private(path)
     else:
         raise CliError(f"no token at {path}: `turnout start` creates it")
     print(token)
@@ -179,7 +180,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def _is_local(address: str) -> bool:
-    if _tls.is_unix(address):
+    if tls_options.is_unix(address):
         return True
     host = address.rpartition(":")[0].strip("[]")
     return host in ("localhost", "::1", "0.0.0.0", "::") or host.startswith("127.")
@@ -351,7 +352,7 @@ def _parser() -> argparse.ArgumentParser:
     connect.add_argument(
         "--token-file",
         metavar="PATH",
-        help=f"the admin token's file (default: ${_auth.TOKEN_FILE_ENV}, else ${_auth.TOKEN_ENV}, "
+        help=f"the admin token's file (default: ${auth.TOKEN_FILE_ENV}, else ${auth.TOKEN_ENV}, "
         "else INSTANCE_DIR/token of the default instance)",
     )
     home = argparse.ArgumentParser(add_help=False)
@@ -408,7 +409,7 @@ def _parser() -> argparse.ArgumentParser:
         help="most replicas of all backends together (default: from CPUs and memory; "
         "see docs/operations.md)",
     )
-    _tls.add_arguments(start, server=True)
+    tls_options.add_arguments(start, server=True)
     start.add_argument(
         "--allow-pickled-code",
         action=argparse.BooleanOptionalAction,

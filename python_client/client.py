@@ -15,9 +15,10 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from turnout import _auth, _grpc, _pickling, _tls
-from turnout._grpc import TLSConfig
+from turnout import _pickling
 from turnout._handle_router import HandleRouter
+from turnout._internal import auth, rpc, tls_options
+from turnout._internal.rpc import TLSConfig
 from turnout.config import BackendConfig
 from turnout.controller import validation
 from turnout.errors import (
@@ -242,20 +243,20 @@ class Client:
         # $TURNOUT_TOKEN_FILE, $TURNOUT_TOKEN, the default instance's file.
         if token is None and token_file is None and _instance is not None:
             token = _instance.token
-        self._token = _auth.find_token(token, token_file, address)
-        self._security = dataclasses.replace(_grpc.security_for(address), token=self._token)
+        self._token = auth.find_token(token, token_file, address)
+        self._security = dataclasses.replace(rpc.security_for(address), token=self._token)
         if tls is not None:
             if not isinstance(tls, TLSConfig):
                 raise TypeError(f"tls must be a turnout.TLSConfig, got {type(tls).__name__}")
-            self._security = dataclasses.replace(self._security, tls=_tls.check(tls))
-        self._channel = _grpc.channel(address, self._security)
+            self._security = dataclasses.replace(self._security, tls=tls_options.check(tls))
+        self._channel = rpc.channel(address, self._security)
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._lock = threading.Lock()
         self._closed = False
         self._info = self._call(self._stub.GetInstance, pb.GetInstanceRequest())
         # Only once it answered: handles made from here on (and unpickled in
         # this process) reach the instance the same way.
-        _grpc.remember(address, self._security)
+        rpc.remember(address, self._security)
 
     # ---- connection -------------------------------------------------------
 

@@ -29,10 +29,10 @@ import threading
 import time
 from pathlib import Path
 
-from turnout import _auth, _process, _replica_context, _tls
 from turnout._driver_logs import DriverLogs
-from turnout._grpc import Security, TLSConfig
-from turnout.controller.processes import start_time
+from turnout._internal import auth, child_process, replica_context, tls_options
+from turnout._internal.processes import start_time
+from turnout._internal.rpc import Security, TLSConfig
 from turnout.errors import TurnoutError
 
 logger = logging.getLogger("turnout")
@@ -70,7 +70,7 @@ class LocalInstance:
         self.instance_dir = instance_dir
         # The admin token, made here and handed to the controller in a 0600
         # file of the 0700 instance directory (never its environment).
-        self.token = _auth.read_private(instance_dir / _auth.TOKEN_FILE)
+        self.token = auth.read_private(instance_dir / auth.TOKEN_FILE)
         self._keep_dir = keep_dir
         self._logs = logs
         # Set once the owner shuts the instance down: no restart after that.
@@ -101,8 +101,8 @@ class LocalInstance:
         """Start an instance; ``keep_dir`` keeps the instance directory after it stops."""
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         (instance_dir / "logs").mkdir(mode=0o700)
-        _auth.write_private(instance_dir / _auth.TOKEN_FILE, _auth.new_token())
-        argv = _process.child_argv(
+        auth.write_private(instance_dir / auth.TOKEN_FILE, auth.new_token())
+        argv = child_process.child_argv(
             "turnout.controller",
             [
                 "--host", host,
@@ -116,7 +116,7 @@ class LocalInstance:
                 "--proxy-workers", str(proxy_workers),
                 *([] if keep_dir else ["--remove-instance-dir"]),
                 *(["--max-replicas", str(max_replicas)] if max_replicas is not None else []),
-                *_tls.argv(Security(tls=tls)),
+                *tls_options.argv(Security(tls=tls)),
             ],
         )  # fmt: skip
         try:
@@ -209,7 +209,7 @@ class LocalInstance:
 
     def _restart(self) -> bool:
         # A Unix socket is its own address; a TCP one keeps its port.
-        port = "0" if _tls.is_unix(self.address) else self.address.rpartition(":")[2]
+        port = "0" if tls_options.is_unix(self.address) else self.address.rpartition(":")[2]
         for attempt in range(RESTART_ATTEMPTS):
             if attempt:
                 time.sleep(RESTART_BACKOFF_S * 2 ** (attempt - 1))
@@ -258,7 +258,7 @@ def _spawn(
         raise
     finally:
         os.close(write_fd)
-    report = _process.read_report(read_fd, START_TIMEOUT_S)
+    report = child_process.read_report(read_fd, START_TIMEOUT_S)
     if not report.get("ok") and process.poll() is None:
         _terminate(process)
     return process, report
@@ -312,10 +312,10 @@ def _child_env(owner_pid: int | None = None) -> dict[str, str]:
     start``), never to the instance this process may itself run in.
     """
     env = dict(os.environ)
-    _replica_context.without_context(env)
-    env.pop(_process.OWNER_PID_ENV, None)
+    replica_context.without_context(env)
+    env.pop(child_process.OWNER_PID_ENV, None)
     if owner_pid is not None:
-        env[_process.OWNER_PID_ENV] = str(owner_pid)
+        env[child_process.OWNER_PID_ENV] = str(owner_pid)
     own = tuple({os.path.abspath(sys.prefix), os.path.abspath(sys.base_prefix)})
     extra: list[str] = []
     for entry in sys.path:

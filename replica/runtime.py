@@ -26,7 +26,7 @@ from typing import Any
 
 import cloudpickle
 
-from turnout.batching import accepts_batch, set_call_context
+from turnout._internal.batching import accepts_batch, set_call_context
 from turnout.config import DEFAULTS, request_callable
 from turnout.replica.batcher import Batcher
 from turnout.replica.handler_threads import HandlerThreads

@@ -8,7 +8,7 @@
 
 The spec file holds a serialized ``turnout.v1.CreateBackendRequest``. Readiness
 (or the reason for giving up) is reported on ``--ready-fd`` as described in
-``turnout._process``; a class's ``check_health()`` runs once before that, and
+``turnout._internal.child_process``; a class's ``check_health()`` runs once before that, and
 its failure is reported like a failing constructor.
 
 The credentials file (0600, written by the controller) holds the tokens this
@@ -34,16 +34,16 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout import _auth, _grpc, _logging, _process, _replica_context, _tls
-from turnout._grpc import SERVER_OPTIONS, Security, add_port, aio_server
-from turnout._process import (
+from turnout._internal import auth, child_process, logs, replica_context, rpc, tls_options
+from turnout._internal.child_process import (
     die_with_parent,
     exit_with_owner,
     report_failure,
     report_ready,
     set_memory_limit,
 )
-from turnout.errors import TokenFileError, TurnoutError
+from turnout._internal.errors import TokenFileError, TurnoutError
+from turnout._internal.rpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
 from turnout.replica.servicer import ReplicaServicer
 from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
@@ -142,18 +142,18 @@ def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
     parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
     parser.add_argument(
         "--stuck-call-grace",
-        type=_process.seconds_arg,
+        type=child_process.seconds_arg,
         default=os.environ.get(STUCK_CALL_GRACE_ENV, str(STUCK_CALL_GRACE_S)),
         help=f"seconds a handler call may run on after its caller gave up before the replica "
         f"reports NOT_SERVING (default: ${STUCK_CALL_GRACE_ENV}, else {STUCK_CALL_GRACE_S:g})",
     )
-    _tls.add_arguments(parser, server=True)
+    tls_options.add_arguments(parser, server=True)
     parser.add_argument(
         "--credentials-file", type=Path, help="tokens to accept and present (0600 JSON)"
     )
     ns = parser.parse_args(argv)
     try:
-        security = Security(tls=_tls.from_args(ns), insecure=ns.insecure)
+        security = Security(tls=tls_options.from_args(ns), insecure=ns.insecure)
     except TurnoutError as exc:
         parser.error(str(exc))
     return ReplicaOptions(
@@ -178,13 +178,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(options.replica_id, options.log_file)
     try:
         # Before any user code loads: an exposed plaintext port is refused.
-        _tls.refuse_exposed(options.host, options.security, "a replica")
+        tls_options.refuse_exposed(options.host, options.security, "a replica")
     except TurnoutError as exc:
         return _give_up(options, "INVALID_ARGUMENT", str(exc))
-    controller = _replica_context.controller_address()
+    controller = replica_context.controller_address()
     if controller is not None:
         # Handles inside the backend reach their instance as the replica does.
-        _grpc.remember(controller, options.security)
+        rpc.remember(controller, options.security)
     try:
         verifier = load_credentials(options.credentials_file)
         spec = read_spec(options.spec_file)
@@ -228,30 +228,30 @@ def _stop_own_group() -> None:
 
 
 def configure_logging(replica_id: str, log_file: Path | None = None) -> None:
-    _logging.configure(
+    logs.configure(
         log_file,
         "%(asctime)s replica %(replica_id)s %(levelname)s %(name)s: %(message)s",
         defaults={"replica_id": replica_id},
     )
     if log_file is not None:
         # What handlers print is rotated with the rest of the replica's log.
-        _logging.capture_prints("print", descriptors=True)
+        logs.capture_prints("print", descriptors=True)
 
 
-def load_credentials(path: Path | None) -> _auth.Verifier | None:
+def load_credentials(path: Path | None) -> auth.Verifier | None:
     """What checks callers' tokens (None: no file, no checks); the replica's own
     token is kept for the handles its backend creates (before any user code runs)."""
     if path is None:
         return None
     try:
-        credentials = _auth.ChildCredentials.read(path)
+        credentials = auth.ChildCredentials.read(path)
     except (TokenFileError, ValueError, KeyError) as exc:
         raise LoadError(INVALID_ARGUMENT, f"cannot read credentials {str(path)!r}: {exc}") from exc
-    _auth.set_process_token(credentials.token)
-    if _auth.no_check_requested():
-        log.warning("%s=1: this replica checks no token (bench only)", _auth.BENCH_NO_CHECK_ENV)
+    auth.set_process_token(credentials.token)
+    if auth.no_check_requested():
+        log.warning("%s=1: this replica checks no token (bench only)", auth.BENCH_NO_CHECK_ENV)
         return None
-    return _auth.Verifier(credentials.accept)
+    return auth.Verifier(credentials.accept)
 
 
 def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:
@@ -265,7 +265,7 @@ async def serve(
     options: ReplicaOptions,
     runtime: BackendRuntime,
     grace: float = SHUTDOWN_GRACE,
-    verifier: _auth.Verifier | None = None,
+    verifier: auth.Verifier | None = None,
 ) -> int:
     if runtime.has_check_health:
         # On the loop the later checks run on: an async check_health() may
@@ -280,7 +280,7 @@ async def serve(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
 
-    server = aio_server(options.security, SERVER_OPTIONS, _auth.interceptors(verifier, "replica"))
+    server = aio_server(options.security, SERVER_OPTIONS, auth.interceptors(verifier, "replica"))
     servicer = ReplicaServicer(runtime)
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
     health_servicer = BackendHealth(runtime, options.stuck_call_grace)

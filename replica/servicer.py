@@ -20,7 +20,7 @@ import cloudpickle
 import grpc
 from werkzeug.exceptions import HTTPException
 
-from turnout._process import OUT_OF_MEMORY_EXIT, memory_limit
+from turnout._internal.child_process import OUT_OF_MEMORY_EXIT, memory_limit
 from turnout.replica import codec
 from turnout.replica.batcher import BadBatch
 from turnout.replica.call_stream import NoPayload, serve_stream

@@ -10,9 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from turnout import _auth
-from turnout._grpc import Security, aio_channel
-from turnout._internal import subscribers
+from turnout._internal import auth, subscribers
+from turnout._internal.rpc import Security, aio_channel
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -47,7 +46,7 @@ async def watch_routes(
     down for hours floods no log; a refused token is logged as a warning once.
     """
     security = security or Security()
-    metadata = _auth.metadata(security.token)
+    metadata = auth.metadata(security.token)
     backoff = BACKOFF_INITIAL_S
     lost = refused = False
     while True:
@@ -131,7 +130,7 @@ class StatsReporter:
         self._stats = stats
         self.reporter_id = reporter_id
         self._security = security
-        self._metadata = _auth.metadata(security.token)
+        self._metadata = auth.metadata(security.token)
         self._reported = 0
         self._stub: controller_pb2_grpc.RouterServiceAsyncStub | None = None
         self._channel: grpc.aio.Channel | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from turnout._grpc import never_delivered
+from turnout._internal.rpc import never_delivered
 
 
 class SendFailure(Exception):

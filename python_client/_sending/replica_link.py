@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from turnout import _auth
-from turnout._grpc import CHANNEL_OPTIONS, Security, aio_channel
+from turnout._internal import auth
+from turnout._internal.rpc import CHANNEL_OPTIONS, Security, aio_channel
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class ReplicaLink:
         security = security or Security()
         # Presented on each call (the HandleStream: once per stream). Not a
         # grpc.aio client interceptor: those wrap every message of a stream.
-        self._metadata = _auth.metadata(security.token)
+        self._metadata = auth.metadata(security.token)
         self.channel = aio_channel(address, security, channel_options(max_receive_bytes))
         self.stub: ReplicaServiceAsyncStub = replica_pb2_grpc.ReplicaServiceStub(self.channel)
         self._stream: _CallStream | None = None

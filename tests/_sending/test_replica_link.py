@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from turnout._grpc import never_delivered
+from turnout._internal.rpc import never_delivered
 from turnout._sending import replica_link
 from turnout._sending.replica_link import ReplicaCallError, ReplicaLink
 from turnout.replica.call_stream import CallStream, NoPayload, serve_stream

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from turnout._internal.processes import AdoptedProcess, start_time
 from turnout.controller.adoption import Wanted, plan_replicas
 from turnout.controller.control_plane import replica_digest
-from turnout.controller.processes import AdoptedProcess, start_time
 from turnout.controller.resources import Allocation, ResourcePool
 from turnout.controller.routing import RoutePublisher
 from turnout.controller.sqlite_store import SqliteStore

@@ -7,9 +7,9 @@ import asyncio
 import subprocess
 from pathlib import Path
 
+from turnout._internal.processes import start_time
 from turnout.controller.control_plane import ControlPlane, replica_digest
 from turnout.controller.launcher import ProcessLauncher
-from turnout.controller.processes import start_time
 from turnout.controller.routing import RoutePublisher
 from turnout.controller.sqlite_store import SqliteStore
 from turnout.controller.store import REPLICA, BackendRecord, ChildRecord

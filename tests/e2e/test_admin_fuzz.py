@@ -22,7 +22,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 import turnout
-from turnout import _grpc
+from turnout._internal import rpc
 from turnout.v1 import controller_pb2 as pb
 
 SEED = 20261201
@@ -200,8 +200,8 @@ def fuzz(small: turnout.Client) -> None:
     seen: Counter[tuple[str, str]] = Counter()
     wrong: list[tuple[str, str, str]] = []
     began = time.monotonic()
-    with _grpc.channel(
-        small.controller_address, _grpc.security_for(small.controller_address)
+    with rpc.channel(
+        small.controller_address, rpc.security_for(small.controller_address)
     ) as channel:
         calls: dict[str, grpc.UnaryUnaryMultiCallable[bytes, bytes]] = {
             m.name: channel.unary_unary(

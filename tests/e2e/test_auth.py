@@ -19,7 +19,7 @@ from test_cli import Home
 from test_grpcurl import run_grpcurl
 
 import turnout
-from turnout import _grpc
+from turnout._internal import rpc
 from turnout.controller.launcher import child_environment
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc, http_pb2, replica_pb2, replica_pb2_grpc
@@ -113,7 +113,7 @@ def test_every_kind_of_call_needs_the_right_token(client: turnout.Client, deploy
         request_id="r1", http=http_pb2.HttpRequest(method="GET", scheme="http", path="/")
     )
     for token in (None, WRONG, client.token):
-        with _grpc.channel(replica.address, _grpc.Security(token=token)) as channel:
+        with rpc.channel(replica.address, rpc.Security(token=token)) as channel:
             stream = replica_pb2_grpc.ReplicaServiceStub(channel).HandleStream(
                 iter([replica_pb2.HandleStreamRequest(calls=[replica_pb2.StreamCall(id=1)])]),
                 timeout=10,
@@ -122,7 +122,7 @@ def test_every_kind_of_call_needs_the_right_token(client: turnout.Client, deploy
                 next(stream)
             assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
     for token in (handle, proxy):
-        with _grpc.channel(replica.address, _grpc.Security(token=token)) as channel:
+        with rpc.channel(replica.address, rpc.Security(token=token)) as channel:
             answer = replica_pb2_grpc.ReplicaServiceStub(channel).Handle(call, timeout=10)
             assert answer.http.status == 200
 
@@ -169,8 +169,8 @@ def test_user_code_cannot_speak_for_the_proxy(client: turnout.Client, unique: An
     name = unique("prompt")
     client.create_backend(name, echo)
     with (
-        _grpc.channel(client.controller_address, _grpc.Security(token=handle)) as user,
-        _grpc.channel(client.controller_address, _grpc.Security(token=client.token)) as admin,
+        rpc.channel(client.controller_address, rpc.Security(token=handle)) as user,
+        rpc.channel(client.controller_address, rpc.Security(token=client.token)) as admin,
     ):
         router = controller_pb2_grpc.RouterServiceStub(user)
         with pytest.raises(grpc.RpcError) as refused:

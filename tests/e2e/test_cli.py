@@ -27,7 +27,7 @@ import requests
 import yaml
 from conftest import processes_mentioning, wait_until
 
-from turnout import _grpc
+from turnout._internal import rpc
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -487,7 +487,7 @@ def test_start_after_a_crash_with_clients_connected_is_not_refused(home: Home) -
     home.start_detached()
     controller = int((home.data_dir / "turnout.pid").read_text())
     token = (home.data_dir / "token").read_text()
-    with _grpc.channel(home.address, _grpc.Security(token=token)) as channel:
+    with rpc.channel(home.address, rpc.Security(token=token)) as channel:
         stub = controller_pb2_grpc.ControllerServiceStub(channel)
         assert stub.GetInstance(pb.GetInstanceRequest(), timeout=10).controller_pid == controller
         os.kill(controller, signal.SIGKILL)

@@ -21,8 +21,8 @@ import requests
 from conftest import SMALL_MAX_REPLICAS, wait_until
 
 import turnout
-from turnout import _grpc
-from turnout.controller.processes import start_time
+from turnout._internal import rpc
+from turnout._internal.processes import start_time
 from turnout.instance import LocalInstance
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
@@ -34,8 +34,8 @@ MiB = 2**20
 def stub(client: turnout.Client) -> Iterator[controller_pb2_grpc.ControllerServiceStub]:
     # The Python client's own channel options: it must be able to send up to
     # the controller's limit.
-    with _grpc.channel(
-        client.controller_address, _grpc.security_for(client.controller_address)
+    with rpc.channel(
+        client.controller_address, rpc.security_for(client.controller_address)
     ) as channel:
         yield controller_pb2_grpc.ControllerServiceStub(channel)
 
@@ -109,8 +109,8 @@ def test_replicas_beyond_max_replicas_are_refused_before_any_starts(
             small.create_backend("cap-b", answering("b"), config={"num_replicas": 2})
         with pytest.raises(turnout.CapacityError):
             small.update_backend_config("cap-a", {"num_replicas": SMALL_MAX_REPLICAS + 1})
-        with _grpc.channel(
-            small.controller_address, _grpc.security_for(small.controller_address)
+        with rpc.channel(
+            small.controller_address, rpc.security_for(small.controller_address)
         ) as channel:
             stub = controller_pb2_grpc.ControllerServiceStub(channel)
             request = pb.CreateBackendRequest(

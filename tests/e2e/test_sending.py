@@ -20,8 +20,8 @@ from aiohttp import web
 from conftest import Deploy, wait_until
 
 import turnout
-from turnout import _grpc
 from turnout._handle_router import HandleRouter
+from turnout._internal import rpc
 from turnout._sending import loop_thread, sender
 from turnout._sending.controller_link import watch_routes
 from turnout._sending.route_table import stable_fraction
@@ -249,8 +249,8 @@ def _closed_port() -> int:
 
 def _router_service(client: turnout.Client) -> grpc.Channel:
     address = client.controller_address
-    security = dataclasses.replace(_grpc.security_for(address), token=client.token)
-    return _grpc.channel(address, security)
+    security = dataclasses.replace(rpc.security_for(address), token=client.token)
+    return rpc.channel(address, security)
 
 
 def _current_snapshot(client: turnout.Client) -> pb.RoutingSnapshot:
@@ -286,7 +286,7 @@ class InProcess:
 @pytest.fixture(scope="module")
 def in_process(client: turnout.Client) -> Iterator[InProcess]:
     address = client.controller_address
-    security = dataclasses.replace(_grpc.security_for(address), token=client.token)
+    security = dataclasses.replace(rpc.security_for(address), token=client.token)
     thread = loop_thread.shared()
     with _router_service(client) as channel:
         stub = controller_pb2_grpc.RouterServiceStub(channel)

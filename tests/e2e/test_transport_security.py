@@ -19,7 +19,7 @@ import requests
 from certs import Pki, make_pki
 
 import turnout
-from turnout import _grpc
+from turnout._internal import rpc
 from turnout.instance import LocalInstance
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
@@ -79,7 +79,7 @@ def test_wrong_or_missing_material_is_refused(mtls: turnout.Client, pki: Pki) ->
         with pytest.raises(turnout.NotRunningError, match="TLS"):
             turnout.Client(address, tls=tls)
             pytest.fail(f"{case}: connected")
-    with _grpc.channel(address, _grpc.Security()) as plaintext:
+    with rpc.channel(address, rpc.Security()) as plaintext:
         stub = controller_pb2_grpc.ControllerServiceStub(plaintext)
         with pytest.raises(grpc.RpcError) as info:
             stub.GetInstance(pb.GetInstanceRequest(), timeout=10)

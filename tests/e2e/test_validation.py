@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 import turnout
-from turnout import _grpc
+from turnout._internal import rpc
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -22,8 +22,8 @@ def hello(request: Any) -> str:
 
 @pytest.fixture(scope="module")
 def stub(client: turnout.Client) -> Iterator[controller_pb2_grpc.ControllerServiceStub]:
-    with _grpc.channel(
-        client.controller_address, _grpc.security_for(client.controller_address)
+    with rpc.channel(
+        client.controller_address, rpc.security_for(client.controller_address)
     ) as channel:
         yield controller_pb2_grpc.ControllerServiceStub(channel)
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from turnout import _process
+from turnout._internal import child_process
 
 
 def unused_port() -> int:
@@ -32,7 +32,7 @@ def proxy(
     """A proxy process on a free port, once it listens; yields the port and the process."""
     port = unused_port()
     controller = f"127.0.0.1:{unused_port()}"
-    argv = _process.child_argv(
+    argv = child_process.child_argv(
         "turnout.proxy", ["--controller", controller, "--port", str(port), *options]
     )
     if fd_limit is not None:

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from turnout import _process
+from turnout._internal import child_process
 
 
 @contextmanager
 def proxy_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
     """The proxy with a readiness pipe; yields the process and the pipe's read end."""
     read_fd, write_fd = os.pipe()
-    argv = _process.child_argv("turnout.proxy", [*args, "--ready-fd", str(write_fd)])
+    argv = child_process.child_argv("turnout.proxy", [*args, "--ready-fd", str(write_fd)])
     process = subprocess.Popen(
         argv, pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -47,7 +47,7 @@ def test_a_taken_port_is_reported_and_the_proxy_exits() -> None:
         port = taken.getsockname()[1]
         controller = f"127.0.0.1:{unused_port()}"
         with proxy_process("--controller", controller, "--port", str(port)) as (process, fd):
-            report: dict[str, Any] = _process.read_report(fd, timeout=60)
+            report: dict[str, Any] = child_process.read_report(fd, timeout=60)
             assert report["ok"] is False
             assert report["code"] == "UNAVAILABLE"
             assert report["message"].startswith(f"cannot listen on 127.0.0.1:{port}: ")
@@ -63,7 +63,7 @@ def test_sigterm_before_the_first_snapshot_stops_it_cleanly() -> None:
             if "routing stream from" in line:
                 break
         process.send_signal(signal.SIGTERM)
-        report = _process.read_report(fd, timeout=30)
+        report = child_process.read_report(fd, timeout=30)
         assert report["ok"] is False
         assert "stopped before" in report["message"]
         assert process.wait(timeout=30) == 0
@@ -72,7 +72,7 @@ def test_sigterm_before_the_first_snapshot_stops_it_cleanly() -> None:
 def test_fewer_than_one_worker_is_refused() -> None:
     controller = f"127.0.0.1:{unused_port()}"
     for value in ("0", "two"):
-        argv = _process.child_argv(
+        argv = child_process.child_argv(
             "turnout.proxy", ["--controller", controller, "--port", "0", "--workers", value]
         )
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60)

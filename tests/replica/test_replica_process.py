@@ -19,8 +19,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from turnout import _grpc
-from turnout._process import read_report
+from turnout._internal import rpc
+from turnout._internal.child_process import read_report
 from turnout.v1 import controller_pb2, http_pb2, replica_pb2, replica_pb2_grpc
 
 READY_TIMEOUT = 60.0
@@ -109,7 +109,7 @@ def replica(tmp_path: Path) -> Iterator[Replica]:
 @pytest.fixture
 def channel(replica: Replica) -> Iterator[grpc.Channel]:
     assert replica.report["ok"], replica.log_text()
-    with _grpc.channel(replica.report["address"], _grpc.Security()) as channel:
+    with rpc.channel(replica.report["address"], rpc.Security()) as channel:
         yield channel
 
 

@@ -16,8 +16,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from turnout._grpc import Security, TLSConfig
-from turnout.errors import InvalidArgumentError
+from turnout._internal.errors import InvalidArgumentError
+from turnout._internal.rpc import Security, TLSConfig
 
 logger = logging.getLogger(__name__)
 

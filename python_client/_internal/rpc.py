@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 
-from turnout import _auth
+from turnout._internal import auth
 
 # Request and response bodies can be large (file uploads, tensors); gRPC's 4 MiB
 # default would turn them into opaque RESOURCE_EXHAUSTED errors. The HTTP proxy
@@ -121,7 +121,7 @@ def channel(address: str, security: Security, options: Options = CHANNEL_OPTIONS
         made = grpc.insecure_channel(address, options=opts)
     else:
         made = grpc.secure_channel(address, channel_credentials(security.tls), options=opts)
-    return _auth.with_token(made, security.token)
+    return auth.with_token(made, security.token)
 
 
 def aio_channel(
@@ -129,7 +129,7 @@ def aio_channel(
 ) -> grpc.aio.Channel:
     """An asyncio channel to ``address`` ("host:port" or "unix:/path").
 
-    Its callers pass ``metadata=_auth.metadata(security.token)`` themselves:
+    Its callers pass ``metadata=auth.metadata(security.token)`` themselves:
     a grpc.aio client interceptor would wrap every message of a stream (and
     needs one object per call kind)."""
     opts = _channel_options(security, options)
@@ -144,7 +144,7 @@ def aio_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> grpc.aio.Server:
     """An asyncio server; ports are added with ``add_port``. ``interceptors``:
-    the token check (``turnout._auth.interceptors``)."""
+    the token check (``turnout._internal.auth.interceptors``)."""
     del security
     return grpc.aio.server(options=list(options), interceptors=list(interceptors))
 

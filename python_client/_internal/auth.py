@@ -51,7 +51,8 @@ from typing import Any
 
 import grpc
 
-from turnout.errors import TokenFileError
+from turnout._internal.errors import TokenFileError
+from turnout._internal.paths import data_dir
 
 ADMIN, READ, ROUTER, DATA, CONTROL = "admin", "read", "router", "data", "control"
 # What each principal of an instance may do. ``handle``: handles of any
@@ -422,8 +423,6 @@ def process_token() -> str | None:
 
 def default_token_file() -> Path:
     """The admin token of the default instance (``turnout start``)."""
-    from turnout._cli_start import data_dir
-
     return data_dir() / TOKEN_FILE
 
 
@@ -450,10 +449,11 @@ def find_token(
         return read_private(Path(os.environ[TOKEN_FILE_ENV]))
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV].strip()
-    from turnout import _tls  # _tls imports _grpc, which imports this module
 
-    if address is not None and not _tls.is_unix(address):
-        if not _tls.is_local(address.rpartition(":")[0] or address):
+    from turnout._internal import tls_options  # it imports rpc, which imports this module
+
+    if address is not None and not tls_options.is_unix(address):
+        if not tls_options.is_local(address.rpartition(":")[0] or address):
             return None
     path = default_token_file()
     return read_private(path) if path.exists() else None
