@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from turnout._internal import auth, subscribers
+from turnout._internal.backoff import Backoff
 from turnout._internal.rpc import Security, aio_channel
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
@@ -47,7 +48,7 @@ async def watch_routes(
     """
     security = security or Security()
     metadata = auth.metadata(security.token)
-    backoff = BACKOFF_INITIAL_S
+    backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
     lost = refused = False
     while True:
         try:
@@ -71,7 +72,7 @@ async def watch_routes(
                     if lost:
                         logger.log(lost_level, "controller at %s is back", controller_address)
                         lost = False
-                    backoff = BACKOFF_INITIAL_S
+                    backoff.reset()
                     if acknowledge:
                         acknowledge = await _acknowledge(stub, subscriber, seen, metadata)
         except grpc.aio.AioRpcError as exc:
@@ -90,8 +91,7 @@ async def watch_routes(
             # A snapshot that could not be applied must not end the watch: the
             # sender goes on serving the last good one and tries again.
             logger.exception("following routes from %s failed", controller_address)
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, BACKOFF_MAX_S)
+        await asyncio.sleep(backoff.next())
 
 
 async def _acknowledge(

@@ -125,12 +125,9 @@ class ReplicaPool:
             return conns[0]
         return rng.choice([c for c in conns if c.outstanding == least])
 
-    def all(self) -> list[ReplicaConn]:
-        return list(self._by_address.values())
-
     def clear(self) -> list[ReplicaConn]:
         """Forget every replica; returns them so their channels can be closed."""
-        conns = self.all()
+        conns = list(self._by_address.values())
         self._backends = {}
         self._by_address = {}
         return conns
