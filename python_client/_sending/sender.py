@@ -160,7 +160,38 @@ class Sender(Generic[Answer]):
             primary = self._send_shadows(route, message)
         failed = True
         try:
-            answer, key, failed = await self._call(backend, shard_key, deadline, message)
+            # Inline, not a coroutine of its own: this is every request's path.
+            rid = message.request_id
+            tried: frozenset[str] = frozenset()
+            while True:
+                # Queue for a replica if all are full ...
+                conn = await self.admission.acquire(backend, shard_key, deadline, tried)
+                remaining = None if deadline is None else deadline - time.monotonic()
+                try:
+                    if remaining is not None and remaining <= 0:
+                        raise ReplicaCallError(
+                            grpc.StatusCode.DEADLINE_EXCEEDED, "timed out in queue"
+                        )
+                    reply = await conn.link.handle(message, remaining)  # type: ignore[union-attr]
+                except ReplicaCallError as exc:
+                    failure = CallFailed(backend, conn.replica_id, exc.code, exc.details)
+                    if failure.never_delivered and len(tried) < MAX_CONNECT_RETRIES:
+                        # ... and retry on another if one cannot be connected to.
+                        logger.info(
+                            "replica %s unreachable; retrying request %s", conn.replica_id, rid
+                        )
+                        tried |= {conn.replica_id}
+                        continue
+                    raise failure from None
+                except Exception:
+                    # Anything else (a channel closed under the call, a malformed
+                    # answer) is still answered, by the shell, like every failure.
+                    logger.exception("forwarding request %s to %s failed", rid, conn.replica_id)
+                    raise ForwardFailed(backend) from None
+                finally:
+                    self.admission.release(backend, conn)
+                break
+            answer, key, failed = self._reader.read(reply, rid, backend, conn.replica_id)
             if primary is not None:
                 primary.set_result(key)
             return answer
@@ -169,40 +200,6 @@ class Sender(Generic[Answer]):
                 # No answer to compare with: the shadows count as failed.
                 primary.set_result(None)
             self.stats.answered(route.name, backend, failed=failed)
-
-    async def _call(
-        self,
-        backend: str,
-        shard_key: str,
-        deadline: float | None,
-        message: replica_pb2.HandleRequest,
-    ) -> tuple[Answer, Hashable | None, bool]:
-        """Queue for a replica of ``backend`` if all are full, and retry on
-        another if one cannot be connected to."""
-        rid = message.request_id
-        tried: frozenset[str] = frozenset()
-        while True:
-            conn = await self.admission.acquire(backend, shard_key, deadline, tried)
-            remaining = None if deadline is None else deadline - time.monotonic()
-            try:
-                if remaining is not None and remaining <= 0:
-                    raise ReplicaCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "timed out in queue")
-                reply = await conn.link.handle(message, remaining)  # type: ignore[union-attr]
-            except ReplicaCallError as exc:
-                failure = CallFailed(backend, conn.replica_id, exc.code, exc.details)
-                if failure.never_delivered and len(tried) < MAX_CONNECT_RETRIES:
-                    logger.info("replica %s unreachable; retrying request %s", conn.replica_id, rid)
-                    tried |= {conn.replica_id}
-                    continue
-                raise failure from None
-            except Exception:
-                # Anything else (a channel closed under the call, a malformed
-                # answer) is still answered, by the shell, like every failure.
-                logger.exception("forwarding request %s to %s failed", rid, conn.replica_id)
-                raise ForwardFailed(backend) from None
-            finally:
-                self.admission.release(backend, conn)
-            return self._reader.read(reply, rid, backend, conn.replica_id)
 
     # ---- shadows ------------------------------------------------------------
 
