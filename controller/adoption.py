@@ -79,7 +79,9 @@ async def adopt_replicas(
         if child is None:
             logger.info("replica %s (pid %d) is gone", record.name, record.pid)
             return None
-        if not await health_ok(child.address, launcher.security, ADOPT_HEALTH_TIMEOUT_S):
+        if not await health_ok(
+            child.address, launcher.security, launcher.control_token, ADOPT_HEALTH_TIMEOUT_S
+        ):
             logger.warning(
                 "replica %s (pid %d) is not healthy; replacing it", record.name, child.pid
             )

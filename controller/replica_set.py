@@ -91,13 +91,20 @@ def replica_index(replica_id: str) -> int:
     return int(index) if index.isdigit() else 0
 
 
-async def health_ok(address: str, security: Security, timeout: float = HEALTH_TIMEOUT_S) -> bool:
-    """True when the replica's grpc.health.v1 service says SERVING in time."""
+async def health_ok(
+    address: str, security: Security, token: str | None, timeout: float = HEALTH_TIMEOUT_S
+) -> bool:
+    """True when the replica's grpc.health.v1 service says SERVING in time.
+    ``token`` (the controller's) makes the replica run its backend's
+    check_health(); a probe without one gets the last result."""
     async with aio_channel(address, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
+                health_pb2.HealthCheckRequest(service=""),
+                timeout=timeout,
+                wait_for_ready=True,
+                metadata=auth.metadata(token),
             )
         except grpc.aio.AioRpcError as exc:
             logger.warning("health check of %s failed: %s", address, exc.details())
@@ -326,7 +333,9 @@ class ReplicaSet:
             return None, {"ok": False, "code": exc.code, "message": str(exc)}
         if not child.ok:
             return None, child.report
-        if not await health_ok(child.address, self._launcher.security):
+        if not await health_ok(
+            child.address, self._launcher.security, self._launcher.control_token
+        ):
             await child.stop()
             return None, {"ok": False, "code": "UNAVAILABLE", "message": "health check failed"}
         return child, child.report
@@ -400,7 +409,9 @@ class ReplicaSet:
                     await exited
                     return "stopped"
                 timeout = self.config.health_check_timeout or HEALTH_TIMEOUT_S
-                if await health_ok(child.address, self._launcher.security, timeout=timeout):
+                if await health_ok(
+                    child.address, self._launcher.security, self._launcher.control_token, timeout
+                ):
                     failures = 0
                     continue
                 failures += 1

@@ -1,284 +1,71 @@
-"""Checks on every admin request, before anything changes.
+"""Checks on every admin request, before anything changes: the rules live in
+``turnout._internal.validation``, shared with the client and the deploy-file
+checks; this module keeps the controller's name for them."""
 
-Each function returns the normalised value or raises one of ``turnout.errors``;
-the servicer turns those into gRPC status codes.
-"""
-
-from __future__ import annotations
-
-import json
-import math
-import re
-
-from turnout._internal.errors import InvalidArgumentError
-from turnout.config import DEFAULTS, MAX_SECONDS, MIN_HEALTH_CHECK_S, method_names
-from turnout.v1 import controller_pb2 as pb
-
-HTTP_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+from turnout._internal.validation import (
+    DEFAULT_MAX_CONCURRENT_QUERIES,
+    DEFAULT_METHODS,
+    HTTP_METHODS,
+    LIVE_FIELDS,
+    MAX_ENV_NAME_LENGTH,
+    MAX_ENV_TOTAL_BYTES,
+    MAX_ENV_VALUE_BYTES,
+    MAX_ENV_VARS,
+    MAX_JSON_DEPTH,
+    MAX_METHODS,
+    MAX_NAME_LENGTH,
+    MAX_ROUTE_LENGTH,
+    MAX_SHOWN_CHARS,
+    MAX_TRAFFIC_ENTRIES,
+    MIN_MEMORY_BYTES,
+    RESTART_FIELDS,
+    SYSTEM_PREFIX,
+    WEIGHT_TOLERANCE,
+    config_update,
+    full_config,
+    json_text,
+    methods,
+    name,
+    proportion,
+    replica_options,
+    request_timeout,
+    route,
+    shown,
+    spec,
+    traffic,
+    truncated,
 )
-DEFAULT_METHODS = ["GET"]
-# Paths under /-/ belong to the proxy (/-/routes, /-/healthz, /-/metrics).
-SYSTEM_PREFIX = "/-/"
-_DEFAULTS = DEFAULTS.to_proto()
-DEFAULT_MAX_CONCURRENT_QUERIES = _DEFAULTS.max_concurrent_queries
-MAX_NAME_LENGTH = 200
-MAX_ROUTE_LENGTH = 1024
-MAX_METHODS = len(HTTP_METHODS)
-# Entries of one set_traffic call, and shadows per endpoint.
-MAX_TRAFFIC_ENTRIES = 100
-# JSON config (init_args_json, user_config_json) nests at most this deep;
-# deeper input would exhaust the parsers' recursion (here and in replicas).
-MAX_JSON_DEPTH = 100
-# Environment of a replica: what exec() and a sane environment accept.
-MAX_ENV_VARS = 256
-MAX_ENV_NAME_LENGTH = 256
-MAX_ENV_VALUE_BYTES = 32 * 1024
-MAX_ENV_TOTAL_BYTES = 256 * 1024
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
-# Smallest per-replica memory limit: below it the interpreter and gRPC
-# cannot even start.
-MIN_MEMORY_BYTES = 128 * 2**20
-# What an error message repeats of the input, at most.
-MAX_SHOWN_CHARS = 100
-WEIGHT_TOLERANCE = 1e-6
 
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
-
-
-def truncated(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` characters, the last one an ellipsis if cut."""
-    if len(text) <= limit:
-        return text
-    return text[: limit - 1] + "…"
-
-
-def shown(value: object) -> str:
-    """``repr(value)`` cut to ``MAX_SHOWN_CHARS``: what an error may repeat of
-    the input, so that a huge value never comes back in a message (or a log)."""
-    return truncated(repr(value), MAX_SHOWN_CHARS)
-
-
-def name(value: str, what: str) -> str:
-    """A backend tag or endpoint name: non-empty, printable, bounded."""
-    if not value:
-        raise InvalidArgumentError(f"{what} must not be empty")
-    if len(value) > MAX_NAME_LENGTH:
-        raise InvalidArgumentError(
-            f"{what} {shown(value)} is longer than {MAX_NAME_LENGTH} characters"
-        )
-    if not value.isprintable():
-        raise InvalidArgumentError(f"{what} {shown(value)} contains control characters")
-    return value
-
-
-def json_text(value: str, what: str) -> object:
-    """Parsed JSON, at most ``MAX_JSON_DEPTH`` levels deep."""
-    try:
-        parsed = json.loads(value)
-    except RecursionError:
-        raise InvalidArgumentError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels") from None
-    except ValueError as exc:
-        raise InvalidArgumentError(f"{what} is not valid JSON: {shown(str(exc))}") from None
-    # Iteratively, so that the check itself cannot run out of stack.
-    level: list[object] = [parsed]
-    for _ in range(MAX_JSON_DEPTH):
-        level = [
-            child
-            for item in level
-            if isinstance(item, list | dict)
-            for child in (item.values() if isinstance(item, dict) else item)
-        ]
-        if not level:
-            return parsed
-    raise InvalidArgumentError(f"{what} nests deeper than {MAX_JSON_DEPTH} levels")
-
-
-def route(value: str) -> str:
-    """An HTTP route: empty (no HTTP exposure) or an absolute path."""
-    if not value:
-        return ""
-    if len(value) > MAX_ROUTE_LENGTH:
-        raise InvalidArgumentError(
-            f"route {shown(value)} is longer than {MAX_ROUTE_LENGTH} characters"
-        )
-    if not value.startswith("/"):
-        raise InvalidArgumentError(f"route {shown(value)} must start with '/'")
-    if any(c in value for c in "?# ") or not value.isprintable():
-        raise InvalidArgumentError(
-            f"route {shown(value)} must be a plain path (no '?', '#' or spaces)"
-        )
-    if value.startswith(SYSTEM_PREFIX) or value == SYSTEM_PREFIX.rstrip("/"):
-        raise InvalidArgumentError(
-            f"route {shown(value)} is reserved: paths under /-/ are the proxy's"
-        )
-    return value
-
-
-def methods(values: list[str]) -> list[str]:
-    """HTTP methods, upper-cased and de-duplicated; empty means GET."""
-    if not values:
-        return list(DEFAULT_METHODS)
-    if len(values) > MAX_METHODS:
-        raise InvalidArgumentError(f"at most {MAX_METHODS} methods, got {len(values)}")
-    result: list[str] = []
-    for value in values:
-        upper = value.upper()
-        if upper not in HTTP_METHODS:
-            known = ", ".join(sorted(HTTP_METHODS))
-            raise InvalidArgumentError(f"unknown HTTP method {shown(value)}; use one of {known}")
-        if upper not in result:
-            result.append(upper)
-    return result
-
-
-def spec(value: pb.BackendSpec) -> pb.BackendSpec:
-    source = value.WhichOneof("source")
-    if source is None:
-        raise InvalidArgumentError("backend spec needs pickled_callable or import_path")
-    if source == "import_path" and not _IMPORT_PATH.match(value.import_path):
-        raise InvalidArgumentError(
-            f"import path {shown(value.import_path)} must look like 'package.module:attribute'"
-        )
-    if source == "pickled_callable" and not value.pickled_callable:
-        raise InvalidArgumentError("pickled_callable is empty")
-    if value.pickled_init_args and value.init_args_json:
-        raise InvalidArgumentError(
-            "give init args as pickled_init_args or init_args_json, not both"
-        )
-    if value.init_args_json:
-        args = json_text(value.init_args_json, "init_args_json")
-        if not isinstance(args, list):
-            raise InvalidArgumentError("init_args_json must be a JSON array")
-    return value
-
-
-def _seconds(update: pb.BackendConfig, field: str, minimum: float = 0.0) -> None:
-    """A seconds field, when set: ``minimum`` (0 included when it is 0) to a day."""
-    if update.HasField(field):  # type: ignore[arg-type]
-        value = getattr(update, field)
-        if not math.isfinite(value) or value < minimum or value > MAX_SECONDS:
-            raise InvalidArgumentError(
-                f"{field} must be a number of seconds from {minimum:g} to {MAX_SECONDS:g}, "
-                f"got {value}"
-            )
-
-
-def _at_least_one(update: pb.BackendConfig, field: str) -> None:
-    if update.HasField(field) and getattr(update, field) < 1:  # type: ignore[arg-type]
-        raise InvalidArgumentError(f"{field} must be >= 1, got {getattr(update, field)}")
-
-
-def config_update(update: pb.BackendConfig) -> None:
-    """Checks the fields set in ``update`` (a full or partial config)."""
-    for field in (
-        "num_replicas",
-        "max_concurrent_queries",
-        "max_batch_size",
-        "health_check_failure_threshold",
-        "max_queued_requests",
-    ):
-        _at_least_one(update, field)
-    for field in ("batch_wait_timeout", "graceful_shutdown_timeout", "queue_timeout"):
-        _seconds(update, field)
-    _seconds(update, "health_check_period", MIN_HEALTH_CHECK_S)
-    _seconds(update, "health_check_timeout", MIN_HEALTH_CHECK_S)
-    if update.HasField("user_config_json"):
-        json_text(update.user_config_json, "user_config_json")
-    if update.HasField("http_call_methods"):
-        names = method_names(update.http_call_methods.names)
-        del update.http_call_methods.names[:]
-        update.http_call_methods.names.extend(names)
-
-
-def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
-    """``requested`` with every unset field given its default."""
-    config_update(requested)
-    config = pb.BackendConfig()
-    config.CopyFrom(_DEFAULTS)
-    config.MergeFrom(requested)
-    return config
-
-
-# Config fields a running replica reads only at start: changing one restarts the
-# replicas, one at a time.
-RESTART_FIELDS = ("http_call_methods",)
-# Config fields a running replica takes in place (ReplicaService.Reconfigure),
-# keeping its process and replica id.
-LIVE_FIELDS = ("max_concurrent_queries", "max_batch_size", "batch_wait_timeout")
-
-
-def replica_options(options: pb.ReplicaOptions) -> pb.ReplicaOptions:
-    for field in ("num_cpus", "num_gpus"):
-        value = getattr(options, field)
-        if not math.isfinite(value) or value < 0:
-            raise InvalidArgumentError(f"{field} must be a finite number >= 0, got {value}")
-    if options.num_gpus > 1 and options.num_gpus != int(options.num_gpus):
-        raise InvalidArgumentError(
-            f"num_gpus {options.num_gpus} mixes whole and shared GPUs; use a whole number "
-            "or a fraction below 1"
-        )
-    if options.memory_bytes and options.memory_bytes < MIN_MEMORY_BYTES:
-        raise InvalidArgumentError(
-            f"memory_bytes must be 0 (no limit) or at least {MIN_MEMORY_BYTES} "
-            f"({MIN_MEMORY_BYTES // 2**20} MiB: a replica needs that much to start), "
-            f"got {options.memory_bytes}"
-        )
-    _environment(dict(options.env))
-    return options
-
-
-def _environment(env: dict[str, str]) -> None:
-    """Names exec() and shells accept, values without NUL, sizes bounded."""
-    if len(env) > MAX_ENV_VARS:
-        raise InvalidArgumentError(f"at most {MAX_ENV_VARS} environment variables, got {len(env)}")
-    total = 0
-    for key, value in env.items():
-        if len(key) > MAX_ENV_NAME_LENGTH or not _ENV_NAME.match(key):
-            raise InvalidArgumentError(
-                f"environment variable name {shown(key)} is not valid: use letters, digits "
-                f"and '_' (not first: digits, '.', '-'), at most {MAX_ENV_NAME_LENGTH} characters"
-            )
-        if "\0" in value:
-            raise InvalidArgumentError(f"environment variable {shown(key)} contains a NUL byte")
-        size = len(value.encode("utf-8", "surrogatepass"))
-        if size > MAX_ENV_VALUE_BYTES:
-            raise InvalidArgumentError(
-                f"environment variable {shown(key)} is {size} bytes; "
-                f"at most {MAX_ENV_VALUE_BYTES} per value"
-            )
-        total += len(key) + size
-    if total > MAX_ENV_TOTAL_BYTES:
-        raise InvalidArgumentError(
-            f"replica environment is {total} bytes; at most {MAX_ENV_TOTAL_BYTES} in all"
-        )
-
-
-def request_timeout(value: float) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise InvalidArgumentError(f"request_timeout must be a number >= 0, got {value}")
-    return value
-
-
-def proportion(value: float) -> float:
-    """Share of requests copied to a shadow: 0 (remove) to 1."""
-    if not math.isfinite(value) or not 0 <= value <= 1:
-        raise InvalidArgumentError(f"proportion must be between 0 and 1, got {value}")
-    return value
-
-
-def traffic(weights: dict[str, float]) -> dict[str, float]:
-    """Weights >= 0 and finite that sum to 1."""
-    if len(weights) > MAX_TRAFFIC_ENTRIES:
-        raise InvalidArgumentError(
-            f"at most {MAX_TRAFFIC_ENTRIES} backends per endpoint, got {len(weights)}"
-        )
-    for backend, weight in weights.items():
-        if not math.isfinite(weight) or weight < 0:
-            raise InvalidArgumentError(
-                f"weight of {shown(backend)} must be a finite number >= 0, got {weight}"
-            )
-    total = math.fsum(weights.values())
-    if abs(total - 1.0) > WEIGHT_TOLERANCE:
-        raise InvalidArgumentError(f"traffic weights must sum to 1, got {total}")
-    return dict(weights)
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT_QUERIES",
+    "DEFAULT_METHODS",
+    "HTTP_METHODS",
+    "LIVE_FIELDS",
+    "MAX_ENV_NAME_LENGTH",
+    "MAX_ENV_TOTAL_BYTES",
+    "MAX_ENV_VALUE_BYTES",
+    "MAX_ENV_VARS",
+    "MAX_JSON_DEPTH",
+    "MAX_METHODS",
+    "MAX_NAME_LENGTH",
+    "MAX_ROUTE_LENGTH",
+    "MAX_SHOWN_CHARS",
+    "MAX_TRAFFIC_ENTRIES",
+    "MIN_MEMORY_BYTES",
+    "RESTART_FIELDS",
+    "SYSTEM_PREFIX",
+    "WEIGHT_TOLERANCE",
+    "config_update",
+    "full_config",
+    "json_text",
+    "methods",
+    "name",
+    "proportion",
+    "replica_options",
+    "request_timeout",
+    "route",
+    "shown",
+    "spec",
+    "traffic",
+    "truncated",
+]

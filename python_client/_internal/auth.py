@@ -71,8 +71,6 @@ TOKEN_FILE = "token"
 SECRET_FILE = "secret"
 TOKEN_ENV = "TURNOUT_TOKEN"
 TOKEN_FILE_ENV = "TURNOUT_TOKEN_FILE"
-# Only the bench sets it: replicas then skip the check, to measure its cost.
-BENCH_NO_CHECK_ENV = "TURNOUT_BENCH_NO_TOKEN_CHECK"
 _METADATA_KEY = "authorization"
 _SCHEME = "Bearer "
 
@@ -473,11 +471,6 @@ def instance_verifier(secret: bytes, admin_file: Path) -> Verifier:
     fixed = {derive(secret, p): roles for p, roles in PRINCIPALS.items()}
     names = {derive(secret, p): p for p in PRINCIPALS}
     return Verifier(fixed, admin_file, names)
-
-
-def no_check_requested() -> bool:
-    """True only in a bench run that measures the check's cost."""
-    return os.environ.get(BENCH_NO_CHECK_ENV) == "1"
 
 
 def interceptors(verifier: Verifier | None, what: str) -> Sequence[grpc.aio.ServerInterceptor]:

@@ -140,5 +140,8 @@ def status_for(error: TurnoutError) -> grpc.StatusCode:
 
 def error_from_status(code: grpc.StatusCode, details: str) -> TurnoutError:
     """The exception a client raises for a failed call."""
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "message larger than max" in details:
+        # gRPC's own size limit, not Turnout's capacity: the request was too big.
+        return InvalidArgumentError(f"the call is too large for the server: {details}")
     cls = _ERROR_FOR.get(code, TurnoutError)
     return cls(details)

@@ -77,6 +77,11 @@ def configure(
     root.setLevel(logging.INFO)
 
 
+# A captured line longer than this is logged in pieces (output without
+# newlines must not grow a buffer without bound).
+MAX_CAPTURED_LINE = 64 * 1024
+
+
 class LineLogger(io.TextIOBase):
     """A text stream that logs each complete line it is given.
 
@@ -112,7 +117,13 @@ class LineLogger(io.TextIOBase):
             return len(text)
         with self._lock:
             lines = (self._pending + text).split("\n")
-            self._pending = lines.pop()
+            pending = lines.pop()
+            # Output that never ends a line (a progress bar, end="") is
+            # logged in pieces rather than held without bound.
+            while len(pending) >= MAX_CAPTURED_LINE:
+                lines.append(pending[:MAX_CAPTURED_LINE])
+                pending = pending[MAX_CAPTURED_LINE:]
+            self._pending = pending
         self._log(lines)
         return len(text)
 
@@ -135,11 +146,6 @@ class LineLogger(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
-
-
-# A captured line longer than this is logged in pieces (output without
-# newlines must not grow a buffer without bound).
-MAX_CAPTURED_LINE = 64 * 1024
 
 
 def capture_prints(prefix: str, *, descriptors: bool = False) -> None:

@@ -6,7 +6,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from turnout.config import DEFAULTS
+from turnout._internal.backend_fields import SenderLimits, sender_limits
 from turnout.v1 import controller_pb2 as pb
 
 from .replica_link import ReplicaLink
@@ -34,27 +34,6 @@ class ReplicaConn:
 Connect = Callable[[str], ReplicaLink]
 
 
-_DEFAULTS = DEFAULTS.to_proto()
-
-
-@dataclass(frozen=True)
-class BackendLimits:
-    """How much a sender may load one backend (from its BackendConfig)."""
-
-    max_concurrent_queries: int = _DEFAULTS.max_concurrent_queries
-    max_queued_requests: int = _DEFAULTS.max_queued_requests
-    queue_timeout: float = _DEFAULTS.queue_timeout
-
-    @classmethod
-    def from_proto(cls, targets: pb.BackendTargets) -> BackendLimits:
-        default = cls()
-        return cls(
-            max_concurrent_queries=targets.max_concurrent_queries or default.max_concurrent_queries,
-            max_queued_requests=targets.max_queued_requests or default.max_queued_requests,
-            queue_timeout=targets.queue_timeout or default.queue_timeout,
-        )
-
-
 class ReplicaPool:
     """The replicas of every backend, with one connection to each."""
 
@@ -62,10 +41,10 @@ class ReplicaPool:
         self._connect = connect
         self._backends: dict[str, list[ReplicaConn]] = {}
         self._by_address: dict[str, ReplicaConn] = {}
-        self._limits: dict[str, BackendLimits] = {}
+        self._limits: dict[str, SenderLimits] = {}
 
-    def limits(self, backend: str) -> BackendLimits:
-        return self._limits.get(backend) or BackendLimits()
+    def limits(self, backend: str) -> SenderLimits:
+        return self._limits.get(backend) or SenderLimits()
 
     def replicas(self, backend: str) -> list[ReplicaConn]:
         return self._backends.get(backend, [])
@@ -77,7 +56,7 @@ class ReplicaPool:
         """
         backends: dict[str, list[ReplicaConn]] = {}
         by_address: dict[str, ReplicaConn] = {}
-        self._limits = {t.tag: BackendLimits.from_proto(t) for t in snapshot.backends}
+        self._limits = {t.tag: sender_limits(t) for t in snapshot.backends}
         for targets in snapshot.backends:
             conns = []
             for target in targets.replicas:

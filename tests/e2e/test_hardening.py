@@ -218,6 +218,23 @@ def test_admin_messages_are_read_up_to_64_mib_and_refused_beyond(
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Keeps:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __call__(self, request: Any) -> int:
+        return len(self.data)
+
+
+def test_a_call_too_large_for_the_controller_is_an_invalid_argument_not_capacity(
+    client: turnout.Client,
+) -> None:
+    with pytest.raises(turnout.InvalidArgumentError, match="too large") as refused:
+        client.create_backend("too-big", Keeps, b"x" * 70 * MiB)
+    assert not isinstance(refused.value, turnout.CapacityError)
+    assert "too-big" not in client.list_backends()
+
+
 @pytest.mark.parametrize(
     "make",
     [
