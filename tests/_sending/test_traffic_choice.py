@@ -1,4 +1,4 @@
-"""Route table and replica pool of the proxy, without sockets."""
+"""Route table and replica pool of the sender, without sockets."""
 
 from __future__ import annotations
 
