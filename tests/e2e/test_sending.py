@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -45,7 +46,7 @@ def slow(request: Any) -> dict[str, bool]:
 
 
 def slow_echo(request: Any) -> dict[str, Any]:
-    time.sleep(2)
+    time.sleep(3)
     return {"x": request.args.get("x")}
 
 
@@ -316,8 +317,12 @@ def in_process(client: turnout.Client) -> Iterator[InProcess]:
 
 
 def test_a_call_never_delivered_is_retried_on_another_replica_through_each_shell(
-    client: turnout.Client, deploy: Deploy, in_process: InProcess
+    client: turnout.Client,
+    deploy: Deploy,
+    in_process: InProcess,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger=sender.__name__)
     target = deploy(echo)
     wait_until(lambda: in_process.proxy.router.table.endpoint(target.backend) is not None)
     snapshot = _current_snapshot(client)
@@ -338,6 +343,8 @@ def test_a_call_never_delivered_is_retried_on_another_replica_through_each_shell
     for shell in SHELLS:
         (counts,) = [c for e, c in in_process.sender(shell).stats.items() if e == target.backend]
         assert (counts.requests_by_backend, counts.errors) == ({target.backend: 1}, 0)
+    retried = [r for r in caplog.records if "unreachable; retrying" in r.getMessage()]
+    assert [r.getMessage().split()[1] for r in retried] == ["gone", "gone"]
 
 
 def test_shadows_beyond_the_in_flight_cap_are_not_sent_through_each_shell(
@@ -352,7 +359,7 @@ def test_shadows_beyond_the_in_flight_cap_are_not_sent_through_each_shell(
     monkeypatch.setattr(sender, "MAX_SHADOWS_IN_FLIGHT", 1)
     here = Shells(client, in_process.http_address)
     for shell in SHELLS:
-        # The first copy is still in flight (2 s) while the next two arrive.
+        # The first copy is still in flight (3 s) while the next two arrive.
         with ThreadPoolExecutor(3) as pool:
             calls = [pool.submit(here.call, shell, primary.backend, x="1") for _ in range(3)]
             assert [c.result() for c in calls] == [Outcome({"x": "1"})] * 3
