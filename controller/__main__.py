@@ -12,7 +12,6 @@ with the controller.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
@@ -24,8 +23,10 @@ import tempfile
 import traceback
 from pathlib import Path
 
-from turnout._internal import child_process, logs, tls_options
+from turnout._internal import controller_args, logs, readiness, tls_options
+from turnout._internal.controller_args import ControllerArgs
 from turnout._internal.errors import TurnoutError
+from turnout._internal.readiness import Readiness
 from turnout._internal.rpc import Security
 
 from .resources import default_max_replicas
@@ -34,112 +35,13 @@ from .server import Controller, ControllerOptions
 OWNER_POLL_S = 0.5
 
 
-def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m turnout.controller")
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="gRPC bind host, or unix:/path for a Unix socket (default 127.0.0.1); beyond "
-        "loopback it needs TLS",
-    )
-    parser.add_argument("--port", type=int, default=0, help="gRPC port; 0 = any free port")
-    parser.add_argument("--http-host", default="127.0.0.1", help="HTTP proxy bind host")
-    parser.add_argument("--http-port", type=int, default=8000, help="HTTP proxy port; 0 = any")
-    parser.add_argument(
-        "--instance-dir",
-        type=Path,
-        help="logs and run files (default: a temp dir; with --durable, the folder of --state)",
-    )
-    parser.add_argument(
-        "--state", type=Path, help="SQLite file of desired state, kept across restarts"
-    )
-    parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
-    parser.add_argument(
-        "--owner-pid", type=int, help="shut down when this process (the parent) exits"
-    )
-    parser.add_argument(
-        "--remove-instance-dir",
-        action="store_true",
-        help="delete the instance directory (logs, run files) once stopped in order",
-    )
-    parser.add_argument(
-        "--durable",
-        action="store_true",
-        help="proxy and replicas survive a controller crash and are re-adopted by a "
-        "controller restarted with the same --state and --port (both required)",
-    )
-    parser.add_argument(
-        "--access-log",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="the proxy writes logs/proxy-access.log, one line per request (default on)",
-    )
-    parser.add_argument(
-        "--proxy-workers",
-        type=int,
-        default=1,
-        metavar="N",
-        help="run the HTTP proxy as N processes sharing its port (SO_REUSEPORT; default 1)",
-    )
-    parser.add_argument(
-        "--max-replicas",
-        type=int,
-        metavar="N",
-        help="most replicas of all backends together; more are refused "
-        "(default: max(16, min(4 x CPUs, 2 x memory GiB)))",
-    )
-    parser.add_argument(
-        "--allow-pickled-code",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="accept backends sent as pickled code (default: on when --host is loopback or "
-        "a Unix socket, off otherwise); import-path backends are always accepted",
-    )
-    parser.add_argument(
-        "--protect-system-paths",
-        action="store_true",
-        help="the proxy's /-/routes, /-/routing and /-/metrics want the token "
-        "(Authorization: Bearer); /-/healthz stays open",
-    )
-    parser.add_argument(
-        "--system-token-file",
-        type=Path,
-        metavar="PATH",
-        help="file holding the token --protect-system-paths wants (default: the instance's "
-        "admin token file)",
-    )
-    parser.add_argument(
-        "--https-cert",
-        type=Path,
-        metavar="PEM",
-        help="the proxy serves HTTPS with this certificate",
-    )
-    parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
-    tls_options.add_arguments(parser, server=True)
-    args = parser.parse_args(argv)
-    if (args.https_cert is None) != (args.https_key is None):
-        parser.error("HTTPS needs both --https-cert and --https-key")
-    if args.max_replicas is not None and args.max_replicas < 1:
-        parser.error(f"--max-replicas must be >= 1, got {args.max_replicas}")
-    if args.proxy_workers < 1:
-        parser.error(f"--proxy-workers must be >= 1, got {args.proxy_workers}")
-    if args.durable:
-        if args.state is None:
-            parser.error("--durable needs --state: re-adoption reads the state file")
-        # An owner restarts its controller on the port the first one bound.
-        if args.port == 0 and args.owner_pid is None and not tls_options.is_unix(args.host):
-            parser.error(
-                "--durable needs a fixed --port: surviving proxies reconnect to that address"
-            )
-    return args
-
-
-def _instance_dir(args: argparse.Namespace) -> Path:
+def _instance_dir(args: ControllerArgs) -> Path:
     if args.instance_dir is not None:
         return Path(args.instance_dir)
     if args.durable:
         # Beside the state file, so that a restart finds the same logs and run files.
-        return Path(args.state).resolve().parent
+        assert args.state is not None  # parse() refuses --durable without it
+        return args.state.resolve().parent
     return Path(tempfile.mkdtemp(prefix="turnout-"))
 
 
@@ -152,25 +54,26 @@ async def _watch_owner(owner_pid: int, stop: asyncio.Event) -> None:
     stop.set()
 
 
-def _give_up(args: argparse.Namespace, exc: BaseException) -> int:
+def _give_up(args: ControllerArgs, exc: BaseException) -> int:
     """Tell the owner (ready pipe) and the operator (stderr, log) why we stop."""
     logging.getLogger(__name__).error("cannot start: %s", exc)
     if args.ready_fd is not None:
-        child_process.report_failure(args.ready_fd, "UNAVAILABLE", str(exc), traceback.format_exc())
+        failure = Readiness.failed("UNAVAILABLE", str(exc), traceback.format_exc())
+        readiness.write(args.ready_fd, failure)
     print(f"turnout controller: {exc}", file=sys.stderr)
     return 1
 
 
-def _security(args: argparse.Namespace) -> Security:
+def _security(args: ControllerArgs) -> Security:
     """The instance's TLS material; refuses an exposed plaintext port."""
-    security = Security(tls=tls_options.from_args(args), insecure=args.insecure)
+    security = Security(tls=tls_options.checked(args.tls), insecure=args.insecure)
     tls_options.refuse_exposed(args.host, security, "the controller")
     if tls_options.is_unix(args.host):
         tls_options.prepare_unix_socket(args.host)
     return security
 
 
-async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
+async def _main(args: ControllerArgs, instance_dir: Path) -> int:
     try:
         security = _security(args)
     except TurnoutError as exc:
@@ -194,7 +97,7 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
         protect_system_paths=args.protect_system_paths,
         system_token_file=args.system_token_file,
         https=None
-        if args.https_cert is None
+        if args.https_cert is None or args.https_key is None
         else (args.https_cert.absolute(), args.https_key.absolute()),
     )
     try:
@@ -216,13 +119,14 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
         await controller.close()
         return _give_up(args, exc)
     if args.ready_fd is not None:
-        child_process.report_ready(
-            args.ready_fd,
+        ready = Readiness(
+            ok=True,
             address=controller.address,
             http_address=controller.http_address,
             pid=os.getpid(),
             log_dir=str(options.log_dir),
         )
+        readiness.write(args.ready_fd, ready)
     tasks = [asyncio.create_task(stop.wait()), asyncio.create_task(controller.wait_stopped())]
     if args.owner_pid is not None:
         tasks.append(asyncio.create_task(_watch_owner(args.owner_pid, stop)))
@@ -235,7 +139,7 @@ async def _main(args: argparse.Namespace, instance_dir: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    args = controller_args.parse(sys.argv[1:] if argv is None else argv)
     instance_dir = _instance_dir(args)
     logs.configure(
         instance_dir / "logs" / "controller.log",

@@ -2,8 +2,8 @@
 that decide it.
 
 A child is re-adopted when it is still the same process (pid and start time,
-checked by the launcher), still serves (a replica answers its health check
-SERVING, the proxy its ``/-/healthz``), and still belongs to desired state (a
+checked by the launcher), still serves (its health check, through the
+launcher), and still belongs to desired state (a
 replica of an existing backend, running what that backend's record says, and
 no more of them than ``num_replicas``). Every other recorded child that is
 still alive is stopped: it is what is left of a change that was never
@@ -16,12 +16,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-import aiohttp
-
-from turnout._internal.processes import command_line
-
-from .launcher import ChildProcess, ProcessLauncher
-from .replica_set import health_ok, replica_index
+from .launchers.base import Child, Launcher
+from .replica_set import replica_index
 from .store import PROXY, REPLICA, ChildRecord
 
 logger = logging.getLogger(__name__)
@@ -64,24 +60,22 @@ def plan_replicas(records: list[ChildRecord], wanted: dict[str, Wanted]) -> Repl
 
 
 async def adopt_replicas(
-    launcher: ProcessLauncher, records: list[ChildRecord], wanted: dict[str, Wanted]
-) -> dict[str, list[ChildProcess]]:
+    launcher: Launcher, records: list[ChildRecord], wanted: dict[str, Wanted]
+) -> dict[str, list[Child]]:
     """Re-adopt the recorded replicas that qualify; stop the rest.
 
     Returns the adopted ones by backend, at most ``count`` each.
     """
     plan = plan_replicas(records, wanted)
-    adopted: dict[str, list[ChildProcess]] = {}
+    adopted: dict[str, list[Child]] = {}
     to_stop = list(plan.stray)
 
-    async def try_adopt(record: ChildRecord) -> ChildProcess | None:
+    async def try_adopt(record: ChildRecord) -> Child | None:
         child = launcher.adopt(record)
         if child is None:
-            logger.info("replica %s (pid %d) is gone", record.name, record.pid)
+            logger.info("replica %s is gone", record.name)
             return None
-        if not await health_ok(
-            child.address, launcher.security, launcher.control_token, ADOPT_HEALTH_TIMEOUT_S
-        ):
+        if not await launcher.healthy(child, ADOPT_HEALTH_TIMEOUT_S):
             logger.warning(
                 "replica %s (pid %d) is not healthy; replacing it", record.name, child.pid
             )
@@ -99,41 +93,13 @@ async def adopt_replicas(
     return adopted
 
 
-async def proxy_healthy(
-    address: str, timeout: float = ADOPT_HEALTH_TIMEOUT_S, https: bool = False
-) -> bool:
-    """True when the proxy at host:port answers ``GET /-/healthz`` with 200.
-
-    Over HTTPS the certificate is not checked: this asks our own proxy, on
-    the address we recorded, whether it lives; no secret is sent."""
-    url = f"{'https' if https else 'http'}://{address}/-/healthz"
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-            session.get(url, ssl=False if https else True) as reply,
-        ):
-            return reply.status == 200
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        logger.warning("health check of the proxy at %s failed: %s", address, exc)
-        return False
-
-
-def _follows(pid: int, controller_address: str) -> bool:
-    """True when the proxy ``pid`` was told to follow ``controller_address``."""
-    args = command_line(pid)
-    return any(
-        flag == "--controller" and value == controller_address
-        for flag, value in zip(args, args[1:], strict=False)
-    )
-
-
 async def adopt_proxy(
-    launcher: ProcessLauncher,
+    launcher: Launcher,
     record: ChildRecord | None,
     host: str,
     port: int,
     controller_address: str,
-) -> ChildProcess | None:
+) -> Child | None:
     """Re-adopt the recorded proxy if it lives, is healthy, listens where
     asked (``port`` 0: anywhere) and reconnects to ``controller_address``;
     otherwise stop it and return None."""
@@ -142,18 +108,20 @@ async def adopt_proxy(
     recorded_host, _, recorded_port = record.address.rpartition(":")
     same_host = recorded_host.strip("[]") == host.strip("[]")
     placed = same_host and (port == 0 or str(port) == recorded_port)
-    if not placed or not _follows(record.pid, controller_address):
+    if not placed:
         await launcher.stop_recorded(record)
         return None
     child = launcher.adopt(record)
     if child is None:
         return None
-    if not await proxy_healthy(child.address, https=launcher.https is not None):
+    if not launcher.follows(child, controller_address) or not await launcher.proxy_healthy(
+        child, ADOPT_HEALTH_TIMEOUT_S
+    ):
         await child.stop()
         return None
     return child
 
 
-async def stop_all_recorded(launcher: ProcessLauncher, records: list[ChildRecord]) -> None:
+async def stop_all_recorded(launcher: Launcher, records: list[ChildRecord]) -> None:
     """Stop what an earlier controller left running (a non-durable start)."""
     await asyncio.gather(*(launcher.stop_recorded(r) for r in records))

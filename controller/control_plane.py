@@ -14,9 +14,9 @@ import dataclasses
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
+from turnout._internal import backend_fields, validation
 from turnout._internal.errors import (
     AlreadyExistsError,
     CapacityError,
@@ -28,8 +28,8 @@ from turnout._internal.errors import (
 )
 from turnout.v1 import controller_pb2 as pb
 
-from . import adoption, validation
-from .launcher import ProcessLauncher
+from . import adoption
+from .launchers.base import Launcher
 from .replica_set import ReplicaSet, ReplicaStartError
 from .resources import ResourcePool
 from .routing import RoutePublisher
@@ -42,7 +42,7 @@ class ControlPlane:
     def __init__(
         self,
         store: Store,
-        launcher: ProcessLauncher,
+        launcher: Launcher,
         publisher: RoutePublisher,
         resources: ResourcePool | None = None,
         *,
@@ -56,7 +56,6 @@ class ControlPlane:
         self._publisher = publisher
         self._resources = resources or ResourcePool()
         self._sets: dict[str, ReplicaSet] = {}
-        self._spec_versions: dict[str, int] = {}
         # Admin changes run one at a time: each sees the state the previous
         # left. Starting and stopping replicas, which may take long, happens
         # outside it, under the backend's own lock (``_backend_lock``), so a
@@ -71,14 +70,13 @@ class ControlPlane:
 
     # ---- backends -------------------------------------------------------
 
-    def _write_spec(self, record: BackendRecord) -> Path:
-        """A new version of what the backend's replicas load."""
-        version = self._spec_versions.get(record.tag, 0) + 1
-        self._spec_versions[record.tag] = version
+    @staticmethod
+    def _spec(record: BackendRecord) -> bytes:
+        """What the backend's replicas load: a serialized CreateBackendRequest."""
         request = pb.CreateBackendRequest(
             tag=record.tag, spec=record.spec, config=record.config, replica_options=record.options
         )
-        return self._launcher.write_spec(request, version)
+        return request.SerializeToString()
 
     @contextlib.asynccontextmanager
     async def _backend_lock(self, tag: str) -> AsyncIterator[None]:
@@ -158,7 +156,7 @@ class ControlPlane:
     def _replica_set(self, record: BackendRecord) -> ReplicaSet:
         return ReplicaSet(
             record.tag,
-            self._write_spec(record),
+            self._spec(record),
             self._launcher,
             self.routes_changed,
             record.config,
@@ -213,7 +211,7 @@ class ControlPlane:
                 record = dataclasses.replace(self._backend_record(tag), spec=spec)
                 replicas = self._sets[tag]
             try:
-                await replicas.roll(self._write_spec(record), replica_digest(record))
+                await replicas.roll(self._spec(record), replica_digest(record))
             except ReplicaStartError as exc:
                 raise start_error_to_user_error(exc, tag) from None
             async with self._lock:
@@ -256,35 +254,29 @@ class ControlPlane:
         """Restart, reconfigure and scale ``replicas`` to ``config``, then record it."""
         tag = record.tag
         new = dataclasses.replace(record, config=config)
-        spec_path = self._write_spec(new)
-        restart = any(
-            getattr(config, f) != getattr(record.config, f) for f in validation.RESTART_FIELDS
-        )
+        spec = self._spec(new)
+        restart = backend_fields.needs_new_replicas(record.config, config)
         reconfigure = config.user_config_json != record.config.user_config_json or (
             config.HasField("user_config_json") != record.config.HasField("user_config_json")
         )
-        limits = {
-            f: getattr(config, f)
-            for f in validation.LIVE_FIELDS
-            if getattr(config, f) != getattr(record.config, f)
-        }
+        limits = backend_fields.reconfigure_limits(record.config, config)
         user_config = config.user_config_json if reconfigure else ""
-        previous_path, previous_config = replicas.spec_path, replicas.config
+        previous_spec, previous_config = replicas.spec, replicas.config
         previous_digest = replicas.digest
         replicas.config = config
         try:
             if restart:
-                await replicas.roll(spec_path, replica_digest(new))
+                await replicas.roll(spec, replica_digest(new))
             else:
                 # Replicas started from now on read the new values; the
                 # running ones take them in place.
-                replicas.spec_path = spec_path
+                replicas.spec = spec
                 if user_config or limits:
                     await replicas.reconfigure(user_config, **limits)
                 replicas.set_digest(replica_digest(new))
             await replicas.scale(config.num_replicas)
         except (ReplicaStartError, InvalidArgumentError) as exc:
-            replicas.spec_path, replicas.config = previous_path, previous_config
+            replicas.spec, replicas.config = previous_spec, previous_config
             replicas.digest = previous_digest
             if isinstance(exc, ReplicaStartError):
                 raise start_error_to_user_error(exc, tag) from None
@@ -444,19 +436,15 @@ class ControlPlane:
         endpoints = [_endpoint_proto(e) for e in self._store.endpoints().values()]
         backends = []
         for tag, replicas in self._sets.items():
-            backends.append(
-                pb.BackendTargets(
-                    tag=tag,
-                    replicas=[
-                        pb.ReplicaTarget(replica_id=s.replica_id, address=s.child.address)
-                        for s in replicas.running()
-                        if s.child is not None
-                    ],
-                    max_concurrent_queries=replicas.config.max_concurrent_queries,
-                    max_queued_requests=replicas.config.max_queued_requests,
-                    queue_timeout=replicas.config.queue_timeout,
-                )
+            targets = pb.BackendTargets(
+                tag=tag,
+                replicas=[
+                    pb.ReplicaTarget(replica_id=s.replica_id, address=s.child.address)
+                    for s in replicas.running()
+                    if s.child is not None
+                ],
             )
+            backends.append(backend_fields.with_sender_limits(targets, replicas.config))
         return endpoints, backends
 
     async def routes_changed(self) -> None:
@@ -521,7 +509,7 @@ def replica_digest(record: BackendRecord) -> str:
     digest = hashlib.sha256()
     digest.update(record.spec.SerializeToString(deterministic=True))
     digest.update(record.options.SerializeToString(deterministic=True))
-    for name in (*validation.LIVE_FIELDS, "user_config_json"):
+    for name in (*backend_fields.RECONFIGURE_LIMITS, "user_config_json"):
         digest.update(f"|{name}={getattr(record.config, name)!r}".encode())
     # Only when set, so that the digests of backends without it stay as they were.
     if record.config.HasField("http_call_methods"):

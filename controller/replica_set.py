@@ -18,28 +18,26 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from turnout._internal import auth
+from turnout._internal import backend_fields
+from turnout._internal.backoff import Backoff
 from turnout._internal.child_process import OUT_OF_MEMORY_EXIT
 from turnout._internal.errors import InvalidArgumentError, TurnoutError
-from turnout._internal.rpc import Security, aio_channel
+from turnout._internal.readiness import Readiness
 from turnout.v1 import controller_pb2 as pb
-from turnout.v1 import replica_pb2, replica_pb2_grpc
+from turnout.v1 import replica_pb2
 
-from .launcher import ChildProcess, ProcessLauncher, SpawnError
+from .launchers.base import Child, Launcher, ReconfigureError, SpawnError
 from .resources import Allocation, ResourcePool
 from .store import REPLICA, ChildRecord
 
 logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT_S = 10.0
-BACKOFF_INITIAL_S = 0.5
-BACKOFF_MAX_S = 30.0
+# A replica that keeps failing is restarted after 0.5 s, 1 s, 2 s... up to this.
+RESTART_BACKOFF_INITIAL_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
 # A replica that ran this long before dying restarts without backoff.
 STABLE_AFTER_S = 30.0
 # Beyond its graceful_shutdown_timeout, what a stopping replica gets before SIGKILL.
@@ -61,7 +59,7 @@ class ReplicaStartError(TurnoutError):
 class ReplicaSlot:
     replica_id: str
     state: pb.ReplicaState.ValueType = pb.REPLICA_STATE_STARTING
-    child: ChildProcess | None = None
+    child: Child | None = None
     allocation: Allocation = field(default_factory=Allocation)
     error: str = ""
     stopping: bool = False
@@ -81,7 +79,7 @@ class ReplicaSlot:
             error=self.error,
             gpus=self.allocation.cuda_visible_devices,
             cpus=self.allocation.cpus,
-            log_path=str(child.log_path) if child else "",
+            log_path=child.log_path if child else "",
         )
 
 
@@ -91,33 +89,12 @@ def replica_index(replica_id: str) -> int:
     return int(index) if index.isdigit() else 0
 
 
-async def health_ok(
-    address: str, security: Security, token: str | None, timeout: float = HEALTH_TIMEOUT_S
-) -> bool:
-    """True when the replica's grpc.health.v1 service says SERVING in time.
-    ``token`` (the controller's) makes the replica run its backend's
-    check_health(); a probe without one gets the last result."""
-    async with aio_channel(address, security) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=""),
-                timeout=timeout,
-                wait_for_ready=True,
-                metadata=auth.metadata(token),
-            )
-        except grpc.aio.AioRpcError as exc:
-            logger.warning("health check of %s failed: %s", address, exc.details())
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 class ReplicaSet:
     def __init__(
         self,
         tag: str,
-        spec_path: Path,
-        launcher: ProcessLauncher,
+        spec: bytes,
+        launcher: Launcher,
         on_change: OnChange,
         config: pb.BackendConfig,
         options: pb.ReplicaOptions | None = None,
@@ -126,8 +103,9 @@ class ReplicaSet:
         digest: str = "",
     ) -> None:
         self.tag = tag
-        # What new (and restarted) replicas load, and its digest.
-        self.spec_path = spec_path
+        # What new (and restarted) replicas load (a serialized
+        # CreateBackendRequest), and its digest.
+        self.spec = spec
         self.digest = digest
         self.config = config
         self.options = options or pb.ReplicaOptions()
@@ -178,7 +156,7 @@ class ReplicaSet:
             slot = self._add_slot()
             slot.started.set_result(None)
 
-    def adopt(self, children: list[ChildProcess]) -> None:
+    def adopt(self, children: list[Child]) -> None:
         """Supervise replicas a previous controller started (already serving
         and health-checked), keeping their ids and resources."""
         for child in children:
@@ -194,7 +172,7 @@ class ReplicaSet:
             self._resources.claim(slot.replica_id, slot.allocation)
             slot.started.set_result(None)
             if not self.capabilities:
-                self.capabilities = dict(child.report.get("capabilities", {}))
+                self.capabilities = dict(child.report.capabilities)
             self._slots[slot.replica_id] = slot
             self._next_index = max(self._next_index, replica_index(slot.replica_id))
             slot.task = asyncio.create_task(self._supervise(slot, child), name=slot.replica_id)
@@ -206,23 +184,23 @@ class ReplicaSet:
         for slot in self.running():
             if slot.digest != digest and slot.child is not None:
                 slot.digest = digest
-                self._launcher.relabel(slot.child, digest=digest)
+                self._launcher.relabel(slot.child, digest)
 
-    async def roll(self, spec_path: Path, digest: str = "") -> None:
-        """Replace every replica by one loading ``spec_path``, one at a time,
+    async def roll(self, spec: bytes, digest: str = "") -> None:
+        """Replace every replica by one loading ``spec``, one at a time,
         each new replica RUNNING before its old one stops.
 
         If the first new replica cannot start nothing has changed; a later
         failure stops the roll where it is.
         """
-        previous = self.spec_path, self.digest
-        self.spec_path, self.digest = spec_path, digest
+        previous = self.spec, self.digest
+        self.spec, self.digest = spec, digest
         for index, old in enumerate(self._live()):
             try:
                 await self._start_slots(1)
             except ReplicaStartError:
                 if index == 0:
-                    self.spec_path, self.digest = previous
+                    self.spec, self.digest = previous
                 raise
             await self._stop_slots([old])
 
@@ -233,19 +211,12 @@ class ReplicaSet:
         request = replica_pb2.ReconfigureRequest(user_config_json=user_config_json, **limits)
         for slot in self.running():
             assert slot.child is not None
-            async with aio_channel(slot.child.address, self._launcher.security) as channel:
-                stub = replica_pb2_grpc.ReplicaServiceStub(channel)
-                try:
-                    await stub.Reconfigure(
-                        request,
-                        timeout=RECONFIGURE_TIMEOUT_S,
-                        metadata=auth.metadata(self._launcher.control_token),
-                    )
-                except grpc.aio.AioRpcError as exc:
-                    raise InvalidArgumentError(
-                        f"backend {self.tag!r}: replica {slot.replica_id} could not "
-                        f"reconfigure: {exc.details()}"
-                    ) from None
+            try:
+                await self._launcher.reconfigure(slot.child, request, RECONFIGURE_TIMEOUT_S)
+            except ReconfigureError as exc:
+                raise InvalidArgumentError(
+                    f"backend {self.tag!r}: replica {slot.replica_id} could not reconfigure: {exc}"
+                ) from None
 
     async def stop(self) -> None:
         await self._stop_slots(list(self._slots.values()))
@@ -299,7 +270,7 @@ class ReplicaSet:
             env["CUDA_VISIBLE_DEVICES"] = allocation.cuda_visible_devices
         return env
 
-    async def _start_once(self, slot: ReplicaSlot) -> tuple[ChildProcess | None, dict[str, Any]]:
+    async def _start_once(self, slot: ReplicaSlot) -> tuple[Child | None, Readiness]:
         """One attempt to start the slot's process: the child if it serves, and
         its report (why it failed, or what it can do)."""
         self._resources.release(slot.replica_id)
@@ -308,13 +279,11 @@ class ReplicaSet:
                 slot.replica_id, self.options.num_cpus, self.options.num_gpus
             )
         except InvalidArgumentError as exc:
-            return None, {"ok": False, "code": "RESOURCE_EXHAUSTED", "message": str(exc)}
+            return None, Readiness.failed("RESOURCE_EXHAUSTED", str(exc))
         slot.digest = self.digest
         record = ChildRecord(
             name=slot.replica_id,
             kind=REPLICA,
-            pid=0,
-            start_time=0,
             backend=self.tag,
             digest=self.digest,
             cpus=slot.allocation.cpus,
@@ -323,49 +292,46 @@ class ReplicaSet:
         )
         try:
             child = await self._launcher.start_replica(
-                record, self.spec_path, self._environment(slot.allocation)
+                record, self.spec, self._environment(slot.allocation)
             )
         except SpawnError as exc:
             # Becomes the answer of the call that asked for the replica (or a
             # FAILED replica retried with backoff), never a supervisor task
             # that died and left its caller waiting.
             logger.error("replica %s: %s", slot.replica_id, exc)
-            return None, {"ok": False, "code": exc.code, "message": str(exc)}
+            return None, Readiness.failed(exc.code, str(exc))
         if not child.ok:
             return None, child.report
-        if not await health_ok(
-            child.address, self._launcher.security, self._launcher.control_token
-        ):
+        if not await self._launcher.healthy(child, HEALTH_TIMEOUT_S):
             await child.stop()
-            return None, {"ok": False, "code": "UNAVAILABLE", "message": "health check failed"}
+            return None, Readiness.failed("UNAVAILABLE", "health check failed")
         return child, child.report
 
-    async def _supervise(self, slot: ReplicaSlot, adopted: ChildProcess | None = None) -> None:
+    async def _supervise(self, slot: ReplicaSlot, adopted: Child | None = None) -> None:
         """Keep the slot's replica running; ``adopted`` is one already running."""
-        backoff = BACKOFF_INITIAL_S
+        backoff = Backoff(RESTART_BACKOFF_INITIAL_S, RESTART_BACKOFF_MAX_S)
         while not slot.stopping:
             slot.state = pb.REPLICA_STATE_STARTING
-            child: ChildProcess | None
+            child: Child | None
             if adopted is not None:
                 child, report, adopted = adopted, adopted.report, None
             else:
                 child, report = await self._start_once(slot)
             if child is None:
                 slot.state = pb.REPLICA_STATE_FAILED
-                slot.error = str(report.get("message", "failed to start"))
+                slot.error = report.message or "failed to start"
                 if not slot.started.done():
-                    code = str(report.get("code", "INTERNAL"))
+                    code = report.code or "INTERNAL"
                     slot.started.set_exception(ReplicaStartError(code, slot.error))
                     return
                 await self._on_change()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
                 continue
             slot.child = child
             slot.state = pb.REPLICA_STATE_RUNNING
             slot.error = ""
             if not self.capabilities:
-                self.capabilities = dict(report.get("capabilities", {}))
+                self.capabilities = dict(report.capabilities)
             await self._on_change()
             if not slot.started.done():
                 slot.started.set_result(None)
@@ -379,10 +345,9 @@ class ReplicaSet:
             logger.warning("replica %s: %s; restarting", slot.replica_id, reason)
             await self._on_change()
             if time.monotonic() - began >= STABLE_AFTER_S:
-                backoff = BACKOFF_INITIAL_S
+                backoff.reset()
             else:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
 
     def _exit_reason(self, code: int) -> str:
         limit = self.options.memory_bytes
@@ -393,29 +358,28 @@ class ReplicaSet:
             return f"process was killed (SIGKILL); its memory limit was {limit / 2**20:g} MiB"
         return f"process exited with code {code}"
 
-    async def _watch(self, slot: ReplicaSlot, child: ChildProcess) -> str:
+    async def _watch(self, slot: ReplicaSlot, child: Child) -> str:
         """Wait until the replica exits or fails its health checks; says which."""
         exited = asyncio.ensure_future(child.wait())
         failures = 0
         try:
             while True:
-                period = self.config.health_check_period or 10.0
+                period = backend_fields.seconds(self.config, "health_check_period")
                 done, _ = await asyncio.wait({exited}, timeout=period)
                 if done:
-                    if child.adopted:  # not our child: no exit status to tell
+                    code = exited.result()
+                    if code is None:  # not our child: no exit status to tell
                         return "process exited"
-                    return self._exit_reason(exited.result())
+                    return self._exit_reason(code)
                 if slot.stopping:
                     await exited
                     return "stopped"
-                timeout = self.config.health_check_timeout or HEALTH_TIMEOUT_S
-                if await health_ok(
-                    child.address, self._launcher.security, self._launcher.control_token, timeout
-                ):
+                timeout = backend_fields.seconds(self.config, "health_check_timeout")
+                if await self._launcher.healthy(child, timeout):
                     failures = 0
                     continue
                 failures += 1
-                threshold = self.config.health_check_failure_threshold or 3
+                threshold = backend_fields.count(self.config, "health_check_failure_threshold")
                 if failures >= threshold:
                     child.kill()
                     await exited

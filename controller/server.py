@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from turnout._internal import auth, replica_context
+from turnout._internal.backoff import Backoff
 from turnout._internal.rpc import SERVER_OPTIONS, Security, add_port, aio_server
 from turnout._internal.subscribers import PROXY as PROXY_SUBSCRIBER
 from turnout._internal.tls_options import is_unix
@@ -29,7 +30,8 @@ from turnout.v1 import controller_pb2 as pb
 
 from . import adoption
 from .control_plane import ControlPlane
-from .launcher import ChildProcess, ProcessLauncher
+from .launchers.base import Child, Launcher, ProxySpec
+from .launchers.local import LocalLauncher
 from .routing import RoutePublisher
 from .servicer import ControllerServicer, add_to_server
 from .sqlite_store import SqliteStore
@@ -38,7 +40,11 @@ from .store import PROXY
 
 logger = logging.getLogger(__name__)
 
+# A proxy that keeps exiting is restarted after 0.2 s, 0.4 s... up to this; one
+# that ran PROXY_STABLE_AFTER_S restarts at once.
+PROXY_BACKOFF_INITIAL_S = 0.2
 PROXY_BACKOFF_MAX_S = 10.0
+PROXY_STABLE_AFTER_S = 10.0
 SHUTDOWN_GRACE_S = 2.0
 # Largest admin request the controller reads (a CreateBackend carries the
 # pickled code): bigger ones are refused with RESOURCE_EXHAUSTED before they
@@ -118,17 +124,16 @@ class Controller:
         auth.ensure(options.admin_token_file)
         self._secret = auth.ensure(options.instance_dir / auth.SECRET_FILE).encode()
         self.verifier = auth.instance_verifier(self._secret, options.admin_token_file)
-        self.launcher = ProcessLauncher(
+        local = LocalLauncher(
             options.run_dir,
             options.log_dir,
             self.store,
             durable=options.durable,
             security=options.security,
         )
-        self.launcher.https = options.https
-        self.launcher.credentials = lambda principal: auth.child_credentials(
-            self._secret, principal
-        )
+        local.https = options.https
+        local.credentials = lambda principal: auth.child_credentials(self._secret, principal)
+        self.launcher: Launcher = local
         self.publisher = RoutePublisher()
         self.plane = ControlPlane(
             self.store,
@@ -141,7 +146,7 @@ class Controller:
         self.address = ""
         self.http_address = ""
         self._server: grpc.aio.Server | None = None
-        self._proxy: ChildProcess | None = None
+        self._proxy: Child | None = None
         self._proxy_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -194,12 +199,12 @@ class Controller:
         )
         await self.plane.recover(adopt=self.options.durable)
         await server.start()
-        proxy = await self._recover_proxy()
+        proxy, adopted = await self._recover_proxy()
         if not proxy.ok:
-            raise ProxyStartError(str(proxy.report.get("message", "proxy failed to start")))
+            raise ProxyStartError(proxy.report.message or "proxy failed to start")
         self._proxy = proxy
         await self.publisher.require(PROXY_SUBSCRIBER)
-        if proxy.adopted:
+        if adopted:
             # Ready means the proxy serves the recovered state: a change the
             # old controller wrote but never published reaches it now.
             await self.plane.routes_changed()
@@ -218,8 +223,8 @@ class Controller:
             return auth.derive(self._secret, "handle")
         return presented or ""
 
-    async def _recover_proxy(self) -> ChildProcess:
-        """The proxy an earlier controller left serving, or a new one.
+    async def _recover_proxy(self) -> tuple[Child, bool]:
+        """The proxy an earlier controller left serving (and True), or a new one.
 
         A new proxy of a durable instance takes the recorded proxy's port when
         none was asked for, so clients keep their URL across restarts.
@@ -229,16 +234,19 @@ class Controller:
         if self.options.durable:
             adopted = await adoption.adopt_proxy(self.launcher, record, host, port, self.address)
             if adopted is not None:
-                return adopted
+                return adopted, True
             if record is not None and port == 0 and record.address:
                 port = int(record.address.rpartition(":")[2])
         elif record is not None:
             await self.launcher.stop_recorded(record)
-        return await self.launcher.start_proxy(
-            self.address,
-            host,
-            port,
-            self.options.access_log,
+        return await self.launcher.start_proxy(self._proxy_spec(host, port)), False
+
+    def _proxy_spec(self, host: str, port: int) -> ProxySpec:
+        return ProxySpec(
+            controller_address=self.address,
+            host=host,
+            port=port,
+            access_log=self.options.access_log,
             workers=self.options.proxy_workers,
             system_token_file=self.options.system_paths_token_file,
         )
@@ -246,7 +254,7 @@ class Controller:
     async def _supervise_proxy(self) -> None:
         """Restart the proxy on the same port whenever it dies."""
         host, _, port = self.http_address.partition("://")[2].rpartition(":")
-        backoff = 0.2
+        backoff = Backoff(PROXY_BACKOFF_INITIAL_S, PROXY_BACKOFF_MAX_S)
         while not self._stopping:
             assert self._proxy is not None
             began = time.monotonic()
@@ -255,24 +263,16 @@ class Controller:
                 return
             await self.publisher.release(PROXY_SUBSCRIBER)
             logger.warning("proxy (pid %d) exited (%s); restarting it", self._proxy.pid, code)
-            if time.monotonic() - began < 10:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, PROXY_BACKOFF_MAX_S)
+            if time.monotonic() - began < PROXY_STABLE_AFTER_S:
+                await asyncio.sleep(backoff.next())
             else:
-                backoff = 0.2
-            proxy = await self.launcher.start_proxy(
-                self.address,
-                host,
-                int(port),
-                self.options.access_log,
-                workers=self.options.proxy_workers,
-                system_token_file=self.options.system_paths_token_file,
-            )
+                backoff.reset()
+            proxy = await self.launcher.start_proxy(self._proxy_spec(host, int(port)))
             if proxy.ok:
                 self._proxy = proxy
                 await self.publisher.require(PROXY_SUBSCRIBER)
             else:
-                logger.error("proxy restart failed: %s", proxy.report.get("message"))
+                logger.error("proxy restart failed: %s", proxy.report.message)
 
     async def shutdown(self) -> None:
         """Stop replicas, then the proxy; idempotent, waits until done."""

@@ -14,9 +14,28 @@ from pathlib import Path
 
 from turnout.v1 import controller_pb2 as pb
 
-from .store import BackendRecord, ChildRecord, EndpointRecord
+from .launchers.local import local_handle
+from .store import LOCAL, BackendRecord, ChildRecord, EndpointRecord
 
-_SCHEMA = """
+# Children the controller started: what a restarted controller re-adopts.
+_CHILDREN = """
+CREATE TABLE IF NOT EXISTS children (
+    name TEXT PRIMARY KEY,   -- "proxy" or a replica id
+    kind TEXT NOT NULL,      -- "proxy" or "replica"
+    launcher TEXT NOT NULL,  -- which launcher started it ("local")
+    handle TEXT NOT NULL,    -- that launcher's way to find it again (opaque)
+    address TEXT NOT NULL,
+    log_path TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    resources TEXT NOT NULL, -- JSON {"cpus": [...], "gpus": [...], "gpu_share": x}
+    capabilities TEXT NOT NULL  -- JSON, as the replica reported it
+);
+"""
+
+_SCHEMA = (
+    _CHILDREN
+    + """
 CREATE TABLE IF NOT EXISTS backends (
     tag TEXT PRIMARY KEY,
     spec BLOB NOT NULL,      -- turnout.v1.BackendSpec
@@ -31,20 +50,8 @@ CREATE TABLE IF NOT EXISTS endpoints (
     shadows TEXT NOT NULL,   -- JSON {backend: proportion}
     request_timeout REAL NOT NULL
 );
--- Processes the controller started: what a restarted controller re-adopts.
-CREATE TABLE IF NOT EXISTS children (
-    name TEXT PRIMARY KEY,   -- "proxy" or a replica id
-    kind TEXT NOT NULL,      -- "proxy" or "replica"
-    pid INTEGER NOT NULL,
-    start_time INTEGER NOT NULL,  -- clock ticks since boot, /proc/<pid>/stat
-    address TEXT NOT NULL,
-    log_path TEXT NOT NULL,
-    backend TEXT NOT NULL,
-    digest TEXT NOT NULL,
-    resources TEXT NOT NULL, -- JSON {"cpus": [...], "gpus": [...], "gpu_share": x}
-    capabilities TEXT NOT NULL  -- JSON, as the replica reported it
-);
 """
+)
 
 
 class SqliteStore:
@@ -54,6 +61,7 @@ class SqliteStore:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        self._migrate()
         self._db.executescript(_SCHEMA)
         self._backends = {record.tag: record for record in self._load_backends()}
         self._endpoints = {record.name: record for record in self._load_endpoints()}
@@ -61,6 +69,30 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate(self) -> None:
+        """Bring a state file written by an earlier build up to this schema,
+        in one transaction: its children were local processes, recorded by
+        pid and start time, which become their launcher and handle."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(children)")}
+        if "pid" not in columns:
+            return  # a new file, or already migrated
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            rows = self._db.execute(
+                "SELECT name, kind, pid, start_time, address, log_path, backend, digest, "
+                "resources, capabilities FROM children ORDER BY rowid"
+            ).fetchall()
+            self._db.execute("DROP TABLE children")
+            self._db.execute(_CHILDREN)
+            self._db.executemany(
+                "INSERT INTO children (name, kind, launcher, handle, address, log_path, backend, "
+                "digest, resources, capabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (name, kind, LOCAL, local_handle(pid, start), *rest)
+                    for name, kind, pid, start, *rest in rows
+                ],
+            )
 
     def _load_backends(self) -> list[BackendRecord]:
         rows = self._db.execute("SELECT tag, spec, config, options FROM backends ORDER BY rowid")
@@ -93,15 +125,15 @@ class SqliteStore:
 
     def _load_children(self) -> list[ChildRecord]:
         rows = self._db.execute(
-            "SELECT name, kind, pid, start_time, address, log_path, backend, digest, resources, "
+            "SELECT name, kind, launcher, handle, address, log_path, backend, digest, resources, "
             "capabilities FROM children ORDER BY rowid"
         )
         records = []
         for (
             name,
             kind,
-            pid,
-            start_time,
+            launcher,
+            handle,
             address,
             log_path,
             backend,
@@ -114,8 +146,8 @@ class SqliteStore:
                 ChildRecord(
                     name=name,
                     kind=kind,
-                    pid=pid,
-                    start_time=start_time,
+                    launcher=launcher,
+                    handle=handle,
                     address=address,
                     log_path=log_path,
                     backend=backend,
@@ -193,19 +225,19 @@ class SqliteStore:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT INTO children (name, kind, pid, start_time, address, log_path, backend, "
+                "INSERT INTO children (name, kind, launcher, handle, address, log_path, backend, "
                 "digest, resources, capabilities) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(name) DO "
-                "UPDATE SET kind=excluded.kind, pid=excluded.pid, "
-                "start_time=excluded.start_time, address=excluded.address, "
+                "UPDATE SET kind=excluded.kind, launcher=excluded.launcher, "
+                "handle=excluded.handle, address=excluded.address, "
                 "log_path=excluded.log_path, backend=excluded.backend, "
                 "digest=excluded.digest, resources=excluded.resources, "
                 "capabilities=excluded.capabilities",
                 (
                     record.name,
                     record.kind,
-                    record.pid,
-                    record.start_time,
+                    record.launcher,
+                    record.handle,
                     record.address,
                     record.log_path,
                     record.backend,

@@ -42,21 +42,23 @@ class EndpointRecord:
 
 PROXY = "proxy"
 REPLICA = "replica"
+# The launcher of OS processes on the controller's machine (``launchers.local``).
+LOCAL = "local"
 
 
 @dataclass(frozen=True)
 class ChildRecord:
-    """A process the controller started, as a later controller needs it to
-    re-adopt the process (or to kill it) after a crash."""
+    """A child the controller started, as a later controller needs it to
+    re-adopt the child (or to stop it) after a crash."""
 
     # "proxy", or the replica id ("<backend>#<n>").
     name: str
     # PROXY or REPLICA.
     kind: str
-    pid: int
-    # Start time of ``pid`` in clock ticks since boot (/proc/<pid>/stat field
-    # 22): a pid reused by another process has another start time.
-    start_time: int
+    # Which launcher started it, and what that launcher needs to find it
+    # again: opaque to everyone else (local processes: pid and start time).
+    launcher: str = LOCAL
+    handle: str = ""
     # host:port it serves on; "" until it reported ready.
     address: str = ""
     log_path: str = ""

@@ -7,7 +7,6 @@ served on the last snapshot meanwhile.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -20,17 +19,23 @@ from pathlib import Path
 
 from aiohttp import web
 
-from turnout._internal import auth, child_process, logs, subscribers, tls_options
+from turnout._internal import (
+    auth,
+    child_process,
+    logs,
+    proxy_args,
+    readiness,
+    subscribers,
+    tls_options,
+)
 from turnout._internal.errors import TokenFileError, TurnoutError
+from turnout._internal.proxy_args import FD_RESERVE, ProxyArgs
+from turnout._internal.readiness import Readiness
 from turnout._internal.rpc import Security
 from turnout._sending.controller_link import StatsReporter, watch_routes
 
-from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES, ProxyState, build_server
+from .app import ProxyState, build_server
 from .front_door import (
-    DEFAULT_IDLE_TIMEOUT_S,
-    DEFAULT_MAX_CONNECTIONS,
-    DEFAULT_READ_TIMEOUT_S,
-    FD_RESERVE,
     AcceptErrors,
     AccessLog,
     ConnectionLimits,
@@ -44,89 +49,7 @@ logger = logging.getLogger("turnout.proxy")
 FIRST_SNAPSHOT_TIMEOUT_S = 30.0
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m turnout.proxy")
-    parser.add_argument(
-        "--controller", required=True, help="controller gRPC address host:port or unix:/path"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind host (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="HTTP port; 0 = any free port")
-    parser.add_argument(
-        "--max-body-bytes",
-        type=int,
-        default=DEFAULT_MAX_BODY_BYTES,
-        help="largest request body accepted; larger ones get 413 (default 16 MiB)",
-    )
-    parser.add_argument(
-        "--max-response-bytes",
-        type=_positive_int,
-        default=DEFAULT_MAX_RESPONSE_BYTES,
-        help="largest answer body passed on; larger ones get 502 (default 64 MiB)",
-    )
-    parser.add_argument(
-        "--read-timeout",
-        type=child_process.seconds_arg,
-        default=DEFAULT_READ_TIMEOUT_S,
-        help="seconds a request's head, and then its body, may take to arrive; 0 = no limit "
-        f"(default {DEFAULT_READ_TIMEOUT_S:g})",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=child_process.seconds_arg,
-        default=DEFAULT_IDLE_TIMEOUT_S,
-        help="seconds a connection may wait for its next (or first) request; 0 = no limit "
-        f"(default {DEFAULT_IDLE_TIMEOUT_S:g})",
-    )
-    parser.add_argument(
-        "--max-connections",
-        type=_positive_int,
-        help=f"client connections open at once; more get 503 (default {DEFAULT_MAX_CONNECTIONS}, "
-        f"fewer if the open-file limit is lower: that limit less {FD_RESERVE})",
-    )
-    parser.add_argument(
-        "--workers",
-        type=_positive_int,
-        default=1,
-        help="proxy processes sharing the port through SO_REUSEPORT (default 1)",
-    )
-    # Set by the lead for the workers it starts (turnout.proxy.workers).
-    parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--stats-dir", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--credentials-file", type=Path, help="the proxy's token (0600 JSON, from the controller)"
-    )
-    parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
-    parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
-    parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
-    parser.add_argument(
-        "--access-log", type=Path, help="rotated access log, one line per request (default: none)"
-    )
-    parser.add_argument(
-        "--protect-system-paths",
-        action="store_true",
-        help="/-/routes, /-/routing and /-/metrics answer 401 without "
-        "'Authorization: Bearer <token>' (/-/healthz stays open)",
-    )
-    parser.add_argument(
-        "--system-token-file",
-        type=Path,
-        metavar="PATH",
-        help="file holding the token --protect-system-paths wants (read on each request)",
-    )
-    parser.add_argument(
-        "--https-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate"
-    )
-    parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
-    tls_options.add_arguments(parser, server=False)
-    args = parser.parse_args(argv)
-    if (args.https_cert is None) != (args.https_key is None):
-        parser.error("HTTPS needs both --https-cert and --https-key")
-    if args.protect_system_paths and args.system_token_file is None:
-        parser.error("--protect-system-paths needs --system-token-file")
-    return args
-
-
-def https_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+def https_context(args: ProxyArgs) -> ssl.SSLContext | None:
     """The server-side TLS context ``--https-cert``/``--https-key`` ask for; None = HTTP."""
     if args.https_cert is None:
         return None
@@ -135,7 +58,7 @@ def https_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
-def system_token(args: argparse.Namespace) -> auth.Verifier | None:
+def system_token(args: ProxyArgs) -> auth.Verifier | None:
     """What checks the token the protected system paths want (re-read when
     its file changes, as the controller does); None = unprotected."""
     if not args.protect_system_paths:
@@ -143,17 +66,7 @@ def system_token(args: argparse.Namespace) -> auth.Verifier | None:
     return auth.Verifier({}, args.system_token_file)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
-    return value
-
-
-def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+def connection_limits(args: ProxyArgs) -> ConnectionLimits:
     """The limits ``args`` ask for; raises the open-file limit as far as allowed."""
     if args.max_connections is None:
         max_connections = default_max_connections()
@@ -183,35 +96,16 @@ def access_logger(path: Path | None) -> logging.Logger | None:
     return log
 
 
-def pass_on(args: argparse.Namespace) -> tuple[str, ...]:
-    """The options the lead gives every worker as it was given them."""
-    options = [
-        "--max-response-bytes", str(args.max_response_bytes),
-        "--read-timeout", repr(args.read_timeout),
-        "--idle-timeout", repr(args.idle_timeout),
-    ]  # fmt: skip
-    if args.max_connections is not None:
-        options += ["--max-connections", str(args.max_connections)]
-    if args.protect_system_paths:
-        options += ["--protect-system-paths", "--system-token-file", str(args.system_token_file)]
-    if args.https_cert is not None:
-        options += ["--https-cert", str(args.https_cert), "--https-key", str(args.https_key)]
-    options += tls_options.argv(Security(tls=tls_options.from_args(args)))
-    if args.credentials_file is not None:
-        options += ["--credentials-file", str(args.credentials_file)]
-    return tuple(options)
-
-
-def _fail(args: argparse.Namespace, code: str, message: str) -> int:
+def _fail(args: ProxyArgs, code: str, message: str) -> int:
     logger.error("%s", message)
     if args.ready_fd is not None:
-        child_process.report_failure(args.ready_fd, code, message)
+        readiness.write(args.ready_fd, Readiness.failed(code, message))
     return 1
 
 
-async def serve(args: argparse.Namespace) -> int:
+async def serve(args: ProxyArgs) -> int:
     try:
-        tls = tls_options.from_args(args)
+        tls = tls_options.checked(args.tls)
         https = https_context(args)
     except TurnoutError as exc:
         return _fail(args, "INVALID_ARGUMENT", str(exc))
@@ -277,11 +171,7 @@ async def serve(args: argparse.Namespace) -> int:
     workers = None
     starting: asyncio.Task[None] | None = None
     if lead_of_workers and stats_dir is not None:
-        spec = WorkerSpec(
-            args.controller, args.host, port, args.max_body_bytes, stats_dir,
-            args.log_file, args.access_log, pass_on(args),
-        )  # fmt: skip
-        workers = Workers(spec, args.workers)
+        workers = Workers(WorkerSpec(args, port, stats_dir), args.workers)
         # Started now, so that they load and get their routes while this one does.
         starting = asyncio.create_task(workers.start())
     if not await _first_snapshot_or_stop(state, stop):
@@ -305,7 +195,7 @@ async def serve(args: argparse.Namespace) -> int:
             await _shut_down(watcher, runner, state, workers)
             return _fail(args, "UNAVAILABLE", str(exc))
     if args.ready_fd is not None:
-        child_process.report_ready(args.ready_fd, address=address, pid=os.getpid())
+        readiness.write(args.ready_fd, Readiness(ok=True, address=address, pid=os.getpid()))
     who = f"proxy worker {index}" if index else "proxy"
     logger.info("%s listening on %s://%s", who, "https" if https else "http", address)
 
@@ -348,7 +238,7 @@ async def _shut_down(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = proxy_args.parse(sys.argv[1:] if argv is None else argv)
     if args.parent_pid is not None:
         child_process.die_with_parent(args.parent_pid)
     child_process.exit_with_owner()

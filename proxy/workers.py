@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,8 +33,11 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
-from turnout._internal import child_process
+from turnout._internal import proxy_args
+from turnout._internal.backoff import Backoff
 from turnout._internal.counters import sum_reports
+from turnout._internal.proxy_args import ProxyArgs
+from turnout._internal.spawn import spawn_async
 from turnout._sending.stats import RouterStats
 from turnout.v1 import controller_pb2 as pb
 
@@ -45,8 +49,9 @@ logger = logging.getLogger(__name__)
 WORKER_READY_TIMEOUT_S = 60.0
 # How long a worker told to stop may drain its requests before it is killed.
 WORKER_STOP_TIMEOUT_S = 35.0
-# Restarts of a worker that keeps exiting back off up to this.
-RESTART_BACKOFF_MAX_S = 10.0
+# Restarts of a worker that keeps exiting wait 0.5 s, 1 s, 2 s... up to this.
+WORKER_BACKOFF_INITIAL_S = 0.5
+WORKER_BACKOFF_MAX_S = 10.0
 # How often a worker writes its counters for the others' /-/metrics.
 SHARE_INTERVAL_S = 1.0
 
@@ -58,35 +63,29 @@ def indexed(path: Path, index: int) -> Path:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What the lead tells every worker it starts."""
+    """What the lead tells every worker it starts: its own options, but for
+    the port it bound (``--port 0`` means the one the lead got) and the
+    files each worker keeps to itself."""
 
-    controller: str
-    host: str
+    lead: ProxyArgs
     port: int
-    max_body_bytes: int
     stats_dir: Path
-    log_file: Path | None = None
-    access_log: Path | None = None
-    # Further options, passed on as they are (limits, timeouts).
-    options: tuple[str, ...] = ()
 
     def argv(self, index: int, ready_fd: int) -> list[str]:
-        args = [
-            "--controller", self.controller,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--max-body-bytes", str(self.max_body_bytes),
-            "--worker-index", str(index),
-            "--stats-dir", str(self.stats_dir),
-            "--parent-pid", str(os.getpid()),
-            "--ready-fd", str(ready_fd),
-            *self.options,
-        ]  # fmt: skip
-        if self.log_file is not None:
-            args += ["--log-file", str(indexed(self.log_file, index))]
-        if self.access_log is not None:
-            args += ["--access-log", str(indexed(self.access_log, index))]
-        return child_process.child_argv("turnout.proxy", args)
+        lead = self.lead
+        return proxy_args.command(
+            dataclasses.replace(
+                lead,
+                port=self.port,
+                workers=1,
+                worker_index=index,
+                stats_dir=self.stats_dir,
+                parent_pid=os.getpid(),
+                ready_fd=ready_fd,
+                log_file=None if lead.log_file is None else indexed(lead.log_file, index),
+                access_log=None if lead.access_log is None else indexed(lead.access_log, index),
+            )
+        )
 
 
 def new_stats_dir() -> Path:
@@ -187,48 +186,31 @@ class Workers:
         self._watchers = [asyncio.create_task(self._watch(i)) for i in indices]
 
     async def _start(self, index: int) -> None:
-        read_fd, write_fd = os.pipe()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *self._spec.argv(index, write_fd),
-                stdin=asyncio.subprocess.DEVNULL,
-                pass_fds=(write_fd,),
-            )
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
-        self._processes[index] = process
-        try:
-            report = await asyncio.wait_for(
-                child_process.read_report_async(read_fd), WORKER_READY_TIMEOUT_S
-            )
-        except TimeoutError:
-            report = {"message": f"not ready within {WORKER_READY_TIMEOUT_S:.0f} s"}
-        if not report.get("ok"):
+        spawned = await spawn_async(lambda ready_fd: self._spec.argv(index, ready_fd))
+        process = self._processes[index] = spawned.process
+        report = await spawned.ready(WORKER_READY_TIMEOUT_S, f"proxy worker {index}")
+        if not report.ok:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
-            raise RuntimeError(f"worker {index}: {report.get('message', 'failed')}")
+            raise RuntimeError(f"worker {index}: {report.message or 'failed'}")
         logger.info("proxy worker %d serving (pid %d)", index, process.pid)
 
     async def _watch(self, index: int) -> None:
-        backoff = 0.5
+        backoff = Backoff(WORKER_BACKOFF_INITIAL_S, WORKER_BACKOFF_MAX_S)
         while True:
             code = await self._processes[index].wait()
             if self._stopping:
                 return
             logger.warning("proxy worker %d exited with %s; restarting it", index, code)
             while True:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RESTART_BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
                 try:
                     await self._start(index)
                     break
                 except (RuntimeError, OSError) as exc:
                     logger.error("restarting proxy worker %d failed: %s", index, exc)
-            backoff = 0.5
+            backoff.reset()
 
     async def stop(self) -> None:
         """SIGTERM every worker (each drains its requests), then wait; SIGKILL

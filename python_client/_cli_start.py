@@ -23,16 +23,18 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from turnout._internal import child_process, tls_options
+from turnout._internal import controller_args, tls_options
+from turnout._internal.controller_args import ControllerArgs
 from turnout._internal.processes import command_line, start_time
+from turnout._internal.readiness import Readiness
 from turnout._internal.rpc import Security, TLSConfig
+from turnout._internal.spawn import popen, spawn_detached
 from turnout.errors import TurnoutError
 from turnout.instance import START_TIMEOUT_S, _child_env, port_in_use_hint
 
@@ -86,36 +88,28 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
 
         controller_argv(StartOptions(Path("/srv/t"), Path("/srv/t/state.db")), ready_fd=5)
     """
-    args = [
-        "--host", options.grpc_host,
-        "--port", str(options.grpc_port),
-        "--http-host", options.http_host,
-        "--http-port", str(options.http_port),
-        "--instance-dir", str(options.instance_dir),
-        "--state", str(options.state_path),
-        "--ready-fd", str(ready_fd),
-        "--durable",
-    ]  # fmt: skip
-    if not options.access_log:
-        args.append("--no-access-log")
-    if options.proxy_workers != 1:
-        args += ["--proxy-workers", str(options.proxy_workers)]
-    if options.max_replicas is not None:
-        args += ["--max-replicas", str(options.max_replicas)]
-    args += tls_options.argv(Security(tls=options.tls))
-    if options.insecure:
-        args.append("--insecure")
-    if options.allow_pickled_code is not None:
-        args.append(
-            "--allow-pickled-code" if options.allow_pickled_code else "--no-allow-pickled-code"
+    return controller_args.command(
+        ControllerArgs(
+            host=options.grpc_host,
+            port=options.grpc_port,
+            http_host=options.http_host,
+            http_port=options.http_port,
+            instance_dir=options.instance_dir,
+            state=options.state_path,
+            ready_fd=ready_fd,
+            durable=True,
+            access_log=options.access_log,
+            proxy_workers=options.proxy_workers,
+            max_replicas=options.max_replicas,
+            tls=options.tls,
+            insecure=options.insecure,
+            allow_pickled_code=options.allow_pickled_code,
+            protect_system_paths=options.protect_system_paths,
+            system_token_file=options.system_token_file,
+            https_cert=None if options.https is None else options.https[0],
+            https_key=None if options.https is None else options.https[1],
         )
-    if options.protect_system_paths:
-        args.append("--protect-system-paths")
-    if options.system_token_file is not None:
-        args += ["--system-token-file", str(options.system_token_file)]
-    if options.https is not None:
-        args += ["--https-cert", str(options.https[0]), "--https-key", str(options.https[1])]
-    return child_process.child_argv("turnout.controller", args)
+    )
 
 
 def _controller_alive(pid: int) -> bool:
@@ -209,20 +203,18 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _started(report: dict[str, object], pid: int) -> Started:
+def _started(report: Readiness, pid: int) -> Started:
     return Started(
         pid=pid,
-        address=str(report["address"]),
-        http_address=str(report["http_address"]),
-        log_dir=str(report.get("log_dir", "")),
+        address=report.address,
+        http_address=report.http_address,
+        log_dir=report.log_dir,
     )
 
 
-def _failure(report: dict[str, object], log: Path, options: StartOptions) -> StartError:
+def _failure(report: Readiness, log: Path, options: StartOptions) -> StartError:
     fix = "pick another with --http-port, or --http-port 0 for any free port"
-    message = port_in_use_hint(
-        str(report.get("message")), options.http_host, options.http_port, fix
-    )
+    message = port_in_use_hint(report.message, options.http_host, options.http_port, fix)
     return StartError(f"Turnout did not start: {message} (log: {log})")
 
 
@@ -254,28 +246,14 @@ def start_detached(options: StartOptions) -> Started:
         print(started.address)
     """
     _prepare(options)
-    log_path = options.log_dir / "controller.out"
-    append = os.O_WRONLY | os.O_APPEND | os.O_CREAT
-    read_fd, write_fd = os.pipe()
-    os.set_inheritable(write_fd, True)
-    try:
-        # posix_spawn rather than Popen: nothing here waits for this child,
-        # which outlives the command (Popen would warn that it is still running).
-        pid = os.posix_spawn(
-            sys.executable,
-            controller_argv(options, write_fd),
-            _env(),
-            file_actions=[
-                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                (os.POSIX_SPAWN_OPEN, 1, str(log_path), append, 0o644),
-                (os.POSIX_SPAWN_DUP2, 1, 2),
-            ],
-            setsid=True,
-        )
-    finally:
-        os.close(write_fd)
-    report = child_process.read_report(read_fd, START_TIMEOUT_S)
-    if not report.get("ok"):
+    pid, report = spawn_detached(
+        lambda ready_fd: controller_argv(options, ready_fd),
+        START_TIMEOUT_S,
+        "the controller",
+        env=_env(),
+        output=options.log_dir / "controller.out",
+    )
+    if not report.ok:
         _kill_and_reap(pid)
         raise _failure(report, options.log_dir / "controller.log", options)
     options.pid_file.write_text(f"{pid}\n")
@@ -327,21 +305,13 @@ def run_foreground(options: StartOptions, on_ready: Callable[[Started], None]) -
         sys.exit(run_foreground(options, lambda s: print("serving on", s.http_address)))
     """
     _prepare(options)
-    read_fd, write_fd = os.pipe()
-    try:
-        # Its own session: a terminal's Ctrl-C reaches it once, from us.
-        process = subprocess.Popen(
-            controller_argv(options, write_fd),
-            stdin=subprocess.DEVNULL,
-            pass_fds=(write_fd,),
-            start_new_session=True,
-            env=_env(),
-        )
-    finally:
-        os.close(write_fd)
+    # Its own session: a terminal's Ctrl-C reaches it once, from us.
+    process, pipe = popen(
+        lambda ready_fd: controller_argv(options, ready_fd), start_new_session=True, env=_env()
+    )
     with process, _forwarding(process):
-        report = child_process.read_report(read_fd, START_TIMEOUT_S)
-        if not report.get("ok"):
+        report = pipe.read(START_TIMEOUT_S, "the controller")
+        if not report.ok:
             if process.poll() is None:
                 process.terminate()
             process.wait()

@@ -25,10 +25,9 @@ from typing import TextIO
 
 from turnout import _cli_logs, _cli_render, _cli_start
 from turnout._deploy_apply import Instance, apply
-from turnout._internal import auth, paths, tls_options
+from turnout._internal import auth, logs, paths, tls_options
 from turnout._internal.version import __version__
 from turnout.client import Client
-from turnout.controller.launcher import out_path
 from turnout.deploy import DeployFileError, Plan, load_file, plan
 from turnout.errors import NotRunningError, TurnoutError
 
@@ -253,7 +252,7 @@ def _with_output(log: Path, label: str) -> list[_cli_logs.LogSource]:
     out_label = f"{label} out" if label else "out"
     return [
         _cli_logs.LogSource(log, label),
-        _cli_logs.LogSource(out_path(log), out_label),
+        _cli_logs.LogSource(logs.out_path(log), out_label),
     ]
 
 

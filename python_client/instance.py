@@ -18,6 +18,7 @@ unless it is to be kept.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -30,9 +31,13 @@ import time
 from pathlib import Path
 
 from turnout._driver_logs import DriverLogs
-from turnout._internal import auth, child_process, replica_context, tls_options
+from turnout._internal import auth, child_process, controller_args, replica_context, tls_options
+from turnout._internal.backoff import Backoff
+from turnout._internal.controller_args import ControllerArgs
 from turnout._internal.processes import start_time
-from turnout._internal.rpc import Security, TLSConfig
+from turnout._internal.readiness import Readiness
+from turnout._internal.rpc import TLSConfig
+from turnout._internal.spawn import spawn
 from turnout.errors import TurnoutError
 
 logger = logging.getLogger("turnout")
@@ -45,6 +50,8 @@ EXIT_AFTER_SHUTDOWN_S = 10.0
 # given up on after this many starts in a row that failed.
 RESTART_ATTEMPTS = 6
 RESTART_BACKOFF_S = 0.5
+# Attempts wait 0.5 s, 1 s, 2 s... up to this.
+RESTART_BACKOFF_MAX_S = 8.0
 # How long a controller whose connection broke may take to be seen dead.
 _DYING_S = 0.5
 # Files the instance's processes create are theirs alone.
@@ -56,17 +63,17 @@ class LocalInstance:
 
     def __init__(
         self,
-        argv: list[str],
+        options: ControllerArgs,
         process: subprocess.Popen[bytes],
-        report: dict[str, object],
+        report: Readiness,
         instance_dir: Path,
         keep_dir: bool,
         logs: DriverLogs | None,
     ) -> None:
-        self._argv = argv
+        self._options = options
         self._process = process
-        self.address = str(report["address"])
-        self.http_address = str(report["http_address"])
+        self.address = report.address
+        self.http_address = report.http_address
         self.instance_dir = instance_dir
         # The admin token, made here and handed to the controller in a 0600
         # file of the 0700 instance directory (never its environment).
@@ -102,30 +109,27 @@ class LocalInstance:
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
         (instance_dir / "logs").mkdir(mode=0o700)
         auth.write_private(instance_dir / auth.TOKEN_FILE, auth.new_token())
-        argv = child_process.child_argv(
-            "turnout.controller",
-            [
-                "--host", host,
-                "--http-host", http_host,
-                "--http-port", str(http_port),
-                "--instance-dir", str(instance_dir),
-                "--state", str(state_path or instance_dir / "state.db"),
-                "--durable",
-                "--owner-pid", str(os.getpid()),
-                "--access-log" if access_log else "--no-access-log",
-                "--proxy-workers", str(proxy_workers),
-                *([] if keep_dir else ["--remove-instance-dir"]),
-                *(["--max-replicas", str(max_replicas)] if max_replicas is not None else []),
-                *tls_options.argv(Security(tls=tls)),
-            ],
-        )  # fmt: skip
+        options = ControllerArgs(
+            host=host,
+            http_host=http_host,
+            http_port=http_port,
+            instance_dir=instance_dir,
+            state=state_path or instance_dir / "state.db",
+            durable=True,
+            owner_pid=os.getpid(),
+            access_log=access_log,
+            proxy_workers=proxy_workers,
+            remove_instance_dir=not keep_dir,
+            max_replicas=max_replicas,
+            tls=tls,
+        )
         try:
-            process, report = _spawn(argv, instance_dir, "0")
+            process, report = _spawn(options, instance_dir, 0)
         except BaseException:
             if not keep_dir:
                 shutil.rmtree(instance_dir, ignore_errors=True)
             raise
-        if not report.get("ok"):
+        if not report.ok:
             process.wait()
             kept = (
                 f" (logs: {instance_dir / 'logs'})"
@@ -139,7 +143,7 @@ class LocalInstance:
         logs = DriverLogs(instance_dir / "logs") if log_to_driver else None
         if logs is not None:
             logs.start()
-        return cls(argv, process, report, instance_dir, keep_dir, logs)
+        return cls(options, process, report, instance_dir, keep_dir, logs)
 
     @property
     def process(self) -> subprocess.Popen[bytes]:
@@ -209,64 +213,60 @@ class LocalInstance:
 
     def _restart(self) -> bool:
         # A Unix socket is its own address; a TCP one keeps its port.
-        port = "0" if tls_options.is_unix(self.address) else self.address.rpartition(":")[2]
+        port = 0 if tls_options.is_unix(self.address) else int(self.address.rpartition(":")[2])
+        backoff = Backoff(RESTART_BACKOFF_S, RESTART_BACKOFF_MAX_S)
         for attempt in range(RESTART_ATTEMPTS):
             if attempt:
-                time.sleep(RESTART_BACKOFF_S * 2 ** (attempt - 1))
+                time.sleep(backoff.next())
             if self._stopping.is_set():
                 return False
+            process: subprocess.Popen[bytes] | None
             try:
-                process, report = _spawn(self._argv, self.instance_dir, port)
+                process, report = _spawn(self._options, self.instance_dir, port)
             except OSError as exc:
-                report, process = {"message": str(exc)}, None
-            if process is not None and report.get("ok"):
+                report, process = Readiness.failed("INTERNAL", str(exc)), None
+            if process is not None and report.ok:
                 self._process = process
                 self._restarts += 1
                 logger.warning("turnout: controller restarted (pid %d)", process.pid)
                 return True
             if process is not None:
                 process.wait()
-            logger.warning("turnout: controller restart failed: %s", report.get("message"))
+            logger.warning("turnout: controller restart failed: %s", report.message)
         logger.error("turnout: the controller could not be restarted; the instance is down")
         return False
 
 
 def _spawn(
-    argv: list[str], instance_dir: Path, port: str
-) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+    options: ControllerArgs, instance_dir: Path, port: int
+) -> tuple[subprocess.Popen[bytes], Readiness]:
     """Start a controller on ``port`` and wait for its readiness report."""
     # The controller writes (and rotates) controller.log itself; its raw
     # stdout and stderr (a crash, a traceback before logging is set up) go here.
     out_path = instance_dir / "logs" / "controller.out"
-    read_fd, write_fd = os.pipe()
-    try:
-        with out_path.open("ab") as out:
-            process = subprocess.Popen(
-                [*argv, "--port", port, "--ready-fd", str(write_fd)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                pass_fds=(write_fd,),
-                # Its own session: a Ctrl-C in the terminal reaches this
-                # process, which then shuts the instance down in order.
-                start_new_session=True,
-                env=_child_env(owner_pid=os.getpid()),
-                umask=_UMASK,
-            )
-    except BaseException:
-        os.close(read_fd)
-        raise
-    finally:
-        os.close(write_fd)
-    report = child_process.read_report(read_fd, START_TIMEOUT_S)
-    if not report.get("ok") and process.poll() is None:
+    with out_path.open("ab") as out:
+        process, report = spawn(
+            lambda ready_fd: controller_args.command(
+                dataclasses.replace(options, port=port, ready_fd=ready_fd)
+            ),
+            START_TIMEOUT_S,
+            "the controller",
+            stdout=out,
+            stderr=out,
+            # Its own session: a Ctrl-C in the terminal reaches this
+            # process, which then shuts the instance down in order.
+            start_new_session=True,
+            env=_child_env(owner_pid=os.getpid()),
+            umask=_UMASK,
+        )
+    if not report.ok and process.poll() is None:
         _terminate(process)
     return process, report
 
 
-def _reason(report: dict[str, object], http_host: str, http_port: int) -> str:
+def _reason(report: Readiness, http_host: str, http_port: int) -> str:
     return port_in_use_hint(
-        str(report.get("message")),
+        report.message,
         http_host,
         http_port,
         "pick another with init(http_port=...), or http_port=0 for any free port",

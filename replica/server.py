@@ -2,11 +2,13 @@
 
 ::
 
-    python -m turnout.replica --spec-file PATH --replica-id ID
+    python -m turnout.replica (--spec-fd N | --spec-file PATH) --replica-id ID
         [--host 127.0.0.1] [--ready-fd N] [--parent-pid PID] [--log-file PATH]
         [--stuck-call-grace SECONDS] [--credentials-file PATH]
 
-The spec file holds a serialized ``turnout.v1.CreateBackendRequest``. Readiness
+The spec is a serialized ``turnout.v1.CreateBackendRequest``, read to its end
+from an inherited descriptor (the controller's launcher passes it on stdin,
+``--spec-fd 0``) or from a file (by hand, in tests). Readiness
 (or the reason for giving up) is reported on ``--ready-fd`` as described in
 ``turnout._internal.child_process``; a class's ``check_health()`` runs once before that, and
 its failure is reported like a failing constructor.
@@ -19,14 +21,13 @@ started without one (by hand, in tests) checks no token.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +36,20 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from turnout._internal import auth, child_process, logs, replica_context, rpc, tls_options
-from turnout._internal.child_process import (
-    die_with_parent,
-    exit_with_owner,
-    report_failure,
-    report_ready,
-    set_memory_limit,
+from turnout._internal import (
+    auth,
+    logs,
+    readiness,
+    replica_args,
+    replica_context,
+    rpc,
+    tls_options,
 )
+from turnout._internal.child_process import die_with_parent, exit_with_owner, set_memory_limit
 from turnout._internal.errors import TokenFileError, TurnoutError
-from turnout._internal.rpc import SERVER_OPTIONS, Security, add_port, aio_server
+from turnout._internal.readiness import Readiness
+from turnout._internal.replica_args import STUCK_CALL_GRACE_S, ReplicaArgs
+from turnout._internal.rpc import SERVER_OPTIONS, add_port, aio_server
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
 from turnout.replica.servicer import ReplicaServicer
 from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
@@ -62,12 +67,6 @@ SHUTDOWN_GRACE = 5.0
 DRAIN_QUIET_S = 0.2
 # A check_health() that takes longer than this counts as failed.
 HEALTH_CHECK_TIMEOUT = 10.0
-# Seconds a sync handler call may go on running after its caller stopped
-# waiting (a deadline passed) before the replica reports NOT_SERVING, so that
-# the controller replaces it: a thread cannot be stopped, only its process.
-STUCK_CALL_GRACE_S = 30.0
-# The environment variable that changes it (e.g. in a backend's replica_options).
-STUCK_CALL_GRACE_ENV = "TURNOUT_STUCK_CALL_GRACE_S"
 
 
 class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped base
@@ -137,65 +136,9 @@ class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped
         return self._healthy
 
 
-@dataclass(frozen=True)
-class ReplicaOptions:
-    spec_file: Path
-    replica_id: str
-    host: str = "127.0.0.1"
-    ready_fd: int | None = None
-    parent_pid: int | None = None
-    # Rotated log file; None = stderr.
-    log_file: Path | None = None
-    stuck_call_grace: float = STUCK_CALL_GRACE_S
-    # TLS material (and token) of the replica's port.
-    security: Security = field(default_factory=Security)
-    credentials_file: Path | None = None
-
-
-def parse_args(argv: Sequence[str] | None = None) -> ReplicaOptions:
-    parser = argparse.ArgumentParser(
-        prog="python -m turnout.replica", description="Serve one Turnout backend over gRPC."
-    )
-    parser.add_argument(
-        "--spec-file", required=True, type=Path, help="a serialized CreateBackendRequest"
-    )
-    parser.add_argument("--replica-id", required=True, help="id used in logs, e.g. 'backend#1'")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (port is chosen)")
-    parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
-    parser.add_argument("--parent-pid", type=int, help="exit when this process exits")
-    parser.add_argument("--log-file", type=Path, help="rotated log file (default: stderr)")
-    parser.add_argument(
-        "--stuck-call-grace",
-        type=child_process.seconds_arg,
-        default=os.environ.get(STUCK_CALL_GRACE_ENV, str(STUCK_CALL_GRACE_S)),
-        help=f"seconds a handler call may run on after its caller gave up before the replica "
-        f"reports NOT_SERVING (default: ${STUCK_CALL_GRACE_ENV}, else {STUCK_CALL_GRACE_S:g})",
-    )
-    tls_options.add_arguments(parser, server=True)
-    parser.add_argument(
-        "--credentials-file", type=Path, help="tokens to accept and present (0600 JSON)"
-    )
-    ns = parser.parse_args(argv)
-    try:
-        security = Security(tls=tls_options.from_args(ns), insecure=ns.insecure)
-    except TurnoutError as exc:
-        parser.error(str(exc))
-    return ReplicaOptions(
-        spec_file=ns.spec_file,
-        replica_id=ns.replica_id,
-        host=ns.host,
-        ready_fd=ns.ready_fd,
-        parent_pid=ns.parent_pid,
-        log_file=ns.log_file,
-        stuck_call_grace=ns.stuck_call_grace,
-        security=security,
-        credentials_file=ns.credentials_file,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a replica until SIGTERM/SIGINT; the process exit status."""
-    options = parse_args(argv)
+    options = replica_args.parse(sys.argv[1:] if argv is None else argv)
     if options.parent_pid is not None:
         die_with_parent(options.parent_pid)
     exit_with_owner()
@@ -211,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rpc.remember(controller, options.security)
     try:
         verifier = load_credentials(options.credentials_file)
-        spec = read_spec(options.spec_file)
+        spec = read_spec(options.spec_file, options.spec_fd)
         if spec.replica_options.memory_bytes:
             # Before the backend loads: its imports and constructor count.
             set_memory_limit(spec.replica_options.memory_bytes)
@@ -219,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LoadError as exc:
         log.error("cannot load the backend: %s\n%s", exc.message, exc.traceback)
         if options.ready_fd is not None:
-            report_failure(options.ready_fd, exc.code, exc.message, exc.traceback)
+            readiness.write(
+                options.ready_fd, Readiness.failed(exc.code, exc.message, exc.traceback)
+            )
         return 1
     try:
         grace = (
@@ -275,15 +220,28 @@ def load_credentials(path: Path | None) -> auth.Verifier | None:
     return auth.Verifier(credentials.accept)
 
 
-def read_spec(path: Path) -> controller_pb2.CreateBackendRequest:
+def read_spec(path: Path | None, fd: int | None = None) -> controller_pb2.CreateBackendRequest:
+    """The spec from descriptor ``fd`` (read to its end, then closed) or ``path``."""
+    where = f"descriptor {fd}" if fd is not None else f"file {str(path)!r}"
     try:
-        return controller_pb2.CreateBackendRequest.FromString(path.read_bytes())
+        if fd is not None:
+            with os.fdopen(fd, "rb", closefd=True) as stream:
+                raw = stream.read()
+            if fd == 0:
+                # Whatever user code reads from stdin later finds it empty.
+                null = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(null, 0)
+                os.close(null)
+        else:
+            assert path is not None
+            raw = path.read_bytes()
+        return controller_pb2.CreateBackendRequest.FromString(raw)
     except (OSError, DecodeError) as exc:
-        raise LoadError(INVALID_ARGUMENT, f"cannot read spec file {str(path)!r}: {exc}") from exc
+        raise LoadError(INVALID_ARGUMENT, f"cannot read the spec from {where}: {exc}") from exc
 
 
 async def serve(
-    options: ReplicaOptions,
+    options: ReplicaArgs,
     runtime: BackendRuntime,
     grace: float = SHUTDOWN_GRACE,
     verifier: auth.Verifier | None = None,
@@ -304,7 +262,10 @@ async def serve(
     server = aio_server(options.security, SERVER_OPTIONS, auth.interceptors(verifier, "replica"))
     servicer = ReplicaServicer(runtime)
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
-    health_servicer = BackendHealth(runtime, options.stuck_call_grace, verifier)
+    grace_s = options.stuck_call_grace_s
+    health_servicer = BackendHealth(
+        runtime, STUCK_CALL_GRACE_S if grace_s is None else grace_s, verifier
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server
@@ -323,11 +284,14 @@ async def serve(
     log.info("serving backend %r on %s (pid %d)", runtime.backend.tag, address, os.getpid())
     if options.ready_fd is not None:
         try:
-            report_ready(
+            readiness.write(
                 options.ready_fd,
-                address=address,
-                pid=os.getpid(),
-                capabilities=runtime.capabilities(),
+                Readiness(
+                    ok=True,
+                    address=address,
+                    pid=os.getpid(),
+                    capabilities=runtime.capabilities(),
+                ),
             )
         except OSError as exc:
             log.error("cannot report readiness: %s", exc)
@@ -345,10 +309,10 @@ async def serve(
 
 
 def _give_up(
-    options: ReplicaOptions, code: str, message: str, traceback: str = "", logged: bool = False
+    options: ReplicaArgs, code: str, message: str, traceback: str = "", logged: bool = False
 ) -> int:
     if not logged:
         log.error("%s", message)
     if options.ready_fd is not None:
-        report_failure(options.ready_fd, code, message, traceback)
+        readiness.write(options.ready_fd, Readiness.failed(code, message, traceback))
     return 1

@@ -3,7 +3,7 @@ type, default, bounds, unit and what a change to it takes.
 
 Everything else is derived from ``FIELDS``: the client's ``BackendConfig``
 (turnout.config), the controller's checks and defaults
-(turnout.controller.validation), the deploy-file checks (they go through
+(turnout._internal.validation), the deploy-file checks (they go through
 ``BackendConfig``), the values a replica starts with (``count``/``seconds``) and
 the limits a sender applies (``sender_limits``). To add a field, add a row here
 and the field to ``BackendConfig`` and to the proto message; the tests in

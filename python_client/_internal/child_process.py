@@ -1,11 +1,6 @@
-"""How Turnout's processes start each other and report readiness.
-
-One protocol serves every parent/child pair (client → controller, controller →
-proxy, controller → replica): the parent opens a pipe and passes its write end
-as ``--ready-fd``; the child writes one JSON line and closes it. ``{"ok": true,
-...}`` means it is serving; ``{"ok": false, "code": ..., "message": ...}`` means
-it gave up, and why. A child that dies first closes the pipe with nothing
-written, which the parent reads as a crash.
+"""How Turnout's processes live with each other: dying with a parent or an
+owner, memory limits, command lines. How they start each other and report
+readiness is ``spawn`` and ``readiness``.
 
 Children given ``--parent-pid`` die with their parent: Linux's
 ``PR_SET_PDEATHSIG`` delivers SIGTERM when the parent exits, however it exits,
@@ -23,19 +18,15 @@ its controller.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
-import json
 import os
 import resource
 import select
-import selectors
 import signal
 import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 _PR_SET_PDEATHSIG = 1
 # The pid of the process that owns the instance (``turnout.init()``), for
@@ -121,67 +112,6 @@ def _stop_when_gone(owner: int, pidfd: int | None) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
     time.sleep(OWNER_GONE_GRACE_S)
     os._exit(1)
-
-
-def report(fd: int, **payload: Any) -> None:
-    """Write the one readiness line to ``fd`` and close it."""
-    data = (json.dumps(payload) + "\n").encode()
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def report_ready(fd: int, **details: Any) -> None:
-    report(fd, ok=True, **details)
-
-
-def report_failure(fd: int, code: str, message: str, traceback: str = "") -> None:
-    report(fd, ok=False, code=code, message=message, traceback=traceback)
-
-
-def _decode(raw: bytes) -> dict[str, Any]:
-    if not raw.strip():
-        return {"ok": False, "code": "UNAVAILABLE", "message": "process exited before it was ready"}
-    payload: dict[str, Any] = json.loads(raw.decode())
-    return payload
-
-
-def read_report(fd: int, timeout: float) -> dict[str, Any]:
-    """Block until the child reports (or closes the pipe); ``fd`` is closed after."""
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
-    try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return {
-                        "ok": False,
-                        "code": "DEADLINE_EXCEEDED",
-                        "message": "not ready in time",
-                    }
-                if not sel.select(remaining):
-                    continue
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    return _decode(b"".join(chunks))
-                chunks.append(chunk)
-    finally:
-        os.close(fd)
-
-
-async def read_report_async(fd: int) -> dict[str, Any]:
-    """Await the child's report without blocking the event loop; closes ``fd``."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    pipe = os.fdopen(fd, "rb", buffering=0)
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-    try:
-        return _decode(await reader.read())
-    finally:
-        transport.close()
 
 
 def seconds_arg(text: str) -> float:

@@ -201,6 +201,11 @@ def _pump(fd: int, logger: logging.Logger, level: int) -> None:
         logger.log(level, "%s", pending.decode("utf-8", "replace"))
 
 
+def out_path(log_path: Path) -> Path:
+    """Where a child's stdout and stderr go: next to its log, never into it."""
+    return log_path.with_suffix(".out")
+
+
 def trim_output_file(path: Path) -> None:
     """Keep a child's raw output file bounded: once it reached the rotation
     size it becomes ``<name>.1`` (replacing the previous one) before the next

@@ -65,12 +65,18 @@ def from_args(
     for field in ("cert", "key", "ca"):
         value = getattr(args, f"tls_{field}", None) or env.get(ENV[field])
         paths[field] = None if value is None else Path(value)
-    server_name = getattr(args, "tls_server_name", None)
-    if not any(paths.values()):
-        if server_name:
+    return checked(TLSConfig(server_name=getattr(args, "tls_server_name", None), **paths))
+
+
+def checked(tls: TLSConfig | None) -> TLSConfig | None:
+    """``tls`` as flags gave it, checked (``check``); None when it names no file."""
+    if tls is None:
+        return None
+    if not any((tls.cert, tls.key, tls.ca)):
+        if tls.server_name:
             raise InvalidArgumentError("--tls-server-name needs TLS: add --tls-ca or --tls-cert")
         return None
-    return check(TLSConfig(server_name=server_name, **paths))
+    return check(tls)
 
 
 def check(tls: TLSConfig) -> TLSConfig:

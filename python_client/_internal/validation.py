@@ -179,14 +179,6 @@ def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
     return config
 
 
-# Config fields a running replica reads only at start: changing one restarts the
-# replicas, one at a time.
-RESTART_FIELDS = backend_fields.NEW_REPLICA_FIELDS
-# Config numbers a running replica takes in place (ReplicaService.Reconfigure),
-# keeping its process and replica id.
-LIVE_FIELDS = backend_fields.RECONFIGURE_LIMITS
-
-
 # The keys of replica options as Python and deploy files give them (memory is
 # the message's memory_bytes).
 REPLICA_OPTION_KEYS = ("num_cpus", "num_gpus", "env", "memory")

@@ -98,8 +98,8 @@ def test_a_count_beyond_what_the_proto_carries_is_refused_when_the_config_is_mad
 
 def test_only_http_call_methods_needs_new_replicas() -> None:
     assert [r.name for r in FIELDS if r.change is Change.NEW_REPLICAS] == ["http_call_methods"]
-    assert validation.RESTART_FIELDS == ("http_call_methods",)
-    assert validation.LIVE_FIELDS == (
+    assert backend_fields.NEW_REPLICA_FIELDS == ("http_call_methods",)
+    assert backend_fields.RECONFIGURE_LIMITS == (
         "max_concurrent_queries",
         "max_batch_size",
         "batch_wait_timeout",

@@ -5,7 +5,9 @@ claimed again, and a proxy waited for before it reconnects."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from turnout._internal.processes import AdoptedProcess, start_time
 from turnout.controller.adoption import Wanted, plan_replicas
 from turnout.controller.control_plane import replica_digest
+from turnout.controller.launchers.local import LocalLauncher, local_handle
 from turnout.controller.resources import Allocation, ResourcePool
 from turnout.controller.routing import RoutePublisher
 from turnout.controller.sqlite_store import SqliteStore
@@ -26,8 +29,7 @@ def replica(name: str, digest: str = "d1", address: str = "127.0.0.1:1") -> Chil
     return ChildRecord(
         name=name,
         kind=REPLICA,
-        pid=100,
-        start_time=5,
+        handle=local_handle(100, 5),
         address=address,
         backend=name.partition("#")[0],
         digest=digest,
@@ -41,7 +43,7 @@ def replica(name: str, digest: str = "d1", address: str = "127.0.0.1:1") -> Chil
 @pytest.mark.parametrize("kind", ["memory", "sqlite"])
 def test_child_records_are_kept_replaced_and_deleted(kind: str, tmp_path: Path) -> None:
     store: Store = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "s.db")
-    proxy = ChildRecord(name=PROXY, kind=PROXY, pid=7, start_time=9, address="127.0.0.1:8000")
+    proxy = ChildRecord(name=PROXY, kind=PROXY, handle=local_handle(7, 9), address="127.0.0.1:8000")
     store.put_child(proxy)
     store.put_child(replica("a#1"))
     store.put_child(replica("a#1", digest="d2"))
@@ -64,7 +66,7 @@ def test_plan_adopts_current_replicas_and_strays_the_rest() -> None:
         replica("a#2", digest="old"),  # left by a rollout that never finished
         replica("b#1"),  # backend deleted before the crash
         replica("c#1", address=""),  # never reported ready
-        ChildRecord(name=PROXY, kind=PROXY, pid=1, start_time=1),
+        ChildRecord(name=PROXY, kind=PROXY, handle=local_handle(1, 1)),
     ]
     plan = plan_replicas(records, {"a": Wanted("d1", 2), "c": Wanted("d1", 1)})
     assert [r.name for r in plan.candidates["a"]] == ["a#1", "a#3"]
@@ -135,3 +137,54 @@ def test_one_controller_per_state_file(tmp_path: Path) -> None:
         StateLock(tmp_path / "state.db")
     first.release()
     StateLock(tmp_path / "state.db").release()
+
+
+# The children table as builds before the launcher seam wrote it: pid and
+# start time of a local process instead of a launcher and its handle.
+OLD_CHILDREN_TABLE = """
+CREATE TABLE children (
+    name TEXT PRIMARY KEY, kind TEXT NOT NULL, pid INTEGER NOT NULL,
+    start_time INTEGER NOT NULL, address TEXT NOT NULL, log_path TEXT NOT NULL,
+    backend TEXT NOT NULL, digest TEXT NOT NULL, resources TEXT NOT NULL,
+    capabilities TEXT NOT NULL
+)
+"""
+
+
+def test_a_state_file_of_an_earlier_build_still_adopts_its_children(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with subprocess.Popen(["sleep", "60"]) as sleeper:
+        started = start_time(sleeper.pid)
+        assert started is not None
+        old = sqlite3.connect(path)
+        old.execute(OLD_CHILDREN_TABLE)
+        old.execute(
+            "INSERT INTO children VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                "a#1", REPLICA, sleeper.pid, started, "127.0.0.1:7", "/l/a.log", "a", "d1",
+                json.dumps({"cpus": [0], "gpus": [], "gpu_share": 0.0}), '{"reconfigure": true}',
+            ),
+        )  # fmt: skip
+        old.commit()
+        old.close()
+
+        store = SqliteStore(path)
+        record = store.children()["a#1"]
+        assert (record.backend, record.digest, record.address, record.cpus) == (
+            "a", "d1", "127.0.0.1:7", (0,)
+        )  # fmt: skip
+
+        async def adopt_and_stop() -> tuple[int, str, bool]:
+            launcher = LocalLauncher(tmp_path / "run", tmp_path / "logs", store, durable=True)
+            child = launcher.adopt(record)
+            assert child is not None
+            seen = child.pid, child.address, bool(child.report.capabilities.get("reconfigure"))
+            await launcher.stop_all()
+            return seen
+
+        assert asyncio.run(adopt_and_stop()) == (sleeper.pid, "127.0.0.1:7", True)
+        assert sleeper.wait(10) == -signal.SIGTERM
+        assert store.children() == {}  # its record went with it
+        store.close()
+    # Opened again, the migrated file stays as it is.
+    assert SqliteStore(path).children() == {}

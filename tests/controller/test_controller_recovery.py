@@ -9,7 +9,7 @@ from pathlib import Path
 
 from turnout._internal.processes import start_time
 from turnout.controller.control_plane import ControlPlane, replica_digest
-from turnout.controller.launcher import ProcessLauncher
+from turnout.controller.launchers.local import LocalLauncher, local_handle
 from turnout.controller.routing import RoutePublisher
 from turnout.controller.sqlite_store import SqliteStore
 from turnout.controller.store import REPLICA, BackendRecord, ChildRecord
@@ -23,8 +23,7 @@ def recorded(store: SqliteStore, name: str, process: subprocess.Popen[bytes], di
         ChildRecord(
             name=name,
             kind=REPLICA,
-            pid=process.pid,
-            start_time=started,
+            handle=local_handle(process.pid, started),
             address="127.0.0.1:1",
             backend=name.partition("#")[0],
             digest=digest,
@@ -48,7 +47,7 @@ def test_recovery_stops_what_desired_state_no_longer_has(tmp_path: Path) -> None
         recorded(store, "kept#1", stale, "not-" + replica_digest(kept))
 
         async def recover() -> None:
-            launcher = ProcessLauncher(tmp_path / "run", tmp_path / "logs", store, durable=True)
+            launcher = LocalLauncher(tmp_path / "run", tmp_path / "logs", store, durable=True)
             plane = ControlPlane(store, launcher, RoutePublisher())
             await plane.recover(adopt=True)
             assert plane.list_replicas() == []

@@ -21,7 +21,7 @@ from test_grpcurl import run_grpcurl
 
 import turnout
 from turnout._internal import rpc
-from turnout.controller.launcher import child_environment
+from turnout.controller.launchers.local import child_environment
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc, http_pb2, replica_pb2, replica_pb2_grpc
 

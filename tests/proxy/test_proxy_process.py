@@ -9,9 +9,8 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
-from turnout._internal import child_process
+from turnout._internal import child_process, readiness
 
 
 @contextmanager
@@ -47,10 +46,10 @@ def test_a_taken_port_is_reported_and_the_proxy_exits() -> None:
         port = taken.getsockname()[1]
         controller = f"127.0.0.1:{unused_port()}"
         with proxy_process("--controller", controller, "--port", str(port)) as (process, fd):
-            report: dict[str, Any] = child_process.read_report(fd, timeout=60)
-            assert report["ok"] is False
-            assert report["code"] == "UNAVAILABLE"
-            assert report["message"].startswith(f"cannot listen on 127.0.0.1:{port}: ")
+            report = readiness.read(fd, 60)
+            assert report.ok is False
+            assert report.code == "UNAVAILABLE"
+            assert report.message.startswith(f"cannot listen on 127.0.0.1:{port}: ")
             assert process.wait(timeout=30) == 1
 
 
@@ -63,9 +62,9 @@ def test_sigterm_before_the_first_snapshot_stops_it_cleanly() -> None:
             if "routing stream from" in line:
                 break
         process.send_signal(signal.SIGTERM)
-        report = child_process.read_report(fd, timeout=30)
-        assert report["ok"] is False
-        assert "stopped before" in report["message"]
+        report = readiness.read(fd, 30)
+        assert report.ok is False
+        assert "stopped before" in report.message
         assert process.wait(timeout=30) == 0
 
 

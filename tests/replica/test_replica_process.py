@@ -19,8 +19,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from turnout._internal import rpc
-from turnout._internal.child_process import read_report
+from turnout._internal import readiness, rpc
+from turnout._internal.readiness import Readiness
 from turnout.v1 import controller_pb2, http_pb2, replica_pb2, replica_pb2_grpc
 
 READY_TIMEOUT = 60.0
@@ -61,7 +61,7 @@ def broken_class() -> type:
 @dataclass
 class Replica:
     process: subprocess.Popen[bytes]
-    report: dict[str, Any]
+    report: Readiness
     log: Path
 
     def log_text(self) -> str:
@@ -91,7 +91,7 @@ def start_replica(
         process = subprocess.Popen(argv, pass_fds=(write_fd,), stderr=stderr, cwd=tmp_path)
     os.close(write_fd)
     # Without --ready-fd the pipe closes when the process exits: still a report.
-    report = read_report(read_fd, READY_TIMEOUT)
+    report = readiness.read(read_fd, READY_TIMEOUT)
     return Replica(process, report, log)
 
 
@@ -108,17 +108,17 @@ def replica(tmp_path: Path) -> Iterator[Replica]:
 
 @pytest.fixture
 def channel(replica: Replica) -> Iterator[grpc.Channel]:
-    assert replica.report["ok"], replica.log_text()
-    with rpc.channel(replica.report["address"], rpc.Security()) as channel:
+    assert replica.report.ok, replica.log_text()
+    with rpc.channel(replica.report.address, rpc.Security()) as channel:
         yield channel
 
 
 def test_replica_reports_its_address_and_pid(replica: Replica) -> None:
-    assert replica.report["ok"] is True, replica.log_text()
-    host, port = replica.report["address"].rsplit(":", 1)
+    assert replica.report.ok is True, replica.log_text()
+    host, port = replica.report.address.rsplit(":", 1)
     assert host == "127.0.0.1"
     assert int(port) > 0
-    assert replica.report["pid"] == replica.process.pid
+    assert replica.report.pid == replica.process.pid
 
 
 def test_health_says_serving(channel: grpc.Channel) -> None:
@@ -178,7 +178,7 @@ def test_grpcurl_lists_services_through_reflection(replica: Replica) -> None:
     # grpcurl comes with the dev dependencies, next to this interpreter.
     grpcurl = shutil.which("grpcurl") or str(Path(sys.executable).with_name("grpcurl"))
     listed = subprocess.run(
-        [grpcurl, "-plaintext", replica.report["address"], "list"],
+        [grpcurl, "-plaintext", replica.report.address, "list"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -252,12 +252,12 @@ def test_sigterm_does_not_wait_forever_for_a_hung_handler(
 def test_constructor_error_is_reported_and_the_process_exits(tmp_path: Path) -> None:
     started = start_replica(tmp_path, broken_class())
     try:
-        assert started.report["ok"] is False
-        assert started.report["code"] == "INVALID_ARGUMENT"
-        assert started.report["message"] == (
+        assert started.report.ok is False
+        assert started.report.code == "INVALID_ARGUMENT"
+        assert started.report.message == (
             "RequestHandler.__init__ raised ZeroDivisionError: division by zero"
         )
-        assert "ZeroDivisionError" in started.report["traceback"]
+        assert "ZeroDivisionError" in started.report.traceback
         assert started.process.wait(timeout=30) == 1
     finally:
         if started.process.poll() is None:

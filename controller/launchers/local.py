@@ -1,8 +1,7 @@
-"""The one place where the controller starts and stops OS processes.
+"""The local launcher: children as OS processes on the controller's machine.
 
-Everything else asks the launcher for a ``ChildProcess`` and never touches
-``subprocess`` or signals itself, so the supervision logic can be exercised
-with another launcher (a container or Kubernetes launcher can come later).
+The first implementation of ``base.Launcher``, and the only place where the
+controller starts and stops OS processes.
 
 Every child is recorded in the store (``ChildRecord``) from the moment it is
 spawned until it exits, so a controller restarted after a crash knows which
@@ -30,20 +29,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from turnout._internal import auth, child_process, logs, tls_options
-from turnout._internal.processes import AdoptedProcess, start_time
-from turnout._internal.rpc import Security
-from turnout.v1 import controller_pb2 as pb
+import aiohttp
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .store import PROXY, ChildRecord, Store
+from turnout._internal import auth, logs, proxy_args, replica_args
+from turnout._internal.processes import AdoptedProcess, command_line, start_time
+from turnout._internal.proxy_args import ProxyArgs
+from turnout._internal.readiness import Readiness
+from turnout._internal.replica_args import ReplicaArgs
+from turnout._internal.rpc import Security, aio_channel
+from turnout._internal.spawn import spawn_async
+from turnout.v1 import replica_pb2, replica_pb2_grpc
+
+from ..store import LOCAL, PROXY, ChildRecord, Store
+from .base import STOP_TIMEOUT_S, Child, ProxySpec, ReconfigureError, SpawnError
 
 logger = logging.getLogger(__name__)
 
 # How long a child may take to load and report readiness (imports of large
 # models happen here).
 READY_TIMEOUT_S = 120.0
-# How long SIGTERM gets to end a child gracefully before SIGKILL.
-STOP_TIMEOUT_S = 10.0
 # gRPC's default I/O engine (EventEngine) passes each message between threads
 # of its own before grpc.aio's poller thread sees it; the older engine does
 # the socket I/O on the poller thread itself. On the proxy-to-replica hop that
@@ -103,13 +109,22 @@ class OsProcess(Protocol):
     def kill(self) -> None: ...
 
 
-class SpawnError(Exception):
-    """The OS refused to start a child (bad environment, no memory, no such
-    interpreter); ``code`` is the gRPC status name the caller should see."""
+def local_handle(pid: int, start: int) -> str:
+    """The ``ChildRecord.handle`` of a local process: pid and start time
+    (clock ticks since boot, /proc/<pid>/stat field 22), which together name
+    one process for good (a reused pid has a later start time)."""
+    return json.dumps({"pid": pid, "start_time": start})
 
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+
+def parse_local_handle(record: ChildRecord) -> tuple[int, int] | None:
+    """pid and start time of a record the local launcher made; None otherwise."""
+    if record.launcher != LOCAL:
+        return None
+    try:
+        held = json.loads(record.handle)
+        return int(held["pid"]), int(held["start_time"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass(eq=False)
@@ -118,8 +133,8 @@ class ChildProcess:
 
     name: str
     process: OsProcess
-    log_path: Path
-    report: dict[str, Any] = field(default_factory=dict)
+    log_path: str
+    report: Readiness = field(default_factory=Readiness.crashed)
     # How the store knows it; None until recorded.
     record: ChildRecord | None = None
     # It leads a process group of its own (pgid == pid): stopping it stops
@@ -132,18 +147,20 @@ class ChildProcess:
 
     @property
     def ok(self) -> bool:
-        return bool(self.report.get("ok"))
+        return self.report.ok
 
     @property
     def address(self) -> str:
-        return str(self.report.get("address", ""))
+        return self.report.address
 
     @property
     def adopted(self) -> bool:
         return isinstance(self.process, AdoptedProcess)
 
-    async def wait(self) -> int:
-        return await self.process.wait()
+    async def wait(self) -> int | None:
+        code = await self.process.wait()
+        # Not being its parent, a restarted controller never learns the status.
+        return None if self.adopted else code
 
     async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM, then SIGKILL (to its whole group) if it has not exited
@@ -191,8 +208,7 @@ def file_key(text: str) -> str:
     text gets: a readable prefix and a digest of the exact text.
 
     The prefix alone would collide ("x y" and "x_y", or two tags sharing their
-    first characters), and a backend would then load another's spec file
-    after a restart and write into its log.
+    first characters), and a backend would then write into another's log.
     """
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
     return f"{_UNSAFE.sub('_', text)[:FILE_PREFIX_CHARS]}-{digest}"
@@ -205,14 +221,50 @@ def _leads_group(pid: int) -> bool:
         return False
 
 
-def out_path(log_path: Path) -> Path:
-    """Where a child's stdout and stderr go: next to its log, never into it
-    (see ``turnout._internal.logs``)."""
-    return log_path.with_suffix(".out")
+async def health_ok(address: str, security: Security, token: str | None, timeout: float) -> bool:
+    """True when the replica's grpc.health.v1 service says SERVING in time.
+    ``token`` (the controller's) makes the replica run its backend's
+    check_health(); a probe without one gets the last result."""
+    async with aio_channel(address, security) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = await stub.Check(
+                health_pb2.HealthCheckRequest(service=""),
+                timeout=timeout,
+                wait_for_ready=True,
+                metadata=auth.metadata(token),
+            )
+        except grpc.aio.AioRpcError as exc:
+            logger.warning("health check of %s failed: %s", address, exc.details())
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-class ProcessLauncher:
-    """Starts proxies and replicas, records them, and adopts recorded ones."""
+async def proxy_healthz(address: str, timeout: float, https: bool = False) -> bool:
+    """True when the proxy at host:port answers ``GET /-/healthz`` with 200.
+
+    Over HTTPS the certificate is not checked: this asks our own proxy, on
+    the address we recorded, whether it lives; no secret is sent."""
+    url = f"{'https' if https else 'http'}://{address}/-/healthz"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url, ssl=False if https else True) as reply,
+        ):
+            return reply.status == 200
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        logger.warning("health check of the proxy at %s failed: %s", address, exc)
+        return False
+
+
+def _local(child: Child) -> ChildProcess:
+    assert isinstance(child, ChildProcess), f"{child.name} was not started by the local launcher"
+    return child
+
+
+class LocalLauncher:
+    """Starts proxies and replicas as local processes, records them, and
+    adopts recorded ones (``base.Launcher``)."""
 
     def __init__(
         self,
@@ -247,15 +299,15 @@ class ProcessLauncher:
         token, whose control role no handle (user code) holds."""
         return None if self.credentials is None else self.credentials(auth.CONTROLLER).token
 
-    def _credentials_args(self, principal: str) -> list[str]:
-        """``--credentials-file`` naming a 0600 file with ``principal``'s
-        credentials in the run directory: never the environment."""
+    def _credentials_file(self, principal: str) -> Path | None:
+        """A 0600 file with ``principal``'s credentials in the run directory
+        (never the environment); None when tokens are not checked."""
         if self.credentials is None:
-            return []
+            return None
         path = self.run_dir / f"credentials-{principal}.json"
         if not path.exists():
             self.credentials(principal).write(path)
-        return ["--credentials-file", str(path)]
+        return path
 
     @property
     def proxy_log_path(self) -> Path:
@@ -268,80 +320,79 @@ class ProcessLauncher:
     def replica_log_path(self, backend: str, replica_id: str) -> Path:
         return self.log_dir / "replicas" / file_key(backend) / f"{file_key(replica_id)}.log"
 
-    def write_spec(self, request: pb.CreateBackendRequest, version: int) -> Path:
-        """Persist what a replica loads; replicas read it at start."""
-        path = self.run_dir / f"backend-{file_key(request.tag)}-{version}.pb"
-        path.write_bytes(request.SerializeToString())
-        return path
+    @property
+    def _parent_pid(self) -> int | None:
+        # Durable children outlive the controller; owned ones die with it.
+        return None if self.durable else os.getpid()
 
     async def start_replica(
-        self,
-        record: ChildRecord,
-        spec_path: Path,
-        env: dict[str, str] | None = None,
+        self, record: ChildRecord, spec: bytes, env: dict[str, str] | None = None
     ) -> ChildProcess:
         """Start the replica ``record`` names (id, backend, digest, resources;
-        pid and start time are filled in here) with extra environment
-        variables, pinned to the record's cores."""
-        replica_id = record.name
-        args = ["--spec-file", str(spec_path), "--replica-id", replica_id]
-        args += tls_options.argv(self.security)
-        args += self._credentials_args("handle")
-        log_path = self.replica_log_path(record.backend, replica_id)
+        its handle is filled in here) with extra environment variables, pinned
+        to the record's cores. The spec reaches it on its stdin, so nothing
+        of the backend's code is written to the controller's disk."""
+        log_path = self.replica_log_path(record.backend, record.name)
+        options = ReplicaArgs(
+            replica_id=record.name,
+            spec_fd=0,
+            parent_pid=self._parent_pid,
+            log_file=log_path,
+            security=Security(tls=self.security.tls),
+            credentials_file=self._credentials_file("handle"),
+        )
+
+        def argv(ready_fd: int) -> list[str]:
+            return replica_args.command(dataclasses.replace(options, ready_fd=ready_fd))
+
         async with self._spawn_slots:
             return await self._start(
-                "turnout.replica", f"replica {replica_id}", args, log_path, record, env, record.cpus
+                f"replica {record.name}", argv, log_path, record, env, record.cpus, spec
             )
 
-    async def start_proxy(
-        self,
-        controller_address: str,
-        host: str,
-        port: int,
-        access_log: bool = True,
-        workers: int = 1,
-        system_token_file: Path | None = None,
-    ) -> ChildProcess:
-        args = ["--controller", controller_address, "--host", host, "--port", str(port)]
-        args += tls_options.argv(self.security)
-        args += self._credentials_args("proxy")
-        if access_log:
-            args += ["--access-log", str(self.access_log_path)]
-        # Only when asked for: a proxy of an older build knows no --workers.
-        if workers > 1:
-            args += ["--workers", str(workers)]
-        if system_token_file is not None:
-            args += ["--protect-system-paths", "--system-token-file", str(system_token_file)]
-        if self.https is not None:
-            args += ["--https-cert", str(self.https[0]), "--https-key", str(self.https[1])]
-        template = ChildRecord(name=PROXY, kind=PROXY, pid=0, start_time=0)
-        return await self._start("turnout.proxy", "proxy", args, self.proxy_log_path, template)
+    async def start_proxy(self, spec: ProxySpec) -> ChildProcess:
+        https = self.https
+        options = ProxyArgs(
+            controller=spec.controller_address,
+            host=spec.host,
+            port=spec.port,
+            workers=spec.workers,
+            credentials_file=self._credentials_file("proxy"),
+            parent_pid=self._parent_pid,
+            log_file=self.proxy_log_path,
+            access_log=self.access_log_path if spec.access_log else None,
+            protect_system_paths=spec.system_token_file is not None,
+            system_token_file=spec.system_token_file,
+            https_cert=None if https is None else https[0],
+            https_key=None if https is None else https[1],
+            tls=self.security.tls,
+        )
+
+        def argv(ready_fd: int) -> list[str]:
+            return proxy_args.command(dataclasses.replace(options, ready_fd=ready_fd))
+
+        template = ChildRecord(name=PROXY, kind=PROXY)
+        return await self._start("proxy", argv, self.proxy_log_path, template)
 
     async def _start(
         self,
-        module: str,
         name: str,
-        args: list[str],
+        argv: Callable[[int], list[str]],
         log_path: Path,
         template: ChildRecord,
         env: dict[str, str] | None = None,
         cpus: tuple[int, ...] = (),
+        stdin_data: bytes | None = None,
     ) -> ChildProcess:
-        read_fd, write_fd = os.pipe()
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        extra = ["--ready-fd", str(write_fd), "--log-file", str(log_path)]
-        if not self.durable:
-            extra += ["--parent-pid", str(os.getpid())]
-        argv = child_process.child_argv(module, [*args, *extra])
         try:
-            logs.trim_output_file(out_path(log_path))
-            with out_path(log_path).open("ab") as out:
-                process = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
+            logs.trim_output_file(logs.out_path(log_path))
+            with logs.out_path(log_path).open("ab") as out:
+                spawned = await spawn_async(
+                    argv,
+                    stdin_data=stdin_data,
                     stdout=out,
                     stderr=out,
-                    pass_fds=(write_fd,),
                     env=child_environment(os.environ, env),
                     # Durable: a session of its own, so that no signal to the
                     # controller's group reaches it. Owned: a group of its own,
@@ -350,45 +401,32 @@ class ProcessLauncher:
                     process_group=None if self.durable else 0,
                 )
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
-            os.close(read_fd)
             # A value exec() refuses (NUL in the environment, too large) is the
             # caller's; anything else (no memory, no processes left) is ours.
             too_big = isinstance(exc, OSError) and exc.errno == errno.E2BIG
             code = "INVALID_ARGUMENT" if isinstance(exc, ValueError) or too_big else "INTERNAL"
             raise SpawnError(code, f"cannot start {name}: {exc}") from exc
-        except BaseException:
-            os.close(read_fd)
-            raise
-        finally:
-            os.close(write_fd)
+        process = spawned.process
         if cpus:
             # Set from here rather than in the child: the threads it starts
             # while importing inherit the mask.
             with contextlib.suppress(OSError):
                 os.sched_setaffinity(process.pid, cpus)
-        child = ChildProcess(name=name, process=process, log_path=log_path, group=True)
+        child = ChildProcess(name=name, process=process, log_path=str(log_path), group=True)
         # Recorded before it can serve: a controller killed from here on leaves
         # a record that the next one uses to find (and stop) the process.
         self._record(
             child,
             dataclasses.replace(
                 template,
-                pid=process.pid,
-                start_time=start_time(process.pid) or 0,
+                launcher=LOCAL,
+                handle=local_handle(process.pid, start_time(process.pid) or 0),
                 log_path=str(log_path),
             ),
         )
         self._track(child)
         try:
-            child.report = await asyncio.wait_for(
-                child_process.read_report_async(read_fd), READY_TIMEOUT_S
-            )
-        except TimeoutError:
-            child.report = {
-                "ok": False,
-                "code": "DEADLINE_EXCEEDED",
-                "message": f"{name} did not start within {READY_TIMEOUT_S:.0f} s",
-            }
+            child.report = await spawned.ready(READY_TIMEOUT_S, name)
         except BaseException:
             # Cancelled while the child was booting: it must not live on unowned.
             child.kill()
@@ -396,33 +434,38 @@ class ProcessLauncher:
         if not child.ok:
             child.kill()
             await process.wait()
-            logger.warning("%s failed to start: %s", name, child.report.get("message"))
+            logger.warning("%s failed to start: %s", name, child.report.message)
         else:
-            capabilities = json.dumps(child.report.get("capabilities", {}), sort_keys=True)
-            self.relabel(child, address=child.address, capabilities=capabilities)
+            capabilities = json.dumps(child.report.capabilities, sort_keys=True)
+            self._relabel(child, address=child.address, capabilities=capabilities)
         return child
 
     def adopt(self, record: ChildRecord) -> ChildProcess | None:
         """Take over a recorded child that is still alive (same pid, same
         start time); None if it is gone. Its health is the caller's to check."""
-        process = AdoptedProcess.open(record.pid, record.start_time)
+        held = parse_local_handle(record)
+        process = None if held is None else AdoptedProcess.open(*held)
         if process is None:
-            self._forget(record.name, record.pid)
+            if held is None:
+                logger.warning("%s was not started by a local launcher; forgetting it", record.name)
+            self._forget(record)
             return None
         name = "proxy" if record.kind == PROXY else f"replica {record.name}"
-        report: dict[str, Any] = {"ok": True, "address": record.address}
+        capabilities: dict[str, Any] = {}
         with contextlib.suppress(ValueError):
-            report["capabilities"] = json.loads(record.capabilities)
+            capabilities = json.loads(record.capabilities)
         child = ChildProcess(
             name=name,
             process=process,
-            log_path=Path(record.log_path),
-            report=report,
-            group=_leads_group(record.pid),
+            log_path=record.log_path,
+            report=Readiness(
+                ok=True, address=record.address, pid=process.pid, capabilities=capabilities
+            ),
+            group=_leads_group(process.pid),
         )
         child.record = record
         self._track(child)
-        logger.info("adopted %s (pid %d) at %s", name, record.pid, record.address or "-")
+        logger.info("adopted %s (pid %d) at %s", name, process.pid, record.address or "-")
         return child
 
     async def stop_recorded(self, record: ChildRecord, timeout: float = STOP_TIMEOUT_S) -> None:
@@ -435,31 +478,60 @@ class ProcessLauncher:
             if reaper is not None:
                 await reaper
 
-    def relabel(self, child: ChildProcess, **changes: Any) -> None:
-        """Change what the store says about a running child (e.g. its digest)."""
+    def relabel(self, child: Child, digest: str) -> None:
+        self._relabel(_local(child), digest=digest)
+
+    def _relabel(self, child: ChildProcess, **changes: Any) -> None:
+        """Change what the store says about a running child."""
         if child.record is not None and child.process.returncode is None:
             self._record(child, dataclasses.replace(child.record, **changes))
+
+    def follows(self, child: Child, controller_address: str) -> bool:
+        """True when the proxy was told to follow ``controller_address``."""
+        args = command_line(child.pid)
+        return any(
+            flag == "--controller" and value == controller_address
+            for flag, value in zip(args, args[1:], strict=False)
+        )
+
+    async def healthy(self, child: Child, timeout: float) -> bool:
+        return await health_ok(child.address, self.security, self.control_token, timeout)
+
+    async def proxy_healthy(self, child: Child, timeout: float) -> bool:
+        return await proxy_healthz(child.address, timeout, https=self.https is not None)
+
+    async def reconfigure(
+        self, child: Child, request: replica_pb2.ReconfigureRequest, timeout: float
+    ) -> None:
+        async with aio_channel(child.address, self.security) as channel:
+            stub = replica_pb2_grpc.ReplicaServiceStub(channel)
+            try:
+                await stub.Reconfigure(
+                    request, timeout=timeout, metadata=auth.metadata(self.control_token)
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise ReconfigureError(exc.details() or exc.code().name) from None
 
     def _record(self, child: ChildProcess, record: ChildRecord) -> None:
         self._store.put_child(record)
         child.record = record
 
-    def _forget(self, name: str, pid: int) -> None:
+    def _forget(self, record: ChildRecord) -> None:
         # Only its own record: a restarted replica reuses the name.
-        current = self._store.children().get(name)
-        if current is not None and current.pid == pid:
-            self._store.delete_child(name)
+        current = self._store.children().get(record.name)
+        if current is not None and current.handle == record.handle:
+            self._store.delete_child(record.name)
 
     def _track(self, child: ChildProcess) -> None:
         async def reap() -> None:
             # Not in a ``finally``: cancelled (the controller exiting without a
             # shutdown), the child lives on and its record must stay.
-            await child.wait()
+            await child.process.wait()
             # Whatever its code started dies with it, however it ended.
             child.kill_group()
             self._children.pop(child, None)
             if child.record is not None:
-                self._forget(child.record.name, child.pid)
+                self._forget(child.record)
 
         self._children[child] = asyncio.create_task(reap(), name=f"reap {child.name}")
 
