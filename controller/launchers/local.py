@@ -24,7 +24,7 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +40,7 @@ from turnout._internal.proxy_args import ProxyArgs
 from turnout._internal.readiness import Readiness
 from turnout._internal.replica_args import ReplicaArgs
 from turnout._internal.rpc import Security, aio_channel
-from turnout._internal.spawn import spawn_async
+from turnout._internal.spawn import AsyncChild, spawn_async
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
@@ -441,72 +441,46 @@ class LocalLauncher:
         output = logs.out_path(log_path)
         timeout = command.ready_timeout if command.HasField("ready_timeout") else READY_TIMEOUT_S
         async with self._spawn_slots:
-            read_fd, write_fd = os.pipe()
             # The controller's own TURNOUT_* settings never stand in for the
             # replica's (a client-side TURNOUT_TLS_CA, say).
             inherited = {k: v for k, v in os.environ.items() if k not in command_replica.NAMES}
-            environ = child_environment(inherited, {**(env or {}), **command.env})
-            environ.update(
-                command_replica.environment(
+
+            def ready_env(ready_fd: int) -> dict[str, str]:
+                return command_replica.environment(
                     replica_id=record.name,
                     backend=record.backend,
                     config=request.config,
-                    ready_fd=write_fd,
+                    ready_fd=ready_fd,
                     credentials_file=self._credentials_file("handle"),
                     parent_pid=self._parent_pid,
                     tls=self.security.tls,
                 )
-            )
+
             log_path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 logs.trim_output_file(output)
                 with output.open("ab") as out:
-                    process = await asyncio.create_subprocess_exec(
-                        *argv,
-                        stdin=asyncio.subprocess.DEVNULL,
+                    spawned = await spawn_async(
+                        lambda _: argv,
+                        ready_env=ready_env,
                         stdout=out,
                         stderr=out,
-                        pass_fds=(write_fd,),
-                        env=environ,
+                        env=child_environment(inherited, {**(env or {}), **command.env}),
                         cwd=command.cwd or None,
                         start_new_session=self.durable,
                         process_group=None if self.durable else 0,
                     )
             except (OSError, ValueError, subprocess.SubprocessError) as exc:
-                os.close(read_fd)
                 # No such program or folder, not executable: the command's fault.
                 raise SpawnError(
                     "INVALID_ARGUMENT", f"cannot start the command {argv}: {exc}"
                 ) from exc
-            finally:
-                os.close(write_fd)
-            if record.cpus:
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(process.pid, record.cpus)
-            child = ChildProcess(name=name, process=process, log_path=str(log_path), group=True)
-            self._record(
-                child,
-                dataclasses.replace(
-                    record,
-                    launcher=LOCAL,
-                    handle=local_handle(process.pid, start_time(process.pid) or 0),
-                    log_path=str(log_path),
-                ),
-            )
-            self._track(child)
-            try:
-                child.report = await _command_report(read_fd, process, argv, timeout, output)
-            except BaseException:
-                child.kill()
-                raise
-        if not child.ok:
-            child.kill()
-            await process.wait()
-            logger.warning("%s failed to start: %s", name, child.report.message)
-        else:
-            capabilities = json.dumps(child.report.capabilities, sort_keys=True)
-            self._relabel(child, address=child.address, capabilities=capabilities)
-        return child
+
+            def report() -> Awaitable[Readiness]:
+                fd = spawned.take_ready_fd()
+                return _command_report(fd, spawned.process, argv, timeout, output)
+
+            return await self._take(name, spawned, log_path, record, record.cpus, report)
 
     async def start_proxy(self, spec: ProxySpec) -> ChildProcess:
         https = self.https
@@ -564,6 +538,21 @@ class LocalLauncher:
             too_big = isinstance(exc, OSError) and exc.errno == errno.E2BIG
             code = "INVALID_ARGUMENT" if isinstance(exc, ValueError) or too_big else "INTERNAL"
             raise SpawnError(code, f"cannot start {name}: {exc}") from exc
+        return await self._take(
+            name, spawned, log_path, template, cpus, lambda: spawned.ready(READY_TIMEOUT_S, name)
+        )
+
+    async def _take(
+        self,
+        name: str,
+        spawned: AsyncChild,
+        log_path: Path,
+        template: ChildRecord,
+        cpus: tuple[int, ...],
+        report: Callable[[], Awaitable[Readiness]],
+    ) -> ChildProcess:
+        """A child just started: pinned, recorded, watched, then its
+        ``report()`` awaited; one that failed is killed and reaped."""
         process = spawned.process
         if cpus:
             # Set from here rather than in the child: the threads it starts
@@ -584,7 +573,7 @@ class LocalLauncher:
         )
         self._track(child)
         try:
-            child.report = await spawned.ready(READY_TIMEOUT_S, name)
+            child.report = await report()
         except BaseException:
             # Cancelled while the child was booting: it must not live on unowned.
             child.kill()

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class ReadyPipe:
 
     def started(self) -> None:
         os.close(self.write_fd)
+
+    def handed_over(self) -> None:
+        """The read end is someone else's to close now."""
+        self._read_open = False
 
     def close(self) -> None:
         if self._read_open:
@@ -75,10 +79,21 @@ class AsyncChild:
         try:
             return await self._pipe.read_async(timeout, what)
         finally:
-            # Whatever of its input it did not read by now it never will.
-            self._feeder.cancel()
-            if self.process.stdin is not None:
-                self.process.stdin.close()
+            self._input_done()
+
+    def take_ready_fd(self) -> int:
+        """The read end of its ready pipe, for a caller that reads the report
+        itself (a program in another language, whose failures it words); the
+        caller closes it."""
+        self._pipe.handed_over()
+        self._input_done()
+        return self._pipe.read_fd
+
+    def _input_done(self) -> None:
+        # Whatever of its input it did not read by now it never will.
+        self._feeder.cancel()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
 
 
 async def _feed(process: asyncio.subprocess.Process, data: bytes | None) -> None:
@@ -95,13 +110,23 @@ async def _feed(process: asyncio.subprocess.Process, data: bytes | None) -> None
         stdin.close()
 
 
-async def spawn_async(argv: Argv, *, stdin_data: bytes | None = None, **kwargs: Any) -> AsyncChild:
+async def spawn_async(
+    argv: Argv,
+    *,
+    stdin_data: bytes | None = None,
+    ready_env: Callable[[int], Mapping[str, str]] | None = None,
+    **kwargs: Any,
+) -> AsyncChild:
     """Start ``argv(ready_fd)`` (``kwargs`` as for ``create_subprocess_exec``);
-    ``stdin_data`` is written to its stdin (else stdin is /dev/null). Raises
-    what the OS raised when it cannot start."""
+    ``stdin_data`` is written to its stdin (else stdin is /dev/null);
+    ``ready_env(ready_fd)`` is added to ``kwargs["env"]``, for a program that
+    finds the fd in its environment rather than its arguments. Raises what
+    the OS raised when it cannot start."""
     pipe = ReadyPipe()
     pass_fds = (*kwargs.pop("pass_fds", ()), pipe.write_fd)
     stdin = asyncio.subprocess.DEVNULL if stdin_data is None else asyncio.subprocess.PIPE
+    if ready_env is not None:
+        kwargs["env"] = {**kwargs.get("env", os.environ), **ready_env(pipe.write_fd)}
     try:
         process = await asyncio.create_subprocess_exec(
             *argv(pipe.write_fd), stdin=stdin, pass_fds=pass_fds, **kwargs
