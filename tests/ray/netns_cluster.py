@@ -1,0 +1,206 @@
+"""A real two-node Ray cluster on one machine, for the Ray launcher's tests.
+
+Each "host" is a network namespace: the head at 10.200.0.1 and the worker at
+10.200.0.2, each with a loopback of its own, so an address that works only on
+one node fails from the other as it would between machines. The test process
+itself is a third host on the same network: a bridge in the root namespace
+(10.200.0.254) joins the two namespaces' veth pairs, as a switch joins
+machines, so tests reach the nodes only by their advertised addresses.
+
+Ray runs with token authentication (``RAY_AUTH_MODE=token``, the token in
+``RAY_AUTH_TOKEN``) and without its dashboard. Everything started in a
+namespace is stopped by pid (``ip netns pids``), never with ``ray stop``,
+which would stop every Ray process of the machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUBNET_PREFIX = 24
+HEAD_IP = "10.200.0.1"
+WORKER_IP = "10.200.0.2"
+# The test process's own address on the cluster network.
+CLIENT_IP = "10.200.0.254"
+GCS_PORT = 6379
+# Each node's shared-memory object store (Ray's minimum is 75 MiB): replicas
+# pass nothing through it but their readiness reports.
+OBJECT_STORE_BYTES = 80 * 2**20
+NODE_CPUS = 2
+RAY_START_TIMEOUT_S = 120.0
+STOP_GRACE_S = 5.0
+DRIVER_TIMEOUT_S = 60.0
+
+
+def _run(argv: Sequence[str], timeout: float = 30.0) -> None:
+    subprocess.run(list(argv), check=True, timeout=timeout, capture_output=True)
+
+
+def ray_executable() -> str:
+    """The ``ray`` command of this interpreter's environment."""
+    beside = Path(sys.executable).parent / "ray"
+    return str(beside) if beside.exists() else shutil.which("ray") or "ray"
+
+
+@dataclass
+class Node:
+    namespace: str
+    ip: str
+    temp_dir: Path
+
+    def exec_argv(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` run on this node (inside its namespace)."""
+        return ["ip", "netns", "exec", self.namespace, *argv]
+
+    def pids(self) -> list[int]:
+        """Every process running on this node."""
+        out = subprocess.run(
+            ["ip", "netns", "pids", self.namespace], capture_output=True, text=True, timeout=10
+        ).stdout
+        return [int(p) for p in out.split()]
+
+    def rss_bytes(self) -> int:
+        """Resident memory of every process on this node, summed."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+                total += pages * os.sysconf("SC_PAGE_SIZE")
+        return total
+
+    def stop_processes(self) -> None:
+        """SIGTERM to every process on the node, SIGKILL to those left after
+        ``STOP_GRACE_S``; returns once none is left (or after one more grace)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            pids = self.pids()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while self.pids() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not self.pids():
+                return
+
+
+@dataclass
+class RayCluster:
+    """Two namespaces, a bridge, and Ray on both; ``start`` builds, ``close`` removes."""
+
+    tag: str = field(default_factory=lambda: f"t{os.getpid() % 10000}{secrets.token_hex(2)}")
+    token: str = field(default_factory=lambda: secrets.token_hex(32))
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tray")))
+    head: Node = field(init=False)
+    worker: Node = field(init=False)
+    # What start() measured: seconds to a 2-node cluster, memory per node.
+    start_s: float = 0.0
+    memory: dict[str, int] = field(default_factory=dict)
+    _links: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Ray's socket paths live under the temp dir: keep it short (108 bytes).
+        self.head = Node(f"{self.tag}h", HEAD_IP, self.root / "h")
+        self.worker = Node(f"{self.tag}w", WORKER_IP, self.root / "w")
+
+    @property
+    def address(self) -> str:
+        return f"{HEAD_IP}:{GCS_PORT}"
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.tag}br"
+
+    def env(self) -> dict[str, str]:
+        """The environment of a Ray process (or driver) of this cluster."""
+        env = dict(os.environ)
+        env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0")
+        return env
+
+    def _network(self) -> None:
+        _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+        self._links.append(self.bridge)
+        _run(["ip", "addr", "add", f"{CLIENT_IP}/{SUBNET_PREFIX}", "dev", self.bridge])
+        _run(["ip", "link", "set", self.bridge, "up"])
+        for node, side in ((self.head, "h"), (self.worker, "w")):
+            _run(["ip", "netns", "add", node.namespace])
+            outer, inner = f"{self.tag}{side}o", f"{self.tag}{side}i"
+            _run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner])
+            self._links.append(outer)
+            _run(["ip", "link", "set", inner, "netns", node.namespace])
+            _run(["ip", "link", "set", outer, "master", self.bridge])
+            _run(["ip", "link", "set", outer, "up"])
+            ns = ["ip", "-n", node.namespace]
+            _run([*ns, "addr", "add", f"{node.ip}/{SUBNET_PREFIX}", "dev", inner])
+            _run([*ns, "link", "set", inner, "up"])
+            _run([*ns, "link", "set", "lo", "up"])
+
+    def _ray_start(self, node: Node, *flags: str) -> None:
+        node.temp_dir.mkdir(parents=True, exist_ok=True)
+        argv = node.exec_argv(
+            [
+                ray_executable(),
+                "start",
+                *flags,
+                f"--node-ip-address={node.ip}",
+                f"--num-cpus={NODE_CPUS}",
+                f"--object-store-memory={OBJECT_STORE_BYTES}",
+                f"--temp-dir={node.temp_dir}",
+                "--disable-usage-stats",
+            ]
+        )
+        done = subprocess.run(
+            argv, env=self.env(), capture_output=True, text=True, timeout=RAY_START_TIMEOUT_S
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"ray start on {node.ip} failed:\n{done.stdout}\n{done.stderr}")
+
+    def start(self) -> RayCluster:
+        began = time.monotonic()
+        try:
+            self._network()
+            self._ray_start(self.head, "--head", f"--port={GCS_PORT}", "--include-dashboard=false")
+            self._ray_start(self.worker, f"--address={self.address}")
+        except BaseException:
+            self.close()
+            raise
+        self.start_s = time.monotonic() - began
+        self.memory = {"head": self.head.rss_bytes(), "worker": self.worker.rss_bytes()}
+        return self
+
+    def close(self) -> None:
+        """Stop every process of both nodes by pid, then remove what start() made."""
+        for node in (self.worker, self.head):
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                node.stop_processes()
+        for link in self._links:
+            with contextlib.suppress(subprocess.SubprocessError):
+                _run(["ip", "link", "del", link])
+        for node in (self.worker, self.head):
+            with contextlib.suppress(subprocess.SubprocessError):
+                _run(["ip", "netns", "del", node.namespace])
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def run_on(cluster: RayCluster, node: Node, code: str) -> str:
+    """Run Python ``code`` on ``node`` (as a Ray driver may); its stdout."""
+    env = cluster.env()
+    done = subprocess.run(
+        node.exec_argv([sys.executable, "-c", code]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DRIVER_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
