@@ -24,9 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 SUBNET_PREFIX = 24
 HEAD_IP = "10.200.0.1"
@@ -204,3 +206,23 @@ def run_on(cluster: RayCluster, node: Node, code: str) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/ray/" in item.nodeid.replace("\\", "/"):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    cluster = RayCluster().start()
+    print(
+        f"\nray cluster up in {cluster.start_s:.1f} s; "
+        f"head {cluster.memory['head'] / 2**20:.0f} MiB, "
+        f"worker {cluster.memory['worker'] / 2**20:.0f} MiB"
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
