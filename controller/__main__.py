@@ -99,6 +99,7 @@ async def _main(args: ControllerArgs, instance_dir: Path) -> int:
         https=None
         if args.https_cert is None or args.https_key is None
         else (args.https_cert.absolute(), args.https_key.absolute()),
+        ray_address=args.ray_address,
     )
     try:
         controller = Controller(options)

@@ -111,6 +111,7 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         system_token_file=(
             None if args.system_token_file is None else Path(args.system_token_file).absolute()
         ),
+        ray_address=args.ray_address,
     )
 
 
@@ -407,6 +408,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most replicas of all backends together (default: from CPUs and memory; "
         "see docs/operations.md)",
+    )
+    start.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run replicas as Ray actors on this Ray cluster (pip install 'turnout[ray]'; "
+        "run turnout start on one of its nodes); see docs/ray-cluster.md",
     )
     tls_options.add_arguments(start, server=True)
     start.add_argument(

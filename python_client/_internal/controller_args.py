@@ -49,6 +49,8 @@ class ControllerArgs:
     # which reports a bad one on its ready pipe.
     tls: TLSConfig | None = None
     insecure: bool = False
+    # A Ray cluster (host:port of its GCS) that runs the replicas; None = local processes.
+    ray_address: str | None = None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -132,6 +134,12 @@ def parser() -> argparse.ArgumentParser:
         help="the proxy serves HTTPS with this certificate",
     )
     parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
+    parser.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run replicas as Ray actors on this Ray cluster (its GCS address; needs "
+        "'turnout[ray]' and this machine a node of the cluster; default: local processes)",
+    )
     tls_options.add_arguments(parser, server=True)
     return parser
 
@@ -179,6 +187,7 @@ def parse(argv: Sequence[str]) -> ControllerArgs:
         https_key=ns.https_key,
         tls=tls,
         insecure=ns.insecure,
+        ray_address=ns.ray_address,
     )
 
 
@@ -212,6 +221,7 @@ def to_argv(options: ControllerArgs) -> list[str]:
     args += _optional("--system-token-file", options.system_token_file)
     args += _optional("--https-cert", options.https_cert)
     args += _optional("--https-key", options.https_key)
+    args += _optional("--ray-address", options.ray_address)
     args += tls_options.argv(Security(tls=options.tls))
     return args
 

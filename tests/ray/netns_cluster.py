@@ -30,6 +30,10 @@ from pathlib import Path
 
 import pytest
 
+import turnout
+from turnout._internal import controller_args, spawn
+from turnout._internal.controller_args import ControllerArgs
+
 SUBNET_PREFIX = 24
 HEAD_IP = "10.200.0.1"
 WORKER_IP = "10.200.0.2"
@@ -226,3 +230,96 @@ def ray_cluster() -> Iterator[RayCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+# Fixed ports are safe inside the head's namespace: nothing else listens there.
+CONTROLLER_PORT = 50071
+HTTP_PORT = 8000
+CONTROLLER_READY_TIMEOUT_S = 90.0
+
+
+@dataclass
+class TurnoutOnRay:
+    """A Turnout controller on the head node whose replicas are Ray actors;
+    ``start`` starts it (again, on the same state: a restart), ``kill`` SIGKILLs it."""
+
+    cluster: RayCluster
+    instance_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{HEAD_IP}:{CONTROLLER_PORT}"
+
+    @property
+    def http_address(self) -> str:
+        return f"http://{HEAD_IP}:{HTTP_PORT}"
+
+    def args(self, ready_fd: int) -> list[str]:
+        options = ControllerArgs(
+            host=HEAD_IP,
+            port=CONTROLLER_PORT,
+            http_host=HEAD_IP,
+            http_port=HTTP_PORT,
+            instance_dir=self.instance_dir,
+            state=self.instance_dir / "state.db",
+            ready_fd=ready_fd,
+            durable=True,
+            access_log=False,
+            # The cluster network is the test's own: plaintext, token checked.
+            insecure=True,
+            allow_pickled_code=True,
+            ray_address=self.cluster.address,
+        )
+        return self.cluster.head.exec_argv(controller_args.command(options))
+
+    def start(self) -> turnout.Client:
+        self.instance_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.instance_dir / "controller.out").open("ab")
+        env = self.cluster.env()
+        # Backends defined in these test modules unpickle by module name: the
+        # replicas import them from here, as turnout.init's replicas would.
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+        with log:
+            self.process, report = spawn.spawn(
+                self.args,
+                CONTROLLER_READY_TIMEOUT_S,
+                "controller",
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        assert report.ok, report.message
+        return self.client()
+
+    def client(self) -> turnout.Client:
+        token = (self.instance_dir / "token").read_text().strip()
+        return turnout.Client(self.address, token=token)
+
+    def kill(self) -> None:
+        """SIGKILL the controller (what it started lives on: durable)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+        if self.process is not None:
+            self.process.wait()
+
+    def shutdown(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(Exception):
+                self.client().shutdown()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.kill()
+
+
+@pytest.fixture(scope="session")
+def turnout_on_ray(ray_cluster: RayCluster) -> Iterator[TurnoutOnRay]:
+    """One instance on the cluster, shared by the tests that do not restart it."""
+    instance = TurnoutOnRay(ray_cluster, ray_cluster.root / "turnout")
+    instance.start()
+    try:
+        yield instance
+    finally:
+        instance.shutdown()

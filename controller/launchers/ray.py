@@ -1,0 +1,586 @@
+"""The Ray launcher: replicas as detached Ray actors on a Ray cluster's nodes.
+
+Ray places, Turnout serves: each replica is one detached, named actor
+(``ReplicaHost``, ``max_restarts=0``: Turnout's supervision restarts it, with
+its own backoff and its refusal of a backend that fails its first start) in a
+namespace of the instance's own. The actor runs the unchanged ``python -m
+turnout.replica`` on its node, bound to that node's address, hands it the spec
+on its stdin and returns its readiness report; from then on the controller
+talks to the replica directly (health checks, Reconfigure) and the proxy sends
+it requests, as with local processes.
+
+``ray`` is imported only here (``pip install 'turnout[ray]'``), when an
+instance is started with ``--ray-address``. The proxy stays a local process
+of the controller (``LocalLauncher``), which this launcher also asks for
+health checks and Reconfigure calls: those go to an address, wherever it is.
+
+Placement is chosen here, not left to Ray's queue: a replica goes to the live
+node with the fewest of this instance's replicas among those with room for
+it (``NodeAffinitySchedulingStrategy``), so replicas spread across nodes; a
+replica that no node has room for is refused at once (RESOURCE_EXHAUSTED, or
+INVALID_ARGUMENT when it is bigger than any node) instead of waiting in
+Ray's queue for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from turnout._internal import auth, replica_args
+from turnout._internal.errors import InvalidArgumentError
+from turnout._internal.readiness import Readiness
+from turnout._internal.replica_args import ReplicaArgs
+from turnout._internal.rpc import Security
+from turnout._internal.spawn import spawn_async
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import replica_pb2
+
+from ..resources import Allocation, ResourcePool
+from ..store import PROXY, ChildRecord, Store
+from .base import STOP_TIMEOUT_S, Child, ProxySpec, SpawnError
+from .local import (
+    CHILD_ENV_PREFIXES,
+    READY_TIMEOUT_S,
+    LocalLauncher,
+    child_environment,
+)
+
+logger = logging.getLogger(__name__)
+
+# ChildRecord.launcher of the replicas this launcher starts.
+RAY = "ray"
+# How long a replica's actor may wait to be placed and report readiness:
+# Ray's own start of a worker process comes on top of the replica's.
+ACTOR_READY_TIMEOUT_S = READY_TIMEOUT_S + 30.0
+# How long adoption waits for a recorded actor to say whether its replica lives.
+ADOPT_TIMEOUT_S = 10.0
+_EPSILON = 1e-9
+
+
+def namespace_for(state_path: Path) -> str:
+    """The Ray namespace of the instance whose state is ``state_path``: the
+    same for a controller restarted on the same state (it finds its actors
+    again), different for every other instance on the cluster."""
+    digest = hashlib.sha256(str(state_path.resolve()).encode()).hexdigest()[:16]
+    return f"turnout-{digest}"
+
+
+def actor_name(replica_id: str) -> str:
+    """A fresh actor name for one start of ``replica_id``: a restarted replica
+    keeps its id, but the actor of its last start may still be going away."""
+    return f"{replica_id}~{secrets.token_hex(4)}"
+
+
+def ray_handle(actor: str, node_id: str, node_ip: str, pid: int) -> str:
+    """The ``ChildRecord.handle`` of a replica on Ray: its actor's name (in
+    the instance's namespace) and where it runs."""
+    return json.dumps({"actor": actor, "node_id": node_id, "node_ip": node_ip, "pid": pid})
+
+
+def parse_ray_handle(record: ChildRecord) -> dict[str, Any] | None:
+    if record.launcher != RAY:
+        return None
+    try:
+        held = json.loads(record.handle)
+    except ValueError:
+        return None
+    return held if isinstance(held, dict) and isinstance(held.get("actor"), str) else None
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one replica asks of a node, from its backend's replica_options."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    @classmethod
+    def of_spec(cls, spec: bytes) -> Request:
+        options = pb.CreateBackendRequest.FromString(spec).replica_options
+        return cls(num_cpus=options.num_cpus, num_gpus=options.num_gpus)
+
+    def fits(self, resources: Mapping[str, float]) -> bool:
+        return (
+            resources.get("CPU", 0.0) + _EPSILON >= self.num_cpus
+            and resources.get("GPU", 0.0) + _EPSILON >= self.num_gpus
+        )
+
+    def __str__(self) -> str:
+        return f"num_cpus={self.num_cpus:g}, num_gpus={self.num_gpus:g}"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    node_id: str
+    ip: str
+    total: dict[str, float]
+    free: dict[str, float]
+
+
+def choose_node(request: Request, nodes: list[NodeInfo], placed: Mapping[str, int]) -> NodeInfo:
+    """The node for one more replica: of those with room for it now, the one
+    with fewest of this instance's replicas (``placed``: node id -> count),
+    then the one with most free CPUs. Raises SpawnError when none has room."""
+    if not any(request.fits(n.total) for n in nodes):
+        largest = max((n.total.get("CPU", 0.0) for n in nodes), default=0.0)
+        raise SpawnError(
+            "INVALID_ARGUMENT",
+            f"a replica asks for {request}, more than any of the cluster's {len(nodes)} "
+            f"live nodes has (the largest has {largest:g} CPUs)",
+        )
+    room = [n for n in nodes if request.fits(n.free)]
+    if not room:
+        raise SpawnError(
+            "RESOURCE_EXHAUSTED",
+            f"no node of the Ray cluster has room for a replica asking for {request} now",
+        )
+    return min(room, key=lambda n: (placed.get(n.node_id, 0), -n.free.get("CPU", 0.0), n.ip))
+
+
+class ClusterResources(ResourcePool):
+    """The controller's resource pool on a Ray cluster: nothing is pinned or
+    reserved on the controller's machine (Ray accounts for each node); a
+    replica bigger than every node is refused before any starts."""
+
+    def __init__(self, launcher: RayLauncher) -> None:
+        super().__init__(cpus=[], gpus=[])
+        self._launcher = launcher
+
+    def check(self, num_cpus: float, num_gpus: float, count: int) -> None:
+        request = Request(num_cpus=num_cpus, num_gpus=num_gpus)
+        nodes = self._launcher.nodes()
+        if not any(request.fits(n.total) for n in nodes):
+            raise InvalidArgumentError(
+                f"a replica asks for {request}, more than any of the Ray cluster's "
+                f"{len(nodes)} live nodes has"
+            )
+
+    def allocate(self, owner: str, num_cpus: float, num_gpus: float) -> Allocation:
+        return self._hold(owner, Allocation())
+
+
+class ReplicaHost:
+    """The Ray actor of one replica: starts ``python -m turnout.replica`` on
+    its node and stays with it (the replica exits when the actor does,
+    ``--parent-pid``). Declared without Ray so that this module imports
+    without it; ``RayLauncher`` makes it an actor class."""
+
+    def __init__(self) -> None:
+        self._process: asyncio.subprocess.Process | None = None
+        self._files = Path(tempfile.mkdtemp(prefix="turnout-replica-"))
+
+    async def start(
+        self,
+        replica_id: str,
+        spec: bytes,
+        env: dict[str, str],
+        credentials: auth.ChildCredentials | None,
+        insecure: bool,
+    ) -> dict[str, Any]:
+        """Start the replica, bound to this node's address; its readiness
+        report (as a dict), with the node's id and address added."""
+        import ray
+
+        context = ray.get_runtime_context()
+        node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        credentials_file = None
+        if credentials is not None:
+            # A 0600 file on the node, never the environment (as locally).
+            credentials_file = self._files / "credentials.json"
+            credentials.write(credentials_file)
+        options = ReplicaArgs(
+            replica_id=replica_id,
+            spec_fd=0,
+            host=node_ip,
+            parent_pid=os.getpid(),
+            # stderr: Ray keeps each actor's output in its node's log folder.
+            log_file=None,
+            security=Security(insecure=insecure),
+            credentials_file=credentials_file,
+        )
+
+        def argv(ready_fd: int) -> list[str]:
+            return replica_args.command(dataclasses.replace(options, ready_fd=ready_fd))
+
+        spawned = await spawn_async(
+            argv, stdin_data=spec, env=child_environment(os.environ, env), process_group=0
+        )
+        self._process = spawned.process
+        report = await spawned.ready(READY_TIMEOUT_S, f"replica {replica_id}")
+        if not report.ok:
+            await self._end(0.0)
+        return {
+            "report": report.to_json(),
+            "node_id": context.get_node_id(),
+            "node_ip": node_ip,
+            "pid": spawned.process.pid,
+        }
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    async def wait(self) -> int:
+        """Until the replica has exited: its exit status."""
+        assert self._process is not None
+        return await self._process.wait()
+
+    async def stop(self, timeout: float) -> None:
+        await self._end(timeout)
+
+    async def _end(self, timeout: float) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            pass
+        # Its group too: what the handler's code started goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+
+@dataclass(eq=False)
+class RayChild:
+    """A replica running in a Ray actor (``base.Child``)."""
+
+    name: str
+    actor: Any
+    actor_name: str
+    report: Readiness = field(default_factory=Readiness.crashed)
+    record: ChildRecord | None = None
+    node_id: str = ""
+    node_ip: str = ""
+    pid: int = 0
+    log_path: str = ""
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    @property
+    def address(self) -> str:
+        return self.report.address
+
+    async def wait(self) -> int | None:
+        try:
+            code: int | None = await self.actor.wait.remote()
+        except Exception as exc:  # the actor (or its node) is gone: so is the replica
+            logger.warning("%s: its actor is gone (%s)", self.name, type(exc).__name__)
+            code = None
+        self.exited.set()
+        return code
+
+    async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM (it drains), SIGKILL after ``timeout``, by its actor; then the actor goes."""
+        with contextlib.suppress(Exception):  # an actor already gone stopped its replica
+            await asyncio.wait_for(self.actor.stop.remote(timeout), timeout + 5.0)
+        self.kill()
+
+    def kill(self) -> None:
+        import ray
+
+        with contextlib.suppress(Exception):
+            ray.kill(self.actor, no_restart=True)
+
+
+def _ray(child: Child) -> RayChild | None:
+    return child if isinstance(child, RayChild) else None
+
+
+class RayLauncher:
+    """Replicas as Ray actors, the proxy a local process (``base.Launcher``)."""
+
+    def __init__(
+        self,
+        address: str,
+        namespace: str,
+        local: LocalLauncher,
+        store: Store,
+    ) -> None:
+        import ray
+
+        self.address = address
+        self.namespace = namespace
+        self.local = local
+        self._store = store
+        self._children: dict[RayChild, asyncio.Task[None]] = {}
+        # node id -> replicas being started there (placed, not yet serving):
+        # replicas started together spread too.
+        self._starting: dict[str, int] = {}
+        # The token (RAY_AUTH_TOKEN or Ray's token file) is Ray's to find.
+        ray.init(
+            address=address,
+            namespace=namespace,
+            log_to_driver=False,
+            configure_logging=False,
+            include_dashboard=False,
+        )
+        # Any: Ray's types do not follow .options(...).remote() to the methods.
+        self._actor_class: Any = ray.remote(ReplicaHost)
+        logger.info("on the Ray cluster at %s, namespace %s", address, namespace)
+
+    # Where things run ---------------------------------------------------
+
+    def nodes(self) -> list[NodeInfo]:
+        """The cluster's live nodes, with their total and free resources."""
+        import ray
+        from ray._private.state import available_resources_per_node
+
+        free = available_resources_per_node()  # type: ignore[no-untyped-call]
+        return [
+            NodeInfo(
+                node_id=n["NodeID"],
+                ip=n["NodeManagerAddress"],
+                total=dict(n["Resources"]),
+                free=dict(free.get(n["NodeID"], {})),
+            )
+            for n in ray.nodes()  # type: ignore[no-untyped-call]
+            if n.get("Alive")
+        ]
+
+    def _placed(self) -> dict[str, int]:
+        counts = dict(self._starting)
+        for child in self._children:
+            counts[child.node_id] = counts.get(child.node_id, 0) + 1
+        return counts
+
+    # Replicas -----------------------------------------------------------
+
+    async def start_replica(
+        self, record: ChildRecord, spec: bytes, env: dict[str, str] | None = None
+    ) -> Child:
+        request = Request.of_spec(spec)
+        nodes = await asyncio.to_thread(self.nodes)
+        node = choose_node(request, nodes, self._placed())
+        self._starting[node.node_id] = self._starting.get(node.node_id, 0) + 1
+        try:
+            return await self._start_on(node, request, record, spec, env or {})
+        finally:
+            self._starting[node.node_id] -= 1
+
+    async def _start_on(
+        self,
+        node: NodeInfo,
+        request: Request,
+        record: ChildRecord,
+        spec: bytes,
+        env: dict[str, str],
+    ) -> Child:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        name = actor_name(record.name)
+        actor = self._actor_class.options(
+            name=name,
+            lifetime="detached",
+            max_restarts=0,
+            num_cpus=request.num_cpus,
+            num_gpus=request.num_gpus,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+        ).remote()
+        child = RayChild(name=f"replica {record.name}", actor=actor, actor_name=name)
+        # Recorded before it can serve: a controller killed from here on
+        # leaves a record that the next one uses to find (or stop) the actor.
+        self._record(
+            child,
+            dataclasses.replace(
+                record, launcher=RAY, handle=ray_handle(name, node.node_id, node.ip, 0)
+            ),
+        )
+        credentials = None
+        if self.local.credentials is not None:
+            credentials = self.local.credentials("handle")
+        try:
+            started = await asyncio.wait_for(
+                actor.start.remote(
+                    record.name,
+                    spec,
+                    self._environment(env),
+                    credentials,
+                    self.local.security.insecure,
+                ),
+                ACTOR_READY_TIMEOUT_S,
+            )
+        except TimeoutError:
+            child.kill()
+            self._forget(child)
+            child.report = Readiness.timed_out(child.name, ACTOR_READY_TIMEOUT_S)
+            return child
+        except Exception as exc:  # Ray could not run the actor at all
+            child.kill()
+            self._forget(child)
+            raise SpawnError("UNAVAILABLE", f"cannot start {child.name} on Ray: {exc}") from exc
+        except BaseException:
+            child.kill()
+            raise
+        child.report = Readiness.from_json(started["report"])
+        child.node_id, child.node_ip = started["node_id"], started["node_ip"]
+        child.pid = started["pid"]
+        if not child.ok:
+            child.kill()
+            self._forget(child)
+            logger.warning("%s failed to start: %s", child.name, child.report.message)
+            return child
+        assert child.record is not None
+        self._record(
+            child,
+            dataclasses.replace(
+                child.record,
+                handle=ray_handle(name, child.node_id, child.node_ip, child.pid),
+                address=child.address,
+                capabilities=json.dumps(child.report.capabilities, sort_keys=True),
+            ),
+        )
+        self._track(child)
+        logger.info("%s serves on %s (node %s)", child.name, child.address, child.node_ip)
+        return child
+
+    def _environment(self, extra: Mapping[str, str]) -> dict[str, str]:
+        """What the replica gets of the controller's environment: Turnout's,
+        gRPC's and coverage's settings (the controller's address among them)
+        and the backend's env; the node's own PATH, HOME and the like stay."""
+        mine = child_environment(os.environ)
+        passed = {k: v for k, v in mine.items() if k.startswith(CHILD_ENV_PREFIXES)}
+        passed.update(extra)
+        return passed
+
+    def adopt(self, record: ChildRecord) -> Child | None:
+        if record.kind == PROXY:
+            return self.local.adopt(record)
+        return self._adopt(record)
+
+    def _adopt(self, record: ChildRecord) -> RayChild | None:
+        """The recorded replica's actor, if it is there and its replica lives."""
+        import ray
+
+        held = parse_ray_handle(record)
+        if held is None:
+            logger.warning("%s was not started by the Ray launcher; forgetting it", record.name)
+            self._store.delete_child(record.name)
+            return None
+        try:
+            actor = ray.get_actor(held["actor"], namespace=self.namespace)
+            alive = bool(ray.get(actor.alive.remote(), timeout=ADOPT_TIMEOUT_S))
+        except Exception:  # no such actor, or it does not answer: gone
+            alive = False
+        if not alive:
+            self._drop(record)
+            return None
+        capabilities: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            capabilities = json.loads(record.capabilities)
+        child = RayChild(
+            name=f"replica {record.name}",
+            actor=actor,
+            actor_name=held["actor"],
+            report=Readiness(ok=True, address=record.address, capabilities=capabilities),
+            record=record,
+            node_id=str(held.get("node_id", "")),
+            node_ip=str(held.get("node_ip", "")),
+            pid=int(held.get("pid", 0)),
+        )
+        self._track(child)
+        logger.info("adopted %s (actor %s) at %s", child.name, child.actor_name, record.address)
+        return child
+
+    async def stop_recorded(self, record: ChildRecord) -> None:
+        if record.kind == PROXY or record.launcher != RAY:
+            await self.local.stop_recorded(record)
+            return
+        child = self._adopt(record)
+        if child is not None:
+            await child.stop()
+            reaper = self._children.get(child)
+            if reaper is not None:
+                await reaper
+        else:
+            # Alive or not, an actor left behind would hold its resources.
+            self._kill_by_name(record)
+
+    def _kill_by_name(self, record: ChildRecord) -> None:
+        import ray
+
+        held = parse_ray_handle(record)
+        if held is None:
+            return
+        with contextlib.suppress(Exception):
+            ray.kill(ray.get_actor(held["actor"], namespace=self.namespace), no_restart=True)
+
+    def relabel(self, child: Child, digest: str) -> None:
+        mine = _ray(child)
+        if mine is None:
+            self.local.relabel(child, digest)
+        elif mine.record is not None and not mine.exited.is_set():
+            self._record(mine, dataclasses.replace(mine.record, digest=digest))
+
+    def _record(self, child: RayChild, record: ChildRecord) -> None:
+        self._store.put_child(record)
+        child.record = record
+
+    def _forget(self, child: RayChild) -> None:
+        if child.record is not None:
+            self._drop(child.record)
+
+    def _drop(self, record: ChildRecord) -> None:
+        # Only its own record: a restarted replica reuses the name.
+        current = self._store.children().get(record.name)
+        if current is not None and current.handle == record.handle:
+            self._store.delete_child(record.name)
+
+    def _track(self, child: RayChild) -> None:
+        async def reap() -> None:
+            await child.wait()
+            # The replica has exited: its actor goes too, freeing its name
+            # and its node's resources.
+            child.kill()
+            self._children.pop(child, None)
+            self._forget(child)
+
+        self._children[child] = asyncio.create_task(reap(), name=f"reap {child.name}")
+
+    # What stays the local launcher's -------------------------------------
+
+    async def start_proxy(self, spec: ProxySpec) -> Child:
+        return await self.local.start_proxy(spec)
+
+    def follows(self, child: Child, controller_address: str) -> bool:
+        return self.local.follows(child, controller_address)
+
+    async def healthy(self, child: Child, timeout: float) -> bool:
+        return await self.local.healthy(child, timeout)
+
+    async def proxy_healthy(self, child: Child, timeout: float) -> bool:
+        return await self.local.proxy_healthy(child, timeout)
+
+    async def reconfigure(
+        self, child: Child, request: replica_pb2.ReconfigureRequest, timeout: float
+    ) -> None:
+        await self.local.reconfigure(child, request, timeout)
+
+    async def stop_all(self) -> None:
+        children = dict(self._children)
+        await asyncio.gather(*(child.stop() for child in children))
+        await asyncio.gather(*children.values(), return_exceptions=True)
+        await self.local.stop_all()
+
+    def close(self) -> None:
+        import ray
+
+        ray.shutdown()
