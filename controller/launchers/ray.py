@@ -67,6 +67,14 @@ RAY = "ray"
 ACTOR_READY_TIMEOUT_S = READY_TIMEOUT_S + 30.0
 # How long adoption waits for a recorded actor to say whether its replica lives.
 ADOPT_TIMEOUT_S = 10.0
+# How long placement waits for Ray's view of a node's free resources to show
+# what replicas stopped just before freed (it lags by up to about a second),
+# polling every PLACEMENT_POLL_S; then the best node with room is taken.
+PLACEMENT_SETTLE_S = 3.0
+PLACEMENT_POLL_S = 0.2
+# How long a node where a replica's actor vanished gets no new replicas
+# (while another node can take them): Ray's default to call a node dead is ~15 s.
+SUSPECT_S = 30.0
 _EPSILON = 1e-9
 
 
@@ -130,24 +138,38 @@ class NodeInfo:
     free: dict[str, float]
 
 
-def choose_node(request: Request, nodes: list[NodeInfo], placed: Mapping[str, int]) -> NodeInfo:
-    """The node for one more replica: of those with room for it now, the one
+def choose_node(
+    request: Request, nodes: list[NodeInfo], placed: Mapping[str, int], settled: bool = True
+) -> NodeInfo | None:
+    """The node for one more replica: of those big enough for it, the one
     with fewest of this instance's replicas (``placed``: node id -> count),
-    then the one with most free CPUs. Raises SpawnError when none has room."""
-    if not any(request.fits(n.total) for n in nodes):
+    then the one with most free CPUs, if it has room for it now. Unless
+    ``settled``, None when that node lacks room (Ray's view of free resources
+    lags a release by up to a second: ask again); once settled, the best node
+    that has room. Raises SpawnError when none is big enough, or (settled)
+    none has room."""
+    big_enough = [n for n in nodes if request.fits(n.total)]
+    if not big_enough:
         largest = max((n.total.get("CPU", 0.0) for n in nodes), default=0.0)
         raise SpawnError(
             "INVALID_ARGUMENT",
             f"a replica asks for {request}, more than any of the cluster's {len(nodes)} "
             f"live nodes has (the largest has {largest:g} CPUs)",
         )
-    room = [n for n in nodes if request.fits(n.free)]
+    ranked = sorted(
+        big_enough, key=lambda n: (placed.get(n.node_id, 0), -n.free.get("CPU", 0.0), n.ip)
+    )
+    if request.fits(ranked[0].free):
+        return ranked[0]
+    if not settled:
+        return None
+    room = [n for n in ranked if request.fits(n.free)]
     if not room:
         raise SpawnError(
             "RESOURCE_EXHAUSTED",
             f"no node of the Ray cluster has room for a replica asking for {request} now",
         )
-    return min(room, key=lambda n: (placed.get(n.node_id, 0), -n.free.get("CPU", 0.0), n.ip))
+    return room[0]
 
 
 class ClusterResources(ResourcePool):
@@ -270,6 +292,10 @@ class RayChild:
     pid: int = 0
     log_path: str = ""
     exited: asyncio.Event = field(default_factory=asyncio.Event)
+    # Being stopped or killed: no longer counts where replicas are placed.
+    leaving: bool = False
+    # Its actor vanished without being asked to (its node may be dead).
+    lost: bool = False
 
     @property
     def ok(self) -> bool:
@@ -285,11 +311,13 @@ class RayChild:
         except Exception as exc:  # the actor (or its node) is gone: so is the replica
             logger.warning("%s: its actor is gone (%s)", self.name, type(exc).__name__)
             code = None
+            self.lost = not self.leaving
         self.exited.set()
         return code
 
     async def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM (it drains), SIGKILL after ``timeout``, by its actor; then the actor goes."""
+        self.leaving = True
         with contextlib.suppress(Exception):  # an actor already gone stopped its replica
             await asyncio.wait_for(self.actor.stop.remote(timeout), timeout + 5.0)
         self.kill()
@@ -297,6 +325,7 @@ class RayChild:
     def kill(self) -> None:
         import ray
 
+        self.leaving = True
         with contextlib.suppress(Exception):
             ray.kill(self.actor, no_restart=True)
 
@@ -325,6 +354,9 @@ class RayLauncher:
         # node id -> replicas being started there (placed, not yet serving):
         # replicas started together spread too.
         self._starting: dict[str, int] = {}
+        # node id -> when a replica's actor there was lost: Ray takes about
+        # 15 s to call a node dead, and placement avoids it meanwhile.
+        self._suspect: dict[str, float] = {}
         # The token (RAY_AUTH_TOKEN or Ray's token file) is Ray's to find.
         ray.init(
             address=address,
@@ -356,9 +388,19 @@ class RayLauncher:
             if n.get("Alive")
         ]
 
+    def _trusted(self, nodes: list[NodeInfo]) -> list[NodeInfo]:
+        """``nodes`` without those where an actor was lost in the last
+        ``SUSPECT_S`` seconds, unless that leaves none."""
+        now = asyncio.get_running_loop().time()
+        self._suspect = {n: t for n, t in self._suspect.items() if now - t < SUSPECT_S}
+        trusted = [n for n in nodes if n.node_id not in self._suspect]
+        return trusted or nodes
+
     def _placed(self) -> dict[str, int]:
         counts = dict(self._starting)
         for child in self._children:
+            if child.leaving:
+                continue
             counts[child.node_id] = counts.get(child.node_id, 0) + 1
         return counts
 
@@ -368,13 +410,25 @@ class RayLauncher:
         self, record: ChildRecord, spec: bytes, env: dict[str, str] | None = None
     ) -> Child:
         request = Request.of_spec(spec)
-        nodes = await asyncio.to_thread(self.nodes)
-        node = choose_node(request, nodes, self._placed())
+        node = await self._choose(request)
         self._starting[node.node_id] = self._starting.get(node.node_id, 0) + 1
         try:
             return await self._start_on(node, request, record, spec, env or {})
         finally:
             self._starting[node.node_id] -= 1
+
+    async def _choose(self, request: Request) -> NodeInfo:
+        """Where the replica goes (``choose_node``), giving Ray's view of free
+        resources ``PLACEMENT_SETTLE_S`` to catch up with replicas just stopped."""
+        deadline = asyncio.get_running_loop().time() + PLACEMENT_SETTLE_S
+        while True:
+            nodes = self._trusted(await asyncio.to_thread(self.nodes))
+            settled = asyncio.get_running_loop().time() >= deadline
+            node = choose_node(request, nodes, self._placed(), settled=settled)
+            if node is not None:
+                logger.info("placing on %s (placed: %s)", node.ip, self._placed())
+                return node
+            await asyncio.sleep(PLACEMENT_POLL_S)
 
     async def _start_on(
         self,
@@ -393,6 +447,9 @@ class RayLauncher:
             max_restarts=0,
             num_cpus=request.num_cpus,
             num_gpus=request.num_gpus,
+            # Hard: a soft affinity lets Ray's own scheduler move it elsewhere
+            # (it does so even with room on the node), undoing the spread. A
+            # node that died meanwhile fails the start, which is retried.
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
         ).remote()
         child = RayChild(name=f"replica {record.name}", actor=actor, actor_name=name)
@@ -547,6 +604,8 @@ class RayLauncher:
     def _track(self, child: RayChild) -> None:
         async def reap() -> None:
             await child.wait()
+            if child.lost:
+                self._suspect[child.node_id] = asyncio.get_running_loop().time()
             # The replica has exited: its actor goes too, freeing its name
             # and its node's resources.
             child.kill()

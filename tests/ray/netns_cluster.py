@@ -47,6 +47,8 @@ NODE_CPUS = 2
 RAY_START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 5.0
 DRIVER_TIMEOUT_S = 60.0
+# Set: the cluster's folder (Ray's and Turnout's logs) is kept after the session.
+KEEP_DIR_ENV = "TURNOUT_TEST_KEEP_RAY_DIR"
 
 
 def _run(argv: Sequence[str], timeout: float = 30.0) -> None:
@@ -184,6 +186,19 @@ class RayCluster:
         self.memory = {"head": self.head.rss_bytes(), "worker": self.worker.rss_bytes()}
         return self
 
+    def rejoin_worker(self) -> None:
+        """Start Ray on the worker again (after a test killed it) and wait
+        until the cluster counts two live nodes."""
+        self._ray_start(self.worker, f"--address={self.address}")
+        code = (
+            f"import ray, time; ray.init(address='{self.address}', log_to_driver=False)\n"
+            "for _ in range(240):\n"
+            "    if sum(n['Alive'] for n in ray.nodes()) == 2: break\n"
+            "    time.sleep(0.25)\n"
+            "else: raise SystemExit('the worker did not rejoin')\n"
+        )
+        run_on(self, self.head, code)
+
     def close(self) -> None:
         """Stop every process of both nodes by pid, then remove what start() made."""
         for node in (self.worker, self.head):
@@ -195,7 +210,8 @@ class RayCluster:
         for node in (self.worker, self.head):
             with contextlib.suppress(subprocess.SubprocessError):
                 _run(["ip", "netns", "del", node.namespace])
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not os.environ.get(KEEP_DIR_ENV):
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def run_on(cluster: RayCluster, node: Node, code: str) -> str:
