@@ -26,10 +26,11 @@ ACK_TIMEOUT_S = 5.0
 REPORT_INTERVAL_S = 1.0
 
 
-def subscriber_id(worker_index: int) -> str:
+def subscriber_id(worker_index: int, base: str = SUBSCRIBER_ID) -> str:
     """The name a proxy process follows routes and reports counters under:
-    "proxy" for the one the controller started, "proxy-<n>" for its workers."""
-    return f"{SUBSCRIBER_ID}-{worker_index}" if worker_index else SUBSCRIBER_ID
+    ``base`` ("proxy" for the one the controller started) for a lead,
+    "<base>-<n>" for its workers."""
+    return f"{base}-{worker_index}" if worker_index else base
 
 
 async def watch_routes(

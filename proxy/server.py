@@ -155,7 +155,7 @@ async def serve(args: ProxyArgs) -> int:
     host, port = runner.addresses[0][:2]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    name = subscriber_id(index)
+    name = subscriber_id(index, args.subscriber_id)
     watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name, state.security))
     state.spawn(report_stats(args.controller, state.router.stats, name, state.security))
     if counters is not None:

@@ -34,16 +34,18 @@ import os
 import secrets
 import signal
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turnout._internal import auth, replica_args
+from turnout._internal import auth, proxy_args, replica_args
+from turnout._internal.backoff import Backoff
 from turnout._internal.errors import InvalidArgumentError
+from turnout._internal.proxy_args import ProxyArgs
 from turnout._internal.readiness import Readiness
 from turnout._internal.replica_args import ReplicaArgs
-from turnout._internal.rpc import Security
+from turnout._internal.rpc import Security, TLSConfig
 from turnout._internal.spawn import spawn_async
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
@@ -72,6 +74,10 @@ ADOPT_TIMEOUT_S = 10.0
 # polling every PLACEMENT_POLL_S; then the best node with room is taken.
 PLACEMENT_SETTLE_S = 3.0
 PLACEMENT_POLL_S = 0.2
+# Actor names of node proxies: this prefix, the node id, "~" and a nonce.
+NODE_PROXY_PREFIX = "proxy@"
+NODE_PROXY_BACKOFF_INITIAL_S = 0.5
+NODE_PROXY_BACKOFF_MAX_S = 10.0
 # How long a node where a replica's actor vanished gets no new replicas
 # (while another node can take them): Ray's default to call a node dead is ~15 s.
 SUSPECT_S = 30.0
@@ -194,68 +200,112 @@ class ClusterResources(ResourcePool):
         return self._hold(owner, Allocation())
 
 
-class ReplicaHost:
-    """The Ray actor of one replica: starts ``python -m turnout.replica`` on
-    its node and stays with it (the replica exits when the actor does,
-    ``--parent-pid``). Declared without Ray so that this module imports
-    without it; ``RayLauncher`` makes it an actor class."""
+@dataclass(frozen=True)
+class Material:
+    """Files a child needs on its node, shipped by content (the node does not
+    share the controller's disk): credentials and TLS material."""
+
+    credentials: auth.ChildCredentials | None = None
+    # field of TLSConfig ("cert", "key", "ca") -> PEM bytes
+    tls: dict[str, bytes] = field(default_factory=dict)
+    tls_server_name: str | None = None
+    insecure: bool = False
+    # A proxy's: the token its protected system paths want, its HTTPS pair.
+    system_token: str | None = None
+    https: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, security: Security, credentials: auth.ChildCredentials | None) -> Material:
+        tls: dict[str, bytes] = {}
+        if security.tls is not None:
+            for name in ("cert", "key", "ca"):
+                path = getattr(security.tls, name)
+                if path is not None:
+                    tls[name] = Path(path).read_bytes()
+        return cls(
+            credentials=credentials,
+            tls=tls,
+            tls_server_name=None if security.tls is None else security.tls.server_name,
+            insecure=security.insecure,
+        )
+
+    def write(self, folder: Path) -> tuple[Security, Path | None]:
+        """Write the files (0600) into ``folder``: the child's Security and
+        credentials file."""
+        credentials_file = None
+        if self.credentials is not None:
+            credentials_file = folder / "credentials.json"
+            self.credentials.write(credentials_file)
+        tls = None
+        if self.tls or self.tls_server_name:
+            paths: dict[str, Path] = {}
+            for name, pem in self.tls.items():
+                paths[name] = folder / f"tls-{name}.pem"
+                auth.write_private(paths[name], pem.decode(), replace=True)
+            tls = TLSConfig(**paths, server_name=self.tls_server_name)
+        return Security(tls=tls, insecure=self.insecure), credentials_file
+
+    def write_proxy_files(self, folder: Path) -> dict[str, Path]:
+        """The proxy's own files (ProxyArgs field -> path), written 0600."""
+        written: dict[str, Path] = {}
+        if self.system_token is not None:
+            written["system_token_file"] = folder / "system-token"
+            auth.write_private(written["system_token_file"], self.system_token, replace=True)
+        for name, pem in self.https.items():
+            written[f"https_{name}"] = folder / f"https-{name}.pem"
+            auth.write_private(written[f"https_{name}"], pem.decode(), replace=True)
+        return written
+
+
+class ProcessHost:
+    """A Ray actor that runs one Turnout process on its node and stays with
+    it (the process exits when the actor does, ``--parent-pid``). Declared
+    without Ray so that this module imports without it; ``RayLauncher``
+    makes its subclasses actor classes."""
 
     def __init__(self) -> None:
         self._process: asyncio.subprocess.Process | None = None
-        self._files = Path(tempfile.mkdtemp(prefix="turnout-replica-"))
+        self._report = Readiness.crashed()
+        self._files = Path(tempfile.mkdtemp(prefix="turnout-"))
 
-    async def start(
-        self,
-        replica_id: str,
-        spec: bytes,
-        env: dict[str, str],
-        credentials: auth.ChildCredentials | None,
-        insecure: bool,
-    ) -> dict[str, Any]:
-        """Start the replica, bound to this node's address; its readiness
-        report (as a dict), with the node's id and address added."""
+    @staticmethod
+    def node_ip() -> str:
         import ray
 
-        context = ray.get_runtime_context()
-        node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        credentials_file = None
-        if credentials is not None:
-            # A 0600 file on the node, never the environment (as locally).
-            credentials_file = self._files / "credentials.json"
-            credentials.write(credentials_file)
-        options = ReplicaArgs(
-            replica_id=replica_id,
-            spec_fd=0,
-            host=node_ip,
-            parent_pid=os.getpid(),
-            # stderr: Ray keeps each actor's output in its node's log folder.
-            log_file=None,
-            security=Security(insecure=insecure),
-            credentials_file=credentials_file,
-        )
+        ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        return ip
 
-        def argv(ready_fd: int) -> list[str]:
-            return replica_args.command(dataclasses.replace(options, ready_fd=ready_fd))
+    async def _run(
+        self, argv: Callable[[int], list[str]], what: str, env: dict[str, str], stdin: bytes | None
+    ) -> dict[str, Any]:
+        """Start ``argv(ready_fd)`` and wait for its report; the report (as
+        JSON), with the node's id and address and the process's pid."""
+        import ray
 
         spawned = await spawn_async(
-            argv, stdin_data=spec, env=child_environment(os.environ, env), process_group=0
+            argv, stdin_data=stdin, env=child_environment(os.environ, env), process_group=0
         )
         self._process = spawned.process
-        report = await spawned.ready(READY_TIMEOUT_S, f"replica {replica_id}")
+        report = await spawned.ready(READY_TIMEOUT_S, what)
+        self._report = report
         if not report.ok:
             await self._end(0.0)
         return {
             "report": report.to_json(),
-            "node_id": context.get_node_id(),
-            "node_ip": node_ip,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": self.node_ip(),
             "pid": spawned.process.pid,
         }
 
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    def report(self) -> str:
+        """What the process reported (JSON); a crash if it is no longer running."""
+        return (self._report if self.alive() else Readiness.crashed()).to_json()
+
     async def wait(self) -> int:
-        """Until the replica has exited: its exit status."""
+        """Until the process has exited: its exit status."""
         assert self._process is not None
         return await self._process.wait()
 
@@ -268,14 +318,63 @@ class ReplicaHost:
             return
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), timeout)
-        except TimeoutError:
-            pass
-        # Its group too: what the handler's code started goes with it.
+        # Its group too: what a handler's code started goes with it.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+
+
+class ReplicaHost(ProcessHost):
+    """The actor of one replica: ``python -m turnout.replica`` bound to its
+    node's address, the spec on its stdin."""
+
+    async def start(
+        self, replica_id: str, spec: bytes, env: dict[str, str], material: Material
+    ) -> dict[str, Any]:
+        security, credentials_file = material.write(self._files)
+        options = ReplicaArgs(
+            replica_id=replica_id,
+            spec_fd=0,
+            host=self.node_ip(),
+            parent_pid=os.getpid(),
+            # stderr: Ray keeps each actor's output in its node's log folder.
+            log_file=None,
+            security=security,
+            credentials_file=credentials_file,
+        )
+
+        def argv(ready_fd: int) -> list[str]:
+            return replica_args.command(dataclasses.replace(options, ready_fd=ready_fd))
+
+        return await self._run(argv, f"replica {replica_id}", env, spec)
+
+
+class ProxyHost(ProcessHost):
+    """The actor of one node's HTTP proxy: ``python -m turnout.proxy`` bound
+    to its node's address, following the controller's routes under a
+    subscriber id of its own."""
+
+    async def start(
+        self, options: ProxyArgs, env: dict[str, str], material: Material
+    ) -> dict[str, Any]:
+        security, credentials_file = material.write(self._files)
+        node_options = dataclasses.replace(
+            options,
+            **material.write_proxy_files(self._files),  # type: ignore[arg-type]
+            host=self.node_ip(),
+            credentials_file=credentials_file,
+            parent_pid=os.getpid(),
+            log_file=None,
+            access_log=None,
+            tls=security.tls,
+        )
+
+        def argv(ready_fd: int) -> list[str]:
+            return proxy_args.command(dataclasses.replace(node_options, ready_fd=ready_fd))
+
+        return await self._run(argv, f"proxy on {node_options.host}", env, None)
 
 
 @dataclass(eq=False)
@@ -367,6 +466,15 @@ class RayLauncher:
         )
         # Any: Ray's types do not follow .options(...).remote() to the methods.
         self._actor_class: Any = ray.remote(ReplicaHost)
+        self._proxy_class: Any = ray.remote(ProxyHost)
+        # Node proxies: one per node with replicas, but the controller's own
+        # (its proxy is the local launcher's); node id -> the task keeping it.
+        self._own_node: str = ray.get_runtime_context().get_node_id()
+        self._proxy_spec: ProxySpec | None = None
+        self._node_proxies: dict[str, RayChild] = {}
+        self._proxy_keepers: dict[str, asyncio.Task[None]] = {}
+        self._adopted_proxies = self._find_node_proxies()
+        self._stopping = False
         logger.info("on the Ray cluster at %s, namespace %s", address, namespace)
 
     # Where things run ---------------------------------------------------
@@ -461,18 +569,10 @@ class RayLauncher:
                 record, launcher=RAY, handle=ray_handle(name, node.node_id, node.ip, 0)
             ),
         )
-        credentials = None
-        if self.local.credentials is not None:
-            credentials = self.local.credentials("handle")
+        material = self._material("handle")
         try:
             started = await asyncio.wait_for(
-                actor.start.remote(
-                    record.name,
-                    spec,
-                    self._environment(env),
-                    credentials,
-                    self.local.security.insecure,
-                ),
+                actor.start.remote(record.name, spec, self._environment(env), material),
                 ACTOR_READY_TIMEOUT_S,
             )
         except TimeoutError:
@@ -507,7 +607,14 @@ class RayLauncher:
         )
         self._track(child)
         logger.info("%s serves on %s (node %s)", child.name, child.address, child.node_ip)
+        self._want_proxy(child.node_id, child.node_ip)
         return child
+
+    def _material(self, principal: str) -> Material:
+        credentials = None
+        if self.local.credentials is not None:
+            credentials = self.local.credentials(principal)
+        return Material.of(self.local.security, credentials)
 
     def _environment(self, extra: Mapping[str, str]) -> dict[str, str]:
         """What the replica gets of the controller's environment: Turnout's,
@@ -555,6 +662,7 @@ class RayLauncher:
         )
         self._track(child)
         logger.info("adopted %s (actor %s) at %s", child.name, child.actor_name, record.address)
+        self._want_proxy(child.node_id, child.node_ip)
         return child
 
     async def stop_recorded(self, record: ChildRecord) -> None:
@@ -614,10 +722,125 @@ class RayLauncher:
 
         self._children[child] = asyncio.create_task(reap(), name=f"reap {child.name}")
 
-    # What stays the local launcher's -------------------------------------
+    # Proxies --------------------------------------------------------------
 
     async def start_proxy(self, spec: ProxySpec) -> Child:
+        """The controller's own proxy (a local process); each other node
+        with replicas gets one of its own, started as replicas land there."""
+        self._proxy_spec = spec
         return await self.local.start_proxy(spec)
+
+    def node_proxies(self) -> dict[str, str]:
+        """node address -> the HTTP address of its proxy, for those serving."""
+        return {c.node_ip: c.address for c in self._node_proxies.values() if c.ok}
+
+    def _find_node_proxies(self) -> dict[str, Any]:
+        """Node proxies an earlier controller of this instance left running
+        (their actor names say their node): node id -> actor name."""
+        import ray
+
+        found: dict[str, Any] = {}
+        for name in ray.util.list_named_actors():
+            if isinstance(name, str) and name.startswith(NODE_PROXY_PREFIX):
+                node_id = name[len(NODE_PROXY_PREFIX) :].partition("~")[0]
+                found[node_id] = name
+        return found
+
+    def _want_proxy(self, node_id: str, node_ip: str) -> None:
+        if self._stopping or node_id == self._own_node or node_id in self._proxy_keepers:
+            return
+        self._proxy_keepers[node_id] = asyncio.create_task(
+            self._keep_proxy(node_id, node_ip), name=f"proxy on {node_ip}"
+        )
+
+    async def _keep_proxy(self, node_id: str, node_ip: str) -> None:
+        """Run a proxy on the node while the node lives, restarting it with backoff."""
+        backoff = Backoff(NODE_PROXY_BACKOFF_INITIAL_S, NODE_PROXY_BACKOFF_MAX_S)
+        try:
+            while not self._stopping:
+                child = await self._adopt_node_proxy(node_id) or await self._start_node_proxy(
+                    node_id, node_ip
+                )
+                if child is not None and child.ok:
+                    self._node_proxies[node_id] = child
+                    logger.info("node %s: proxy on %s", node_ip, child.address)
+                    await child.wait()
+                    self._node_proxies.pop(node_id, None)
+                    child.kill()
+                if self._stopping:
+                    return
+                if not any(n.node_id == node_id for n in await asyncio.to_thread(self.nodes)):
+                    logger.info("node %s is gone; so is its proxy", node_ip)
+                    return
+                await asyncio.sleep(backoff.next())
+        finally:
+            self._proxy_keepers.pop(node_id, None)
+
+    async def _adopt_node_proxy(self, node_id: str) -> RayChild | None:
+        import ray
+
+        name = self._adopted_proxies.pop(node_id, None)
+        if name is None:
+            return None
+        try:
+            actor = ray.get_actor(name, namespace=self.namespace)
+            report = Readiness.from_json(await actor.report.remote())
+        except Exception:  # gone: a new one is started
+            return None
+        return RayChild(name=f"proxy {name}", actor=actor, actor_name=name, report=report)
+
+    async def _start_node_proxy(self, node_id: str, node_ip: str) -> RayChild | None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        spec = self._proxy_spec
+        if spec is None:
+            return None
+        name = f"{NODE_PROXY_PREFIX}{node_id}~{secrets.token_hex(4)}"
+        actor = self._proxy_class.options(
+            name=name,
+            lifetime="detached",
+            max_restarts=0,
+            num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+        ).remote()
+        child = RayChild(name=f"proxy on {node_ip}", actor=actor, actor_name=name)
+        options = ProxyArgs(
+            controller=spec.controller_address,
+            port=spec.port,
+            subscriber_id=f"proxy@{node_ip}",
+            protect_system_paths=spec.system_token_file is not None,
+        )
+        material = dataclasses.replace(
+            self._material("proxy"),
+            system_token=None
+            if spec.system_token_file is None
+            else spec.system_token_file.read_text(),
+            https={}
+            if self.local.https is None
+            else {
+                "cert": self.local.https[0].read_bytes(),
+                "key": self.local.https[1].read_bytes(),
+            },
+        )
+        try:
+            started = await asyncio.wait_for(
+                actor.start.remote(options, self._environment({}), material),
+                ACTOR_READY_TIMEOUT_S,
+            )
+        except BaseException as exc:
+            child.kill()
+            if not isinstance(exc, Exception):
+                raise
+            logger.warning("node %s: its proxy did not start: %s", node_ip, exc)
+            return None
+        child.report = Readiness.from_json(started["report"])
+        child.node_id, child.node_ip, child.pid = node_id, node_ip, started["pid"]
+        if not child.ok:
+            child.kill()
+            logger.warning("node %s: its proxy failed: %s", node_ip, child.report.message)
+        return child
+
+    # What stays the local launcher's -------------------------------------
 
     def follows(self, child: Child, controller_address: str) -> bool:
         return self.local.follows(child, controller_address)
@@ -634,9 +857,14 @@ class RayLauncher:
         await self.local.reconfigure(child, request, timeout)
 
     async def stop_all(self) -> None:
+        self._stopping = True
         children = dict(self._children)
-        await asyncio.gather(*(child.stop() for child in children))
+        proxies = list(self._node_proxies.values())
+        await asyncio.gather(*(child.stop() for child in [*children, *proxies]))
         await asyncio.gather(*children.values(), return_exceptions=True)
+        for keeper in list(self._proxy_keepers.values()):
+            keeper.cancel()
+        await asyncio.gather(*self._proxy_keepers.values(), return_exceptions=True)
         await self.local.stop_all()
 
     def close(self) -> None:

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import collections
 import os
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
-from netns_cluster import HEAD_IP, WORKER_IP, TurnoutOnRay
+from netns_cluster import HEAD_IP, HTTP_PORT, WORKER_IP, TurnoutOnRay
 
 import turnout
 from turnout.errors import InvalidArgumentError
 
 REQUESTS = 60
+WORKER_PROXY = f"http://{WORKER_IP}:{HTTP_PORT}"
+WAIT_S = 60.0
 
 
 def whoami(request: object) -> dict[str, int]:
@@ -30,6 +35,21 @@ def client(turnout_on_ray: TurnoutOnRay) -> Iterator[turnout.Client]:
         client.delete_endpoint(endpoint)
     for backend in client.list_backends():
         client.delete_backend(backend)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+
+
+def answers(url: str, expect: str | None = None) -> bool:
+    try:
+        reply = requests.get(url, timeout=10)
+    except requests.RequestException:
+        return False
+    return reply.status_code == 200 and (expect is None or reply.text == expect)
 
 
 def hosts_of(client: turnout.Client, backend: str) -> list[str]:
@@ -52,6 +72,40 @@ def test_replicas_land_on_both_nodes_and_answer_through_the_proxy(
             seen[by_pid[reply.json()["pid"]]] += 1
     # The proxy on the head reaches the worker's replica at its advertised address.
     assert set(seen) == {HEAD_IP, WORKER_IP}
+    # The worker node has replicas, so it has a proxy of its own, which
+    # reaches the head's replica as well.
+    wait_until(lambda: answers(f"{WORKER_PROXY}/who"), "the worker node's proxy")
+    with requests.Session() as http:
+        pids = {http.get(f"{WORKER_PROXY}/who", timeout=30).json()["pid"] for _ in range(REQUESTS)}
+    assert {by_pid[pid] for pid in pids} == {HEAD_IP, WORKER_IP}
+
+
+def proxy_pids_on(node_ip: str) -> list[int]:
+    """The pids of proxy processes bound to ``node_ip`` (their command line says)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"turnout.proxy" in args and node_ip.encode() in args:
+                found.append(int(entry))
+    return found
+
+
+def test_a_nodes_proxy_that_dies_is_replaced_and_admin_calls_go_on(
+    client: turnout.Client,
+) -> None:
+    client.create_backend("far", answer("far"), config={"num_replicas": 2})
+    client.create_endpoint("far", backend="far", route="/far")
+    wait_until(lambda: answers(f"{WORKER_PROXY}/far", "far"), "the worker node's proxy")
+    [pid] = proxy_pids_on(WORKER_IP)
+    os.kill(pid, signal.SIGKILL)
+    # A change made while it is down is served by its successor.
+    client.create_endpoint("near", backend="far", route="/near")
+    wait_until(lambda: answers(f"{WORKER_PROXY}/near", "far"), "a new proxy on the worker")
+    assert proxy_pids_on(WORKER_IP) != [pid]
 
 
 def answer(name: str):  # type: ignore[no-untyped-def]
