@@ -16,6 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from turnout._internal import backend_fields, validation
 from turnout._internal.errors import (
     AlreadyExistsError,
     CapacityError,
@@ -27,7 +28,7 @@ from turnout._internal.errors import (
 )
 from turnout.v1 import controller_pb2 as pb
 
-from . import adoption, validation
+from . import adoption
 from .launchers.base import Launcher
 from .replica_set import ReplicaSet, ReplicaStartError
 from .resources import ResourcePool
@@ -254,17 +255,11 @@ class ControlPlane:
         tag = record.tag
         new = dataclasses.replace(record, config=config)
         spec = self._spec(new)
-        restart = any(
-            getattr(config, f) != getattr(record.config, f) for f in validation.RESTART_FIELDS
-        )
+        restart = backend_fields.needs_new_replicas(record.config, config)
         reconfigure = config.user_config_json != record.config.user_config_json or (
             config.HasField("user_config_json") != record.config.HasField("user_config_json")
         )
-        limits = {
-            f: getattr(config, f)
-            for f in validation.LIVE_FIELDS
-            if getattr(config, f) != getattr(record.config, f)
-        }
+        limits = backend_fields.reconfigure_limits(record.config, config)
         user_config = config.user_config_json if reconfigure else ""
         previous_spec, previous_config = replicas.spec, replicas.config
         previous_digest = replicas.digest
@@ -441,19 +436,15 @@ class ControlPlane:
         endpoints = [_endpoint_proto(e) for e in self._store.endpoints().values()]
         backends = []
         for tag, replicas in self._sets.items():
-            backends.append(
-                pb.BackendTargets(
-                    tag=tag,
-                    replicas=[
-                        pb.ReplicaTarget(replica_id=s.replica_id, address=s.child.address)
-                        for s in replicas.running()
-                        if s.child is not None
-                    ],
-                    max_concurrent_queries=replicas.config.max_concurrent_queries,
-                    max_queued_requests=replicas.config.max_queued_requests,
-                    queue_timeout=replicas.config.queue_timeout,
-                )
+            targets = pb.BackendTargets(
+                tag=tag,
+                replicas=[
+                    pb.ReplicaTarget(replica_id=s.replica_id, address=s.child.address)
+                    for s in replicas.running()
+                    if s.child is not None
+                ],
             )
+            backends.append(backend_fields.with_sender_limits(targets, replicas.config))
         return endpoints, backends
 
     async def routes_changed(self) -> None:
@@ -518,7 +509,7 @@ def replica_digest(record: BackendRecord) -> str:
     digest = hashlib.sha256()
     digest.update(record.spec.SerializeToString(deterministic=True))
     digest.update(record.options.SerializeToString(deterministic=True))
-    for name in (*validation.LIVE_FIELDS, "user_config_json"):
+    for name in (*backend_fields.RECONFIGURE_LIMITS, "user_config_json"):
         digest.update(f"|{name}={getattr(record.config, name)!r}".encode())
     # Only when set, so that the digests of backends without it stay as they were.
     if record.config.HasField("http_call_methods"):

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from turnout._internal import backend_fields
 from turnout._internal.backoff import Backoff
 from turnout._internal.child_process import OUT_OF_MEMORY_EXIT
 from turnout._internal.errors import InvalidArgumentError, TurnoutError
@@ -363,7 +364,7 @@ class ReplicaSet:
         failures = 0
         try:
             while True:
-                period = self.config.health_check_period or 10.0
+                period = backend_fields.seconds(self.config, "health_check_period")
                 done, _ = await asyncio.wait({exited}, timeout=period)
                 if done:
                     code = exited.result()
@@ -373,12 +374,12 @@ class ReplicaSet:
                 if slot.stopping:
                     await exited
                     return "stopped"
-                timeout = self.config.health_check_timeout or HEALTH_TIMEOUT_S
+                timeout = backend_fields.seconds(self.config, "health_check_timeout")
                 if await self._launcher.healthy(child, timeout):
                     failures = 0
                     continue
                 failures += 1
-                threshold = self.config.health_check_failure_threshold or 3
+                threshold = backend_fields.count(self.config, "health_check_failure_threshold")
                 if failures >= threshold:
                     child.kill()
                     await exited

@@ -14,12 +14,11 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from turnout._internal import auth
+from turnout._internal import auth, validation
 from turnout._internal.errors import TurnoutError, status_for
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
-from . import validation
 from .control_plane import ControlPlane
 from .routing import RoutePublisher
 from .stats_book import StatsBook

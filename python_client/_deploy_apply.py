@@ -20,12 +20,11 @@ from turnout._internal import rpc
 from turnout.client import Client, call_controller
 from turnout.config import BackendConfig
 from turnout.deploy import (
-    Backend,
     BackendChange,
-    Endpoint,
+    BackendEntry,
     EndpointChange,
+    EndpointEntry,
     Plan,
-    ReplicaOptions,
     State,
 )
 from turnout.errors import TurnoutError
@@ -86,56 +85,45 @@ class Instance:
 
     # ---- changing -----------------------------------------------------------
 
-    def create_backend(self, backend: Backend) -> None:
+    def create_backend(self, backend: BackendEntry) -> None:
         request = pb.CreateBackendRequest(
             tag=backend.name,
             spec=_spec(backend),
             config=BackendConfig.coerce(dict(backend.config)).to_proto(),
-            replica_options=pb.ReplicaOptions(
-                num_cpus=backend.replica_options.num_cpus,
-                num_gpus=backend.replica_options.num_gpus,
-                env=dict(backend.replica_options.env),
-                memory_bytes=backend.replica_options.memory,
-            ),
+            replica_options=backend.replica_options,
         )
         self._call(self._stub.CreateBackend, request, timeout=_START_TIMEOUT_S)
 
-    def update_code(self, backend: Backend) -> None:
+    def update_code(self, backend: BackendEntry) -> None:
         request = pb.UpdateBackendRequest(tag=backend.name, spec=_spec(backend))
         self._call(self._stub.UpdateBackend, request, timeout=_START_TIMEOUT_S)
 
 
-def _spec(backend: Backend) -> pb.BackendSpec:
+def _spec(backend: BackendEntry) -> pb.BackendSpec:
     spec = pb.BackendSpec(import_path=backend.import_path or "")
     if backend.init_args:
         spec.init_args_json = json.dumps(list(backend.init_args))
     return spec
 
 
-def _backend(message: pb.Backend) -> Backend:
+def _backend(message: pb.Backend) -> BackendEntry:
     spec = message.spec
     init_args: tuple[Any, ...] | None = ()
     if spec.init_args_json:
         init_args = tuple(json.loads(spec.init_args_json))
     elif spec.pickled_init_args:
         init_args = None
-    options = message.replica_options
-    return Backend(
+    return BackendEntry(
         name=message.tag,
         import_path=spec.import_path if spec.WhichOneof("source") == "import_path" else None,
         init_args=init_args,
         config=BackendConfig.from_proto(message.config).to_dict(),
-        replica_options=ReplicaOptions(
-            num_cpus=options.num_cpus,
-            num_gpus=options.num_gpus,
-            env=tuple(sorted(options.env.items())),
-            memory=options.memory_bytes,
-        ),
+        replica_options=message.replica_options,
     )
 
 
-def _endpoint(message: pb.Endpoint) -> Endpoint:
-    return Endpoint(
+def _endpoint(message: pb.Endpoint) -> EndpointEntry:
+    return EndpointEntry(
         name=message.name,
         route=message.route or None,
         methods=tuple(message.methods),
@@ -325,7 +313,7 @@ def _endpoint_step(change: EndpointChange, instance: Instance, out: TextIO, dry_
     _step(out, label, f"updating{_describe(change)}", update, "updated")
 
 
-def _create_endpoint(client: Client, endpoint: Endpoint) -> None:
+def _create_endpoint(client: Client, endpoint: EndpointEntry) -> None:
     # Created on its heaviest backend, so the route never answers without one;
     # a split is set right after.
     first = max(endpoint.traffic, key=lambda b: endpoint.traffic[b]) if endpoint.traffic else None

@@ -17,10 +17,9 @@ import grpc
 
 from turnout import _pickling
 from turnout._handle_router import HandleRouter
-from turnout._internal import auth, rpc, tls_options
+from turnout._internal import auth, rpc, tls_options, validation
 from turnout._internal.rpc import TLSConfig
 from turnout.config import BackendConfig
-from turnout.controller import validation
 from turnout.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -152,43 +151,6 @@ def _spec(
     return spec
 
 
-_REPLICA_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "env", "memory"})
-
-
-def _replica_options(options: dict[str, Any] | None) -> pb.ReplicaOptions:
-    if options is None:
-        return pb.ReplicaOptions()
-    if not isinstance(options, dict):
-        raise TypeError(f"replica_options must be a dict, got {type(options).__name__}")
-    unknown = sorted(str(k) for k in options if k not in _REPLICA_OPTION_KEYS)
-    if unknown:
-        raise InvalidArgumentError(
-            f"unknown replica option(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(_REPLICA_OPTION_KEYS))}"
-        )
-    message = pb.ReplicaOptions()
-    for key in ("num_cpus", "num_gpus"):
-        value = options.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise TypeError(f"{key} must be a number, got {type(value).__name__}")
-        setattr(message, key, float(value))
-    env = options.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        raise TypeError("env must be a dict of str to str")
-    message.env.update(env)
-    memory = options.get("memory", 0)
-    if isinstance(memory, bool) or not isinstance(memory, int):
-        raise TypeError(f"memory must be an int (bytes), got {type(memory).__name__}")
-    if memory < 0:
-        raise InvalidArgumentError(f"memory must be >= 0 bytes (0 = no limit), got {memory}")
-    message.memory_bytes = memory
-    # The controller's own checks (environment names and sizes, bounds), so
-    # that a refused value fails here with the same message.
-    return validation.replica_options(message)
-
-
 def _shadow_counts(shadow: pb.ShadowStats | None = None) -> dict[str, int]:
     if shadow is None:
         return {"sent": 0, "matched": 0, "differed": 0, "failed": 0}
@@ -285,11 +247,6 @@ class Client:
     def log_dir(self) -> str:
         """Directory with the controller, proxy and replica logs."""
         return self._info.log_dir
-
-    @property
-    def owns_instance(self) -> bool:
-        """True when this process started the instance (and stops it at exit)."""
-        return self._instance is not None
 
     @property
     def closed(self) -> bool:
@@ -416,7 +373,7 @@ class Client:
             tag=tag,
             spec=_spec(tag, func_or_class, init_args),
             config=BackendConfig.coerce(config).to_proto(),
-            replica_options=_replica_options(replica_options),
+            replica_options=validation.replica_options_from(replica_options),
         )
         self._call(self._stub.CreateBackend, request, timeout=_SLOW_TIMEOUT_S)
 

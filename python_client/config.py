@@ -4,65 +4,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from turnout._internal import backend_fields
+from turnout._internal.backend_fields import (
+    LIFECYCLE_METHODS,
+    MAX_SECONDS,
+    MIN_HEALTH_CHECK_S,
+    Kind,
+    method_names,
+    request_callable,
+)
 from turnout.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 
-_INT_FIELDS = (
-    "num_replicas",
-    "max_concurrent_queries",
-    "max_batch_size",
-    "health_check_failure_threshold",
-    "max_queued_requests",
-)
-_SECONDS_FIELDS = (
-    "batch_wait_timeout",
-    "graceful_shutdown_timeout",
-    "health_check_period",
-    "queue_timeout",
-    "health_check_timeout",
-)
-# Bounds of the seconds fields (the controller checks the same, see
-# docs/operations.md "Limits"): a longer wait is a typo, and every wait of the
-# controller stays bounded; a health check more often than 10 times a second
-# only costs the replica.
-MAX_SECONDS = 86400.0
-MIN_HEALTH_CHECK_S = 0.1
-_HEALTH_FIELDS = ("health_check_period", "health_check_timeout")
-
-# Methods the replica calls on the instance itself; never on a request's behalf.
-LIFECYCLE_METHODS = frozenset({"reconfigure", "check_health"})
-
-
-def request_callable(name: str) -> bool:
-    """Whether a request (HTTP or handle) may ever call the method ``name``:
-    ``__call__`` and public methods, lifecycle methods excepted."""
-    return name == "__call__" or (
-        name.isidentifier() and not name.startswith("_") and name not in LIFECYCLE_METHODS
-    )
-
-
-def method_names(values: Iterable[Any], what: str = "http_call_methods") -> list[str]:
-    """Method names for ``what``, de-duplicated in order; raises TypeError for
-    a non-str and InvalidArgumentError for a name no request may call."""
-    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
-        raise TypeError(f"{what} must be a list of method names, got {type(values).__name__}")
-    names: list[str] = []
-    for value in values:
-        if not isinstance(value, str):
-            raise TypeError(f"{what} must hold str method names, got {type(value).__name__}")
-        if not request_callable(value):
-            raise InvalidArgumentError(
-                f"{what} cannot name {value!r}: only __call__ and public methods other than "
-                f"{' and '.join(sorted(LIFECYCLE_METHODS))} are callable by requests"
-            )
-        if value not in names:
-            names.append(value)
-    return names
+# Re-exported: what callers of turnout.config used before the field table.
+__all__ = [
+    "DEFAULTS",
+    "LIFECYCLE_METHODS",
+    "MAX_SECONDS",
+    "MIN_HEALTH_CHECK_S",
+    "BackendConfig",
+    "method_names",
+    "request_callable",
+]
 
 
 @dataclass
@@ -125,26 +91,17 @@ class BackendConfig:
     health_check_timeout: float | None = None
 
     def __post_init__(self) -> None:
-        for name in _INT_FIELDS:
-            value = getattr(self, name)
+        # Type checks here; bounds in the table, shared with the controller.
+        for row in backend_fields.NUMBER_FIELDS:
+            value = getattr(self, row.name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-            if value < 1:
-                raise InvalidArgumentError(f"{name} must be >= 1, got {value}")
-        for name in _SECONDS_FIELDS:
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-            minimum = MIN_HEALTH_CHECK_S if name in _HEALTH_FIELDS else 0.0
-            if not math.isfinite(value) or not minimum <= value <= MAX_SECONDS:
-                raise InvalidArgumentError(
-                    f"{name} must be a number of seconds from {minimum:g} to {MAX_SECONDS:g}, "
-                    f"got {value}"
-                )
+            if row.kind is Kind.COUNT:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise TypeError(f"{row.name} must be an int, got {type(value).__name__}")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{row.name} must be a number, got {type(value).__name__}")
+            backend_fields.check(row.name, value)
         if self.user_config is not None:
             try:
                 json.dumps(self.user_config)
@@ -172,10 +129,10 @@ class BackendConfig:
 
     def to_proto(self) -> pb.BackendConfig:
         message = pb.BackendConfig()
-        for name in (*_INT_FIELDS, *_SECONDS_FIELDS):
-            value = getattr(self, name)
+        for row in backend_fields.NUMBER_FIELDS:
+            value = getattr(self, row.name)
             if value is not None:
-                setattr(message, name, value)
+                setattr(message, row.name, value)
         if self.user_config is not None:
             message.user_config_json = json.dumps(self.user_config)
         if self.http_call_methods is not None:
@@ -187,9 +144,9 @@ class BackendConfig:
     @classmethod
     def from_proto(cls, message: pb.BackendConfig) -> BackendConfig:
         values: dict[str, Any] = {
-            name: getattr(message, name)
-            for name in (*_INT_FIELDS, *_SECONDS_FIELDS)
-            if message.HasField(name)  # type: ignore[arg-type]
+            row.name: getattr(message, row.name)
+            for row in backend_fields.NUMBER_FIELDS
+            if message.HasField(row.name)  # type: ignore[arg-type]
         }
         if message.HasField("user_config_json"):
             values["user_config"] = json.loads(message.user_config_json)
@@ -203,15 +160,4 @@ class BackendConfig:
 
 # The default of every field: what the controller fills in for fields a
 # create_backend call leaves unset, and what replicas and senders fall back on.
-DEFAULTS = BackendConfig(
-    num_replicas=1,
-    max_concurrent_queries=100,
-    max_batch_size=1,
-    batch_wait_timeout=0.0,
-    graceful_shutdown_timeout=20.0,
-    health_check_period=10.0,
-    health_check_failure_threshold=3,
-    max_queued_requests=1000,
-    queue_timeout=30.0,
-    health_check_timeout=10.0,
-)
+DEFAULTS = BackendConfig.from_proto(backend_fields.defaults_proto())

@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 import yaml
 
+from turnout._internal import backend_fields, validation
 from turnout.config import DEFAULTS, BackendConfig
-from turnout.controller import validation
 from turnout.errors import TurnoutError
 from turnout.v1 import controller_pb2 as pb
 
@@ -42,7 +42,6 @@ Action = Literal["create", "update", "delete", "unchanged", "kept"]
 _TOP_KEYS = frozenset({"backends", "endpoints"})
 _BACKEND_KEYS = frozenset({"import_path", "init_args", "config", "replica_options"})
 _ENDPOINT_KEYS = frozenset({"route", "methods", "backend", "traffic", "shadows", "request_timeout"})
-_OPTION_KEYS = frozenset({"num_cpus", "num_gpus", "env", "memory"})
 _WEIGHT_TOLERANCE = 1e-9
 
 
@@ -59,43 +58,26 @@ class DeployFileError(TurnoutError):
 
 
 @dataclass(frozen=True)
-class ReplicaOptions:
-    """Where a backend's replicas run (see ``Client.create_backend``)."""
-
-    num_cpus: float = 0.0
-    num_gpus: float = 0.0
-    env: tuple[tuple[str, str], ...] = ()
-    # Bytes of memory a replica may use; 0 = no limit.
-    memory: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "num_cpus": self.num_cpus,
-            "num_gpus": self.num_gpus,
-            "env": dict(self.env),
-            "memory": self.memory,
-        }
-
-
-@dataclass(frozen=True)
-class Backend:
+class BackendEntry:
     """A backend as a deploy file declares it, or as an instance runs it.
 
     ``import_path`` is None for a backend whose code was sent pickled (from
     Python); ``init_args`` is None when its init args were pickled. Neither can
     be compared with a file, so such a backend always counts as changed.
-    ``config`` holds the fields a file gives, or every field of a running one.
+    ``config`` holds the fields a file gives, or every field of a running one;
+    ``replica_options`` is what ``CreateBackend`` carries (memory as
+    ``memory_bytes``).
     """
 
     name: str
     import_path: str | None
     init_args: tuple[Any, ...] | None = ()
     config: Mapping[str, Any] = field(default_factory=dict)
-    replica_options: ReplicaOptions = ReplicaOptions()
+    replica_options: pb.ReplicaOptions = field(default_factory=pb.ReplicaOptions)
 
 
 @dataclass(frozen=True)
-class Endpoint:
+class EndpointEntry:
     """An endpoint as a deploy file declares it, or as an instance serves it."""
 
     name: str
@@ -110,8 +92,8 @@ class Endpoint:
 class DeployFile:
     """What should run: backends and endpoints by name, in file order."""
 
-    backends: dict[str, Backend] = field(default_factory=dict)
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    backends: dict[str, BackendEntry] = field(default_factory=dict)
+    endpoints: dict[str, EndpointEntry] = field(default_factory=dict)
 
 
 # An instance's current state has the same shape as a file.
@@ -128,7 +110,7 @@ class BackendChange:
 
     name: str
     action: Action
-    desired: Backend | None = None
+    desired: BackendEntry | None = None
     new_code: bool = False
     config_update: Mapping[str, Any] = field(default_factory=dict)
     details: tuple[str, ...] = ()
@@ -145,7 +127,7 @@ class EndpointChange:
 
     name: str
     action: Action
-    desired: Endpoint | None = None
+    desired: EndpointEntry | None = None
     new_shape: bool = False
     new_traffic: bool = False
     shadow_updates: Mapping[str, float] = field(default_factory=dict)
@@ -229,12 +211,12 @@ def parse(document: Any, source: str = "<deploy file>") -> DeployFile:
     if not isinstance(document, dict):
         raise DeployFileError(source, ["the top level must be a mapping with backends/endpoints"])
     _unknown_keys(document, _TOP_KEYS, "", problems)
-    backends: dict[str, Backend] = {}
+    backends: dict[str, BackendEntry] = {}
     for name, body in _section(document, "backends", problems):
         backend = _backend(name, body, problems)
         if backend is not None:
             backends[name] = backend
-    endpoints: dict[str, Endpoint] = {}
+    endpoints: dict[str, EndpointEntry] = {}
     for name, body in _section(document, "endpoints", problems):
         endpoint = _endpoint(name, body, problems)
         if endpoint is not None:
@@ -287,7 +269,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _backend(name: str, body: dict[str, Any], problems: list[str]) -> Backend | None:
+def _backend(name: str, body: dict[str, Any], problems: list[str]) -> BackendEntry | None:
     where = f"backends.{name}"
     before = len(problems)
     _unknown_keys(body, _BACKEND_KEYS, where, problems)
@@ -315,7 +297,7 @@ def _backend(name: str, body: dict[str, Any], problems: list[str]) -> Backend | 
     )
     if len(problems) > before or options is None:
         return None
-    return Backend(
+    return BackendEntry(
         name=name,
         import_path=str(import_path),
         init_args=tuple(init_args),
@@ -324,44 +306,23 @@ def _backend(name: str, body: dict[str, Any], problems: list[str]) -> Backend | 
     )
 
 
-def _replica_options(body: Any, where: str, problems: list[str]) -> ReplicaOptions | None:
+def _replica_options(body: Any, where: str, problems: list[str]) -> pb.ReplicaOptions | None:
     if not isinstance(body, dict):
-        problems.append(f"{where}: must be a mapping with num_cpus, num_gpus, env, memory")
+        keys = ", ".join(validation.REPLICA_OPTION_KEYS)
+        problems.append(f"{where}: must be a mapping with {keys}")
         return None
-    before = len(problems)
-    _unknown_keys(body, _OPTION_KEYS, where, problems)
-    numbers: dict[str, float] = {}
-    for key in ("num_cpus", "num_gpus"):
-        value = body.get(key, 0)
-        if not _is_number(value):
-            problems.append(f"{where}.{key}: must be a number")
-        else:
-            numbers[key] = float(value)
-    env = body.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
-        problems.append(f"{where}.env: must map names to strings (quote numbers)")
-        env = {}
-    memory = body.get("memory", 0)
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-        problems.append(f"{where}.memory: must be a whole number of bytes (0 = no limit)")
-    if len(problems) > before:
-        return None
-    message = pb.ReplicaOptions(
-        env=env, num_cpus=numbers["num_cpus"], num_gpus=numbers["num_gpus"], memory_bytes=memory
-    )
-    if not _check(where, problems, validation.replica_options, message):
-        return None
-    return ReplicaOptions(
-        num_cpus=numbers["num_cpus"],
-        num_gpus=numbers["num_gpus"],
-        env=tuple(sorted(env.items())),
-        memory=memory,
-    )
+    # The Python API's check, each problem recorded under its option.
+    message, found = validation.replica_option_problems(body)
+    for problem in found:
+        problems.append(
+            f"{where}.{problem.key}: {problem.message}"
+            if problem.key
+            else f"{where}: {problem.message}"
+        )
+    return message
 
 
-def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> Endpoint | None:
+def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointEntry | None:
     where = f"endpoints.{name}"
     before = len(problems)
     _unknown_keys(body, _ENDPOINT_KEYS, where, problems)
@@ -401,7 +362,7 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> Endpoint 
         _check(where, problems, validation.request_timeout, float(timeout))
     if len(problems) > before:
         return None
-    return Endpoint(
+    return EndpointEntry(
         name=name,
         route=route or None,
         methods=tuple(validation.methods(methods)),
@@ -487,7 +448,9 @@ def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
     return {**DEFAULTS.to_dict(), **config}
 
 
-def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> BackendChange:
+def _backend_change(
+    wanted: BackendEntry, running: BackendEntry, problems: list[str]
+) -> BackendChange:
     details: list[str] = []
     if wanted.import_path != running.import_path:
         details.append(f"code: {running.import_path or '(pickled)'} -> {wanted.import_path}")
@@ -498,9 +461,9 @@ def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> B
     new_code = bool(details)
     update: dict[str, Any] = {}
     for key, value in _effective(wanted.config).items():
-        # A user_config or http_call_methods left out of the file is left as
-        # it is: the controller has no way to clear one.
-        if key in ("user_config", "http_call_methods") and value is None:
+        # A field without a default (user_config, http_call_methods) left out
+        # of the file is left as it is: the controller has no way to clear one.
+        if backend_fields.FIELD[key].default is None and value is None:
             continue
         if not _same(value, running.config.get(key)):
             update[key] = value
@@ -508,7 +471,8 @@ def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> B
     if wanted.replica_options != running.replica_options:
         problems.append(
             f"backends.{wanted.name}.replica_options: cannot change on a running backend "
-            f"({running.replica_options.to_dict()} -> {wanted.replica_options.to_dict()}); "
+            f"({validation.replica_options_dict(running.replica_options)} -> "
+            f"{validation.replica_options_dict(wanted.replica_options)}); "
             "deploy it under a new name and move the traffic, or delete it first"
         )
     action: Action = "update" if details else "unchanged"
@@ -522,7 +486,7 @@ def _backend_change(wanted: Backend, running: Backend, problems: list[str]) -> B
     )
 
 
-def _endpoint_change(wanted: Endpoint, serving: Endpoint) -> EndpointChange:
+def _endpoint_change(wanted: EndpointEntry, serving: EndpointEntry) -> EndpointChange:
     details: list[str] = []
     if wanted.route != serving.route:
         details.append(f"route: {serving.route or '(none)'} -> {wanted.route or '(none)'}")

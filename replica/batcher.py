@@ -53,10 +53,16 @@ class Batcher:
         return await future
 
     async def _run(self) -> None:
-        while not self._queue.empty():
-            batch = await self._collect()
-            if batch:
-                await self._execute(batch)
+        try:
+            while not self._queue.empty():
+                batch = await self._collect()
+                if batch:
+                    await self._execute(batch)
+        except asyncio.CancelledError:
+            # Stopped (the replica is going): nobody left waiting for ever.
+            while not self._queue.empty():
+                self._queue.get_nowait().future.cancel()
+            raise
 
     async def _collect(self) -> list[_Item]:
         batch = [await self._queue.get()]
@@ -97,8 +103,12 @@ class Batcher:
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
-                    raise  # the runner itself is being stopped
-                return
+                    for item in batch:  # the runner itself is being stopped
+                        item.future.cancel()
+                    raise
+                # Every caller left (nothing to tell), or the handler itself
+                # raised CancelledError: its callers get an error, not silence.
+                raise RuntimeError(f"batch handler {self.name!r} was cancelled") from None
             if not _is_sequence(results):
                 raise BadBatch(
                     f"batch handler {self.name!r} must return a sequence with one result per "

@@ -13,6 +13,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 from turnout.v1 import replica_pb2
 
+# An answer message carries answers up to about this many bytes (more only
+# when one answer alone is bigger): large bodies finishing together go out as
+# several messages, so the first is not held back by the others, and neither
+# side holds one huge message in memory at once.
+ANSWER_BATCH_BYTES = 4 * 2**20
+
 
 class NoPayload(Exception):
     """A HandleRequest with neither an HTTP request nor a Python call."""
@@ -70,7 +76,7 @@ class CallStream:
                 await self._ready.wait()
                 self._ready.clear()
                 continue
-            batch, self._outbox = self._outbox, []
+            batch, self._outbox = _take_batch(self._outbox)
             yield replica_pb2.HandleStreamResponse(answers=batch)
 
     def cancel(self) -> None:
@@ -98,3 +104,16 @@ class CallStream:
             del self._running[call.id]
             self._ready.set()
         self._outbox.append(answer)
+
+
+def _take_batch(
+    outbox: list[replica_pb2.StreamAnswer],
+) -> tuple[list[replica_pb2.StreamAnswer], list[replica_pb2.StreamAnswer]]:
+    """The answers for the next message (at least one, at most about
+    ``ANSWER_BATCH_BYTES``) and those left for the one after."""
+    size = 0
+    for taken, answer in enumerate(outbox):
+        size += answer.ByteSize()
+        if size > ANSWER_BATCH_BYTES and taken:
+            return outbox[:taken], outbox[taken:]
+    return outbox, []

@@ -154,14 +154,6 @@ def _json_default(value: object) -> object:
     raise TypeError(f"Object of type {cls.__name__} is not JSON serializable")
 
 
-def to_http_response(value: object, request_id: str = "") -> http_pb2.HttpResponse:
-    """Like ``encode_http``, but an unencodable value becomes a 500 JSON error."""
-    try:
-        return encode_http(value)
-    except BadReturnValue as exc:
-        return error_response(exc, request_id)
-
-
 def error_response(exc: BaseException, request_id: str, status: int = 500) -> http_pb2.HttpResponse:
     """The JSON error body for an exception; the traceback stays out of it.
 

@@ -20,20 +20,20 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
 
+from turnout._internal import backend_fields
+from turnout._internal.backend_fields import request_callable
 from turnout._internal.batching import accepts_batch, set_call_context
-from turnout.config import DEFAULTS, request_callable
 from turnout.replica.batcher import Batcher
 from turnout.replica.handler_threads import HandlerThreads
 from turnout.replica.slots import Slots
 from turnout.v1 import controller_pb2
 
-DEFAULT_MAX_CONCURRENT_QUERIES = DEFAULTS.to_proto().max_concurrent_queries
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 
 
@@ -45,6 +45,24 @@ class LoadError(Exception):
         self.code = code
         self.message = message
         self.traceback = traceback
+
+
+def _config_value(config: controller_pb2.BackendConfig, name: str) -> int | float:
+    """A number the runtime reads from its config, or the field's default."""
+    if backend_fields.FIELD[name].kind is backend_fields.Kind.COUNT:
+        return backend_fields.count(config, name)
+    return backend_fields.seconds(config, name)
+
+
+def _check_numbers(values: Mapping[str, int | float | None]) -> None:
+    """The config table's bounds, as a LoadError (None = not given)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        try:
+            backend_fields.check(name, value)
+        except ValueError as exc:
+            raise LoadError(INVALID_ARGUMENT, str(exc)) from None
 
 
 class MethodNotFound(Exception):
@@ -62,7 +80,7 @@ class _ThreadCall:
 
 
 @dataclass
-class Backend:
+class LoadedBackend:
     """A loaded backend: the object to call and what kind of thing it is."""
 
     tag: str
@@ -83,7 +101,7 @@ class BackendRuntime:
 
     def __init__(
         self,
-        backend: Backend,
+        backend: LoadedBackend,
         max_concurrent_queries: int,
         max_batch_size: int = 1,
         batch_wait_timeout: float = 0.0,
@@ -109,21 +127,22 @@ class BackendRuntime:
     def load(cls, request: controller_pb2.CreateBackendRequest) -> BackendRuntime:
         """Import or unpickle the backend, construct it, and get ready to call it."""
         config = request.config
-        max_queries = (
-            config.max_concurrent_queries
-            if config.HasField("max_concurrent_queries")
-            else DEFAULT_MAX_CONCURRENT_QUERIES
-        )
-        if max_queries < 1:
-            raise LoadError(INVALID_ARGUMENT, "max_concurrent_queries must be >= 1")
+        limits = {name: _config_value(config, name) for name in backend_fields.RECONFIGURE_LIMITS}
+        _check_numbers(limits)
         backend = load_backend(request)
-        max_batch = config.max_batch_size if config.HasField("max_batch_size") else 1
         http_methods = (
             frozenset(config.http_call_methods.names)
             if config.HasField("http_call_methods")
             else None
         )
-        runtime = cls(backend, max_queries, max_batch, config.batch_wait_timeout, http_methods)
+        max_batch = int(limits["max_batch_size"])
+        runtime = cls(
+            backend,
+            int(limits["max_concurrent_queries"]),
+            max_batch,
+            float(limits["batch_wait_timeout"]),
+            http_methods,
+        )
         runtime._check_batching(max_batch)
         runtime._check_http_call_methods()
         return runtime
@@ -150,14 +169,15 @@ class BackendRuntime:
         batch_wait_timeout: float | None = None,
     ) -> None:
         """Raise LoadError unless ``resize`` can take these values."""
-        if max_concurrent_queries is not None and max_concurrent_queries < 1:
-            raise LoadError(INVALID_ARGUMENT, "max_concurrent_queries must be >= 1")
+        _check_numbers(
+            {
+                "max_concurrent_queries": max_concurrent_queries,
+                "max_batch_size": max_batch_size,
+                "batch_wait_timeout": batch_wait_timeout,
+            }
+        )
         if max_batch_size is not None:
-            if max_batch_size < 1:
-                raise LoadError(INVALID_ARGUMENT, "max_batch_size must be >= 1")
             self._check_batching(max_batch_size)
-        if batch_wait_timeout is not None and not 0 <= batch_wait_timeout < float("inf"):
-            raise LoadError(INVALID_ARGUMENT, "batch_wait_timeout must be a finite number >= 0")
 
     def resize(
         self,
@@ -365,14 +385,14 @@ class BackendRuntime:
         return handler  # type: ignore[no-any-return]
 
 
-def load_backend(request: controller_pb2.CreateBackendRequest) -> Backend:
+def load_backend(request: controller_pb2.CreateBackendRequest) -> LoadedBackend:
     """The backend a ``CreateBackendRequest`` describes, constructed if a class."""
     spec = request.spec
     obj = _load_callable(spec)
     init_args = _init_args(spec)
     if inspect.isclass(obj):
         instance = _construct(obj, init_args)
-        backend = Backend(tag=request.tag, target=instance, is_instance=True)
+        backend = LoadedBackend(tag=request.tag, target=instance, is_instance=True)
     elif not callable(obj):
         raise LoadError(
             INVALID_ARGUMENT,
@@ -384,7 +404,7 @@ def load_backend(request: controller_pb2.CreateBackendRequest) -> Backend:
             f"init args were given but {_name(obj)} is a function, not a class",
         )
     else:
-        backend = Backend(tag=request.tag, target=obj, is_instance=False)
+        backend = LoadedBackend(tag=request.tag, target=obj, is_instance=False)
     if request.config.HasField("user_config_json"):
         backend.user_config = _reconfigure(backend, request.config.user_config_json)
     return backend
@@ -483,7 +503,7 @@ def _construct(cls: type, init_args: tuple[Any, ...]) -> Any:
 
 
 def _prepare_reconfigure(
-    backend: Backend, user_config_json: str
+    backend: LoadedBackend, user_config_json: str
 ) -> tuple[Callable[[Any], Any], Any]:
     """The instance's reconfigure method and the parsed user_config (or LoadError)."""
     try:
@@ -499,12 +519,12 @@ def _prepare_reconfigure(
     return reconfigure, user_config
 
 
-def _reconfigure_failed(backend: Backend, exc: Exception) -> LoadError:
+def _reconfigure_failed(backend: LoadedBackend, exc: Exception) -> LoadError:
     name = type(backend.target).__name__
     return _load_error(f"{name}.reconfigure raised {_describe(exc)}")
 
 
-def _reconfigure(backend: Backend, user_config_json: str) -> Any:
+def _reconfigure(backend: LoadedBackend, user_config_json: str) -> Any:
     """At load, before the event loop runs: call reconfigure() right here."""
     method, user_config = _prepare_reconfigure(backend, user_config_json)
     try:

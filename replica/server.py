@@ -29,6 +29,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -78,11 +79,17 @@ class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped
     """
 
     def __init__(
-        self, runtime: BackendRuntime, stuck_call_grace: float = STUCK_CALL_GRACE_S
+        self,
+        runtime: BackendRuntime,
+        stuck_call_grace: float = STUCK_CALL_GRACE_S,
+        verifier: auth.Verifier | None = None,
     ) -> None:
         super().__init__()
         self._runtime = runtime
         self._stuck_call_grace = stuck_call_grace
+        self._verifier = verifier
+        self._check: asyncio.Future[bool] | None = None
+        self._healthy = True  # what the last check_health() said
 
     async def Check(
         self,
@@ -101,15 +108,32 @@ class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped
             )
             return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._runtime.has_check_health and request.service in ("", REPLICA_SERVICE):
-            try:
-                await asyncio.wait_for(self._runtime.check_health(), HEALTH_CHECK_TIMEOUT)
-            except Exception as exc:
-                log.warning("check_health failed: %s: %s", type(exc).__name__, exc)
+            if not await self._backend_healthy(context.invocation_metadata()):
                 return health_pb2.HealthCheckResponse(
                     status=health_pb2.HealthCheckResponse.NOT_SERVING
                 )
         reply: health_pb2.HealthCheckResponse = await super().Check(request, context)
         return reply
+
+    async def _backend_healthy(self, metadata: Any) -> bool:
+        """What the backend's check_health() says. Health is open to probes,
+        but only a caller with a token makes user code run, and callers at the
+        same time share one run: anyone else gets the last result."""
+        if self._verifier is not None and self._verifier.roles(auth.bearer(metadata)) is None:
+            return self._healthy
+        if self._check is None or self._check.done():
+            self._check = asyncio.ensure_future(self._run_check())
+        # Shielded: a caller that gives up must not cancel the others' check.
+        return await asyncio.shield(self._check)
+
+    async def _run_check(self) -> bool:
+        try:
+            await asyncio.wait_for(self._runtime.check_health(), HEALTH_CHECK_TIMEOUT)
+            self._healthy = True
+        except Exception as exc:
+            log.warning("check_health failed: %s: %s", type(exc).__name__, exc)
+            self._healthy = False
+        return self._healthy
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -239,7 +263,9 @@ async def serve(
     servicer = ReplicaServicer(runtime)
     replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
     grace_s = options.stuck_call_grace_s
-    health_servicer = BackendHealth(runtime, STUCK_CALL_GRACE_S if grace_s is None else grace_s)
+    health_servicer = BackendHealth(
+        runtime, STUCK_CALL_GRACE_S if grace_s is None else grace_s, verifier
+    )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [REPLICA_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME], server

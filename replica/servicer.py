@@ -20,6 +20,7 @@ import cloudpickle
 import grpc
 from werkzeug.exceptions import HTTPException
 
+from turnout._internal import backend_fields
 from turnout._internal.child_process import OUT_OF_MEMORY_EXIT, memory_limit
 from turnout.replica import codec
 from turnout.replica.batcher import BadBatch
@@ -178,8 +179,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
     ) -> replica_pb2.ReconfigureResponse:
         limits = {
             name: getattr(request, name)
-            for name in ("max_concurrent_queries", "max_batch_size", "batch_wait_timeout")
-            if request.HasField(name)
+            for name in backend_fields.RECONFIGURE_LIMITS
+            if request.HasField(name)  # type: ignore[arg-type]
         }
         try:
             self._runtime.check_limits(**limits)

@@ -221,13 +221,18 @@ def _leads_group(pid: int) -> bool:
         return False
 
 
-async def health_ok(address: str, security: Security, timeout: float) -> bool:
-    """True when the replica's grpc.health.v1 service says SERVING in time."""
+async def health_ok(address: str, security: Security, token: str | None, timeout: float) -> bool:
+    """True when the replica's grpc.health.v1 service says SERVING in time.
+    ``token`` (the controller's) makes the replica run its backend's
+    check_health(); a probe without one gets the last result."""
     async with aio_channel(address, security) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
+                health_pb2.HealthCheckRequest(service=""),
+                timeout=timeout,
+                wait_for_ready=True,
+                metadata=auth.metadata(token),
             )
         except grpc.aio.AioRpcError as exc:
             logger.warning("health check of %s failed: %s", address, exc.details())
@@ -490,7 +495,7 @@ class LocalLauncher:
         )
 
     async def healthy(self, child: Child, timeout: float) -> bool:
-        return await health_ok(child.address, self.security, timeout)
+        return await health_ok(child.address, self.security, self.control_token, timeout)
 
     async def proxy_healthy(self, child: Child, timeout: float) -> bool:
         return await proxy_healthz(child.address, timeout, https=self.https is not None)

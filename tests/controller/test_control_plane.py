@@ -11,8 +11,9 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 from fake_launcher import FakeLauncher
 
+from turnout._internal import validation
 from turnout._internal.readiness import Readiness
-from turnout.controller import replica_set, validation
+from turnout.controller import replica_set
 from turnout.controller.control_plane import ControlPlane, replica_digest
 from turnout.controller.routing import RoutePublisher
 from turnout.controller.store import REPLICA, BackendRecord, ChildRecord, MemoryStore
@@ -120,6 +121,19 @@ def test_new_code_replaces_every_replica() -> None:
         assert targets(plane, "a") == ["fake:3", "fake:4"]
         assert {c.spec.spec.import_path for c in launcher.live()} == {"app:Better"}
         assert plane.get_backend("a").spec.import_path == "app:Better"
+
+    run(scenario)
+
+
+def test_allowing_no_http_methods_at_all_replaces_the_replicas() -> None:
+    # Unset (every public method) and an empty list (none) differ: the
+    # replicas read it at start, so going from one to the other rolls them.
+    async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
+        await plane.create_backend(create("a"))
+        none = pb.BackendConfig(http_call_methods=pb.MethodNames(names=[]))
+        await plane.update_backend_config("a", none)
+        assert list(states(plane, "a")) == ["a#2"]
+        assert launcher.live()[0].spec.config.HasField("http_call_methods")
 
     run(scenario)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from turnout._internal.validation import full_config
 from turnout.controller.launchers.local import LocalLauncher, file_key
 from turnout.controller.replica_set import ReplicaSet, ReplicaStartError
 from turnout.controller.store import REPLICA, ChildRecord, MemoryStore
-from turnout.controller.validation import full_config
 from turnout.v1 import controller_pb2 as pb
 
 

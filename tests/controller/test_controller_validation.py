@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from turnout.controller import validation
+from turnout._internal import validation
 from turnout.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
 

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import requests
 from conftest import Deploy, wait_until
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_cli import Home
 from test_grpcurl import run_grpcurl
 
@@ -307,3 +308,38 @@ def test_no_environment_turns_a_replicas_token_check_off(
             replica_pb2_grpc.ReplicaServiceStub(channel).Handle(call, timeout=10)
     assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
     client.delete_backend(name)
+
+
+class CountsChecks:
+    """Counts its check_health() calls and answers with the count."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def check_health(self) -> None:
+        self.checks += 1
+
+    def __call__(self, request: Any) -> int:
+        return self.checks
+
+
+def test_a_health_probe_without_a_token_does_not_run_the_backends_check(
+    client: turnout.Client, deploy: Deploy
+) -> None:
+    # Health stays open for probes, but only a caller with a token makes the
+    # replica run user code: anyone else gets the last result.
+    served = deploy(CountsChecks, config={"health_check_period": 60})
+    (replica,) = client.list_replicas(served.backend)
+    health = health_pb2.HealthCheckRequest(service="turnout.v1.ReplicaService")
+    before = requests.get(served.url, timeout=10).json()
+    with rpc.channel(replica.address, rpc.Security(token=None)) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(20):
+            status = stub.Check(health, timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+    assert requests.get(served.url, timeout=10).json() - before < 5
+    with rpc.channel(replica.address, rpc.Security(token=handle_token(client))) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for _ in range(3):
+            stub.Check(health, timeout=10)
+    assert requests.get(served.url, timeout=10).json() - before >= 3

@@ -11,16 +11,16 @@ import yaml
 
 from turnout.config import DEFAULTS
 from turnout.deploy import (
-    Backend,
+    BackendEntry,
     DeployFile,
     DeployFileError,
-    Endpoint,
-    ReplicaOptions,
+    EndpointEntry,
     State,
     load_file,
     parse,
     plan,
 )
+from turnout.v1 import controller_pb2 as pb
 
 FULL_YAML = """\
 backends:
@@ -65,7 +65,7 @@ def _running(wanted: DeployFile) -> State:
     field filled in, methods upper-cased, as the controller answers."""
     return State(
         backends={
-            name: Backend(
+            name: BackendEntry(
                 name=name,
                 import_path=b.import_path,
                 init_args=b.init_args,
@@ -84,16 +84,16 @@ def _running(wanted: DeployFile) -> State:
 def test_full_yaml_file_is_read_into_backends_and_endpoints(tmp_path: Path) -> None:
     wanted = load_file(_write(tmp_path, "turnout.yaml", FULL_YAML))
     assert list(wanted.backends) == ["greeter", "shouter"]
-    assert wanted.backends["greeter"] == Backend(
+    assert wanted.backends["greeter"] == BackendEntry(
         name="greeter",
         import_path="myapp.models:Greeter",
         init_args=("hello", {"punctuation": "!"}),
         config={"num_replicas": 2, "max_concurrent_queries": 8},
-        replica_options=ReplicaOptions(
-            num_cpus=1.0, env=(("MODEL_DIR", "/srv/models"),), memory=1 << 30
+        replica_options=pb.ReplicaOptions(
+            num_cpus=1.0, env={"MODEL_DIR": "/srv/models"}, memory_bytes=1 << 30
         ),
     )
-    assert wanted.endpoints["greet"] == Endpoint(
+    assert wanted.endpoints["greet"] == EndpointEntry(
         name="greet",
         route="/greet",
         methods=("GET", "POST"),
@@ -102,7 +102,7 @@ def test_full_yaml_file_is_read_into_backends_and_endpoints(tmp_path: Path) -> N
         request_timeout=5.0,
     )
     # `backend: x` is short for all traffic to x; no route = handles only.
-    assert wanted.endpoints["shout"] == Endpoint(name="shout", traffic={"shouter": 1.0})
+    assert wanted.endpoints["shout"] == EndpointEntry(name="shout", traffic={"shouter": 1.0})
 
 
 def test_json_file_reads_the_same_as_yaml(tmp_path: Path) -> None:
@@ -220,7 +220,7 @@ def test_a_config_field_left_out_of_the_file_goes_back_to_its_default() -> None:
 
 def test_a_backend_sent_pickled_from_python_counts_as_changed() -> None:
     wanted = parse({"backends": {"m": {"import_path": "a:b"}}})
-    running = State(backends={"m": Backend("m", None, None, DEFAULTS.to_dict())})
+    running = State(backends={"m": BackendEntry("m", None, None, DEFAULTS.to_dict())})
     (change,) = plan(wanted, running).backends
     assert change.action == "update" and change.new_code
     assert change.details == ("code: (pickled) -> a:b", "init_args: (pickled) -> []")

@@ -269,12 +269,12 @@ def test_python_call_defaults_and_method() -> None:
 
 
 def test_none_is_an_empty_200() -> None:
-    response = codec.to_http_response(None)
+    response = codec.encode_http(None)
     assert (response.status, response.body) == (200, b"")
 
 
 def test_str_is_utf8_text() -> None:
-    response = codec.to_http_response("héllo")
+    response = codec.encode_http("héllo")
     assert response.status == 200
     assert headers_of(response) == [("Content-Type", "text/plain; charset=utf-8")]
     assert response.body == "héllo".encode()
@@ -282,7 +282,7 @@ def test_str_is_utf8_text() -> None:
 
 @pytest.mark.parametrize("value", [b"\x00\x01bin", bytearray(b"\x00\x01bin")])
 def test_bytes_are_octet_stream(value: bytes | bytearray) -> None:
-    response = codec.to_http_response(value)
+    response = codec.encode_http(value)
     assert response.status == 200
     assert headers_of(response) == [("Content-Type", "application/octet-stream")]
     assert response.body == b"\x00\x01bin"
@@ -290,7 +290,7 @@ def test_bytes_are_octet_stream(value: bytes | bytearray) -> None:
 
 @pytest.mark.parametrize("value", [{"a": [1, 2.5, None]}, [1, "two"], 3, 2.5, True, ("t", 1)])
 def test_anything_else_is_json(value: object) -> None:
-    response = codec.to_http_response(value)
+    response = codec.encode_http(value)
     assert response.status == 200
     assert json_body(response) == json.loads(json.dumps(value))
 
@@ -300,7 +300,7 @@ def test_response_keeps_status_headers_in_order_and_body() -> None:
     response.headers["X-Model"] = "v2"
     response.set_cookie("a", "1")
     response.set_cookie("b", "2")
-    answer = codec.to_http_response(response)
+    answer = codec.encode_http(response)
     assert answer.status == 201
     assert answer.body == b"created"
     headers = headers_of(answer)
@@ -322,7 +322,7 @@ def test_streamed_response_is_collected_and_closed() -> None:
 
     response = Response(chunks(), status=202)
     response.call_on_close(lambda: closed.append(True))
-    answer = codec.to_http_response(response)
+    answer = codec.encode_http(response)
     assert (answer.status, answer.body) == (202, b"ab")
     assert closed
 
@@ -331,7 +331,10 @@ def test_unencodable_return_is_a_500_naming_the_type() -> None:
     class Model:
         pass
 
-    answer = codec.to_http_response(Model(), "req-1")
+    # What the servicer answers when encode_http refuses the value.
+    with pytest.raises(codec.BadReturnValue) as refused:
+        codec.encode_http(Model())
+    answer = codec.error_response(refused.value, "req-1")
     assert answer.status == 500
     body = json_body(answer)
     assert body["error"] == "BadReturnValue"

@@ -15,7 +15,7 @@ import pytest
 from werkzeug.exceptions import abort
 from werkzeug.wrappers import Request
 
-from turnout.replica.runtime import Backend, BackendRuntime
+from turnout.replica.runtime import BackendRuntime, LoadedBackend
 from turnout.replica.servicer import Context, ReplicaServicer
 from turnout.v1 import http_pb2, replica_pb2
 
@@ -39,7 +39,7 @@ class Model:
 
 @pytest.fixture
 def servicer() -> Iterator[ReplicaServicer]:
-    runtime = BackendRuntime(Backend(tag="model", target=Model(), is_instance=True), 4)
+    runtime = BackendRuntime(LoadedBackend(tag="model", target=Model(), is_instance=True), 4)
     yield ReplicaServicer(runtime)
     runtime.close()
 

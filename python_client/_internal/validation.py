@@ -1,7 +1,9 @@
 """Checks on every admin request, before anything changes.
 
 Each function returns the normalised value or raises one of ``turnout.errors``;
-the servicer turns those into gRPC status codes.
+the controller's servicer turns those into gRPC status codes, and the client
+and the deploy-file checks run the same functions first, so that a refused
+value fails there with the same message.
 """
 
 from __future__ import annotations
@@ -9,9 +11,13 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+from turnout._internal import backend_fields
+from turnout._internal.backend_fields import method_names
 from turnout._internal.errors import InvalidArgumentError
-from turnout.config import DEFAULTS, MAX_SECONDS, MIN_HEALTH_CHECK_S, method_names
 from turnout.v1 import controller_pb2 as pb
 
 HTTP_METHODS = frozenset(
@@ -20,7 +26,7 @@ HTTP_METHODS = frozenset(
 DEFAULT_METHODS = ["GET"]
 # Paths under /-/ belong to the proxy (/-/routes, /-/healthz, /-/metrics).
 SYSTEM_PREFIX = "/-/"
-_DEFAULTS = DEFAULTS.to_proto()
+_DEFAULTS = backend_fields.defaults_proto()
 DEFAULT_MAX_CONCURRENT_QUERIES = _DEFAULTS.max_concurrent_queries
 MAX_NAME_LENGTH = 200
 MAX_ROUTE_LENGTH = 1024
@@ -153,36 +159,9 @@ def spec(value: pb.BackendSpec) -> pb.BackendSpec:
     return value
 
 
-def _seconds(update: pb.BackendConfig, field: str, minimum: float = 0.0) -> None:
-    """A seconds field, when set: ``minimum`` (0 included when it is 0) to a day."""
-    if update.HasField(field):  # type: ignore[arg-type]
-        value = getattr(update, field)
-        if not math.isfinite(value) or value < minimum or value > MAX_SECONDS:
-            raise InvalidArgumentError(
-                f"{field} must be a number of seconds from {minimum:g} to {MAX_SECONDS:g}, "
-                f"got {value}"
-            )
-
-
-def _at_least_one(update: pb.BackendConfig, field: str) -> None:
-    if update.HasField(field) and getattr(update, field) < 1:  # type: ignore[arg-type]
-        raise InvalidArgumentError(f"{field} must be >= 1, got {getattr(update, field)}")
-
-
 def config_update(update: pb.BackendConfig) -> None:
     """Checks the fields set in ``update`` (a full or partial config)."""
-    for field in (
-        "num_replicas",
-        "max_concurrent_queries",
-        "max_batch_size",
-        "health_check_failure_threshold",
-        "max_queued_requests",
-    ):
-        _at_least_one(update, field)
-    for field in ("batch_wait_timeout", "graceful_shutdown_timeout", "queue_timeout"):
-        _seconds(update, field)
-    _seconds(update, "health_check_period", MIN_HEALTH_CHECK_S)
-    _seconds(update, "health_check_timeout", MIN_HEALTH_CHECK_S)
+    backend_fields.check_proto(update)
     if update.HasField("user_config_json"):
         json_text(update.user_config_json, "user_config_json")
     if update.HasField("http_call_methods"):
@@ -200,12 +179,106 @@ def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
     return config
 
 
-# Config fields a running replica reads only at start: changing one restarts the
-# replicas, one at a time.
-RESTART_FIELDS = ("http_call_methods",)
-# Config fields a running replica takes in place (ReplicaService.Reconfigure),
-# keeping its process and replica id.
-LIVE_FIELDS = ("max_concurrent_queries", "max_batch_size", "batch_wait_timeout")
+# The keys of replica options as Python and deploy files give them (memory is
+# the message's memory_bytes).
+REPLICA_OPTION_KEYS = ("num_cpus", "num_gpus", "env", "memory")
+
+
+@dataclass(frozen=True)
+class OptionProblem:
+    """What is wrong with one replica option: ``key`` (empty for the options
+    as a whole) and ``message``, which does not repeat the key; ``error`` is
+    the class the Python API raises for it."""
+
+    key: str
+    message: str
+    error: type[Exception] = InvalidArgumentError
+
+    def exception(self) -> Exception:
+        return self.error(f"{self.key} {self.message}" if self.key else self.message)
+
+
+def replica_option_problems(
+    options: Mapping[str, Any],
+) -> tuple[pb.ReplicaOptions | None, list[OptionProblem]]:
+    """Replica options given as a mapping (``create_backend``'s
+    ``replica_options``, a deploy file's): the message, or None and every
+    problem, in key order. Keys and types first, then the bounds
+    (``replica_options``)."""
+    found: list[OptionProblem] = []
+    unknown = sorted(str(k) for k in options if k not in REPLICA_OPTION_KEYS)
+    if unknown:
+        known = ", ".join(sorted(REPLICA_OPTION_KEYS))
+        found.append(
+            OptionProblem("", f"unknown replica option(s) {', '.join(unknown)}; known: {known}")
+        )
+    message = pb.ReplicaOptions()
+    for key in ("num_cpus", "num_gpus"):
+        value = options.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            found.append(OptionProblem(key, f"must be a number, got {_type(value)}", TypeError))
+        else:
+            setattr(message, key, float(value))
+    env = options.get("env", {})
+    if not isinstance(env, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        found.append(
+            OptionProblem("env", "must map names to str values (quote numbers)", TypeError)
+        )
+    else:
+        message.env.update(env)
+    memory = options.get("memory", 0)
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+        error = InvalidArgumentError if isinstance(memory, int) and memory < 0 else TypeError
+        found.append(
+            OptionProblem(
+                "memory",
+                f"must be a whole number of bytes (0 = no limit), got {shown(memory)}",
+                error,
+            )
+        )
+    else:
+        message.memory_bytes = memory
+    if found:
+        return None, found
+    try:
+        return replica_options(message), []
+    except InvalidArgumentError as exc:
+        return None, [OptionProblem("", str(exc))]
+
+
+def replica_options_from(options: Mapping[str, Any] | None) -> pb.ReplicaOptions:
+    """``replica_option_problems`` for the Python API: the message, or the
+    first problem raised (TypeError for a wrong type, else InvalidArgumentError).
+
+    Example::
+
+        replica_options_from({"num_cpus": 1, "env": {"MODEL": "tiny"}})
+    """
+    if options is None:
+        return pb.ReplicaOptions()
+    if not isinstance(options, Mapping):
+        raise TypeError(f"replica_options must be a dict, got {_type(options)}")
+    message, found = replica_option_problems(options)
+    if found:
+        raise found[0].exception()
+    assert message is not None
+    return message
+
+
+def replica_options_dict(options: pb.ReplicaOptions) -> dict[str, Any]:
+    """``options`` with the keys ``replica_options_from`` takes."""
+    return {
+        "num_cpus": options.num_cpus,
+        "num_gpus": options.num_gpus,
+        "env": dict(sorted(options.env.items())),
+        "memory": options.memory_bytes,
+    }
+
+
+def _type(value: object) -> str:
+    return type(value).__name__
 
 
 def replica_options(options: pb.ReplicaOptions) -> pb.ReplicaOptions:
