@@ -90,6 +90,8 @@ class ControllerOptions:
     token_file: Path | None = None
     # Replicas run as actors on this Ray cluster (launchers.ray); None = local processes.
     ray_address: str | None = None
+    # Ray's runtime_env of every replica actor, as JSON (working_dir, pip, env_vars).
+    ray_runtime_env: str | None = None
 
     @property
     def admin_token_file(self) -> Path:
@@ -142,7 +144,13 @@ class Controller:
             # Imported only here: ray is an optional extra.
             from .launchers.ray import ClusterResources, RayLauncher, namespace_for
 
-            on_ray = RayLauncher(options.ray_address, namespace_for(state_path), local, self.store)
+            on_ray = RayLauncher(
+                options.ray_address,
+                namespace_for(state_path),
+                local,
+                self.store,
+                runtime_env=options.ray_runtime_env,
+            )
             self.launcher, resources = on_ray, ClusterResources(on_ray)
         self.publisher = RoutePublisher()
         self.plane = ControlPlane(

@@ -73,6 +73,8 @@ class StartOptions:
     https: tuple[Path, Path] | None = None
     # A Ray cluster that runs the replicas (docs/ray-cluster.md); None = local processes.
     ray_address: str | None = None
+    # Ray's runtime_env of every replica (JSON); needs ray_address.
+    ray_runtime_env: str | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -111,6 +113,7 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
             https_cert=None if options.https is None else options.https[0],
             https_key=None if options.https is None else options.https[1],
             ray_address=options.ray_address,
+            ray_runtime_env=options.ray_runtime_env,
         )
     )
 

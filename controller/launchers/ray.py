@@ -333,7 +333,13 @@ class ReplicaHost(ProcessHost):
     async def start(
         self, replica_id: str, spec: bytes, env: dict[str, str], material: Material
     ) -> dict[str, Any]:
+        import ray
+
         security, credentials_file = material.write(self._files)
+        # The runtime_env's env_vars are the actor's; the replica inherits
+        # only listed names of it (``child_environment``), so pass them on.
+        runtime_env = ray.get_runtime_context().runtime_env or {}
+        env = {**dict(runtime_env.get("env_vars") or {}), **env}
         options = ReplicaArgs(
             replica_id=replica_id,
             spec_fd=0,
@@ -442,6 +448,8 @@ class RayLauncher:
         namespace: str,
         local: LocalLauncher,
         store: Store,
+        *,
+        runtime_env: str | None = None,
     ) -> None:
         import ray
 
@@ -457,9 +465,12 @@ class RayLauncher:
         # 15 s to call a node dead, and placement avoids it meanwhile.
         self._suspect: dict[str, float] = {}
         # The token (RAY_AUTH_TOKEN or Ray's token file) is Ray's to find.
+        # The runtime_env is the job's, which every actor inherits: only there
+        # does Ray upload a local working_dir (to the cluster, then each node).
         ray.init(
             address=address,
             namespace=namespace,
+            runtime_env=None if runtime_env is None else json.loads(runtime_env),
             log_to_driver=False,
             configure_logging=False,
             include_dashboard=False,
@@ -549,17 +560,22 @@ class RayLauncher:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         name = actor_name(record.name)
-        actor = self._actor_class.options(
-            name=name,
-            lifetime="detached",
-            max_restarts=0,
-            num_cpus=request.num_cpus,
-            num_gpus=request.num_gpus,
-            # Hard: a soft affinity lets Ray's own scheduler move it elsewhere
-            # (it does so even with room on the node), undoing the spread. A
-            # node that died meanwhile fails the start, which is retried.
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
-        ).remote()
+        try:
+            actor = self._actor_class.options(
+                name=name,
+                lifetime="detached",
+                max_restarts=0,
+                num_cpus=request.num_cpus,
+                num_gpus=request.num_gpus,
+                # Hard: a soft affinity lets Ray's own scheduler move it elsewhere
+                # (it does so even with room on the node), undoing the spread. A
+                # node that died meanwhile fails the start, which is retried.
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            ).remote()
+        except Exception as exc:  # Ray refused the actor's options
+            raise SpawnError(
+                "INVALID_ARGUMENT", f"Ray refused replica {record.name}: {exc}"
+            ) from exc
         child = RayChild(name=f"replica {record.name}", actor=actor, actor_name=name)
         # Recorded before it can serve: a controller killed from here on
         # leaves a record that the next one uses to find (or stop) the actor.

@@ -262,21 +262,25 @@ class TurnoutOnRay:
     cluster: RayCluster
     instance_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    # Another instance on the same cluster needs ports of its own.
+    controller_port: int = CONTROLLER_PORT
+    http_port: int = HTTP_PORT
+    ray_runtime_env: str | None = None
 
     @property
     def address(self) -> str:
-        return f"{HEAD_IP}:{CONTROLLER_PORT}"
+        return f"{HEAD_IP}:{self.controller_port}"
 
     @property
     def http_address(self) -> str:
-        return f"http://{HEAD_IP}:{HTTP_PORT}"
+        return f"http://{HEAD_IP}:{self.http_port}"
 
     def args(self, ready_fd: int) -> list[str]:
         options = ControllerArgs(
             host=HEAD_IP,
-            port=CONTROLLER_PORT,
+            port=self.controller_port,
             http_host=HEAD_IP,
-            http_port=HTTP_PORT,
+            http_port=self.http_port,
             instance_dir=self.instance_dir,
             state=self.instance_dir / "state.db",
             ready_fd=ready_fd,
@@ -286,6 +290,7 @@ class TurnoutOnRay:
             insecure=True,
             allow_pickled_code=True,
             ray_address=self.cluster.address,
+            ray_runtime_env=self.ray_runtime_env,
         )
         return self.cluster.head.exec_argv(controller_args.command(options))
 

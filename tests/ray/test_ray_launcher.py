@@ -5,6 +5,7 @@ address, answering through the proxy; a replica no node can hold is refused."""
 from __future__ import annotations
 
 import collections
+import json
 import os
 import signal
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from netns_cluster import HEAD_IP, HTTP_PORT, WORKER_IP, TurnoutOnRay
+from netns_cluster import HEAD_IP, HTTP_PORT, WORKER_IP, RayCluster, TurnoutOnRay
 
 import turnout
 from turnout.errors import InvalidArgumentError
@@ -137,3 +138,43 @@ def test_a_backend_bigger_than_every_node_is_refused(client: turnout.Client) -> 
     with pytest.raises(InvalidArgumentError, match="more than any"):
         client.create_backend("huge", whoami, replica_options={"num_cpus": 64})
     assert "huge" not in client.list_backends()
+
+
+SHIPPED = """
+import os
+
+
+def hello(request):
+    return "shipped " + os.environ["SHIPPED_GREETING"]
+"""
+
+
+def test_an_import_path_backend_comes_with_the_runtime_envs_working_dir(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """Code that is on no node: Ray ships the working_dir to each replica's
+    node, and the runtime_env's env_vars reach the replica."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "shipped_backend.py").write_text(SHIPPED)
+    runtime_env = {"working_dir": str(code), "env_vars": {"SHIPPED_GREETING": "hello"}}
+    instance = TurnoutOnRay(
+        ray_cluster,
+        tmp_path / "instance",
+        controller_port=50072,
+        http_port=8001,
+        ray_runtime_env=json.dumps(runtime_env),
+    )
+    client = instance.start()
+    try:
+        client.create_backend("shipped", "shipped_backend:hello", config={"num_replicas": 2})
+        client.create_endpoint("shipped", backend="shipped", route="/shipped")
+        assert hosts_of(client, "shipped") == [HEAD_IP, WORKER_IP]
+        with requests.Session() as http:
+            got = {
+                http.get(f"{instance.http_address}/shipped", timeout=30).text
+                for _ in range(REQUESTS // 3)
+            }
+        assert got == {"shipped hello"}
+    finally:
+        instance.shutdown()
