@@ -33,6 +33,7 @@ import pytest
 import turnout
 from turnout._internal import controller_args, spawn
 from turnout._internal.controller_args import ControllerArgs
+from turnout._internal.rpc import TLSConfig
 
 SUBNET_PREFIX = 24
 HEAD_IP = "10.200.0.1"
@@ -266,6 +267,8 @@ class TurnoutOnRay:
     controller_port: int = CONTROLLER_PORT
     http_port: int = HTTP_PORT
     ray_runtime_env: str | None = None
+    # TLS on every gRPC hop (mutual); None: plaintext with --insecure.
+    tls: TLSConfig | None = None
 
     @property
     def address(self) -> str:
@@ -286,8 +289,9 @@ class TurnoutOnRay:
             ready_fd=ready_fd,
             durable=True,
             access_log=False,
-            # The cluster network is the test's own: plaintext, token checked.
-            insecure=True,
+            # The cluster network is the test's own: plaintext allowed.
+            insecure=self.tls is None,
+            tls=self.tls,
             allow_pickled_code=True,
             ray_address=self.cluster.address,
             ray_runtime_env=self.ray_runtime_env,
@@ -315,7 +319,7 @@ class TurnoutOnRay:
 
     def client(self) -> turnout.Client:
         token = (self.instance_dir / "token").read_text().strip()
-        return turnout.Client(self.address, token=token)
+        return turnout.Client(self.address, token=token, tls=self.tls)
 
     def kill(self) -> None:
         """SIGKILL the controller (what it started lives on: durable)."""
@@ -344,3 +348,27 @@ def turnout_on_ray(ray_cluster: RayCluster) -> Iterator[TurnoutOnRay]:
         yield instance
     finally:
         instance.shutdown()
+
+
+def _openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=30)
+
+
+def cluster_tls(folder: Path) -> TLSConfig:
+    """A CA and one certificate it signs for both nodes' addresses (server
+    and client at once, as an instance uses it on every hop)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = folder / "ca.pem", folder / "ca.key"
+    cert, key, csr = folder / "node.pem", folder / "node.key", folder / "node.csr"
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    _openssl("req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2",
+             "-subj", "/CN=cluster-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    (folder / "node.ext").write_text(
+        f"subjectAltName=IP:{HEAD_IP},IP:{WORKER_IP}\nbasicConstraints=CA:FALSE\n"
+    )
+    _openssl("req", "-new", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=node")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+             "-out", cert, "-days", "2", "-extfile", folder / "node.ext")  # fmt: skip
+    key.chmod(0o600)
+    return TLSConfig(cert=cert, key=key, ca=ca)

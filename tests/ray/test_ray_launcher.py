@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 import requests
-from netns_cluster import HEAD_IP, HTTP_PORT, WORKER_IP, RayCluster, TurnoutOnRay
+from netns_cluster import (
+    HEAD_IP,
+    HTTP_PORT,
+    WORKER_IP,
+    RayCluster,
+    TurnoutOnRay,
+    cluster_tls,
+)
 
 import turnout
 from turnout.errors import InvalidArgumentError
@@ -176,5 +183,31 @@ def test_an_import_path_backend_comes_with_the_runtime_envs_working_dir(
                 for _ in range(REQUESTS // 3)
             }
         assert got == {"shipped hello"}
+    finally:
+        instance.shutdown()
+
+
+def test_replicas_and_proxies_on_both_nodes_speak_mutual_tls(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """Every gRPC hop across nodes with the instance's TLS (no --insecure): the
+    launcher ships the material to each node, and the certificate names the
+    nodes' addresses the replicas advertise."""
+    instance = TurnoutOnRay(
+        ray_cluster,
+        tmp_path / "instance",
+        controller_port=50073,
+        http_port=8002,
+        tls=cluster_tls(tmp_path / "pki"),
+    )
+    client = instance.start()
+    try:
+        client.create_backend("sealed", answer("sealed"), config={"num_replicas": 2})
+        client.create_endpoint("sealed", backend="sealed", route="/sealed")
+        assert hosts_of(client, "sealed") == [HEAD_IP, WORKER_IP]
+        worker_proxy = f"http://{WORKER_IP}:{instance.http_port}/sealed"
+        wait_until(lambda: answers(worker_proxy, "sealed"), "the worker node's proxy")
+        for url in (f"{instance.http_address}/sealed", worker_proxy):
+            assert all(answers(url, "sealed") for _ in range(10))
     finally:
         instance.shutdown()
