@@ -67,6 +67,9 @@ RAY = "ray"
 # How long a replica's actor may wait to be placed and report readiness:
 # Ray's own start of a worker process comes on top of the replica's.
 ACTOR_READY_TIMEOUT_S = READY_TIMEOUT_S + 30.0
+# How long an actor whose process has stopped may take to end itself
+# before it is killed.
+LEAVE_TIMEOUT_S = 5.0
 # How long adoption waits for a recorded actor to say whether its replica lives.
 ADOPT_TIMEOUT_S = 10.0
 # How long placement waits for Ray's view of a node's free resources to show
@@ -312,6 +315,13 @@ class ProcessHost:
     async def stop(self, timeout: float) -> None:
         await self._end(timeout)
 
+    def leave(self) -> None:
+        """End this actor in order (its worker process exits normally, so
+        what it does at exit, e.g. saving coverage data, is done)."""
+        import ray
+
+        ray.actor.exit_actor()  # type: ignore[no-untyped-call]
+
     async def _end(self, timeout: float) -> None:
         process = self._process
         if process is None or process.returncode is not None:
@@ -425,6 +435,8 @@ class RayChild:
         self.leaving = True
         with contextlib.suppress(Exception):  # an actor already gone stopped its replica
             await asyncio.wait_for(self.actor.stop.remote(timeout), timeout + 5.0)
+        with contextlib.suppress(Exception):  # it ends the call by ending itself
+            await asyncio.wait_for(self.actor.leave.remote(), LEAVE_TIMEOUT_S)
         self.kill()
 
     def kill(self) -> None:
@@ -732,7 +744,10 @@ class RayLauncher:
                 self._suspect[child.node_id] = asyncio.get_running_loop().time()
             # The replica has exited: its actor goes too, freeing its name
             # and its node's resources.
-            child.kill()
+            if child.lost:
+                child.kill()
+            else:
+                await child.stop(0.0)
             self._children.pop(child, None)
             self._forget(child)
 
