@@ -23,9 +23,9 @@ from grpc_reflection.v1alpha import reflection
 from turnout._internal import auth, replica_context
 from turnout._internal.backoff import Backoff
 from turnout._internal.rpc import SERVER_OPTIONS, Security, add_port, aio_server
+from turnout._internal.subscribers import PROXY as PROXY_SUBSCRIBER
 from turnout._internal.tls_options import is_unix
 from turnout._internal.version import __version__
-from turnout.proxy.controller_link import SUBSCRIBER_ID as PROXY_SUBSCRIBER
 from turnout.v1 import controller_pb2 as pb
 
 from . import adoption

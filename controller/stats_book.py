@@ -12,7 +12,7 @@ between.
 
 from __future__ import annotations
 
-from turnout.proxy.stats import sum_reports
+from turnout._internal.counters import sum_reports
 from turnout.v1 import controller_pb2 as pb
 
 MAX_REPORTERS = 1024

@@ -1,14 +1,16 @@
-"""The proxy's aiohttp application: match, choose, forward, answer.
+"""The proxy's aiohttp application: HTTP request in, ``HandleRequest`` to the
+sender, HTTP answer out.
 
-The handler stays thin: traffic policy lives in ``Router``, message conversion
-in ``http_codec``, counters in ``RouterStats``.
+The handler stays thin: everything between the request message and the
+replica's reply (traffic choice, admission, retries, deadlines, shadows,
+counters) is ``turnout._sending.Sender``'s, the same one handles use; message
+conversion is ``http_codec``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import itertools
 import logging
 import os
@@ -22,18 +24,16 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from turnout._internal import auth
-from turnout._internal.rpc import Security, never_delivered
+from turnout._internal.rpc import Security
+from turnout._sending import failures
+from turnout._sending.replica_link import ReplicaLink
+from turnout._sending.route_table import EndpointRoute
+from turnout._sending.sender import Sender
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
 from . import http_codec, metrics
-from .admission import Admission, NoReplica, Overloaded
 from .front_door import DEFAULT_READ_TIMEOUT_S, ConnectionLimits, FrontDoor
-from .replica_link import ReplicaCallError, ReplicaLink
-from .replica_pool import ReplicaConn
-from .route_table import EndpointRoute
-from .router import Router
-from .stats import compare
 from .workers import SharedCounters
 
 logger = logging.getLogger(__name__)
@@ -46,14 +46,6 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # the stream before it is buffered whole.
 RECEIVE_ANSWERS = 4
 RECEIVE_SLACK_BYTES = 1024 * 1024
-# How long requests already sent to a replica that left the snapshot may take
-# before its channel is closed under them.
-DRAIN_GRACE_S = 30.0
-# A shadow gets this long to answer before it counts as failed.
-SHADOW_TIMEOUT_S = 30.0
-# Copies in flight at once; beyond this a copy is not sent (counted as failed),
-# so a slow shadow backend cannot pile up memory in the proxy.
-MAX_SHADOWS_IN_FLIGHT = 1000
 SYSTEM_PREFIX = "/-/"
 SYSTEM_PATHS = frozenset({"/-/routes", "/-/routing", "/-/healthz", "/-/metrics"})
 # What --protect-system-paths guards: they reveal topology and traffic weights.
@@ -68,33 +60,69 @@ RETRY_AFTER_S = "1"
 # A client's X-Request-Id is used only when it is this safe; else the proxy
 # makes one, so no client can fill the logs or forge their fields with it.
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
-# Other replicas a request may be retried on when one cannot be connected to.
-MAX_CONNECT_RETRIES = 2
-
-Conn = ReplicaConn[ReplicaLink]
 
 
-def connect(conn: Conn, security: Security, max_response_bytes: int | None = None) -> None:
+def connect(address: str, security: Security, max_response_bytes: int | None = None) -> ReplicaLink:
     receive = None
     if max_response_bytes is not None:
         receive = max_response_bytes * RECEIVE_ANSWERS + RECEIVE_SLACK_BYTES
-    link = ReplicaLink(conn.address, max_receive_bytes=receive, security=security)
-    conn.stub = link
-    conn.close = link.close
+    return ReplicaLink(address, max_receive_bytes=receive, security=security)
 
 
-def response_key(reply: replica_pb2.HandleResponse) -> Hashable:
-    """What two answers must share to count as the same (status and body)."""
-    return (reply.http.status, reply.http.body)
+class HttpAnswers:
+    """How the proxy reads a replica's reply: as the HTTP answer it passes on."""
+
+    def __init__(self, max_response_bytes: int) -> None:
+        self.max_response_bytes = max_response_bytes
+
+    def read(
+        self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
+    ) -> tuple[web.Response, Hashable | None, bool]:
+        """The answer, what shadows compare with (status and body; None for the
+        proxy's own error), and whether it counts as failed (a 5xx)."""
+        if reply.WhichOneof("result") != "http" or not http_codec.valid_status(reply.http.status):
+            return _failed(
+                502,
+                "BadGateway",
+                f"replica {replica_id} of backend {backend!r} sent no valid HTTP answer",
+                request_id,
+            )
+        if len(reply.http.body) > self.max_response_bytes:
+            return _failed(*self.too_large(backend), request_id)
+        try:
+            response = http_codec.from_proto(reply.http, request_id)
+        except http_codec.BadResponse as exc:
+            logger.warning("replica %s answered request %s: %s", replica_id, request_id, exc)
+            return _failed(
+                502,
+                "BadResponse",
+                f"backend {backend!r} sent an answer HTTP cannot carry: {exc}",
+                request_id,
+            )
+        # The body is not copied again: the answer's is the reply's.
+        return response, (response.status, response.body), response.status >= 500
+
+    def key(self, reply: replica_pb2.HandleResponse) -> Hashable | None:
+        """What two answers must share to count as the same (status and body)."""
+        return (reply.http.status, reply.http.body)
+
+    def too_large(self, backend: str) -> tuple[int, str, str]:
+        return (
+            502,
+            "ResponseTooLarge",
+            f"backend {backend!r} answered with more than the limit of "
+            f"{self.max_response_bytes} bytes",
+        )
 
 
-def _key_of(response: web.Response) -> Hashable:
-    """``response_key`` of the answer built from a reply (its body not copied again)."""
-    return (response.status, response.body)
+def _failed(
+    status: int, error: str, message: str, request_id: str
+) -> tuple[web.Response, Hashable | None, bool]:
+    return http_codec.json_error(status, error, message, request_id), None, True
 
 
 class ProxyState:
-    """The router and the background work hanging off it."""
+    """The sender and the proxy's own settings and background work."""
 
     def __init__(
         self,
@@ -110,24 +138,23 @@ class ProxyState:
         # The token the protected system paths want (read on each request, so
         # a rotated one applies at once); None = those paths are open.
         self.system_token = system_token
-        self.router: Router[ReplicaLink] = Router(
+        self.answers = HttpAnswers(max_response_bytes)
+        self.sender = Sender(
             functools.partial(
                 connect, security=self.security, max_response_bytes=max_response_bytes
-            )
+            ),
+            self.answers,
         )
-        self.admission = Admission(self.router)
+        self.router = self.sender.router
+        self.admission = self.sender.admission
         self.max_body_bytes = max_body_bytes
         self.max_response_bytes = max_response_bytes
         # Seconds a request body may take to arrive (0 = no limit).
         self.read_timeout = read_timeout
         # Which of the proxy's processes this is (0 unless --workers N).
         self.worker_index = worker_index
-        self.first_snapshot = asyncio.Event()
+        self.first_snapshot = self.sender.first_snapshot
         self.registry = metrics.registry_for(self._own_counters, self._routes_version)
-        self._background: set[asyncio.Task[None]] = set()
-        # Replicas that left the snapshot, their channels closing with a grace.
-        self._draining: set[Conn] = set()
-        self.shadows_in_flight = 0
 
     def _routes_version(self) -> int:
         return self.router.table.version
@@ -141,39 +168,16 @@ class ProxyState:
 
     def apply(self, snapshot: pb.RoutingSnapshot) -> None:
         """Serve ``snapshot`` from now on; must run on the event loop."""
-        gone = self.router.apply(snapshot)
-        self.admission.replicas_changed()
-        if gone:
-            self.spawn(self._drain(gone))
-        self.first_snapshot.set()
+        self.sender.apply(snapshot)
         logger.info("serving routing version %d", snapshot.version)
-
-    async def _drain(self, conns: list[Conn]) -> None:
-        self._draining.update(conns)
-        try:
-            await _close(conns, DRAIN_GRACE_S)
-        finally:
-            self._draining.difference_update(conns)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, holding a reference until it ends."""
-        task = asyncio.create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.sender.spawn(work)
 
     async def close(self) -> None:
         """Stop the background work and close every replica channel at once."""
-        tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        conns = [*self._draining, *self.router.pool.clear()]
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await _close(conns, None)
-
-
-async def _close(conns: list[Conn], grace: float | None) -> None:
-    closing = [c.close(grace) for c in conns if c.close is not None]
-    await asyncio.gather(*(c for c in closing if inspect.isawaitable(c)), return_exceptions=True)
+        await self.sender.close()
 
 
 async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamResponse:
@@ -249,27 +253,10 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
             "the request's target, Host or a header the proxy reads is not valid UTF-8",
             request_id,
         )
-    backend = route.choose_backend(state.router.rng, shard_key)
-    if backend is None:
-        state.router.stats.failed_unrouted(route.name)
-        return http_codec.json_error(
-            503, "NoBackend", f"endpoint {route.name!r} has no backend", request_id
-        )
-    primary: asyncio.Future[Hashable | None] | None = None
-    if route.shadows:
-        primary = _send_shadows(state, route, message)
-    response: web.Response | None = None
     try:
-        response, replied = await _forward(state, backend, shard_key, deadline, message)
-        if primary is not None:
-            primary.set_result(_key_of(response) if replied else None)
-    finally:
-        if primary is not None and not primary.done():
-            # No answer to compare with: the shadows count as failed.
-            primary.set_result(None)
-        state.router.stats.answered(
-            route.name, backend, failed=response is None or response.status >= 500
-        )
+        response = await state.sender.send(route, message, shard_key, deadline)
+    except failures.SendFailure as failure:
+        response = _failure_response(state, failure, request_id)
     return await http_codec.send(response, request)
 
 
@@ -295,74 +282,6 @@ def _request_id(sent: str | None) -> str:
     return _new_request_id()
 
 
-async def _forward(
-    state: ProxyState,
-    backend: str,
-    shard_key: str,
-    deadline: float | None,
-    message: replica_pb2.HandleRequest,
-) -> tuple[web.Response, bool]:
-    """Send the request to a replica of ``backend``: queue if all are full,
-    retry elsewhere if a replica cannot be connected to.
-
-    Returns the response and whether it is the replica's answer (what shadows
-    compare with) rather than the proxy's error.
-    """
-    rid = message.request_id
-    tried: frozenset[str] = frozenset()
-    while True:
-        try:
-            conn = await state.admission.acquire(backend, shard_key, deadline, tried)
-        except NoReplica:
-            if tried:
-                return _error(
-                    503, "ReplicaUnavailable", f"no replica of {backend!r} could be reached", rid
-                )
-            return _error(503, "NoReplica", f"backend {backend!r} has no running replica", rid)
-        except Overloaded as exc:
-            message_ = f"backend {backend!r} is overloaded: {exc}"
-            return _error(503, "Overloaded", message_, rid, **{"Retry-After": RETRY_AFTER_S})
-        except TimeoutError:
-            return _error(504, "GatewayTimeout", f"no replica of {backend!r} was free in time", rid)
-        remaining = None if deadline is None else deadline - time.monotonic()
-        try:
-            if remaining is not None and remaining <= 0:
-                raise ReplicaCallError(grpc.StatusCode.DEADLINE_EXCEEDED, "timed out in queue")
-            reply = await conn.stub.handle(message, remaining)  # type: ignore[union-attr]
-        except ReplicaCallError as exc:
-            if _never_delivered(exc) and len(tried) < MAX_CONNECT_RETRIES:
-                logger.info("replica %s unreachable; retrying request %s", conn.replica_id, rid)
-                tried |= {conn.replica_id}
-                continue
-            return _rpc_error(state, exc, backend, conn.replica_id, rid), False
-        except Exception:
-            # Anything else (a channel closed under the call, a malformed
-            # answer) is still answered, and in JSON like every other error.
-            logger.exception("forwarding request %s to %s failed", rid, conn.replica_id)
-            return _error(502, "BadGateway", f"forwarding to backend {backend!r} failed", rid)
-        finally:
-            state.admission.release(backend, conn)
-        if reply.WhichOneof("result") != "http" or not http_codec.valid_status(reply.http.status):
-            return _error(
-                502,
-                "BadGateway",
-                f"replica {conn.replica_id} of backend {backend!r} sent no valid HTTP answer",
-                rid,
-            )
-        if len(reply.http.body) > state.max_response_bytes:
-            return _too_large(state, backend, rid)
-        try:
-            return http_codec.from_proto(reply.http, rid), True
-        except http_codec.BadResponse as exc:
-            logger.warning("replica %s answered request %s: %s", conn.replica_id, rid, exc)
-            return _error(
-                502,
-                "BadResponse",
-                f"backend {backend!r} sent an answer HTTP cannot carry: {exc}",
-                rid,
-            )
-
-
 # Request ids: 32 hex digits, a random half per process and a counter, unique
 # like uuid4 but without a system call per request.
 _ID_PREFIX = os.urandom(8).hex()
@@ -371,26 +290,6 @@ _id_counter = itertools.count(1)
 
 def _new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
-
-
-def _error(
-    status: int, error: str, message: str, request_id: str, **headers: str
-) -> tuple[web.Response, bool]:
-    return http_codec.json_error(status, error, message, request_id, **headers), False
-
-
-def _too_large(state: ProxyState, backend: str, request_id: str) -> tuple[web.Response, bool]:
-    return _error(
-        502,
-        "ResponseTooLarge",
-        f"backend {backend!r} answered with more than the limit of "
-        f"{state.max_response_bytes} bytes",
-        request_id,
-    )
-
-
-def _never_delivered(exc: ReplicaCallError) -> bool:
-    return never_delivered(exc.code, exc.details)
 
 
 def _timeout(request: web.BaseRequest, route: EndpointRoute) -> float | None:
@@ -406,61 +305,38 @@ def _timeout(request: web.BaseRequest, route: EndpointRoute) -> float | None:
     return millis / 1000
 
 
-def _send_shadows(
-    state: ProxyState, route: EndpointRoute, message: replica_pb2.HandleRequest
-) -> asyncio.Future[Hashable | None] | None:
-    targets = state.router.shadow_targets(route)
-    if not targets:
-        return None
-    primary: asyncio.Future[Hashable | None] = asyncio.get_running_loop().create_future()
-    copy = replica_pb2.HandleRequest()
-    copy.CopyFrom(message)
-    copy.request_id = message.request_id + "-shadow"
-    for backend, conn in targets:
-        state.spawn(_shadow(state, route.name, backend, conn, copy, primary))
-    return primary
-
-
-async def _shadow(
-    state: ProxyState,
-    endpoint: str,
-    backend: str,
-    conn: Conn | None,
-    message: replica_pb2.HandleRequest,
-    primary: asyncio.Future[Hashable | None],
-) -> None:
-    stats = state.router.stats
-    stats.shadow_sent(endpoint, backend)
-    key: Hashable | None = None
-    if (
-        conn is not None
-        and conn.stub is not None
-        and state.shadows_in_flight < MAX_SHADOWS_IN_FLIGHT
-    ):
-        state.shadows_in_flight += 1
-        conn.outstanding += 1  # a shadow takes a slot like any request
-        try:
-            reply = await conn.stub.handle(message, SHADOW_TIMEOUT_S)
-            key = response_key(reply)
-        except ReplicaCallError as exc:
-            logger.info("shadow %s of %s failed: %s", backend, endpoint, exc.code.name)
-        except Exception:
-            logger.exception("shadow %s of %s failed", backend, endpoint)
-        finally:
-            state.admission.release(backend, conn)
-            state.shadows_in_flight -= 1
-    stats.shadow_outcome(endpoint, backend, compare(await primary, key))
-
-
-def _rpc_error(
-    state: ProxyState, exc: ReplicaCallError, backend: str, replica_id: str, request_id: str
+def _failure_response(
+    state: ProxyState, failure: failures.SendFailure, request_id: str
 ) -> web.Response:
-    code = exc.code
-    logger.warning("replica %s failed request %s: %s", replica_id, request_id, code.name)
+    """The JSON error answer for what the sender says."""
+    backend = failure.backend
+    error = http_codec.json_error
+    if isinstance(failure, failures.NoBackend):
+        return error(503, "NoBackend", f"endpoint {failure.endpoint!r} has no backend", request_id)
+    if isinstance(failure, failures.NoReplica):
+        if failure.tried:
+            return error(
+                503, "ReplicaUnavailable", f"no replica of {backend!r} could be reached", request_id
+            )
+        return error(503, "NoReplica", f"backend {backend!r} has no running replica", request_id)
+    if isinstance(failure, failures.Overloaded):
+        message = f"backend {backend!r} is overloaded: {failure.detail}"
+        return error(503, "Overloaded", message, request_id, **{"Retry-After": RETRY_AFTER_S})
+    if isinstance(failure, failures.QueueDeadline):
+        message = f"no replica of {backend!r} was free in time"
+        return error(504, "GatewayTimeout", message, request_id)
+    if isinstance(failure, failures.CallFailed):
+        return _call_failed(state, failure, request_id)
+    return error(502, "BadGateway", f"forwarding to backend {backend!r} failed", request_id)
+
+
+def _call_failed(state: ProxyState, failure: failures.CallFailed, request_id: str) -> web.Response:
+    code, backend = failure.code, failure.backend
+    logger.warning("replica %s failed request %s: %s", failure.replica_id, request_id, code.name)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         # The channel's receive limit (see ``connect``): the answer was not read.
-        return _too_large(state, backend, request_id)[0]
-    if code == grpc.StatusCode.UNAVAILABLE and _never_delivered(exc):
+        return http_codec.json_error(*state.answers.too_large(backend), request_id)
+    if code == grpc.StatusCode.UNAVAILABLE and failure.never_delivered:
         return http_codec.json_error(
             503,
             "ReplicaUnavailable",
@@ -483,7 +359,7 @@ def _rpc_error(
     return http_codec.json_error(
         502,
         "BadGateway",
-        f"backend {backend!r} failed: {code.name}: {exc.details}",
+        f"backend {backend!r} failed: {code.name}: {failure.details}",
         request_id,
     )
 

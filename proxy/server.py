@@ -19,14 +19,22 @@ from pathlib import Path
 
 from aiohttp import web
 
-from turnout._internal import auth, child_process, logs, proxy_args, readiness, tls_options
+from turnout._internal import (
+    auth,
+    child_process,
+    logs,
+    proxy_args,
+    readiness,
+    subscribers,
+    tls_options,
+)
 from turnout._internal.errors import TokenFileError, TurnoutError
 from turnout._internal.proxy_args import FD_RESERVE, ProxyArgs
 from turnout._internal.readiness import Readiness
 from turnout._internal.rpc import Security
+from turnout._sending.controller_link import StatsReporter, watch_routes
 
 from .app import ProxyState, build_server
-from .controller_link import report_stats, subscriber_id, watch_routes
 from .front_door import (
     AcceptErrors,
     AccessLog,
@@ -155,9 +163,9 @@ async def serve(args: ProxyArgs) -> int:
     host, port = runner.addresses[0][:2]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    name = subscriber_id(index, args.subscriber_id)
+    name = subscribers.proxy(index, args.subscriber_id)
     watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name, state.security))
-    state.spawn(report_stats(args.controller, state.router.stats, name, state.security))
+    state.spawn(StatsReporter(args.controller, state.sender.stats, name, state.security).run())
     if counters is not None:
         state.spawn(counters.share_forever())
     workers = None

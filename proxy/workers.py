@@ -35,12 +35,13 @@ from google.protobuf import json_format
 
 from turnout._internal import proxy_args
 from turnout._internal.backoff import Backoff
+from turnout._internal.counters import sum_reports
 from turnout._internal.proxy_args import ProxyArgs
 from turnout._internal.spawn import spawn_async
+from turnout._sending.stats import RouterStats
 from turnout.v1 import controller_pb2 as pb
 
 from .metrics import Counters
-from .stats import RouterStats, sum_reports
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,11 @@ process does not load the client (issue 15)."""
 from __future__ import annotations
 
 import configparser
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {"_internal", "_sending"}
@@ -27,3 +31,17 @@ def test_the_import_contract_forbids_every_client_module_to_the_servers() -> Non
     forbidden = set(config["importlinter:contract:client"]["forbidden_modules"].split())
     missing = client_modules() - forbidden
     assert not missing, f"add to .importlinter's client contract: {sorted(missing)}"
+
+
+@pytest.mark.parametrize(
+    "server", ["turnout.controller.server", "turnout.proxy.server", "turnout.replica.server"]
+)
+def test_a_server_process_does_not_load_the_client(server: str) -> None:
+    loaded = subprocess.run(
+        [sys.executable, "-c", f"import sys, {server}; print(*sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    client = sorted(set(loaded) & (client_modules()))
+    assert client == [], f"{server} loads client modules {client}"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from turnout._sending.stats import RouterStats, compare
 from turnout.controller.stats_book import StatsBook
-from turnout.proxy.stats import RouterStats, compare
 from turnout.v1 import controller_pb2 as pb
 
 

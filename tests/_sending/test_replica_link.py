@@ -12,8 +12,8 @@ import grpc
 import pytest
 
 from turnout._internal.rpc import never_delivered
-from turnout.proxy import replica_link
-from turnout.proxy.replica_link import ReplicaCallError, ReplicaLink
+from turnout._sending import replica_link
+from turnout._sending.replica_link import ReplicaCallError, ReplicaLink
 from turnout.replica.call_stream import CallStream, NoPayload, serve_stream
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
 

@@ -1,4 +1,4 @@
-"""Route table and replica pool of the proxy, without sockets."""
+"""Route table and replica pool of the sender, without sockets."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from turnout.proxy.replica_pool import ReplicaPool
-from turnout.proxy.route_table import RouteTable
+from turnout._sending.replica_pool import ReplicaPool
+from turnout._sending.route_table import RouteTable
 from turnout.v1 import controller_pb2 as pb
 
 
@@ -80,7 +80,7 @@ def test_zero_weight_backends_get_nothing_and_no_traffic_means_none() -> None:
 
 
 def test_pool_picks_the_least_loaded_replica() -> None:
-    pool: ReplicaPool[object] = ReplicaPool()
+    pool: ReplicaPool = ReplicaPool()
     pool.update(snapshot(replicas={"a": ["h:1", "h:2", "h:3"]}))
     one, two, three = pool.replicas("a")
     one.outstanding, two.outstanding, three.outstanding = 3, 1, 2
@@ -94,7 +94,7 @@ def test_pool_picks_the_least_loaded_replica() -> None:
 
 
 def test_pool_follows_snapshots_and_keeps_live_connections() -> None:
-    pool: ReplicaPool[object] = ReplicaPool()
+    pool: ReplicaPool = ReplicaPool()
     pool.update(snapshot(replicas={"a": ["h:1", "h:2"]}))
     kept = pool.replicas("a")[0]
     kept.outstanding = 4
@@ -108,7 +108,7 @@ def test_pool_follows_snapshots_and_keeps_live_connections() -> None:
 
 @pytest.mark.parametrize("backends", [{}, {"a": []}])
 def test_no_replicas_means_none(backends: dict[str, list[str]]) -> None:
-    pool: ReplicaPool[object] = ReplicaPool()
+    pool: ReplicaPool = ReplicaPool()
     pool.update(snapshot(replicas=backends))
     assert pool.pick("a", random.Random()) is None
 
@@ -125,7 +125,7 @@ def test_shard_keys_pick_backends_by_weight_and_stably() -> None:
 
 
 def test_rendezvous_hashing_moves_only_keys_won_by_a_new_replica() -> None:
-    pool: ReplicaPool[object] = ReplicaPool()
+    pool: ReplicaPool = ReplicaPool()
     pool.update(snapshot(replicas={"a": ["h:1", "h:2", "h:3"]}))
     rng = random.Random()
     keys = [f"user-{i}" for i in range(3000)]

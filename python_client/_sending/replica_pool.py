@@ -1,92 +1,69 @@
-"""Connections to replicas, and the choice of replica for each request.
-
-The pool does not care what kind of stub it holds: the proxy keeps grpc.aio
-stubs, a process with handles keeps blocking ones.
-"""
+"""Connections to replicas, and the choice of replica for each request."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
 
-from turnout.config import DEFAULTS
+from turnout._internal.backend_fields import SenderLimits, sender_limits
 from turnout.v1 import controller_pb2 as pb
 
+from .replica_link import ReplicaLink
 from .route_table import stable_fraction
-
-Stub = TypeVar("Stub")
 
 
 @dataclass(eq=False)
-class ReplicaConn(Generic[Stub]):
-    """One replica as a sender sees it: a stub and what is in flight on it."""
+class ReplicaConn:
+    """One replica as a sender sees it: its link and what is in flight on it."""
 
     replica_id: str
     address: str
-    stub: Stub | None = None
-    # Closes the channel under the stub, letting calls in flight finish within
-    # the grace period (seconds; None = at once). Set by the connect function.
-    close: Callable[[float | None], object] | None = None
+    # None only where the pool was made without a way to connect (tests of the choice).
+    link: ReplicaLink | None = None
     outstanding: int = 0
 
-
-Connect = Callable[[ReplicaConn[Stub]], None]
-
-
-_DEFAULTS = DEFAULTS.to_proto()
-
-
-@dataclass(frozen=True)
-class BackendLimits:
-    """How much a sender may load one backend (from its BackendConfig)."""
-
-    max_concurrent_queries: int = _DEFAULTS.max_concurrent_queries
-    max_queued_requests: int = _DEFAULTS.max_queued_requests
-    queue_timeout: float = _DEFAULTS.queue_timeout
-
-    @classmethod
-    def from_proto(cls, targets: pb.BackendTargets) -> BackendLimits:
-        default = cls()
-        return cls(
-            max_concurrent_queries=targets.max_concurrent_queries or default.max_concurrent_queries,
-            max_queued_requests=targets.max_queued_requests or default.max_queued_requests,
-            queue_timeout=targets.queue_timeout or default.queue_timeout,
-        )
+    async def close(self, grace: float | None) -> None:
+        """Close the link, letting calls in flight finish within ``grace``
+        seconds (None = at once)."""
+        if self.link is not None:
+            await self.link.close(grace)
 
 
-class ReplicaPool(Generic[Stub]):
+# Opens the link to the replica at an address.
+Connect = Callable[[str], ReplicaLink]
+
+
+class ReplicaPool:
     """The replicas of every backend, with one connection to each."""
 
-    def __init__(self, connect: Connect[Stub] | None = None) -> None:
+    def __init__(self, connect: Connect | None = None) -> None:
         self._connect = connect
-        self._backends: dict[str, list[ReplicaConn[Stub]]] = {}
-        self._by_address: dict[str, ReplicaConn[Stub]] = {}
-        self._limits: dict[str, BackendLimits] = {}
+        self._backends: dict[str, list[ReplicaConn]] = {}
+        self._by_address: dict[str, ReplicaConn] = {}
+        self._limits: dict[str, SenderLimits] = {}
 
-    def limits(self, backend: str) -> BackendLimits:
-        return self._limits.get(backend) or BackendLimits()
+    def limits(self, backend: str) -> SenderLimits:
+        return self._limits.get(backend) or SenderLimits()
 
-    def replicas(self, backend: str) -> list[ReplicaConn[Stub]]:
+    def replicas(self, backend: str) -> list[ReplicaConn]:
         return self._backends.get(backend, [])
 
-    def update(self, snapshot: pb.RoutingSnapshot) -> list[ReplicaConn[Stub]]:
+    def update(self, snapshot: pb.RoutingSnapshot) -> list[ReplicaConn]:
         """Follow a snapshot; returns the replicas that left (their channels to close).
 
         A replica that stays keeps its connection and its in-flight count.
         """
-        backends: dict[str, list[ReplicaConn[Stub]]] = {}
-        by_address: dict[str, ReplicaConn[Stub]] = {}
-        self._limits = {t.tag: BackendLimits.from_proto(t) for t in snapshot.backends}
+        backends: dict[str, list[ReplicaConn]] = {}
+        by_address: dict[str, ReplicaConn] = {}
+        self._limits = {t.tag: sender_limits(t) for t in snapshot.backends}
         for targets in snapshot.backends:
             conns = []
             for target in targets.replicas:
                 conn = self._by_address.get(target.address) or by_address.get(target.address)
                 if conn is None:
-                    conn = ReplicaConn(replica_id=target.replica_id, address=target.address)
-                    if self._connect is not None:
-                        self._connect(conn)
+                    link = None if self._connect is None else self._connect(target.address)
+                    conn = ReplicaConn(target.replica_id, target.address, link)
                 by_address[target.address] = conn
                 conns.append(conn)
             backends[targets.tag] = conns
@@ -101,7 +78,7 @@ class ReplicaPool(Generic[Stub]):
         rng: random.Random,
         shard_key: str = "",
         exclude: frozenset[str] = frozenset(),
-    ) -> ReplicaConn[Stub] | None:
+    ) -> ReplicaConn | None:
         """The replica for one request, or None when every replica is full
         (``max_concurrent_queries`` in flight from this sender) or there is none.
 
@@ -127,12 +104,9 @@ class ReplicaPool(Generic[Stub]):
             return conns[0]
         return rng.choice([c for c in conns if c.outstanding == least])
 
-    def all(self) -> list[ReplicaConn[Stub]]:
-        return list(self._by_address.values())
-
-    def clear(self) -> list[ReplicaConn[Stub]]:
+    def clear(self) -> list[ReplicaConn]:
         """Forget every replica; returns them so their channels can be closed."""
-        conns = self.all()
+        conns = list(self._by_address.values())
         self._backends = {}
         self._by_address = {}
         return conns

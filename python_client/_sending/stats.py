@@ -4,30 +4,13 @@ handles of one process), reported to the controller and shown as metrics."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Hashable, Iterator
 from typing import Literal
 
+from turnout._internal.counters import EndpointCounts, ShadowCounts
 from turnout.v1 import controller_pb2 as pb
 
 Outcome = Literal["matched", "differed", "failed"]
-
-
-@dataclass
-class ShadowCounts:
-    sent: int = 0
-    matched: int = 0
-    differed: int = 0
-    failed: int = 0
-
-
-@dataclass
-class EndpointCounts:
-    requests_by_backend: dict[str, int] = field(default_factory=dict)
-    errors: int = 0
-    shadows: dict[str, ShadowCounts] = field(default_factory=dict)
-    # The failed ones among requests_by_backend.
-    errors_by_backend: dict[str, int] = field(default_factory=dict)
 
 
 def compare(primary: Hashable | None, shadow: Hashable | None) -> Outcome:
@@ -110,27 +93,3 @@ class RouterStats:
             )
             for name, counts in self.items()
         ]
-
-
-def sum_reports(reports: Iterable[list[pb.EndpointStats]]) -> list[pb.EndpointStats]:
-    """The counters of several routers added up, by endpoint (sorted by name)."""
-    merged: dict[str, pb.EndpointStats] = {}
-    shadows: dict[tuple[str, str], pb.ShadowStats] = {}
-    for report in reports:
-        for stats in report:
-            total = merged.setdefault(stats.endpoint, pb.EndpointStats(endpoint=stats.endpoint))
-            for backend, n in stats.requests_by_backend.items():
-                total.requests_by_backend[backend] += n
-            total.errors += stats.errors
-            for backend, n in stats.errors_by_backend.items():
-                total.errors_by_backend[backend] += n
-            for shadow in stats.shadows:
-                key = (stats.endpoint, shadow.backend)
-                if key not in shadows:
-                    shadows[key] = total.shadows.add(backend=shadow.backend)
-                summed = shadows[key]
-                summed.sent += shadow.sent
-                summed.matched += shadow.matched
-                summed.differed += shadow.differed
-                summed.failed += shadow.failed
-    return [merged[name] for name in sorted(merged)]

@@ -3,7 +3,7 @@
 Each replica takes at most ``max_concurrent_queries`` requests from this
 proxy. When all are full, a request waits in a bounded per-backend queue,
 first come first served; past the bound, or after ``queue_timeout`` seconds,
-it is refused with ``Overloaded`` (the handler answers 503 + Retry-After). The
+it is refused with ``Overloaded`` (the proxy answers 503 + Retry-After). The
 event loop never blocks, so /-/healthz keeps answering under any load.
 """
 
@@ -12,22 +12,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Generic
 
-from .replica_pool import ReplicaConn, Stub
+from .failures import NoReplica, Overloaded, QueueDeadline
+from .replica_pool import ReplicaConn
 from .router import Router
 
 
-class Overloaded(Exception):
-    """Every replica is full and the queue is full or the wait timed out."""
-
-
-class NoReplica(Exception):
-    """The backend has no replica that could take the request."""
-
-
-class Admission(Generic[Stub]):
-    def __init__(self, router: Router[Stub]) -> None:
+class Admission:
+    def __init__(self, router: Router) -> None:
         self._router = router
         self._waiting: dict[str, collections.deque[asyncio.Future[None]]] = {}
 
@@ -41,17 +33,17 @@ class Admission(Generic[Stub]):
         shard_key: str = "",
         deadline: float | None = None,
         exclude: frozenset[str] = frozenset(),
-    ) -> ReplicaConn[Stub]:
+    ) -> ReplicaConn:
         """A replica with a free slot, counted as taken; ``release`` gives it back.
 
         ``deadline`` (time.monotonic) caps the wait as well as queue_timeout.
-        Raises NoReplica, Overloaded, or TimeoutError when ``deadline`` passes.
+        Raises NoReplica, Overloaded, or QueueDeadline when ``deadline`` passes.
         """
         pool = self._router.pool
         conn = pool.pick(backend, self._router.rng, shard_key, exclude)
         if conn is None:
             if not self._has_replicas(backend, exclude):
-                raise NoReplica(backend)
+                raise NoReplica(backend, tried=bool(exclude))
             conn = await self._wait(backend, shard_key, deadline, exclude)
         conn.outstanding += 1
         return conn
@@ -61,21 +53,25 @@ class Admission(Generic[Stub]):
 
     async def _wait(
         self, backend: str, shard_key: str, deadline: float | None, exclude: frozenset[str]
-    ) -> ReplicaConn[Stub]:
+    ) -> ReplicaConn:
         limits = self._router.pool.limits(backend)
         waiting = self._waiting.setdefault(backend, collections.deque())
         if len(waiting) >= limits.max_queued_requests:
-            raise Overloaded(f"{len(waiting)} requests already wait for backend {backend!r}")
+            detail = f"{len(waiting)} requests already wait for backend {backend!r}"
+            raise Overloaded(backend, detail, expired=False)
         give_up = time.monotonic() + limits.queue_timeout
-        timed_out: type[Exception] = Overloaded
-        if deadline is not None and deadline < give_up:
-            give_up, timed_out = deadline, TimeoutError
+        by_deadline = deadline is not None and deadline < give_up
+        if deadline is not None and by_deadline:
+            give_up = deadline
         loop = asyncio.get_running_loop()
         first = True
         while True:
             remaining = give_up - time.monotonic()
             if remaining <= 0:
-                raise timed_out(f"no replica of backend {backend!r} was free in time")
+                detail = f"no replica of backend {backend!r} was free in time"
+                if by_deadline:
+                    raise QueueDeadline(backend, detail)
+                raise Overloaded(backend, detail, expired=True)
             turn: asyncio.Future[None] = loop.create_future()
             # Woken but beaten to the slot: keep its place at the front.
             waiting.append(turn) if first else waiting.appendleft(turn)
@@ -91,9 +87,9 @@ class Admission(Generic[Stub]):
             if conn is not None:
                 return conn
             if not self._has_replicas(backend, exclude):
-                raise NoReplica(backend)
+                raise NoReplica(backend, tried=bool(exclude))
 
-    def release(self, backend: str, conn: ReplicaConn[Stub]) -> None:
+    def release(self, backend: str, conn: ReplicaConn) -> None:
         conn.outstanding -= 1
         self._wake(backend, 1)
 
