@@ -11,6 +11,11 @@ Ray runs with token authentication (``RAY_AUTH_MODE=token``, the token in
 ``RAY_AUTH_TOKEN``) and without its dashboard. Everything started in a
 namespace is stopped by pid (``ip netns pids``), never with ``ray stop``,
 which would stop every Ray process of the machine.
+
+This module is also the suite's pytest plugin (``-p netns_cluster`` in
+pyproject: the ``ray`` marker, the ``ray_cluster`` and ``turnout_on_ray``
+session fixtures), not a conftest.py: a second module named ``conftest`` on
+sys.path would be the one replicas import when they unpickle e2e tests' code.
 """
 
 from __future__ import annotations
