@@ -96,6 +96,13 @@ class ControlPlane:
         controller never unpickles, so refusing here means nothing ever runs."""
         if self.allow_pickled_code:
             return
+        if spec.WhichOneof("source") == "command":
+            # A command runs any program: no less than pickled code can do.
+            raise PermissionDeniedError(
+                "this instance does not accept command backends (--allow-pickled-code is off, "
+                "and a command runs any program, as pickled code can); create the backend from "
+                "an import path, or restart the controller with --allow-pickled-code"
+            )
         if spec.WhichOneof("source") == "pickled_callable" or spec.pickled_init_args:
             raise PermissionDeniedError(
                 "this instance does not accept pickled code (--allow-pickled-code is off: on "

@@ -24,6 +24,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from turnout._internal import auth
+from turnout._internal.proxy_args import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_READ_TIMEOUT_S,
+)
 from turnout._internal.rpc import Security
 from turnout._sending import failures
 from turnout._sending.replica_link import ReplicaLink
@@ -33,14 +38,11 @@ from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
 from . import http_codec, metrics
-from .front_door import DEFAULT_READ_TIMEOUT_S, ConnectionLimits, FrontDoor
+from .front_door import ConnectionLimits, FrontDoor
 from .workers import SharedCounters
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-# Largest answer body passed on; a larger one is a 502 ResponseTooLarge.
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # What one gRPC message from a replica may hold: several answers may travel
 # together on a stream, and their headers with them. A larger message ends
 # the stream before it is buffered whole.

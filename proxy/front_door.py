@@ -26,16 +26,17 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestHandler
 
+from turnout._internal.proxy_args import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_READ_TIMEOUT_S,
+    FD_RESERVE,
+)
+
 from . import http_codec
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_READ_TIMEOUT_S = 30.0
-DEFAULT_IDLE_TIMEOUT_S = 75.0
-DEFAULT_MAX_CONNECTIONS = 10_000
-# File descriptors kept free of client connections: replica channels, the
-# controller's, log files.
-FD_RESERVE = 256
 # How long a connection refused at the limit stays open after its 503, so
 # that the client reads the answer before the socket goes away.
 REFUSED_LINGER_S = 1.0

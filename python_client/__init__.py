@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     )
     from turnout.batching import accept_batch, context
     from turnout.client import Client, ReplicaInfo
+    from turnout.command import Command
     from turnout.config import BackendConfig
     from turnout.errors import (
         AlreadyExistsError,
@@ -72,6 +73,7 @@ _WHERE = {
     "CapacityError": "turnout.errors",
     "DeadlineExceededError": "turnout.errors",
     "Client": "turnout.client",
+    "Command": "turnout.command",
     "EndpointHandle": "turnout.handle",
     "HandleFuture": "turnout.handle",
     "InUseError": "turnout.errors",
@@ -121,6 +123,7 @@ __all__ = [
     "CapacityError",
     "DeadlineExceededError",
     "Client",
+    "Command",
     "EndpointHandle",
     "HandleFuture",
     "InUseError",

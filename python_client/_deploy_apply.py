@@ -18,6 +18,7 @@ from typing import Any, TextIO, TypeVar
 
 from turnout._internal import rpc
 from turnout.client import Client, call_controller
+from turnout.command import Command
 from turnout.config import BackendConfig
 from turnout.deploy import (
     BackendChange,
@@ -100,6 +101,8 @@ class Instance:
 
 
 def _spec(backend: BackendEntry) -> pb.BackendSpec:
+    if backend.command is not None:
+        return pb.BackendSpec(command=backend.command.to_proto())
     spec = pb.BackendSpec(import_path=backend.import_path or "")
     if backend.init_args:
         spec.init_args_json = json.dumps(list(backend.init_args))
@@ -117,6 +120,7 @@ def _backend(message: pb.Backend) -> BackendEntry:
         name=message.tag,
         import_path=spec.import_path if spec.WhichOneof("source") == "import_path" else None,
         init_args=init_args,
+        command=Command.from_proto(spec.command) if spec.HasField("command") else None,
         config=BackendConfig.from_proto(message.config).to_dict(),
         replica_options=message.replica_options,
     )

@@ -18,6 +18,7 @@ from typing import Any
 from turnout._internal import replica_context, tls_options
 from turnout._internal.rpc import TLSConfig
 from turnout.client import Client, ReplicaInfo
+from turnout.command import Command
 from turnout.config import BackendConfig
 from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
 from turnout.handle import EndpointHandle
@@ -300,7 +301,7 @@ def _current() -> Client:
 
 def create_backend(
     tag: str,
-    func_or_class: Callable[..., Any] | type | str,
+    func_or_class: Callable[..., Any] | type | str | Command,
     *init_args: Any,
     config: BackendConfig | dict[str, Any] | None = None,
     replica_options: dict[str, Any] | None = None,
@@ -312,7 +313,7 @@ def create_backend(
 
 
 def update_backend(
-    tag: str, func_or_class: Callable[..., Any] | type | str, *init_args: Any
+    tag: str, func_or_class: Callable[..., Any] | type | str | Command, *init_args: Any
 ) -> None:
     """See ``Client.update_backend``."""
     _current().update_backend(tag, func_or_class, *init_args)

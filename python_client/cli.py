@@ -7,6 +7,7 @@
     turnout deploy FILE [--prune]     make the instance match a YAML or JSON file
     turnout logs BACKEND [-f]         tail a backend's replica logs (or controller, proxy)
     turnout stop                      shut the instance down
+    turnout replica-check ADDRESS     check a replica (any language) against the contract
 
 Every command but ``start`` finds the controller at ``--address``, else
 ``$TURNOUT_ADDRESS``, else 127.0.0.1:50051. Exit status: 0 done, 1 failed
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import TextIO
 
 from turnout import _cli_logs, _cli_render, _cli_start
+from turnout._conformance import check as replica_check
 from turnout._deploy_apply import Instance, apply
 from turnout._internal import auth, logs, paths, tls_options
 from turnout._internal.version import __version__
@@ -305,6 +307,32 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replica_check(args: argparse.Namespace) -> int:
+    if args.list:
+        for name, _ in replica_check.RULES:
+            print(f"{name}: {replica_check.describe(name)}")
+        return 0
+    try:
+        tls = tls_options.from_args(args)
+        token, control = args.token_file, args.control_token_file
+        tokens = replica_check.tokens_from(
+            token_file=Path(token) if token else None,
+            control_token_file=Path(control) if control else None,
+            credentials_file=Path(args.credentials_file) if args.credentials_file else None,
+        )
+    except (TurnoutError, OSError, ValueError, KeyError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+    target = replica_check.Target(
+        args.address, token=tokens[0], control_token=tokens[1], stop_pid=args.stop_pid, tls=tls
+    )
+    only = args.only or []
+    results = replica_check.run(
+        target, lambda rule: not only or any(rule.startswith(o) for o in only)
+    )
+    print(replica_check.render(results), flush=True)
+    return EXIT_FAILED if any(r.verdict == "fail" for r in results) else 0
+
+
 # ---- parser ---------------------------------------------------------------------------
 
 
@@ -526,6 +554,41 @@ def _parser() -> argparse.ArgumentParser:
         "-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C"
     )
     logs.set_defaults(func=cmd_logs)
+
+    check = commands.add_parser(
+        "replica-check",
+        help="check a running replica, in any language, against the replica contract",
+        description="Drive the replica at ADDRESS through the replica contract "
+        "(docs/replica-protocol.md) and print PASS, FAIL or SKIP per rule; exit status 1 if "
+        "any rule fails. The replica must serve the conformance handler that document "
+        "describes. Rules needing a token or the replica's pid are skipped without them.",
+    )
+    check.add_argument("address", metavar="ADDRESS", help="the replica's gRPC host:port")
+    check.add_argument(
+        "--token-file", metavar="PATH", help="file holding a token the replica accepts (data role)"
+    )
+    check.add_argument(
+        "--control-token-file",
+        metavar="PATH",
+        help="file holding the controller's token (control role), for the Reconfigure rules",
+    )
+    check.add_argument(
+        "--credentials-file",
+        metavar="PATH",
+        help="the replica's own credentials file (0600 JSON): its data and control tokens",
+    )
+    check.add_argument(
+        "--stop-pid",
+        type=int,
+        metavar="PID",
+        help="the replica's pid: run the graceful-stop rule last, which sends it SIGTERM",
+    )
+    check.add_argument(
+        "--only", action="append", metavar="RULE", help="run only rules starting with RULE"
+    )
+    check.add_argument("--list", action="store_true", help="list the rules and exit")
+    tls_options.add_arguments(check, server=False)
+    check.set_defaults(func=cmd_replica_check)
     return parser
 
 

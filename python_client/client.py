@@ -19,6 +19,7 @@ from turnout import _pickling
 from turnout._handle_router import HandleRouter
 from turnout._internal import auth, rpc, tls_options, validation
 from turnout._internal.rpc import TLSConfig
+from turnout.command import Command
 from turnout.config import BackendConfig
 from turnout.errors import (
     InvalidArgumentError,
@@ -116,9 +117,16 @@ def _as_json(values: tuple[Any, ...]) -> str | None:
 
 
 def _spec(
-    tag: str, func_or_class: Callable[..., Any] | type | str, init_args: tuple[Any, ...]
+    tag: str, func_or_class: Callable[..., Any] | type | str | Command, init_args: tuple[Any, ...]
 ) -> pb.BackendSpec:
     spec = pb.BackendSpec()
+    if isinstance(func_or_class, Command):
+        if init_args:
+            raise InvalidArgumentError(
+                f"backend {tag!r} is a command: it takes no init args (put them in its argv)"
+            )
+        spec.command.CopyFrom(func_or_class.to_proto())
+        return spec
     if isinstance(func_or_class, str):
         spec.import_path = func_or_class
     elif callable(func_or_class):
@@ -135,7 +143,8 @@ def _spec(
         )
     else:
         raise TypeError(
-            "func_or_class must be a function, a class or an import path str, "
+            "func_or_class must be a function, a class, an import path str or a "
+            "turnout.Command, "
             f"got {type(func_or_class).__name__}"
         )
     if init_args and spec.import_path and _as_json(init_args) is not None:
@@ -338,7 +347,7 @@ class Client:
     def create_backend(
         self,
         tag: str,
-        func_or_class: Callable[..., Any] | type | str,
+        func_or_class: Callable[..., Any] | type | str | Command,
         *init_args: Any,
         config: BackendConfig | dict[str, Any] | None = None,
         replica_options: dict[str, Any] | None = None,
@@ -347,7 +356,9 @@ class Client:
 
         ``func_or_class`` is a function, a class (constructed once per replica
         with ``init_args``; its ``__call__`` handles requests), or an import
-        path ``"package.module:attr"`` naming one. ``replica_options`` places
+        path ``"package.module:attr"`` naming one, or a ``turnout.Command``: a
+        program in any language that serves the replica protocol itself
+        (docs/replica-protocol.md). ``replica_options`` places
         the replica processes: ``num_cpus`` (pin to that many cores),
         ``num_gpus`` (whole GPUs, or a fraction of one, via
         ``CUDA_VISIBLE_DEVICES``) and ``env`` (extra environment variables).
@@ -378,7 +389,7 @@ class Client:
         self._call(self._stub.CreateBackend, request, timeout=_SLOW_TIMEOUT_S)
 
     def update_backend(
-        self, tag: str, func_or_class: Callable[..., Any] | type | str, *init_args: Any
+        self, tag: str, func_or_class: Callable[..., Any] | type | str | Command, *init_args: Any
     ) -> None:
         """Deploy new code under an existing tag without downtime.
 

@@ -9,6 +9,8 @@ JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
     backends:
       greeter:
         import_path: myapp.models:Greeter   # "package.module:attribute"
+        # or, a program in any language (docs/replica-protocol.md):
+        # command: {argv: [node, replica.js], cwd: ., env: {}, ready_timeout: 120}
         init_args: ["hello"]                # JSON values, given to the class
         config: {num_replicas: 2}           # BackendConfig fields
         replica_options: {num_cpus: 1}      # num_cpus, num_gpus, env, memory (bytes)
@@ -33,6 +35,7 @@ from typing import Any, Literal
 import yaml
 
 from turnout._internal import backend_fields, validation
+from turnout.command import Command
 from turnout.config import DEFAULTS, BackendConfig
 from turnout.errors import TurnoutError
 from turnout.v1 import controller_pb2 as pb
@@ -40,7 +43,8 @@ from turnout.v1 import controller_pb2 as pb
 Action = Literal["create", "update", "delete", "unchanged", "kept"]
 
 _TOP_KEYS = frozenset({"backends", "endpoints"})
-_BACKEND_KEYS = frozenset({"import_path", "init_args", "config", "replica_options"})
+_BACKEND_KEYS = frozenset({"import_path", "command", "init_args", "config", "replica_options"})
+_COMMAND_KEYS = frozenset({"argv", "env", "cwd", "ready_timeout"})
 _ENDPOINT_KEYS = frozenset({"route", "methods", "backend", "traffic", "shadows", "request_timeout"})
 _WEIGHT_TOLERANCE = 1e-9
 
@@ -62,8 +66,9 @@ class BackendEntry:
     """A backend as a deploy file declares it, or as an instance runs it.
 
     ``import_path`` is None for a backend whose code was sent pickled (from
-    Python); ``init_args`` is None when its init args were pickled. Neither can
-    be compared with a file, so such a backend always counts as changed.
+    Python) or that runs a ``command``; ``init_args`` is None when its init
+    args were pickled. Pickled code cannot be compared with a file, so such a
+    backend always counts as changed.
     ``config`` holds the fields a file gives, or every field of a running one;
     ``replica_options`` is what ``CreateBackend`` carries (memory as
     ``memory_bytes``).
@@ -74,6 +79,8 @@ class BackendEntry:
     init_args: tuple[Any, ...] | None = ()
     config: Mapping[str, Any] = field(default_factory=dict)
     replica_options: pb.ReplicaOptions = field(default_factory=pb.ReplicaOptions)
+    # The program a command backend runs (its import_path is None).
+    command: Command | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +194,7 @@ def load_file(path: str | Path) -> DeployFile:
         raise DeployFileError(source, [f"not valid JSON: {exc}"]) from None
     except yaml.YAMLError as exc:
         raise DeployFileError(source, [f"not valid YAML: {_yaml_problem(exc)}"]) from None
-    return parse(document, source)
+    return parse(document, source, base_dir=path.parent.absolute())
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -197,8 +204,13 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return str(exc)
 
 
-def parse(document: Any, source: str = "<deploy file>") -> DeployFile:
+def parse(
+    document: Any, source: str = "<deploy file>", *, base_dir: Path | None = None
+) -> DeployFile:
     """Validate an already-parsed document (dicts and lists) into a ``DeployFile``.
+
+    A command backend's relative ``cwd`` (or none) is taken from ``base_dir``
+    (the deploy file's folder; None: this process's working directory).
 
     Example::
 
@@ -213,7 +225,7 @@ def parse(document: Any, source: str = "<deploy file>") -> DeployFile:
     _unknown_keys(document, _TOP_KEYS, "", problems)
     backends: dict[str, BackendEntry] = {}
     for name, body in _section(document, "backends", problems):
-        backend = _backend(name, body, problems)
+        backend = _backend(name, body, problems, base_dir or Path.cwd())
         if backend is not None:
             backends[name] = backend
     endpoints: dict[str, EndpointEntry] = {}
@@ -269,13 +281,24 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _backend(name: str, body: dict[str, Any], problems: list[str]) -> BackendEntry | None:
+def _backend(
+    name: str, body: dict[str, Any], problems: list[str], base_dir: Path
+) -> BackendEntry | None:
     where = f"backends.{name}"
     before = len(problems)
     _unknown_keys(body, _BACKEND_KEYS, where, problems)
     import_path = body.get("import_path")
-    if not isinstance(import_path, str):
-        problems.append(f"{where}.import_path: required, a string 'package.module:attribute'")
+    command: Command | None = None
+    if "command" in body:
+        if import_path is not None:
+            problems.append(f"{where}: give either import_path or command, not both")
+        if "init_args" in body:
+            problems.append(f"{where}.init_args: a command takes none (put them in its argv)")
+        command = _command(body["command"], f"{where}.command", problems, base_dir)
+    elif not isinstance(import_path, str):
+        problems.append(
+            f"{where}.import_path: required (a string 'package.module:attribute'), or a command"
+        )
     else:
         spec = pb.BackendSpec(import_path=import_path)
         _check(f"{where}.import_path", problems, validation.spec, spec)
@@ -299,11 +322,43 @@ def _backend(name: str, body: dict[str, Any], problems: list[str]) -> BackendEnt
         return None
     return BackendEntry(
         name=name,
-        import_path=str(import_path),
+        import_path=None if command is not None else str(import_path),
         init_args=tuple(init_args),
         config=dict(config),
         replica_options=options,
+        command=command,
     )
+
+
+def _command(body: Any, where: str, problems: list[str], base_dir: Path) -> Command | None:
+    """A command: its argv as a list, or a mapping of argv, env, cwd, ready_timeout."""
+    if isinstance(body, list):
+        body = {"argv": body}
+    if not isinstance(body, dict):
+        problems.append(f"{where}: must be a list (its argv) or a mapping with argv, env, cwd")
+        return None
+    before = len(problems)
+    _unknown_keys(body, _COMMAND_KEYS, where, problems)
+    argv = body.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        problems.append(f"{where}.argv: required, a list of strings such as [node, replica.js]")
+    env = body.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        problems.append(f"{where}.env: must map names to strings (quote numbers)")
+    cwd = body.get("cwd", ".")
+    if not isinstance(cwd, str):
+        problems.append(f"{where}.cwd: must be a path, relative to the deploy file's folder")
+    timeout = body.get("ready_timeout")
+    if timeout is not None and not _is_number(timeout):
+        problems.append(f"{where}.ready_timeout: must be a number of seconds")
+    if len(problems) > before:
+        return None
+    command = Command(list(argv or ()), env=env, cwd=base_dir / cwd, ready_timeout=timeout)
+    if not _check(where, problems, validation.command, command.to_proto()):
+        return None
+    return command
 
 
 def _replica_options(body: Any, where: str, problems: list[str]) -> pb.ReplicaOptions | None:
@@ -452,8 +507,8 @@ def _backend_change(
     wanted: BackendEntry, running: BackendEntry, problems: list[str]
 ) -> BackendChange:
     details: list[str] = []
-    if wanted.import_path != running.import_path:
-        details.append(f"code: {running.import_path or '(pickled)'} -> {wanted.import_path}")
+    if wanted.import_path != running.import_path or wanted.command != running.command:
+        details.append(f"code: {_code(running)} -> {_code(wanted)}")
     wanted_args = list(wanted.init_args or ())
     if running.init_args is None or wanted_args != list(running.init_args):
         before = "(pickled)" if running.init_args is None else json.dumps(list(running.init_args))
@@ -484,6 +539,12 @@ def _backend_change(
         config_update=update,
         details=tuple(details),
     )
+
+
+def _code(backend: BackendEntry) -> str:
+    if backend.command is not None:
+        return "command " + json.dumps(list(backend.command.argv))
+    return backend.import_path or "(pickled)"
 
 
 def _endpoint_change(wanted: EndpointEntry, serving: EndpointEntry) -> EndpointChange:

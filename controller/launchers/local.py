@@ -31,15 +31,17 @@ from typing import Any, Protocol
 
 import aiohttp
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from turnout._internal import auth, logs, proxy_args, replica_args
+from turnout._internal import auth, command_replica, logs, proxy_args, replica_args
 from turnout._internal.processes import AdoptedProcess, command_line, start_time
 from turnout._internal.proxy_args import ProxyArgs
 from turnout._internal.readiness import Readiness
 from turnout._internal.replica_args import ReplicaArgs
 from turnout._internal.rpc import Security, aio_channel
 from turnout._internal.spawn import spawn_async
+from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
 from ..store import LOCAL, PROXY, ChildRecord, Store
@@ -262,6 +264,78 @@ def _local(child: Child) -> ChildProcess:
     return child
 
 
+# What a failed command's error quotes of its output, at most.
+COMMAND_OUTPUT_SHOWN = 1000
+# How long a command that closed its readiness pipe gets to exit, so that its
+# exit status can be told.
+COMMAND_EXIT_WAIT_S = 2.0
+
+
+def _command_spec(spec: bytes) -> pb.CreateBackendRequest | None:
+    """The spec when it is a command backend's; None for a Python backend's
+    (and for one that cannot be read: the Python replica says why)."""
+    try:
+        request = pb.CreateBackendRequest.FromString(spec)
+    except DecodeError:
+        return None
+    return request if request.spec.HasField("command") else None
+
+
+async def _command_report(
+    fd: int, process: asyncio.subprocess.Process, argv: list[str], timeout: float, output: Path
+) -> Readiness:
+    """What a command replica reported on ``fd`` (closed after); a silence, a
+    crash or a line that is no report is an INVALID_ARGUMENT failure."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    pipe = os.fdopen(fd, "rb", buffering=0)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    try:
+        async with asyncio.timeout(timeout):
+            line = await reader.readline()
+    except TimeoutError:
+        return _command_failed(
+            f"the command {argv} did not report readiness on $TURNOUT_READY_FD within "
+            f"{timeout:g} s",
+            output,
+        )
+    finally:
+        transport.close()
+    if not line.strip():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), COMMAND_EXIT_WAIT_S)
+        code = process.returncode
+        status = "exited" if code is None else f"exited with status {code}"
+        return _command_failed(f"the command {argv} {status} before it reported readiness", output)
+    try:
+        payload = json.loads(line)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("ok"), bool):
+        return _command_failed(
+            f"the command {argv} wrote {line.decode(errors='replace').strip()[:200]!r} on "
+            '$TURNOUT_READY_FD, which is no readiness report (one JSON line: {"ok": true, '
+            '"address": "host:port"}, see docs/replica-protocol.md)',
+            output,
+        )
+    report = Readiness.from_json(line)
+    if report.ok and not report.address:
+        return _command_failed(f"the command {argv} reported ok without an address", output)
+    return report
+
+
+def _command_failed(reason: str, output: Path) -> Readiness:
+    """An INVALID_ARGUMENT failure: ``reason``, and the end of what it printed."""
+    try:
+        with output.open("rb") as out:
+            out.seek(max(0, out.seek(0, os.SEEK_END) - COMMAND_OUTPUT_SHOWN))
+            printed = out.read().decode(errors="replace").strip()
+    except OSError:
+        printed = ""
+    said = f"; it printed: {printed}" if printed else "; it printed nothing"
+    return Readiness.failed("INVALID_ARGUMENT", reason + said)
+
+
 class LocalLauncher:
     """Starts proxies and replicas as local processes, records them, and
     adopts recorded ones (``base.Launcher``)."""
@@ -332,6 +406,9 @@ class LocalLauncher:
         its handle is filled in here) with extra environment variables, pinned
         to the record's cores. The spec reaches it on its stdin, so nothing
         of the backend's code is written to the controller's disk."""
+        command = _command_spec(spec)
+        if command is not None:
+            return await self._start_command(record, command, env)
         log_path = self.replica_log_path(record.backend, record.name)
         options = ReplicaArgs(
             replica_id=record.name,
@@ -349,6 +426,87 @@ class LocalLauncher:
             return await self._start(
                 f"replica {record.name}", argv, log_path, record, env, record.cpus, spec
             )
+
+    async def _start_command(
+        self, record: ChildRecord, request: pb.CreateBackendRequest, env: dict[str, str] | None
+    ) -> ChildProcess:
+        """Start a command backend's replica: its program with the variables of
+        ``turnout._internal.command_replica`` (docs/replica-protocol.md). A
+        program that cannot start, exits, says nothing or something that is no
+        readiness report gets an INVALID_ARGUMENT report quoting what it printed."""
+        command = request.spec.command
+        argv = list(command.argv)
+        name = f"replica {record.name}"
+        log_path = self.replica_log_path(record.backend, record.name)
+        output = logs.out_path(log_path)
+        timeout = command.ready_timeout if command.HasField("ready_timeout") else READY_TIMEOUT_S
+        async with self._spawn_slots:
+            read_fd, write_fd = os.pipe()
+            # The controller's own TURNOUT_* settings never stand in for the
+            # replica's (a client-side TURNOUT_TLS_CA, say).
+            inherited = {k: v for k, v in os.environ.items() if k not in command_replica.NAMES}
+            environ = child_environment(inherited, {**(env or {}), **command.env})
+            environ.update(
+                command_replica.environment(
+                    replica_id=record.name,
+                    backend=record.backend,
+                    config=request.config,
+                    ready_fd=write_fd,
+                    credentials_file=self._credentials_file("handle"),
+                    parent_pid=self._parent_pid,
+                    tls=self.security.tls,
+                )
+            )
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                logs.trim_output_file(output)
+                with output.open("ab") as out:
+                    process = await asyncio.create_subprocess_exec(
+                        *argv,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=out,
+                        pass_fds=(write_fd,),
+                        env=environ,
+                        cwd=command.cwd or None,
+                        start_new_session=self.durable,
+                        process_group=None if self.durable else 0,
+                    )
+            except (OSError, ValueError, subprocess.SubprocessError) as exc:
+                os.close(read_fd)
+                # No such program or folder, not executable: the command's fault.
+                raise SpawnError(
+                    "INVALID_ARGUMENT", f"cannot start the command {argv}: {exc}"
+                ) from exc
+            finally:
+                os.close(write_fd)
+            if record.cpus:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(process.pid, record.cpus)
+            child = ChildProcess(name=name, process=process, log_path=str(log_path), group=True)
+            self._record(
+                child,
+                dataclasses.replace(
+                    record,
+                    launcher=LOCAL,
+                    handle=local_handle(process.pid, start_time(process.pid) or 0),
+                    log_path=str(log_path),
+                ),
+            )
+            self._track(child)
+            try:
+                child.report = await _command_report(read_fd, process, argv, timeout, output)
+            except BaseException:
+                child.kill()
+                raise
+        if not child.ok:
+            child.kill()
+            await process.wait()
+            logger.warning("%s failed to start: %s", name, child.report.message)
+        else:
+            capabilities = json.dumps(child.report.capabilities, sort_keys=True)
+            self._relabel(child, address=child.address, capabilities=capabilities)
+        return child
 
     async def start_proxy(self, spec: ProxySpec) -> ChildProcess:
         https = self.https

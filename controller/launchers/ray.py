@@ -126,7 +126,16 @@ class Request:
 
     @classmethod
     def of_spec(cls, spec: bytes) -> Request:
-        options = pb.CreateBackendRequest.FromString(spec).replica_options
+        request = pb.CreateBackendRequest.FromString(spec)
+        if request.spec.HasField("command"):
+            # The actor runs turnout.replica; a program of another language
+            # would need its command, cwd and files on the node.
+            raise SpawnError(
+                "INVALID_ARGUMENT",
+                "command backends do not run on a Ray cluster yet; serve them from an "
+                "instance without --ray-address",
+            )
+        options = request.replica_options
         return cls(num_cpus=options.num_cpus, num_gpus=options.num_gpus)
 
     def fits(self, resources: Mapping[str, float]) -> bool:

@@ -21,6 +21,7 @@ from .rpc import Security, TLSConfig
 MODULE = "turnout.proxy"
 # What the proxy's limits are when its command line does not say.
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+# Largest answer body passed on; a larger one is a 502 ResponseTooLarge.
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 DEFAULT_READ_TIMEOUT_S = 30.0
 DEFAULT_IDLE_TIMEOUT_S = 75.0

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from turnout._internal import backend_fields
+from turnout._internal import backend_fields, command_replica
 from turnout._internal.backend_fields import method_names
 from turnout._internal.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
@@ -45,6 +45,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 # Smallest per-replica memory limit: below it the interpreter and gRPC
 # cannot even start.
 MIN_MEMORY_BYTES = 128 * 2**20
+# A command backend's argv, and its working directory.
+MAX_COMMAND_ARGS = 256
+MAX_PATH_LENGTH = 4096
 # What an error message repeats of the input, at most.
 MAX_SHOWN_CHARS = 100
 WEIGHT_TOLERANCE = 1e-6
@@ -141,7 +144,13 @@ def methods(values: list[str]) -> list[str]:
 def spec(value: pb.BackendSpec) -> pb.BackendSpec:
     source = value.WhichOneof("source")
     if source is None:
-        raise InvalidArgumentError("backend spec needs pickled_callable or import_path")
+        raise InvalidArgumentError("backend spec needs pickled_callable, import_path or command")
+    if source == "command":
+        command(value.command)
+        if value.pickled_init_args or value.init_args_json:
+            raise InvalidArgumentError(
+                "a command backend takes no init args: give them to the program in its argv"
+            )
     if source == "import_path" and not _IMPORT_PATH.match(value.import_path):
         raise InvalidArgumentError(
             f"import path {shown(value.import_path)} must look like 'package.module:attribute'"
@@ -156,6 +165,48 @@ def spec(value: pb.BackendSpec) -> pb.BackendSpec:
         args = json_text(value.init_args_json, "init_args_json")
         if not isinstance(args, list):
             raise InvalidArgumentError("init_args_json must be a JSON array")
+    return value
+
+
+def command(value: pb.Command) -> pb.Command:
+    """A command backend's program: argv, env, cwd and readiness timeout."""
+    argv = list(value.argv)
+    if not argv or not argv[0]:
+        raise InvalidArgumentError("command argv must name a program, e.g. ['node', 'replica.js']")
+    if len(argv) > MAX_COMMAND_ARGS:
+        raise InvalidArgumentError(
+            f"command argv has {len(argv)} arguments; at most {MAX_COMMAND_ARGS}"
+        )
+    for arg in argv:
+        if "\0" in arg:
+            raise InvalidArgumentError(f"command argument {shown(arg)} contains a NUL byte")
+        if len(arg.encode("utf-8", "surrogatepass")) > MAX_ENV_VALUE_BYTES:
+            raise InvalidArgumentError(
+                f"command argument {shown(arg)} is longer than {MAX_ENV_VALUE_BYTES} bytes"
+            )
+    _environment(dict(value.env))
+    reserved = sorted(set(value.env) & set(command_replica.NAMES))
+    if reserved:
+        raise InvalidArgumentError(
+            f"command env sets {', '.join(reserved)}, which Turnout sets itself "
+            "(docs/replica-protocol.md)"
+        )
+    if value.cwd:
+        if "\0" in value.cwd or len(value.cwd) > MAX_PATH_LENGTH:
+            raise InvalidArgumentError(f"command cwd {shown(value.cwd)} is not a usable path")
+        if not value.cwd.startswith("/"):
+            raise InvalidArgumentError(
+                f"command cwd {shown(value.cwd)} must be an absolute path (the controller's "
+                "working directory is not the client's)"
+            )
+    if value.HasField("ready_timeout"):
+        timeout = value.ready_timeout
+        low, high = backend_fields.MIN_HEALTH_CHECK_S, backend_fields.MAX_SECONDS
+        if not math.isfinite(timeout) or not low <= timeout <= high:
+            raise InvalidArgumentError(
+                f"command ready_timeout must be a number of seconds from {low:g} to {high:g}, "
+                f"got {timeout}"
+            )
     return value
 
 

@@ -111,3 +111,40 @@ def test_traffic_weights_must_sum_to_one() -> None:
     for bad in ({"a": 0.5}, {"a": 1.5, "b": -0.5}, {"a": math.nan}, {"a": math.inf}, {}):
         with pytest.raises(InvalidArgumentError):
             validation.traffic(bad)
+
+
+def _command_spec(**fields: object) -> pb.BackendSpec:
+    return pb.BackendSpec(command=pb.Command(**fields))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"argv": []}, "must name a program"),
+        ({"argv": [""]}, "must name a program"),
+        ({"argv": ["x"] * 257}, "at most 256"),
+        ({"argv": ["node", "a\0b"]}, "NUL"),
+        ({"argv": ["node"], "cwd": "relative/dir"}, "absolute path"),
+        ({"argv": ["node"], "env": {"TURNOUT_READY_FD": "3"}}, "Turnout sets itself"),
+        ({"argv": ["node"], "env": {"1BAD": "x"}}, "not valid"),
+        ({"argv": ["node"], "ready_timeout": 0.0}, "ready_timeout"),
+        ({"argv": ["node"], "ready_timeout": math.inf}, "ready_timeout"),
+    ],
+)
+def test_bad_commands_are_refused(fields: dict[str, object], says: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=says):
+        validation.spec(_command_spec(**fields))
+
+
+def test_a_command_takes_no_init_args() -> None:
+    spec = _command_spec(argv=["node", "replica.js"])
+    spec.init_args_json = "[1]"
+    with pytest.raises(InvalidArgumentError, match="no init args"):
+        validation.spec(spec)
+
+
+def test_a_command_with_env_cwd_and_timeout_is_accepted() -> None:
+    spec = _command_spec(
+        argv=["node", "replica.js"], env={"MODEL": "m"}, cwd="/srv/app", ready_timeout=5.0
+    )
+    assert validation.spec(spec) is spec

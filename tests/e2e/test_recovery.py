@@ -8,6 +8,7 @@ never stopped and that every acknowledged change is still there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -204,6 +205,31 @@ def test_controller_sigkill_mid_traffic_loses_no_request_and_readopts(durable: D
     # Adopted replicas are stopped like the controller's own (not its children now).
     client.delete_backend("a")
     assert not any(processes_mentioning(f"--replica-id {r.replica_id} ") for r in before)
+
+
+def test_a_restarted_controller_readopts_a_command_replica(
+    durable: Durable, node_replica: Path
+) -> None:
+    client = durable.start()
+    client.create_backend("node", turnout.Command(["node", "replica.js"], cwd=node_replica))
+    client.create_endpoint("node", "node", route="/node", methods=["POST"])
+    [before] = client.list_replicas("node")
+    try:
+        durable.kill_controller()
+        client = durable.start()
+        [after] = client.list_replicas("node")
+        assert (after.state, after.pid) == ("RUNNING", before.pid)
+        reply = requests.post(client.http_address + "/node", data=b"still here", timeout=10)
+        assert reply.content == b"still here"
+        # Stopped like the controller's own, though it is not its child now.
+        client.delete_endpoint("node")
+        client.delete_backend("node")
+        wait_until(lambda: not Path(f"/proc/{before.pid}").exists(), timeout=10)
+    finally:
+        # Its command line does not name the instance's folder, which the
+        # fixture's clean-up looks for.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(before.pid, signal.SIGKILL)
 
 
 Op = tuple[str, str, str | None]

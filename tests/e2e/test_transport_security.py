@@ -61,6 +61,15 @@ def test_mutual_tls_serves_http_and_handles(mtls: turnout.Client) -> None:
     assert requests.get(mtls.http_address + "/tls-outer", timeout=60).text == "hi inner"
 
 
+def test_a_command_replica_serves_over_mutual_tls(mtls: turnout.Client, node_replica: Path) -> None:
+    # The Node.js replica serves TLS with the TURNOUT_TLS_* material it is
+    # given, and asks the proxy and the controller for their certificates.
+    mtls.create_backend("tls-node", turnout.Command(["node", "replica.js"], cwd=node_replica))
+    mtls.create_endpoint("tls-node", backend="tls-node", route="/tls-node", methods=["POST"])
+    reply = requests.post(mtls.http_address + "/tls-node", data=b"over mTLS", timeout=30)
+    assert reply.content == b"over mTLS"
+
+
 def test_wrong_or_missing_material_is_refused(mtls: turnout.Client, pki: Pki) -> None:
     address = mtls.controller_address
     refused = {
@@ -173,6 +182,9 @@ def test_unix_socket_instance(uds_instance: tuple[str, Path, dict[str, str]], pk
     # Pickled code is refused before any replica starts; import paths work.
     with pytest.raises(turnout.PermissionDeniedError, match="--allow-pickled-code"):
         client.create_backend("pickled", lambda request: "ran")
+    # A command runs any program: refused alike.
+    with pytest.raises(turnout.PermissionDeniedError, match="command backends"):
+        client.create_backend("command", turnout.Command(["true"]))
     assert client.list_backends() == {}
     client.create_backend("greeter", "importable_backends:Greeter", "hey")
     client.create_endpoint("greeter", backend="greeter", route="/greet")

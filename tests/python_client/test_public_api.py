@@ -15,6 +15,7 @@ EXPECTED = {
     "CapacityError",
     "DeadlineExceededError",
     "Client",
+    "Command",
     "EndpointHandle",
     "HandleFuture",
     "InUseError",

@@ -141,6 +141,12 @@ def test_weighted_traffic_across_backends_on_different_nodes(
     assert 15 <= got["right"] <= 60 and got["left"] + got["right"] == REQUESTS * 2
 
 
+def test_a_command_backend_is_refused_with_the_reason(client: turnout.Client) -> None:
+    with pytest.raises(InvalidArgumentError, match="command backends do not run on a Ray"):
+        client.create_backend("program", turnout.Command(["sleep", "60"]))
+    assert "program" not in client.list_backends()
+
+
 def test_a_backend_bigger_than_every_node_is_refused(client: turnout.Client) -> None:
     with pytest.raises(InvalidArgumentError, match="more than any"):
         client.create_backend("huge", whoami, replica_options={"num_cpus": 64})

@@ -258,6 +258,7 @@ class BackendSpec(_message.Message):
 
     PICKLED_CALLABLE_FIELD_NUMBER: _builtins.int
     IMPORT_PATH_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
     PICKLED_INIT_ARGS_FIELD_NUMBER: _builtins.int
     INIT_ARGS_JSON_FIELD_NUMBER: _builtins.int
     pickled_callable: _builtins.bytes
@@ -270,23 +271,103 @@ class BackendSpec(_message.Message):
     """JSON array of constructor arguments, for clients without Python. Empty = [].
     At most one of pickled_init_args and init_args_json may be set.
     """
+    @_builtins.property
+    def command(self) -> Global___Command:
+        """A program, in any language, that serves turnout.v1.ReplicaService
+        itself (docs/replica-protocol.md). Takes no init args. Refused, like
+        pickled code, by an instance started with --no-allow-pickled-code.
+        """
+
     def __init__(
         self,
         *,
         pickled_callable: _builtins.bytes = ...,
         import_path: _builtins.str = ...,
+        command: Global___Command | None = ...,
         pickled_init_args: _builtins.bytes = ...,
         init_args_json: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["import_path", b"import_path", "pickled_callable", b"pickled_callable", "source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "import_path", b"import_path", "pickled_callable", b"pickled_callable", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["import_path", b"import_path", "init_args_json", b"init_args_json", "pickled_callable", b"pickled_callable", "pickled_init_args", b"pickled_init_args", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "import_path", b"import_path", "init_args_json", b"init_args_json", "pickled_callable", b"pickled_callable", "pickled_init_args", b"pickled_init_args", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["pickled_callable", "import_path"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["pickled_callable", "import_path", "command"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___BackendSpec: _TypeAlias = BackendSpec  # noqa: Y015
+
+@_typing.final
+class Command(_message.Message):
+    """How to start a replica process that is not Python: the controller runs
+    argv with env added, in cwd, and passes it what it needs in TURNOUT_*
+    environment variables (docs/replica-protocol.md, "Start-up"); the process
+    reports readiness as one JSON line on TURNOUT_READY_FD.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class EnvEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ARGV_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    CWD_FIELD_NUMBER: _builtins.int
+    READY_TIMEOUT_FIELD_NUMBER: _builtins.int
+    cwd: _builtins.str
+    """Working directory: an absolute path; empty = the controller's."""
+    ready_timeout: _builtins.float
+    """Seconds the process may take to report readiness before it is killed
+    and the start fails. Default 120; 0.1 to 86400.
+    """
+    @_builtins.property
+    def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The program and its arguments; argv[0] is looked up in PATH unless it
+        holds a "/". Non-empty: at most 256 arguments, each at most 32 KiB,
+        without NUL.
+        """
+
+    @_builtins.property
+    def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Environment variables added after ReplicaOptions.env (same rules for
+        names and sizes). Names Turnout sets itself (TURNOUT_READY_FD, ...) are
+        refused.
+        """
+
+    def __init__(
+        self,
+        *,
+        argv: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        cwd: _builtins.str = ...,
+        ready_timeout: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ready_timeout", b"_ready_timeout", "ready_timeout", b"ready_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ready_timeout", b"_ready_timeout", "argv", b"argv", "cwd", b"cwd", "env", b"env", "ready_timeout", b"ready_timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__ready_timeout: _TypeAlias = _typing.Literal["ready_timeout"]  # noqa: Y015
+    _WhichOneofArgType__ready_timeout: _TypeAlias = _typing.Literal["_ready_timeout", b"_ready_timeout"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ready_timeout) -> _WhichOneofReturnType__ready_timeout | None: ...
+
+Global___Command: _TypeAlias = Command  # noqa: Y015
 
 @_typing.final
 class Replica(_message.Message):

@@ -125,6 +125,10 @@ Global___ReconfigureRequest: _TypeAlias = ReconfigureRequest  # noqa: Y015
 
 @_typing.final
 class ReconfigureResponse(_message.Message):
+    """Empty: the change is made. A value the replica cannot take fails the call
+    with INVALID_ARGUMENT and its reason, and nothing changes.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -223,6 +227,7 @@ class RemoteError(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     TRACEBACK_FIELD_NUMBER: _builtins.int
     kind: Global___ErrorKind.ValueType
+    """Why the call failed."""
     type: _builtins.str
     """Exception class name, e.g. "ValueError"."""
     message: _builtins.str
@@ -288,7 +293,9 @@ class HandleStreamRequest(_message.Message):
     CALLS_FIELD_NUMBER: _builtins.int
     CANCELLED_IDS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamCall]: ...
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamCall]:
+        """New calls, each run at once, concurrently with the others."""
+
     @_builtins.property
     def cancelled_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Ids of calls the sender no longer waits for (its deadline passed): their
@@ -326,7 +333,9 @@ class StreamCall(_message.Message):
     cancelled and the answer is a DEADLINE_EXCEEDED failure.
     """
     @_builtins.property
-    def request(self) -> Global___HandleRequest: ...
+    def request(self) -> Global___HandleRequest:
+        """The request, as Handle would take it."""
+
     def __init__(
         self,
         *,
@@ -350,7 +359,9 @@ class HandleStreamResponse(_message.Message):
 
     ANSWERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamAnswer]: ...
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamAnswer]:
+        """Answers of calls that finished, in any order; each call gets at most one."""
+
     def __init__(
         self,
         *,
@@ -374,6 +385,7 @@ class StreamAnswer(_message.Message):
     id: _builtins.int
     """The id of the StreamCall answered."""
     failure: Global___CallFailure.ValueType
+    """Why there is no HandleResponse."""
     @_builtins.property
     def response(self) -> Global___HandleResponse:
         """What Handle would have answered."""
