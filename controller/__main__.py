@@ -99,6 +99,8 @@ async def _main(args: ControllerArgs, instance_dir: Path) -> int:
         https=None
         if args.https_cert is None or args.https_key is None
         else (args.https_cert.absolute(), args.https_key.absolute()),
+        ray_address=args.ray_address,
+        ray_runtime_env=args.ray_runtime_env,
     )
     try:
         controller = Controller(options)

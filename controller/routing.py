@@ -10,10 +10,13 @@ change is live before it answers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator
 
 from turnout.v1 import controller_pb2 as pb
+
+logger = logging.getLogger(__name__)
 
 # How long an admin call waits for routers to apply its change. A router that
 # is slower than this (or hung) must not block the control plane forever.
@@ -30,6 +33,11 @@ class RoutePublisher:
         self._acked: dict[str, int] = {}
         # Subscribers waited for even while not connected (see ``require``).
         self._required: set[str] = set()
+        # Subscribers that let a wait time out (a partitioned node's proxy,
+        # whose stream stays open): not waited for again until they
+        # acknowledge the current version or reconnect, so they delay one
+        # admin call by APPLY_TIMEOUT_S, not every call.
+        self._lagging: set[str] = set()
 
     async def publish(self, endpoints: list[pb.Endpoint], backends: list[pb.BackendTargets]) -> int:
         """Make a new version current and wake every watcher; returns the version."""
@@ -43,6 +51,7 @@ class RoutePublisher:
         """The current snapshot at once, then each newer one, until cancelled."""
         if subscriber_id:
             self._open[subscriber_id] = self._open.get(subscriber_id, 0) + 1
+            self._lagging.discard(subscriber_id)
         try:
             sent = -1
             while True:
@@ -89,12 +98,31 @@ class RoutePublisher:
         version = min(version, self._snapshot.version)
         if version > self._acked.get(subscriber_id, -1):
             self._acked[subscriber_id] = version
+        if version == self._snapshot.version:
+            self._lagging.discard(subscriber_id)
         async with self._changed:
             self._changed.notify_all()
 
+    def _behind(self, version: int) -> set[str]:
+        routers = self._required.union(self._open) - self._lagging
+        return {sub for sub in routers if self._acked.get(sub, -1) < version}
+
     def _applied(self, version: int) -> bool:
-        routers = self._required.union(self._open)
-        return all(self._acked.get(sub, -1) >= version for sub in routers)
+        return not self._behind(version)
+
+    def _timed_out(self, version: int) -> bool:
+        """What a wait that ran out returns: whether ``version`` is applied;
+        the subscribers still behind count as lagging from now on."""
+        behind = self._behind(version)
+        if behind:
+            logger.warning(
+                "routers %s did not apply version %d in time; not waiting for them until "
+                "they catch up",
+                ", ".join(sorted(behind)),
+                version,
+            )
+            self._lagging |= behind
+        return not behind
 
     async def wait_applied(self, version: int, timeout: float = APPLY_TIMEOUT_S) -> bool:
         """Wait until every connected named subscriber applied ``version``.
@@ -107,9 +135,9 @@ class RoutePublisher:
             while not self._applied(version):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return False
+                    return self._timed_out(version)
                 try:
                     await asyncio.wait_for(self._changed.wait(), remaining)
                 except TimeoutError:
-                    return self._applied(version)
+                    return self._timed_out(version)
         return True

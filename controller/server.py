@@ -32,6 +32,7 @@ from . import adoption
 from .control_plane import ControlPlane
 from .launchers.base import Child, Launcher, ProxySpec
 from .launchers.local import LocalLauncher
+from .resources import ResourcePool
 from .routing import RoutePublisher
 from .servicer import ControllerServicer, add_to_server
 from .sqlite_store import SqliteStore
@@ -87,6 +88,10 @@ class ControllerOptions:
     https: tuple[Path, Path] | None = None
     # The admin token's file; None = <instance dir>/token, created if missing.
     token_file: Path | None = None
+    # Replicas run as actors on this Ray cluster (launchers.ray); None = local processes.
+    ray_address: str | None = None
+    # Ray's runtime_env of every replica actor, as JSON (working_dir, pip, env_vars).
+    ray_runtime_env: str | None = None
 
     @property
     def admin_token_file(self) -> Path:
@@ -134,11 +139,25 @@ class Controller:
         local.https = options.https
         local.credentials = lambda principal: auth.child_credentials(self._secret, principal)
         self.launcher: Launcher = local
+        resources: ResourcePool | None = None
+        if options.ray_address is not None:
+            # Imported only here: ray is an optional extra.
+            from .launchers.ray import ClusterResources, RayLauncher, namespace_for
+
+            on_ray = RayLauncher(
+                options.ray_address,
+                namespace_for(state_path),
+                local,
+                self.store,
+                runtime_env=options.ray_runtime_env,
+            )
+            self.launcher, resources = on_ray, ClusterResources(on_ray)
         self.publisher = RoutePublisher()
         self.plane = ControlPlane(
             self.store,
             self.launcher,
             self.publisher,
+            resources=resources,
             max_replicas=options.max_replicas,
             allow_pickled_code=options.allow_pickled_code,
         )

@@ -163,7 +163,7 @@ async def serve(args: ProxyArgs) -> int:
     host, port = runner.addresses[0][:2]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    name = subscribers.proxy(index)
+    name = subscribers.proxy(index, args.subscriber_id)
     watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name, state.security))
     state.spawn(StatsReporter(args.controller, state.sender.stats, name, state.security).run())
     if counters is not None:

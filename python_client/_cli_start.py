@@ -71,6 +71,10 @@ class StartOptions:
     system_token_file: Path | None = None
     # The proxy serves HTTPS with this certificate and key; None = HTTP.
     https: tuple[Path, Path] | None = None
+    # A Ray cluster that runs the replicas (docs/ray-cluster.md); None = local processes.
+    ray_address: str | None = None
+    # Ray's runtime_env of every replica (JSON); needs ray_address.
+    ray_runtime_env: str | None = None
 
     @property
     def pid_file(self) -> Path:
@@ -108,6 +112,8 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
             system_token_file=options.system_token_file,
             https_cert=None if options.https is None else options.https[0],
             https_key=None if options.https is None else options.https[1],
+            ray_address=options.ray_address,
+            ray_runtime_env=options.ray_runtime_env,
         )
     )
 

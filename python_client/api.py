@@ -48,6 +48,7 @@ def init(
     max_replicas: int | None = None,
     tls: TLSConfig | None = None,
     token: str | None = None,
+    ray_address: str | None = None,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -76,6 +77,9 @@ def init(
     ``tls=turnout.TLSConfig(cert=..., key=..., ca=...)`` starts the instance
     with TLS on every gRPC hop (mutual TLS when ``ca`` is given) and connects
     with the same material; see docs/security.md.
+    ``ray_address="host:port"`` (a Ray cluster's GCS, this machine one of its
+    nodes) runs the started instance's replicas as Ray actors across the
+    cluster (``pip install 'turnout[ray]'``); see docs/ray-cluster.md.
     With an ``address`` ("host:port" or "unix:/path" of a controller) it
     connects to that instance, over TLS when ``tls`` is given, presenting
     ``token`` (else ``$TURNOUT_TOKEN_FILE``, ``$TURNOUT_TOKEN``, the default
@@ -128,6 +132,10 @@ def init(
         raise TypeError(f"max_replicas must be an int, got {type(max_replicas).__name__}")
     if max_replicas is not None and max_replicas < 1:
         raise InvalidArgumentError(f"max_replicas must be >= 1, got {max_replicas}")
+    if ray_address is not None and not isinstance(ray_address, str):
+        raise TypeError(f"ray_address must be a str, got {type(ray_address).__name__}")
+    if ray_address is not None and ":" not in ray_address:
+        raise InvalidArgumentError(f"ray_address must be host:port, got {ray_address!r}")
     with _lock:
         client = _clients.get(name)
         if client is not None and client.closed:
@@ -156,6 +164,7 @@ def init(
                 keep_dir=keep_instance_dir,
                 max_replicas=max_replicas,
                 tls=tls,
+                ray_address=ray_address,
             )
         _clients[name] = client
         _current_name = name
@@ -173,6 +182,7 @@ def _start_local(
     keep_dir: bool,
     max_replicas: int | None,
     tls: TLSConfig | None = None,
+    ray_address: str | None = None,
 ) -> Client:
     if tls is not None and not isinstance(tls, TLSConfig):
         raise TypeError(f"tls must be a turnout.TLSConfig, got {type(tls).__name__}")
@@ -189,6 +199,7 @@ def _start_local(
         keep_dir=keep_dir,
         max_replicas=max_replicas,
         tls=tls,
+        ray_address=ray_address,
     )
     try:
         client = Client(instance.address, tls=tls, token=instance.token, _instance=instance)

@@ -113,6 +113,8 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         system_token_file=(
             None if args.system_token_file is None else Path(args.system_token_file).absolute()
         ),
+        ray_address=args.ray_address,
+        ray_runtime_env=args.ray_runtime_env,
     )
 
 
@@ -435,6 +437,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="most replicas of all backends together (default: from CPUs and memory; "
         "see docs/operations.md)",
+    )
+    start.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run replicas as Ray actors on this Ray cluster (pip install 'turnout[ray]'; "
+        "run turnout start on one of its nodes); see docs/ray-cluster.md",
+    )
+    start.add_argument(
+        "--ray-runtime-env",
+        metavar="JSON",
+        help="Ray runtime_env of every replica (working_dir, pip, env_vars): the code "
+        "import-path backends need, on every node; see docs/ray-cluster.md",
     )
     tls_options.add_arguments(start, server=True)
     start.add_argument(

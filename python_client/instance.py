@@ -104,6 +104,7 @@ class LocalInstance:
         keep_dir: bool = False,
         max_replicas: int | None = None,
         tls: TLSConfig | None = None,
+        ray_address: str | None = None,
     ) -> LocalInstance:
         """Start an instance; ``keep_dir`` keeps the instance directory after it stops."""
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
@@ -122,6 +123,7 @@ class LocalInstance:
             remove_instance_dir=not keep_dir,
             max_replicas=max_replicas,
             tls=tls,
+            ray_address=ray_address,
         )
         try:
             process, report = _spawn(options, instance_dir, 0)

@@ -12,6 +12,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,10 @@ class ControllerArgs:
     # which reports a bad one on its ready pipe.
     tls: TLSConfig | None = None
     insecure: bool = False
+    # A Ray cluster (host:port of its GCS) that runs the replicas; None = local processes.
+    ray_address: str | None = None
+    # Ray's runtime_env (JSON) of every replica actor: working_dir, pip, env_vars...
+    ray_runtime_env: str | None = None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -132,6 +137,18 @@ def parser() -> argparse.ArgumentParser:
         help="the proxy serves HTTPS with this certificate",
     )
     parser.add_argument("--https-key", type=Path, metavar="PEM", help="the HTTPS certificate's key")
+    parser.add_argument(
+        "--ray-address",
+        metavar="HOST:PORT",
+        help="run replicas as Ray actors on this Ray cluster (its GCS address; needs "
+        "'turnout[ray]' and this machine a node of the cluster; default: local processes)",
+    )
+    parser.add_argument(
+        "--ray-runtime-env",
+        metavar="JSON",
+        help='Ray runtime_env of every replica (e.g. \'{"working_dir": ".", "pip": '
+        '["torch"]}\'): the code import-path backends need, on every node',
+    )
     tls_options.add_arguments(parser, server=True)
     return parser
 
@@ -143,6 +160,14 @@ def parse(argv: Sequence[str]) -> ControllerArgs:
     ns = p.parse_args(list(argv))
     if (ns.https_cert is None) != (ns.https_key is None):
         p.error("HTTPS needs both --https-cert and --https-key")
+    if ns.ray_runtime_env is not None:
+        if ns.ray_address is None:
+            p.error("--ray-runtime-env needs --ray-address")
+        try:
+            if not isinstance(json.loads(ns.ray_runtime_env), dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            p.error(f"--ray-runtime-env must be a JSON object: {exc}")
     if ns.max_replicas is not None and ns.max_replicas < 1:
         p.error(f"--max-replicas must be >= 1, got {ns.max_replicas}")
     if ns.proxy_workers < 1:
@@ -179,6 +204,8 @@ def parse(argv: Sequence[str]) -> ControllerArgs:
         https_key=ns.https_key,
         tls=tls,
         insecure=ns.insecure,
+        ray_address=ns.ray_address,
+        ray_runtime_env=ns.ray_runtime_env,
     )
 
 
@@ -212,6 +239,8 @@ def to_argv(options: ControllerArgs) -> list[str]:
     args += _optional("--system-token-file", options.system_token_file)
     args += _optional("--https-cert", options.https_cert)
     args += _optional("--https-key", options.https_key)
+    args += _optional("--ray-address", options.ray_address)
+    args += _optional("--ray-runtime-env", options.ray_runtime_env)
     args += tls_options.argv(Security(tls=options.tls))
     return args
 

@@ -48,6 +48,9 @@ class ProxyArgs:
     # Set by a lead proxy for the workers it starts (``turnout.proxy.workers``).
     worker_index: int = 0
     stats_dir: Path | None = None
+    # What it follows routes and reports stats under ("-<n>" added for a
+    # worker): each proxy of an instance needs its own (a node's proxy on Ray).
+    subscriber_id: str = "proxy"
     credentials_file: Path | None = None
     ready_fd: int | None = None
     parent_pid: int | None = None
@@ -121,6 +124,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--stats-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(
+        "--subscriber-id",
+        default="proxy",
+        help="name it follows routes and reports stats under; unique per proxy of an "
+        "instance (default 'proxy')",
+    )
+    parser.add_argument(
         "--credentials-file", type=Path, help="the proxy's token (0600 JSON, from the controller)"
     )
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
@@ -174,7 +183,8 @@ def to_argv(options: ProxyArgs) -> list[str]:
     defaults = ProxyArgs(controller=options.controller)
     for name in (
         "max_body_bytes", "max_response_bytes", "read_timeout", "idle_timeout",
-        "max_connections", "workers", "worker_index", "stats_dir", "credentials_file",
+        "max_connections", "workers", "worker_index", "stats_dir", "subscriber_id",
+        "credentials_file",
         "ready_fd", "parent_pid", "log_file", "access_log", "system_token_file",
         "https_cert", "https_key",
     ):  # fmt: skip

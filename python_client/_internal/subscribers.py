@@ -13,10 +13,12 @@ import uuid
 PROXY = "proxy"
 
 
-def proxy(worker_index: int) -> str:
+def proxy(worker_index: int, base: str = PROXY) -> str:
     """The name a proxy process follows routes and reports counters under:
-    "proxy" for the one the controller started, "proxy-<n>" for its workers."""
-    return f"{PROXY}-{worker_index}" if worker_index else PROXY
+    ``base`` for a lead ("proxy" for the one the controller started,
+    "proxy@<node address>" for a node's on a Ray cluster), "<base>-<n>" for
+    its workers."""
+    return f"{base}-{worker_index}" if worker_index else base
 
 
 def handles() -> str:

@@ -41,7 +41,6 @@ def test_wait_applied_waits_for_named_subscribers_only() -> None:
         proxy = publisher.watch("proxy")
         await anext(proxy)
         version = await publisher.publish([endpoint("b")], [])
-        assert not await publisher.wait_applied(version, timeout=0.05)
         waiter = asyncio.create_task(publisher.wait_applied(version, timeout=5))
         await asyncio.sleep(0)
         assert not waiter.done()
@@ -53,6 +52,31 @@ def test_wait_applied_waits_for_named_subscribers_only() -> None:
         await proxy.aclose()
         assert await publisher.wait_applied(version, timeout=0.05)
         await passive.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_router_that_let_a_wait_run_out_holds_no_change_back_until_it_catches_up() -> None:
+    """A partitioned node's proxy keeps its stream open and never acks: it
+    delays one admin call by the timeout, not every call after it."""
+
+    async def scenario() -> None:
+        publisher = RoutePublisher()
+        proxy = publisher.watch("proxy@10.0.0.2")
+        await anext(proxy)
+        version = await publisher.publish([endpoint("a")], [])
+        assert not await publisher.wait_applied(version, timeout=0.05)
+        version = await publisher.publish([endpoint("b")], [])
+        assert await publisher.wait_applied(version, timeout=0.05)
+        # An old version acknowledged is not caught up yet.
+        await publisher.ack("proxy@10.0.0.2", version - 1)
+        version = await publisher.publish([endpoint("c")], [])
+        assert await publisher.wait_applied(version, timeout=0.05)
+        # Caught up, it is waited for again.
+        await publisher.ack("proxy@10.0.0.2", version)
+        version = await publisher.publish([endpoint("d")], [])
+        assert not await publisher.wait_applied(version, timeout=0.05)
+        await proxy.aclose()
 
     asyncio.run(scenario())
 

@@ -1,0 +1,219 @@
+"""Replicas as Ray actors (controller/launchers/ray.py) on the two-node test
+cluster: placed on both nodes, each bound to and advertising its own node's
+address, answering through the proxy; a replica no node can hold is refused."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from netns_cluster import (
+    HEAD_IP,
+    HTTP_PORT,
+    WORKER_IP,
+    RayCluster,
+    TurnoutOnRay,
+    cluster_tls,
+)
+
+import turnout
+from turnout.errors import InvalidArgumentError
+
+REQUESTS = 60
+WORKER_PROXY = f"http://{WORKER_IP}:{HTTP_PORT}"
+WAIT_S = 60.0
+
+
+def whoami(request: object) -> dict[str, int]:
+    return {"pid": os.getpid()}
+
+
+@pytest.fixture
+def client(turnout_on_ray: TurnoutOnRay) -> Iterator[turnout.Client]:
+    client = turnout_on_ray.client()
+    yield client
+    for endpoint in client.list_endpoints():
+        client.delete_endpoint(endpoint)
+    for backend in client.list_backends():
+        client.delete_backend(backend)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
+
+
+def answers(url: str, expect: str | None = None) -> bool:
+    try:
+        reply = requests.get(url, timeout=10)
+    except requests.RequestException:
+        return False
+    return reply.status_code == 200 and (expect is None or reply.text == expect)
+
+
+def hosts_of(client: turnout.Client, backend: str) -> list[str]:
+    return sorted(r.address.rpartition(":")[0] for r in client.list_replicas(backend))
+
+
+def test_replicas_land_on_both_nodes_and_answer_through_the_proxy(
+    client: turnout.Client, turnout_on_ray: TurnoutOnRay
+) -> None:
+    client.create_backend("who", whoami, config={"num_replicas": 2})
+    client.create_endpoint("who", backend="who", route="/who")
+    # Each replica advertises its own node's address (never 0.0.0.0 or loopback).
+    assert hosts_of(client, "who") == [HEAD_IP, WORKER_IP]
+    by_pid = {r.pid: r.address.rpartition(":")[0] for r in client.list_replicas("who")}
+    seen: collections.Counter[str] = collections.Counter()
+    with requests.Session() as http:
+        for _ in range(REQUESTS):
+            reply = http.get(f"{turnout_on_ray.http_address}/who", timeout=30)
+            assert reply.status_code == 200, reply.text
+            seen[by_pid[reply.json()["pid"]]] += 1
+    # The proxy on the head reaches the worker's replica at its advertised address.
+    assert set(seen) == {HEAD_IP, WORKER_IP}
+    # The worker node has replicas, so it has a proxy of its own, which
+    # reaches the head's replica as well.
+    wait_until(lambda: answers(f"{WORKER_PROXY}/who"), "the worker node's proxy")
+    with requests.Session() as http:
+        pids = {http.get(f"{WORKER_PROXY}/who", timeout=30).json()["pid"] for _ in range(REQUESTS)}
+    assert {by_pid[pid] for pid in pids} == {HEAD_IP, WORKER_IP}
+
+
+def proxy_pids_on(node_ip: str) -> list[int]:
+    """The pids of proxy processes bound to ``node_ip`` (their command line says)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                args = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"turnout.proxy" in args and node_ip.encode() in args:
+                found.append(int(entry))
+    return found
+
+
+def test_a_nodes_proxy_that_dies_is_replaced_and_admin_calls_go_on(
+    client: turnout.Client,
+) -> None:
+    client.create_backend("far", answer("far"), config={"num_replicas": 2})
+    client.create_endpoint("far", backend="far", route="/far")
+    wait_until(lambda: answers(f"{WORKER_PROXY}/far", "far"), "the worker node's proxy")
+    [pid] = proxy_pids_on(WORKER_IP)
+    os.kill(pid, signal.SIGKILL)
+    # A change made while it is down is served by its successor.
+    client.create_endpoint("near", backend="far", route="/near")
+    wait_until(lambda: answers(f"{WORKER_PROXY}/near", "far"), "a new proxy on the worker")
+    assert proxy_pids_on(WORKER_IP) != [pid]
+
+
+def answer(name: str):  # type: ignore[no-untyped-def]
+    def handler(request: object) -> str:
+        return name
+
+    return handler
+
+
+def test_weighted_traffic_across_backends_on_different_nodes(
+    client: turnout.Client, turnout_on_ray: TurnoutOnRay
+) -> None:
+    client.create_backend("left", answer("left"))
+    client.create_backend("right", answer("right"))
+    # Spread: the second backend's one replica goes to the node without one.
+    assert {*hosts_of(client, "left"), *hosts_of(client, "right")} == {HEAD_IP, WORKER_IP}
+    client.create_endpoint("split", backend="left", route="/split")
+    client.set_traffic("split", {"left": 0.7, "right": 0.3})
+    with requests.Session() as http:
+        got = collections.Counter(
+            http.get(f"{turnout_on_ray.http_address}/split", timeout=30).text
+            for _ in range(REQUESTS * 2)
+        )
+    # 120 draws at 0.3: the mean is 36, these bounds are more than 4 sigma away.
+    assert 15 <= got["right"] <= 60 and got["left"] + got["right"] == REQUESTS * 2
+
+
+def test_a_command_backend_is_refused_with_the_reason(client: turnout.Client) -> None:
+    with pytest.raises(InvalidArgumentError, match="command backends do not run on a Ray"):
+        client.create_backend("program", turnout.Command(["sleep", "60"]))
+    assert "program" not in client.list_backends()
+
+
+def test_a_backend_bigger_than_every_node_is_refused(client: turnout.Client) -> None:
+    with pytest.raises(InvalidArgumentError, match="more than any"):
+        client.create_backend("huge", whoami, replica_options={"num_cpus": 64})
+    assert "huge" not in client.list_backends()
+
+
+SHIPPED = """
+import os
+
+
+def hello(request):
+    return "shipped " + os.environ["SHIPPED_GREETING"]
+"""
+
+
+def test_an_import_path_backend_comes_with_the_runtime_envs_working_dir(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """Code that is on no node: Ray ships the working_dir to each replica's
+    node, and the runtime_env's env_vars reach the replica."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "shipped_backend.py").write_text(SHIPPED)
+    runtime_env = {"working_dir": str(code), "env_vars": {"SHIPPED_GREETING": "hello"}}
+    instance = TurnoutOnRay(
+        ray_cluster,
+        tmp_path / "instance",
+        controller_port=50072,
+        http_port=8001,
+        ray_runtime_env=json.dumps(runtime_env),
+    )
+    client = instance.start()
+    try:
+        client.create_backend("shipped", "shipped_backend:hello", config={"num_replicas": 2})
+        client.create_endpoint("shipped", backend="shipped", route="/shipped")
+        assert hosts_of(client, "shipped") == [HEAD_IP, WORKER_IP]
+        with requests.Session() as http:
+            got = {
+                http.get(f"{instance.http_address}/shipped", timeout=30).text
+                for _ in range(REQUESTS // 3)
+            }
+        assert got == {"shipped hello"}
+    finally:
+        instance.shutdown()
+
+
+def test_replicas_and_proxies_on_both_nodes_speak_mutual_tls(
+    ray_cluster: RayCluster, tmp_path: Path
+) -> None:
+    """Every gRPC hop across nodes with the instance's TLS (no --insecure): the
+    launcher ships the material to each node, and the certificate names the
+    nodes' addresses the replicas advertise."""
+    instance = TurnoutOnRay(
+        ray_cluster,
+        tmp_path / "instance",
+        controller_port=50073,
+        http_port=8002,
+        tls=cluster_tls(tmp_path / "pki"),
+    )
+    client = instance.start()
+    try:
+        client.create_backend("sealed", answer("sealed"), config={"num_replicas": 2})
+        client.create_endpoint("sealed", backend="sealed", route="/sealed")
+        assert hosts_of(client, "sealed") == [HEAD_IP, WORKER_IP]
+        worker_proxy = f"http://{WORKER_IP}:{instance.http_port}/sealed"
+        wait_until(lambda: answers(worker_proxy, "sealed"), "the worker node's proxy")
+        for url in (f"{instance.http_address}/sealed", worker_proxy):
+            assert all(answers(url, "sealed") for _ in range(10))
+    finally:
+        instance.shutdown()
