@@ -80,6 +80,7 @@ class ReplicaSlot:
             gpus=self.allocation.cuda_visible_devices,
             cpus=self.allocation.cpus,
             log_path=child.log_path if child else "",
+            node=child.node if child else "",
         )
 
 

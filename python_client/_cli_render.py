@@ -55,7 +55,7 @@ def to_json(snapshot: Snapshot) -> str:
          "endpoints": {name: {"route", "methods", "traffic", "shadows", "request_timeout"}},
          "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...}}},
          "replicas": [{"replica_id", "backend", "state", "pid", "address", "error",
-                       "cpus", "gpus", "log_path"}]}
+                       "cpus", "gpus", "log_path", "node"}]}
     """
     document = {
         "instance": {
@@ -158,10 +158,20 @@ def to_text(snapshot: Snapshot) -> str:
         if backend_rows
         else "No backends."
     )
+    # A NODE column once replicas run on more than the controller's machine.
+    nodes = any(r.node for r in snapshot.replicas)
     replica_rows = [
-        [r.replica_id, r.state, str(r.pid or "-"), r.address or "-", _first_line(r.error)]
+        [
+            r.replica_id,
+            r.state,
+            *([r.node or "-"] if nodes else []),
+            str(r.pid or "-"),
+            r.address or "-",
+            _first_line(r.error),
+        ]
         for r in snapshot.replicas
     ]
     if replica_rows:
-        parts.append(table(["REPLICA", "STATE", "PID", "ADDRESS", "ERROR"], replica_rows))
+        header = ["REPLICA", "STATE", *(["NODE"] if nodes else []), "PID", "ADDRESS", "ERROR"]
+        parts.append(table(header, replica_rows))
     return "\n\n".join(parts)

@@ -68,6 +68,9 @@ class ReplicaInfo:
     gpus: str = ""
     # Its log file (stdout, stderr and logging) on the controller's machine.
     log_path: str = ""
+    # The machine it runs on ("" = the controller's own; a node's IP address
+    # on a Ray cluster).
+    node: str = ""
 
 
 def call_controller(
@@ -445,6 +448,7 @@ class Client:
                 cpus=tuple(r.cpus),
                 gpus=r.gpus,
                 log_path=r.log_path,
+                node=r.node,
             )
             for r in reply.replicas
         ]

@@ -89,6 +89,12 @@ class Child(Protocol):
     @property
     def log_path(self) -> str: ...
 
+    @property
+    def node(self) -> str:
+        """The machine it runs on, as this launcher names it ("" = the
+        controller's own)."""
+        ...
+
     async def wait(self) -> int | None:
         """Until it has exited: its exit status, None when unknown (a child
         this controller did not start itself)."""

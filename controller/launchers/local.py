@@ -148,6 +148,10 @@ class ChildProcess:
         return self.process.pid
 
     @property
+    def node(self) -> str:
+        return ""  # the controller's own machine
+
+    @property
     def ok(self) -> bool:
         return self.report.ok
 

@@ -429,6 +429,10 @@ class RayChild:
     def address(self) -> str:
         return self.report.address
 
+    @property
+    def node(self) -> str:
+        return self.node_ip
+
     async def wait(self) -> int | None:
         try:
             code: int | None = await self.actor.wait.remote()

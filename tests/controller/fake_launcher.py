@@ -32,6 +32,7 @@ class FakeChild:
     exited: asyncio.Future[int | None] = field(default_factory=asyncio.Future)
     pid: int = 0
     log_path: str = ""
+    node: str = ""
 
     @property
     def ok(self) -> bool:

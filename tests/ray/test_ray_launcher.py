@@ -24,6 +24,7 @@ from netns_cluster import (
 )
 
 import turnout
+from turnout._cli_render import Snapshot, to_text
 from turnout.errors import InvalidArgumentError
 
 REQUESTS = 60
@@ -71,6 +72,10 @@ def test_replicas_land_on_both_nodes_and_answer_through_the_proxy(
     client.create_endpoint("who", backend="who", route="/who")
     # Each replica advertises its own node's address (never 0.0.0.0 or loopback).
     assert hosts_of(client, "who") == [HEAD_IP, WORKER_IP]
+    # list_replicas() and `turnout status` say which node each one runs on.
+    assert sorted(r.node for r in client.list_replicas("who")) == [HEAD_IP, WORKER_IP]
+    status = to_text(Snapshot.read(client))
+    assert "NODE" in status and WORKER_IP in status
     by_pid = {r.pid: r.address.rpartition(":")[0] for r in client.list_replicas("who")}
     seen: collections.Counter[str] = collections.Counter()
     with requests.Session() as http:

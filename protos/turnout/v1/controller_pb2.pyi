@@ -382,6 +382,7 @@ class Replica(_message.Message):
     GPUS_FIELD_NUMBER: _builtins.int
     CPUS_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     """Unique id, "<backend>#<n>"."""
     backend: _builtins.str
@@ -400,6 +401,11 @@ class Replica(_message.Message):
     size (default 10 MiB x 5 backups); empty until started. Raw stdout and
     stderr (crashes, user prints) go beside it, same name with ".out".
     """
+    node: _builtins.str
+    """The machine it runs on, as its launcher names it: empty for the local
+    launcher (the controller's own machine); the node's IP address for the
+    Ray launcher.
+    """
     @_builtins.property
     def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Cores it is pinned to; empty = not pinned."""
@@ -416,10 +422,11 @@ class Replica(_message.Message):
         gpus: _builtins.str = ...,
         cpus: _abc.Iterable[_builtins.int] | None = ...,
         log_path: _builtins.str = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "log_path", b"log_path", "pid", b"pid", "replica_id", b"replica_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "log_path", b"log_path", "node", b"node", "pid", b"pid", "replica_id", b"replica_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
