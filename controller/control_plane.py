@@ -128,7 +128,7 @@ class ControlPlane:
                     raise AlreadyExistsError(f"backend {tag!r} already exists with other content")
                 self._check_capacity(config.num_replicas)
                 replicas = self._replica_set(record)
-                replicas.check_fits(config.num_replicas)
+                replicas.check_fits(config.num_replicas, config.num_replicas)
                 self._sets[tag] = replicas
                 self._reserved[tag] = config.num_replicas
             try:

@@ -131,10 +131,12 @@ class ReplicaSet:
     def _live(self) -> list[ReplicaSlot]:
         return [s for s in self._slots.values() if not s.stopping]
 
-    def check_fits(self, count: int) -> None:
-        """Raise InvalidArgumentError unless ``count`` more replicas fit the machine."""
+    def check_fits(self, count: int, total: int) -> None:
+        """Raise InvalidArgumentError unless ``count`` more replicas, ``total``
+        in all, fit the machine (or the cluster)."""
         if count > 0:
             self._resources.check(self.options.num_cpus, self.options.num_gpus, count)
+            self._resources.check_placement(self.options, total)
 
     async def scale(self, count: int) -> None:
         """Run exactly ``count`` replicas; returns once new ones are RUNNING.
@@ -144,7 +146,7 @@ class ReplicaSet:
         """
         live = self._live()
         if count > len(live):
-            self.check_fits(count - len(live))
+            self.check_fits(count - len(live), count)
             await self._start_slots(count - len(live))
         elif count < len(live):
             # Newest first: the oldest replicas are the warmest.

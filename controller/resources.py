@@ -16,7 +16,9 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from turnout._internal import validation
 from turnout._internal.errors import InvalidArgumentError
+from turnout.v1 import controller_pb2 as pb
 
 # Lets an operator (or a test) say which GPUs the controller may hand out,
 # e.g. "0,1", instead of asking nvidia-smi. An empty value means none.
@@ -98,6 +100,17 @@ class ResourcePool:
         trial._gpu_used = dict(self._gpu_used)
         for i in range(count):
             trial.allocate(f"trial#{i}", num_cpus, num_gpus)
+
+    def check_placement(self, options: pb.ReplicaOptions, total: int) -> None:
+        """Raise InvalidArgumentError for placement options one machine
+        cannot honour (they need a Ray instance); ``total``: the backend's
+        replicas (a max_replicas_per_node of at least that changes nothing)."""
+        used = validation.ray_options_used(options, total)
+        if used:
+            raise InvalidArgumentError(
+                f"replica option(s) {', '.join(used)} need a Ray instance (turnout start "
+                "--ray-address, docs/ray-cluster.md); this one runs every replica on one machine"
+            )
 
     def allocate(self, owner: str, num_cpus: float, num_gpus: float) -> Allocation:
         cpus = self._pick_cpus(math.ceil(num_cpus)) if num_cpus > 0 else ()

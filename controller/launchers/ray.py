@@ -117,12 +117,35 @@ def parse_ray_handle(record: ChildRecord) -> dict[str, Any] | None:
     return held if isinstance(held, dict) and isinstance(held.get("actor"), str) else None
 
 
+# node_selector's key that matches a node's IP address, not a Ray label.
+NODE_IP_KEY = "node_ip"
+
+
 @dataclass(frozen=True)
 class Request:
     """What one replica asks of a node, from its backend's replica_options."""
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
+    # Custom Ray resources, name -> amount.
+    resources: Mapping[str, float] = field(default_factory=dict)
+    # Ray label (or NODE_IP_KEY) -> the value the node must have.
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    # At most this many of the backend's replicas per node; 0 = no limit.
+    max_per_node: int = 0
+    # The backend's own runtime_env (JSON), merged over the job's.
+    runtime_env: str = ""
+
+    @classmethod
+    def of_options(cls, options: pb.ReplicaOptions) -> Request:
+        return cls(
+            num_cpus=options.num_cpus,
+            num_gpus=options.num_gpus,
+            resources=dict(options.resources),
+            node_selector=dict(options.node_selector),
+            max_per_node=options.max_replicas_per_node,
+            runtime_env=options.runtime_env_json,
+        )
 
     @classmethod
     def of_spec(cls, spec: bytes) -> Request:
@@ -135,17 +158,64 @@ class Request:
                 "command backends do not run on a Ray cluster yet; serve them from an "
                 "instance without --ray-address",
             )
-        options = request.replica_options
-        return cls(num_cpus=options.num_cpus, num_gpus=options.num_gpus)
+        return cls.of_options(request.replica_options)
 
     def fits(self, resources: Mapping[str, float]) -> bool:
         return (
             resources.get("CPU", 0.0) + _EPSILON >= self.num_cpus
             and resources.get("GPU", 0.0) + _EPSILON >= self.num_gpus
+            and all(
+                resources.get(name, 0.0) + _EPSILON >= amount
+                for name, amount in self.resources.items()
+            )
+        )
+
+    def selects(self, node: NodeInfo) -> bool:
+        """Whether the node's labels (and IP) match the node selector."""
+        return all(
+            (node.ip if key == NODE_IP_KEY else node.labels.get(key)) == value
+            for key, value in self.node_selector.items()
         )
 
     def __str__(self) -> str:
-        return f"num_cpus={self.num_cpus:g}, num_gpus={self.num_gpus:g}"
+        custom = "".join(f", {k}={v:g}" for k, v in sorted(self.resources.items()))
+        return f"num_cpus={self.num_cpus:g}, num_gpus={self.num_gpus:g}{custom}"
+
+
+def eligible_nodes(request: Request, nodes: list[NodeInfo]) -> list[NodeInfo]:
+    """The nodes the replica may ever run on: big enough and selected.
+    Raises SpawnError (INVALID_ARGUMENT) naming why when there is none."""
+    selected = [n for n in nodes if request.selects(n)]
+    if not selected:
+        raise SpawnError(
+            "INVALID_ARGUMENT",
+            f"node_selector {dict(sorted(request.node_selector.items()))} matches none of "
+            f"the Ray cluster's {len(nodes)} live nodes",
+        )
+    big_enough = [n for n in selected if request.fits(n.total)]
+    if not big_enough:
+        largest = max((n.total.get("CPU", 0.0) for n in selected), default=0.0)
+        which = "selected" if request.node_selector else "live"
+        raise SpawnError(
+            "INVALID_ARGUMENT",
+            f"a replica asks for {request}, more than any of the cluster's {len(selected)} "
+            f"{which} nodes has (the largest has {largest:g} CPUs)",
+        )
+    return big_enough
+
+
+def check_placement(request: Request, nodes: list[NodeInfo], count: int) -> None:
+    """Raise SpawnError (INVALID_ARGUMENT) unless ``count`` replicas could
+    ever be placed on ``nodes``: some node is eligible, and
+    max_replicas_per_node times the eligible nodes is at least ``count``."""
+    eligible = eligible_nodes(request, nodes)
+    if request.max_per_node and request.max_per_node * len(eligible) < count:
+        raise SpawnError(
+            "INVALID_ARGUMENT",
+            f"{count} replicas with max_replicas_per_node={request.max_per_node} need "
+            f"{-(-count // request.max_per_node)} nodes; the Ray cluster has "
+            f"{len(eligible)} that can take them",
+        )
 
 
 @dataclass(frozen=True)
@@ -154,26 +224,35 @@ class NodeInfo:
     ip: str
     total: dict[str, float]
     free: dict[str, float]
+    # Ray's labels of the node (``ray start --labels``, and Ray's own ray.io/*).
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 def choose_node(
-    request: Request, nodes: list[NodeInfo], placed: Mapping[str, int], settled: bool = True
+    request: Request,
+    nodes: list[NodeInfo],
+    placed: Mapping[str, int],
+    settled: bool = True,
+    mine: Mapping[str, int] | None = None,
 ) -> NodeInfo | None:
-    """The node for one more replica: of those big enough for it, the one
-    with fewest of this instance's replicas (``placed``: node id -> count),
-    then the one with most free CPUs, if it has room for it now. Unless
-    ``settled``, None when that node lacks room (Ray's view of free resources
-    lags a release by up to a second: ask again); once settled, the best node
-    that has room. Raises SpawnError when none is big enough, or (settled)
-    none has room."""
-    big_enough = [n for n in nodes if request.fits(n.total)]
-    if not big_enough:
-        largest = max((n.total.get("CPU", 0.0) for n in nodes), default=0.0)
-        raise SpawnError(
-            "INVALID_ARGUMENT",
-            f"a replica asks for {request}, more than any of the cluster's {len(nodes)} "
-            f"live nodes has (the largest has {largest:g} CPUs)",
-        )
+    """The node for one more replica: of those eligible for it (big enough,
+    matching its node selector, with fewer than max_replicas_per_node of its
+    backend's replicas, ``mine``: node id -> count), the one with fewest of
+    this instance's replicas (``placed``: node id -> count), then the one
+    with most free CPUs, if it has room for it now. Unless ``settled``, None
+    when that node lacks room (Ray's view of free resources lags a release
+    by up to a second: ask again); once settled, the best node that has
+    room. Raises SpawnError when none is eligible, or (settled) none has room."""
+    big_enough = eligible_nodes(request, nodes)
+    if request.max_per_node:
+        counts = mine or {}
+        big_enough = [n for n in big_enough if counts.get(n.node_id, 0) < request.max_per_node]
+        if not big_enough:
+            raise SpawnError(
+                "RESOURCE_EXHAUSTED",
+                f"every Ray node that can take the replica already runs "
+                f"max_replicas_per_node={request.max_per_node} of its backend's replicas",
+            )
     ranked = sorted(
         big_enough, key=lambda n: (placed.get(n.node_id, 0), -n.free.get("CPU", 0.0), n.ip)
     )
@@ -207,6 +286,14 @@ class ClusterResources(ResourcePool):
                 f"a replica asks for {request}, more than any of the Ray cluster's "
                 f"{len(nodes)} live nodes has"
             )
+
+    def check_placement(self, options: pb.ReplicaOptions, total: int) -> None:
+        """Refuse a backend whose ``total`` replicas no set of nodes could
+        take (node selector, custom resources, max_replicas_per_node)."""
+        try:
+            check_placement(Request.of_options(options), self._launcher.nodes(), total)
+        except SpawnError as exc:
+            raise InvalidArgumentError(str(exc)) from None
 
     def allocate(self, owner: str, num_cpus: float, num_gpus: float) -> Allocation:
         return self._hold(owner, Allocation())
@@ -483,9 +570,9 @@ class RayLauncher:
         self.local = local
         self._store = store
         self._children: dict[RayChild, asyncio.Task[None]] = {}
-        # node id -> replicas being started there (placed, not yet serving):
-        # replicas started together spread too.
-        self._starting: dict[str, int] = {}
+        # (backend, node id) -> replicas being started there (placed, not
+        # yet serving): replicas started together spread too.
+        self._starting: dict[tuple[str, str], int] = {}
         # node id -> when a replica's actor there was lost: Ray takes about
         # 15 s to call a node dead, and placement avoids it meanwhile.
         self._suspect: dict[str, float] = {}
@@ -527,6 +614,7 @@ class RayLauncher:
                 ip=n["NodeManagerAddress"],
                 total=dict(n["Resources"]),
                 free=dict(free.get(n["NodeID"], {})),
+                labels={str(k): str(v) for k, v in (n.get("Labels") or {}).items()},
             )
             for n in ray.nodes()  # type: ignore[no-untyped-call]
             if n.get("Alive")
@@ -540,10 +628,16 @@ class RayLauncher:
         trusted = [n for n in nodes if n.node_id not in self._suspect]
         return trusted or nodes
 
-    def _placed(self) -> dict[str, int]:
-        counts = dict(self._starting)
+    def _placed(self, backend: str | None = None) -> dict[str, int]:
+        """node id -> replicas there (of ``backend`` only, if given)."""
+        counts: dict[str, int] = {}
+        for (tag, node_id), n in self._starting.items():
+            if backend is None or tag == backend:
+                counts[node_id] = counts.get(node_id, 0) + n
         for child in self._children:
             if child.leaving:
+                continue
+            if backend is not None and (child.record is None or child.record.backend != backend):
                 continue
             counts[child.node_id] = counts.get(child.node_id, 0) + 1
         return counts
@@ -554,21 +648,24 @@ class RayLauncher:
         self, record: ChildRecord, spec: bytes, env: dict[str, str] | None = None
     ) -> Child:
         request = Request.of_spec(spec)
-        node = await self._choose(request)
-        self._starting[node.node_id] = self._starting.get(node.node_id, 0) + 1
+        node = await self._choose(request, record.backend)
+        key = (record.backend, node.node_id)
+        self._starting[key] = self._starting.get(key, 0) + 1
         try:
             return await self._start_on(node, request, record, spec, env or {})
         finally:
-            self._starting[node.node_id] -= 1
+            self._starting[key] -= 1
 
-    async def _choose(self, request: Request) -> NodeInfo:
+    async def _choose(self, request: Request, backend: str) -> NodeInfo:
         """Where the replica goes (``choose_node``), giving Ray's view of free
         resources ``PLACEMENT_SETTLE_S`` to catch up with replicas just stopped."""
         deadline = asyncio.get_running_loop().time() + PLACEMENT_SETTLE_S
         while True:
             nodes = self._trusted(await asyncio.to_thread(self.nodes))
             settled = asyncio.get_running_loop().time() >= deadline
-            node = choose_node(request, nodes, self._placed(), settled=settled)
+            node = choose_node(
+                request, nodes, self._placed(), settled=settled, mine=self._placed(backend)
+            )
             if node is not None:
                 logger.info("placing on %s (placed: %s)", node.ip, self._placed())
                 return node
@@ -592,6 +689,8 @@ class RayLauncher:
                 max_restarts=0,
                 num_cpus=request.num_cpus,
                 num_gpus=request.num_gpus,
+                resources=dict(request.resources),
+                **self._runtime_env(request),
                 # Hard: a soft affinity lets Ray's own scheduler move it elsewhere
                 # (it does so even with room on the node), undoing the spread. A
                 # node that died meanwhile fails the start, which is retried.
@@ -650,6 +749,15 @@ class RayLauncher:
         logger.info("%s serves on %s (node %s)", child.name, child.address, child.node_ip)
         self._want_proxy(child.node_id, child.node_ip)
         return child
+
+    @staticmethod
+    def _runtime_env(request: Request) -> dict[str, Any]:
+        """The actor's runtime_env option, if the backend has one: Ray merges
+        it over the job's (--ray-runtime-env) itself, its keys replacing the
+        job's but env_vars merged name by name."""
+        if not request.runtime_env:
+            return {}
+        return {"runtime_env": json.loads(request.runtime_env)}
 
     def _material(self, principal: str) -> Material:
         credentials = None

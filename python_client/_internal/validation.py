@@ -232,7 +232,28 @@ def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
 
 # The keys of replica options as Python and deploy files give them (memory is
 # the message's memory_bytes).
-REPLICA_OPTION_KEYS = ("num_cpus", "num_gpus", "env", "memory")
+REPLICA_OPTION_KEYS = (
+    "num_cpus",
+    "num_gpus",
+    "env",
+    "memory",
+    "resources",
+    "node_selector",
+    "max_replicas_per_node",
+    "runtime_env",
+)
+# The options only a Ray instance can honour (ReplicaOptions fields 5-8).
+RAY_OPTION_KEYS = ("resources", "node_selector", "max_replicas_per_node", "runtime_env")
+# Custom Ray resources and node selector entries of one backend.
+MAX_PLACEMENT_ENTRIES = 32
+MAX_PLACEMENT_NAME_LENGTH = 128
+MAX_SELECTOR_VALUE_LENGTH = 256
+_PLACEMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
+# Ray's own resources, asked for through num_cpus, num_gpus, memory.
+RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+MAX_REPLICAS_PER_NODE = 1_000_000
+MAX_RUNTIME_ENV_BYTES = 64 * 1024
+RUNTIME_ENV_KEYS = ("working_dir", "pip", "env_vars")
 
 
 @dataclass(frozen=True)
@@ -291,6 +312,7 @@ def replica_option_problems(
         )
     else:
         message.memory_bytes = memory
+    found.extend(_ray_option_problems(options, message))
     if found:
         return None, found
     try:
@@ -318,6 +340,66 @@ def replica_options_from(options: Mapping[str, Any] | None) -> pb.ReplicaOptions
     return message
 
 
+def _ray_option_problems(
+    options: Mapping[str, Any], message: pb.ReplicaOptions
+) -> list[OptionProblem]:
+    """The types of the Ray placement options, filled into ``message``."""
+    found: list[OptionProblem] = []
+    resources = options.get("resources", {})
+    if not isinstance(resources, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in resources.items()
+    ):
+        found.append(OptionProblem("resources", "must map resource names to numbers", TypeError))
+    else:
+        for key, amount in resources.items():
+            message.resources[key] = float(amount)
+    selector = options.get("node_selector", {})
+    if not isinstance(selector, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
+    ):
+        found.append(
+            OptionProblem("node_selector", "must map label names to str values", TypeError)
+        )
+    else:
+        message.node_selector.update(selector)
+    most = options.get("max_replicas_per_node", 0)
+    if isinstance(most, bool) or not isinstance(most, int):
+        found.append(
+            OptionProblem(
+                "max_replicas_per_node",
+                f"must be a whole number (0 = no limit), got {_type(most)}",
+                TypeError,
+            )
+        )
+    elif not 0 <= most <= MAX_REPLICAS_PER_NODE:
+        found.append(
+            OptionProblem(
+                "max_replicas_per_node",
+                f"must be 0 (no limit) to {MAX_REPLICAS_PER_NODE}, got {most}",
+            )
+        )
+    else:
+        message.max_replicas_per_node = most
+    runtime_env = options.get("runtime_env")
+    if runtime_env is not None and not isinstance(runtime_env, Mapping):
+        found.append(
+            OptionProblem(
+                "runtime_env",
+                f"must be a dict (working_dir, pip, env_vars), got {_type(runtime_env)}",
+                TypeError,
+            )
+        )
+    elif runtime_env:
+        try:
+            message.runtime_env_json = json.dumps(dict(runtime_env), sort_keys=True)
+        except (TypeError, ValueError, RecursionError):
+            found.append(
+                OptionProblem("runtime_env", "must be JSON: dicts, lists, str, numbers", TypeError)
+            )
+    return found
+
+
 def replica_options_dict(options: pb.ReplicaOptions) -> dict[str, Any]:
     """``options`` with the keys ``replica_options_from`` takes."""
     return {
@@ -325,7 +407,29 @@ def replica_options_dict(options: pb.ReplicaOptions) -> dict[str, Any]:
         "num_gpus": options.num_gpus,
         "env": dict(sorted(options.env.items())),
         "memory": options.memory_bytes,
+        "resources": dict(sorted(options.resources.items())),
+        "node_selector": dict(sorted(options.node_selector.items())),
+        "max_replicas_per_node": options.max_replicas_per_node,
+        "runtime_env": json.loads(options.runtime_env_json) if options.runtime_env_json else {},
     }
+
+
+def ray_options_used(options: pb.ReplicaOptions, num_replicas: int) -> list[str]:
+    """The Ray-only options ``options`` set that would change something on
+    one machine (a ``max_replicas_per_node`` of at least ``num_replicas``
+    changes nothing there)."""
+    used = [
+        key
+        for key, value in (
+            ("resources", options.resources),
+            ("node_selector", options.node_selector),
+            ("runtime_env", options.runtime_env_json),
+        )
+        if value
+    ]
+    if 0 < options.max_replicas_per_node < num_replicas:
+        used.append("max_replicas_per_node")
+    return used
 
 
 def _type(value: object) -> str:
@@ -349,7 +453,80 @@ def replica_options(options: pb.ReplicaOptions) -> pb.ReplicaOptions:
             f"got {options.memory_bytes}"
         )
     _environment(dict(options.env))
+    _placement(dict(options.resources), dict(options.node_selector))
+    if options.max_replicas_per_node > MAX_REPLICAS_PER_NODE:
+        raise InvalidArgumentError(
+            f"max_replicas_per_node must be 0 (no limit) to {MAX_REPLICAS_PER_NODE}, "
+            f"got {options.max_replicas_per_node}"
+        )
+    if options.runtime_env_json:
+        runtime_env(options.runtime_env_json)
     return options
+
+
+def _placement(resources: dict[str, float], selector: dict[str, str]) -> None:
+    """Custom Ray resources and a node selector: names Ray takes, bounded."""
+    for what, entries in (("resources", resources), ("node_selector", selector)):
+        if len(entries) > MAX_PLACEMENT_ENTRIES:
+            raise InvalidArgumentError(
+                f"{what}: at most {MAX_PLACEMENT_ENTRIES} entries, got {len(entries)}"
+            )
+        for key in entries:
+            if len(key) > MAX_PLACEMENT_NAME_LENGTH or not _PLACEMENT_NAME.match(key):
+                raise InvalidArgumentError(
+                    f"{what} name {shown(key)} is not valid: use letters, digits, '_', '-', "
+                    f"'.', '/' (not first: digits, '-', '.', '/'), "
+                    f"at most {MAX_PLACEMENT_NAME_LENGTH} characters"
+                )
+    for key, amount in resources.items():
+        if key in RESERVED_RESOURCES:
+            raise InvalidArgumentError(
+                f"resources {key!r} is Ray's own; use num_cpus, num_gpus or memory"
+            )
+        if not math.isfinite(amount) or amount <= 0:
+            raise InvalidArgumentError(
+                f"resources {key!r} must be a finite number > 0, got {amount}"
+            )
+    for key, value in selector.items():
+        if not value or len(value) > MAX_SELECTOR_VALUE_LENGTH or not value.isprintable():
+            raise InvalidArgumentError(
+                f"node_selector {key!r} value {shown(value)} must be 1 to "
+                f"{MAX_SELECTOR_VALUE_LENGTH} printable characters"
+            )
+
+
+def runtime_env(value: str) -> dict[str, Any]:
+    """A backend's Ray runtime_env (JSON): an object with only the keys
+    ``RUNTIME_ENV_KEYS``, bounded in size and depth; env_vars maps str to str."""
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_RUNTIME_ENV_BYTES:
+        raise InvalidArgumentError(f"runtime_env is {size} bytes; at most {MAX_RUNTIME_ENV_BYTES}")
+    parsed = json_text(value, "runtime_env")
+    if not isinstance(parsed, dict):
+        raise InvalidArgumentError("runtime_env must be a JSON object")
+    unknown = sorted(k for k in parsed if k not in RUNTIME_ENV_KEYS)
+    if unknown:
+        raise InvalidArgumentError(
+            f"runtime_env keys {shown(unknown)} are not supported; known: "
+            f"{', '.join(RUNTIME_ENV_KEYS)}"
+        )
+    # Ray uploads a local folder only for the job's runtime_env (the
+    # instance's --ray-runtime-env); an actor's must be fetched from a URI.
+    if "working_dir" in parsed and not (
+        isinstance(parsed["working_dir"], str) and "://" in parsed["working_dir"]
+    ):
+        raise InvalidArgumentError(
+            "runtime_env working_dir must be a URI (s3://, gs://, https://...zip); a local "
+            "folder goes in the instance's --ray-runtime-env"
+        )
+    pip = parsed.get("pip", [])
+    if not isinstance(pip, list) or not all(isinstance(p, str) and p for p in pip):
+        raise InvalidArgumentError("runtime_env pip must be a list of requirement strs")
+    env_vars = parsed.get("env_vars", {})
+    if not isinstance(env_vars, dict) or not all(isinstance(v, str) for v in env_vars.values()):
+        raise InvalidArgumentError("runtime_env env_vars must map names to str values")
+    _environment(env_vars)
+    return parsed
 
 
 def _environment(env: dict[str, str]) -> None:

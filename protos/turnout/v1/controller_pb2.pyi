@@ -209,10 +209,54 @@ class ReplicaOptions(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ResourcesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class NodeSelectorEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NUM_CPUS_FIELD_NUMBER: _builtins.int
     NUM_GPUS_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
+    NODE_SELECTOR_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_PER_NODE_FIELD_NUMBER: _builtins.int
+    RUNTIME_ENV_JSON_FIELD_NUMBER: _builtins.int
     num_cpus: _builtins.float
     """CPU cores per replica; the replica is pinned to that many cores (rounded
     up) when the machine has enough. 0 = no pinning.
@@ -227,11 +271,40 @@ class ReplicaOptions(_message.Message):
     that runs out is restarted and reported FAILED with the limit named.
     0 = no limit.
     """
+    max_replicas_per_node: _builtins.int
+    """At most this many of the backend's replicas on one node (Ray
+    instances; on a local instance only values >= num_replicas are taken,
+    as they change nothing). 0 = no limit.
+    """
+    runtime_env_json: _builtins.str
+    """Ray instances only: a Ray runtime_env of this backend's replicas, as a
+    JSON object with the keys working_dir, pip, env_vars (at most 64 KiB,
+    100 levels deep), merged over the instance's --ray-runtime-env (its
+    env_vars key by key). Empty = the instance's.
+    """
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Extra environment variables of the replica process. Names: letters,
         digits, '_', '.', '-' (not first: a digit, '.' or '-'), at most 256
         characters; values without NUL, at most 32 KiB each, 256 KiB in all.
+        """
+
+    @_builtins.property
+    def resources(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Ray instances only (refused by one without --ray-address): custom Ray
+        resources each replica asks of its node, name -> amount (e.g.
+        {"accelerator_x": 1}); a node is eligible only if it has them. Names:
+        letters, digits, '_', '-', '.', '/', at most 128 characters, not CPU, GPU
+        or memory (those are num_cpus, num_gpus, memory_bytes); amounts finite,
+        > 0. At most 32 entries. Empty = none.
+        """
+
+    @_builtins.property
+    def node_selector(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Ray instances only: the replica runs only on nodes whose Ray labels
+        (`ray start --labels`) have each of these values; the key "node_ip"
+        matches the node's IP address instead. Same name rules as resources,
+        values at most 256 characters, at most 32 entries. Empty = any node.
         """
 
     def __init__(
@@ -241,10 +314,14 @@ class ReplicaOptions(_message.Message):
         num_gpus: _builtins.float = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         memory_bytes: _builtins.int = ...,
+        resources: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        node_selector: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        max_replicas_per_node: _builtins.int = ...,
+        runtime_env_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "memory_bytes", b"memory_bytes", "num_cpus", b"num_cpus", "num_gpus", b"num_gpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "max_replicas_per_node", b"max_replicas_per_node", "memory_bytes", b"memory_bytes", "node_selector", b"node_selector", "num_cpus", b"num_cpus", "num_gpus", b"num_gpus", "resources", b"resources", "runtime_env_json", b"runtime_env_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
