@@ -148,3 +148,53 @@ def test_a_command_with_env_cwd_and_timeout_is_accepted() -> None:
         argv=["node", "replica.js"], env={"MODEL": "m"}, cwd="/srv/app", ready_timeout=5.0
     )
     assert validation.spec(spec) is spec
+
+
+def test_ray_placement_options_round_trip() -> None:
+    given = {
+        "resources": {"accelerator_x": 1},
+        "node_selector": {"zone": "a", "node_ip": "10.0.0.2"},
+        "max_replicas_per_node": 2,
+        "runtime_env": {"pip": ["six"], "env_vars": {"MODE": "fast"}},
+    }
+    message = validation.replica_options_from(given)
+    assert message.resources == {"accelerator_x": 1.0}
+    shown = validation.replica_options_dict(message)
+    assert {key: shown[key] for key in given} == {
+        **given,
+        "resources": {"accelerator_x": 1.0},
+        "node_selector": {"node_ip": "10.0.0.2", "zone": "a"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "says"),
+    [
+        ({"resources": {"CPU": 1}}, InvalidArgumentError, "Ray's own"),
+        ({"resources": {"x": 0}}, InvalidArgumentError, "> 0"),
+        ({"resources": {"x": "1"}}, TypeError, "resources must map"),
+        ({"resources": {"bad name": 1}}, InvalidArgumentError, "not valid"),
+        ({"resources": {f"r{i}": 1 for i in range(33)}}, InvalidArgumentError, "at most 32"),
+        ({"node_selector": {"zone": ""}}, InvalidArgumentError, "1 to 256"),
+        ({"node_selector": {"zone": 1}}, TypeError, "node_selector must map"),
+        ({"max_replicas_per_node": -1}, InvalidArgumentError, "0 \\(no limit\\)"),
+        ({"max_replicas_per_node": 1.5}, TypeError, "whole number"),
+        ({"runtime_env": "x"}, TypeError, "must be a dict"),
+        ({"runtime_env": {"conda": "env"}}, InvalidArgumentError, "not supported"),
+        ({"runtime_env": {"working_dir": "/srv"}}, InvalidArgumentError, "URI"),
+        ({"runtime_env": {"pip": "six"}}, InvalidArgumentError, "list"),
+        ({"runtime_env": {"env_vars": {"A=B": "x"}}}, InvalidArgumentError, "not valid"),
+        ({"runtime_env": {"pip": ["x" * 70_000]}}, InvalidArgumentError, "at most 65536"),
+    ],
+)
+def test_bad_ray_placement_options_are_refused(
+    options: dict[str, object], error: type[Exception], says: str
+) -> None:
+    with pytest.raises(error, match=says):
+        validation.replica_options_from(options)
+
+
+def test_a_deeply_nested_runtime_env_is_refused() -> None:
+    deep = '{"env_vars": {}, "pip": [' + "[" * 200 + "]" * 200 + "]}"
+    with pytest.raises(InvalidArgumentError, match="deeper"):
+        validation.replica_options(pb.ReplicaOptions(runtime_env_json=deep))
