@@ -57,6 +57,16 @@ DRIVER_TIMEOUT_S = 60.0
 KEEP_DIR_ENV = "TURNOUT_TEST_KEEP_RAY_DIR"
 
 
+# What only the worker node has, for placement tests: a custom Ray resource
+# (room for 4 replicas asking 1 each) and a Ray label.
+WORKER_RESOURCE = "worker_only"
+WORKER_LABEL = ("role", "worker")
+WORKER_EXTRAS = (
+    f'--resources={{"{WORKER_RESOURCE}": 4}}',
+    f"--labels={WORKER_LABEL[0]}={WORKER_LABEL[1]}",
+)
+
+
 def _run(argv: Sequence[str], timeout: float = 30.0) -> None:
     subprocess.run(list(argv), check=True, timeout=timeout, capture_output=True)
 
@@ -184,7 +194,7 @@ class RayCluster:
         try:
             self._network()
             self._ray_start(self.head, "--head", f"--port={GCS_PORT}", "--include-dashboard=false")
-            self._ray_start(self.worker, f"--address={self.address}")
+            self._ray_start(self.worker, f"--address={self.address}", *WORKER_EXTRAS)
         except BaseException:
             self.close()
             raise
@@ -195,7 +205,7 @@ class RayCluster:
     def rejoin_worker(self) -> None:
         """Start Ray on the worker again (after a test killed it) and wait
         until the cluster counts two live nodes."""
-        self._ray_start(self.worker, f"--address={self.address}")
+        self._ray_start(self.worker, f"--address={self.address}", *WORKER_EXTRAS)
         code = (
             f"import ray, time; ray.init(address='{self.address}', log_to_driver=False)\n"
             "for _ in range(240):\n"

@@ -18,6 +18,8 @@ from netns_cluster import (
     HEAD_IP,
     HTTP_PORT,
     WORKER_IP,
+    WORKER_LABEL,
+    WORKER_RESOURCE,
     RayCluster,
     TurnoutOnRay,
     cluster_tls,
@@ -156,6 +158,45 @@ def test_a_backend_bigger_than_every_node_is_refused(client: turnout.Client) -> 
     with pytest.raises(InvalidArgumentError, match="more than any"):
         client.create_backend("huge", whoami, replica_options={"num_cpus": 64})
     assert "huge" not in client.list_backends()
+
+
+def test_max_replicas_per_node_spreads_one_per_node_and_refuses_a_third(
+    client: turnout.Client,
+) -> None:
+    options = {"max_replicas_per_node": 1, "num_cpus": 0.5}
+    client.create_backend("one-each", whoami, config={"num_replicas": 2}, replica_options=options)
+    assert hosts_of(client, "one-each") == [HEAD_IP, WORKER_IP]
+    # Refused at create time, before any replica starts: not left pending.
+    with pytest.raises(InvalidArgumentError, match="max_replicas_per_node=1 need 3 nodes"):
+        client.create_backend("three", whoami, config={"num_replicas": 3}, replica_options=options)
+    assert "three" not in client.list_backends()
+    with pytest.raises(InvalidArgumentError, match="need 3 nodes"):
+        client.update_backend_config("one-each", {"num_replicas": 3})
+    assert hosts_of(client, "one-each") == [HEAD_IP, WORKER_IP]
+
+
+def test_a_custom_resource_or_a_label_only_the_worker_has_places_replicas_there(
+    client: turnout.Client,
+) -> None:
+    # The instance's proxy is on the head, so spreading alone would put the
+    # first replica of a backend anywhere; these must go to the worker.
+    client.create_backend(
+        "accel",
+        whoami,
+        config={"num_replicas": 2},
+        replica_options={"resources": {WORKER_RESOURCE: 1}, "num_cpus": 0.5},
+    )
+    assert hosts_of(client, "accel") == [WORKER_IP, WORKER_IP]
+    key, value = WORKER_LABEL
+    client.create_backend(
+        "labelled", whoami, replica_options={"node_selector": {key: value}, "num_cpus": 0.5}
+    )
+    assert hosts_of(client, "labelled") == [WORKER_IP]
+    with pytest.raises(InvalidArgumentError, match="matches none"):
+        client.create_backend("nowhere", whoami, replica_options={"node_selector": {key: "gpu"}})
+    with pytest.raises(InvalidArgumentError, match="more than any"):
+        client.create_backend("nobody", whoami, replica_options={"resources": {"tpu": 1}})
+    assert set(client.list_backends()) == {"accel", "labelled"}
 
 
 SHIPPED = """
