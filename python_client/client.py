@@ -364,7 +364,10 @@ class Client:
         (docs/replica-protocol.md). ``replica_options`` places
         the replica processes: ``num_cpus`` (pin to that many cores),
         ``num_gpus`` (whole GPUs, or a fraction of one, via
-        ``CUDA_VISIBLE_DEVICES``) and ``env`` (extra environment variables).
+        ``CUDA_VISIBLE_DEVICES``), ``env`` (extra environment variables),
+        ``memory`` (bytes) and, on a Ray instance, ``resources``,
+        ``node_selector``, ``max_replicas_per_node`` and ``runtime_env``
+        (docs/ray-cluster.md, "Placement").
 
         The callable and ``init_args`` travel to the replicas pickled: one that
         holds something that cannot be (a lock, a socket, an open file) raises

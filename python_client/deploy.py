@@ -13,7 +13,7 @@ JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
         # command: {argv: [node, replica.js], cwd: ., env: {}, ready_timeout: 120}
         init_args: ["hello"]                # JSON values, given to the class
         config: {num_replicas: 2}           # BackendConfig fields
-        replica_options: {num_cpus: 1}      # num_cpus, num_gpus, env, memory (bytes)
+        replica_options: {num_cpus: 1}      # num_cpus, num_gpus, env, memory (bytes), ...
     endpoints:
       greet:
         route: /greet                       # omit for handles only
