@@ -401,17 +401,22 @@ def _ray_option_problems(
 
 
 def replica_options_dict(options: pb.ReplicaOptions) -> dict[str, Any]:
-    """``options`` with the keys ``replica_options_from`` takes."""
-    return {
+    """``options`` with the keys ``replica_options_from`` takes (the Ray
+    placement options only where set, so one-machine options read as before)."""
+    shown: dict[str, Any] = {
         "num_cpus": options.num_cpus,
         "num_gpus": options.num_gpus,
         "env": dict(sorted(options.env.items())),
         "memory": options.memory_bytes,
+    }
+    ray: dict[str, Any] = {
         "resources": dict(sorted(options.resources.items())),
         "node_selector": dict(sorted(options.node_selector.items())),
         "max_replicas_per_node": options.max_replicas_per_node,
         "runtime_env": json.loads(options.runtime_env_json) if options.runtime_env_json else {},
     }
+    shown.update({key: value for key, value in ray.items() if value})
+    return shown
 
 
 def ray_options_used(options: pb.ReplicaOptions, num_replicas: int) -> list[str]:

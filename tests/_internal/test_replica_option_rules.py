@@ -31,6 +31,10 @@ def _deploy_problems(options: Any) -> list[str]:
         ({"num_cpus": -1}, turnout.InvalidArgumentError, ""),
         ({"memory": 1024}, turnout.InvalidArgumentError, ""),
         ({"env": {"A=B": "x"}}, turnout.InvalidArgumentError, ""),
+        ({"resources": {"x": "1"}}, TypeError, "resources"),
+        ({"max_replicas_per_node": -2}, turnout.InvalidArgumentError, "max_replicas_per_node"),
+        ({"node_selector": {"zone": ""}}, turnout.InvalidArgumentError, ""),
+        ({"runtime_env": {"conda": "x"}}, turnout.InvalidArgumentError, ""),
     ],
 )
 def test_create_backend_and_deploy_files_give_the_same_reason(

@@ -124,6 +124,39 @@ def test_batch_size_without_the_decorator_is_refused(
     assert client.get_backend_config(app.backend).max_batch_size == 1
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"resources": {"accelerator_x": 1}},
+        {"node_selector": {"zone": "a"}},
+        {"runtime_env": {"pip": ["six"]}},
+        {"max_replicas_per_node": 1, "num_cpus": 0},
+    ],
+)
+def test_ray_placement_options_are_refused_on_one_machine(
+    client: turnout.Client, unique: Any, options: dict[str, Any]
+) -> None:
+    name = unique("placed")
+    with pytest.raises(turnout.InvalidArgumentError, match="need a Ray instance"):
+        client.create_backend(name, plain, config={"num_replicas": 2}, replica_options=options)
+    assert name not in client.list_backends()
+
+
+def test_max_replicas_per_node_up_to_num_replicas_is_harmless_on_one_machine(
+    client: turnout.Client, unique: Any
+) -> None:
+    name = unique("one-node")
+    options = {"max_replicas_per_node": 1, "num_cpus": 0}
+    client.create_backend(name, plain, replica_options=options)
+    try:
+        # Scaling past it would need a second node.
+        with pytest.raises(turnout.InvalidArgumentError, match="max_replicas_per_node"):
+            client.update_backend_config(name, {"num_replicas": 2})
+        assert len(client.list_replicas(name)) == 1
+    finally:
+        client.delete_backend(name)
+
+
 # ---- backpressure and concurrency ------------------------------------------------
 
 
