@@ -235,6 +235,15 @@ def test_an_import_path_backend_comes_with_the_runtime_envs_working_dir(
                 for _ in range(REQUESTS // 3)
             }
         assert got == {"shipped hello"}
+        # A backend's own runtime_env goes over the instance's: its env_vars
+        # win, the instance's working_dir stays (the import still works).
+        client.create_backend(
+            "own",
+            "shipped_backend:hello",
+            replica_options={"runtime_env": {"env_vars": {"SHIPPED_GREETING": "own"}}},
+        )
+        client.create_endpoint("own", backend="own", route="/own")
+        assert requests.get(f"{instance.http_address}/own", timeout=30).text == "shipped own"
     finally:
         instance.shutdown()
 
