@@ -16,7 +16,9 @@ health checks and Reconfigure calls: those go to an address, wherever it is.
 
 Placement is chosen here, not left to Ray's queue: a replica goes to the live
 node with the fewest of this instance's replicas among those with room for
-it (``NodeAffinitySchedulingStrategy``), so replicas spread across nodes; a
+it and allowed by its backend's options (custom resources, node selector,
+max_replicas_per_node; ``choose_node``), pinned there
+(``NodeAffinitySchedulingStrategy``), so replicas spread across nodes; a
 replica that no node has room for is refused at once (RESOURCE_EXHAUSTED, or
 INVALID_ARGUMENT when it is bigger than any node) instead of waiting in
 Ray's queue for ever.
