@@ -278,9 +278,10 @@ class ReplicaOptions(_message.Message):
     """
     runtime_env_json: _builtins.str
     """Ray instances only: a Ray runtime_env of this backend's replicas, as a
-    JSON object with the keys working_dir, pip, env_vars (at most 64 KiB,
-    100 levels deep), merged over the instance's --ray-runtime-env (its
-    env_vars key by key). Empty = the instance's.
+    JSON object with the keys working_dir (a URI: only --ray-runtime-env
+    uploads a local folder), pip, env_vars (at most 64 KiB, 100 levels
+    deep), merged by Ray over the instance's --ray-runtime-env (env_vars
+    name by name). Empty = the instance's.
     """
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
