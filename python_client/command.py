@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from turnout._internal import validation
 from turnout.v1 import controller_pb2 as pb
 
 
@@ -50,9 +51,7 @@ class Command:
             raise TypeError("each argument of argv must be a str")
         object.__setattr__(self, "argv", tuple(argv))
         env: Any = self.env if self.env is not None else {}
-        if not isinstance(env, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-        ):
+        if not validation.is_str_map(env):
             raise TypeError("env must map str names to str values")
         object.__setattr__(self, "env", dict(env))
         if self.cwd is not None:

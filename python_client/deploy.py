@@ -343,9 +343,7 @@ def _command(body: Any, where: str, problems: list[str], base_dir: Path) -> Comm
     if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
         problems.append(f"{where}.argv: required, a list of strings such as [node, replica.js]")
     env = body.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
+    if not validation.is_str_map(env):
         problems.append(f"{where}.env: must map names to strings (quote numbers)")
     cwd = body.get("cwd", ".")
     if not isinstance(cwd, str):

@@ -292,9 +292,7 @@ def replica_option_problems(
         else:
             setattr(message, key, float(value))
     env = options.get("env", {})
-    if not isinstance(env, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
-    ):
+    if not is_str_map(env):
         found.append(
             OptionProblem("env", "must map names to str values (quote numbers)", TypeError)
         )
@@ -355,9 +353,7 @@ def _ray_option_problems(
         for key, amount in resources.items():
             message.resources[key] = float(amount)
     selector = options.get("node_selector", {})
-    if not isinstance(selector, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in selector.items()
-    ):
+    if not is_str_map(selector):
         found.append(
             OptionProblem("node_selector", "must map label names to str values", TypeError)
         )
@@ -435,6 +431,13 @@ def ray_options_used(options: pb.ReplicaOptions, num_replicas: int) -> list[str]
     if 0 < options.max_replicas_per_node < num_replicas:
         used.append("max_replicas_per_node")
     return used
+
+
+def is_str_map(value: object) -> bool:
+    """A mapping of str names to str values (an environment, node labels)."""
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    )
 
 
 def _type(value: object) -> str:
