@@ -67,18 +67,23 @@ def start(argv: list[str], folder: Path, env: dict[str, str] | None = None) -> S
     return Started(process, report.address, credentials, log)
 
 
-@pytest.fixture
-def python_replica(tmp_path: Path) -> Iterator[Started]:
-    spec = tmp_path / "spec.pb"
+def start_python_replica(folder: Path, tag: str, import_path: str) -> Started:
+    """A Python replica of ``import_path``, started alone (no controller)."""
+    spec = folder / "spec.pb"
     spec.write_bytes(
         controller_pb2.CreateBackendRequest(
-            tag="echo", spec=controller_pb2.BackendSpec(import_path=ECHO)
+            tag=tag, spec=controller_pb2.BackendSpec(import_path=import_path)
         ).SerializeToString()
     )
     argv = [sys.executable, "-m", "turnout.replica", "--spec-file", str(spec)]
-    argv += ["--replica-id", "echo#1", "--parent-pid", str(os.getpid())]
+    argv += ["--replica-id", f"{tag}#1", "--parent-pid", str(os.getpid())]
     argv += ["--ready-fd", "{ready_fd}", "--credentials-file", "{credentials}"]
-    started = start(argv, tmp_path)
+    return start(argv, folder)
+
+
+@pytest.fixture
+def python_replica(tmp_path: Path) -> Iterator[Started]:
+    started = start_python_replica(tmp_path, "echo", ECHO)
     try:
         yield started
     finally:
@@ -139,17 +144,7 @@ def test_the_node_replica_keeps_the_replica_contract(node_replica_process: Start
 def test_a_replica_that_breaks_a_rule_fails_the_check(tmp_path: Path) -> None:
     # A plain backend, not the conformance handler: most rules fail, and the
     # command says so by its exit status and per rule.
-    spec = tmp_path / "spec.pb"
-    spec.write_bytes(
-        controller_pb2.CreateBackendRequest(
-            tag="plain",
-            spec=controller_pb2.BackendSpec(import_path="json:dumps"),
-        ).SerializeToString()
-    )
-    argv = [sys.executable, "-m", "turnout.replica", "--spec-file", str(spec)]
-    argv += ["--replica-id", "plain#1", "--parent-pid", str(os.getpid())]
-    argv += ["--ready-fd", "{ready_fd}", "--credentials-file", "{credentials}"]
-    replica = start(argv, tmp_path)
+    replica = start_python_replica(tmp_path, "plain", "json:dumps")
     try:
         result = replica_check(replica, "--only", "body.binary", "--only", "health")
     finally:
