@@ -7,6 +7,12 @@ itself is a third host on the same network: a bridge in the root namespace
 (10.200.0.254) joins the two namespaces' veth pairs, as a switch joins
 machines, so tests reach the nodes only by their advertised addresses.
 
+The addresses are fixed, so two runs on one machine would clash: a run
+holds an exclusive lock (``LOCK_PATH``) from before it builds the network
+until it has removed it, and a second run waits for it. The namespaces and
+links have fixed names too, so a run removes what a killed run left behind
+(by those names only) before it builds its own.
+
 Ray runs with token authentication (``RAY_AUTH_MODE=token``, the token in
 ``RAY_AUTH_TOKEN``) and without its dashboard. Everything started in a
 namespace is stopped by pid (``ip netns pids``), never with ``ray stop``,
@@ -21,6 +27,7 @@ sys.path would be the one replicas import when they unpickle e2e tests' code.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
 import shutil
@@ -53,6 +60,14 @@ NODE_CPUS = 2
 RAY_START_TIMEOUT_S = 120.0
 STOP_GRACE_S = 5.0
 DRIVER_TIMEOUT_S = 60.0
+# One cluster at a time per machine (the addresses above are fixed); a second
+# run waits this long for the first to finish before it gives up.
+LOCK_PATH = Path("/run/turnout-ray-netns.lock")
+LOCK_WAIT_S = 20 * 60.0
+LOCK_POLL_S = 0.5
+# Every namespace and link of the cluster is named from this prefix (links:
+# at most 15 bytes), so set-up can find a killed run's leftovers by name.
+NAME_PREFIX = "tnray"
 # Set: the cluster's folder (Ray's and Turnout's logs) is kept after the session.
 KEEP_DIR_ENV = "TURNOUT_TEST_KEEP_RAY_DIR"
 
@@ -69,6 +84,33 @@ WORKER_EXTRAS = (
 
 def _run(argv: Sequence[str], timeout: float = 30.0) -> None:
     subprocess.run(list(argv), check=True, timeout=timeout, capture_output=True)
+
+
+def _succeeds(argv: Sequence[str]) -> bool:
+    return subprocess.run(list(argv), timeout=30, capture_output=True).returncode == 0
+
+
+def _lock_machine() -> int:
+    """An exclusive lock on ``LOCK_PATH`` (its open descriptor; closing it
+    releases the lock, as the process's death does). Waits while another run
+    holds it, at most ``LOCK_WAIT_S``."""
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    told = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise RuntimeError(
+                    f"another Ray test cluster held {LOCK_PATH} for {LOCK_WAIT_S:.0f} s"
+                ) from None
+            if not told:
+                print(f"\nwaiting for another Ray test cluster ({LOCK_PATH}) to finish")
+                told = True
+            time.sleep(LOCK_POLL_S)
 
 
 def ray_executable() -> str:
@@ -122,7 +164,7 @@ class Node:
 class RayCluster:
     """Two namespaces, a bridge, and Ray on both; ``start`` builds, ``close`` removes."""
 
-    tag: str = field(default_factory=lambda: f"t{os.getpid() % 10000}{secrets.token_hex(2)}")
+    tag: str = NAME_PREFIX
     token: str = field(default_factory=lambda: secrets.token_hex(32))
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="tray")))
     head: Node = field(init=False)
@@ -131,6 +173,7 @@ class RayCluster:
     start_s: float = 0.0
     memory: dict[str, int] = field(default_factory=dict)
     _links: list[str] = field(default_factory=list)
+    _lock_fd: int | None = None
 
     def __post_init__(self) -> None:
         # Ray's socket paths live under the temp dir: keep it short (108 bytes).
@@ -150,6 +193,25 @@ class RayCluster:
         env = dict(os.environ)
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token, RAY_USAGE_STATS_ENABLED="0")
         return env
+
+    def _outer_links(self) -> list[str]:
+        return [f"{self.tag}{side}o" for side in ("h", "w")]
+
+    def _remove_leftovers(self) -> None:
+        """Remove what a killed run left: processes in our namespaces (by
+        pid), the namespaces, the bridge and veths, by our fixed names only.
+        Called with the machine lock held, so no live run owns them."""
+        listed = subprocess.run(
+            ["ip", "netns", "list"], capture_output=True, text=True, timeout=10
+        ).stdout
+        present = {line.split()[0] for line in listed.splitlines() if line.strip()}
+        for node in (self.worker, self.head):
+            if node.namespace in present:
+                node.stop_processes()
+                _run(["ip", "netns", "del", node.namespace])
+        for link in (*self._outer_links(), self.bridge):
+            if _succeeds(["ip", "link", "show", "dev", link]):
+                _run(["ip", "link", "del", link])
 
     def _network(self) -> None:
         _run(["ip", "link", "add", self.bridge, "type", "bridge"])
@@ -190,8 +252,10 @@ class RayCluster:
             raise RuntimeError(f"ray start on {node.ip} failed:\n{done.stdout}\n{done.stderr}")
 
     def start(self) -> RayCluster:
+        self._lock_fd = _lock_machine()
         began = time.monotonic()
         try:
+            self._remove_leftovers()
             self._network()
             self._ray_start(self.head, "--head", f"--port={GCS_PORT}", "--include-dashboard=false")
             self._ray_start(self.worker, f"--address={self.address}", *WORKER_EXTRAS)
@@ -228,6 +292,9 @@ class RayCluster:
                 _run(["ip", "netns", "del", node.namespace])
         if not os.environ.get(KEEP_DIR_ENV):
             shutil.rmtree(self.root, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def run_on(cluster: RayCluster, node: Node, code: str) -> str:
