@@ -37,6 +37,7 @@ from .routing import RoutePublisher
 from .servicer import ControllerServicer, add_to_server
 from .sqlite_store import SqliteStore
 from .state_lock import StateLock
+from .stats_book import StatsBook
 from .store import PROXY
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,8 @@ class Controller:
             max_replicas=options.max_replicas,
             allow_pickled_code=options.allow_pickled_code,
         )
+        # What routers report; controller code reads recent windows from it.
+        self.stats = StatsBook()
         self.health = health.aio.HealthServicer()
         self.address = ""
         self.http_address = ""
@@ -203,6 +206,7 @@ class Controller:
                 self.shutdown,
                 self._data_token,
                 self.verifier.principal,
+                self.stats,
             ),
             server,
         )

@@ -161,8 +161,11 @@ class ProxyState:
     def _routes_version(self) -> int:
         return self.router.table.version
 
+    def gauges(self) -> metrics.Gauges:
+        return self.admission.queued(), self.router.pool.in_flight()
+
     def _own_counters(self) -> metrics.Counters:
-        return self.router.stats.to_proto(), self.admission.queued()
+        return metrics.Counters(self.router.stats.to_proto(), *self.gauges())
 
     def count_with(self, counters: SharedCounters) -> None:
         """Show ``counters`` (every worker's, summed) at /-/metrics."""

@@ -137,7 +137,7 @@ async def serve(args: ProxyArgs) -> int:
     )
     counters = None
     if stats_dir is not None:
-        counters = SharedCounters(stats_dir, index, state.router.stats, state.admission.queued)
+        counters = SharedCounters(stats_dir, index, state.router.stats, state.gauges)
         state.count_with(counters)
     runner = web.ServerRunner(
         build_server(
