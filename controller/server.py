@@ -71,8 +71,9 @@ class ControllerOptions:
     state_path: Path | None = None
     # Children outlive the controller, and a restarted one re-adopts them.
     durable: bool = False
-    # The proxy writes proxy-access.log.
+    # The proxy writes proxy-access.log, as text lines or JSON objects.
     access_log: bool = True
+    access_log_format: str = "text"
     # How many proxy processes share the HTTP port (the proxy's --workers).
     proxy_workers: int = 1
     # Most replicas of all backends together (resources.default_max_replicas).
@@ -270,6 +271,7 @@ class Controller:
             host=host,
             port=port,
             access_log=self.options.access_log,
+            access_log_format=self.options.access_log_format,
             workers=self.options.proxy_workers,
             system_token_file=self.options.system_paths_token_file,
         )

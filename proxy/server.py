@@ -39,6 +39,7 @@ from .front_door import (
     AcceptErrors,
     AccessLog,
     ConnectionLimits,
+    JsonAccessLog,
     default_max_connections,
     raise_fd_limit,
 )
@@ -144,7 +145,7 @@ async def serve(args: ProxyArgs) -> int:
             state,
             connection_limits(args),
             access_log=access_logger(args.access_log),
-            access_log_class=AccessLog,
+            access_log_class=JsonAccessLog if args.access_log_format == "json" else AccessLog,
         )
     )
     await runner.setup()
