@@ -35,7 +35,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections import deque
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -56,6 +56,7 @@ _BUCKETS = len(latency.BUCKETS_S) + 1
 _REQUESTS, _ERRORS, _LATENCY, _HANDLER = 0, 1, 2, 2 + _BUCKETS
 _WIDTH = 2 + 2 * _BUCKETS
 Tally = tuple[int, ...]
+_ZERO: Tally = (0,) * _WIDTH
 # Key of the failures no backend took (NoBackend, NoReplica): backend "".
 Key = tuple[str, str]
 
@@ -97,14 +98,6 @@ class WindowStats:
         )
 
 
-@dataclass(frozen=True)
-class _Report:
-    at: float
-    # When the reporter started counting, on the book's clock; None = not said.
-    started: float | None
-    tallies: dict[Key, Tally]
-
-
 def _tallies(endpoints: Iterable[pb.EndpointStats]) -> dict[Key, Tally]:
     tallies: dict[Key, Tally] = {}
     for stats in endpoints:
@@ -131,32 +124,91 @@ def _counts(histograms: Mapping[str, pb.LatencyHistogram], backend: str) -> Tall
     return tuple(histograms[backend].counts)
 
 
-def _add(into: dict[Key, list[int]], tallies: dict[Key, Tally]) -> None:
-    for key, tally in tallies.items():
-        total = into.setdefault(key, [0] * _WIDTH)
-        for i, n in enumerate(tally):
-            total[i] += n
-
-
-def _difference(newer: dict[Key, Tally], older: dict[Key, Tally]) -> dict[Key, Tally] | None:
-    """``newer - older`` key by key; None when a count went down (a restart)."""
-    zero = (0,) * _WIDTH
-    out: dict[Key, Tally] = {}
-    for key, tally in newer.items():
-        before = older.get(key, zero)
-        delta = tuple(a - b for a, b in zip(tally, before, strict=True))
-        if min(delta) < 0:
-            return None
-        out[key] = delta
-    if any(key not in newer for key in older):
-        return None
+def _sum(a: dict[Key, Tally], b: dict[Key, Tally]) -> dict[Key, Tally]:
+    """``a + b`` key by key."""
+    out = dict(a)
+    for key, tally in b.items():
+        before = out.get(key)
+        out[key] = tally if before is None else _total([before, tally])
     return out
 
 
-def _restarted(newer: _Report, older: _Report) -> bool:
-    if newer.started is None or older.started is None:
-        return False
-    return newer.started > older.started + RESTART_SLACK_S
+def _total(tallies: Iterable[Tally]) -> Tally:
+    return tuple(sum(column) for column in zip(_ZERO, *tallies, strict=True))
+
+
+def _went_down(newer: dict[Key, Tally], older: dict[Key, Tally]) -> bool:
+    """Whether any count of ``older`` is higher in it than in ``newer`` (or
+    gone): the reporter's counters started again from zero."""
+    for key, before in older.items():
+        now = newer.get(key)
+        if now is None or any(b > n for b, n in zip(before, now, strict=True)):
+            return True
+    return False
+
+
+class _Timeline:
+    """One reporter's reports of the last ``MAX_WINDOW_S`` seconds (and the
+    last one before), as running totals that never go down: when the
+    reporter restarts, what its previous run counted last is carried into
+    the totals, so what happened between any two reports is one difference.
+    """
+
+    def __init__(self) -> None:
+        self._times: list[float] = []
+        self._totals: list[dict[Key, Tally]] = []
+        # When the reporter of the first report kept started counting (None:
+        # not said), for a window that begins before it.
+        self._first_started: float | None = None
+        self._last: dict[Key, Tally] = {}
+        self._last_started: float | None = None
+        self._carried: dict[Key, Tally] = {}
+        self.keys: set[Key] = set()
+
+    def record(self, at: float, started: float | None, tallies: dict[Key, Tally]) -> None:
+        if self._times and self._restarted(started, tallies):
+            self._carried = _sum(self._carried, self._last)
+        if not self._times:
+            self._first_started = started
+        self._times.append(at)
+        self._totals.append(_sum(self._carried, tallies))
+        self._last, self._last_started = tallies, started
+        self.keys = set(tallies)
+        self._prune(at)
+
+    def _restarted(self, started: float | None, tallies: dict[Key, Tally]) -> bool:
+        before = self._last_started
+        if started is not None and before is not None and started > before + RESTART_SLACK_S:
+            return True
+        return _went_down(tallies, self._last)
+
+    def _prune(self, now: float) -> None:
+        # Keep the last report at or before the longest window's start.
+        drop = bisect_right(self._times, now - MAX_WINDOW_S) - 1
+        if drop > 0:
+            del self._times[:drop], self._totals[:drop]
+            self._first_started = None
+
+    def since(self, start: float, now: float, endpoint: str | None = None) -> dict[Key, Tally]:
+        """What the reporter counted after ``start`` (of ``endpoint`` only, if given)."""
+        self._prune(now)
+        if not self._times:
+            return {}
+        last = self._totals[-1]
+        before = bisect_right(self._times, start) - 1
+        if before >= 0:
+            base = self._totals[before]
+        elif self._first_started is not None and self._first_started > start:
+            # First seen inside the window, and it started counting inside it.
+            base = {}
+        else:
+            # First seen inside the window; what it counted before is not known.
+            base = self._totals[0]
+        return {
+            key: tuple(x - y for x, y in zip(tally, base.get(key, _ZERO), strict=True))
+            for key, tally in last.items()
+            if endpoint is None or key[0] == endpoint
+        }
 
 
 class StatsBook:
@@ -168,8 +220,8 @@ class StatsBook:
         self._retired: list[pb.EndpointStats] = []
         self._max_reporters = max_reporters
         self._clock = clock
-        # Each reporter's recent reports, oldest first (see the module's docstring).
-        self._history: dict[str, deque[_Report]] = {}
+        # Each reporter's recent reports (see the module's docstring).
+        self._timelines: dict[str, _Timeline] = {}
 
     def record(
         self,
@@ -183,14 +235,14 @@ class StatsBook:
         self._reports[reporter_id] = endpoints
         now = self._clock()
         started = now - counting_seconds if counting_seconds > 0 else None
-        history = self._history.pop(reporter_id, None) or deque()
-        history.append(_Report(now, started, _tallies(endpoints)))
-        self._history[reporter_id] = history
-        _prune(history, now)
+        timeline = self._timelines.get(reporter_id)
+        if timeline is None:
+            timeline = self._timelines[reporter_id] = _Timeline()
+        timeline.record(now, started, _tallies(endpoints))
         while len(self._reports) > self._max_reporters:
             oldest_id = next(iter(self._reports))
             oldest = self._reports.pop(oldest_id)
-            self._history.pop(oldest_id, None)
+            self._timelines.pop(oldest_id, None)
             self._retired = sum_reports([self._retired, oldest])
 
     def totals(self) -> list[pb.EndpointStats]:
@@ -210,14 +262,12 @@ class StatsBook:
                 ...
         """
         seconds = check_window(seconds)
-        totals = self._window_totals(seconds)
-        tally = [0] * _WIDTH
-        for (name, taker), counts in totals.items():
-            if name != endpoint or (backend is not None and taker != backend):
-                continue
-            for i, n in enumerate(counts):
-                tally[i] += n
-        return WindowStats.of(seconds, tuple(tally))
+        picked = [
+            tally
+            for (_, taker), tally in self._window_totals(seconds, endpoint).items()
+            if backend is None or taker == backend
+        ]
+        return WindowStats.of(seconds, _total(picked))
 
     def windows(self, seconds: float = WINDOW_S) -> list[tuple[str, str, WindowStats]]:
         """Every endpoint's window (backend "") and each of its backends', for
@@ -225,57 +275,23 @@ class StatsBook:
         seconds = check_window(seconds)
         totals = self._window_totals(seconds)
         for key in self._known_keys():
-            totals.setdefault(key, [0] * _WIDTH)
-        by_endpoint: dict[str, list[int]] = {}
+            totals.setdefault(key, _ZERO)
+        by_endpoint: dict[str, list[Tally]] = {}
         out: list[tuple[str, str, WindowStats]] = []
-        for (endpoint, backend), counts in sorted(totals.items()):
-            whole = by_endpoint.setdefault(endpoint, [0] * _WIDTH)
-            for i, n in enumerate(counts):
-                whole[i] += n
+        for (endpoint, backend), tally in totals.items():
+            by_endpoint.setdefault(endpoint, []).append(tally)
             if backend:
-                out.append((endpoint, backend, WindowStats.of(seconds, tuple(counts))))
-        out += [(e, "", WindowStats.of(seconds, tuple(t))) for e, t in by_endpoint.items()]
+                out.append((endpoint, backend, WindowStats.of(seconds, tally)))
+        out += [(e, "", WindowStats.of(seconds, _total(t))) for e, t in by_endpoint.items()]
         out.sort(key=lambda item: (item[0], item[1]))
         return out
 
     def _known_keys(self) -> set[Key]:
-        return {key for h in self._history.values() for key in h[-1].tallies}
+        return {key for timeline in self._timelines.values() for key in timeline.keys}
 
-    def _window_totals(self, seconds: float) -> dict[Key, list[int]]:
+    def _window_totals(self, seconds: float, endpoint: str | None = None) -> dict[Key, Tally]:
         now = self._clock()
-        start = now - seconds
-        totals: dict[Key, list[int]] = {}
-        for history in self._history.values():
-            _prune(history, now)
-            _add(totals, _since(history, start))
+        totals: dict[Key, Tally] = {}
+        for timeline in self._timelines.values():
+            totals = _sum(totals, timeline.since(now - seconds, now, endpoint))
         return totals
-
-
-def _since(history: deque[_Report], start: float) -> dict[Key, Tally]:
-    """What one reporter counted after ``start``."""
-    counted: dict[Key, list[int]] = {}
-    previous: _Report | None = None
-    for report in history:
-        if report.at <= start:
-            previous = report
-            continue
-        if previous is None:
-            # First seen inside the window: from zero only if it started in it.
-            if report.started is not None and report.started > start:
-                _add(counted, report.tallies)
-        else:
-            delta = None
-            if not _restarted(report, previous):
-                delta = _difference(report.tallies, previous.tallies)
-            # A restart counts from zero: all of the new run's counts are new.
-            _add(counted, report.tallies if delta is None else delta)
-        previous = report
-    return {key: tuple(tally) for key, tally in counted.items()}
-
-
-def _prune(history: deque[_Report], now: float) -> None:
-    """Drop reports no window can need: all but the last one older than
-    ``MAX_WINDOW_S`` (a window's starting point)."""
-    cutoff = now - MAX_WINDOW_S
-    while len(history) > 1 and history[1].at <= cutoff:
-        history.popleft()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from turnout._internal import replica_context, tls_options
+from turnout._internal.latency import WINDOW_S
 from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.rpc import TLSConfig
 from turnout.client import Client, ReplicaInfo
@@ -380,9 +381,9 @@ def stat() -> list[dict[str, Any]]:
     return _current().stat()
 
 
-def endpoint_stats() -> dict[str, dict[str, Any]]:
+def endpoint_stats(window: float = WINDOW_S) -> dict[str, dict[str, Any]]:
     """See ``Client.endpoint_stats``."""
-    return _current().endpoint_stats()
+    return _current().endpoint_stats(window)
 
 
 def update_backend_config(tag: str, config: BackendConfig | dict[str, Any]) -> None:
