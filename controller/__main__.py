@@ -90,6 +90,7 @@ async def _main(args: ControllerArgs, instance_dir: Path) -> int:
         state_path=args.state,
         durable=args.durable,
         access_log=args.access_log,
+        access_log_format=args.access_log_format,
         proxy_workers=args.proxy_workers,
         max_replicas=args.max_replicas or default_max_replicas(),
         security=security,

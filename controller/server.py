@@ -37,6 +37,7 @@ from .routing import RoutePublisher
 from .servicer import ControllerServicer, add_to_server
 from .sqlite_store import SqliteStore
 from .state_lock import StateLock
+from .stats_book import StatsBook
 from .store import PROXY
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ class ControllerOptions:
     state_path: Path | None = None
     # Children outlive the controller, and a restarted one re-adopts them.
     durable: bool = False
-    # The proxy writes proxy-access.log.
+    # The proxy writes proxy-access.log, as text lines or JSON objects.
     access_log: bool = True
+    access_log_format: str = "text"
     # How many proxy processes share the HTTP port (the proxy's --workers).
     proxy_workers: int = 1
     # Most replicas of all backends together (resources.default_max_replicas).
@@ -161,6 +163,8 @@ class Controller:
             max_replicas=options.max_replicas,
             allow_pickled_code=options.allow_pickled_code,
         )
+        # What routers report; controller code reads recent windows from it.
+        self.stats = StatsBook()
         self.health = health.aio.HealthServicer()
         self.address = ""
         self.http_address = ""
@@ -203,6 +207,7 @@ class Controller:
                 self.shutdown,
                 self._data_token,
                 self.verifier.principal,
+                self.stats,
             ),
             server,
         )
@@ -266,6 +271,7 @@ class Controller:
             host=host,
             port=port,
             access_log=self.options.access_log,
+            access_log_format=self.options.access_log_format,
             workers=self.options.proxy_workers,
             system_token_file=self.options.system_paths_token_file,
         )

@@ -16,12 +16,13 @@ from google.protobuf.message import DecodeError
 
 from turnout._internal import auth, validation
 from turnout._internal.errors import TurnoutError, status_for
+from turnout._internal.latency import WINDOW_S
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
 from .control_plane import ControlPlane
 from .routing import RoutePublisher
-from .stats_book import StatsBook
+from .stats_book import StatsBook, WindowStats
 
 logger = logging.getLogger(__name__)
 
@@ -127,10 +128,11 @@ class ControllerServicer(
         shutdown: Callable[[], Awaitable[None]],
         data_token: Callable[[str | None], str] = lambda presented: presented or "",
         principal: Callable[[str | None], str | None] = lambda presented: auth.ADMIN,
+        stats: StatsBook | None = None,
     ) -> None:
         self._data_token = data_token
         self._principal = principal
-        self._stats = StatsBook()
+        self._stats = StatsBook() if stats is None else stats
         self._plane = plane
         self._publisher = publisher
         self._instance = instance
@@ -255,7 +257,7 @@ class ControllerServicer(
         if not self._names_routers(context):
             # Handles' counters live beside the proxy's, never in place of them.
             reporter = f"{HANDLE_REPORTS}{reporter}"
-        self._stats.record(reporter, list(request.endpoints))
+        self._stats.record(reporter, list(request.endpoints), request.counting_seconds)
         return pb.ReportStatsResponse()
 
     def _names_routers(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
@@ -271,10 +273,15 @@ class ControllerServicer(
         presented = auth.bearer(context.invocation_metadata())
         return pb.GetDataTokenResponse(token=self._data_token(presented))
 
+    @_translate_errors
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.GetStatsResponse:
-        return pb.GetStatsResponse(endpoints=self._stats.totals())
+        recent = self._stats.windows(request.window_seconds or WINDOW_S)
+        return pb.GetStatsResponse(
+            endpoints=self._stats.totals(),
+            recent=[_window_proto(endpoint, backend, w) for endpoint, backend, w in recent],
+        )
 
     async def GetInstance(
         self, request: pb.GetInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -288,3 +295,19 @@ class ControllerServicer(
         # Answer only once every child process is gone, so the caller can rely on it.
         await self._shutdown()
         return pb.ShutdownResponse()
+
+
+def _window_proto(endpoint: str, backend: str, window: WindowStats) -> pb.WindowStats:
+    quantiles = {
+        f"{name}_seconds": value
+        for name in ("p50", "p95", "p99", "handler_p50", "handler_p95", "handler_p99")
+        if (value := getattr(window, name)) is not None
+    }
+    return pb.WindowStats(
+        endpoint=endpoint,
+        backend=backend,
+        window_seconds=window.seconds,
+        requests=window.requests,
+        errors=window.errors,
+        **quantiles,
+    )

@@ -38,7 +38,7 @@ from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
 from . import http_codec, metrics
-from .front_door import ConnectionLimits, FrontDoor
+from .front_door import SERVED, ConnectionLimits, FrontDoor, Served
 from .workers import SharedCounters
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,15 @@ class HttpAnswers:
         self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
     ) -> tuple[web.Response, Hashable | None, bool]:
         """The answer, what shadows compare with (status and body; None for the
-        proxy's own error), and whether it counts as failed (a 5xx)."""
+        proxy's own error), and whether it counts as failed (a 5xx); stamped
+        with who answered, for the access log."""
+        answer = self._read(reply, request_id, backend, replica_id)
+        answer[0][SERVED] = Served(backend, replica_id, reply.handler_seconds)
+        return answer
+
+    def _read(
+        self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
+    ) -> tuple[web.Response, Hashable | None, bool]:
         if reply.WhichOneof("result") != "http" or not http_codec.valid_status(reply.http.status):
             return _failed(
                 502,
@@ -161,8 +169,11 @@ class ProxyState:
     def _routes_version(self) -> int:
         return self.router.table.version
 
+    def gauges(self) -> metrics.Gauges:
+        return self.admission.queued(), self.router.pool.in_flight()
+
     def _own_counters(self) -> metrics.Counters:
-        return self.router.stats.to_proto(), self.admission.queued()
+        return metrics.Counters(self.router.stats.to_proto(), *self.gauges())
 
     def count_with(self, counters: SharedCounters) -> None:
         """Show ``counters`` (every worker's, summed) at /-/metrics."""
@@ -259,6 +270,10 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
         response = await state.sender.send(route, message, shard_key, deadline)
     except failures.SendFailure as failure:
         response = _failure_response(state, failure, request_id)
+        replica = failure.replica_id if isinstance(failure, failures.CallFailed) else ""
+        response[SERVED] = Served(failure.backend, replica)
+    served = response[SERVED]
+    served.endpoint, served.bytes_in = route.name, len(body)
     return await http_codec.send(response, request)
 
 

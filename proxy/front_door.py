@@ -1,5 +1,5 @@
 """The proxy's HTTP connections: how long a client may take, how many may be
-open, and an access log no client can forge.
+open, and an access log no client can forge (text lines, or JSON objects).
 
 aiohttp's low-level server has a keep-alive idle timeout (``keepalive_timeout``)
 and bounds on the request line and header sizes, but no limit on how long a
@@ -267,6 +267,23 @@ def _escaped(text: str) -> str:
     return "".join(out)
 
 
+@dataclass
+class Served:
+    """Who answered a request, for the JSON access log: the handler stamps
+    it on the answer (``response[SERVED]``)."""
+
+    backend: str = ""
+    replica: str = ""
+    # As the replica reported it; 0 = not reported.
+    handler_seconds: float = 0.0
+    endpoint: str = ""
+    # The request body's bytes the proxy read.
+    bytes_in: int = 0
+
+
+SERVED = web.ResponseKey("turnout.served", Served)
+
+
 class AccessLog(AbstractAccessLogger):
     """One line per request: time, client address, request line as sent
     (quoted, escaped), status, body bytes, seconds, and the request id
@@ -291,3 +308,41 @@ class AccessLog(AbstractAccessLogger):
             time,
             _escaped(rid),
         )
+
+
+class JsonAccessLog(AbstractAccessLogger):
+    """One JSON object per line and request (``--access-log-format json``)::
+
+        {"time": "2026-12-02T07:30:00.123456+00:00", "request_id": "ab12",
+         "client": "127.0.0.1", "method": "POST", "path": "/e?x=1",
+         "status": 200, "bytes_in": 12, "bytes_out": 1,
+         "duration_seconds": 0.001234, "handler_seconds": 0.000311,
+         "endpoint": "e", "backend": "e-v1", "replica": "e-v1#1"}
+
+    ``path`` is the request target as sent; ``endpoint``, ``backend``,
+    ``replica`` and ``handler_seconds`` are null where no replica answered
+    (a 404, a 503 without replicas). JSON escapes what a client sends, so no
+    request can start a line or a field.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        served = response.get(SERVED) or Served(bytes_in=request.content_length or 0)
+        entry = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds"),
+            "request_id": response.headers.get("X-Request-Id"),
+            "client": request.remote,
+            "method": request.method,
+            "path": request.raw_path,
+            "status": response.status,
+            "bytes_in": served.bytes_in,
+            # The body's length; a streamed answer without one: all it wrote.
+            "bytes_out": response.body_length
+            if response.content_length is None
+            else response.content_length,
+            "duration_seconds": round(time, 6),
+            "handler_seconds": round(served.handler_seconds, 6) or None,
+            "endpoint": served.endpoint or None,
+            "backend": served.backend or None,
+            "replica": served.replica or None,
+        }
+        self.logger.info("%s", json.dumps(entry))

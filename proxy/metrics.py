@@ -1,25 +1,56 @@
-"""``GET /-/metrics``: the router's counters in Prometheus text format.
+"""``GET /-/metrics``: the router's counters and latency histograms in
+Prometheus text format.
 
 A custom collector reads the counters at scrape time, so they have one source
 of truth (``RouterStats``, summed over the proxy's workers when there are
 several: ``turnout.proxy.workers``), and the registry is the app's own (no
-module globals).
+module globals). The histograms are ``RouterStats``'s too: each request is
+counted once, into one bucket, on its way out of the sender, and what a
+scrape shows is the same numbers the controller gets for ``stat()``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from turnout._internal import latency
 from turnout.v1 import controller_pb2 as pb
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# The bounds as Prometheus clients write them in `le` ("0.0001", "2.5", "+Inf").
+_LE = [repr(b) for b in latency.BUCKETS_S] + ["+Inf"]
 
-# What a scrape shows: the counters by endpoint, and requests queued by backend.
-Counters = tuple[list[pb.EndpointStats], dict[str, int]]
+# A process's gauges: requests queued by backend, and in flight by backend
+# and replica.
+Gauges = tuple[dict[str, int], dict[tuple[str, str], int]]
+
+
+@dataclass
+class Counters:
+    """What a scrape shows: the counters and histograms by endpoint, requests
+    queued by backend, and requests in flight by backend and replica."""
+
+    endpoints: list[pb.EndpointStats]
+    queued: dict[str, int] = field(default_factory=dict)
+    in_flight: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def add_gauges(self, queued: dict[str, int], in_flight: dict[tuple[str, str], int]) -> None:
+        """Add another process's gauges to these (a gauge of several workers
+        is their sum)."""
+        for backend, n in queued.items():
+            self.queued[backend] = self.queued.get(backend, 0) + n
+        for key, n in in_flight.items():
+            self.in_flight[key] = self.in_flight.get(key, 0) + n
 
 
 class RouterCollector(Collector):
@@ -46,8 +77,20 @@ class RouterCollector(Collector):
             "Shadow answers compared with the primary's: matched, differed or failed.",
             labels=["endpoint", "backend", "result"],
         )
-        endpoints, queued_by_backend = self._counters()
-        for counts in endpoints:
+        durations = HistogramMetricFamily(
+            "turnout_request_duration_seconds",
+            "Seconds from the whole request at the proxy to its answer from the replica "
+            "(waiting for a free replica, retries, the hop and the replica), "
+            "by endpoint and backend.",
+            labels=["endpoint", "backend"],
+        )
+        handler = HistogramMetricFamily(
+            "turnout_handler_duration_seconds",
+            "Seconds the replica spent on each request, as it reported, by endpoint and backend.",
+            labels=["endpoint", "backend"],
+        )
+        counters = self._counters()
+        for counts in counters.endpoints:
             endpoint = counts.endpoint
             for backend, n in sorted(counts.requests_by_backend.items()):
                 requests.add_metric([endpoint, backend], n)
@@ -56,6 +99,13 @@ class RouterCollector(Collector):
                 sent.add_metric([endpoint, shadow.backend], shadow.sent)
                 for result in ("matched", "differed", "failed"):
                     compared.add_metric([endpoint, shadow.backend, result], getattr(shadow, result))
+            for family, histograms in (
+                (durations, counts.latency_by_backend),
+                (handler, counts.handler_latency_by_backend),
+            ):
+                for backend, histogram in sorted(histograms.items()):
+                    if latency.fits(histogram):
+                        _add_histogram(family, [endpoint, backend], histogram)
         version = GaugeMetricFamily(
             "turnout_routes_version", "Version of the routing snapshot being served."
         )
@@ -65,9 +115,25 @@ class RouterCollector(Collector):
             "Requests waiting for a free replica, by backend.",
             labels=["backend"],
         )
-        for backend, count in sorted(queued_by_backend.items()):
+        for backend, count in sorted(counters.queued.items()):
             queued.add_metric([backend], count)
-        yield from (requests, errors, sent, compared, version, queued)
+        in_flight = GaugeMetricFamily(
+            "turnout_replica_in_flight_requests",
+            "Requests the proxy sent to a replica and has no answer for yet, "
+            "by backend and replica.",
+            labels=["backend", "replica"],
+        )
+        for (backend, replica), count in sorted(counters.in_flight.items()):
+            in_flight.add_metric([backend, replica], count)
+        yield from (requests, errors, sent, compared, durations, handler, version, queued)
+        yield in_flight
+
+
+def _add_histogram(
+    family: HistogramMetricFamily, labels: list[str], histogram: pb.LatencyHistogram
+) -> None:
+    buckets = list(zip(_LE, latency.cumulative(histogram.counts), strict=True))
+    family.add_metric(labels, buckets, histogram.sum_seconds)
 
 
 def registry_for(

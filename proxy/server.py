@@ -39,6 +39,7 @@ from .front_door import (
     AcceptErrors,
     AccessLog,
     ConnectionLimits,
+    JsonAccessLog,
     default_max_connections,
     raise_fd_limit,
 )
@@ -137,14 +138,14 @@ async def serve(args: ProxyArgs) -> int:
     )
     counters = None
     if stats_dir is not None:
-        counters = SharedCounters(stats_dir, index, state.router.stats, state.admission.queued)
+        counters = SharedCounters(stats_dir, index, state.router.stats, state.gauges)
         state.count_with(counters)
     runner = web.ServerRunner(
         build_server(
             state,
             connection_limits(args),
             access_log=access_logger(args.access_log),
-            access_log_class=AccessLog,
+            access_log_class=JsonAccessLog if args.access_log_format == "json" else AccessLog,
         )
     )
     await runner.setup()

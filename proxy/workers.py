@@ -10,7 +10,9 @@ connections over the N listening sockets. Each worker:
   call returns only once every worker serves the change;
 - reports its own counters to the controller under its own reporter id (the
   controller sums them), and shares them with the other workers through a
-  file each, so ``/-/metrics`` shows the sum whichever worker answers;
+  file each, so ``/-/metrics`` shows the sum whichever worker answers: counts
+  and histogram buckets add up, and so do the gauges (requests queued, in
+  flight per replica: each worker's are its own requests);
 - logs to files of its own, ``proxy-<n>.log`` beside ``proxy.log``;
 - dies with the lead (``--parent-pid``). The lead restarts a worker that exits
   and stops them all when it stops; the controller supervises only the lead.
@@ -41,7 +43,7 @@ from turnout._internal.spawn import spawn_async
 from turnout._sending.stats import RouterStats
 from turnout.v1 import controller_pb2 as pb
 
-from .metrics import Counters
+from .metrics import Counters, Gauges
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ def new_stats_dir() -> Path:
 
 
 class SharedCounters:
-    """This worker's counters plus the other workers' latest, for /-/metrics.
+    """This worker's counters and gauges plus the other workers' latest, for /-/metrics.
 
     Each worker rewrites ``<dir>/<index>.json`` (atomically) about once a
     second when its counters changed; a scrape adds its own live counters to
@@ -107,17 +109,17 @@ class SharedCounters:
         directory: Path,
         index: int,
         stats: RouterStats,
-        queued: Callable[[], dict[str, int]],
+        gauges: Callable[[], Gauges],
     ) -> None:
         self._directory = directory
         self._index = index
         self._stats = stats
-        self._queued = queued
+        self._gauges = gauges
         self._path = directory / f"{index}.json"
 
-    def _others(self) -> list[tuple[pb.ReportStatsRequest, dict[str, int]]]:
-        """The other workers' latest counters and queue lengths; a file that
-        cannot be read (a worker writing its first) is skipped."""
+    def _others(self) -> list[tuple[pb.ReportStatsRequest, Gauges]]:
+        """The other workers' latest counters and gauges; a file that cannot
+        be read (a worker writing its first) is skipped."""
         shares = []
         for path in self._directory.glob("*.json"):
             if path == self._path:
@@ -127,37 +129,43 @@ class SharedCounters:
                 share = json.loads(path.read_text())
                 json_format.ParseDict(share["report"], report)
                 queued = {str(b): int(n) for b, n in share["queued"].items()}
+                in_flight = {(str(b), str(r)): int(n) for b, r, n in share["in_flight"]}
             except (OSError, ValueError, KeyError, TypeError, AttributeError, json_format.Error):
                 continue
-            shares.append((report, queued))
+            shares.append((report, (queued, in_flight)))
         return shares
 
     def read(self) -> Counters:
-        """Every worker's counters and queue lengths, summed: this one's live."""
+        """Every worker's counters and gauges, summed: this one's live."""
         reports = [self._stats.to_proto()]
-        totals = dict(self._queued())
-        for report, queued in self._others():
+        totals = Counters([], *self._gauges())
+        for report, gauges in self._others():
             reports.append(list(report.endpoints))
-            for backend, n in queued.items():
-                totals[backend] = totals.get(backend, 0) + n
-        return sum_reports(reports), totals
+            totals.add_gauges(*gauges)
+        totals.endpoints = sum_reports(reports)
+        return totals
 
-    def write(self, queued: dict[str, int]) -> None:
+    def write(self, gauges: Gauges) -> None:
         report = pb.ReportStatsRequest(endpoints=self._stats.to_proto())
-        share = {"report": json_format.MessageToDict(report), "queued": queued}
+        queued, in_flight = gauges
+        share = {
+            "report": json_format.MessageToDict(report),
+            "queued": queued,
+            "in_flight": [[b, r, n] for (b, r), n in in_flight.items()],
+        }
         partial = self._path.with_suffix(".tmp")
         partial.write_text(json.dumps(share))
         partial.replace(self._path)
 
     async def share_forever(self) -> None:
         written = -1
-        shared: dict[str, int] = {}
+        shared: Gauges | None = None
         while True:
-            queued = self._queued()
-            if self._stats.changes != written or queued != shared:
-                written, shared = self._stats.changes, queued
+            gauges = self._gauges()
+            if self._stats.changes != written or gauges != shared:
+                written, shared = self._stats.changes, gauges
                 try:
-                    self.write(queued)
+                    self.write(gauges)
                 except OSError as exc:
                     logger.warning("cannot share counters in %s: %s", self._directory, exc)
             await asyncio.sleep(SHARE_INTERVAL_S)

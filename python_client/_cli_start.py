@@ -57,6 +57,8 @@ class StartOptions:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     access_log: bool = True
+    # "text" or "json" (docs/operations.md "Access log").
+    access_log_format: str = "text"
     proxy_workers: int = 1
     # None: the controller's default (docs/operations.md "Limits").
     max_replicas: int | None = None
@@ -103,6 +105,7 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
             ready_fd=ready_fd,
             durable=True,
             access_log=options.access_log,
+            access_log_format=options.access_log_format,
             proxy_workers=options.proxy_workers,
             max_replicas=options.max_replicas,
             tls=options.tls,

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from turnout._internal import replica_context, tls_options
+from turnout._internal.latency import WINDOW_S
+from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.rpc import TLSConfig
 from turnout.client import Client, ReplicaInfo
 from turnout.command import Command
@@ -42,6 +44,7 @@ def init(
     http_port: int = 8000,
     state_path: str | os.PathLike[str] | None = None,
     access_log: bool = False,
+    access_log_format: str = "text",
     proxy_workers: int = 1,
     log_to_driver: bool = True,
     keep_instance_dir: bool = False,
@@ -69,7 +72,9 @@ def init(
     print, each line prefixed with the replica id, e.g. ``(model#1)``.
     ``access_log=True`` makes the proxy write one line per request to
     ``<log_dir>/proxy-access.log`` (off by default: this mode is for
-    development and benchmarks; ``turnout start`` turns it on).
+    development and benchmarks; ``turnout start`` turns it on);
+    ``access_log_format="json"`` makes each line a JSON object (see
+    docs/operations.md, "Access log").
     ``proxy_workers=N`` runs the HTTP proxy as N processes sharing the port
     (SO_REUSEPORT), for machines with cores to spare; see docs/operations.md.
     ``max_replicas`` caps the replicas of all backends together (default: from
@@ -122,6 +127,15 @@ def init(
     ):
         if not isinstance(value, bool):
             raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
+    if not isinstance(access_log_format, str):
+        raise TypeError(f"access_log_format must be a str, got {type(access_log_format).__name__}")
+    if access_log_format not in ACCESS_LOG_FORMATS:
+        raise InvalidArgumentError(
+            f"access_log_format must be one of {', '.join(ACCESS_LOG_FORMATS)}, "
+            f"got {access_log_format!r}"
+        )
+    if access_log_format != "text" and not access_log:
+        raise InvalidArgumentError(f"access_log_format={access_log_format!r} needs access_log=True")
     if isinstance(proxy_workers, bool) or not isinstance(proxy_workers, int):
         raise TypeError(f"proxy_workers must be an int, got {type(proxy_workers).__name__}")
     if proxy_workers < 1:
@@ -159,6 +173,7 @@ def init(
                 http_port,
                 state_path=None if state_path is None else Path(state_path),
                 access_log=access_log,
+                access_log_format=access_log_format,
                 proxy_workers=proxy_workers,
                 log_to_driver=log_to_driver,
                 keep_dir=keep_instance_dir,
@@ -177,6 +192,7 @@ def _start_local(
     *,
     state_path: Path | None,
     access_log: bool,
+    access_log_format: str,
     proxy_workers: int,
     log_to_driver: bool,
     keep_dir: bool,
@@ -194,6 +210,7 @@ def _start_local(
         http_port,
         state_path=state_path,
         access_log=access_log,
+        access_log_format=access_log_format,
         proxy_workers=proxy_workers,
         log_to_driver=log_to_driver,
         keep_dir=keep_dir,
@@ -364,9 +381,9 @@ def stat() -> list[dict[str, Any]]:
     return _current().stat()
 
 
-def endpoint_stats() -> dict[str, dict[str, Any]]:
+def endpoint_stats(window: float = WINDOW_S) -> dict[str, dict[str, Any]]:
     """See ``Client.endpoint_stats``."""
-    return _current().endpoint_stats()
+    return _current().endpoint_stats(window)
 
 
 def update_backend_config(tag: str, config: BackendConfig | dict[str, Any]) -> None:

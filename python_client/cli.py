@@ -28,6 +28,7 @@ from turnout import _cli_logs, _cli_render, _cli_start
 from turnout._conformance import check as replica_check
 from turnout._deploy_apply import Instance, apply
 from turnout._internal import auth, logs, paths, tls_options
+from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.version import __version__
 from turnout.client import Client
 from turnout.deploy import DeployFileError, Plan, load_file, plan
@@ -91,6 +92,12 @@ def _https(args: argparse.Namespace) -> tuple[Path, Path] | None:
 
 def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
     instance_dir = Path(args.instance_dir or paths.data_dir()).absolute()
+    if args.access_log_format != "text" and not args.access_log:
+        raise CliError(
+            f"--access-log-format {args.access_log_format} needs the access log "
+            "(drop --no-access-log)",
+            EXIT_USAGE,
+        )
     try:
         tls = tls_options.from_args(args)
     except TurnoutError as exc:
@@ -103,6 +110,7 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         http_host=args.http_host,
         http_port=args.http_port,
         access_log=args.access_log,
+        access_log_format=args.access_log_format,
         proxy_workers=args.proxy_workers,
         max_replicas=args.max_replicas,
         tls=tls,
@@ -422,6 +430,12 @@ def _parser() -> argparse.ArgumentParser:
         dest="access_log",
         action="store_false",
         help="do not write the proxy's access log",
+    )
+    start.add_argument(
+        "--access-log-format",
+        choices=ACCESS_LOG_FORMATS,
+        default="text",
+        help="each access log entry is a text line or a JSON object (text)",
     )
     start.add_argument(
         "--proxy-workers",

@@ -18,6 +18,7 @@ import grpc
 from turnout import _pickling
 from turnout._handle_router import HandleRouter
 from turnout._internal import auth, rpc, tls_options, validation
+from turnout._internal.latency import WINDOW_S, check_window
 from turnout._internal.rpc import TLSConfig
 from turnout.command import Command
 from turnout.config import BackendConfig
@@ -177,6 +178,61 @@ def _shadow_counts(shadow: pb.ShadowStats | None = None) -> dict[str, int]:
 def _metric(name: str, label: str, value: str, count: int) -> dict[str, Any]:
     """One entry of ``stat()``, as Ray Serve 0.8's in-memory metric exporter wrote it."""
     return {"info": {"name": name, "type": "MetricType.COUNTER", label: value}, "value": count}
+
+
+# The quantiles of a recent window, as endpoint_stats() names them.
+_QUANTILES = ("p50", "p95", "p99", "handler_p50", "handler_p95", "handler_p99")
+# What stat() reports of each endpoint's window: entry quantile -> key.
+_STAT_QUANTILES = ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
+
+
+def _recent(window: pb.WindowStats | None = None) -> dict[str, Any]:
+    """One endpoint's (or backend's) window: counts, and quantiles in seconds
+    (None where nothing was counted)."""
+    if window is None:
+        return {"requests": 0, "errors": 0, **dict.fromkeys(_QUANTILES)}
+    quantiles = {
+        name: getattr(window, f"{name}_seconds")
+        if window.HasField(f"{name}_seconds")  # type: ignore[arg-type]
+        else None
+        for name in _QUANTILES
+    }
+    return {"requests": window.requests, "errors": window.errors, **quantiles}
+
+
+def _latency_entries(endpoint: str, recent: dict[str, Any]) -> list[dict[str, Any]]:
+    """``stat()``'s latency quantiles of one endpoint's recent window."""
+    return [
+        {
+            "info": {
+                "name": "endpoint_latency_seconds",
+                "type": "MetricType.GAUGE",
+                "endpoint": endpoint,
+                "quantile": q,
+                "window_s": recent["window_s"],
+            },
+            "value": recent[key],
+        }
+        for q, key in _STAT_QUANTILES
+    ]
+
+
+def _endpoint_entry(
+    window: float, backends: list[str] | None = None, shadows: list[str] | None = None
+) -> dict[str, Any]:
+    """An endpoint's ``endpoint_stats()`` entry before any router counted:
+    zeros for each backend of its traffic and shadows."""
+    backends = backends or []
+    return {
+        "requests": dict.fromkeys(backends, 0),
+        "errors": 0,
+        "shadows": {backend: _shadow_counts() for backend in shadows or []},
+        "recent": {
+            "window_s": window,
+            **_recent(),
+            "backends": {backend: _recent() for backend in backends},
+        },
+    }
 
 
 class Client:
@@ -604,11 +660,12 @@ class Client:
             self._call(self._stub.GetEndpoint, pb.GetEndpointRequest(name=endpoint))
         return EndpointHandle(self._address, endpoint, token=self._token)
 
-    def endpoint_stats(self) -> dict[str, dict[str, Any]]:
+    def endpoint_stats(self, window: float = WINDOW_S) -> dict[str, dict[str, Any]]:
         """Counters per endpoint, summed over the proxy and every process's handles:
 
         ``{endpoint: {"requests": {backend: n}, "errors": n,
-        "shadows": {backend: {"sent", "matched", "differed", "failed"}}}}``.
+        "shadows": {backend: {"sent", "matched", "differed", "failed"}},
+        "recent": {...}}}``.
 
         Every endpoint that exists is there from its creation, with a zero for
         each backend of its traffic and shadows, so reading one never raises
@@ -620,37 +677,54 @@ class Client:
         process's own handle calls are always included. ``stat()`` gives
         the same counters in Ray Serve 0.8's shape.
 
+        ``recent`` is what happened over the last ``window`` seconds (at most
+        600): ``{"window_s", "requests", "errors", "p50", "p95", "p99",
+        "handler_p50", "handler_p95", "handler_p99", "backends": {backend:
+        {the same but window_s}}}``. The quantiles are in seconds,
+        interpolated within the buckets of the latency histograms (see
+        docs/operations.md), None when nothing was counted in the window:
+        ``p50``..``p99`` end to end as the routers saw them (waiting for a
+        free replica included), ``handler_...`` the time the replicas
+        reported spending.
+
         Example::
 
             serve.endpoint_stats()["model"]
             # {"requests": {"model-v1": 90, "model-v2": 10}, "errors": 0,
             #  "shadows": {"model-v3": {"sent": 25, "matched": 24, "differed": 1,
-            #                           "failed": 0}}}
+            #                           "failed": 0}},
+            #  "recent": {"window_s": 60.0, "requests": 12, "errors": 0,
+            #             "p50": 0.0031, "p95": 0.0094, "p99": 0.012, ...,
+            #             "backends": {"model-v1": {"requests": 11, ...}, ...}}}
         """
-        return self._counters()[0]
+        return self._counters(check_window(window))[0]
 
-    def _counters(self) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    def _counters(self, window: float = 60.0) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
         """``endpoint_stats()``, and the failed requests by backend over all endpoints."""
         HandleRouter.flush_local(self._address)
-        reply = self._call(self._stub.GetStats, pb.GetStatsRequest())
+        reply = self._call(self._stub.GetStats, pb.GetStatsRequest(window_seconds=window))
         listed = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
         errors_by_backend: dict[str, int] = {}
         stats: dict[str, dict[str, Any]] = {
-            e.name: {
-                "requests": {t.backend: 0 for t in e.traffic},
-                "errors": 0,
-                "shadows": {s.backend: _shadow_counts() for s in e.shadows},
-            }
+            e.name: _endpoint_entry(
+                window, [t.backend for t in e.traffic], [s.backend for s in e.shadows]
+            )
             for e in listed.endpoints
         }
         for e in reply.endpoints:
-            counts = stats.setdefault(e.endpoint, {"requests": {}, "errors": 0, "shadows": {}})
+            counts = stats.setdefault(e.endpoint, _endpoint_entry(window))
             counts["requests"].update(dict(e.requests_by_backend))
             counts["errors"] = e.errors
             for shadow in e.shadows:
                 counts["shadows"][shadow.backend] = _shadow_counts(shadow)
             for backend, n in e.errors_by_backend.items():
                 errors_by_backend[backend] = errors_by_backend.get(backend, 0) + n
+        for w in reply.recent:
+            recent = stats.setdefault(w.endpoint, _endpoint_entry(window))["recent"]
+            if w.backend:
+                recent["backends"][w.backend] = _recent(w)
+            else:
+                recent.update(_recent(w))
         return dict(sorted(stats.items())), errors_by_backend
 
     def stat(self) -> list[dict[str, Any]]:
@@ -664,7 +738,13 @@ class Client:
           shadow copies included, over all endpoints;
         - ``backend_error_counter`` (per backend): the failed ones among them
           (shadow copies not included: their failures are in
-          ``endpoint_stats()``'s shadow counts).
+          ``endpoint_stats()``'s shadow counts);
+        - ``endpoint_latency_seconds`` (per endpoint, type
+          ``MetricType.GAUGE``, with ``quantile`` 0.5, 0.95 and 0.99 and
+          ``window_s`` 60.0 in its info): the quantile of the requests'
+          end-to-end seconds over the last 60 s (None when there were none);
+          ``endpoint_stats()["<endpoint>"]["recent"]`` has them per backend,
+          and for other windows.
 
         Every existing endpoint and backend has its entries, zeros included.
         ``endpoint_stats()`` has the same counts per endpoint and backend,
@@ -695,6 +775,7 @@ class Client:
             entries.append(
                 _metric("num_error_endpoint_requests", "endpoint", endpoint, counts["errors"])
             )
+            entries += _latency_entries(endpoint, counts["recent"])
         for backend, n in sorted(per_backend.items()):
             entries.append(_metric("backend_request_counter", "backend", backend, n))
             errors = errors_by_backend.get(backend, 0)

@@ -108,13 +108,18 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
                 yield batch
 
     async def respond(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
-        """The answer to one request, whichever way it came."""
+        """The answer to one request, whichever way it came, with the time
+        spent on it (``handler_seconds``: senders show it beside their own)."""
+        started = time.perf_counter()
         payload = request.WhichOneof("payload")
         if payload == "http":
-            return replica_pb2.HandleResponse(http=await self._handle_http(request))
-        if payload == "call":
-            return await self._handle_call(request)
-        raise NoPayload
+            response = replica_pb2.HandleResponse(http=await self._handle_http(request))
+        elif payload == "call":
+            response = await self._handle_call(request)
+        else:
+            raise NoPayload
+        response.handler_seconds = time.perf_counter() - started
+        return response
 
     async def _handle_http(self, request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
         rid = request.request_id

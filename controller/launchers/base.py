@@ -50,6 +50,8 @@ class ProxySpec:
     host: str
     port: int
     access_log: bool = True
+    # "text" or "json": how it writes each request.
+    access_log_format: str = "text"
     # Processes sharing the HTTP port (the proxy's --workers).
     workers: int = 1
     # The token file the protected system paths check; None = open.

@@ -497,6 +497,7 @@ class LocalLauncher:
             parent_pid=self._parent_pid,
             log_file=self.proxy_log_path,
             access_log=self.access_log_path if spec.access_log else None,
+            access_log_format=spec.access_log_format,
             protect_system_paths=spec.system_token_file is not None,
             system_token_file=spec.system_token_file,
             https_cert=None if https is None else https[0],

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import child_process, tls_options
+from .proxy_args import ACCESS_LOG_FORMATS
 from .rpc import Security, TLSConfig
 
 MODULE = "turnout.controller"
@@ -38,6 +39,8 @@ class ControllerArgs:
     remove_instance_dir: bool = False
     durable: bool = False
     access_log: bool = True
+    # "text" or "json" (proxy_args.ACCESS_LOG_FORMATS).
+    access_log_format: str = "text"
     proxy_workers: int = 1
     max_replicas: int | None = None
     allow_pickled_code: bool | None = None
@@ -95,6 +98,12 @@ def parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="the proxy writes logs/proxy-access.log, one line per request (default on)",
+    )
+    parser.add_argument(
+        "--access-log-format",
+        choices=ACCESS_LOG_FORMATS,
+        default="text",
+        help="each access log line is text or a JSON object (default text)",
     )
     parser.add_argument(
         "--proxy-workers",
@@ -195,6 +204,7 @@ def parse(argv: Sequence[str]) -> ControllerArgs:
         remove_instance_dir=ns.remove_instance_dir,
         durable=ns.durable,
         access_log=ns.access_log,
+        access_log_format=ns.access_log_format,
         proxy_workers=ns.proxy_workers,
         max_replicas=ns.max_replicas,
         allow_pickled_code=ns.allow_pickled_code,
@@ -229,6 +239,8 @@ def to_argv(options: ControllerArgs) -> list[str]:
         "--insecure": options.insecure,
     }
     args += [flag for flag, on in flags.items() if on]
+    if options.access_log_format != "text":
+        args += ["--access-log-format", options.access_log_format]
     if options.proxy_workers != 1:
         args += ["--proxy-workers", str(options.proxy_workers)]
     args += _optional("--max-replicas", options.max_replicas)

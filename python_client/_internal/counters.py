@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 from turnout.v1 import controller_pb2 as pb
 
+from .latency import Histogram, add_into
+
 
 @dataclass
 class ShadowCounts:
@@ -27,6 +29,10 @@ class EndpointCounts:
     shadows: dict[str, ShadowCounts] = field(default_factory=dict)
     # The failed ones among requests_by_backend.
     errors_by_backend: dict[str, int] = field(default_factory=dict)
+    # How long the requests of requests_by_backend took, end to end as the
+    # router saw them, and on the replica as it reported.
+    latency_by_backend: dict[str, Histogram] = field(default_factory=dict)
+    handler_latency_by_backend: dict[str, Histogram] = field(default_factory=dict)
 
 
 def sum_reports(reports: Iterable[list[pb.EndpointStats]]) -> list[pb.EndpointStats]:
@@ -41,6 +47,10 @@ def sum_reports(reports: Iterable[list[pb.EndpointStats]]) -> list[pb.EndpointSt
             total.errors += stats.errors
             for backend, n in stats.errors_by_backend.items():
                 total.errors_by_backend[backend] += n
+            for backend, histogram in stats.latency_by_backend.items():
+                add_into(total.latency_by_backend[backend], histogram)
+            for backend, histogram in stats.handler_latency_by_backend.items():
+                add_into(total.handler_latency_by_backend[backend], histogram)
             for shadow in stats.shadows:
                 key = (stats.endpoint, shadow.backend)
                 if key not in shadows:

@@ -29,6 +29,8 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 # File descriptors kept free of client connections: replica channels, the
 # controller's, log files.
 FD_RESERVE = 256
+# How the access log writes each request: a line of text, or a JSON object.
+ACCESS_LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class ProxyArgs:
     parent_pid: int | None = None
     log_file: Path | None = None
     access_log: Path | None = None
+    access_log_format: str = "text"
     protect_system_paths: bool = False
     system_token_file: Path | None = None
     # Both or neither (the parser refuses one alone).
@@ -139,6 +142,12 @@ def parser() -> argparse.ArgumentParser:
         "--access-log", type=Path, help="rotated access log, one line per request (default: none)"
     )
     parser.add_argument(
+        "--access-log-format",
+        choices=ACCESS_LOG_FORMATS,
+        default="text",
+        help="text: one line per request; json: one JSON object per line (default text)",
+    )
+    parser.add_argument(
         "--protect-system-paths",
         action="store_true",
         help="/-/routes, /-/routing and /-/metrics answer 401 without "
@@ -185,7 +194,8 @@ def to_argv(options: ProxyArgs) -> list[str]:
         "max_body_bytes", "max_response_bytes", "read_timeout", "idle_timeout",
         "max_connections", "workers", "worker_index", "stats_dir", "subscriber_id",
         "credentials_file",
-        "ready_fd", "parent_pid", "log_file", "access_log", "system_token_file",
+        "ready_fd", "parent_pid", "log_file", "access_log", "access_log_format",
+        "system_token_file",
         "https_cert", "https_key",
     ):  # fmt: skip
         value = getattr(options, name)

@@ -154,7 +154,11 @@ class StatsReporter:
             self._channel = aio_channel(self._address, self._security)
             self._stub = controller_pb2_grpc.RouterServiceStub(self._channel)
         counters = self._stats.to_proto()
-        request = pb.ReportStatsRequest(reporter_id=self.reporter_id, endpoints=counters)
+        request = pb.ReportStatsRequest(
+            reporter_id=self.reporter_id,
+            endpoints=counters,
+            counting_seconds=self._stats.counting_seconds(),
+        )
         try:
             await self._stub.ReportStats(request, timeout=ACK_TIMEOUT_S, metadata=self._metadata)
         except grpc.aio.AioRpcError as exc:

@@ -104,6 +104,15 @@ class ReplicaPool:
             return conns[0]
         return rng.choice([c for c in conns if c.outstanding == least])
 
+    def in_flight(self) -> dict[tuple[str, str], int]:
+        """Requests sent and not answered yet, by backend and replica id, for
+        every replica of the snapshot (zeros included)."""
+        return {
+            (backend, conn.replica_id): conn.outstanding
+            for backend, conns in self._backends.items()
+            for conn in conns
+        }
+
     def clear(self) -> list[ReplicaConn]:
         """Forget every replica; returns them so their channels can be closed."""
         conns = list(self._by_address.values())

@@ -11,7 +11,8 @@ of the way between them is written once:
   queue (``Admission``), within the call's deadline;
 - a call that never reached its replica is tried on another (at most
   ``MAX_CONNECT_RETRIES`` others);
-- counters: every call answered or failed, every shadow sent and compared.
+- counters: every call answered or failed, how long it took (end to end,
+  and on the replica as it reports), every shadow sent and compared.
 
 It runs on one event loop: the proxy's, or the handles' private loop thread
 (``turnout._sending.loop_thread``).
@@ -151,6 +152,7 @@ class Sender(Generic[Answer]):
         ``deadline`` (``time.monotonic``) bounds the wait for a free replica
         and the call. Raises a ``SendFailure`` when no replica answered.
         """
+        started = time.monotonic()
         backend = route.choose_backend(self.router.rng, shard_key)
         if backend is None:
             self.stats.failed_unrouted(route.name)
@@ -159,6 +161,7 @@ class Sender(Generic[Answer]):
         if route.shadows:
             primary = self._send_shadows(route, message)
         failed = True
+        handler_seconds = 0.0
         try:
             # Inline, not a coroutine of its own: this is every request's path.
             rid = message.request_id
@@ -191,6 +194,7 @@ class Sender(Generic[Answer]):
                 finally:
                     self.admission.release(backend, conn)
                 break
+            handler_seconds = reply.handler_seconds
             answer, key, failed = self._reader.read(reply, rid, backend, conn.replica_id)
             if primary is not None:
                 primary.set_result(key)
@@ -199,7 +203,8 @@ class Sender(Generic[Answer]):
             if primary is not None and not primary.done():
                 # No answer to compare with: the shadows count as failed.
                 primary.set_result(None)
-            self.stats.answered(route.name, backend, failed=failed)
+            seconds = time.monotonic() - started
+            self.stats.answered(route.name, backend, failed, seconds, handler_seconds)
 
     # ---- shadows ------------------------------------------------------------
 

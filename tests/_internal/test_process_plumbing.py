@@ -84,8 +84,9 @@ def test_each_command_line_reads_back_as_it_was_built() -> None:
     tls = TLSConfig(cert=Path("/c.pem"), key=Path("/k.pem"), ca=Path("/ca.pem"), server_name="t")
     controller = controller_args.ControllerArgs(
         host="0.0.0.0", port=50051, http_port=0, state=Path("/s/state.db"), durable=True,
-        access_log=False, proxy_workers=3, max_replicas=4, allow_pickled_code=False,
-        protect_system_paths=True, system_token_file=Path("/t"), https_cert=Path("/h.pem"),
+        access_log=False, access_log_format="json", proxy_workers=3, max_replicas=4,
+        allow_pickled_code=False, protect_system_paths=True, system_token_file=Path("/t"),
+        https_cert=Path("/h.pem"),
         https_key=Path("/h.key"), tls=tls, insecure=True, ready_fd=9, owner_pid=1,
         remove_instance_dir=True, instance_dir=Path("/s"),
     )  # fmt: skip
@@ -94,7 +95,8 @@ def test_each_command_line_reads_back_as_it_was_built() -> None:
         controller="unix:/run/c.sock", host="::1", port=0, max_body_bytes=10, read_timeout=0.25,
         idle_timeout=0.0, max_connections=5, workers=2, worker_index=1, stats_dir=Path("/d"),
         credentials_file=Path("/cr"), ready_fd=4, parent_pid=2, log_file=Path("/p.log"),
-        access_log=Path("/a.log"), protect_system_paths=True, system_token_file=Path("/t"),
+        access_log=Path("/a.log"), access_log_format="json", protect_system_paths=True,
+        system_token_file=Path("/t"),
         https_cert=Path("/h.pem"), https_key=Path("/h.key"), tls=tls,
     )  # fmt: skip
     assert proxy_args.parse(proxy_args.to_argv(proxy)) == proxy

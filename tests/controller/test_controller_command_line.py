@@ -41,6 +41,24 @@ def test_turnout_start_passes_max_replicas_to_the_controller() -> None:
     )
 
 
+def test_turnout_start_passes_the_access_log_format_to_the_controller() -> None:
+    options = StartOptions(Path("/srv/t"), Path("/srv/t/state.db"), access_log_format="json")
+    argv = controller_argv(options, ready_fd=3)
+    assert argv[argv.index("--access-log-format") + 1] == "json"
+    assert "--access-log-format" not in controller_argv(
+        StartOptions(Path("/srv/t"), Path("/srv/t/state.db")), ready_fd=3
+    )
+
+
+def test_an_unknown_access_log_format_is_refused() -> None:
+    argv = [sys.executable, "-m", "turnout.controller", "--port", "0", "--http-port", "0"]
+    result = subprocess.run(
+        [*argv, "--access-log-format", "xml"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "--access-log-format: invalid choice: 'xml'" in result.stderr
+
+
 def test_the_default_capacity_follows_the_documented_formula() -> None:
     cpus = len(os.sched_getaffinity(0))
     memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30

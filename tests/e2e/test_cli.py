@@ -247,6 +247,16 @@ def test_start_refuses_fewer_than_one_proxy_worker(tmp_path: Path) -> None:
     assert not home.data_dir.exists()
 
 
+def test_start_refuses_a_json_access_log_without_the_access_log(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    result = home.run(
+        "start", "--no-access-log", "--access-log-format", "json", *home.ports(), check=False
+    )
+    assert result.returncode == 2
+    assert "--access-log-format json needs the access log" in result.stderr
+    assert home.processes() == []
+
+
 # ---- the shared instance ------------------------------------------------------------
 
 

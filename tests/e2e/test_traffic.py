@@ -169,10 +169,16 @@ def test_stat_has_ray_serve_08s_shape_and_names(
     client.shadow_traffic(endpoint, shadow, 1.0)
     # Listed from the start, with zeros: reading them never raises KeyError.
     zero = {"sent": 0, "matched": 0, "differed": 0, "failed": 0}
+    nothing_recent = {
+        "requests": 0,
+        "errors": 0,
+        **dict.fromkeys(("p50", "p95", "p99", "handler_p50", "handler_p95", "handler_p99")),
+    }
     assert client.endpoint_stats()[endpoint] == {
         "requests": {endpoint: 0},
         "errors": 0,
         "shadows": {shadow: zero},
+        "recent": {"window_s": 60.0, **nothing_recent, "backends": {endpoint: nothing_recent}},
     }
 
     def value(name: str, label: str, of: str) -> int:

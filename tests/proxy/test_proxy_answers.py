@@ -15,9 +15,10 @@ from typing import Any
 import aiohttp
 import grpc
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from turnout.proxy.app import ProxyState, build_server
-from turnout.proxy.front_door import AccessLog
+from turnout.proxy.front_door import AccessLog, JsonAccessLog
 from turnout.replica.call_stream import serve_stream
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
@@ -334,7 +335,11 @@ ACCESS_LINE = re.compile(
 )
 
 
-def test_no_client_can_forge_an_access_log_field() -> None:
+FORGED = b'" 200 0 0.1 rid=forged "'
+
+
+def forged_access_lines(access_log_class: type[AbstractAccessLogger]) -> list[str]:
+    """What the access log wrote for three requests that try to forge fields."""
     lines: list[str] = []
 
     class Capture(logging.Handler):
@@ -347,11 +352,10 @@ def test_no_client_can_forge_an_access_log_field() -> None:
     access.propagate = False
 
     async def scenario(session: aiohttp.ClientSession, base: str) -> None:
-        forged = b'" 200 0 0.1 rid=forged "'
         for head in (
-            b"GET /app?q=" + forged.replace(b" ", b"%20") + b'\\"x HTTP/1.1\r\n',
+            b"GET /app?q=" + FORGED.replace(b" ", b"%20") + b'\\"x HTTP/1.1\r\n',
             b"GET /app?\xff\xfe\x01 HTTP/1.1\r\n",
-            b"GET /nowhere HTTP/1.1\r\nX-Request-Id: " + forged + b"\r\n",
+            b"GET /nowhere HTTP/1.1\r\nX-Request-Id: " + FORGED + b"\r\n",
         ):
             status, _, _ = await raw(base, head + b"Host: x\r\nConnection: close\r\n\r\n")
             assert status in (200, 400, 404)
@@ -359,11 +363,28 @@ def test_no_client_can_forge_an_access_log_field() -> None:
     serve(
         echo,
         scenario,
-        server_options={"access_log": access, "access_log_class": AccessLog},
+        server_options={"access_log": access, "access_log_class": access_log_class},
     )
+    return lines
+
+
+def test_no_client_can_forge_an_access_log_field() -> None:
+    lines = forged_access_lines(AccessLog)
     assert len(lines) == 3
     for line in lines:
         assert ACCESS_LINE.fullmatch(line), line
         assert "rid=forged" not in line.split('"')[-1]
     # The quotes a client sent are in the line, escaped.
     assert '\\"%20200%200%200.1%20rid=forged%20\\"' in lines[0]
+
+
+def test_no_client_can_forge_a_json_access_log_field() -> None:
+    lines = forged_access_lines(JsonAccessLog)
+    assert len(lines) == 3
+    entries = [json.loads(line) for line in lines]
+    assert all("\n" not in line for line in lines)
+    # What the client sent is a value, whole; the request id is the proxy's own.
+    assert entries[0]["path"] == "/app?q=" + FORGED.replace(b" ", b"%20").decode() + '\\"x'
+    assert entries[0]["endpoint"] == "app" and entries[0]["replica"] == "a#0"
+    assert entries[2]["request_id"] != FORGED.decode() and entries[2]["endpoint"] is None
+    assert [e["status"] for e in entries] == [200, entries[1]["status"], 404]

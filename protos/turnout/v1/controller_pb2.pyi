@@ -1523,11 +1523,55 @@ class EndpointStats(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class LatencyByBackendEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___LatencyHistogram: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___LatencyHistogram | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class HandlerLatencyByBackendEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___LatencyHistogram: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___LatencyHistogram | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ENDPOINT_FIELD_NUMBER: _builtins.int
     REQUESTS_BY_BACKEND_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
     SHADOWS_FIELD_NUMBER: _builtins.int
     ERRORS_BY_BACKEND_FIELD_NUMBER: _builtins.int
+    LATENCY_BY_BACKEND_FIELD_NUMBER: _builtins.int
+    HANDLER_LATENCY_BY_BACKEND_FIELD_NUMBER: _builtins.int
     endpoint: _builtins.str
     errors: _builtins.int
     """Requests that failed: HTTP status >= 500, or an error through a handle."""
@@ -1543,6 +1587,19 @@ class EndpointStats(_message.Message):
         them (requests that failed before any backend took one are only in errors).
         """
 
+    @_builtins.property
+    def latency_by_backend(self) -> _containers.MessageMap[_builtins.str, Global___LatencyHistogram]:
+        """Seconds each request of requests_by_backend took as its router saw it,
+        from when the router had the whole request to when it had the answer
+        (waiting for a free replica, retries, the hop and the replica), by backend.
+        """
+
+    @_builtins.property
+    def handler_latency_by_backend(self) -> _containers.MessageMap[_builtins.str, Global___LatencyHistogram]:
+        """Seconds the replica reported spending on each request (HandleResponse's
+        handler_seconds), by backend; answers without it are not counted.
+        """
+
     def __init__(
         self,
         *,
@@ -1551,14 +1608,55 @@ class EndpointStats(_message.Message):
         errors: _builtins.int = ...,
         shadows: _abc.Iterable[Global___ShadowStats] | None = ...,
         errors_by_backend: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        latency_by_backend: _abc.Mapping[_builtins.str, Global___LatencyHistogram] | None = ...,
+        handler_latency_by_backend: _abc.Mapping[_builtins.str, Global___LatencyHistogram] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "errors", b"errors", "errors_by_backend", b"errors_by_backend", "requests_by_backend", b"requests_by_backend", "shadows", b"shadows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "errors", b"errors", "errors_by_backend", b"errors_by_backend", "handler_latency_by_backend", b"handler_latency_by_backend", "latency_by_backend", b"latency_by_backend", "requests_by_backend", b"requests_by_backend", "shadows", b"shadows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EndpointStats: _TypeAlias = EndpointStats  # noqa: Y015
+
+@_typing.final
+class LatencyHistogram(_message.Message):
+    """Request durations counted by bucket, cumulative since the reporter started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPPER_BOUNDS_FIELD_NUMBER: _builtins.int
+    COUNTS_FIELD_NUMBER: _builtins.int
+    SUM_SECONDS_FIELD_NUMBER: _builtins.int
+    sum_seconds: _builtins.float
+    """Sum of every duration counted, in seconds."""
+    @_builtins.property
+    def upper_bounds(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Upper bounds of the buckets in seconds, increasing; a duration equal to a
+        bound counts in that bucket (Prometheus's `le`).
+        """
+
+    @_builtins.property
+    def counts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Durations per bucket, not cumulative: counts[i] those in
+        (upper_bounds[i-1], upper_bounds[i]]; one more entry than upper_bounds,
+        the last for durations above the last bound.
+        """
+
+    def __init__(
+        self,
+        *,
+        upper_bounds: _abc.Iterable[_builtins.float] | None = ...,
+        counts: _abc.Iterable[_builtins.int] | None = ...,
+        sum_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "sum_seconds", b"sum_seconds", "upper_bounds", b"upper_bounds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatencyHistogram: _TypeAlias = LatencyHistogram  # noqa: Y015
 
 @_typing.final
 class ReportStatsRequest(_message.Message):
@@ -1566,8 +1664,14 @@ class ReportStatsRequest(_message.Message):
 
     REPORTER_ID_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
+    COUNTING_SECONDS_FIELD_NUMBER: _builtins.int
     reporter_id: _builtins.str
     """Stable id of the reporting router; a later report replaces an earlier one."""
+    counting_seconds: _builtins.float
+    """Seconds since the reporter's counters started from zero (its process
+    start); 0 = not said. The controller tells a restarted reporter (its
+    counters reset) from a running one by it, for recent-window numbers.
+    """
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointStats]: ...
     def __init__(
@@ -1575,10 +1679,11 @@ class ReportStatsRequest(_message.Message):
         *,
         reporter_id: _builtins.str = ...,
         endpoints: _abc.Iterable[Global___EndpointStats] | None = ...,
+        counting_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "reporter_id", b"reporter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counting_seconds", b"counting_seconds", "endpoints", b"endpoints", "reporter_id", b"reporter_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1603,12 +1708,19 @@ Global___ReportStatsResponse: _TypeAlias = ReportStatsResponse  # noqa: Y015
 class GetStatsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    window_seconds: _builtins.float
+    """Length of the recent window GetStatsResponse.recent covers, in seconds;
+    0 = 60. At most 600.
+    """
     def __init__(
         self,
+        *,
+        window_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window_seconds", b"window_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1619,20 +1731,115 @@ class GetStatsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENDPOINTS_FIELD_NUMBER: _builtins.int
+    RECENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointStats]: ...
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointStats]:
+        """Cumulative counters, summed over every router."""
+
+    @_builtins.property
+    def recent(self) -> _containers.RepeatedCompositeFieldContainer[Global___WindowStats]:
+        """What happened over the last window_seconds, summed over every router:
+        one entry per endpoint with traffic (backend empty) and one per backend
+        of it, sorted by endpoint, then backend.
+        """
+
     def __init__(
         self,
         *,
         endpoints: _abc.Iterable[Global___EndpointStats] | None = ...,
+        recent: _abc.Iterable[Global___WindowStats] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "recent", b"recent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetStatsResponse: _TypeAlias = GetStatsResponse  # noqa: Y015
+
+@_typing.final
+class WindowStats(_message.Message):
+    """Requests of an endpoint (or of one backend of it) over a recent window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    P50_SECONDS_FIELD_NUMBER: _builtins.int
+    P95_SECONDS_FIELD_NUMBER: _builtins.int
+    P99_SECONDS_FIELD_NUMBER: _builtins.int
+    HANDLER_P50_SECONDS_FIELD_NUMBER: _builtins.int
+    HANDLER_P95_SECONDS_FIELD_NUMBER: _builtins.int
+    HANDLER_P99_SECONDS_FIELD_NUMBER: _builtins.int
+    endpoint: _builtins.str
+    backend: _builtins.str
+    """Empty = every backend of the endpoint together."""
+    window_seconds: _builtins.float
+    """Length of the window, in seconds."""
+    requests: _builtins.int
+    """Requests answered in the window (failed ones too)."""
+    errors: _builtins.int
+    """Requests that failed in the window. For the whole endpoint (backend
+    empty) this includes those that failed before any backend took them.
+    """
+    p50_seconds: _builtins.float
+    """Quantiles of the routers' end-to-end durations in seconds, interpolated
+    within histogram buckets; unset when no request was answered.
+    """
+    p95_seconds: _builtins.float
+    p99_seconds: _builtins.float
+    handler_p50_seconds: _builtins.float
+    """The same quantiles of the handler time replicas reported; unset when none did."""
+    handler_p95_seconds: _builtins.float
+    handler_p99_seconds: _builtins.float
+    def __init__(
+        self,
+        *,
+        endpoint: _builtins.str = ...,
+        backend: _builtins.str = ...,
+        window_seconds: _builtins.float = ...,
+        requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        p50_seconds: _builtins.float | None = ...,
+        p95_seconds: _builtins.float | None = ...,
+        p99_seconds: _builtins.float | None = ...,
+        handler_p50_seconds: _builtins.float | None = ...,
+        handler_p95_seconds: _builtins.float | None = ...,
+        handler_p99_seconds: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_handler_p50_seconds", b"_handler_p50_seconds", "_handler_p95_seconds", b"_handler_p95_seconds", "_handler_p99_seconds", b"_handler_p99_seconds", "_p50_seconds", b"_p50_seconds", "_p95_seconds", b"_p95_seconds", "_p99_seconds", b"_p99_seconds", "handler_p50_seconds", b"handler_p50_seconds", "handler_p95_seconds", b"handler_p95_seconds", "handler_p99_seconds", b"handler_p99_seconds", "p50_seconds", b"p50_seconds", "p95_seconds", b"p95_seconds", "p99_seconds", b"p99_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_handler_p50_seconds", b"_handler_p50_seconds", "_handler_p95_seconds", b"_handler_p95_seconds", "_handler_p99_seconds", b"_handler_p99_seconds", "_p50_seconds", b"_p50_seconds", "_p95_seconds", b"_p95_seconds", "_p99_seconds", b"_p99_seconds", "backend", b"backend", "endpoint", b"endpoint", "errors", b"errors", "handler_p50_seconds", b"handler_p50_seconds", "handler_p95_seconds", b"handler_p95_seconds", "handler_p99_seconds", b"handler_p99_seconds", "p50_seconds", b"p50_seconds", "p95_seconds", b"p95_seconds", "p99_seconds", b"p99_seconds", "requests", b"requests", "window_seconds", b"window_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__handler_p50_seconds: _TypeAlias = _typing.Literal["handler_p50_seconds"]  # noqa: Y015
+    _WhichOneofArgType__handler_p50_seconds: _TypeAlias = _typing.Literal["_handler_p50_seconds", b"_handler_p50_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__handler_p95_seconds: _TypeAlias = _typing.Literal["handler_p95_seconds"]  # noqa: Y015
+    _WhichOneofArgType__handler_p95_seconds: _TypeAlias = _typing.Literal["_handler_p95_seconds", b"_handler_p95_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__handler_p99_seconds: _TypeAlias = _typing.Literal["handler_p99_seconds"]  # noqa: Y015
+    _WhichOneofArgType__handler_p99_seconds: _TypeAlias = _typing.Literal["_handler_p99_seconds", b"_handler_p99_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__p50_seconds: _TypeAlias = _typing.Literal["p50_seconds"]  # noqa: Y015
+    _WhichOneofArgType__p50_seconds: _TypeAlias = _typing.Literal["_p50_seconds", b"_p50_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__p95_seconds: _TypeAlias = _typing.Literal["p95_seconds"]  # noqa: Y015
+    _WhichOneofArgType__p95_seconds: _TypeAlias = _typing.Literal["_p95_seconds", b"_p95_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__p99_seconds: _TypeAlias = _typing.Literal["p99_seconds"]  # noqa: Y015
+    _WhichOneofArgType__p99_seconds: _TypeAlias = _typing.Literal["_p99_seconds", b"_p99_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__handler_p50_seconds) -> _WhichOneofReturnType__handler_p50_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__handler_p95_seconds) -> _WhichOneofReturnType__handler_p95_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__handler_p99_seconds) -> _WhichOneofReturnType__handler_p99_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p50_seconds) -> _WhichOneofReturnType__p50_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p95_seconds) -> _WhichOneofReturnType__p95_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p99_seconds) -> _WhichOneofReturnType__p99_seconds | None: ...
+
+Global___WindowStats: _TypeAlias = WindowStats  # noqa: Y015
 
 @_typing.final
 class GetInstanceRequest(_message.Message):

@@ -257,8 +257,15 @@ class HandleResponse(_message.Message):
     HTTP_FIELD_NUMBER: _builtins.int
     PICKLED_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    HANDLER_SECONDS_FIELD_NUMBER: _builtins.int
     pickled: _builtins.bytes
     """cloudpickled return value of a Python call."""
+    handler_seconds: _builtins.float
+    """Seconds the replica spent on this request, from when it started on it
+    (decoding it, waiting for a free handler slot or a batch) to when its
+    answer was ready; 0 = not measured. Senders show it as the handler-time
+    histogram beside their own end-to-end one, so queueing is visible.
+    """
     @_builtins.property
     def http(self) -> _http_pb2.HttpResponse:
         """Answer to an HTTP request, errors included (as JSON bodies)."""
@@ -273,10 +280,11 @@ class HandleResponse(_message.Message):
         http: _http_pb2.HttpResponse | None = ...,
         pickled: _builtins.bytes = ...,
         error: Global___RemoteError | None = ...,
+        handler_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "http", b"http", "pickled", b"pickled", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "http", b"http", "pickled", b"pickled", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "handler_seconds", b"handler_seconds", "http", b"http", "pickled", b"pickled", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["http", "pickled", "error"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
