@@ -3,6 +3,7 @@ OS processes on ephemeral ports) shared by the tests of this folder."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -16,6 +17,16 @@ import pytest
 import requests
 
 import turnout
+
+
+@pytest.fixture
+def default_ports() -> Iterator[None]:
+    """Hold the machine's one claim on the default ports (HTTP 8000, gRPC 50051)
+    for a test whose program uses them, as a user's would: two test runs on one
+    machine (a helper's worktree beside main) take turns instead of failing."""
+    with open("/tmp/turnout-default-ports.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture(scope="session")

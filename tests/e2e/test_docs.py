@@ -184,7 +184,7 @@ def wait_ports_free(when: str) -> None:
 
 
 @pytest.fixture
-def free_ports() -> Iterator[None]:
+def free_ports(default_ports: None) -> Iterator[None]:
     """The previous example's processes are gone (they stop asynchronously),
     and this one's are gone after it, so that no later test finds the default
     ports taken."""

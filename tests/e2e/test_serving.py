@@ -37,7 +37,7 @@ def fail(request: Any) -> None:
     raise ZeroDivisionError("the model divided by zero")
 
 
-def test_key_concepts_example_prints_hello_world() -> None:
+def test_key_concepts_example_prints_hello_world(default_ports: None) -> None:
     # The seed program, unchanged: it serves on 127.0.0.1:8000 and prints the
     # HTTP answer; its instance must be gone once it exits.
     result = subprocess.run(
