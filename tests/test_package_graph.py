@@ -45,3 +45,20 @@ def test_a_server_process_does_not_load_the_client(server: str) -> None:
     ).stdout.split()
     client = sorted(set(loaded) & (client_modules()))
     assert client == [], f"{server} loads client modules {client}"
+
+
+def test_every_package_in_the_tree_is_in_the_built_wheel() -> None:
+    # A package missing from pyproject works in an editable install and is
+    # absent from a real one (turnout._conformance was, and `turnout
+    # replica-check` failed with ModuleNotFoundError after `pip install .`).
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    listed = set(project["tool"]["setuptools"]["packages"])
+    folders = project["tool"]["setuptools"]["package-dir"]
+    in_tree = set()
+    for package, folder in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            in_tree.add(".".join([package, *relative]))
+    assert in_tree - listed == set()
