@@ -30,14 +30,15 @@ from turnout._internal.proxy_args import (
     DEFAULT_READ_TIMEOUT_S,
 )
 from turnout._internal.rpc import Security
-from turnout._sending import failures
+from turnout._sending import failures, streams
 from turnout._sending.replica_link import ReplicaLink
 from turnout._sending.route_table import EndpointRoute
 from turnout._sending.sender import Sender
+from turnout._sending.streams import ChunkStream
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
-from . import http_codec, metrics
+from . import http_codec, metrics, streaming
 from .front_door import SERVED, ConnectionLimits, FrontDoor, Served
 from .workers import SharedCounters
 
@@ -79,7 +80,7 @@ class HttpAnswers:
 
     def read(
         self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
-    ) -> tuple[web.Response, Hashable | None, bool]:
+    ) -> tuple[web.StreamResponse, Hashable | None, bool]:
         """The answer, what shadows compare with (status and body; None for the
         proxy's own error), and whether it counts as failed (a 5xx); stamped
         with who answered, for the access log."""
@@ -111,6 +112,18 @@ class HttpAnswers:
             )
         # The body is not copied again: the answer's is the reply's.
         return response, (response.status, response.body), response.status >= 500
+
+    def read_stream(
+        self, stream: ChunkStream, request_id: str, backend: str, replica_id: str
+    ) -> web.StreamResponse:
+        """The head of a streamed answer (``streaming.send`` writes its body),
+        or a 502 when the head cannot be sent; stamped like ``read``'s."""
+        streamed = streaming.answer(stream, request_id, replica_id)
+        if isinstance(streamed, http_codec.BadResponse):
+            message = f"backend {backend!r} sent an answer HTTP cannot carry: {streamed}"
+            streamed = _failed(502, "BadResponse", message, request_id)[0]
+        streamed[SERVED] = Served(backend, replica_id)
+        return streamed
 
     def key(self, reply: replica_pb2.HandleResponse) -> Hashable | None:
         """What two answers must share to count as the same (status and body)."""
@@ -153,6 +166,7 @@ class ProxyState:
             functools.partial(
                 connect, security=self.security, max_response_bytes=max_response_bytes
             ),
+            self.answers,
             self.answers,
         )
         self.router = self.sender.router
@@ -267,14 +281,18 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
             request_id,
         )
     try:
-        response = await state.sender.send(route, message, shard_key, deadline)
+        response = await state.sender.send(
+            route, message, shard_key, deadline, streams.DEFAULT_WINDOW
+        )
     except failures.SendFailure as failure:
         response = _failure_response(state, failure, request_id)
         replica = failure.replica_id if isinstance(failure, failures.CallFailed) else ""
         response[SERVED] = Served(failure.backend, replica)
     served = response[SERVED]
     served.endpoint, served.bytes_in = route.name, len(body)
-    return await http_codec.send(response, request)
+    if type(response) is streaming.StreamedAnswer:
+        return await streaming.send(response, request)
+    return await http_codec.send(response, request)  # type: ignore[arg-type]
 
 
 async def _read_body(state: ProxyState, request: web.BaseRequest) -> bytes:

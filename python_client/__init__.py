@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from turnout._internal.rpc import TLSConfig
+    from turnout._internal.sse import EventStream, sse_event
     from turnout._internal.version import __version__
     from turnout.api import (
         connect,
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
         UnavailableError,
         UnimplementedError,
     )
-    from turnout.handle import EndpointHandle, HandleFuture
+    from turnout.handle import EndpointHandle, HandleFuture, HandleIterator
 
 _WHERE = {
     "AlreadyExistsError": "turnout.errors",
@@ -75,7 +76,9 @@ _WHERE = {
     "Client": "turnout.client",
     "Command": "turnout.command",
     "EndpointHandle": "turnout.handle",
+    "EventStream": "turnout._internal.sse",
     "HandleFuture": "turnout.handle",
+    "HandleIterator": "turnout.handle",
     "InUseError": "turnout.errors",
     "InvalidArgumentError": "turnout.errors",
     "MethodNotFoundError": "turnout.errors",
@@ -102,6 +105,7 @@ _WHERE = {
     "endpoint_stats": "turnout.api",
     "get_backend_config": "turnout.api",
     "get_handle": "turnout.api",
+    "sse_event": "turnout._internal.sse",
     "init": "turnout.api",
     "list_backends": "turnout.api",
     "list_endpoints": "turnout.api",
@@ -125,7 +129,9 @@ __all__ = [
     "Client",
     "Command",
     "EndpointHandle",
+    "EventStream",
     "HandleFuture",
+    "HandleIterator",
     "InUseError",
     "InvalidArgumentError",
     "MethodNotFoundError",
@@ -159,6 +165,7 @@ __all__ = [
     "set_traffic",
     "shadow_traffic",
     "shutdown",
+    "sse_event",
     "start",
     "stat",
     "update_backend",

@@ -4,13 +4,23 @@ answers out in batches as they finish.
 Whatever answers are ready when the previous write completes go out as one
 message, so a busy replica pays gRPC's per-message cost once for many
 answers, and an idle one writes each answer at once.
+
+A handler whose answer streams (``replica.streams``) answers with frames
+instead: a ``StreamStart``, ``StreamChunk``s and a ``StreamEnd``, batched
+with the other answers the same way. Each chunk needs credit: the call's
+``stream_window`` at first, then what the sender grants as it consumes, so
+a slow reader pauses the generator (docs/replica-protocol.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
+from turnout.replica.streams import Outgoing
 from turnout.v1 import replica_pb2
 
 # An answer message carries answers up to about this many bytes (more only
@@ -24,7 +34,24 @@ class NoPayload(Exception):
     """A HandleRequest with neither an HTTP request nor a Python call."""
 
 
-Respond = Callable[[replica_pb2.HandleRequest], Awaitable[replica_pb2.HandleResponse]]
+Respond = Callable[[replica_pb2.HandleRequest], Awaitable[replica_pb2.HandleResponse | Outgoing]]
+
+
+class _Credit:
+    """Chunks one streamed answer may still send."""
+
+    def __init__(self, window: int) -> None:
+        self.available = window
+        self._granted = asyncio.Event()
+
+    def grant(self, chunks: int) -> None:
+        self.available += chunks
+        self._granted.set()
+
+    async def wait(self) -> None:
+        while self.available <= 0:
+            self._granted.clear()
+            await self._granted.wait()
 
 
 async def serve_stream(
@@ -50,6 +77,9 @@ class CallStream:
         self._respond = respond
         self._running: dict[int, asyncio.Task[None]] = {}
         self._outbox: list[replica_pb2.StreamAnswer] = []
+        self._frames: list[replica_pb2.StreamFrame] = []
+        # Calls whose answer streams, by id: the credit their chunks wait for.
+        self._credits: dict[int, _Credit] = {}
         self._ready = asyncio.Event()
         self._reading = True
 
@@ -63,6 +93,10 @@ class CallStream:
                         task.cancel()
                 for call in message.calls:
                     self._running[call.id] = asyncio.create_task(self._answer(call))
+                for credit in message.credits:
+                    stream = self._credits.get(credit.id)
+                    if stream is not None:
+                        stream.grant(credit.chunks)
         finally:
             self._reading = False
             self._ready.set()
@@ -71,12 +105,20 @@ class CallStream:
         """Batches of answers, until the sender has stopped and every call is answered."""
         while True:
             if not self._outbox:
+                if self._frames:
+                    frames, self._frames = _take_batch(self._frames)
+                    yield replica_pb2.HandleStreamResponse(frames=frames)
+                    continue
                 if not self._reading and not self._running:
                     return
                 await self._ready.wait()
                 self._ready.clear()
                 continue
             batch, self._outbox = _take_batch(self._outbox)
+            if self._frames:
+                frames, self._frames = _take_batch(self._frames)
+                yield replica_pb2.HandleStreamResponse(answers=batch, frames=frames)
+                continue
             yield replica_pb2.HandleStreamResponse(answers=batch)
 
     def cancel(self) -> None:
@@ -86,14 +128,25 @@ class CallStream:
 
     async def _answer(self, call: replica_pb2.StreamCall) -> None:
         answer = replica_pb2.StreamAnswer(id=call.id)
+        response: replica_pb2.HandleResponse | Outgoing | None
         try:
             if call.timeout:
                 async with asyncio.timeout(call.timeout):
                     response = await self._respond(call.request)
+                    if isinstance(response, Outgoing):
+                        response = await self._stream(call, response)
             else:
                 response = await self._respond(call.request)
+                if isinstance(response, Outgoing):
+                    response = await self._stream(call, response)
+            if response is None:
+                return  # streamed: its frames were the answer
             answer.response.CopyFrom(response)
         except TimeoutError:
+            if call.id in self._credits:
+                # Part of the answer went out already: the stream ends here.
+                self._end(call.id, replica_pb2.StreamEnd(failure=_DEADLINE))
+                return
             answer.failure = replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED
         except NoPayload:
             answer.failure = replica_pb2.CALL_FAILURE_INVALID_ARGUMENT
@@ -102,13 +155,56 @@ class CallStream:
             return
         finally:
             del self._running[call.id]
+            self._credits.pop(call.id, None)
             self._ready.set()
         self._outbox.append(answer)
 
+    async def _stream(
+        self, call: replica_pb2.StreamCall, out: Outgoing
+    ) -> replica_pb2.HandleResponse | None:
+        """Send a streamed answer as frames, each chunk when there is credit
+        for it; None once it ended. A sender that cannot take a stream gets
+        the whole answer as one response instead."""
+        if not call.stream_window:
+            return await out.collect()
+        credit = self._credits[call.id] = _Credit(call.stream_window)
+        self._emit(replica_pb2.StreamFrame(id=call.id, start=out.start))
+        end = replica_pb2.StreamEnd()
+        async with contextlib.aclosing(out.chunks):  # type: ignore[type-var]
+            try:
+                while True:
+                    # Credit first, then the pull: a reader that stops
+                    # leaves the generator paused, not one chunk ahead.
+                    await credit.wait()
+                    chunk = await anext(out.chunks, None)
+                    if chunk is None:
+                        break
+                    credit.available -= 1
+                    self._emit(
+                        replica_pb2.StreamFrame(
+                            id=call.id, chunk=replica_pb2.StreamChunk(data=chunk)
+                        )
+                    )
+            except Exception as exc:
+                end.error.CopyFrom(out.fail(exc))
+        end.handler_seconds = time.perf_counter() - out.started
+        self._end(call.id, end)
+        return None
 
-def _take_batch(
-    outbox: list[replica_pb2.StreamAnswer],
-) -> tuple[list[replica_pb2.StreamAnswer], list[replica_pb2.StreamAnswer]]:
+    def _emit(self, frame: replica_pb2.StreamFrame) -> None:
+        self._frames.append(frame)
+        self._ready.set()
+
+    def _end(self, call_id: int, end: replica_pb2.StreamEnd) -> None:
+        self._emit(replica_pb2.StreamFrame(id=call_id, end=end))
+
+
+_DEADLINE = replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED
+
+_Item = TypeVar("_Item", replica_pb2.StreamAnswer, replica_pb2.StreamFrame)
+
+
+def _take_batch(outbox: list[_Item]) -> tuple[list[_Item], list[_Item]]:
     """The answers for the next message (at least one, at most about
     ``ANSWER_BATCH_BYTES``) and those left for the one after."""
     if len(outbox) == 1:  # the common case at low load: nothing to measure

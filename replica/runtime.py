@@ -319,6 +319,11 @@ class BackendRuntime:
                         self._abandoned.add(call)
             raise
 
+    async def run_blocking(self, func: Callable[[], Any]) -> Any:
+        """Run ``func`` on the handler threads: the next item of a streamed
+        answer's sync generator (``replica.streams``)."""
+        return await self._threads.run(func)
+
     async def reconfigure(self, user_config_json: str) -> None:
         """Call the instance's ``reconfigure(user_config)`` (raises LoadError)."""
         method, user_config = _prepare_reconfigure(self.backend, user_config_json)

@@ -15,6 +15,7 @@ import os
 import time
 import traceback
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import cloudpickle
 import grpc
@@ -22,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from turnout._internal import backend_fields
 from turnout._internal.child_process import OUT_OF_MEMORY_EXIT, memory_limit
-from turnout.replica import codec
+from turnout.replica import codec, streams
 from turnout.replica.batcher import BadBatch
 from turnout.replica.call_stream import NoPayload, serve_stream
 from turnout.replica.runtime import BackendRuntime, LoadError, MethodNotFound
@@ -93,7 +94,11 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             # The sender has given up already: running it would be wasted work.
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before start")
         try:
-            return await self.respond(request)
+            response = await self.respond(request)
+            if isinstance(response, streams.Outgoing):
+                # A unary call cannot stream: the stream is answered whole.
+                return await response.collect()
+            return response
         except NoPayload:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "HandleRequest has no payload")
         raise AssertionError("context.abort returned")  # pragma: no cover
@@ -107,25 +112,49 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             async for batch in serve_stream(self.respond, request_iterator):
                 yield batch
 
-    async def respond(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
+    async def respond(
+        self, request: replica_pb2.HandleRequest
+    ) -> replica_pb2.HandleResponse | streams.Outgoing:
         """The answer to one request, whichever way it came, with the time
-        spent on it (``handler_seconds``: senders show it beside their own)."""
+        spent on it (``handler_seconds``: senders show it beside their own);
+        an ``Outgoing`` when the handler's answer streams."""
         started = time.perf_counter()
         payload = request.WhichOneof("payload")
         if payload == "http":
-            response = replica_pb2.HandleResponse(http=await self._handle_http(request))
+            http = await self._handle_http(request, started)
+            if isinstance(http, streams.Outgoing):
+                return http
+            response = replica_pb2.HandleResponse(http=http)
         elif payload == "call":
-            response = await self._handle_call(request)
+            answered = await self._handle_call(request, started)
+            if isinstance(answered, streams.Outgoing):
+                return answered
+            response = answered
         else:
             raise NoPayload
         response.handler_seconds = time.perf_counter() - started
         return response
 
-    async def _handle_http(self, request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
+    async def _handle_http(
+        self, request: replica_pb2.HandleRequest, started: float
+    ) -> http_pb2.HttpResponse | streams.Outgoing:
         rid = request.request_id
         http_request = codec.http_to_request(request.http)
+        streaming = False
         try:
             value = await self._runtime.handle(request.method_name, http_request, web=True)
+            if streams.is_stream(value):
+                items = streams.open_items(value, self._runtime.run_blocking)
+                first = await streams.first_item(items)
+                # The request stays open while the stream runs: a generator
+                # may read it lazily.
+                streaming = True
+                return self._http_outgoing(
+                    rid,
+                    started,
+                    streams.http_start(value, first),
+                    streams.chained(first, items, streams.encode_chunk, http_request.close),
+                )
             return codec.encode_http(value)
         except MethodNotFound as exc:
             log.warning("request %s: %s", rid, exc)
@@ -142,9 +171,44 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             _exit_if_out_of_memory(exc)
             return codec.error_response(exc, rid)
         finally:
-            http_request.close()
+            if not streaming:
+                http_request.close()
 
-    async def _handle_call(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
+    def _http_outgoing(
+        self,
+        rid: str,
+        started: float,
+        start: replica_pb2.StreamStart,
+        chunks: AsyncIterator[bytes],
+    ) -> streams.Outgoing:
+        def fail(exc: BaseException) -> replica_pb2.RemoteError:
+            log.error("request %s: stream failed: %s", rid, _describe(exc), exc_info=exc)
+            # As an HTTP error body: no traceback leaves the replica.
+            return replica_pb2.RemoteError(
+                kind=replica_pb2.ERROR_KIND_USER, type=type(exc).__name__, message=str(exc)
+            )
+
+        async def collect() -> replica_pb2.HandleResponse:
+            body = bytearray()
+            try:
+                async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                    async for chunk in chunks:
+                        body += chunk
+                http = http_pb2.HttpResponse(
+                    status=start.status, headers=start.headers, body=bytes(body)
+                )
+            except Exception as exc:
+                log.exception("request %s: stream failed", rid)
+                http = codec.error_response(exc, rid)
+            response = replica_pb2.HandleResponse(http=http)
+            response.handler_seconds = time.perf_counter() - started
+            return response
+
+        return streams.Outgoing(start, chunks, fail, collect, started)
+
+    async def _handle_call(
+        self, request: replica_pb2.HandleRequest, started: float
+    ) -> replica_pb2.HandleResponse | streams.Outgoing:
         rid = request.request_id
         try:
             call_request = codec.call_to_request(request.call)
@@ -165,6 +229,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             return _error(replica_pb2.ERROR_KIND_USER, exc, with_traceback=True)
         finally:
             call_request.close()
+        if streams.is_item_stream(value):
+            return await self._call_outgoing(rid, started, value)
         try:
             return replica_pb2.HandleResponse(pickled=cloudpickle.dumps(value))
         except Exception as exc:
@@ -174,6 +240,40 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             )
             log.error("request %s: %s", rid, bad, exc_info=exc)
             return _error(replica_pb2.ERROR_KIND_BAD_RETURN, bad, with_traceback=False)
+
+    async def _call_outgoing(
+        self, rid: str, started: float, value: Any
+    ) -> replica_pb2.HandleResponse | streams.Outgoing:
+        """A Python call's generator as a stream of pickled items (or, when
+        its first item fails, the error answer)."""
+        items = streams.open_items(value, self._runtime.run_blocking)
+        try:
+            first = await streams.first_item(items)
+        except Exception as exc:
+            log.exception("request %s: %s", rid, _what_failed(exc))
+            return _error(replica_pb2.ERROR_KIND_USER, exc, with_traceback=True)
+        chunks = streams.chained(first, items, _pickled_item)
+
+        def fail(exc: BaseException) -> replica_pb2.RemoteError:
+            log.error("request %s: stream failed: %s", rid, _describe(exc), exc_info=exc)
+            kind = replica_pb2.ERROR_KIND_USER
+            if isinstance(exc, codec.BadReturnValue):
+                kind = replica_pb2.ERROR_KIND_BAD_RETURN
+            return _error(kind, exc, with_traceback=True).error
+
+        async def collect() -> replica_pb2.HandleResponse:
+            collected = []
+            try:
+                async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                    async for chunk in chunks:
+                        collected.append(cloudpickle.loads(chunk))
+                response = replica_pb2.HandleResponse(pickled=cloudpickle.dumps(collected))
+            except Exception as exc:
+                response = replica_pb2.HandleResponse(error=fail(exc))
+            response.handler_seconds = time.perf_counter() - started
+            return response
+
+        return streams.Outgoing(replica_pb2.StreamStart(), chunks, fail, collect, started)
 
     async def Reconfigure(
         self,
@@ -214,6 +314,20 @@ def _exit_out_of_memory() -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
     os._exit(OUT_OF_MEMORY_EXIT)
+
+
+def _pickled_item(item: object) -> list[bytes]:
+    try:
+        return [cloudpickle.dumps(item)]
+    except Exception as exc:
+        raise codec.BadReturnValue(
+            f"the stream yielded a {codec.type_name(item)}, which cannot be pickled: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _what_failed(exc: Exception) -> str:
