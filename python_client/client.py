@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import grpc
 
 from turnout import _pickling
 from turnout._handle_router import HandleRouter
-from turnout._internal import auth, rpc, tls_options, validation
+from turnout._internal import auth, rpc, tls_options, validation, web_apps
+from turnout._internal.cors import CorsPolicy
 from turnout._internal.latency import WINDOW_S, check_window
 from turnout._internal.rpc import TLSConfig
 from turnout.command import Command
@@ -131,8 +132,13 @@ def _spec(
             )
         spec.command.CopyFrom(func_or_class.to_proto())
         return spec
+    app_path = web_apps.import_path_of(func_or_class) if not init_args else None
     if isinstance(func_or_class, str):
         spec.import_path = func_or_class
+    elif app_path is not None:
+        # Apps hold locks and weak references that do not pickle (Flask's
+        # do); one that a module defines is imported by the replicas instead.
+        spec.import_path = app_path
     elif callable(func_or_class):
         if init_args and not inspect.isclass(func_or_class):
             raise InvalidArgumentError(
@@ -410,6 +416,7 @@ class Client:
         *init_args: Any,
         config: BackendConfig | dict[str, Any] | None = None,
         replica_options: dict[str, Any] | None = None,
+        interface: str = "auto",
     ) -> None:
         """Create a backend and wait until its replicas are serving.
 
@@ -440,11 +447,20 @@ class Client:
 
             serve.create_backend("counter", Counter, 10, config={"num_replicas": 2},
                                  replica_options={"num_cpus": 1})
+
+        A WSGI app (Flask, Django) or an ASGI app (FastAPI, Starlette), or
+        the import path of one, serves every path under its endpoint's route
+        (docs/apps.md); ``interface`` ("auto", "handler", "wsgi", "asgi")
+        says which it is when detection would be wrong::
+
+            serve.create_backend("api", "myproject.web:app")
         """
         _check_str(tag, "tag")
+        spec = _spec(tag, func_or_class, init_args)
+        spec.interface = web_apps.to_proto(interface)
         request = pb.CreateBackendRequest(
             tag=tag,
-            spec=_spec(tag, func_or_class, init_args),
+            spec=spec,
             config=BackendConfig.coerce(config).to_proto(),
             replica_options=validation.replica_options_from(replica_options),
         )
@@ -522,17 +538,22 @@ class Client:
         route: str | None = None,
         methods: Iterable[str] = ("GET",),
         request_timeout: float | None = None,
+        cors: dict[str, Any] | None = None,
     ) -> None:
         """Create an endpoint, optionally on an HTTP route, sending all traffic to
         ``backend`` (required, positional or keyword; ``TypeError`` without it,
         as in Ray Serve). ``request_timeout`` (seconds) answers 504 to requests
         that take longer and cancels their work; ``X-Serve-Timeout-Ms``
-        overrides it.
+        overrides it. ``cors`` takes the options of Starlette's
+        CORSMiddleware (``allow_origins``, ``allow_methods``,
+        ``allow_headers``, ``expose_headers``, ``allow_credentials``,
+        ``max_age``); the proxy answers preflights itself (docs/apps.md, "CORS").
 
         Example::
 
             serve.create_endpoint("simple_endpoint", "simple_backend",
-                                  route="/simple", methods=["GET"])
+                                  route="/simple", methods=["GET"],
+                                  cors={"allow_origins": ["https://app.example"]})
         """
         _check_str(name, "name")
         if backend is None:
@@ -550,6 +571,8 @@ class Client:
             methods=_method_list(methods),
             request_timeout=float(_check_timeout(request_timeout) or 0),
         )
+        if cors is not None:
+            request.cors.CopyFrom(CorsPolicy.from_dict(cors).to_proto())
         self._call(self._stub.CreateEndpoint, request)
 
     def update_endpoint(
@@ -559,10 +582,12 @@ class Client:
         route: str | None = None,
         methods: Iterable[str] | None = None,
         request_timeout: float | None = None,
+        cors: dict[str, Any] | Literal[False] | None = None,
     ) -> None:
-        """Change an endpoint's route, methods or request timeout in place;
-        ``None`` keeps the current value, ``route=""`` takes the endpoint off
-        HTTP and ``request_timeout=0`` removes the limit. Its traffic and
+        """Change an endpoint's route, methods, request timeout or CORS policy
+        in place; ``None`` keeps the current value, ``route=""`` takes the
+        endpoint off HTTP, ``request_timeout=0`` removes the limit and
+        ``cors=False`` the CORS policy. Its traffic and
         shadows stay, and a request that fits both the old and the new shape
         never finds the endpoint missing (delete and create again would).
 
@@ -581,6 +606,10 @@ class Client:
             request.methods.extend(method_list)
         if _check_timeout(request_timeout) is not None:
             request.request_timeout = float(request_timeout or 0)
+        if cors is False:
+            request.clear_cors = True
+        elif cors is not None:
+            request.cors.CopyFrom(CorsPolicy.from_dict(cors).to_proto())
         self._call(self._stub.UpdateEndpoint, request)
 
     def set_traffic(self, endpoint: str, traffic: dict[str, float]) -> None:
