@@ -36,7 +36,13 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class AppStartError(Exception):
-    """The app's lifespan startup failed; the message is the app's."""
+    """The app's lifespan startup failed: ``message`` is the app's last line
+    (Starlette sends a whole traceback), ``detail`` all it said."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
 
 
 class AsgiApp:
@@ -63,7 +69,9 @@ class AsgiApp:
         if answer is None:
             return  # no lifespan support: served without it
         if answer.get("type") == "lifespan.startup.failed":
-            raise AppStartError(str(answer.get("message", "")) or "lifespan startup failed")
+            said = str(answer.get("message", "")).strip()
+            lines = said.splitlines()
+            raise AppStartError(lines[-1] if lines else "no reason given", said)
         if answer.get("type") != "lifespan.startup.complete":
             raise AppStartError(f"the app answered lifespan.startup with {answer.get('type')!r}")
 
@@ -133,6 +141,12 @@ class AsgiApp:
 
         try:
             await self.app(scope, receive, send)
+        except Exception:
+            if status is None or not complete.is_set():
+                raise
+            # Starlette's error middleware answers 500 itself, then re-raises
+            # for the server to log: the answer went out, so it stands.
+            log.exception("the ASGI app raised after answering request to %s", msg.path[:200])
         finally:
             complete.set()
         if status is None:

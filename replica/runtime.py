@@ -185,7 +185,9 @@ class BackendRuntime:
                 await self.app.startup(timeout)
             except AppStartError as exc:
                 raise LoadError(
-                    INVALID_ARGUMENT, f"the ASGI app's lifespan startup failed: {exc}"
+                    INVALID_ARGUMENT,
+                    f"the ASGI app's lifespan startup failed: {exc.message}",
+                    exc.detail,
                 ) from None
 
     async def stop_app(self, timeout: float) -> None:

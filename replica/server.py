@@ -251,8 +251,8 @@ async def serve(
     try:
         await runtime.start_app(APP_LIFESPAN_TIMEOUT_S)
     except LoadError as exc:
-        log.error("%s", exc.message)
-        return _give_up(options, exc.code, exc.message, logged=True)
+        log.error("%s\n%s", exc.message, exc.traceback)
+        return _give_up(options, exc.code, exc.message, exc.traceback, logged=True)
     if runtime.has_check_health:
         # On the loop the later checks run on: an async check_health() may
         # create loop-bound objects the first time.
