@@ -212,10 +212,10 @@ def _check(policy: CorsPolicy) -> None:
                 ok = value == "*" or _ORIGIN.fullmatch(value) is not None
                 what = "an origin such as 'https://app.example' (scheme and host, no path) or '*'"
             else:
-                star = value == "*" and key != "expose_headers"
-                ok = star or _TOKEN.fullmatch(value) is not None
-                what = "a header name" if key != "allow_methods" else "an HTTP method"
-                what += " or '*'" if key != "expose_headers" else ""
+                # A token ("*" is one: any method or header, or for
+                # expose_headers the Fetch standard's wildcard).
+                ok = _TOKEN.fullmatch(value) is not None
+                what = "an HTTP method" if key == "allow_methods" else "a header name"
             if not ok:
                 raise InvalidArgumentError(f"cors {key}: {value[:100]!r} is not {what}")
     if not 0 <= policy.max_age <= MAX_MAX_AGE_S:
