@@ -52,7 +52,8 @@ def to_json(snapshot: Snapshot) -> str:
 
         {"instance": {"controller_address": ..., "controller_pid": ..., "http_address": ...,
                       "log_dir": ...},
-         "endpoints": {name: {"route", "methods", "traffic", "shadows", "request_timeout"}},
+         "endpoints": {name: {"route", "methods", "traffic", "shadows", "request_timeout",
+                              "serves_app", "cors"}},
          "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...}}},
          "replicas": [{"replica_id", "backend", "state", "pid", "address", "error",
                        "cpus", "gpus", "log_path", "node"}]}
@@ -120,6 +121,24 @@ def _config_text(config: Mapping[str, Any]) -> str:
     return " ".join(changed) or "defaults"
 
 
+def _route_text(endpoint: Mapping[str, Any]) -> str:
+    """The route; an app's, which serves the paths under it too, with "/*"."""
+    route = endpoint["route"]
+    if not route:
+        return "-"
+    return f"{route.rstrip('/')}/*" if endpoint.get("serves_app") else str(route)
+
+
+def _cors_text(cors: Mapping[str, Any]) -> str:
+    """The CORS options other than the origins, as key=value."""
+    shown = [
+        f"{key}={','.join(value) if isinstance(value, list) else json.dumps(value)}"
+        for key, value in cors.items()
+        if key != "allow_origins" and value not in ([], False)
+    ]
+    return " ".join(shown)
+
+
 def to_text(snapshot: Snapshot) -> str:
     """Readable tables: the instance, endpoints, backends, replicas."""
     parts = [
@@ -129,7 +148,7 @@ def to_text(snapshot: Snapshot) -> str:
     endpoint_rows = [
         [
             name,
-            str(e["route"] or "-"),
+            _route_text(e),
             ",".join(e["methods"]),
             _shares(e["traffic"]),
             _shares(e["shadows"]),
@@ -142,6 +161,13 @@ def to_text(snapshot: Snapshot) -> str:
         if endpoint_rows
         else "No endpoints."
     )
+    cors_rows = [
+        [name, ",".join(e["cors"]["allow_origins"]), _cors_text(e["cors"])]
+        for name, e in sorted(snapshot.endpoints.items())
+        if e.get("cors")
+    ]
+    if cors_rows:
+        parts.append(table(["ENDPOINT", "CORS ORIGINS", "CORS OPTIONS"], cors_rows))
     backend_rows = []
     for name, config in sorted(snapshot.backends.items()):
         counts = snapshot.replica_counts(name)

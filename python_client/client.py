@@ -629,15 +629,19 @@ class Client:
         self._call(self._stub.SetTraffic, pb.SetTrafficRequest(endpoint=endpoint, traffic=weights))
 
     def list_endpoints(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout"}}``
-        for every endpoint; ``route`` is None for one reachable only through
-        handles, ``request_timeout`` (seconds) None when there is no limit.
+        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout",
+        "serves_app", "cors"}}`` for every endpoint; ``route`` is None for one
+        reachable only through handles, ``request_timeout`` (seconds) None when
+        there is no limit, ``serves_app`` whether a WSGI/ASGI app serves the
+        paths under the route, ``cors`` the CORS options (every one filled in)
+        or None.
 
         Example::
 
             serve.list_endpoints()
             # {"model": {"route": "/model", "methods": ["GET"], "traffic": {"model": 1.0},
-            #            "shadows": {}, "request_timeout": None}}
+            #            "shadows": {}, "request_timeout": None, "serves_app": False,
+            #            "cors": None}}
         """
         reply = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
         return {
@@ -647,6 +651,8 @@ class Client:
                 "traffic": {t.backend: t.weight for t in e.traffic},
                 "shadows": {s.backend: s.proportion for s in e.shadows},
                 "request_timeout": e.request_timeout or None,
+                "serves_app": e.serves_app,
+                "cors": CorsPolicy.from_proto(e.cors).to_dict() if e.HasField("cors") else None,
             }
             for e in reply.endpoints
         }

@@ -21,6 +21,7 @@ JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
         traffic: {greeter: 1}               # or `backend: greeter`
         shadows: {greeter-v2: 0.1}          # share of requests copied
         request_timeout: 5                  # seconds; 0 = none
+        cors: {allow_origins: ["https://app.example"]}   # CORS options (docs/apps.md)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any, Literal
 import yaml
 
 from turnout._internal import backend_fields, validation
+from turnout._internal.cors import CorsPolicy
 from turnout.command import Command
 from turnout.config import DEFAULTS, BackendConfig
 from turnout.errors import TurnoutError
@@ -45,7 +47,9 @@ Action = Literal["create", "update", "delete", "unchanged", "kept"]
 _TOP_KEYS = frozenset({"backends", "endpoints"})
 _BACKEND_KEYS = frozenset({"import_path", "command", "init_args", "config", "replica_options"})
 _COMMAND_KEYS = frozenset({"argv", "env", "cwd", "ready_timeout"})
-_ENDPOINT_KEYS = frozenset({"route", "methods", "backend", "traffic", "shadows", "request_timeout"})
+_ENDPOINT_KEYS = frozenset(
+    {"route", "methods", "backend", "traffic", "shadows", "request_timeout", "cors"}
+)
 _WEIGHT_TOLERANCE = 1e-9
 
 
@@ -93,6 +97,7 @@ class EndpointEntry:
     traffic: Mapping[str, float] = field(default_factory=dict)
     shadows: Mapping[str, float] = field(default_factory=dict)
     request_timeout: float = 0.0
+    cors: CorsPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -413,6 +418,12 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointE
         problems.append(f"{where}.request_timeout: must be a number of seconds")
     else:
         _check(where, problems, validation.request_timeout, float(timeout))
+    cors = None
+    if "cors" in body:
+        try:
+            cors = CorsPolicy.from_dict(body["cors"])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{where}.cors: {exc}")
     if len(problems) > before:
         return None
     return EndpointEntry(
@@ -422,6 +433,7 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointE
         traffic=traffic,
         shadows=shadows,
         request_timeout=float(timeout),
+        cors=cors,
     )
 
 
@@ -554,6 +566,9 @@ def _endpoint_change(wanted: EndpointEntry, serving: EndpointEntry) -> EndpointC
     if not math.isclose(wanted.request_timeout, serving.request_timeout, abs_tol=1e-9):
         old, new = _show(serving.request_timeout), _show(wanted.request_timeout)
         details.append(f"request_timeout: {old} -> {new}")
+    if wanted.cors != serving.cors:
+        old, new = (json.dumps(c.to_dict() if c else None) for c in (serving.cors, wanted.cors))
+        details.append(f"cors: {old} -> {new}")
     new_shape = bool(details)
     new_traffic = not _same_shares(wanted.traffic, serving.traffic)
     if new_traffic:

@@ -296,3 +296,29 @@ def test_traffic_may_go_to_a_backend_the_instance_has_unless_pruning() -> None:
     assert caught.value.problems == ["endpoints.e.traffic.py: no backend of that name in the file"]
     with pytest.raises(DeployFileError, match="endpoints.e.traffic.ghost"):
         plan(parse({"endpoints": {"e": {"backend": "ghost"}}}), running)
+
+
+def test_an_endpoints_cors_policy_is_read_compared_and_updated_in_place() -> None:
+    backends = {"a": {"import_path": "m:a"}}
+    cors = {"allow_origins": ["https://app.example"], "max_age": 60}
+    plain = {"route": "/x", "backend": "a"}
+    before = parse({"backends": backends, "endpoints": {"e": plain}})
+    after = parse({"backends": backends, "endpoints": {"e": {**plain, "cors": cors}}})
+    policy = after.endpoints["e"].cors
+    assert policy is not None and policy.allow_origins == ("https://app.example",)
+    change = plan(after, _running(before)).endpoints[0]
+    assert change.action == "update" and change.new_shape
+    assert change.details[0].startswith('cors: null -> {"allow_origins": ["https://app.example"]')
+    assert plan(after, _running(after)).endpoints[0].action == "unchanged"
+    removed = plan(before, _running(after)).endpoints[0]
+    assert removed.new_shape and removed.details[0].endswith("-> null")
+
+
+def test_a_bad_cors_policy_names_the_endpoint_and_what_is_wrong() -> None:
+    problems = _problems(
+        {
+            "backends": {"a": {"import_path": "m:a"}},
+            "endpoints": {"e": {"backend": "a", "cors": {"allow_origins": ["nope"]}}},
+        }
+    )
+    assert len(problems) == 1 and problems[0].startswith("endpoints.e.cors: cors allow_origins")
