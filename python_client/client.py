@@ -121,6 +121,17 @@ def _as_json(values: tuple[Any, ...]) -> str | None:
     return text if json.loads(text) == list(values) else None
 
 
+def _app_import_path(tag: str, app: Any) -> str:
+    path = web_apps.import_path_of(app)
+    if path is None:
+        raise InvalidArgumentError(
+            f"backend {tag!r} is a {web_apps.detect(app).upper()} app, which replicas import "
+            "rather than unpickle: define it at the top level of a module (not the main "
+            "script) and pass it from there, or pass its import path 'package.module:app'"
+        )
+    return path
+
+
 def _spec(
     tag: str, func_or_class: Callable[..., Any] | type | str | Command, init_args: tuple[Any, ...]
 ) -> pb.BackendSpec:
@@ -132,13 +143,12 @@ def _spec(
             )
         spec.command.CopyFrom(func_or_class.to_proto())
         return spec
-    app_path = web_apps.import_path_of(func_or_class) if not init_args else None
     if isinstance(func_or_class, str):
         spec.import_path = func_or_class
-    elif app_path is not None:
-        # Apps hold locks and weak references that do not pickle (Flask's
-        # do); one that a module defines is imported by the replicas instead.
-        spec.import_path = app_path
+    elif web_apps.detect(func_or_class) != "handler":
+        # Apps hold locks and weak references that do not pickle (Flask's),
+        # or do not unpickle (Starlette's state): replicas import them.
+        spec.import_path = _app_import_path(tag, func_or_class)
     elif callable(func_or_class):
         if init_args and not inspect.isclass(func_or_class):
             raise InvalidArgumentError(

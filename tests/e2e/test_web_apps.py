@@ -184,3 +184,13 @@ def test_interface_names_an_app_that_detection_would_miss(
 def test_an_unknown_interface_is_refused(client: turnout.Client) -> None:
     with pytest.raises(ValueError, match="interface must be one of"):
         client.create_backend("never", web_apps.raw_wsgi, interface="cgi")
+
+
+def test_an_app_the_main_script_defines_is_refused_with_what_to_do(
+    client: turnout.Client,
+) -> None:
+    def app(environ: object, start_response: object) -> list[bytes]:
+        return []
+
+    with pytest.raises(ValueError, match="WSGI app, which replicas import.*package.module:app"):
+        client.create_backend("never", app)
