@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 import yaml
 
-from turnout._internal import backend_fields, validation
+from turnout._internal import autoscaling, backend_fields, validation
 from turnout.command import Command
 from turnout.config import DEFAULTS, BackendConfig
 from turnout.errors import TurnoutError
@@ -497,8 +497,18 @@ def _reference_problems(wanted: DeployFile, current: State, prune: bool) -> list
 
 
 def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A file's config with every field it leaves out at its default."""
-    return {**DEFAULTS.to_dict(), **config}
+    """A file's config with every field it leaves out at its default (an
+    autoscaled backend's num_replicas is the controller's, so not compared)."""
+    given = dict(config)
+    if "autoscaling_config" in given:
+        given["autoscaling"] = given.pop("autoscaling_config")
+    effective = {**DEFAULTS.to_dict(), **given}
+    if effective.get("autoscaling") is not None:
+        effective["num_replicas"] = None
+        effective["autoscaling"] = autoscaling.to_dict(
+            autoscaling.from_dict(effective["autoscaling"])
+        )
+    return effective
 
 
 def _backend_change(
