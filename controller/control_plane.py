@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from turnout._internal import backend_fields, validation
+from turnout._internal import autoscaling, backend_fields, validation
 from turnout._internal.errors import (
     AlreadyExistsError,
     CapacityError,
@@ -339,6 +339,8 @@ class ControlPlane:
                     return False
                 if not record.config.HasField("autoscaling"):
                     return False
+                # Bounds changed since the decision are the ones that hold.
+                count = autoscaling.policy(record.config.autoscaling).clamp(count)
                 if count > record.config.num_replicas and count > self.room_for(tag):
                     return False
                 config = pb.BackendConfig()

@@ -35,6 +35,9 @@ RETAIN_S = 600.0
 MAX_SAMPLES = 4096
 # Reporters kept at most; the longest silent goes first.
 MAX_REPORTERS = 10_000
+# Backends one report may name; the rest of a bigger report is ignored (a
+# sender has a handful: this only bounds what a broken one can make us keep).
+MAX_BACKENDS_PER_REPORT = 1000
 
 
 @dataclass
@@ -67,6 +70,8 @@ class LoadBook:
         now = self._clock()
         values: dict[str, int] = {}
         for load in loads:
+            if load.backend not in values and len(values) >= MAX_BACKENDS_PER_REPORT:
+                continue
             values[load.backend] = values.get(load.backend, 0) + total(load)
         reporter = self._reporters.pop(reporter_id, None) or _Reporter()
         # Re-inserted last: the dict stays ordered by last report.

@@ -315,6 +315,9 @@ def _backend(
     else:
         for key, value in config.items():
             _check(f"{where}.config.{key}", problems, BackendConfig.coerce, {key: value})
+        if len(problems) == before and ("autoscaling" in config or "autoscaling_config" in config):
+            # Checks between fields (num_replicas beside autoscaling).
+            _check(f"{where}.config", problems, BackendConfig.coerce, config)
     options = _replica_options(
         body.get("replica_options", {}), f"{where}.replica_options", problems
     )

@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 from fake_launcher import FakeLauncher
 
-from turnout._internal import autoscaling
+from turnout._internal import autoscaling, validation
 from turnout._internal.autoscaling import Policy
 from turnout._internal.errors import InvalidArgumentError
 from turnout.config import BackendConfig
+from turnout.controller import load_book
 from turnout.controller.autoscale_loop import AutoscaleLoop
 from turnout.controller.autoscaler import Autoscaler
 from turnout.controller.control_plane import ControlPlane
 from turnout.controller.load_book import LoadBook
 from turnout.controller.routing import RoutePublisher
+from turnout.controller.sqlite_store import SqliteStore
+from turnout.controller.store import BackendRecord
 from turnout.v1 import controller_pb2 as pb
 
 
@@ -217,7 +221,7 @@ def _running(plane: ControlPlane, tag: str) -> int:
 def test_an_autoscaled_backend_starts_at_initial_replicas_and_scales_as_decided() -> None:
     async def scenario(plane: ControlPlane) -> None:
         backend = await plane.create_backend(
-            _autoscaled("a", min_replicas=1, max_replicas=4, initial_replicas=2)
+            _autoscaled("a", min_replicas=1, max_replicas=8, initial_replicas=2)
         )
         assert backend.config.num_replicas == 2
         assert backend.autoscaling_status.desired_replicas == 2
@@ -255,3 +259,34 @@ def test_num_replicas_is_refused_beside_autoscaling_and_alone_turns_it_off() -> 
         assert plane.autoscaled() == {}
 
     _run_plane(scenario)
+
+
+def test_load_book_keeps_a_bounded_part_of_an_oversized_report() -> None:
+    clock = Clock()
+    book = LoadBook(clock)
+    loads = [
+        pb.BackendLoad(backend=f"b{i}", queued=1)
+        for i in range(load_book.MAX_BACKENDS_PER_REPORT + 5)
+    ]
+    book.report("broken", loads)
+    clock.now += 1
+    assert book.load("b0", window_s=1) == 1.0
+    assert book.load(f"b{load_book.MAX_BACKENDS_PER_REPORT + 1}", window_s=1) == 0.0
+
+
+def test_the_state_file_keeps_the_autoscaling_config_and_the_decided_count(tmp_path: Path) -> None:
+    config = validation.full_config(
+        pb.BackendConfig(autoscaling=autoscaling.from_dict({"max_replicas": 4}))
+    )
+    config.num_replicas = 3  # as a decision leaves it
+    record = BackendRecord(
+        "a", pb.BackendSpec(import_path="app:Model"), config, pb.ReplicaOptions()
+    )
+    store = SqliteStore(tmp_path / "state.db")
+    store.put_backend(record)
+    store.close()
+    reopened = SqliteStore(tmp_path / "state.db")
+    try:
+        assert reopened.backends()["a"] == record
+    finally:
+        reopened.close()

@@ -159,3 +159,42 @@ def test_a_restarted_controller_keeps_the_config_and_the_decided_count(tmp_path:
         assert sorted(r.pid for r in client.list_replicas("kept")) == pids
     finally:
         durable.cleanup()
+
+
+def test_load_through_handles_scales_too(
+    client: turnout.Client, unique: Callable[[str], str]
+) -> None:
+    name = unique("handled")
+    rules = {"max_replicas": 2, "target_ongoing_requests": 2, "upscale_delay_s": 0.5}
+    client.create_backend(name, _slow_pid(0.25), config={"autoscaling_config": rules})
+    client.create_endpoint(name, name)  # no route: handles only
+    handle = client.get_handle(name)
+    stop = threading.Event()
+    failures: list[str] = []
+    give_up = time.monotonic() + LOAD_LIMIT_S
+
+    def call() -> None:
+        while not stop.is_set() and time.monotonic() < give_up:
+            try:
+                handle.remote().result(timeout=REQUEST_TIMEOUT_S)
+            except Exception as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=call, daemon=True) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    try:
+
+        def running() -> int:
+            status = client.autoscaling_status(name)
+            assert status is not None
+            return int(status["running_replicas"])
+
+        wait_until(lambda: running() == 2, timeout=45, interval=0.25)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(REQUEST_TIMEOUT_S + 5)
+    assert failures == []
+    client.delete_endpoint(name)
+    client.delete_backend(name)
