@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from turnout.client import Client, ReplicaInfo
@@ -24,17 +25,27 @@ class Snapshot:
     endpoints: Mapping[str, Mapping[str, Any]]
     backends: Mapping[str, Mapping[str, Any]]
     replicas: Sequence[ReplicaInfo]
+    # Autoscaled backends' status (Client.autoscaling_status), by backend.
+    autoscaling: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, client: Client) -> Snapshot:
+        backends = client.list_backends()
+        autoscaling: dict[str, Mapping[str, Any]] = {}
+        for name, config in backends.items():
+            if config.get("autoscaling") is not None:
+                status = client.autoscaling_status(name)
+                if status is not None:
+                    autoscaling[name] = status
         return cls(
             controller_address=client.controller_address,
             controller_pid=client.controller_pid,
             http_address=client.http_address,
             log_dir=client.log_dir,
             endpoints=client.list_endpoints(),
-            backends=client.list_backends(),
+            backends=backends,
             replicas=sorted(client.list_replicas(), key=lambda r: (r.backend, r.replica_id)),
+            autoscaling=autoscaling,
         )
 
     def replica_counts(self, backend: str) -> dict[str, int]:
@@ -54,7 +65,8 @@ def to_json(snapshot: Snapshot) -> str:
                       "log_dir": ...},
          "endpoints": {name: {"route", "methods", "traffic", "shadows", "request_timeout",
                               "serves_app", "cors"}},
-         "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...}}},
+         "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...},
+                             "autoscaling": {...} (autoscaled backends only)}},
          "replicas": [{"replica_id", "backend", "state", "pid", "address", "error",
                        "cpus", "gpus", "log_path", "node"}]}
     """
@@ -67,7 +79,15 @@ def to_json(snapshot: Snapshot) -> str:
         },
         "endpoints": snapshot.endpoints,
         "backends": {
-            name: {"config": config, "replicas": snapshot.replica_counts(name)}
+            name: {
+                "config": config,
+                "replicas": snapshot.replica_counts(name),
+                **(
+                    {"autoscaling": snapshot.autoscaling[name]}
+                    if name in snapshot.autoscaling
+                    else {}
+                ),
+            }
             for name, config in snapshot.backends.items()
         },
         "replicas": [{**asdict(r), "cpus": list(r.cpus)} for r in snapshot.replicas],
@@ -116,7 +136,9 @@ def _config_text(config: Mapping[str, Any]) -> str:
     changed = [
         f"{key}={_number(value) if _is_number(value) else json.dumps(value)}"
         for key, value in sorted(config.items())
-        if key != "num_replicas" and value is not None and value != defaults.get(key)
+        if key not in ("num_replicas", "autoscaling")
+        and value is not None
+        and value != defaults.get(key)
     ]
     return " ".join(changed) or "defaults"
 
@@ -171,10 +193,12 @@ def to_text(snapshot: Snapshot) -> str:
     backend_rows = []
     for name, config in sorted(snapshot.backends.items()):
         counts = snapshot.replica_counts(name)
+        scaled = snapshot.autoscaling.get(name)
+        wanted = config.get("num_replicas") if scaled is None else scaled["desired_replicas"]
         backend_rows.append(
             [
                 name,
-                str(config.get("num_replicas")),
+                str(wanted) + ("" if scaled is None else " (auto)"),
                 *(str(counts[state]) for state in REPLICA_STATES),
                 _config_text(config),
             ]
@@ -184,6 +208,8 @@ def to_text(snapshot: Snapshot) -> str:
         if backend_rows
         else "No backends."
     )
+    if snapshot.autoscaling:
+        parts.append(_autoscaling_table(snapshot))
     # A NODE column once replicas run on more than the controller's machine.
     nodes = any(r.node for r in snapshot.replicas)
     replica_rows = [
@@ -201,3 +227,26 @@ def to_text(snapshot: Snapshot) -> str:
         header = ["REPLICA", "STATE", *(["NODE"] if nodes else []), "PID", "ADDRESS", "ERROR"]
         parts.append(table(header, replica_rows))
     return "\n\n".join(parts)
+
+
+def _autoscaling_table(snapshot: Snapshot) -> str:
+    """Autoscaled backends: bounds, load, what it asks for, the last decision."""
+    rows = []
+    for name, status in sorted(snapshot.autoscaling.items()):
+        rules = snapshot.backends.get(name, {}).get("autoscaling") or {}
+        at = status.get("last_decision_time")
+        ago = f" ({time.time() - at:.0f}s ago)" if at else ""
+        rows.append(
+            [
+                name,
+                str(rules.get("min_replicas", 1)),
+                str(rules.get("max_replicas", 1)),
+                f"{status['load']:.2f}",
+                str(status["wanted_replicas"]),
+                str(status["desired_replicas"]),
+                str(status["running_replicas"]),
+                _first_line(status.get("last_reason") or "-") + ago,
+            ]
+        )
+    headers = ["AUTOSCALED", "MIN", "MAX", "LOAD", "ASKS", "DESIRED", "RUNNING", "LAST DECISION"]
+    return table(headers, rows)

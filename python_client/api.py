@@ -416,6 +416,11 @@ def list_endpoints() -> dict[str, dict[str, Any]]:
     return _current().list_endpoints()
 
 
+def autoscaling_status(backend: str) -> dict[str, Any] | None:
+    """See ``Client.autoscaling_status``."""
+    return _current().autoscaling_status(backend)
+
+
 def list_replicas(backend: str | None = None) -> list[ReplicaInfo]:
     """See ``Client.list_replicas``."""
     return _current().list_replicas(backend)

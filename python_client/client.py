@@ -518,6 +518,38 @@ class Client:
         request = pb.DeleteBackendRequest(tag=_check_str(tag, "tag"))
         self._call(self._stub.DeleteBackend, request, timeout=_SLOW_TIMEOUT_S)
 
+    def autoscaling_status(self, backend: str) -> dict[str, Any] | None:
+        """Where an autoscaled backend stands; None for one with a fixed
+        ``num_replicas``. NotFoundError for an unknown backend.
+
+        ``{"desired_replicas", "running_replicas", "wanted_replicas", "load",
+        "last_decision", "last_reason", "last_decision_time"}``: the replicas
+        the controller wants (its last decision) and those RUNNING, what the
+        load asks for before the delays, the load (requests in flight and
+        queued, averaged over ``look_back_period_s``), and the last decision
+        ("up", "down" or None), why, and when (Unix time, None before the
+        first). docs/traffic.md, "Autoscaling", has the rules.
+
+        Example::
+
+            serve.create_backend("m", Model, config={"autoscaling_config": {"max_replicas": 4}})
+            serve.autoscaling_status("m")["desired_replicas"]   # 1
+        """
+        request = pb.GetBackendRequest(tag=_check_str(backend, "backend"))
+        reply = self._call(self._stub.GetBackend, request)
+        if not reply.backend.HasField("autoscaling_status"):
+            return None
+        status = reply.backend.autoscaling_status
+        return {
+            "desired_replicas": status.desired_replicas,
+            "running_replicas": status.running_replicas,
+            "wanted_replicas": status.wanted_replicas,
+            "load": status.load,
+            "last_decision": status.last_decision or None,
+            "last_reason": status.last_reason or None,
+            "last_decision_time": status.last_decision_time or None,
+        }
+
     def list_replicas(self, backend: str | None = None) -> list[ReplicaInfo]:
         """Replica processes (of one backend, or all) with state, address and pid."""
         request = pb.ListReplicasRequest(backend=_check_str(backend or "", "backend"))

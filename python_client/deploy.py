@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import yaml
 
-from turnout._internal import backend_fields, validation
+from turnout._internal import autoscaling, backend_fields, validation
 from turnout._internal.cors import CorsPolicy
 from turnout.command import Command
 from turnout.config import DEFAULTS, BackendConfig
@@ -320,6 +320,9 @@ def _backend(
     else:
         for key, value in config.items():
             _check(f"{where}.config.{key}", problems, BackendConfig.coerce, {key: value})
+        if len(problems) == before and ("autoscaling" in config or "autoscaling_config" in config):
+            # Checks between fields (num_replicas beside autoscaling).
+            _check(f"{where}.config", problems, BackendConfig.coerce, config)
     options = _replica_options(
         body.get("replica_options", {}), f"{where}.replica_options", problems
     )
@@ -509,8 +512,18 @@ def _reference_problems(wanted: DeployFile, current: State, prune: bool) -> list
 
 
 def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A file's config with every field it leaves out at its default."""
-    return {**DEFAULTS.to_dict(), **config}
+    """A file's config with every field it leaves out at its default (an
+    autoscaled backend's num_replicas is the controller's, so not compared)."""
+    given = dict(config)
+    if "autoscaling_config" in given:
+        given["autoscaling"] = given.pop("autoscaling_config")
+    effective = {**DEFAULTS.to_dict(), **given}
+    if effective.get("autoscaling") is not None:
+        effective["num_replicas"] = None
+        effective["autoscaling"] = autoscaling.to_dict(
+            autoscaling.from_dict(effective["autoscaling"])
+        )
+    return effective
 
 
 def _backend_change(

@@ -322,3 +322,35 @@ def test_a_bad_cors_policy_names_the_endpoint_and_what_is_wrong() -> None:
         }
     )
     assert len(problems) == 1 and problems[0].startswith("endpoints.e.cors: cors allow_origins")
+
+
+def _as_running(wanted: DeployFile) -> State:
+    """What an instance reports after deploying ``wanted``, read back through
+    the proto as the client reads it (an autoscaled num_replicas is None)."""
+    from turnout._internal import validation
+    from turnout.config import BackendConfig
+
+    state = _running(wanted)
+    for name, entry in state.backends.items():
+        sent = BackendConfig.coerce(dict(wanted.backends[name].config)).to_proto()
+        shown = BackendConfig.from_proto(validation.full_config(sent)).to_dict()
+        state.backends[name] = BackendEntry(
+            entry.name, entry.import_path, entry.init_args, shown, entry.replica_options
+        )
+    return state
+
+
+def test_an_autoscaled_backend_is_unchanged_by_the_same_file_and_updated_by_new_bounds() -> None:
+    rules = {"max_replicas": 4, "target_num_ongoing_requests_per_replica": 1}
+    before = parse(
+        {"backends": {"m": {"import_path": "a:b", "config": {"autoscaling_config": rules}}}}
+    )
+    (same,) = plan(before, _as_running(before)).backends
+    assert same.action == "unchanged"
+    after = parse(
+        {"backends": {"m": {"import_path": "a:b", "config": {"autoscaling": {"max_replicas": 6}}}}}
+    )
+    (change,) = plan(after, _as_running(before)).backends
+    assert change.config_update == {"autoscaling": {"max_replicas": 6}}
+    assert _problems({"backends": {"m": {"import_path": "a:b", "config": {
+        "num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}}}})  # fmt: skip
