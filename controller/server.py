@@ -29,9 +29,11 @@ from turnout._internal.version import __version__
 from turnout.v1 import controller_pb2 as pb
 
 from . import adoption
+from .autoscale_loop import AutoscaleLoop
 from .control_plane import ControlPlane
 from .launchers.base import Child, Launcher, ProxySpec
 from .launchers.local import LocalLauncher
+from .load_book import LoadBook
 from .resources import ResourcePool
 from .routing import RoutePublisher
 from .servicer import ControllerServicer, add_to_server
@@ -165,6 +167,11 @@ class Controller:
         )
         # What routers report; controller code reads recent windows from it.
         self.stats = StatsBook()
+        # The load routers report, and the loop that scales autoscaled backends by it.
+        self.loads = LoadBook()
+        self.autoscaler = AutoscaleLoop(self.plane, self.loads)
+        self.plane.autoscaling_status = self.autoscaler.status
+        self._autoscale_task: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer()
         self.address = ""
         self.http_address = ""
@@ -208,6 +215,7 @@ class Controller:
                 self._data_token,
                 self.verifier.principal,
                 self.stats,
+                self.loads,
             ),
             server,
         )
@@ -236,6 +244,7 @@ class Controller:
         self.http_address = f"{scheme}://{proxy.address}"
         instance.http_address = self.http_address
         self._proxy_task = asyncio.create_task(self._supervise_proxy())
+        self._autoscale_task = asyncio.create_task(self.autoscaler.run(), name="autoscaling")
         for service in ("", "turnout.v1.ControllerService"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("controller on %s, proxy on %s", self.address, self.http_address)
@@ -308,6 +317,10 @@ class Controller:
     async def _shutdown(self) -> None:
         self._stopping = True
         await self.health.enter_graceful_shutdown()
+        if self._autoscale_task is not None:
+            self._autoscale_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._autoscale_task
         await self.plane.stop()
         if self._proxy_task is not None:
             self._proxy_task.cancel()

@@ -199,7 +199,9 @@ class HandleRouter:
         sender: Sender[replica_pb2.HandleResponse | ChunkStream] = Sender(
             self._connect, answers, answers
         )
-        reporter = StatsReporter(self.address, sender.stats, self.subscriber, self._security)
+        reporter = StatsReporter(
+            self.address, sender.stats, self.subscriber, self._security, sender.load
+        )
         sender.spawn(
             watch_routes(
                 self.address,

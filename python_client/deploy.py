@@ -21,6 +21,7 @@ JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
         traffic: {greeter: 1}               # or `backend: greeter`
         shadows: {greeter-v2: 0.1}          # share of requests copied
         request_timeout: 5                  # seconds; 0 = none
+        cors: {allow_origins: ["https://app.example"]}   # CORS options (docs/apps.md)
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from typing import Any, Literal
 
 import yaml
 
-from turnout._internal import backend_fields, validation
+from turnout._internal import autoscaling, backend_fields, validation
+from turnout._internal.cors import CorsPolicy
 from turnout.command import Command
 from turnout.config import DEFAULTS, BackendConfig
 from turnout.errors import TurnoutError
@@ -45,7 +47,9 @@ Action = Literal["create", "update", "delete", "unchanged", "kept"]
 _TOP_KEYS = frozenset({"backends", "endpoints"})
 _BACKEND_KEYS = frozenset({"import_path", "command", "init_args", "config", "replica_options"})
 _COMMAND_KEYS = frozenset({"argv", "env", "cwd", "ready_timeout"})
-_ENDPOINT_KEYS = frozenset({"route", "methods", "backend", "traffic", "shadows", "request_timeout"})
+_ENDPOINT_KEYS = frozenset(
+    {"route", "methods", "backend", "traffic", "shadows", "request_timeout", "cors"}
+)
 _WEIGHT_TOLERANCE = 1e-9
 
 
@@ -93,6 +97,7 @@ class EndpointEntry:
     traffic: Mapping[str, float] = field(default_factory=dict)
     shadows: Mapping[str, float] = field(default_factory=dict)
     request_timeout: float = 0.0
+    cors: CorsPolicy | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +320,9 @@ def _backend(
     else:
         for key, value in config.items():
             _check(f"{where}.config.{key}", problems, BackendConfig.coerce, {key: value})
+        if len(problems) == before and ("autoscaling" in config or "autoscaling_config" in config):
+            # Checks between fields (num_replicas beside autoscaling).
+            _check(f"{where}.config", problems, BackendConfig.coerce, config)
     options = _replica_options(
         body.get("replica_options", {}), f"{where}.replica_options", problems
     )
@@ -413,6 +421,12 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointE
         problems.append(f"{where}.request_timeout: must be a number of seconds")
     else:
         _check(where, problems, validation.request_timeout, float(timeout))
+    cors = None
+    if "cors" in body:
+        try:
+            cors = CorsPolicy.from_dict(body["cors"])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{where}.cors: {exc}")
     if len(problems) > before:
         return None
     return EndpointEntry(
@@ -422,6 +436,7 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointE
         traffic=traffic,
         shadows=shadows,
         request_timeout=float(timeout),
+        cors=cors,
     )
 
 
@@ -497,8 +512,18 @@ def _reference_problems(wanted: DeployFile, current: State, prune: bool) -> list
 
 
 def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A file's config with every field it leaves out at its default."""
-    return {**DEFAULTS.to_dict(), **config}
+    """A file's config with every field it leaves out at its default (an
+    autoscaled backend's num_replicas is the controller's, so not compared)."""
+    given = dict(config)
+    if "autoscaling_config" in given:
+        given["autoscaling"] = given.pop("autoscaling_config")
+    effective = {**DEFAULTS.to_dict(), **given}
+    if effective.get("autoscaling") is not None:
+        effective["num_replicas"] = None
+        effective["autoscaling"] = autoscaling.to_dict(
+            autoscaling.from_dict(effective["autoscaling"])
+        )
+    return effective
 
 
 def _backend_change(
@@ -554,6 +579,9 @@ def _endpoint_change(wanted: EndpointEntry, serving: EndpointEntry) -> EndpointC
     if not math.isclose(wanted.request_timeout, serving.request_timeout, abs_tol=1e-9):
         old, new = _show(serving.request_timeout), _show(wanted.request_timeout)
         details.append(f"request_timeout: {old} -> {new}")
+    if wanted.cors != serving.cors:
+        old, new = (json.dumps(c.to_dict() if c else None) for c in (serving.cors, wanted.cors))
+        details.append(f"cors: {old} -> {new}")
     new_shape = bool(details)
     new_traffic = not _same_shares(wanted.traffic, serving.traffic)
     if new_traffic:

@@ -50,6 +50,7 @@ EXPECTED = {
     "list_backends",
     "list_endpoints",
     "list_replicas",
+    "autoscaling_status",
     "set_traffic",
     "shadow_traffic",
     "shutdown",
