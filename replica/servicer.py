@@ -146,17 +146,15 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         try:
             value = await self._runtime.handle(request.method_name, http_request, web=True)
             if streams.is_stream(value):
-                items = streams.open_items(value, self._runtime.run_blocking)
-                first = await streams.first_item(items)
-                # The request stays open while the stream runs: a generator
-                # may read it lazily.
+                # The request stays open while the stream runs (a generator
+                # may read it lazily): closing the stream closes it.
                 streaming = True
-                return self._http_outgoing(
-                    rid,
-                    started,
-                    streams.http_start(value, first),
-                    streams.chained(first, items, streams.encode_chunk, http_request.close),
+                first, chunks = await streams.start_stream(
+                    streams.open_items(value, self._runtime.run_blocking),
+                    streams.encode_chunk,
+                    http_request.close,
                 )
+                return self._http_outgoing(rid, started, streams.http_start(value, first), chunks)
             return codec.encode_http(value)
         except MethodNotFound as exc:
             log.warning("request %s: %s", rid, exc)
@@ -260,11 +258,13 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         its first item fails, the error answer)."""
         items = streams.open_items(value, self._runtime.run_blocking)
         try:
-            first = await streams.first_item(items)
+            _, chunks = await streams.start_stream(items, _pickled_item)
+        except codec.BadReturnValue as exc:
+            log.error("request %s: %s", rid, exc)
+            return _error(replica_pb2.ERROR_KIND_BAD_RETURN, exc, with_traceback=False)
         except Exception as exc:
             log.exception("request %s: %s", rid, _what_failed(exc))
             return _error(replica_pb2.ERROR_KIND_USER, exc, with_traceback=True)
-        chunks = streams.chained(first, items, _pickled_item)
 
         def fail(exc: BaseException) -> replica_pb2.RemoteError:
             log.error("request %s: stream failed: %s", rid, _describe(exc), exc_info=exc)

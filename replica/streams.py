@@ -103,17 +103,6 @@ def encode_chunk(item: object) -> list[bytes]:
 END = object()
 
 
-async def first_item(items: AsyncIterator[Any]) -> object:
-    """The first item of a stream, ``END`` when there is none; closes
-    ``items`` and raises when pulling it raises. Pulled before the head goes
-    out, so a handler that fails at once gets an ordinary error answer."""
-    try:
-        return await anext(items, END)
-    except BaseException:
-        await items.aclose()  # type: ignore[attr-defined]
-        raise
-
-
 def http_start(result: Any, first: object) -> replica_pb2.StreamStart:
     """The head of a streamed HTTP answer: a ``Response``'s status and
     headers; for a bare generator 200 and a Content-Type by its first item
@@ -132,18 +121,40 @@ def http_start(result: Any, first: object) -> replica_pb2.StreamStart:
     )
 
 
-async def chained(
-    first: object,
+async def start_stream(
     items: AsyncIterator[Any],
     encode: Callable[[object], list[bytes]],
     on_close: Callable[[], object] | None = None,
-) -> AsyncIterator[bytes]:
-    """``first`` and the rest of ``items``, each encoded; closing it closes
-    ``items`` and then calls ``on_close``."""
+) -> tuple[object, AsyncIterator[bytes]]:
+    """Pull and encode the first item of ``items`` (before any head goes
+    out, so that a handler failing at once, or yielding what cannot be sent,
+    gets an ordinary error answer); returns it (``END`` if there is none)
+    with every chunk, the first included. Raises what pulling or encoding
+    the first item raises, with ``items`` closed and ``on_close`` called."""
     try:
-        if first is not END:
-            for chunk in encode(first):
-                yield chunk
+        first = await anext(items, END)
+        first_chunks = [] if first is END else encode(first)
+    except BaseException:
+        try:
+            await items.aclose()  # type: ignore[attr-defined]
+        finally:
+            if on_close is not None:
+                on_close()
+        raise
+    return first, _chained(first_chunks, first is END, items, encode, on_close)
+
+
+async def _chained(
+    first_chunks: list[bytes],
+    empty: bool,
+    items: AsyncIterator[Any],
+    encode: Callable[[object], list[bytes]],
+    on_close: Callable[[], object] | None,
+) -> AsyncIterator[bytes]:
+    try:
+        for chunk in first_chunks:
+            yield chunk
+        if not empty:
             async for item in items:
                 for chunk in encode(item):
                     yield chunk

@@ -111,6 +111,10 @@ def fails_at_once(request: Any) -> Iterator[str]:
     yield "never"
 
 
+def yields_a_dict(request: Any) -> Iterator[Any]:
+    yield {"not": "text"}
+
+
 def ticks(request: Any) -> turnout.EventStream:
     def events() -> Iterator[Any]:
         yield turnout.sse_event({"n": 0}, event="tick", id="1")
@@ -285,6 +289,10 @@ def test_an_error_before_the_first_chunk_is_an_ordinary_500(deploy: Deploy) -> N
     assert response.status_code == 500
     assert response.json()["error"] == "ValueError"
     assert response.json()["message"] == "before the first chunk"
+    # What HTTP cannot carry, found in the first item: a 500 that says so.
+    wrong = requests.get(deploy(yields_a_dict).url, timeout=30)
+    assert wrong.status_code == 500
+    assert wrong.json()["message"] == "a streamed answer yields str or bytes, not dict"
 
 
 def test_the_deadline_covers_the_whole_stream(deploy: Deploy, tmp_path: Path) -> None:

@@ -117,6 +117,29 @@ def test_a_stream_cancelled_mid_pull_closes_its_generator_once_the_pull_returns(
     assert closed.is_set()
 
 
+def test_a_first_item_that_cannot_be_sent_fails_before_the_head_and_closes_all() -> None:
+    closed = threading.Event()
+    request_closed = []
+
+    def source() -> Iterator[object]:
+        try:
+            yield {"a": 1}
+        finally:
+            closed.set()
+
+    async def main() -> None:
+        run, _ = on_a_thread()
+        with pytest.raises(streams.StreamTypeError):
+            await streams.start_stream(
+                streams.open_items(source(), run),
+                streams.encode_chunk,
+                lambda: request_closed.append(True),
+            )
+
+    asyncio.run(main())
+    assert closed.wait(5) and request_closed == [True]
+
+
 # ---- frames on a HandleStream ---------------------------------------------
 
 
