@@ -7,6 +7,14 @@ werkzeug/Flask ``Response`` whose body is an iterable of unknown length
 they return decides. A sync generator's ``next()`` runs on the handler
 threads, so a generator that sleeps between chunks never stalls the loop.
 
+Another source of a streamed HTTP answer (an ASGI app's ``more_body``
+messages, a WSGI app's iterable) plugs in the same way: return an
+``Outgoing`` from ``ReplicaServicer._handle_http`` (``_http_outgoing`` builds
+one from a ``StreamStart`` and an async iterator of body chunks, each at most
+``MAX_CHUNK_BYTES``; closing the iterator must stop the source), and
+``call_stream`` sends it as frames with credit, or whole to a sender that
+cannot stream.
+
 Example (what a handler may return)::
 
     def handler(request):
