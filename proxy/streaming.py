@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 
-import grpc
 from aiohttp import web
 
 from turnout._sending.streams import ChunkStream, StreamFailed
@@ -72,7 +71,9 @@ async def send(response: StreamedAnswer, request: web.BaseRequest) -> web.Stream
         while (chunk := await stream.next()) is not None:
             await response.write(chunk)
     except StreamFailed as exc:
-        if exc.code != grpc.StatusCode.CANCELLED:
+        # A stream that broke (its replica link closed too) is cut off like
+        # one that failed: only the client's own leaving is not.
+        if not exc.by_reader:
             served.stream_error = f"{exc.code.name}: {exc.message}"
             logger.warning("stream of request %s failed: %s", _rid(response), served.stream_error)
             _abort(request)

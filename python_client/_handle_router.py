@@ -342,7 +342,7 @@ class HandleStream:
             chunk = await self._stream.next()
         except streams.StreamFailed as exc:
             self._over = True
-            if exc.code == grpc.StatusCode.CANCELLED:
+            if exc.by_reader:
                 return END
             raise _stream_error(exc, self._endpoint) from None
         if chunk is None:

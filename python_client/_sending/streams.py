@@ -35,6 +35,8 @@ class StreamFailed(Exception):
 
     ``error`` is the handler's failure as the replica reported it (None when
     the stream broke, ran out of time or was closed); ``code`` says which.
+    ``by_reader`` is true when this end's ``cancel`` ended it (nothing
+    failed: its reader stopped).
     """
 
     def __init__(
@@ -42,11 +44,14 @@ class StreamFailed(Exception):
         code: grpc.StatusCode,
         message: str,
         error: replica_pb2.RemoteError | None = None,
+        *,
+        by_reader: bool = False,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.error = error
+        self.by_reader = by_reader
 
 
 class ChunkStream:
@@ -119,7 +124,9 @@ class ChunkStream:
                 self._finish()
                 return None
             if self.done:
-                raise self._failure or StreamFailed(grpc.StatusCode.CANCELLED, "closed")
+                raise self._failure or StreamFailed(
+                    grpc.StatusCode.CANCELLED, "closed", by_reader=True
+                )
             self._arrived.clear()
             try:
                 if self._deadline is None:
@@ -146,7 +153,8 @@ class ChunkStream:
         ``next`` raises ``StreamFailed`` (CANCELLED). Nothing if it is over."""
         if not self.done:
             # Not an error of the backend's: it counts as answered.
-            self._stop(StreamFailed(grpc.StatusCode.CANCELLED, reason), failed=False)
+            failure = StreamFailed(grpc.StatusCode.CANCELLED, reason, by_reader=True)
+            self._stop(failure, failed=False)
 
     def _stop(self, failure: StreamFailed, failed: bool = True) -> None:
         self._failure = failure

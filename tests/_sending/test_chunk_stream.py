@@ -98,7 +98,7 @@ def test_cancel_wakes_a_waiting_reader_and_is_not_an_error() -> None:
         stream.cancel()
         with pytest.raises(StreamFailed) as info:
             await reader
-        assert info.value.code == grpc.StatusCode.CANCELLED
+        assert info.value.code == grpc.StatusCode.CANCELLED and info.value.by_reader
         stream.cancel()  # once only
         assert link.cancelled == [9] and link.ends == [(False, 0.0)]
 
@@ -112,7 +112,23 @@ def test_a_broken_stream_fails_its_reader() -> None:
         stream.broke(grpc.StatusCode.UNAVAILABLE, "gone")
         with pytest.raises(StreamFailed) as info:
             await stream.next()
-        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE and not info.value.by_reader
+        assert link.ends == [(True, 0.0)]
+
+    asyncio.run(main())
+
+
+def test_a_stream_closed_under_its_reader_is_a_failure_not_an_end() -> None:
+    async def main() -> None:
+        link = Link()
+        stream = link.stream()
+        stream.feed(chunk(b"a"))
+        # The link closed (its replica left): CANCELLED, but not by the reader.
+        stream.broke(grpc.StatusCode.CANCELLED, "the proxy closed the stream")
+        assert await stream.next() == b"a"
+        with pytest.raises(StreamFailed) as info:
+            await stream.next()
+        assert not info.value.by_reader
         assert link.ends == [(True, 0.0)]
 
     asyncio.run(main())
