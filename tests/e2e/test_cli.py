@@ -291,6 +291,8 @@ def test_status_shows_endpoints_backends_and_replicas(running: Home) -> None:
         "traffic": {"greeter": 1.0},
         "shadows": {},
         "request_timeout": 5.0,
+        "serves_app": False,
+        "cors": None,
     }
     assert document["endpoints"]["echo"]["request_timeout"] is None
     assert document["backends"]["greeter"]["config"]["num_replicas"] == 2
@@ -344,6 +346,26 @@ def test_deploy_is_idempotent_updates_and_prunes(running: Home) -> None:
     assert pruned.splitlines()[-1] == "Deployed: 0 created, 0 updated, 4 unchanged, 2 removed."
     assert requests.get(f"{running.http}/canary").status_code == 404
     assert set(status_json(running)["backends"]) == {"greeter", "echo"}
+
+
+def test_deploy_sets_changes_and_removes_an_endpoints_cors_policy(running: Home) -> None:
+    endpoint = "  open:\n    route: /open\n    backend: greeter\n"
+    cors = "    cors: {allow_origins: ['https://app.example'], max_age: 30}\n"
+    first = running.run("deploy", running.write("cors.yaml", BASE + endpoint + cors)).stdout
+    assert "endpoint open: creating... created" in first
+    preflight = requests.options(
+        f"{running.http}/open",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
+        timeout=30,
+    )
+    assert preflight.status_code == 204 and preflight.headers["Access-Control-Max-Age"] == "30"
+    assert "endpoint open: unchanged" in running.run("deploy", "cors.yaml").stdout
+    assert "CORS ORIGINS" in running.run("status").stdout
+    removed = running.run("deploy", running.write("plain.yaml", BASE + endpoint)).stdout
+    assert "endpoint open: updating (cors: " in removed and "-> null)... updated" in removed
+    answer = requests.get(f"{running.http}/open", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    running.run("deploy", "base.yaml", "--prune")
 
 
 def test_deploy_shows_replicas_coming_up(running: Home) -> None:
