@@ -465,7 +465,11 @@ class ControlPlane:
         if backend.spec.interface != pb.BACKEND_INTERFACE_UNSPECIFIED:
             return backend.spec.interface in (pb.BACKEND_INTERFACE_WSGI, pb.BACKEND_INTERFACE_ASGI)
         replicas = self._sets.get(tag)
-        return replicas is not None and web_apps.is_app(replicas.capabilities.get("interface"))
+        if replicas is None:
+            return False
+        # What the running replicas report: after update_backend, the new code's.
+        reports = [s.child.report.capabilities for s in replicas.running() if s.child is not None]
+        return any(web_apps.is_app(c.get("interface")) for c in reports or [replicas.capabilities])
 
     def snapshot_parts(self) -> tuple[list[pb.Endpoint], list[pb.BackendTargets]]:
         endpoints = [self._endpoint_out(e) for e in self._store.endpoints().values()]

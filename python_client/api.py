@@ -336,10 +336,13 @@ def create_backend(
 
 
 def update_backend(
-    tag: str, func_or_class: Callable[..., Any] | type | str | Command, *init_args: Any
+    tag: str,
+    func_or_class: Callable[..., Any] | type | str | Command,
+    *init_args: Any,
+    interface: str = "auto",
 ) -> None:
     """See ``Client.update_backend``."""
-    _current().update_backend(tag, func_or_class, *init_args)
+    _current().update_backend(tag, func_or_class, *init_args, interface=interface)
 
 
 def create_endpoint(

@@ -122,10 +122,10 @@ def _as_json(values: tuple[Any, ...]) -> str | None:
 
 
 def _app_import_path(tag: str, app: Any) -> str:
-    path = web_apps.import_path_of(app)
+    path = web_apps.import_path_of(app, detected=False)
     if path is None:
         raise InvalidArgumentError(
-            f"backend {tag!r} is a {web_apps.detect(app).upper()} app, which replicas import "
+            f"backend {tag!r} is a web app, which replicas import "
             "rather than unpickle: define it at the top level of a module (not the main "
             "script) and pass it from there, or pass its import path 'package.module:app'"
         )
@@ -133,10 +133,19 @@ def _app_import_path(tag: str, app: Any) -> str:
 
 
 def _spec(
-    tag: str, func_or_class: Callable[..., Any] | type | str | Command, init_args: tuple[Any, ...]
+    tag: str,
+    func_or_class: Callable[..., Any] | type | str | Command,
+    init_args: tuple[Any, ...],
+    interface: str = "auto",
 ) -> pb.BackendSpec:
-    spec = pb.BackendSpec()
+    spec = pb.BackendSpec(interface=web_apps.to_proto(interface))
+    declared_app = spec.interface in (pb.BACKEND_INTERFACE_WSGI, pb.BACKEND_INTERFACE_ASGI)
     if isinstance(func_or_class, Command):
+        if spec.interface != pb.BACKEND_INTERFACE_UNSPECIFIED:
+            raise InvalidArgumentError(
+                f"backend {tag!r} is a command: it serves the replica protocol itself, "
+                "so it takes no interface"
+            )
         if init_args:
             raise InvalidArgumentError(
                 f"backend {tag!r} is a command: it takes no init args (put them in its argv)"
@@ -145,7 +154,9 @@ def _spec(
         return spec
     if isinstance(func_or_class, str):
         spec.import_path = func_or_class
-    elif web_apps.detect(func_or_class) != "handler":
+    elif not inspect.isclass(func_or_class) and (
+        declared_app or web_apps.detect(func_or_class) != "handler"
+    ):
         # Apps hold locks and weak references that do not pickle (Flask's),
         # or do not unpickle (Starlette's state): replicas import them.
         spec.import_path = _app_import_path(tag, func_or_class)
@@ -466,31 +477,36 @@ class Client:
             serve.create_backend("api", "myproject.web:app")
         """
         _check_str(tag, "tag")
-        spec = _spec(tag, func_or_class, init_args)
-        spec.interface = web_apps.to_proto(interface)
         request = pb.CreateBackendRequest(
             tag=tag,
-            spec=spec,
+            spec=_spec(tag, func_or_class, init_args, interface),
             config=BackendConfig.coerce(config).to_proto(),
             replica_options=validation.replica_options_from(replica_options),
         )
         self._call(self._stub.CreateBackend, request, timeout=_SLOW_TIMEOUT_S)
 
     def update_backend(
-        self, tag: str, func_or_class: Callable[..., Any] | type | str | Command, *init_args: Any
+        self,
+        tag: str,
+        func_or_class: Callable[..., Any] | type | str | Command,
+        *init_args: Any,
+        interface: str = "auto",
     ) -> None:
         """Deploy new code under an existing tag without downtime.
 
         Replicas are replaced one at a time, each new one serving before an old
         one stops (and the old one finishing what it holds). If the new code
-        cannot start, nothing changes and the error is raised.
+        cannot start, nothing changes and the error is raised. ``interface``
+        is as for ``create_backend``, said again for the new code.
 
         Example::
 
             serve.update_backend("counter", CounterV2, 10)
         """
         _check_str(tag, "tag")
-        request = pb.UpdateBackendRequest(tag=tag, spec=_spec(tag, func_or_class, init_args))
+        request = pb.UpdateBackendRequest(
+            tag=tag, spec=_spec(tag, func_or_class, init_args, interface)
+        )
         self._call(self._stub.UpdateBackend, request, timeout=_SLOW_TIMEOUT_S)
 
     def get_backend_config(self, tag: str) -> BackendConfig:
