@@ -33,6 +33,7 @@ from .control_plane import ControlPlane
 from .launchers.base import Child, Launcher, ProxySpec
 from .launchers.local import LocalLauncher
 from .resources import ResourcePool
+from .rollouts import PlaneHost, Rollouts
 from .routing import RoutePublisher
 from .servicer import ControllerServicer, add_to_server
 from .sqlite_store import SqliteStore
@@ -165,6 +166,8 @@ class Controller:
         )
         # What routers report; controller code reads recent windows from it.
         self.stats = StatsBook()
+        # Rollouts the controller runs, from the store (resumed once serving).
+        self.rollouts = Rollouts(self.store, PlaneHost(self.plane, self.stats))
         self.health = health.aio.HealthServicer()
         self.address = ""
         self.http_address = ""
@@ -208,6 +211,7 @@ class Controller:
                 self._data_token,
                 self.verifier.principal,
                 self.stats,
+                self.rollouts,
             ),
             server,
         )
@@ -236,6 +240,7 @@ class Controller:
         self.http_address = f"{scheme}://{proxy.address}"
         instance.http_address = self.http_address
         self._proxy_task = asyncio.create_task(self._supervise_proxy())
+        self.rollouts.resume_all()
         for service in ("", "turnout.v1.ControllerService"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("controller on %s, proxy on %s", self.address, self.http_address)
@@ -308,6 +313,7 @@ class Controller:
     async def _shutdown(self) -> None:
         self._stopping = True
         await self.health.enter_graceful_shutdown()
+        await self.rollouts.stop()
         await self.plane.stop()
         if self._proxy_task is not None:
             self._proxy_task.cancel()
