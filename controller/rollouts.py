@@ -154,7 +154,7 @@ class Rollouts:
             steps=rules.check_steps(list(request.steps)),
             step_seconds=rules.check_step_s(request.step_seconds),
             shadow=rules.check_shadow(request.shadow),
-            slo=rules.check_slo(request.slo),
+            slo=rules.with_default_bounds(request.slo),
             delete_old=request.delete_old,
             state=rpb.ROLLOUT_STATE_PENDING,
             verdict="pending",

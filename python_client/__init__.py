@@ -28,10 +28,13 @@ if TYPE_CHECKING:
         endpoint_stats,
         get_backend_config,
         get_handle,
+        get_rollout,
         init,
         list_backends,
         list_endpoints,
         list_replicas,
+        list_rollouts,
+        rollout,
         set_traffic,
         shadow_traffic,
         shutdown,
@@ -65,6 +68,7 @@ if TYPE_CHECKING:
         UnimplementedError,
     )
     from turnout.handle import EndpointHandle, HandleFuture
+    from turnout.rollout import Rollout
 
 _WHERE = {
     "AlreadyExistsError": "turnout.errors",
@@ -84,6 +88,7 @@ _WHERE = {
     "OverloadedError": "turnout.errors",
     "PermissionDeniedError": "turnout.errors",
     "ReplicaInfo": "turnout.client",
+    "Rollout": "turnout.rollout",
     "TLSConfig": "turnout._internal.rpc",
     "TokenFileError": "turnout.errors",
     "TurnoutError": "turnout.errors",
@@ -106,6 +111,9 @@ _WHERE = {
     "list_backends": "turnout.api",
     "list_endpoints": "turnout.api",
     "list_replicas": "turnout.api",
+    "list_rollouts": "turnout.api",
+    "get_rollout": "turnout.api",
+    "rollout": "turnout.api",
     "set_traffic": "turnout.api",
     "shadow_traffic": "turnout.api",
     "shutdown": "turnout.api",
@@ -134,6 +142,7 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "ReplicaInfo",
+    "Rollout",
     "TLSConfig",
     "TokenFileError",
     "TurnoutError",
@@ -156,6 +165,9 @@ __all__ = [
     "list_backends",
     "list_endpoints",
     "list_replicas",
+    "list_rollouts",
+    "get_rollout",
+    "rollout",
     "set_traffic",
     "shadow_traffic",
     "shutdown",

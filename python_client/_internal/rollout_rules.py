@@ -49,6 +49,9 @@ _PROTO_FIELD = {"max_p95_s": "max_p95_seconds", "max_p99_s": "max_p99_seconds"}
 SHADOW_KEYS = ("seconds", "proportion", "min_match_rate")
 
 PASS, WAIT, BREACH = "pass", "wait", "breach"
+# The bound of a rollout whose SLO sets none: a rollout that judged nothing
+# would be set_traffic with waits.
+DEFAULT_MAX_ERROR_RATE = 0.01
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,14 @@ def check_shadow(shadow: rpb.RolloutShadow) -> rpb.RolloutShadow:
         )
     out.proportion = out.proportion or 1.0
     out.min_match_rate = out.min_match_rate or 1.0
+    return out
+
+
+def with_default_bounds(slo: rpb.RolloutSlo) -> rpb.RolloutSlo:
+    """``slo``, or with ``max_error_rate`` 0.01 if it sets no bound at all."""
+    out = check_slo(slo)
+    if not any(_has(out, _PROTO_FIELD.get(key, key)) for key in SLO_KEYS[:-1]):
+        out.max_error_rate = DEFAULT_MAX_ERROR_RATE
     return out
 
 
