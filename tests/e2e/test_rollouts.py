@@ -271,3 +271,39 @@ def test_a_controller_sigkill_mid_rollout_resumes_it(durable: Durable) -> None:
     assert "resuming the rollout of 'app' at step 2" in durable.log()
     assert traffic(client, "app") == {"new": 1.0}
     assert load.failed == 0
+
+
+def test_the_cli_starts_shows_pauses_and_aborts_and_status_shows_it(
+    client: turnout.Client,
+    pair: Callable[..., tuple[str, str, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from turnout.cli import main
+
+    endpoint, old, new, _ = pair(Version("old"), Version("new"))
+    monkeypatch.setenv("TURNOUT_TOKEN", client.token or "")
+    at = ["--address", client.controller_address]
+    assert main(["rollout", "start", endpoint, new, "--steps", "0.5,0.1", *at]) == 1
+    assert "increasing" in capsys.readouterr().err
+    assert main(["rollout", "start", endpoint, new, "--steps", "0.5,1", "--step-s", "30",
+                 "--slo", "max_p99_s=0.5", *at]) == 0  # fmt: skip
+    assert f"{endpoint}  {old}" in capsys.readouterr().out
+    wait_until(lambda: client.get_rollout(endpoint).state == "stepping")
+    assert main(["rollout", "pause", endpoint, *at]) == 0
+    assert "paused" in capsys.readouterr().out
+    assert main(["rollout", "status", "--json", *at]) == 0
+    shown = json.loads(capsys.readouterr().out)[endpoint]
+    assert (shown["state"], shown["step"], shown["slo"]) == (
+        "paused",
+        1,
+        {"max_p99_s": 0.5, "min_requests": 20},
+    )
+    assert main(["status", *at]) == 0
+    text = capsys.readouterr().out
+    assert "ROLLOUT" in text and "1/2 (0.5)" in text and "paused at step 1" in text
+    assert main(["rollout", "abort", endpoint, *at]) == 0
+    assert "aborted" in capsys.readouterr().out
+    assert main(["rollout", "resume", endpoint, *at]) == 1
+    assert "no paused rollout" in capsys.readouterr().err
+    assert traffic(client, endpoint) == {old: 1.0}
