@@ -307,3 +307,40 @@ def test_the_cli_starts_shows_pauses_and_aborts_and_status_shows_it(
     assert main(["rollout", "resume", endpoint, *at]) == 1
     assert "no paused rollout" in capsys.readouterr().err
     assert traffic(client, endpoint) == {old: 1.0}
+
+
+def test_a_deploy_file_with_a_rollout_block_moves_the_endpoint_by_a_rollout(
+    client: turnout.Client, unique: Callable[[str], str]
+) -> None:
+    import io
+
+    from turnout._deploy_apply import Instance, apply
+    from turnout.deploy import parse, plan
+
+    a, b, endpoint = unique("hi"), unique("hey"), unique("greet")
+    backends = {
+        a: {"import_path": "importable_backends:Greeter", "init_args": ["hi"]},
+        b: {"import_path": "importable_backends:Greeter", "init_args": ["hey"]},
+    }
+    first = {"backends": backends, "endpoints": {endpoint: {"route": f"/{endpoint}", "backend": a}}}
+    block = {"steps": [0.5, 1], "step_s": 1, "slo": {"max_error_rate": 0.05, "min_requests": 5}}
+    second = {
+        "backends": backends,
+        "endpoints": {endpoint: {"route": f"/{endpoint}", "backend": b, "rollout": block}},
+    }
+    instance = Instance(client)
+    try:
+        apply(plan(parse(first), instance.state()), instance, io.StringIO())
+        out = io.StringIO()
+        with Load(f"{client.http_address}/{endpoint}"):
+            apply(plan(parse(second), instance.state()), instance, out)
+            assert "rollout started" in out.getvalue()
+            # Deployed again while it runs: nothing to change.
+            again = plan(parse(second), instance.state())
+            if client.get_rollout(endpoint).state not in ("succeeded",):
+                assert {c.action for c in again.endpoints} == {"unchanged"}
+            assert client.get_rollout(endpoint).wait(timeout=60) == "succeeded"
+        assert traffic(client, endpoint) == {b: 1.0}
+        assert {c.action for c in plan(parse(second), instance.state()).endpoints} == {"unchanged"}
+    finally:
+        instance.close()
