@@ -68,7 +68,7 @@ if TYPE_CHECKING:
         UnimplementedError,
     )
     from turnout.handle import EndpointHandle, HandleFuture
-    from turnout.rollout import Rollout
+    from turnout.rollouts import Rollout
 
 _WHERE = {
     "AlreadyExistsError": "turnout.errors",
@@ -88,7 +88,7 @@ _WHERE = {
     "OverloadedError": "turnout.errors",
     "PermissionDeniedError": "turnout.errors",
     "ReplicaInfo": "turnout.client",
-    "Rollout": "turnout.rollout",
+    "Rollout": "turnout.rollouts",
     "TLSConfig": "turnout._internal.rpc",
     "TokenFileError": "turnout.errors",
     "TurnoutError": "turnout.errors",

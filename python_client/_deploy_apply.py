@@ -30,7 +30,7 @@ from turnout.deploy import (
     State,
 )
 from turnout.errors import TurnoutError
-from turnout.rollout import ENDED
+from turnout.rollouts import ENDED
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 

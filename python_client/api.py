@@ -25,7 +25,7 @@ from turnout.config import BackendConfig
 from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
-from turnout.rollout import Rollout
+from turnout.rollouts import Rollout
 
 DEFAULT_NAME = "default"
 

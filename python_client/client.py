@@ -30,7 +30,7 @@ from turnout.errors import (
 )
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
-from turnout.rollout import Rollout, describe
+from turnout.rollouts import Rollout, describe
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 from turnout.v1 import rollout_pb2 as rpb
