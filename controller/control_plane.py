@@ -13,10 +13,10 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from turnout._internal import backend_fields, validation, web_apps
+from turnout._internal import autoscaling, backend_fields, validation, web_apps
 from turnout._internal.cors import CorsPolicy
 from turnout._internal.errors import (
     AlreadyExistsError,
@@ -68,6 +68,10 @@ class ControlPlane:
         # tag -> replicas counted for it while a change of it is in flight
         # (a backend being created, or the larger of old and new count).
         self._reserved: dict[str, int] = {}
+        # An autoscaled backend's status (the autoscaling loop's, once wired).
+        self.autoscaling_status: Callable[[str, pb.BackendConfig], pb.AutoscalingStatus] | None = (
+            None
+        )
 
     # ---- backends -------------------------------------------------------
 
@@ -241,12 +245,7 @@ class ControlPlane:
             async with self._lock:
                 record = self._backend_record(tag)
                 replicas = self._sets[tag]
-                config = pb.BackendConfig()
-                config.CopyFrom(record.config)
-                config.MergeFrom(update)
-                if update.HasField("http_call_methods"):
-                    # MergeFrom appends repeated fields: the update replaces the list.
-                    config.http_call_methods.CopyFrom(update.http_call_methods)
+                config = validation.merged_config(record.config, update)
                 _check_capabilities(tag, config, replicas.capabilities)
                 self._check_capacity(config.num_replicas, replacing=tag)
                 self._reserved[tag] = max(config.num_replicas, record.config.num_replicas)
@@ -310,6 +309,62 @@ class ControlPlane:
             # Outside the admin lock: stopping waits for graceful shutdowns.
             await replicas.stop()
             await self.routes_changed()
+
+    # ---- autoscaling (turnout.controller.autoscale_loop) ----------------
+
+    def autoscaled(self) -> dict[str, pb.BackendConfig]:
+        """The config of every backend that autoscales, by tag."""
+        return {
+            tag: record.config
+            for tag, record in self._store.backends().items()
+            if record.config.HasField("autoscaling") and tag in self._sets
+        }
+
+    def room_for(self, tag: str) -> int:
+        """The most replicas ``tag`` may run, given the other backends'."""
+        counted = {tag: b.config.num_replicas for tag, b in self._store.backends().items()}
+        counted.update(self._reserved)
+        counted.pop(tag, None)
+        return max(0, self.max_replicas - sum(counted.values()))
+
+    async def autoscale(self, tag: str, count: int) -> bool:
+        """Scale an autoscaled backend to ``count`` replicas, as an admin
+        scale would (new ones serve before this returns; removed ones leave
+        the routes, then drain). False, nothing changed, when the backend is
+        gone, no longer autoscales, or ``count`` no longer fits."""
+        async with self._backend_lock(tag):
+            async with self._lock:
+                record = self._store.backends().get(tag)
+                replicas = self._sets.get(tag)
+                if record is None or replicas is None:
+                    return False
+                if not record.config.HasField("autoscaling"):
+                    return False
+                # Bounds changed since the decision are the ones that hold.
+                count = autoscaling.policy(record.config.autoscaling).clamp(count)
+                if count > record.config.num_replicas and count > self.room_for(tag):
+                    return False
+                config = pb.BackendConfig()
+                config.CopyFrom(record.config)
+                config.num_replicas = count
+                new = dataclasses.replace(record, config=config)
+                self._reserved[tag] = max(count, record.config.num_replicas)
+            try:
+                replicas.config = config
+                await replicas.scale(count)
+            except TurnoutError as exc:
+                replicas.config = record.config
+                logger.warning("backend %r: autoscaling to %d failed: %s", tag, count, exc)
+                # Whatever did start keeps serving; the next decision starts from here.
+                await replicas.scale(record.config.num_replicas)
+                return False
+            finally:
+                self._reserved.pop(tag, None)
+            async with self._lock:
+                if self._sets.get(tag) is replicas:
+                    self._store.put_backend(new)
+            await self.routes_changed()
+        return True
 
     # ---- endpoints ------------------------------------------------------
 
@@ -475,8 +530,10 @@ class ControlPlane:
         endpoints = [self._endpoint_out(e) for e in self._store.endpoints().values()]
         backends = []
         for tag, replicas in self._sets.items():
+            record = self._store.backends().get(tag)
             targets = pb.BackendTargets(
                 tag=tag,
+                desired_replicas=record.config.num_replicas if record is not None else 0,
                 replicas=[
                     pb.ReplicaTarget(replica_id=s.replica_id, address=s.child.address)
                     for s in replicas.running()
@@ -529,12 +586,20 @@ class ControlPlane:
 
     def _backend(self, tag: str) -> pb.Backend:
         record = self._backend_record(tag)
-        return pb.Backend(
+        backend = pb.Backend(
             tag=tag,
             config=record.config,
             replicas=self._sets[tag].describe(),
             replica_options=record.options,
         )
+        if record.config.HasField("autoscaling"):
+            if self.autoscaling_status is not None:
+                status = self.autoscaling_status(tag, record.config)
+            else:
+                status = pb.AutoscalingStatus(desired_replicas=record.config.num_replicas)
+            status.running_replicas = len(self._sets[tag].running())
+            backend.autoscaling_status.CopyFrom(status)
+        return backend
 
 
 def replica_digest(record: BackendRecord) -> str:

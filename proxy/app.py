@@ -164,10 +164,17 @@ class ProxyState:
         # Which of the proxy's processes this is (0 unless --workers N).
         self.worker_index = worker_index
         self.first_snapshot = self.sender.first_snapshot
-        self.registry = metrics.registry_for(self._own_counters, self._routes_version)
+        # Backend -> (replicas the controller wants, replicas in the snapshot).
+        self.replica_counts: dict[str, tuple[int, int]] = {}
+        self.registry = metrics.registry_for(
+            self._own_counters, self._routes_version, self._replica_counts
+        )
 
     def _routes_version(self) -> int:
         return self.router.table.version
+
+    def _replica_counts(self) -> dict[str, tuple[int, int]]:
+        return self.replica_counts
 
     def gauges(self) -> metrics.Gauges:
         return self.admission.queued(), self.router.pool.in_flight()
@@ -177,11 +184,16 @@ class ProxyState:
 
     def count_with(self, counters: SharedCounters) -> None:
         """Show ``counters`` (every worker's, summed) at /-/metrics."""
-        self.registry = metrics.registry_for(counters.read, self._routes_version)
+        self.registry = metrics.registry_for(
+            counters.read, self._routes_version, self._replica_counts
+        )
 
     def apply(self, snapshot: pb.RoutingSnapshot) -> None:
         """Serve ``snapshot`` from now on; must run on the event loop."""
         self.sender.apply(snapshot)
+        self.replica_counts = {
+            t.tag: (t.desired_replicas, len(t.replicas)) for t in snapshot.backends
+        }
         logger.info("serving routing version %d", snapshot.version)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:

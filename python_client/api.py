@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from turnout._internal import replica_context, tls_options
+from turnout._internal import replica_context, rollout_rules, tls_options
 from turnout._internal.latency import WINDOW_S
 from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.rpc import TLSConfig
@@ -25,6 +25,7 @@ from turnout.config import BackendConfig
 from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
+from turnout.rollouts import Rollout
 
 DEFAULT_NAME = "default"
 
@@ -419,6 +420,11 @@ def list_endpoints() -> dict[str, dict[str, Any]]:
     return _current().list_endpoints()
 
 
+def autoscaling_status(backend: str) -> dict[str, Any] | None:
+    """See ``Client.autoscaling_status``."""
+    return _current().autoscaling_status(backend)
+
+
 def list_replicas(backend: str | None = None) -> list[ReplicaInfo]:
     """See ``Client.list_replicas``."""
     return _current().list_replicas(backend)
@@ -432,3 +438,39 @@ def delete_endpoint(name: str) -> None:
 def delete_backend(tag: str) -> None:
     """See ``Client.delete_backend``."""
     _current().delete_backend(tag)
+
+
+def rollout(
+    endpoint: str,
+    to_backend: str,
+    *,
+    steps: Iterable[float] = rollout_rules.DEFAULT_STEPS,
+    step_s: float = rollout_rules.DEFAULT_STEP_S,
+    slo: dict[str, Any] | None = None,
+    shadow_s: float | None = None,
+    shadow_proportion: float = 1.0,
+    min_match_rate: float = 1.0,
+    delete_old: bool = False,
+) -> Rollout:
+    """See ``Client.rollout``."""
+    return _current().rollout(
+        endpoint,
+        to_backend,
+        steps=steps,
+        step_s=step_s,
+        slo=slo,
+        shadow_s=shadow_s,
+        shadow_proportion=shadow_proportion,
+        min_match_rate=min_match_rate,
+        delete_old=delete_old,
+    )
+
+
+def get_rollout(endpoint: str) -> Rollout:
+    """See ``Client.get_rollout``."""
+    return _current().get_rollout(endpoint)
+
+
+def list_rollouts() -> dict[str, dict[str, Any]]:
+    """See ``Client.list_rollouts``."""
+    return _current().list_rollouts()

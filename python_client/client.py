@@ -17,7 +17,7 @@ import grpc
 
 from turnout import _pickling
 from turnout._handle_router import HandleRouter
-from turnout._internal import auth, rpc, tls_options, validation, web_apps
+from turnout._internal import auth, rollout_rules, rpc, tls_options, validation, web_apps
 from turnout._internal.cors import CorsPolicy
 from turnout._internal.latency import WINDOW_S, check_window
 from turnout._internal.rpc import TLSConfig
@@ -31,8 +31,10 @@ from turnout.errors import (
 )
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
+from turnout.rollouts import Rollout, describe
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
+from turnout.v1 import rollout_pb2 as rpb
 
 Resp = TypeVar("Resp")
 
@@ -104,6 +106,12 @@ def _method_list(methods: Iterable[str]) -> list[str]:
     if isinstance(methods, str):
         raise TypeError("methods must be a list of str, e.g. ['GET'], not a str")
     return [_check_str(m, "each method") for m in methods]
+
+
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
+    return float(value)
 
 
 def _check_timeout(value: float | None) -> float | None:
@@ -534,6 +542,38 @@ class Client:
         request = pb.DeleteBackendRequest(tag=_check_str(tag, "tag"))
         self._call(self._stub.DeleteBackend, request, timeout=_SLOW_TIMEOUT_S)
 
+    def autoscaling_status(self, backend: str) -> dict[str, Any] | None:
+        """Where an autoscaled backend stands; None for one with a fixed
+        ``num_replicas``. NotFoundError for an unknown backend.
+
+        ``{"desired_replicas", "running_replicas", "wanted_replicas", "load",
+        "last_decision", "last_reason", "last_decision_time"}``: the replicas
+        the controller wants (its last decision) and those RUNNING, what the
+        load asks for before the delays, the load (requests in flight and
+        queued, averaged over ``look_back_period_s``), and the last decision
+        ("up", "down" or None), why, and when (Unix time, None before the
+        first). docs/traffic.md, "Autoscaling", has the rules.
+
+        Example::
+
+            serve.create_backend("m", Model, config={"autoscaling_config": {"max_replicas": 4}})
+            serve.autoscaling_status("m")["desired_replicas"]   # 1
+        """
+        request = pb.GetBackendRequest(tag=_check_str(backend, "backend"))
+        reply = self._call(self._stub.GetBackend, request)
+        if not reply.backend.HasField("autoscaling_status"):
+            return None
+        status = reply.backend.autoscaling_status
+        return {
+            "desired_replicas": status.desired_replicas,
+            "running_replicas": status.running_replicas,
+            "wanted_replicas": status.wanted_replicas,
+            "load": status.load,
+            "last_decision": status.last_decision or None,
+            "last_reason": status.last_reason or None,
+            "last_decision_time": status.last_decision_time or None,
+        }
+
     def list_replicas(self, backend: str | None = None) -> list[ReplicaInfo]:
         """Replica processes (of one backend, or all) with state, address and pid."""
         request = pb.ListReplicasRequest(backend=_check_str(backend or "", "backend"))
@@ -701,6 +741,85 @@ class Client:
             endpoint=endpoint, backend=backend, proportion=float(proportion)
         )
         self._call(self._stub.ShadowTraffic, request)
+
+    # ---- rollouts ---------------------------------------------------------
+
+    def rollout(
+        self,
+        endpoint: str,
+        to_backend: str,
+        *,
+        steps: Iterable[float] = rollout_rules.DEFAULT_STEPS,
+        step_s: float = rollout_rules.DEFAULT_STEP_S,
+        slo: dict[str, Any] | None = None,
+        shadow_s: float | None = None,
+        shadow_proportion: float = 1.0,
+        min_match_rate: float = 1.0,
+        delete_old: bool = False,
+    ) -> Rollout:
+        """Move ``endpoint`` from the one backend it serves from to
+        ``to_backend`` in ``steps`` (shares of traffic, increasing, the last
+        1), each lasting ``step_s`` seconds, run by the controller.
+
+        Over each step the new backend is compared with the old one against
+        ``slo``: absolute bounds ``max_error_rate`` (0..1), ``max_p95_s``,
+        ``max_p99_s`` (seconds) and bounds relative to the old backend
+        ``max_error_rate_ratio``, ``max_latency_ratio`` (of p99s), judged once
+        the new backend answered ``min_requests`` (20) in the step; with no
+        bound given, ``max_error_rate`` is 0.01. A breach moves all traffic
+        back at once and the rollout ends "rolled_back" with the numbers
+        that breached. With ``shadow_s``, copies of ``shadow_proportion`` of
+        the requests go to the new backend first, for that long, and at
+        least ``min_match_rate`` of them must answer as the old one did.
+        With ``delete_old``, the old backend is deleted once the rollout
+        succeeded. One rollout per endpoint at a time.
+
+        Example::
+
+            rollout = serve.rollout("model", "model-v2", steps=[0.05, 0.5, 1.0], step_s=60,
+                                    slo={"max_error_rate": 0.01, "max_latency_ratio": 2.0})
+            rollout.wait()  # "succeeded", "rolled_back" or "aborted"
+        """
+        _check_str(endpoint, "endpoint")
+        _check_str(to_backend, "to_backend")
+        if isinstance(steps, str | bytes) or not isinstance(steps, Iterable):
+            raise TypeError(f"steps must be a list of numbers, got {type(steps).__name__}")
+        checked = rollout_rules.check_steps(list(steps))
+        request = rpb.Rollout(
+            endpoint=endpoint,
+            to_backend=to_backend,
+            steps=checked,
+            step_seconds=rollout_rules.check_step_s(step_s),
+            slo=rollout_rules.slo_from_dict(slo),
+            delete_old=bool(delete_old),
+        )
+        if shadow_s is not None:
+            shadow = rpb.RolloutShadow(
+                seconds=_number(shadow_s, "shadow_s"),
+                proportion=_number(shadow_proportion, "shadow_proportion"),
+                min_match_rate=_number(min_match_rate, "min_match_rate"),
+            )
+            if shadow.seconds <= 0:
+                raise InvalidArgumentError(f"shadow_s must be > 0, got {shadow_s!r}")
+            request.shadow.CopyFrom(rollout_rules.check_shadow(shadow))
+        self._call(self._stub.StartRollout, rpb.StartRolloutRequest(rollout=request))
+        return Rollout(endpoint, self._rollout_call)
+
+    def get_rollout(self, endpoint: str) -> Rollout:
+        """The current (or last) rollout of ``endpoint``; NotFoundError if it had none."""
+        _check_str(endpoint, "endpoint")
+        self._rollout_call("GetRollout", endpoint)
+        return Rollout(endpoint, self._rollout_call)
+
+    def list_rollouts(self) -> dict[str, dict[str, Any]]:
+        """``{endpoint: Rollout.info()}`` for each endpoint's current or last rollout."""
+        reply = self._call(self._stub.ListRollouts, rpb.ListRolloutsRequest())
+        return {r.endpoint: describe(r) for r in reply.rollouts}
+
+    def _rollout_call(self, name: str, endpoint: str) -> rpb.Rollout:
+        request = getattr(rpb, f"{name}Request")(endpoint=endpoint)
+        reply = self._call(getattr(self._stub, name), request)
+        return reply.rollout  # type: ignore[no-any-return]
 
     def get_handle(self, endpoint: str, missing_ok: bool = False) -> EndpointHandle:
         """A handle to call ``endpoint`` from Python.

@@ -74,3 +74,29 @@ def test_cors_policies_are_listed_only_where_there_are_some() -> None:
         "allow_credentials=true",
         "max_age=600",
     ]
+
+
+def test_autoscaled_backends_show_their_desired_count_and_last_decision() -> None:
+    status = {
+        "desired_replicas": 3,
+        "running_replicas": 2,
+        "wanted_replicas": 3,
+        "load": 5.5,
+        "last_decision": "up",
+        "last_reason": "load 5.50 requests asked for more than 1 replica(s) for 1.0 s: 1 -> 3",
+        "last_decision_time": None,
+    }
+    base = snapshot(replica("b#1"), replica("b#2"))
+    shown = Snapshot(
+        **{
+            **vars(base),
+            "backends": {"b": {"autoscaling": {"max_replicas": 4}, "num_replicas": None}},
+            "autoscaling": {"b": status},
+        }
+    )
+    text = to_text(shown)
+    backend_row = next(line for line in text.splitlines() if line.startswith("b "))
+    assert backend_row.split()[1:3] == ["3", "(auto)"]
+    scaled_row = next(line for line in text.splitlines() if line.startswith("b ") and "->" in line)
+    assert scaled_row.split()[1:7] == ["1", "4", "5.50", "3", "3", "2"]
+    assert "1 -> 3" in scaled_row

@@ -107,6 +107,7 @@ class BackendConfig(_message.Message):
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     HTTP_CALL_METHODS_FIELD_NUMBER: _builtins.int
     HEALTH_CHECK_TIMEOUT_FIELD_NUMBER: _builtins.int
+    AUTOSCALING_FIELD_NUMBER: _builtins.int
     num_replicas: _builtins.int
     """Number of replica processes. Default 1; must be >= 1."""
     max_concurrent_queries: _builtins.int
@@ -154,6 +155,15 @@ class BackendConfig(_message.Message):
         restarts the replicas one at a time.
         """
 
+    @_builtins.property
+    def autoscaling(self) -> Global___AutoscalingConfig:
+        """Set = the controller picks the number of replicas from the load the
+        senders report (docs/traffic.md, "Autoscaling"), and num_replicas holds
+        the count it last decided (given in a create or update together with
+        this, INVALID_ARGUMENT). An update that sets num_replicas alone turns
+        autoscaling off. Unset = a fixed num_replicas.
+        """
+
     def __init__(
         self,
         *,
@@ -169,10 +179,11 @@ class BackendConfig(_message.Message):
         queue_timeout: _builtins.float | None = ...,
         http_call_methods: Global___MethodNames | None = ...,
         health_check_timeout: _builtins.float | None = ...,
+        autoscaling: Global___AutoscalingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "autoscaling", b"autoscaling", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "autoscaling", b"autoscaling", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batch_wait_timeout: _TypeAlias = _typing.Literal["batch_wait_timeout"]  # noqa: Y015
     _WhichOneofArgType__batch_wait_timeout: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout"]  # noqa: Y015
@@ -220,6 +231,94 @@ class BackendConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__user_config_json) -> _WhichOneofReturnType__user_config_json | None: ...
 
 Global___BackendConfig: _TypeAlias = BackendConfig  # noqa: Y015
+
+@_typing.final
+class AutoscalingConfig(_message.Message):
+    """How the controller scales a backend's replicas with its load (Ray Serve
+    2.x's names). Unset fields take their defaults; an update replaces the
+    whole message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
+    TARGET_ONGOING_REQUESTS_FIELD_NUMBER: _builtins.int
+    UPSCALE_DELAY_S_FIELD_NUMBER: _builtins.int
+    DOWNSCALE_DELAY_S_FIELD_NUMBER: _builtins.int
+    INITIAL_REPLICAS_FIELD_NUMBER: _builtins.int
+    LOOK_BACK_PERIOD_S_FIELD_NUMBER: _builtins.int
+    min_replicas: _builtins.int
+    """Fewest replicas. Default 1; must be >= 1."""
+    max_replicas: _builtins.int
+    """Most replicas. Default 1 (as Ray); must be >= min_replicas. The
+    instance's --max-replicas (all backends together) caps it further.
+    """
+    target_ongoing_requests: _builtins.float
+    """Requests in flight or queued per replica the controller aims at: it
+    wants ceil(load / target_ongoing_requests) replicas. Default 2; > 0.
+    """
+    upscale_delay_s: _builtins.float
+    """Seconds the load must keep asking for more replicas before the
+    controller adds them. Default 30; 0 to 86400.
+    """
+    downscale_delay_s: _builtins.float
+    """Seconds the load must keep asking for fewer replicas before the
+    controller removes them (drained first). Default 600; 0 to 86400.
+    """
+    initial_replicas: _builtins.int
+    """Replicas the backend starts with. Default min_replicas; within
+    [min_replicas, max_replicas].
+    """
+    look_back_period_s: _builtins.float
+    """Seconds of load reports averaged into one load figure. Default 30;
+    0.1 to 86400.
+    """
+    def __init__(
+        self,
+        *,
+        min_replicas: _builtins.int | None = ...,
+        max_replicas: _builtins.int | None = ...,
+        target_ongoing_requests: _builtins.float | None = ...,
+        upscale_delay_s: _builtins.float | None = ...,
+        downscale_delay_s: _builtins.float | None = ...,
+        initial_replicas: _builtins.int | None = ...,
+        look_back_period_s: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_downscale_delay_s", b"_downscale_delay_s", "_initial_replicas", b"_initial_replicas", "_look_back_period_s", b"_look_back_period_s", "_max_replicas", b"_max_replicas", "_min_replicas", b"_min_replicas", "_target_ongoing_requests", b"_target_ongoing_requests", "_upscale_delay_s", b"_upscale_delay_s", "downscale_delay_s", b"downscale_delay_s", "initial_replicas", b"initial_replicas", "look_back_period_s", b"look_back_period_s", "max_replicas", b"max_replicas", "min_replicas", b"min_replicas", "target_ongoing_requests", b"target_ongoing_requests", "upscale_delay_s", b"upscale_delay_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_downscale_delay_s", b"_downscale_delay_s", "_initial_replicas", b"_initial_replicas", "_look_back_period_s", b"_look_back_period_s", "_max_replicas", b"_max_replicas", "_min_replicas", b"_min_replicas", "_target_ongoing_requests", b"_target_ongoing_requests", "_upscale_delay_s", b"_upscale_delay_s", "downscale_delay_s", b"downscale_delay_s", "initial_replicas", b"initial_replicas", "look_back_period_s", b"look_back_period_s", "max_replicas", b"max_replicas", "min_replicas", b"min_replicas", "target_ongoing_requests", b"target_ongoing_requests", "upscale_delay_s", b"upscale_delay_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__downscale_delay_s: _TypeAlias = _typing.Literal["downscale_delay_s"]  # noqa: Y015
+    _WhichOneofArgType__downscale_delay_s: _TypeAlias = _typing.Literal["_downscale_delay_s", b"_downscale_delay_s"]  # noqa: Y015
+    _WhichOneofReturnType__initial_replicas: _TypeAlias = _typing.Literal["initial_replicas"]  # noqa: Y015
+    _WhichOneofArgType__initial_replicas: _TypeAlias = _typing.Literal["_initial_replicas", b"_initial_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__look_back_period_s: _TypeAlias = _typing.Literal["look_back_period_s"]  # noqa: Y015
+    _WhichOneofArgType__look_back_period_s: _TypeAlias = _typing.Literal["_look_back_period_s", b"_look_back_period_s"]  # noqa: Y015
+    _WhichOneofReturnType__max_replicas: _TypeAlias = _typing.Literal["max_replicas"]  # noqa: Y015
+    _WhichOneofArgType__max_replicas: _TypeAlias = _typing.Literal["_max_replicas", b"_max_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__min_replicas: _TypeAlias = _typing.Literal["min_replicas"]  # noqa: Y015
+    _WhichOneofArgType__min_replicas: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__target_ongoing_requests: _TypeAlias = _typing.Literal["target_ongoing_requests"]  # noqa: Y015
+    _WhichOneofArgType__target_ongoing_requests: _TypeAlias = _typing.Literal["_target_ongoing_requests", b"_target_ongoing_requests"]  # noqa: Y015
+    _WhichOneofReturnType__upscale_delay_s: _TypeAlias = _typing.Literal["upscale_delay_s"]  # noqa: Y015
+    _WhichOneofArgType__upscale_delay_s: _TypeAlias = _typing.Literal["_upscale_delay_s", b"_upscale_delay_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__downscale_delay_s) -> _WhichOneofReturnType__downscale_delay_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__initial_replicas) -> _WhichOneofReturnType__initial_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__look_back_period_s) -> _WhichOneofReturnType__look_back_period_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_replicas) -> _WhichOneofReturnType__max_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_replicas) -> _WhichOneofReturnType__min_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target_ongoing_requests) -> _WhichOneofReturnType__target_ongoing_requests | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upscale_delay_s) -> _WhichOneofReturnType__upscale_delay_s | None: ...
+
+Global___AutoscalingConfig: _TypeAlias = AutoscalingConfig  # noqa: Y015
 
 @_typing.final
 class ReplicaOptions(_message.Message):
@@ -563,6 +662,7 @@ class Backend(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     REPLICA_OPTIONS_FIELD_NUMBER: _builtins.int
+    AUTOSCALING_STATUS_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     @_builtins.property
     def spec(self) -> Global___BackendSpec:
@@ -578,6 +678,10 @@ class Backend(_message.Message):
 
     @_builtins.property
     def replica_options(self) -> Global___ReplicaOptions: ...
+    @_builtins.property
+    def autoscaling_status(self) -> Global___AutoscalingStatus:
+        """Set when config.autoscaling is: what the autoscaler wants and decided."""
+
     def __init__(
         self,
         *,
@@ -586,14 +690,65 @@ class Backend(_message.Message):
         config: Global___BackendConfig | None = ...,
         replicas: _abc.Iterable[Global___Replica] | None = ...,
         replica_options: Global___ReplicaOptions | None = ...,
+        autoscaling_status: Global___AutoscalingStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "replica_options", b"replica_options", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["autoscaling_status", b"autoscaling_status", "config", b"config", "replica_options", b"replica_options", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "replica_options", b"replica_options", "replicas", b"replicas", "spec", b"spec", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscaling_status", b"autoscaling_status", "config", b"config", "replica_options", b"replica_options", "replicas", b"replicas", "spec", b"spec", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Backend: _TypeAlias = Backend  # noqa: Y015
+
+@_typing.final
+class AutoscalingStatus(_message.Message):
+    """Where an autoscaled backend stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESIRED_REPLICAS_FIELD_NUMBER: _builtins.int
+    RUNNING_REPLICAS_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    WANTED_REPLICAS_FIELD_NUMBER: _builtins.int
+    LAST_DECISION_FIELD_NUMBER: _builtins.int
+    LAST_REASON_FIELD_NUMBER: _builtins.int
+    LAST_DECISION_TIME_FIELD_NUMBER: _builtins.int
+    desired_replicas: _builtins.int
+    """Replicas the controller wants now (the last decision, clamped)."""
+    running_replicas: _builtins.int
+    """Replicas RUNNING (in the routing snapshot) now."""
+    load: _builtins.float
+    """Requests in flight or queued at the backend, averaged over
+    look_back_period_s, summed over every sender that reported.
+    """
+    wanted_replicas: _builtins.int
+    """Replicas the load asks for (ceil(load / target_ongoing_requests)),
+    before the delays and the bounds.
+    """
+    last_decision: _builtins.str
+    """The last scaling decision: "up", "down" or "" (none yet)."""
+    last_reason: _builtins.str
+    """Why, in words (the numbers it was decided on)."""
+    last_decision_time: _builtins.float
+    """When, in seconds since the Unix epoch; 0 = none yet."""
+    def __init__(
+        self,
+        *,
+        desired_replicas: _builtins.int = ...,
+        running_replicas: _builtins.int = ...,
+        load: _builtins.float = ...,
+        wanted_replicas: _builtins.int = ...,
+        last_decision: _builtins.str = ...,
+        last_reason: _builtins.str = ...,
+        last_decision_time: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_replicas", b"desired_replicas", "last_decision", b"last_decision", "last_decision_time", b"last_decision_time", "last_reason", b"last_reason", "load", b"load", "running_replicas", b"running_replicas", "wanted_replicas", b"wanted_replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscalingStatus: _TypeAlias = AutoscalingStatus  # noqa: Y015
 
 @_typing.final
 class TrafficWeight(_message.Message):
@@ -1434,6 +1589,7 @@ class BackendTargets(_message.Message):
     MAX_CONCURRENT_QUERIES_FIELD_NUMBER: _builtins.int
     MAX_QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    DESIRED_REPLICAS_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     max_concurrent_queries: _builtins.int
     """Most requests a sender may have outstanding at one replica."""
@@ -1441,6 +1597,11 @@ class BackendTargets(_message.Message):
     """Most requests a sender queues for this backend when its replicas are full."""
     queue_timeout: _builtins.float
     """Seconds a request may wait in that queue."""
+    desired_replicas: _builtins.int
+    """Replicas the controller wants for this backend (num_replicas, or the
+    autoscaler's last decision), shown at the proxy's /-/metrics beside the
+    replicas listed here. 0 = not said (an older controller).
+    """
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaTarget]: ...
     def __init__(
@@ -1451,10 +1612,11 @@ class BackendTargets(_message.Message):
         max_concurrent_queries: _builtins.int = ...,
         max_queued_requests: _builtins.int = ...,
         queue_timeout: _builtins.float = ...,
+        desired_replicas: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "queue_timeout", b"queue_timeout", "replicas", b"replicas", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_replicas", b"desired_replicas", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "queue_timeout", b"queue_timeout", "replicas", b"replicas", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1802,6 +1964,7 @@ class ReportStatsRequest(_message.Message):
     REPORTER_ID_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     COUNTING_SECONDS_FIELD_NUMBER: _builtins.int
+    LOADS_FIELD_NUMBER: _builtins.int
     reporter_id: _builtins.str
     """Stable id of the reporting router; a later report replaces an earlier one."""
     counting_seconds: _builtins.float
@@ -1811,20 +1974,78 @@ class ReportStatsRequest(_message.Message):
     """
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointStats]: ...
+    @_builtins.property
+    def loads(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackendLoad]:
+        """What the reporter has in flight and queued now, per backend: the
+        autoscaler's load signal. Empty = nothing (or an older reporter).
+        """
+
     def __init__(
         self,
         *,
         reporter_id: _builtins.str = ...,
         endpoints: _abc.Iterable[Global___EndpointStats] | None = ...,
         counting_seconds: _builtins.float = ...,
+        loads: _abc.Iterable[Global___BackendLoad] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counting_seconds", b"counting_seconds", "endpoints", b"endpoints", "reporter_id", b"reporter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counting_seconds", b"counting_seconds", "endpoints", b"endpoints", "loads", b"loads", "reporter_id", b"reporter_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportStatsRequest: _TypeAlias = ReportStatsRequest  # noqa: Y015
+
+@_typing.final
+class BackendLoad(_message.Message):
+    """One sender's load on one backend, at the moment of a report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class InFlightByReplicaEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_BY_REPLICA_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    queued: _builtins.int
+    """Requests waiting in the sender for a free replica."""
+    @_builtins.property
+    def in_flight_by_replica(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Requests sent and not answered yet, by replica id."""
+
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        in_flight_by_replica: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        queued: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "in_flight_by_replica", b"in_flight_by_replica", "queued", b"queued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackendLoad: _TypeAlias = BackendLoad  # noqa: Y015
 
 @_typing.final
 class ReportStatsResponse(_message.Message):
