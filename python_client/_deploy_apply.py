@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
-from turnout._internal import rpc
+from turnout._internal import rpc, web_apps
 from turnout._internal.cors import CorsPolicy
 from turnout.client import Client, call_controller
 from turnout.command import Command
@@ -114,7 +114,9 @@ class Instance:
 def _spec(backend: BackendEntry) -> pb.BackendSpec:
     if backend.command is not None:
         return pb.BackendSpec(command=backend.command.to_proto())
-    spec = pb.BackendSpec(import_path=backend.import_path or "")
+    spec = pb.BackendSpec(
+        import_path=backend.import_path or "", interface=web_apps.to_proto(backend.interface)
+    )
     if backend.init_args:
         spec.init_args_json = json.dumps(list(backend.init_args))
     return spec
@@ -134,7 +136,17 @@ def _backend(message: pb.Backend) -> BackendEntry:
         command=Command.from_proto(spec.command) if spec.HasField("command") else None,
         config=BackendConfig.from_proto(message.config).to_dict(),
         replica_options=message.replica_options,
+        interface=_interface(spec.interface),
     )
+
+
+def _interface(value: int) -> str:
+    """The interface a running backend's spec names ("auto" when it names
+    none, or one this client does not know)."""
+    try:
+        return web_apps.from_proto(value) or "auto"
+    except ValueError:
+        return "auto"
 
 
 def _endpoint(message: pb.Endpoint) -> EndpointEntry:

@@ -14,6 +14,7 @@ JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
         init_args: ["hello"]                # JSON values, given to the class
         config: {num_replicas: 2}           # BackendConfig fields
         replica_options: {num_cpus: 1}      # num_cpus, num_gpus, env, memory (bytes), ...
+        interface: auto                     # or handler, wsgi, asgi (docs/apps.md)
     endpoints:
       greet:
         route: /greet                       # omit for handles only
@@ -38,7 +39,7 @@ from typing import Any, Literal
 
 import yaml
 
-from turnout._internal import autoscaling, backend_fields, rollout_rules, validation
+from turnout._internal import autoscaling, backend_fields, rollout_rules, validation, web_apps
 from turnout._internal.cors import CorsPolicy
 from turnout.command import Command
 from turnout.config import DEFAULTS, BackendConfig
@@ -48,7 +49,9 @@ from turnout.v1 import controller_pb2 as pb
 Action = Literal["create", "update", "delete", "unchanged", "kept"]
 
 _TOP_KEYS = frozenset({"backends", "endpoints"})
-_BACKEND_KEYS = frozenset({"import_path", "command", "init_args", "config", "replica_options"})
+_BACKEND_KEYS = frozenset(
+    {"import_path", "command", "init_args", "config", "replica_options", "interface"}
+)
 _COMMAND_KEYS = frozenset({"argv", "env", "cwd", "ready_timeout"})
 _ENDPOINT_KEYS = frozenset(
     {"route", "methods", "backend", "traffic", "shadows", "request_timeout", "cors", "rollout"}
@@ -92,6 +95,8 @@ class BackendEntry:
     replica_options: pb.ReplicaOptions = field(default_factory=pb.ReplicaOptions)
     # The program a command backend runs (its import_path is None).
     command: Command | None = None
+    # What the code is: "auto" (detected), "handler", "wsgi" or "asgi".
+    interface: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -340,6 +345,13 @@ def _backend(
     options = _replica_options(
         body.get("replica_options", {}), f"{where}.replica_options", problems
     )
+    interface = body.get("interface", "auto")
+    try:
+        web_apps.to_proto(interface)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{where}.interface: {exc}")
+    if command is not None and interface != "auto":
+        problems.append(f"{where}.interface: a command serves the replica protocol itself")
     if len(problems) > before or options is None:
         return None
     return BackendEntry(
@@ -349,6 +361,7 @@ def _backend(
         config=dict(config),
         replica_options=options,
         command=command,
+        interface=interface,
     )
 
 
@@ -582,6 +595,8 @@ def _backend_change(
     if running.init_args is None or wanted_args != list(running.init_args):
         before = "(pickled)" if running.init_args is None else json.dumps(list(running.init_args))
         details.append(f"init_args: {before} -> {json.dumps(wanted_args)}")
+    if wanted.interface != running.interface:
+        details.append(f"interface: {running.interface} -> {wanted.interface}")
     new_code = bool(details)
     update: dict[str, Any] = {}
     for key, value in _effective(wanted.config).items():

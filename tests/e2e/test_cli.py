@@ -54,6 +54,20 @@ class SlowStart(Greeter):
 
         time.sleep(seconds)
         super().__init__("slow")
+
+
+def mounted(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [(environ["SCRIPT_NAME"] + "|" + environ["PATH_INFO"]).encode()]
+
+
+class Wrapped:
+    # A WSGI app whose signature does not say so: deploy files name its interface.
+    def __call__(self, *args):
+        return mounted(*args)
+
+
+wrapped = Wrapped()
 """
 
 
@@ -365,6 +379,17 @@ def test_deploy_sets_changes_and_removes_an_endpoints_cors_policy(running: Home)
     assert "endpoint open: updating (cors: " in removed and "-> null)... updated" in removed
     answer = requests.get(f"{running.http}/open", headers={"Origin": "https://app.example"})
     assert "Access-Control-Allow-Origin" not in answer.headers
+    running.run("deploy", "base.yaml", "--prune")
+
+
+def test_deploy_serves_a_web_app_whose_interface_the_file_names(running: Home) -> None:
+    site = "  site:\n    import_path: cli_app:wrapped\n    interface: wsgi\n"
+    endpoint = "  site:\n    route: /site\n    backend: site\n"
+    text = BASE.replace("backends:\n", "backends:\n" + site) + endpoint
+    assert created("site", 1, running.run("deploy", running.write("site.yaml", text)).stdout)
+    assert requests.get(f"{running.http}/site/a/b", timeout=30).text == "/site|/a/b"
+    assert "backend site: unchanged" in running.run("deploy", "site.yaml").stdout
+    assert "site /site/* GET" in " ".join(running.run("status").stdout.split())
     running.run("deploy", "base.yaml", "--prune")
 
 

@@ -71,6 +71,7 @@ def _running(wanted: DeployFile) -> State:
                 init_args=b.init_args,
                 config={**DEFAULTS.to_dict(), **b.config},
                 replica_options=b.replica_options,
+                interface=b.interface,
             )
             for name, b in wanted.backends.items()
         },
@@ -402,3 +403,19 @@ def test_bad_rollout_blocks_are_refused_with_their_field() -> None:
     assert "endpoints.f.rollout: needs `backend:`" in text
     assert "endpoints.f.rollout.slo: unknown slo key" in text
     assert "endpoints.g.rollout: must be a mapping" in text
+
+
+def test_a_backends_interface_is_read_compared_and_checked() -> None:
+    app = {"import_path": "web:app"}
+    before = parse({"backends": {"a": app}})
+    after = parse({"backends": {"a": {**app, "interface": "wsgi"}}})
+    assert (before.backends["a"].interface, after.backends["a"].interface) == ("auto", "wsgi")
+    change = plan(after, _running(before)).backends[0]
+    assert change.new_code and change.details == ("interface: auto -> wsgi",)
+    problems = _problems({"backends": {"a": {**app, "interface": "cgi"}}})
+    assert problems == [
+        "backends.a.interface: interface must be one of 'auto', 'handler', 'wsgi', 'asgi', "
+        "not 'cgi'"
+    ]
+    problems = _problems({"backends": {"a": {"command": ["node", "r.js"], "interface": "wsgi"}}})
+    assert problems == ["backends.a.interface: a command serves the replica protocol itself"]
