@@ -177,3 +177,21 @@ def test_a_startup_that_never_answers_times_out() -> None:
 
     with pytest.raises(AppStartError, match="within 0.05 s"):
         run(AsgiApp(app).startup(0.05))
+
+
+def test_work_after_the_answer_does_not_hold_the_answer_back() -> None:
+    done = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"now"})
+        await asyncio.sleep(0.05)  # a background task, as FastAPI runs them
+        done.set()
+
+    async def scenario() -> tuple[bytes, bool]:
+        answer = await AsgiApp(app).call(request("/"))
+        finished_first = done.is_set()
+        await asyncio.wait_for(done.wait(), 5)
+        return answer.body, finished_first
+
+    assert run(scenario()) == (b"now", False)
