@@ -16,7 +16,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from turnout._internal import autoscaling, backend_fields, validation
+from turnout._internal import autoscaling, backend_fields, validation, web_apps
+from turnout._internal.cors import CorsPolicy
 from turnout._internal.errors import (
     AlreadyExistsError,
     CapacityError,
@@ -372,6 +373,7 @@ class ControlPlane:
         route = validation.route(request.route)
         methods = validation.methods(list(request.methods))
         timeout = validation.request_timeout(request.request_timeout)
+        cors = CorsPolicy.from_proto(request.cors) if request.HasField("cors") else None
         if not request.backend:
             # As Ray Serve: an endpoint without a backend would answer nothing.
             raise InvalidArgumentError("backend must be specified when creating an endpoint")
@@ -379,19 +381,27 @@ class ControlPlane:
             self._backend_record(request.backend)
             traffic = {request.backend: 1.0}
             record = EndpointRecord(
-                name=name, route=route, methods=methods, traffic=traffic, request_timeout=timeout
+                name=name,
+                route=route,
+                methods=methods,
+                traffic=traffic,
+                request_timeout=timeout,
+                cors=cors,
             )
             existing = self._store.endpoints().get(name)
             if existing is not None:
                 if existing == record:
-                    return _endpoint_proto(existing)
+                    return self._endpoint_out(existing)
                 raise AlreadyExistsError(f"endpoint {name!r} already exists with other content")
             self._check_route_free(route)
             self._store.put_endpoint(record)
             await self.routes_changed()
-        return _endpoint_proto(record)
+        return self._endpoint_out(record)
 
     async def update_endpoint(self, request: pb.UpdateEndpointRequest) -> pb.Endpoint:
+        if request.clear_cors and request.HasField("cors"):
+            raise InvalidArgumentError("set cors or clear_cors, not both")
+        new_cors = CorsPolicy.from_proto(request.cors) if request.HasField("cors") else None
         async with self._lock:
             record = self._endpoint_record(request.name)
             route = validation.route(request.route) if request.HasField("route") else record.route
@@ -408,11 +418,12 @@ class ControlPlane:
                 route=route,
                 methods=record.methods if methods is None else methods,
                 request_timeout=timeout,
+                cors=None if request.clear_cors else new_cors or record.cors,
             )
             if updated != record:
                 self._store.put_endpoint(updated)
                 await self.routes_changed()
-        return _endpoint_proto(updated)
+        return self._endpoint_out(updated)
 
     def _check_route_free(self, route: str) -> None:
         """Raise AlreadyExistsError when an endpoint serves ``route`` ("" never clashes)."""
@@ -425,10 +436,10 @@ class ControlPlane:
                 )
 
     def get_endpoint(self, name: str) -> pb.Endpoint:
-        return _endpoint_proto(self._endpoint_record(name))
+        return self._endpoint_out(self._endpoint_record(name))
 
     def list_endpoints(self) -> list[pb.Endpoint]:
-        return [_endpoint_proto(e) for e in self._store.endpoints().values()]
+        return [self._endpoint_out(e) for e in self._store.endpoints().values()]
 
     async def delete_endpoint(self, name: str) -> None:
         async with self._lock:
@@ -458,7 +469,7 @@ class ControlPlane:
             )
             self._store.put_endpoint(record)
             await self.routes_changed()
-        return _endpoint_proto(record)
+        return self._endpoint_out(record)
 
     async def shadow_traffic(self, endpoint: str, backend: str, proportion: float) -> pb.Endpoint:
         proportion = validation.proportion(proportion)
@@ -484,7 +495,7 @@ class ControlPlane:
             record = dataclasses.replace(record, shadows=shadows)
             self._store.put_endpoint(record)
             await self.routes_changed()
-        return _endpoint_proto(record)
+        return self._endpoint_out(record)
 
     # ---- replicas and routing --------------------------------------------
 
@@ -494,8 +505,25 @@ class ControlPlane:
             return self._sets[backend].describe()
         return [r for replicas in self._sets.values() for r in replicas.describe()]
 
+    def _endpoint_out(self, record: EndpointRecord) -> pb.Endpoint:
+        """The endpoint as callers and routers see it, with whether it serves an app."""
+        endpoint = _endpoint_proto(record)
+        endpoint.serves_app = any(self._is_app(tag) for tag in record.backends())
+        return endpoint
+
+    def _is_app(self, tag: str) -> bool:
+        """Whether a backend is a WSGI/ASGI app: as its spec says, else as its
+        replicas detected (docs/apps.md)."""
+        backend = self._store.backends().get(tag)
+        if backend is None:
+            return False
+        if backend.spec.interface != pb.BACKEND_INTERFACE_UNSPECIFIED:
+            return backend.spec.interface in (pb.BACKEND_INTERFACE_WSGI, pb.BACKEND_INTERFACE_ASGI)
+        replicas = self._sets.get(tag)
+        return replicas is not None and web_apps.is_app(replicas.capabilities.get("interface"))
+
     def snapshot_parts(self) -> tuple[list[pb.Endpoint], list[pb.BackendTargets]]:
-        endpoints = [_endpoint_proto(e) for e in self._store.endpoints().values()]
+        endpoints = [self._endpoint_out(e) for e in self._store.endpoints().values()]
         backends = []
         for tag, replicas in self._sets.items():
             record = self._store.backends().get(tag)
@@ -626,4 +654,5 @@ def _endpoint_proto(record: EndpointRecord) -> pb.Endpoint:
         traffic=[pb.TrafficWeight(backend=b, weight=w) for b, w in record.traffic.items()],
         shadows=[pb.ShadowTarget(backend=b, proportion=p) for b, p in record.shadows.items()],
         request_timeout=record.request_timeout,
+        cors=record.cors.to_proto() if record.cors else None,
     )

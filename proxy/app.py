@@ -37,7 +37,7 @@ from turnout._sending.sender import Sender
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
-from . import http_codec, metrics
+from . import cors_answers, http_codec, metrics
 from .front_door import SERVED, ConnectionLimits, FrontDoor, Served
 from .workers import SharedCounters
 
@@ -222,6 +222,22 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
     route = state.router.table.match(path)
     if route is None:
         return http_codec.json_error(404, "NotFound", f"no endpoint at {path}", request_id)
+    if route.cors is None:
+        return await http_codec.send(await _forward(state, request, route, request_id), request)
+    origin = request.headers.get("Origin")
+    preflight_method = request.headers.get(cors_answers.REQUEST_METHOD)
+    if request.method == "OPTIONS" and origin is not None and preflight_method is not None:
+        return cors_answers.preflight(route, origin, preflight_method, request, request_id)
+    response = await _forward(state, request, route, request_id)
+    cors_answers.add_headers(response, route.cors.headers_for(origin))
+    return await http_codec.send(response, request)
+
+
+async def _forward(
+    state: ProxyState, request: web.BaseRequest, route: EndpointRoute, request_id: str
+) -> web.Response:
+    """The answer of the endpoint's backend (or the proxy's error), not sent yet."""
+    path = request.path
     if request.method not in route.methods:
         return http_codec.json_error(
             405,
@@ -271,6 +287,8 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
         if method_name:
             message.method_name = method_name
         http_codec.fill(message.http, request, body)
+        if route.serves_app:
+            message.http.script_name = route.script_name
     except UnicodeEncodeError:
         return http_codec.json_error(
             400,
@@ -286,7 +304,7 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
         response[SERVED] = Served(failure.backend, replica)
     served = response[SERVED]
     served.endpoint, served.bytes_in = route.name, len(body)
-    return await http_codec.send(response, request)
+    return response
 
 
 async def _read_body(state: ProxyState, request: web.BaseRequest) -> bytes:

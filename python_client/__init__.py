@@ -29,10 +29,13 @@ if TYPE_CHECKING:
         endpoint_stats,
         get_backend_config,
         get_handle,
+        get_rollout,
         init,
         list_backends,
         list_endpoints,
         list_replicas,
+        list_rollouts,
+        rollout,
         set_traffic,
         shadow_traffic,
         shutdown,
@@ -66,6 +69,7 @@ if TYPE_CHECKING:
         UnimplementedError,
     )
     from turnout.handle import EndpointHandle, HandleFuture
+    from turnout.rollouts import Rollout
 
 _WHERE = {
     "AlreadyExistsError": "turnout.errors",
@@ -85,6 +89,7 @@ _WHERE = {
     "OverloadedError": "turnout.errors",
     "PermissionDeniedError": "turnout.errors",
     "ReplicaInfo": "turnout.client",
+    "Rollout": "turnout.rollouts",
     "TLSConfig": "turnout._internal.rpc",
     "TokenFileError": "turnout.errors",
     "TurnoutError": "turnout.errors",
@@ -108,6 +113,9 @@ _WHERE = {
     "list_backends": "turnout.api",
     "list_endpoints": "turnout.api",
     "list_replicas": "turnout.api",
+    "list_rollouts": "turnout.api",
+    "get_rollout": "turnout.api",
+    "rollout": "turnout.api",
     "set_traffic": "turnout.api",
     "shadow_traffic": "turnout.api",
     "shutdown": "turnout.api",
@@ -136,6 +144,7 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "ReplicaInfo",
+    "Rollout",
     "TLSConfig",
     "TokenFileError",
     "TurnoutError",
@@ -159,6 +168,9 @@ __all__ = [
     "list_backends",
     "list_endpoints",
     "list_replicas",
+    "list_rollouts",
+    "get_rollout",
+    "rollout",
     "set_traffic",
     "shadow_traffic",
     "shutdown",

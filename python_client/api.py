@@ -13,9 +13,9 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from turnout._internal import replica_context, tls_options
+from turnout._internal import replica_context, rollout_rules, tls_options
 from turnout._internal.latency import WINDOW_S
 from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.rpc import TLSConfig
@@ -25,6 +25,7 @@ from turnout.config import BackendConfig
 from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
+from turnout.rollouts import Rollout
 
 DEFAULT_NAME = "default"
 
@@ -322,10 +323,16 @@ def create_backend(
     *init_args: Any,
     config: BackendConfig | dict[str, Any] | None = None,
     replica_options: dict[str, Any] | None = None,
+    interface: str = "auto",
 ) -> None:
     """See ``Client.create_backend``."""
     _current().create_backend(
-        tag, func_or_class, *init_args, config=config, replica_options=replica_options
+        tag,
+        func_or_class,
+        *init_args,
+        config=config,
+        replica_options=replica_options,
+        interface=interface,
     )
 
 
@@ -343,10 +350,11 @@ def create_endpoint(
     route: str | None = None,
     methods: Iterable[str] = ("GET",),
     request_timeout: float | None = None,
+    cors: dict[str, Any] | None = None,
 ) -> None:
     """See ``Client.create_endpoint``."""
     _current().create_endpoint(
-        name, backend, route=route, methods=methods, request_timeout=request_timeout
+        name, backend, route=route, methods=methods, request_timeout=request_timeout, cors=cors
     )
 
 
@@ -356,9 +364,12 @@ def update_endpoint(
     route: str | None = None,
     methods: Iterable[str] | None = None,
     request_timeout: float | None = None,
+    cors: dict[str, Any] | Literal[False] | None = None,
 ) -> None:
     """See ``Client.update_endpoint``."""
-    _current().update_endpoint(name, route=route, methods=methods, request_timeout=request_timeout)
+    _current().update_endpoint(
+        name, route=route, methods=methods, request_timeout=request_timeout, cors=cors
+    )
 
 
 def set_traffic(endpoint: str, traffic: dict[str, float]) -> None:
@@ -424,3 +435,39 @@ def delete_endpoint(name: str) -> None:
 def delete_backend(tag: str) -> None:
     """See ``Client.delete_backend``."""
     _current().delete_backend(tag)
+
+
+def rollout(
+    endpoint: str,
+    to_backend: str,
+    *,
+    steps: Iterable[float] = rollout_rules.DEFAULT_STEPS,
+    step_s: float = rollout_rules.DEFAULT_STEP_S,
+    slo: dict[str, Any] | None = None,
+    shadow_s: float | None = None,
+    shadow_proportion: float = 1.0,
+    min_match_rate: float = 1.0,
+    delete_old: bool = False,
+) -> Rollout:
+    """See ``Client.rollout``."""
+    return _current().rollout(
+        endpoint,
+        to_backend,
+        steps=steps,
+        step_s=step_s,
+        slo=slo,
+        shadow_s=shadow_s,
+        shadow_proportion=shadow_proportion,
+        min_match_rate=min_match_rate,
+        delete_old=delete_old,
+    )
+
+
+def get_rollout(endpoint: str) -> Rollout:
+    """See ``Client.get_rollout``."""
+    return _current().get_rollout(endpoint)
+
+
+def list_rollouts() -> dict[str, dict[str, Any]]:
+    """See ``Client.list_rollouts``."""
+    return _current().list_rollouts()

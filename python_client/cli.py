@@ -6,6 +6,7 @@
     turnout status [--json]           endpoints, backends, replicas
     turnout deploy FILE [--prune]     make the instance match a YAML or JSON file
     turnout logs BACKEND [-f]         tail a backend's replica logs (or controller, proxy)
+    turnout rollout start|status|pause|resume|abort   rollouts the controller runs
     turnout stop                      shut the instance down
     turnout replica-check ADDRESS     check a replica (any language) against the contract
 
@@ -24,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from turnout import _cli_logs, _cli_render, _cli_start
+from turnout import _cli_logs, _cli_render, _cli_rollout, _cli_start
 from turnout._conformance import check as replica_check
 from turnout._deploy_apply import Instance, apply
 from turnout._internal import auth, logs, paths, tls_options
@@ -603,6 +604,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--list", action="store_true", help="list the rules and exit")
     tls_options.add_arguments(check, server=False)
     check.set_defaults(func=cmd_replica_check)
+
+    _cli_rollout.add_parser(commands, [connect], _connect)
     return parser
 
 

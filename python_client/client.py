@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import grpc
 
 from turnout import _pickling
 from turnout._handle_router import HandleRouter
-from turnout._internal import auth, rpc, tls_options, validation
+from turnout._internal import auth, rollout_rules, rpc, tls_options, validation, web_apps
+from turnout._internal.cors import CorsPolicy
 from turnout._internal.latency import WINDOW_S, check_window
 from turnout._internal.rpc import TLSConfig
 from turnout.command import Command
@@ -30,8 +31,10 @@ from turnout.errors import (
 )
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
+from turnout.rollouts import Rollout, describe
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
+from turnout.v1 import rollout_pb2 as rpb
 
 Resp = TypeVar("Resp")
 
@@ -105,6 +108,12 @@ def _method_list(methods: Iterable[str]) -> list[str]:
     return [_check_str(m, "each method") for m in methods]
 
 
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 def _check_timeout(value: float | None) -> float | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise TypeError(f"request_timeout must be a number, got {type(value).__name__}")
@@ -120,6 +129,17 @@ def _as_json(values: tuple[Any, ...]) -> str | None:
     return text if json.loads(text) == list(values) else None
 
 
+def _app_import_path(tag: str, app: Any) -> str:
+    path = web_apps.import_path_of(app)
+    if path is None:
+        raise InvalidArgumentError(
+            f"backend {tag!r} is a {web_apps.detect(app).upper()} app, which replicas import "
+            "rather than unpickle: define it at the top level of a module (not the main "
+            "script) and pass it from there, or pass its import path 'package.module:app'"
+        )
+    return path
+
+
 def _spec(
     tag: str, func_or_class: Callable[..., Any] | type | str | Command, init_args: tuple[Any, ...]
 ) -> pb.BackendSpec:
@@ -133,6 +153,10 @@ def _spec(
         return spec
     if isinstance(func_or_class, str):
         spec.import_path = func_or_class
+    elif web_apps.detect(func_or_class) != "handler":
+        # Apps hold locks and weak references that do not pickle (Flask's),
+        # or do not unpickle (Starlette's state): replicas import them.
+        spec.import_path = _app_import_path(tag, func_or_class)
     elif callable(func_or_class):
         if init_args and not inspect.isclass(func_or_class):
             raise InvalidArgumentError(
@@ -410,6 +434,7 @@ class Client:
         *init_args: Any,
         config: BackendConfig | dict[str, Any] | None = None,
         replica_options: dict[str, Any] | None = None,
+        interface: str = "auto",
     ) -> None:
         """Create a backend and wait until its replicas are serving.
 
@@ -440,11 +465,20 @@ class Client:
 
             serve.create_backend("counter", Counter, 10, config={"num_replicas": 2},
                                  replica_options={"num_cpus": 1})
+
+        A WSGI app (Flask, Django) or an ASGI app (FastAPI, Starlette), or
+        the import path of one, serves every path under its endpoint's route
+        (docs/apps.md); ``interface`` ("auto", "handler", "wsgi", "asgi")
+        says which it is when detection would be wrong::
+
+            serve.create_backend("api", "myproject.web:app")
         """
         _check_str(tag, "tag")
+        spec = _spec(tag, func_or_class, init_args)
+        spec.interface = web_apps.to_proto(interface)
         request = pb.CreateBackendRequest(
             tag=tag,
-            spec=_spec(tag, func_or_class, init_args),
+            spec=spec,
             config=BackendConfig.coerce(config).to_proto(),
             replica_options=validation.replica_options_from(replica_options),
         )
@@ -554,17 +588,22 @@ class Client:
         route: str | None = None,
         methods: Iterable[str] = ("GET",),
         request_timeout: float | None = None,
+        cors: dict[str, Any] | None = None,
     ) -> None:
         """Create an endpoint, optionally on an HTTP route, sending all traffic to
         ``backend`` (required, positional or keyword; ``TypeError`` without it,
         as in Ray Serve). ``request_timeout`` (seconds) answers 504 to requests
         that take longer and cancels their work; ``X-Serve-Timeout-Ms``
-        overrides it.
+        overrides it. ``cors`` takes the options of Starlette's
+        CORSMiddleware (``allow_origins``, ``allow_methods``,
+        ``allow_headers``, ``expose_headers``, ``allow_credentials``,
+        ``max_age``); the proxy answers preflights itself (docs/apps.md, "CORS").
 
         Example::
 
             serve.create_endpoint("simple_endpoint", "simple_backend",
-                                  route="/simple", methods=["GET"])
+                                  route="/simple", methods=["GET"],
+                                  cors={"allow_origins": ["https://app.example"]})
         """
         _check_str(name, "name")
         if backend is None:
@@ -582,6 +621,8 @@ class Client:
             methods=_method_list(methods),
             request_timeout=float(_check_timeout(request_timeout) or 0),
         )
+        if cors is not None:
+            request.cors.CopyFrom(CorsPolicy.from_dict(cors).to_proto())
         self._call(self._stub.CreateEndpoint, request)
 
     def update_endpoint(
@@ -591,10 +632,12 @@ class Client:
         route: str | None = None,
         methods: Iterable[str] | None = None,
         request_timeout: float | None = None,
+        cors: dict[str, Any] | Literal[False] | None = None,
     ) -> None:
-        """Change an endpoint's route, methods or request timeout in place;
-        ``None`` keeps the current value, ``route=""`` takes the endpoint off
-        HTTP and ``request_timeout=0`` removes the limit. Its traffic and
+        """Change an endpoint's route, methods, request timeout or CORS policy
+        in place; ``None`` keeps the current value, ``route=""`` takes the
+        endpoint off HTTP, ``request_timeout=0`` removes the limit and
+        ``cors=False`` the CORS policy. Its traffic and
         shadows stay, and a request that fits both the old and the new shape
         never finds the endpoint missing (delete and create again would).
 
@@ -613,6 +656,10 @@ class Client:
             request.methods.extend(method_list)
         if _check_timeout(request_timeout) is not None:
             request.request_timeout = float(request_timeout or 0)
+        if cors is False:
+            request.clear_cors = True
+        elif cors is not None:
+            request.cors.CopyFrom(CorsPolicy.from_dict(cors).to_proto())
         self._call(self._stub.UpdateEndpoint, request)
 
     def set_traffic(self, endpoint: str, traffic: dict[str, float]) -> None:
@@ -632,15 +679,19 @@ class Client:
         self._call(self._stub.SetTraffic, pb.SetTrafficRequest(endpoint=endpoint, traffic=weights))
 
     def list_endpoints(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout"}}``
-        for every endpoint; ``route`` is None for one reachable only through
-        handles, ``request_timeout`` (seconds) None when there is no limit.
+        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout",
+        "serves_app", "cors"}}`` for every endpoint; ``route`` is None for one
+        reachable only through handles, ``request_timeout`` (seconds) None when
+        there is no limit, ``serves_app`` whether a WSGI/ASGI app serves the
+        paths under the route, ``cors`` the CORS options (every one filled in)
+        or None.
 
         Example::
 
             serve.list_endpoints()
             # {"model": {"route": "/model", "methods": ["GET"], "traffic": {"model": 1.0},
-            #            "shadows": {}, "request_timeout": None}}
+            #            "shadows": {}, "request_timeout": None, "serves_app": False,
+            #            "cors": None}}
         """
         reply = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
         return {
@@ -650,6 +701,8 @@ class Client:
                 "traffic": {t.backend: t.weight for t in e.traffic},
                 "shadows": {s.backend: s.proportion for s in e.shadows},
                 "request_timeout": e.request_timeout or None,
+                "serves_app": e.serves_app,
+                "cors": CorsPolicy.from_proto(e.cors).to_dict() if e.HasField("cors") else None,
             }
             for e in reply.endpoints
         }
@@ -672,6 +725,85 @@ class Client:
             endpoint=endpoint, backend=backend, proportion=float(proportion)
         )
         self._call(self._stub.ShadowTraffic, request)
+
+    # ---- rollouts ---------------------------------------------------------
+
+    def rollout(
+        self,
+        endpoint: str,
+        to_backend: str,
+        *,
+        steps: Iterable[float] = rollout_rules.DEFAULT_STEPS,
+        step_s: float = rollout_rules.DEFAULT_STEP_S,
+        slo: dict[str, Any] | None = None,
+        shadow_s: float | None = None,
+        shadow_proportion: float = 1.0,
+        min_match_rate: float = 1.0,
+        delete_old: bool = False,
+    ) -> Rollout:
+        """Move ``endpoint`` from the one backend it serves from to
+        ``to_backend`` in ``steps`` (shares of traffic, increasing, the last
+        1), each lasting ``step_s`` seconds, run by the controller.
+
+        Over each step the new backend is compared with the old one against
+        ``slo``: absolute bounds ``max_error_rate`` (0..1), ``max_p95_s``,
+        ``max_p99_s`` (seconds) and bounds relative to the old backend
+        ``max_error_rate_ratio``, ``max_latency_ratio`` (of p99s), judged once
+        the new backend answered ``min_requests`` (20) in the step; with no
+        bound given, ``max_error_rate`` is 0.01. A breach moves all traffic
+        back at once and the rollout ends "rolled_back" with the numbers
+        that breached. With ``shadow_s``, copies of ``shadow_proportion`` of
+        the requests go to the new backend first, for that long, and at
+        least ``min_match_rate`` of them must answer as the old one did.
+        With ``delete_old``, the old backend is deleted once the rollout
+        succeeded. One rollout per endpoint at a time.
+
+        Example::
+
+            rollout = serve.rollout("model", "model-v2", steps=[0.05, 0.5, 1.0], step_s=60,
+                                    slo={"max_error_rate": 0.01, "max_latency_ratio": 2.0})
+            rollout.wait()  # "succeeded", "rolled_back" or "aborted"
+        """
+        _check_str(endpoint, "endpoint")
+        _check_str(to_backend, "to_backend")
+        if isinstance(steps, str | bytes) or not isinstance(steps, Iterable):
+            raise TypeError(f"steps must be a list of numbers, got {type(steps).__name__}")
+        checked = rollout_rules.check_steps(list(steps))
+        request = rpb.Rollout(
+            endpoint=endpoint,
+            to_backend=to_backend,
+            steps=checked,
+            step_seconds=rollout_rules.check_step_s(step_s),
+            slo=rollout_rules.slo_from_dict(slo),
+            delete_old=bool(delete_old),
+        )
+        if shadow_s is not None:
+            shadow = rpb.RolloutShadow(
+                seconds=_number(shadow_s, "shadow_s"),
+                proportion=_number(shadow_proportion, "shadow_proportion"),
+                min_match_rate=_number(min_match_rate, "min_match_rate"),
+            )
+            if shadow.seconds <= 0:
+                raise InvalidArgumentError(f"shadow_s must be > 0, got {shadow_s!r}")
+            request.shadow.CopyFrom(rollout_rules.check_shadow(shadow))
+        self._call(self._stub.StartRollout, rpb.StartRolloutRequest(rollout=request))
+        return Rollout(endpoint, self._rollout_call)
+
+    def get_rollout(self, endpoint: str) -> Rollout:
+        """The current (or last) rollout of ``endpoint``; NotFoundError if it had none."""
+        _check_str(endpoint, "endpoint")
+        self._rollout_call("GetRollout", endpoint)
+        return Rollout(endpoint, self._rollout_call)
+
+    def list_rollouts(self) -> dict[str, dict[str, Any]]:
+        """``{endpoint: Rollout.info()}`` for each endpoint's current or last rollout."""
+        reply = self._call(self._stub.ListRollouts, rpb.ListRolloutsRequest())
+        return {r.endpoint: describe(r) for r in reply.rollouts}
+
+    def _rollout_call(self, name: str, endpoint: str) -> rpb.Rollout:
+        request = getattr(rpb, f"{name}Request")(endpoint=endpoint)
+        reply = self._call(getattr(self._stub, name), request)
+        return reply.rollout  # type: ignore[no-any-return]
 
     def get_handle(self, endpoint: str, missing_ok: bool = False) -> EndpointHandle:
         """A handle to call ``endpoint`` from Python.

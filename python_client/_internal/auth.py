@@ -83,6 +83,8 @@ _READ_METHODS = frozenset(
         "ListReplicas",
         "GetStats",
         "GetInstance",
+        "GetRollout",
+        "ListRollouts",
     }
 )
 _OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})

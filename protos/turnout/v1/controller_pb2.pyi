@@ -19,6 +19,44 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _BackendInterface:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BackendInterfaceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BackendInterface.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BACKEND_INTERFACE_UNSPECIFIED: _BackendInterface.ValueType  # 0
+    """Detected: a WSGI app (a sync callable taking exactly (environ,
+    start_response)), an ASGI app (an async callable taking exactly (scope,
+    receive, send)), else a handler.
+    """
+    BACKEND_INTERFACE_HANDLER: _BackendInterface.ValueType  # 1
+    """A handler: called with a Flask-compatible request per request."""
+    BACKEND_INTERFACE_WSGI: _BackendInterface.ValueType  # 2
+    """A WSGI application (Flask, Django): serves every path under its route."""
+    BACKEND_INTERFACE_ASGI: _BackendInterface.ValueType  # 3
+    """An ASGI 3 application (FastAPI, Starlette): serves every path under its
+    route, on the replica's event loop, with lifespan events.
+    """
+
+class BackendInterface(_BackendInterface, metaclass=_BackendInterfaceEnumTypeWrapper):
+    """How a replica calls its backend."""
+
+BACKEND_INTERFACE_UNSPECIFIED: BackendInterface.ValueType  # 0
+"""Detected: a WSGI app (a sync callable taking exactly (environ,
+start_response)), an ASGI app (an async callable taking exactly (scope,
+receive, send)), else a handler.
+"""
+BACKEND_INTERFACE_HANDLER: BackendInterface.ValueType  # 1
+"""A handler: called with a Flask-compatible request per request."""
+BACKEND_INTERFACE_WSGI: BackendInterface.ValueType  # 2
+"""A WSGI application (Flask, Django): serves every path under its route."""
+BACKEND_INTERFACE_ASGI: BackendInterface.ValueType  # 3
+"""An ASGI 3 application (FastAPI, Starlette): serves every path under its
+route, on the replica's event loop, with lifespan events.
+"""
+Global___BackendInterface: _TypeAlias = BackendInterface  # noqa: Y015
+
 class _ReplicaState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -438,6 +476,7 @@ class BackendSpec(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     PICKLED_INIT_ARGS_FIELD_NUMBER: _builtins.int
     INIT_ARGS_JSON_FIELD_NUMBER: _builtins.int
+    INTERFACE_FIELD_NUMBER: _builtins.int
     pickled_callable: _builtins.bytes
     """A cloudpickled function or class (what the Python client sends)."""
     import_path: _builtins.str
@@ -447,6 +486,10 @@ class BackendSpec(_message.Message):
     init_args_json: _builtins.str
     """JSON array of constructor arguments, for clients without Python. Empty = [].
     At most one of pickled_init_args and init_args_json may be set.
+    """
+    interface: Global___BackendInterface.ValueType
+    """What kind of callable the source is; unset = detected by the replica
+    (docs/apps.md, "Detection"). Set it when detection would be wrong.
     """
     @_builtins.property
     def command(self) -> Global___Command:
@@ -463,10 +506,11 @@ class BackendSpec(_message.Message):
         command: Global___Command | None = ...,
         pickled_init_args: _builtins.bytes = ...,
         init_args_json: _builtins.str = ...,
+        interface: Global___BackendInterface.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "import_path", b"import_path", "pickled_callable", b"pickled_callable", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "import_path", b"import_path", "init_args_json", b"init_args_json", "pickled_callable", b"pickled_callable", "pickled_init_args", b"pickled_init_args", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "import_path", b"import_path", "init_args_json", b"init_args_json", "interface", b"interface", "pickled_callable", b"pickled_callable", "pickled_init_args", b"pickled_init_args", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["pickled_callable", "import_path", "command"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -766,6 +810,8 @@ class Endpoint(_message.Message):
     TRAFFIC_FIELD_NUMBER: _builtins.int
     SHADOWS_FIELD_NUMBER: _builtins.int
     REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
+    SERVES_APP_FIELD_NUMBER: _builtins.int
+    CORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     route: _builtins.str
     """HTTP route such as "/simple"; empty = reachable through handles only."""
@@ -773,6 +819,11 @@ class Endpoint(_message.Message):
     """Seconds a request may take before the client gets 504 and the replica is
     told to cancel it. 0 = no limit. A request's X-Serve-Timeout-Ms header (or
     a handle's timeout option) overrides it.
+    """
+    serves_app: _builtins.bool
+    """Whether a backend of its traffic is a WSGI or ASGI app: then the route is
+    a prefix ("/api" serves "/api" and "/api/..."), passed to the app as
+    SCRIPT_NAME (root_path). Set by the controller; ignored in requests.
     """
     @_builtins.property
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -782,6 +833,10 @@ class Endpoint(_message.Message):
     def traffic(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficWeight]: ...
     @_builtins.property
     def shadows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowTarget]: ...
+    @_builtins.property
+    def cors(self) -> Global___CorsPolicy:
+        """Cross-origin resource sharing, answered by the proxy; unset = none."""
+
     def __init__(
         self,
         *,
@@ -791,14 +846,80 @@ class Endpoint(_message.Message):
         traffic: _abc.Iterable[Global___TrafficWeight] | None = ...,
         shadows: _abc.Iterable[Global___ShadowTarget] | None = ...,
         request_timeout: _builtins.float = ...,
+        serves_app: _builtins.bool = ...,
+        cors: Global___CorsPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cors", b"cors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route", "shadows", b"shadows", "traffic", b"traffic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cors", b"cors", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route", "serves_app", b"serves_app", "shadows", b"shadows", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Endpoint: _TypeAlias = Endpoint  # noqa: Y015
+
+@_typing.final
+class CorsPolicy(_message.Message):
+    """Cross-origin resource sharing for an endpoint, as Starlette's
+    CORSMiddleware takes it. The proxy answers preflight OPTIONS requests
+    itself (the replica is not called) and adds the headers to every answer to
+    an allowed origin; a request from any other origin gets no CORS header.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_ORIGINS_FIELD_NUMBER: _builtins.int
+    ALLOW_METHODS_FIELD_NUMBER: _builtins.int
+    ALLOW_HEADERS_FIELD_NUMBER: _builtins.int
+    EXPOSE_HEADERS_FIELD_NUMBER: _builtins.int
+    ALLOW_CREDENTIALS_FIELD_NUMBER: _builtins.int
+    MAX_AGE_FIELD_NUMBER: _builtins.int
+    allow_credentials: _builtins.bool
+    """Whether cookies and Authorization may be sent (Access-Control-Allow-
+    Credentials); with "*" origins the request's own origin is echoed.
+    """
+    max_age: _builtins.int
+    """Seconds a browser may cache a preflight answer. Default 600; 0 to 86400."""
+    @_builtins.property
+    def allow_origins(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Origins allowed, exactly as browsers send them ("https://a.example"), or
+        "*" for any. At least one.
+        """
+
+    @_builtins.property
+    def allow_methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Methods a preflight allows (upper case), or "*". Empty = the endpoint's
+        methods.
+        """
+
+    @_builtins.property
+    def allow_headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Request headers a preflight allows (matched case-insensitively), or "*".
+        Empty = only the CORS-safelisted ones.
+        """
+
+    @_builtins.property
+    def expose_headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Response headers a browser's script may read beyond the safelisted ones."""
+
+    def __init__(
+        self,
+        *,
+        allow_origins: _abc.Iterable[_builtins.str] | None = ...,
+        allow_methods: _abc.Iterable[_builtins.str] | None = ...,
+        allow_headers: _abc.Iterable[_builtins.str] | None = ...,
+        expose_headers: _abc.Iterable[_builtins.str] | None = ...,
+        allow_credentials: _builtins.bool = ...,
+        max_age: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_age", b"_max_age", "max_age", b"max_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_age", b"_max_age", "allow_credentials", b"allow_credentials", "allow_headers", b"allow_headers", "allow_methods", b"allow_methods", "allow_origins", b"allow_origins", "expose_headers", b"expose_headers", "max_age", b"max_age"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_age: _TypeAlias = _typing.Literal["max_age"]  # noqa: Y015
+    _WhichOneofArgType__max_age: _TypeAlias = _typing.Literal["_max_age", b"_max_age"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_age) -> _WhichOneofReturnType__max_age | None: ...
+
+Global___CorsPolicy: _TypeAlias = CorsPolicy  # noqa: Y015
 
 @_typing.final
 class CreateBackendRequest(_message.Message):
@@ -1061,6 +1182,7 @@ class CreateEndpointRequest(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
     REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name; non-empty."""
     backend: _builtins.str
@@ -1075,6 +1197,10 @@ class CreateEndpointRequest(_message.Message):
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allowed HTTP methods (any case). Empty = ["GET"]."""
 
+    @_builtins.property
+    def cors(self) -> Global___CorsPolicy:
+        """Cross-origin resource sharing; unset = none. See CorsPolicy."""
+
     def __init__(
         self,
         *,
@@ -1083,10 +1209,11 @@ class CreateEndpointRequest(_message.Message):
         route: _builtins.str = ...,
         methods: _abc.Iterable[_builtins.str] | None = ...,
         request_timeout: _builtins.float = ...,
+        cors: Global___CorsPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cors", b"cors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cors", b"cors", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1120,6 +1247,8 @@ class UpdateEndpointRequest(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
     REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CORS_FIELD_NUMBER: _builtins.int
+    CLEAR_CORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The endpoint to change; it must exist."""
     route: _builtins.str
@@ -1130,9 +1259,15 @@ class UpdateEndpointRequest(_message.Message):
     """New seconds per request before 504; 0 = no limit. Unset = keep the
     current timeout.
     """
+    clear_cors: _builtins.bool
+    """Remove the endpoint's CORS policy (cors must then be unset)."""
     @_builtins.property
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """New allowed HTTP methods (any case). Empty = keep the current ones."""
+
+    @_builtins.property
+    def cors(self) -> Global___CorsPolicy:
+        """New CORS policy. Unset = keep the current one; see clear_cors."""
 
     def __init__(
         self,
@@ -1141,10 +1276,12 @@ class UpdateEndpointRequest(_message.Message):
         route: _builtins.str | None = ...,
         methods: _abc.Iterable[_builtins.str] | None = ...,
         request_timeout: _builtins.float | None = ...,
+        cors: Global___CorsPolicy | None = ...,
+        clear_cors: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "cors", b"cors", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "clear_cors", b"clear_cors", "cors", b"cors", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__request_timeout: _TypeAlias = _typing.Literal["request_timeout"]  # noqa: Y015
     _WhichOneofArgType__request_timeout: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout"]  # noqa: Y015
