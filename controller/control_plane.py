@@ -446,7 +446,9 @@ class ControlPlane:
             targets = pb.BackendTargets(
                 tag=tag,
                 replicas=[
-                    pb.ReplicaTarget(replica_id=s.replica_id, address=s.child.address)
+                    pb.ReplicaTarget(
+                        replica_id=s.replica_id, address=s.child.address, node=s.child.node_id
+                    )
                     for s in replicas.running()
                     if s.child is not None
                 ],

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from turnout._internal import replica_context, tls_options
+from turnout._internal import controller_args, replica_context, tls_options
 from turnout._internal.latency import WINDOW_S
 from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.rpc import TLSConfig
@@ -52,6 +52,8 @@ def init(
     tls: TLSConfig | None = None,
     token: str | None = None,
     ray_address: str | None = None,
+    ray_prefer_local_replicas: bool = False,
+    ray_proxy_location: str = "WithReplicas",
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -85,6 +87,10 @@ def init(
     ``ray_address="host:port"`` (a Ray cluster's GCS, this machine one of its
     nodes) runs the started instance's replicas as Ray actors across the
     cluster (``pip install 'turnout[ray]'``); see docs/ray-cluster.md.
+    With it, ``ray_prefer_local_replicas=True`` makes each node's proxy send
+    to replicas on its own node while one there has room, and
+    ``ray_proxy_location="EveryNode"`` puts a proxy on every live node (the
+    default, ``"WithReplicas"``: on each node with replicas).
     With an ``address`` ("host:port" or "unix:/path" of a controller) it
     connects to that instance, over TLS when ``tls`` is given, presenting
     ``token`` (else ``$TURNOUT_TOKEN_FILE``, ``$TURNOUT_TOKEN``, the default
@@ -150,6 +156,7 @@ def init(
         raise TypeError(f"ray_address must be a str, got {type(ray_address).__name__}")
     if ray_address is not None and ":" not in ray_address:
         raise InvalidArgumentError(f"ray_address must be host:port, got {ray_address!r}")
+    _check_ray_options(ray_address, ray_prefer_local_replicas, ray_proxy_location)
     with _lock:
         client = _clients.get(name)
         if client is not None and client.closed:
@@ -180,10 +187,34 @@ def init(
                 max_replicas=max_replicas,
                 tls=tls,
                 ray_address=ray_address,
+                ray_prefer_local_replicas=ray_prefer_local_replicas,
+                ray_proxy_location=ray_proxy_location,
             )
         _clients[name] = client
         _current_name = name
         return client
+
+
+def _check_ray_options(
+    ray_address: str | None, prefer_local_replicas: object, proxy_location: object
+) -> None:
+    if not isinstance(prefer_local_replicas, bool):
+        raise TypeError(
+            f"ray_prefer_local_replicas must be a bool, got {type(prefer_local_replicas).__name__}"
+        )
+    if not isinstance(proxy_location, str):
+        raise TypeError(f"ray_proxy_location must be a str, got {type(proxy_location).__name__}")
+    if proxy_location not in controller_args.RAY_PROXY_LOCATIONS:
+        raise InvalidArgumentError(
+            f"ray_proxy_location must be one of {', '.join(controller_args.RAY_PROXY_LOCATIONS)}, "
+            f"got {proxy_location!r}"
+        )
+    for flag, given in (
+        ("ray_prefer_local_replicas", prefer_local_replicas),
+        ("ray_proxy_location", proxy_location != controller_args.WITH_REPLICAS),
+    ):
+        if given and ray_address is None:
+            raise InvalidArgumentError(f"{flag} needs ray_address")
 
 
 def _start_local(
@@ -199,6 +230,8 @@ def _start_local(
     max_replicas: int | None,
     tls: TLSConfig | None = None,
     ray_address: str | None = None,
+    ray_prefer_local_replicas: bool = False,
+    ray_proxy_location: str = "WithReplicas",
 ) -> Client:
     if tls is not None and not isinstance(tls, TLSConfig):
         raise TypeError(f"tls must be a turnout.TLSConfig, got {type(tls).__name__}")
@@ -217,6 +250,8 @@ def _start_local(
         max_replicas=max_replicas,
         tls=tls,
         ray_address=ray_address,
+        ray_prefer_local_replicas=ray_prefer_local_replicas,
+        ray_proxy_location=ray_proxy_location,
     )
     try:
         client = Client(instance.address, tls=tls, token=instance.token, _instance=instance)

@@ -27,7 +27,7 @@ from typing import TextIO
 from turnout import _cli_logs, _cli_render, _cli_start
 from turnout._conformance import check as replica_check
 from turnout._deploy_apply import Instance, apply
-from turnout._internal import auth, logs, paths, tls_options
+from turnout._internal import auth, controller_args, logs, paths, tls_options
 from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.version import __version__
 from turnout.client import Client
@@ -98,6 +98,13 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
             "(drop --no-access-log)",
             EXIT_USAGE,
         )
+    for flag, given in (
+        ("--ray-runtime-env", args.ray_runtime_env is not None),
+        ("--ray-prefer-local-replicas", args.ray_prefer_local_replicas),
+        ("--ray-proxy-location", args.ray_proxy_location != controller_args.WITH_REPLICAS),
+    ):
+        if given and args.ray_address is None:
+            raise CliError(f"{flag} needs --ray-address", EXIT_USAGE)
     try:
         tls = tls_options.from_args(args)
     except TurnoutError as exc:
@@ -123,6 +130,8 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         ),
         ray_address=args.ray_address,
         ray_runtime_env=args.ray_runtime_env,
+        ray_prefer_local_replicas=args.ray_prefer_local_replicas,
+        ray_proxy_location=args.ray_proxy_location,
     )
 
 
@@ -463,6 +472,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="Ray runtime_env of every replica (working_dir, pip, env_vars): the code "
         "import-path backends need, on every node; see docs/ray-cluster.md",
+    )
+    start.add_argument(
+        "--ray-prefer-local-replicas",
+        action="store_true",
+        help="each node's proxy sends to replicas on its own node while one there has room",
+    )
+    start.add_argument(
+        "--ray-proxy-location",
+        choices=controller_args.RAY_PROXY_LOCATIONS,
+        default=controller_args.WITH_REPLICAS,
+        help="which nodes of the Ray cluster get an HTTP proxy: those with replicas "
+        "(WithReplicas, the default) or every live node (EveryNode)",
     )
     tls_options.add_arguments(start, server=True)
     start.add_argument(

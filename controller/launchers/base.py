@@ -56,6 +56,10 @@ class ProxySpec:
     workers: int = 1
     # The token file the protected system paths check; None = open.
     system_token_file: Path | None = None
+    # Its node's id on a Ray cluster ("" = none), and whether it prefers that
+    # node's replicas (--ray-prefer-local-replicas).
+    node_id: str = ""
+    prefer_local_replicas: bool = False
 
 
 class Child(Protocol):
@@ -95,6 +99,13 @@ class Child(Protocol):
     def node(self) -> str:
         """The machine it runs on, as this launcher names it ("" = the
         controller's own)."""
+        ...
+
+    @property
+    def node_id(self) -> str:
+        """The id of that machine in the routing snapshot (a Ray node id;
+        "" = the controller's own): proxies preferring their own node's
+        replicas compare it with theirs."""
         ...
 
     async def wait(self) -> int | None:

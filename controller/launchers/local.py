@@ -152,6 +152,10 @@ class ChildProcess:
         return ""  # the controller's own machine
 
     @property
+    def node_id(self) -> str:
+        return ""
+
+    @property
     def ok(self) -> bool:
         return self.report.ok
 
@@ -500,6 +504,8 @@ class LocalLauncher:
             access_log_format=spec.access_log_format,
             protect_system_paths=spec.system_token_file is not None,
             system_token_file=spec.system_token_file,
+            node_id=spec.node_id,
+            prefer_local_replicas=spec.prefer_local_replicas,
             https_cert=None if https is None else https[0],
             https_key=None if https is None else https[1],
             tls=self.security.tls,

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turnout._internal import auth, proxy_args, replica_args
+from turnout._internal import auth, controller_args, proxy_args, replica_args
 from turnout._internal.backoff import Backoff
 from turnout._internal.errors import InvalidArgumentError
 from turnout._internal.proxy_args import ProxyArgs
@@ -83,6 +83,9 @@ PLACEMENT_POLL_S = 0.2
 NODE_PROXY_PREFIX = "proxy@"
 NODE_PROXY_BACKOFF_INITIAL_S = 0.5
 NODE_PROXY_BACKOFF_MAX_S = 10.0
+# With --ray-proxy-location EveryNode: how often the cluster's nodes are
+# listed, so that a node that joins gets its proxy within this many seconds.
+NODE_WATCH_S = 5.0
 # How long a node where a replica's actor vanished gets no new replicas
 # (while another node can take them): Ray's default to call a node dead is ~15 s.
 SUSPECT_S = 30.0
@@ -564,6 +567,8 @@ class RayLauncher:
         store: Store,
         *,
         runtime_env: str | None = None,
+        prefer_local_replicas: bool = False,
+        proxy_location: str = controller_args.WITH_REPLICAS,
     ) -> None:
         import ray
 
@@ -599,6 +604,9 @@ class RayLauncher:
         self._node_proxies: dict[str, RayChild] = {}
         self._proxy_keepers: dict[str, asyncio.Task[None]] = {}
         self._adopted_proxies = self._find_node_proxies()
+        self._prefer_local = prefer_local_replicas
+        self._proxy_location = proxy_location
+        self._node_watch: asyncio.Task[None] | None = None
         self._stopping = False
         logger.info("on the Ray cluster at %s, namespace %s", address, namespace)
 
@@ -880,9 +888,28 @@ class RayLauncher:
 
     async def start_proxy(self, spec: ProxySpec) -> Child:
         """The controller's own proxy (a local process); each other node
-        with replicas gets one of its own, started as replicas land there."""
+        with replicas gets one of its own, started as replicas land there
+        (with --ray-proxy-location EveryNode: each other live node)."""
         self._proxy_spec = spec
-        return await self.local.start_proxy(spec)
+        if self._proxy_location == controller_args.EVERY_NODE and self._node_watch is None:
+            self._node_watch = asyncio.create_task(self._watch_nodes(), name="proxy per node")
+        return await self.local.start_proxy(
+            dataclasses.replace(
+                spec, node_id=self._own_node, prefer_local_replicas=self._prefer_local
+            )
+        )
+
+    async def _watch_nodes(self) -> None:
+        """A proxy on every live node, those that join later included."""
+        while not self._stopping:
+            try:
+                nodes = await asyncio.to_thread(self.nodes)
+            except Exception as exc:  # the GCS briefly unreachable: next round
+                logger.warning("cannot list the Ray cluster's nodes: %s", exc)
+                nodes = []
+            for node in nodes:
+                self._want_proxy(node.node_id, node.ip)
+            await asyncio.sleep(NODE_WATCH_S)
 
     def node_proxies(self) -> dict[str, str]:
         """node address -> the HTTP address of its proxy, for those serving."""
@@ -962,6 +989,8 @@ class RayLauncher:
             controller=spec.controller_address,
             port=spec.port,
             subscriber_id=f"proxy@{node_ip}",
+            node_id=node_id,
+            prefer_local_replicas=self._prefer_local,
             protect_system_paths=spec.system_token_file is not None,
         )
         material = dataclasses.replace(
@@ -1016,6 +1045,9 @@ class RayLauncher:
         proxies = list(self._node_proxies.values())
         await asyncio.gather(*(child.stop() for child in [*children, *proxies]))
         await asyncio.gather(*children.values(), return_exceptions=True)
+        if self._node_watch is not None:
+            self._node_watch.cancel()
+            await asyncio.gather(self._node_watch, return_exceptions=True)
         for keeper in list(self._proxy_keepers.values()):
             keeper.cancel()
         await asyncio.gather(*self._proxy_keepers.values(), return_exceptions=True)

@@ -33,6 +33,7 @@ class FakeChild:
     pid: int = 0
     log_path: str = ""
     node: str = ""
+    node_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -72,6 +73,8 @@ class FakeLauncher:
         self.reconfigured: list[tuple[str, replica_pb2.ReconfigureRequest]] = []
         # What replicas say their code can do.
         self.capabilities = dict(CAPABILITIES)
+        # The node id replicas started from now on run on (a Ray node's, say).
+        self.node_id = ""
 
     def live(self, name_prefix: str = "") -> list[FakeChild]:
         return [c for c in self.children if not c.exited.done() and c.name.startswith(name_prefix)]
@@ -95,7 +98,7 @@ class FakeLauncher:
         request = pb.CreateBackendRequest.FromString(spec)
         refusal = self.refusals.get(request.spec.import_path)
         child = self._child(record, refusal or Readiness(ok=True, capabilities=self.capabilities))
-        child.spec, child.env = request, env
+        child.spec, child.env, child.node_id = request, env, self.node_id
         return child
 
     async def start_proxy(self, spec: ProxySpec) -> FakeChild:

@@ -1269,18 +1269,25 @@ class ReplicaTarget(_message.Message):
 
     REPLICA_ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     address: _builtins.str
     """gRPC address "host:port"."""
+    node: _builtins.str
+    """The Ray node id of the node it runs on; empty for a replica on the
+    controller's own machine (an instance without a Ray cluster). A proxy
+    started with --ray-prefer-local-replicas prefers replicas of its node.
+    """
     def __init__(
         self,
         *,
         replica_id: _builtins.str = ...,
         address: _builtins.str = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "replica_id", b"replica_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node", b"node", "replica_id", b"replica_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
