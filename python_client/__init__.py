@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         update_endpoint,
     )
     from turnout.batching import accept_batch, context
-    from turnout.client import Client, ReplicaInfo
+    from turnout.client import Client, ReplicaInfo, ReplicaLog
     from turnout.command import Command
     from turnout.config import BackendConfig
     from turnout.errors import (
@@ -84,6 +84,7 @@ _WHERE = {
     "OverloadedError": "turnout.errors",
     "PermissionDeniedError": "turnout.errors",
     "ReplicaInfo": "turnout.client",
+    "ReplicaLog": "turnout.client",
     "TLSConfig": "turnout._internal.rpc",
     "TokenFileError": "turnout.errors",
     "TurnoutError": "turnout.errors",
@@ -134,6 +135,7 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "ReplicaInfo",
+    "ReplicaLog",
     "TLSConfig",
     "TokenFileError",
     "TurnoutError",

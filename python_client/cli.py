@@ -5,7 +5,7 @@
     turnout start [--detach]          run an instance (controller, HTTP proxy, replicas)
     turnout status [--json]           endpoints, backends, replicas
     turnout deploy FILE [--prune]     make the instance match a YAML or JSON file
-    turnout logs BACKEND [-f]         tail a backend's replica logs (or controller, proxy)
+    turnout logs BACKEND [-f]         tail a backend's (or one replica's) logs, or controller, proxy
     turnout stop                      shut the instance down
     turnout replica-check ADDRESS     check a replica (any language) against the contract
 
@@ -277,6 +277,40 @@ def _with_output(log: Path, label: str) -> list[_cli_logs.LogSource]:
     ]
 
 
+def _replica_ids(client: Client, name: str) -> list[str]:
+    """The running replicas ``name`` means: a backend's, or one replica id."""
+    if name in client.list_backends():
+        replicas = client.list_replicas(name)
+    else:
+        replicas = [r for r in client.list_replicas() if r.replica_id == name]
+    return sorted(r.replica_id for r in replicas if r.state == "RUNNING")
+
+
+def _remote_logs(client: Client, args: argparse.Namespace) -> int:
+    """``turnout logs`` through the controller (GetReplicaLog): for replicas
+    whose log files are not on this machine (a Ray node's, or a controller
+    elsewhere), or a replica named by its id."""
+    replica_ids = _replica_ids(client, args.name)
+    if not replica_ids:
+        raise CliError(f"{args.name!r} has no running replica to read the log of")
+
+    def fetch(replica_id: str, offset: int | None) -> tuple[bytes, int]:
+        chunk = client.replica_log(replica_id, offset=offset)
+        return chunk.data, chunk.next_offset
+
+    offsets = _cli_logs.remote_tail(fetch, replica_ids, args.lines, sys.stdout)
+    if args.follow:
+
+        def refresh() -> list[str]:
+            try:
+                return _replica_ids(client, args.name)
+            except TurnoutError:
+                return []  # the controller may be restarting; keep following
+
+        _cli_logs.remote_follow(fetch, offsets, sys.stdout, refresh, gone=(TurnoutError,))
+    return 0
+
+
 def _log_sources(client: Client, name: str) -> list[_cli_logs.LogSource]:
     if name in _PROCESS_LOGS:
         log_dir = Path(client.log_dir)
@@ -286,9 +320,12 @@ def _log_sources(client: Client, name: str) -> list[_cli_logs.LogSource]:
         ]
     backends = client.list_backends()
     if name not in backends:
+        if _replica_ids(client, name):
+            return []  # one replica, by its id: read through the controller
         known = ", ".join(sorted(backends)) or "none"
         raise CliError(
-            f"no backend named {name!r} (backends: {known}; also: {', '.join(_PROCESS_LOGS)})"
+            f"no backend or running replica named {name!r} (backends: {known}; also: "
+            f"{', '.join(_PROCESS_LOGS)})"
         )
     replicas = sorted(client.list_replicas(name), key=lambda r: r.replica_id)
     return [
@@ -302,9 +339,11 @@ def _log_sources(client: Client, name: str) -> list[_cli_logs.LogSource]:
 def cmd_logs(args: argparse.Namespace) -> int:
     client = _connect(args)
     sources = _log_sources(client, args.name)
-    if not sources:
-        raise CliError(f"backend {args.name!r} has no replica logs yet")
     present = [s for s in sources if s.path.exists()]
+    if args.name not in _PROCESS_LOGS and not present:
+        # Not on this machine (replicas on a Ray cluster's nodes, a controller
+        # elsewhere), or one replica by id: the controller reads them.
+        return _remote_logs(client, args)
     if not present:
         raise CliError(
             f"cannot read {sources[0].path}: no such file here (does the controller run on "
@@ -579,9 +618,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the last lines of the log files of each replica of BACKEND, each "
         "line prefixed with the replica id: its log (<id> | ...) and what it printed "
         "(<id> out | ...). `controller`, `proxy` and `access` (the proxy's access log) name "
-        "those logs instead. The files are read on this machine.",
+        "those logs instead. The files are read on this machine; a replica's log that is not "
+        "here (a Ray node's replica, a controller elsewhere), or a replica named by its id, is "
+        "read through the controller (GetReplicaLog).",
     )
-    logs.add_argument("name", metavar="BACKEND", help="a backend tag, or controller, proxy, access")
+    logs.add_argument(
+        "name",
+        metavar="BACKEND",
+        help="a backend tag, a replica id (model#1), or controller, proxy, access",
+    )
     logs.add_argument(
         "-n", "--lines", type=int, default=20, help="lines per file to print first (20)"
     )

@@ -21,6 +21,7 @@ from typing import Protocol
 from turnout._internal.readiness import Readiness
 from turnout.v1 import replica_pb2
 
+from ..log_tail import LogChunk
 from ..store import ChildRecord
 
 # How long SIGTERM (or the launcher's graceful stop) gets before a kill.
@@ -168,6 +169,11 @@ class Launcher(Protocol):
         self, child: Child, request: replica_pb2.ReconfigureRequest, timeout: float
     ) -> None:
         """Change a running replica in place; raises ReconfigureError with its reason."""
+        ...
+
+    async def read_log(self, child: Child, offset: int | None, max_bytes: int) -> LogChunk:
+        """Up to ``max_bytes`` of a replica's log from ``offset`` (None: its
+        end), read where the replica runs (``log_tail.read_chunk``)."""
         ...
 
     async def stop_all(self) -> None:

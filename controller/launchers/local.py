@@ -44,6 +44,7 @@ from turnout._internal.spawn import AsyncChild, spawn_async
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
+from ..log_tail import LogChunk, read_chunk
 from ..store import LOCAL, PROXY, ChildRecord, Store
 from .base import STOP_TIMEOUT_S, Child, ProxySpec, ReconfigureError, SpawnError
 
@@ -669,6 +670,11 @@ class LocalLauncher:
                 )
             except grpc.aio.AioRpcError as exc:
                 raise ReconfigureError(exc.details() or exc.code().name) from None
+
+    async def read_log(self, child: Child, offset: int | None, max_bytes: int) -> LogChunk:
+        if not child.log_path:
+            return LogChunk()
+        return await asyncio.to_thread(read_chunk, Path(child.log_path), offset, max_bytes)
 
     def _record(self, child: ChildProcess, record: ChildRecord) -> None:
         self._store.put_child(record)

@@ -43,7 +43,7 @@ from typing import Any
 
 from turnout._internal import auth, controller_args, proxy_args, replica_args
 from turnout._internal.backoff import Backoff
-from turnout._internal.errors import InvalidArgumentError
+from turnout._internal.errors import InvalidArgumentError, UnavailableError
 from turnout._internal.proxy_args import ProxyArgs
 from turnout._internal.readiness import Readiness
 from turnout._internal.replica_args import ReplicaArgs
@@ -52,6 +52,7 @@ from turnout._internal.spawn import spawn_async
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
+from ..log_tail import LogChunk, read_chunk
 from ..resources import Allocation, ResourcePool
 from ..store import PROXY, ChildRecord, Store
 from .base import STOP_TIMEOUT_S, Child, ProxySpec, SpawnError
@@ -74,6 +75,10 @@ ACTOR_READY_TIMEOUT_S = READY_TIMEOUT_S + 30.0
 LEAVE_TIMEOUT_S = 5.0
 # How long adoption waits for a recorded actor to say whether its replica lives.
 ADOPT_TIMEOUT_S = 10.0
+# How long GetReplicaLog waits for a replica's actor to read its log.
+READ_LOG_TIMEOUT_S = 10.0
+# A replica's log file, in its actor's private folder on the node.
+REPLICA_LOG = "replica.log"
 # How long placement waits for Ray's view of a node's free resources to show
 # what replicas stopped just before freed (it lags by up to about a second),
 # polling every PLACEMENT_POLL_S; then the best node with room is taken.
@@ -404,6 +409,10 @@ class ProcessHost:
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    def read_log(self, offset: int | None, max_bytes: int) -> LogChunk:
+        """Part of its replica's log (``log_tail.read_chunk``), for GetReplicaLog."""
+        return read_chunk(self._files / REPLICA_LOG, offset, max_bytes)
+
     def report(self) -> str:
         """What the process reported (JSON); a crash if it is no longer running."""
         return (self._report if self.alive() else Readiness.crashed()).to_json()
@@ -456,8 +465,10 @@ class ReplicaHost(ProcessHost):
             spec_fd=0,
             host=self.node_ip(),
             parent_pid=os.getpid(),
-            # stderr: Ray keeps each actor's output in its node's log folder.
-            log_file=None,
+            # Read back through the actor (GetReplicaLog, `turnout logs`); what
+            # the handler prints goes to stdout and stderr, which Ray keeps
+            # with the actor's output in its node's log folder.
+            log_file=self._files / REPLICA_LOG,
             security=security,
             credentials_file=credentials_file,
         )
@@ -1038,6 +1049,22 @@ class RayLauncher:
         self, child: Child, request: replica_pb2.ReconfigureRequest, timeout: float
     ) -> None:
         await self.local.reconfigure(child, request, timeout)
+
+    async def read_log(self, child: Child, offset: int | None, max_bytes: int) -> LogChunk:
+        """A replica's log, read on its node by its actor."""
+        mine = _ray(child)
+        if mine is None:
+            return await self.local.read_log(child, offset, max_bytes)
+        try:
+            chunk: LogChunk = await asyncio.wait_for(
+                mine.actor.read_log.remote(offset, max_bytes), READ_LOG_TIMEOUT_S
+            )
+        except Exception as exc:  # the actor (or its node) is gone, or slow
+            raise UnavailableError(
+                f"cannot read the log of {child.name} on node {mine.node_ip}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return chunk
 
     async def stop_all(self) -> None:
         self._stopping = True

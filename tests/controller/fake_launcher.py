@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from turnout._internal.readiness import Readiness
 from turnout.controller.launchers.base import Child, ProxySpec, ReconfigureError
+from turnout.controller.log_tail import LogChunk
 from turnout.controller.store import PROXY, ChildRecord, MemoryStore, Store
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
@@ -133,6 +134,13 @@ class FakeLauncher:
         if child.name in self.reconfigure_refusals:
             raise ReconfigureError(self.reconfigure_refusals[child.name])
         self.reconfigured.append((child.name, request))
+
+    async def read_log(self, child: Child, offset: int | None, max_bytes: int) -> LogChunk:
+        data = f"log of {child.name}\n".encode()
+        start = len(data) - min(max_bytes, len(data)) if offset is None else offset
+        return LogChunk(
+            data[start : start + max_bytes], min(len(data), start + max_bytes), len(data)
+        )
 
     async def stop_all(self) -> None:
         for child in self.live():

@@ -28,6 +28,7 @@ EXPECTED = {
     "TokenFileError",
     "UnauthenticatedError",
     "ReplicaInfo",
+    "ReplicaLog",
     "TLSConfig",
     "TurnoutError",
     "TurnoutValueError",

@@ -18,6 +18,7 @@ import requests
 from netns_cluster import HEAD_IP, WORKER_IP, RayCluster, TurnoutOnRay, run_on
 
 import turnout
+from turnout import cli
 from turnout._internal import controller_args, rpc
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
@@ -156,3 +157,40 @@ def test_every_node_gets_a_proxy_with_proxy_location_every_node(
         assert set(pids_through(worker_url)) == {replica.pid}
     finally:
         instance.shutdown()
+
+
+def chatty(request: object) -> dict[str, int]:
+    print("chatty-marker", flush=True)
+    return {"pid": os.getpid()}
+
+
+def test_turnout_logs_reads_a_remote_replicas_log_through_the_controller(
+    client: turnout.Client,
+    turnout_on_ray: TurnoutOnRay,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    client.create_backend("chatty", chatty, config={"num_replicas": 2})
+    client.create_endpoint("chatty", backend="chatty", route="/chatty")
+    [remote] = [r for r in client.list_replicas("chatty") if r.node == WORKER_IP]
+    # Its log is on the worker node, in its actor's folder: not here.
+    assert not remote.log_path
+    wait_until(
+        lambda: (
+            remote.pid in pids_through(f"{turnout_on_ray.http_address}/chatty")
+            and "chatty-marker" in client.replica_log(remote.replica_id).text
+        ),
+        "the worker's replica to log what it printed",
+    )
+    log = client.replica_log(remote.replica_id, offset=0, max_bytes=16)
+    assert len(log.data) == 16 and log.next_offset == 16 and log.size > 16
+    token = turnout_on_ray.instance_dir / "token"
+    capsys.readouterr()
+    code = cli.main(
+        ["logs", "chatty", "-n", "50", "--address", client.controller_address,
+         "--token-file", str(token)]
+    )  # fmt: skip
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(
+        line.startswith(f"{remote.replica_id} | ") and "chatty-marker" in line for line in lines
+    )
