@@ -27,7 +27,7 @@ from typing import TextIO
 from turnout import _cli_logs, _cli_render, _cli_start
 from turnout._conformance import check as replica_check
 from turnout._deploy_apply import Instance, apply
-from turnout._internal import auth, controller_args, logs, paths, tls_options
+from turnout._internal import auth, controller_args, logs, paths, tls_options, validation
 from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.version import __version__
 from turnout.client import Client
@@ -105,6 +105,11 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
     ):
         if given and args.ray_address is None:
             raise CliError(f"{flag} needs --ray-address", EXIT_USAGE)
+    if args.ray_runtime_env is not None:
+        try:
+            validation.runtime_env(args.ray_runtime_env, instance=True)
+        except TurnoutError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
     try:
         tls = tls_options.from_args(args)
     except TurnoutError as exc:
@@ -509,7 +514,7 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--ray-runtime-env",
         metavar="JSON",
-        help="Ray runtime_env of every replica (working_dir, pip, env_vars): the code "
+        help="Ray runtime_env of every replica (working_dir, py_modules, pip, env_vars): the code "
         "import-path backends need, on every node; see docs/ray-cluster.md",
     )
     start.add_argument(

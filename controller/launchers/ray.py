@@ -446,6 +446,14 @@ class ProcessHost:
         await process.wait()
 
 
+def _python_path(actors: str, given: str) -> dict[str, str]:
+    """The replica's PYTHONPATH: the actor's first (Ray puts the runtime_env's
+    py_modules there), then the controller's (where pickled backends'
+    modules import from), each folder once."""
+    parts = [p for p in (*actors.split(os.pathsep), *given.split(os.pathsep)) if p]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(parts))} if parts else {}
+
+
 class ReplicaHost(ProcessHost):
     """The actor of one replica: ``python -m turnout.replica`` bound to its
     node's address, the spec on its stdin."""
@@ -460,6 +468,7 @@ class ReplicaHost(ProcessHost):
         # only listed names of it (``child_environment``), so pass them on.
         runtime_env = ray.get_runtime_context().runtime_env or {}
         env = {**dict(runtime_env.get("env_vars") or {}), **env}
+        env.update(_python_path(os.environ.get("PYTHONPATH", ""), env.get("PYTHONPATH", "")))
         options = ReplicaArgs(
             replica_id=replica_id,
             spec_fd=0,

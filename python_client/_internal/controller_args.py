@@ -12,12 +12,12 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import child_process, tls_options
+from . import child_process, tls_options, validation
+from .errors import InvalidArgumentError
 from .proxy_args import ACCESS_LOG_FORMATS
 from .rpc import Security, TLSConfig
 
@@ -60,7 +60,7 @@ class ControllerArgs:
     insecure: bool = False
     # A Ray cluster (host:port of its GCS) that runs the replicas; None = local processes.
     ray_address: str | None = None
-    # Ray's runtime_env (JSON) of every replica actor: working_dir, pip, env_vars...
+    # Ray's runtime_env (JSON) of every replica actor: working_dir, py_modules, pip, env_vars.
     ray_runtime_env: str | None = None
     # Each proxy sends to replicas on its own node while one there has room.
     ray_prefer_local_replicas: bool = False
@@ -195,10 +195,9 @@ def parse(argv: Sequence[str]) -> ControllerArgs:
         if ns.ray_address is None:
             p.error("--ray-runtime-env needs --ray-address")
         try:
-            if not isinstance(json.loads(ns.ray_runtime_env), dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            p.error(f"--ray-runtime-env must be a JSON object: {exc}")
+            validation.runtime_env(ns.ray_runtime_env, instance=True)
+        except InvalidArgumentError as exc:
+            p.error(str(exc))
     for flag, given in (
         ("--ray-prefer-local-replicas", ns.ray_prefer_local_replicas),
         ("--ray-proxy-location", ns.ray_proxy_location != WITH_REPLICAS),

@@ -15,7 +15,7 @@ from turnout import _cli_start
 from turnout._internal import controller_args, proxy_args
 from turnout.errors import InvalidArgumentError
 
-RUNTIME_ENV = '{"working_dir": "/srv/models"}'
+RUNTIME_ENV = '{"working_dir": "https://example.com/models.zip", "pip": ["numpy"]}'
 
 
 def test_turnout_start_passes_the_ray_address_and_runtime_env_to_the_controller() -> None:
@@ -36,6 +36,8 @@ def test_turnout_start_passes_the_ray_address_and_runtime_env_to_the_controller(
         ["--ray-runtime-env", RUNTIME_ENV],  # no --ray-address
         ["--ray-address", "10.0.0.1:6379", "--ray-runtime-env", "[1]"],
         ["--ray-address", "10.0.0.1:6379", "--ray-runtime-env", "{nope"],
+        ["--ray-address", "10.0.0.1:6379", "--ray-runtime-env", '{"conda": {}}'],
+        ["--ray-address", "10.0.0.1:6379", "--ray-runtime-env", '{"working_dir": "/nope/x"}'],
     ],
 )
 def test_the_controller_refuses_a_runtime_env_it_cannot_use(
@@ -87,6 +89,10 @@ def test_the_controller_refuses_proxy_options_it_cannot_use(
         (["--ray-prefer-local-replicas"], "--ray-prefer-local-replicas needs --ray-address"),
         (["--ray-proxy-location", "EveryNode"], "--ray-proxy-location needs --ray-address"),
         (["--ray-runtime-env", "{}"], "--ray-runtime-env needs --ray-address"),
+        (
+            ["--ray-address", "h:1", "--ray-runtime-env", '{"conda": {}}'],
+            "--ray-runtime-env keys ['conda'] are not supported",
+        ),
         (["--ray-address", "h:1", "--ray-proxy-location", "Nowhere"], "invalid choice"),
     ],
 )
@@ -119,6 +125,17 @@ def test_init_checks_the_ray_proxy_options_before_starting_anything() -> None:
         turnout.init(ray_address="h:1", ray_proxy_location="HeadOnly", name="ray-location")
     with pytest.raises(InvalidArgumentError, match="ray_prefer_local_replicas needs ray_address"):
         turnout.init(ray_prefer_local_replicas=True, name="ray-local")
+
+
+def test_init_checks_the_ray_runtime_env_before_starting_anything() -> None:
+    with pytest.raises(TypeError, match="ray_runtime_env must be a dict"):
+        turnout.init(ray_address="h:1", ray_runtime_env="{}", name="env-type")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="ray_runtime_env needs ray_address"):
+        turnout.init(ray_runtime_env={"pip": ["x"]}, name="env-alone")
+    with pytest.raises(InvalidArgumentError, match="keys \\['conda'\\] are not supported"):
+        turnout.init(ray_address="h:1", ray_runtime_env={"conda": {}}, name="env-key")
+    with pytest.raises(InvalidArgumentError, match="is not a folder here"):
+        turnout.init(ray_address="h:1", ray_runtime_env={"working_dir": "/no/x"}, name="env-dir")
 
 
 def test_init_checks_the_ray_address_before_starting_anything() -> None:

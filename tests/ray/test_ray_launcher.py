@@ -211,12 +211,19 @@ def hello(request):
 def test_an_import_path_backend_comes_with_the_runtime_envs_working_dir(
     ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
-    """Code that is on no node: Ray ships the working_dir to each replica's
-    node, and the runtime_env's env_vars reach the replica."""
+    """Code that is on no node: Ray ships the working_dir (and py_modules) to
+    each replica's node, and the runtime_env's env_vars reach the replica."""
     code = tmp_path / "code"
     code.mkdir()
     (code / "shipped_backend.py").write_text(SHIPPED)
-    runtime_env = {"working_dir": str(code), "env_vars": {"SHIPPED_GREETING": "hello"}}
+    package = tmp_path / "lib" / "shipped_package"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(SHIPPED.replace('"shipped "', '"packaged "'))
+    runtime_env = {
+        "working_dir": str(code),
+        "py_modules": [str(package)],
+        "env_vars": {"SHIPPED_GREETING": "hello"},
+    }
     instance = TurnoutOnRay(
         ray_cluster,
         tmp_path / "instance",
@@ -244,6 +251,12 @@ def test_an_import_path_backend_comes_with_the_runtime_envs_working_dir(
         )
         client.create_endpoint("own", backend="own", route="/own")
         assert requests.get(f"{instance.http_address}/own", timeout=30).text == "shipped own"
+        # A package of py_modules imports on either node.
+        client.create_backend("pkg", "shipped_package:hello", config={"num_replicas": 2})
+        client.create_endpoint("pkg", backend="pkg", route="/pkg")
+        assert hosts_of(client, "pkg") == [HEAD_IP, WORKER_IP]
+        got = {requests.get(f"{instance.http_address}/pkg", timeout=30).text for _ in range(10)}
+        assert got == {"packaged hello"}
     finally:
         instance.shutdown()
 
