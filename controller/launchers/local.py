@@ -280,7 +280,7 @@ COMMAND_OUTPUT_SHOWN = 1000
 COMMAND_EXIT_WAIT_S = 2.0
 
 
-def _command_spec(spec: bytes) -> pb.CreateBackendRequest | None:
+def command_spec(spec: bytes) -> pb.CreateBackendRequest | None:
     """The spec when it is a command backend's; None for a Python backend's
     (and for one that cannot be read: the Python replica says why)."""
     try:
@@ -290,7 +290,7 @@ def _command_spec(spec: bytes) -> pb.CreateBackendRequest | None:
     return request if request.spec.HasField("command") else None
 
 
-async def _command_report(
+async def command_report(
     fd: int, process: asyncio.subprocess.Process, argv: list[str], timeout: float, output: Path
 ) -> Readiness:
     """What a command replica reported on ``fd`` (closed after); a silence, a
@@ -415,7 +415,7 @@ class LocalLauncher:
         its handle is filled in here) with extra environment variables, pinned
         to the record's cores. The spec reaches it on its stdin, so nothing
         of the backend's code is written to the controller's disk."""
-        command = _command_spec(spec)
+        command = command_spec(spec)
         if command is not None:
             return await self._start_command(record, command, env)
         log_path = self.replica_log_path(record.backend, record.name)
@@ -487,7 +487,7 @@ class LocalLauncher:
 
             def report() -> Awaitable[Readiness]:
                 fd = spawned.take_ready_fd()
-                return _command_report(fd, spawned.process, argv, timeout, output)
+                return command_report(fd, spawned.process, argv, timeout, output)
 
             return await self._take(name, spawned, log_path, record, record.cpus, report)
 

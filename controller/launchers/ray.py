@@ -35,13 +35,14 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turnout._internal import auth, controller_args, proxy_args, replica_args
+from turnout._internal import auth, command_replica, controller_args, proxy_args, replica_args
 from turnout._internal.backoff import Backoff
 from turnout._internal.errors import InvalidArgumentError, UnavailableError
 from turnout._internal.proxy_args import ProxyArgs
@@ -61,6 +62,8 @@ from .local import (
     READY_TIMEOUT_S,
     LocalLauncher,
     child_environment,
+    command_report,
+    command_spec,
 )
 
 logger = logging.getLogger(__name__)
@@ -159,16 +162,7 @@ class Request:
 
     @classmethod
     def of_spec(cls, spec: bytes) -> Request:
-        request = pb.CreateBackendRequest.FromString(spec)
-        if request.spec.HasField("command"):
-            # The actor runs turnout.replica; a program of another language
-            # would need its command, cwd and files on the node.
-            raise SpawnError(
-                "INVALID_ARGUMENT",
-                "command backends do not run on a Ray cluster yet; serve them from an "
-                "instance without --ray-address",
-            )
-        return cls.of_options(request.replica_options)
+        return cls.of_options(pb.CreateBackendRequest.FromString(spec).replica_options)
 
     def fits(self, resources: Mapping[str, float]) -> bool:
         return (
@@ -469,6 +463,9 @@ class ReplicaHost(ProcessHost):
         runtime_env = ray.get_runtime_context().runtime_env or {}
         env = {**dict(runtime_env.get("env_vars") or {}), **env}
         env.update(_python_path(os.environ.get("PYTHONPATH", ""), env.get("PYTHONPATH", "")))
+        command = command_spec(spec)
+        if command is not None:
+            return await self._start_command(replica_id, command, env, security, credentials_file)
         options = ReplicaArgs(
             replica_id=replica_id,
             spec_fd=0,
@@ -486,6 +483,78 @@ class ReplicaHost(ProcessHost):
             return replica_args.command(dataclasses.replace(options, ready_fd=ready_fd))
 
         return await self._run(argv, f"replica {replica_id}", env, spec)
+
+    async def _start_command(
+        self,
+        replica_id: str,
+        request: pb.CreateBackendRequest,
+        env: dict[str, str],
+        security: Security,
+        credentials_file: Path | None,
+    ) -> dict[str, Any]:
+        """A command backend's replica (docs/replica-protocol.md) on this
+        node, as the local launcher starts one: its program with Turnout's
+        variables, bound to the node's address, its output in the log that
+        GetReplicaLog reads. The program, and its ``cwd``, must be on the
+        node (installed there, or in the runtime_env's working_dir, where the
+        actor runs: the default cwd)."""
+        import ray
+
+        command = request.spec.command
+        argv = list(command.argv)
+        output = self._files / REPLICA_LOG
+        timeout = command.ready_timeout if command.HasField("ready_timeout") else READY_TIMEOUT_S
+        # Turnout's own variables are the replica's, never the controller's.
+        passed = {k: v for k, v in env.items() if k not in command_replica.NAMES}
+        inherited = {k: v for k, v in os.environ.items() if k not in command_replica.NAMES}
+
+        def ready_env(ready_fd: int) -> dict[str, str]:
+            return command_replica.environment(
+                replica_id=replica_id,
+                backend=request.tag,
+                config=request.config,
+                ready_fd=ready_fd,
+                host=self.node_ip(),
+                credentials_file=credentials_file,
+                parent_pid=os.getpid(),
+                tls=security.tls,
+            )
+
+        try:
+            with output.open("ab") as out:
+                spawned = await spawn_async(
+                    lambda _: argv,
+                    ready_env=ready_env,
+                    stdout=out,
+                    stderr=out,
+                    env=child_environment(inherited, {**passed, **command.env}),
+                    cwd=command.cwd or None,
+                    process_group=0,
+                )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            self._report = Readiness.failed(
+                "INVALID_ARGUMENT",
+                f"cannot start the command {argv} on node {self.node_ip()}: {exc}",
+            )
+            return {
+                "report": self._report.to_json(),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "node_ip": self.node_ip(),
+                "pid": 0,
+            }
+        self._process = spawned.process
+        report = await command_report(
+            spawned.take_ready_fd(), spawned.process, argv, timeout, output
+        )
+        self._report = report
+        if not report.ok:
+            await self._end(0.0)
+        return {
+            "report": report.to_json(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": self.node_ip(),
+            "pid": spawned.process.pid,
+        }
 
 
 class ProxyHost(ProcessHost):
@@ -570,6 +639,15 @@ class RayChild:
         self.leaving = True
         with contextlib.suppress(Exception):
             ray.kill(self.actor, no_restart=True)
+
+
+def _ready_timeout(spec: bytes) -> float:
+    """How long a replica's actor may take to report: a command backend's
+    own ready_timeout, if longer, on top of Ray's start of the actor."""
+    command = command_spec(spec)
+    if command is None or not command.spec.command.HasField("ready_timeout"):
+        return ACTOR_READY_TIMEOUT_S
+    return max(ACTOR_READY_TIMEOUT_S, command.spec.command.ready_timeout + 30.0)
 
 
 def _ray(child: Child) -> RayChild | None:
@@ -740,15 +818,15 @@ class RayLauncher:
             ),
         )
         material = self._material("handle")
+        timeout = _ready_timeout(spec)
         try:
             started = await asyncio.wait_for(
-                actor.start.remote(record.name, spec, self._environment(env), material),
-                ACTOR_READY_TIMEOUT_S,
+                actor.start.remote(record.name, spec, self._environment(env), material), timeout
             )
         except TimeoutError:
             child.kill()
             self._forget(child)
-            child.report = Readiness.timed_out(child.name, ACTOR_READY_TIMEOUT_S)
+            child.report = Readiness.timed_out(child.name, timeout)
             return child
         except Exception as exc:  # Ray could not run the actor at all
             child.kill()
