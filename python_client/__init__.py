@@ -46,7 +46,7 @@ if TYPE_CHECKING:
         update_endpoint,
     )
     from turnout.batching import accept_batch, context
-    from turnout.client import Client, ReplicaInfo
+    from turnout.client import Client, ReplicaInfo, ReplicaLog
     from turnout.command import Command
     from turnout.config import BackendConfig
     from turnout.errors import (
@@ -90,6 +90,7 @@ _WHERE = {
     "PermissionDeniedError": "turnout.errors",
     "ReplicaInfo": "turnout.client",
     "Rollout": "turnout.rollouts",
+    "ReplicaLog": "turnout.client",
     "TLSConfig": "turnout._internal.rpc",
     "TokenFileError": "turnout.errors",
     "TurnoutError": "turnout.errors",
@@ -145,6 +146,7 @@ __all__ = [
     "PermissionDeniedError",
     "ReplicaInfo",
     "Rollout",
+    "ReplicaLog",
     "TLSConfig",
     "TokenFileError",
     "TurnoutError",

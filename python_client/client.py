@@ -77,6 +77,20 @@ class ReplicaInfo:
     node: str = ""
 
 
+@dataclass(frozen=True)
+class ReplicaLog:
+    """Part of one replica's log (``Client.replica_log``): ``data`` from some
+    byte offset on, ``next_offset`` to go on from, the log's ``size`` now."""
+
+    data: bytes
+    next_offset: int
+    size: int
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
+
+
 def call_controller(
     method: Callable[..., Resp],
     request: Any,
@@ -577,6 +591,38 @@ class Client:
             )
             for r in reply.replicas
         ]
+
+    def replica_log(
+        self, replica_id: str, max_bytes: int = 0, offset: int | None = None
+    ) -> ReplicaLog:
+        """Part of a running replica's log, read by the controller where the
+        replica runs (a Ray node included): its last ``max_bytes`` (0 = 64 KiB;
+        at most 1 MiB), or from byte ``offset`` on (a previous answer's
+        ``next_offset``, to follow it; past the end, after a rotation: from
+        the start). NotFoundError for a replica id that does not run.
+
+        Example::
+
+            log = client.replica_log("model#1")
+            print(log.text)
+            more = client.replica_log("model#1", offset=log.next_offset)
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
+        if max_bytes < 0:
+            raise InvalidArgumentError(f"max_bytes must be >= 0, got {max_bytes}")
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+        if offset is not None and offset < 0:
+            raise InvalidArgumentError(f"offset must be >= 0, got {offset}")
+        request = pb.GetReplicaLogRequest(
+            replica_id=_check_str(replica_id, "replica_id"),
+            # Beyond the field's range: the controller's own "at most" answer.
+            max_bytes=min(max_bytes, 2**32 - 1),
+            offset=None if offset is None else min(offset, 2**64 - 1),
+        )
+        reply = self._call(self._stub.GetReplicaLog, request)
+        return ReplicaLog(reply.data, reply.next_offset, reply.size)
 
     # ---- endpoints --------------------------------------------------------
 

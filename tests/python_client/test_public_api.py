@@ -29,6 +29,7 @@ EXPECTED = {
     "UnauthenticatedError",
     "ReplicaInfo",
     "Rollout",
+    "ReplicaLog",
     "TLSConfig",
     "TurnoutError",
     "TurnoutValueError",
