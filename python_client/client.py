@@ -72,6 +72,10 @@ class ReplicaInfo:
     # The machine it runs on ("" = the controller's own; a node's IP address
     # on a Ray cluster).
     node: str = ""
+    # Times the controller started it again after it died or failed to
+    # start, and why the last time happened ("" = never).
+    restarts: int = 0
+    last_error: str = ""
 
 
 def call_controller(
@@ -508,6 +512,8 @@ class Client:
                 gpus=r.gpus,
                 log_path=r.log_path,
                 node=r.node,
+                restarts=r.restarts,
+                last_error=r.last_error,
             )
             for r in reply.replicas
         ]
