@@ -107,9 +107,12 @@ class Operations:
         backends = client.list_backends()
         replicas = client.list_replicas()
         in_flight = self.in_flight()
+        # A backend being created has replicas before ListBackends shows it:
+        # it is shown once it is there.
         by_backend: dict[str, list[dict[str, Any]]] = {tag: [] for tag in backends}
         for replica in replicas:
-            by_backend.setdefault(replica.backend, []).append(_replica(replica, in_flight))
+            if replica.backend in by_backend:
+                by_backend[replica.backend].append(_replica(replica, in_flight))
         endpoint_list = []
         for name, endpoint in sorted(endpoints.items()):
             counted = stats.get(name, {})
@@ -141,7 +144,7 @@ class Operations:
             },
             "endpoints": endpoint_list,
             "backends": [
-                {"tag": tag, "config": backends.get(tag, {}), "replicas": by_backend[tag]}
+                {"tag": tag, "config": backends[tag], "replicas": by_backend[tag]}
                 for tag in sorted(by_backend)
             ],
             "history": self.history.series(endpoints),
@@ -175,7 +178,8 @@ class Operations:
         endpoint = _field(body, "endpoint", str, "an endpoint's name")
         traffic = _field(body, "traffic", dict, "an object of backend: weight")
         self.client.set_traffic(endpoint, traffic)
-        return {"endpoint": endpoint, "traffic": self.client.list_endpoints()[endpoint]["traffic"]}
+        now = self.client.list_endpoints().get(endpoint, {})
+        return {"endpoint": endpoint, "traffic": now.get("traffic")}
 
     def scale(self, body: object) -> dict[str, Any]:
         """``{"backend": tag, "num_replicas": n}``: ``update_backend_config``;

@@ -151,7 +151,12 @@ class Dashboard:
             sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sampler
+            transports = list(runner.server._connections.values()) if runner.server else []
             await runner.cleanup()
+            # A TLS connection's close waits for the peer's close_notify, which
+            # a browser may never send: the loop closes next, so end them now.
+            for transport in transports:
+                transport.abort()
 
     async def _sample(self) -> None:
         while True:

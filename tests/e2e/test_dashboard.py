@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from typing import Any
 
 import pytest
 import requests
+from certs import make_pki
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import turnout
@@ -33,6 +36,7 @@ ARGS = [
     "--disable-sync",
 ]
 WAIT_MS = 20_000
+expect.set_options(timeout=WAIT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +83,8 @@ class Slow:
         time.sleep(2)
         print("slow replica ready")
 
-    def __call__(self, request: Any) -> int:
-        return os.getpid()
+    def __call__(self, request: Any) -> str:
+        return "ok"
 
 
 def two_backends(client: turnout.Client, unique: Callable[[str], str]) -> tuple[str, str, str]:
@@ -102,7 +106,7 @@ def test_the_page_lists_the_endpoints_and_replicas_the_test_made(
     client.create_backend(backend, Slow, config={"num_replicas": 2})
     client.create_endpoint(name, backend, route=f"/{name}", methods=["GET", "POST"])
     shadow = unique("copy")
-    client.create_backend(shadow, replies("copy"))
+    client.create_backend(shadow, replies("ok"))
     client.shadow_traffic(name, shadow, 0.5)
     for _ in range(5):
         requests.get(f"{client.http_address}/{name}", timeout=10).raise_for_status()
@@ -120,6 +124,24 @@ def test_the_page_lists_the_endpoints_and_replicas_the_test_made(
         expect(row).to_contain_text(str(replica.pid))
     # The requests show up in the figures (routers report about once a second).
     expect(endpoint.locator(".summary")).to_contain_text("5 requests", timeout=WAIT_MS)
+
+    # The charts: a point every 5 s; requests until the latency line has three.
+    latency = endpoint.locator('path[data-series="p50"]')
+
+    def segments() -> int:
+        return str(latency.get_attribute("d")).count("L") if latency.count() else 0
+
+    with requests.Session() as http:
+        deadline = time.monotonic() + 40
+        round_ = 0
+        while segments() < 2 and time.monotonic() < deadline:
+            round_ += 1
+            for _ in range(3 + round_ % 7):
+                http.get(f"{client.http_address}/{name}", timeout=10)
+            time.sleep(0.3)
+    assert segments() >= 2
+    expect(endpoint.locator('path[data-series="requests_per_s"]')).to_have_count(1)
+    expect(endpoint.get_by_role("table", name=f"Shadows of {name}")).to_contain_text("100%")
 
     first = client.list_replicas(backend)[0].replica_id
     page.get_by_role("button", name=f"Show log of {first}").click()
@@ -304,3 +326,99 @@ def test_beyond_loopback_without_https_is_refused(client: turnout.Client) -> Non
         client.serve_dashboard(port=0, host="0.0.0.0")
     with pytest.raises(TypeError, match="port must be an int"):
         client.serve_dashboard(port="80")  # type: ignore[arg-type]
+
+
+def test_beyond_loopback_it_serves_https_and_a_secure_cookie(
+    client: turnout.Client, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path)
+    served = client.serve_dashboard(port=0, host="0.0.0.0", https=(pki.good.cert, pki.good.key))
+    try:
+        assert served.url.startswith("https://")
+        with requests.Session() as session:
+            opened = session.get(
+                f"https://127.0.0.1:{served.port}/?token={served.token}",
+                allow_redirects=False,
+                timeout=10,
+                verify=str(pki.ca),
+            )
+            opened.close()  # back to the pool: the session closes it
+            assert opened.status_code == 303
+            cookie = opened.headers["Set-Cookie"]
+            assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+            overview = session.get(
+                f"https://127.0.0.1:{served.port}/api/overview", timeout=10, verify=str(pki.ca)
+            )
+            assert overview.status_code == 200
+    finally:
+        served.stop()
+
+
+def _cli(*args: str, token: str | None) -> subprocess.Popen[str]:
+    env = {**os.environ, "TURNOUT_TOKEN": token or ""}
+    return subprocess.Popen(
+        [sys.executable, "-m", "turnout.cli", "dashboard", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_turnout_dashboard_prints_its_url_and_stops_on_sigterm(client: turnout.Client) -> None:
+    command = _cli("--address", client.controller_address, "--port", "0", token=client.token)
+    try:
+        assert command.stdout is not None
+        line = command.stdout.readline()
+        assert line.startswith(
+            f"Turnout dashboard of {client.controller_address}: http://127.0.0.1:"
+        )
+        with requests.Session() as browser:
+            page = browser.get(line.split(": ", 1)[1].strip(), timeout=10)
+            assert page.status_code == 200 and "<title>Turnout dashboard</title>" in page.text
+        command.send_signal(signal.SIGTERM)
+        assert command.wait(timeout=20) == 0
+    finally:
+        command.kill()
+        command.communicate(timeout=20)
+
+
+def test_turnout_dashboard_refuses_to_listen_beyond_loopback_without_https(
+    client: turnout.Client,
+) -> None:
+    command = _cli("--address", client.controller_address, "--host", "0.0.0.0", token=client.token)
+    _, err = command.communicate(timeout=60)
+    assert command.returncode == 2
+    assert "refusing to serve the dashboard on 0.0.0.0 without HTTPS" in err
+
+
+def test_init_with_dashboard_prints_the_url_of_a_page_that_answers(tmp_path: Path) -> None:
+    program = tmp_path / "program.py"
+    program.write_text(
+        "import requests, sys, turnout as serve\n"
+        "serve.init(http_port=0, dashboard=True)\n"
+        "sys.stderr.flush()\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, str(program)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert run.stdout is not None and run.stderr is not None and run.stdin is not None
+        assert run.stdout.readline() == "ready\n"
+        line = next(x for x in run.stderr if x.startswith("Turnout dashboard: "))
+        url = line.split(": ", 1)[1].strip()
+        assert url.startswith("http://127.0.0.1:")
+        with requests.Session() as browser:
+            assert "Turnout dashboard" in browser.get(url, timeout=10).text
+        run.stdin.write("\n")
+        run.stdin.flush()
+        assert run.wait(timeout=60) == 0
+    finally:
+        run.kill()
+        run.communicate(timeout=30)

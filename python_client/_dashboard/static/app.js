@@ -130,8 +130,9 @@ async function poll() {
 }
 
 function draw(data) {
-  $("instance").replaceChildren("Controller ", h("code", {text: data.instance.controller}),
-    data.instance.http ? [" · HTTP ", h("code", {text: data.instance.http})] : []);
+  $("instance").replaceChildren(h("span", {}, "Controller ",
+    h("code", {text: data.instance.controller}),
+    data.instance.http ? [" · HTTP ", h("code", {text: data.instance.http})] : []));
   $("updated").textContent = `Updated ${new Date(data.instance.time * 1000).toLocaleTimeString()}`;
   redraw("endpoints", {e: data.endpoints, h: data.history}, () => endpointsView(data));
   redraw("backends", data.backends, () => backendsView(data));
@@ -238,8 +239,10 @@ function shadowsView(e) {
 
 function chart(title, points, sampleS, series, format) {
   const W = 420, H = 150, L = 52, R = 8, T = 10, B = 22;
-  const span = 600;
   const now = points.length ? points[points.length - 1].t : 0;
+  // From the first point (the dashboard's start) to now: 1 to 10 minutes.
+  const span = points.length ? Math.min(600, Math.max(60, now - points[0].t)) : 600;
+  const spanText = span >= 120 ? `−${Math.round(span / 60)} min` : `−${Math.round(span)} s`;
   let max = 0;
   for (const p of points) for (const sr of series) {
     const v = p[sr.key];
@@ -254,13 +257,13 @@ function chart(title, points, sampleS, series, format) {
     return `${sr.label} ${v === null || v === undefined ? "none" : format(v * (sr.scale || 1))}`;
   }).join(", ") : "no points yet";
   const svg = s("svg", {class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img",
-    "aria-label": `${title}, last 10 minutes; latest: ${summary}`});
+    "aria-label": `${title}, last ${spanText.slice(1)}; latest: ${summary}`});
   svg.append(s("title", {}, title));
   svg.append(s("line", {class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B}));
   svg.append(s("line", {class: "axis", x1: L, y1: T, x2: L, y2: H - B}));
   svg.append(s("text", {x: L - 4, y: T + 8, "text-anchor": "end"}, format(max)));
   svg.append(s("text", {x: L - 4, y: H - B, "text-anchor": "end"}, format(0)));
-  svg.append(s("text", {x: L, y: H - 6}, "−10 min"));
+  svg.append(s("text", {x: L, y: H - 6}, spanText));
   svg.append(s("text", {x: W - R, y: H - 6, "text-anchor": "end"}, "now"));
   if (points.length < 2) {
     svg.append(s("text", {x: (W + L) / 2, y: H / 2, "text-anchor": "middle"},
@@ -278,6 +281,12 @@ function chart(title, points, sampleS, series, format) {
     if (d) {
       svg.append(s("path", {d, fill: "none", stroke: sr.color, "stroke-width": 2,
         "data-series": sr.key}));
+    }
+    // The latest value as a dot, so that a line of one point shows too.
+    const last = latest && latest[sr.key];
+    if (last !== null && last !== undefined && last !== false) {
+      svg.append(s("circle", {cx: x(latest.t).toFixed(1), cy: y(last * (sr.scale || 1)).toFixed(1),
+        r: 3, fill: sr.color}));
     }
   }
   const legend = h("p", {class: "legend"},
