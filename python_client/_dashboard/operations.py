@@ -24,6 +24,8 @@ SUMMARY_WINDOW_S = 60.0
 LOG_LINES = 100
 MAX_LOG_LINES = 1000
 _METRICS_TIMEOUT_S = 2.0
+# Pages poll every second: several open ones share one read of the instance.
+OVERVIEW_TTL_S = 0.5
 _IN_FLIGHT = "turnout_replica_in_flight_requests"
 
 
@@ -66,6 +68,7 @@ class Operations:
     def __init__(self, client: Client, history: History | None = None) -> None:
         self.client = client
         self.history = history or History()
+        self._overview: tuple[float, dict[str, Any]] | None = None
 
     # ---- reading -------------------------------------------------------------
 
@@ -100,7 +103,18 @@ class Operations:
         return counts
 
     def overview(self) -> dict[str, Any]:
-        """Everything the page shows, in one answer (the page polls it)."""
+        """Everything the page shows, in one answer (the page polls it); the
+        same answer for ``OVERVIEW_TTL_S`` after it was read, unless a change
+        was made through this object meanwhile."""
+        now = time.monotonic()
+        cached = self._overview
+        if cached is not None and now - cached[0] < OVERVIEW_TTL_S:
+            return cached[1]
+        answer = self._read_overview()
+        self._overview = (now, answer)
+        return answer
+
+    def _read_overview(self) -> dict[str, Any]:
         client = self.client
         endpoints = client.list_endpoints()
         stats = client.endpoint_stats(window=SUMMARY_WINDOW_S)
@@ -178,6 +192,7 @@ class Operations:
         endpoint = _field(body, "endpoint", str, "an endpoint's name")
         traffic = _field(body, "traffic", dict, "an object of backend: weight")
         self.client.set_traffic(endpoint, traffic)
+        self._overview = None
         now = self.client.list_endpoints().get(endpoint, {})
         return {"endpoint": endpoint, "traffic": now.get("traffic")}
 
@@ -187,6 +202,7 @@ class Operations:
         backend = _field(body, "backend", str, "a backend's tag")
         count = _field(body, "num_replicas", int, "an integer")
         self.client.update_backend_config(backend, {"num_replicas": count})
+        self._overview = None
         return {"backend": backend, "num_replicas": count}
 
     def remove_shadow(self, body: object) -> dict[str, Any]:
@@ -199,4 +215,5 @@ class Operations:
         if backend not in shadows:
             raise NotFoundError(f"endpoint {endpoint!r} has no shadow to {backend!r}")
         self.client.shadow_traffic(endpoint, backend, 0)
+        self._overview = None
         return {"endpoint": endpoint, "backend": backend}

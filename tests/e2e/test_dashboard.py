@@ -212,6 +212,30 @@ def test_a_killed_replica_shows_as_restarting_then_running(
     assert again.pid != replica.pid and again.restarts == 1
 
 
+def test_the_keyboard_reaches_every_change_and_escape_gives_the_focus_back(
+    client: turnout.Client, page: Page, unique: Callable[[str], str]
+) -> None:
+    name, a, _ = two_backends(client, unique)
+    edit = page.get_by_role("button", name=f"Edit traffic of {name}")
+    expect(edit).to_be_visible()
+    for _ in range(200):  # Tab until the button has the focus
+        if edit.evaluate("node => node === document.activeElement"):
+            break
+        page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name=f"Traffic of {name}")
+    expect(dialog).to_be_visible()
+    expect(dialog.get_by_label(f"Share of {a} in percent")).to_be_focused()
+    # The list behind is redrawn with each new chart point (every 5 s)...
+    page.wait_for_timeout(6000)
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    # ...and the focus still goes back to the button, as after each redraw.
+    expect(edit).to_be_focused()
+    page.wait_for_timeout(6000)
+    expect(edit).to_be_focused()
+
+
 def test_scaling_and_removing_a_shadow_from_the_page(
     client: turnout.Client, page: Page, unique: Callable[[str], str]
 ) -> None:

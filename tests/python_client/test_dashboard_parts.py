@@ -42,3 +42,11 @@ def test_every_asset_of_the_page_is_package_data() -> None:
     static = ROOT / "python_client" / "_dashboard" / "static"
     files = [str(path.relative_to(static.parent)) for path in static.iterdir()]
     assert files and all(any(fnmatch(f, p) for p in patterns) for f in files)
+
+
+def test_the_page_loads_nothing_from_elsewhere() -> None:
+    # The machine may be offline: no CDN, no font or script from the web.
+    static = ROOT / "python_client" / "_dashboard" / "static"
+    for path in static.iterdir():
+        text = path.read_text().replace("http://www.w3.org/2000/svg", "")
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, path

@@ -421,7 +421,19 @@ function notice(text) {
 
 const round = (x) => Math.round(x * 10000) / 10000;
 
+// The list is redrawn while a dialog is open: the button that opened it is
+// found again by its id when the dialog closes.
+function rememberOpener() {
+  state.opener = document.activeElement && document.activeElement.id;
+}
+
+function refocusOpener() {
+  const opener = state.opener && $(state.opener);
+  if (opener) opener.focus();
+}
+
 function openTraffic(e) {
+  rememberOpener();
   const tags = state.data.backends.map((b) => b.tag);
   const backends = [...Object.keys(e.traffic), ...tags.filter((t) => !(t in e.traffic))];
   state.traffic = {endpoint: e.name, before: e.traffic, backends,
@@ -498,6 +510,7 @@ function reviewTraffic() {
 // ---- scaling ------------------------------------------------------------------------
 
 function openScale(b) {
+  rememberOpener();
   state.scale = b;
   $("scale-title").textContent = `Scale ${b.tag}`;
   $("scale-count").value = String(b.config.num_replicas);
@@ -527,6 +540,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("confirm-apply").addEventListener("click", applyChange);
   $("confirm-cancel").addEventListener("click", () => $("confirm-dialog").close());
   $("confirm-dialog").addEventListener("close", () => { state.pending = null; });
+  $("traffic-dialog").addEventListener("close", refocusOpener);
+  $("scale-dialog").addEventListener("close", refocusOpener);
   $("log-close").addEventListener("click", closeLog);
   setInterval(() => refreshLog(false), LOG_POLL_MS);
   poll();
