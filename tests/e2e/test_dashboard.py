@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -210,6 +211,30 @@ def test_a_killed_replica_shows_as_restarting_then_running(
     (again,) = client.list_replicas(backend)
     expect(row).to_contain_text(str(again.pid))
     assert again.pid != replica.pid and again.restarts == 1
+
+
+def sleeps(request: Any) -> str:
+    time.sleep(float(request.args.get("s", "0")))
+    return "slept"
+
+
+def test_requests_in_flight_show_on_their_replica(
+    client: turnout.Client, page: Page, unique: Callable[[str], str]
+) -> None:
+    backend = unique("sleepy")
+    client.create_backend(backend, sleeps, config={"max_concurrent_queries": 4})
+    client.create_endpoint(backend, backend, route=f"/{backend}")
+    (replica,) = client.list_replicas(backend)
+    cell = page.locator(f'tr[data-replica="{replica.replica_id}"] td').nth(4)
+    expect(cell).to_have_text("0")
+    with ThreadPoolExecutor(2) as pool:
+        calls = [
+            pool.submit(requests.get, f"{client.http_address}/{backend}?s=6", timeout=30)
+            for _ in range(2)
+        ]
+        expect(cell).to_have_text("2")
+        assert [call.result().text for call in calls] == ["slept", "slept"]
+    expect(cell).to_have_text("0")
 
 
 def test_the_keyboard_reaches_every_change_and_escape_gives_the_focus_back(

@@ -466,6 +466,14 @@ function slide(index, value) {
     if (i === index) return value;
     return others > 0 ? (w * rest) / others : rest / n;
   }).map(round);
+  // Rounding's remainder goes to the largest other weight: the API wants the
+  // sum within 1e-6 of 1.
+  let largest = index === 0 ? 1 : 0;
+  t.weights.forEach((w, i) => {
+    if (i !== index && w > t.weights[largest]) largest = i;
+  });
+  const rounded = t.weights.reduce((sum, w, i) => (i === largest ? sum : sum + w), 0);
+  t.weights[largest] = Math.max(0, round(1 - rounded));
   syncTraffic(index);
 }
 
