@@ -110,7 +110,9 @@ class Dashboard:
     def stop(self) -> None:
         """Stop serving; returns once the port is closed."""
         if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stopped.set)
+            # The loop closes as its thread ends: then there is nothing to stop.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stopped.set)
             self._thread.join()
 
     def wait(self) -> None:
@@ -135,7 +137,7 @@ class Dashboard:
             await site.start()
         except OSError as exc:
             self._failure = InvalidArgumentError(
-                f"the dashboard cannot listen on {self._host}:{port}: {exc.strerror}"
+                f"the dashboard cannot listen on {self._host}:{port}: {exc.strerror or exc}"
             )
             await runner.cleanup()
             return

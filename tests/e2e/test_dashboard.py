@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -370,9 +371,15 @@ def test_the_log_of_an_unknown_replica_is_a_404(dashboard: turnout.Dashboard) ->
     assert reply.status_code == 404 and "no replica 'nope#1'" in reply.json()["message"]
 
 
-def test_beyond_loopback_without_https_is_refused(client: turnout.Client) -> None:
+def test_beyond_loopback_without_https_and_a_taken_port_are_refused(client: turnout.Client) -> None:
     with pytest.raises(InvalidArgumentError, match="without HTTPS"):
         client.serve_dashboard(port=0, host="0.0.0.0")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(InvalidArgumentError, match=f"cannot listen on 127.0.0.1:{port}"):
+            client.serve_dashboard(port=port)
     with pytest.raises(TypeError, match="port must be an int"):
         client.serve_dashboard(port="80")  # type: ignore[arg-type]
 
