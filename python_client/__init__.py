@@ -17,6 +17,7 @@ Example::
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from turnout._dashboard.server import Dashboard
     from turnout._internal.rpc import TLSConfig
     from turnout._internal.version import __version__
     from turnout.api import (
@@ -79,6 +80,7 @@ _WHERE = {
     "DeadlineExceededError": "turnout.errors",
     "Client": "turnout.client",
     "Command": "turnout.command",
+    "Dashboard": "turnout._dashboard.server",
     "EndpointHandle": "turnout.handle",
     "HandleFuture": "turnout.handle",
     "InUseError": "turnout.errors",
@@ -135,6 +137,7 @@ __all__ = [
     "DeadlineExceededError",
     "Client",
     "Command",
+    "Dashboard",
     "EndpointHandle",
     "HandleFuture",
     "InUseError",

@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -63,6 +64,7 @@ def init(
     ray_runtime_env: Mapping[str, Any] | None = None,
     ray_prefer_local_replicas: bool = False,
     ray_proxy_location: str = "WithReplicas",
+    dashboard: bool = False,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -103,6 +105,9 @@ def init(
     to replicas on its own node while one there has room, and
     ``ray_proxy_location="EveryNode"`` puts a proxy on every live node (the
     default, ``"WithReplicas"``: on each node with replicas).
+    ``dashboard=True`` also serves the operators' dashboard of the instance
+    on 127.0.0.1 (port 8265, else a free one) and prints its URL to stderr;
+    see docs/dashboard.md.
     With an ``address`` ("host:port" or "unix:/path" of a controller) it
     connects to that instance, over TLS when ``tls`` is given, presenting
     ``token`` (else ``$TURNOUT_TOKEN_FILE``, ``$TURNOUT_TOKEN``, the default
@@ -164,6 +169,8 @@ def init(
         raise TypeError(f"max_replicas must be an int, got {type(max_replicas).__name__}")
     if max_replicas is not None and max_replicas < 1:
         raise InvalidArgumentError(f"max_replicas must be >= 1, got {max_replicas}")
+    if not isinstance(dashboard, bool):
+        raise TypeError(f"dashboard must be a bool, got {type(dashboard).__name__}")
     if ray_address is not None and not isinstance(ray_address, str):
         raise TypeError(f"ray_address must be a str, got {type(ray_address).__name__}")
     if ray_address is not None and ":" not in ray_address:
@@ -206,7 +213,19 @@ def init(
             )
         _clients[name] = client
         _current_name = name
-        return client
+    if dashboard:
+        _serve_dashboard(client)
+    return client
+
+
+def _serve_dashboard(client: Client) -> None:
+    from turnout._dashboard import DEFAULT_PORT
+
+    try:
+        served = client.serve_dashboard(DEFAULT_PORT)
+    except InvalidArgumentError:  # the port is taken (another dashboard)
+        served = client.serve_dashboard(0)
+    print(f"Turnout dashboard: {served.url}", file=sys.stderr, flush=True)
 
 
 def _ray_runtime_env(ray_address: str | None, runtime_env: object) -> str | None:

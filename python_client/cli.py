@@ -33,7 +33,7 @@ from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.version import __version__
 from turnout.client import Client
 from turnout.deploy import DeployFileError, Plan, load_file, plan
-from turnout.errors import NotRunningError, TurnoutError
+from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "TURNOUT_ADDRESS"
@@ -219,6 +219,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     snapshot = _cli_render.Snapshot.read(_connect(args))
     print(_cli_render.to_json(snapshot) if args.json else _cli_render.to_text(snapshot))
     return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from turnout._dashboard import command
+
+    try:
+        return command.run(_connect(args), args)
+    except InvalidArgumentError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
 
 
 # ---- deploy -----------------------------------------------------------------------
@@ -596,6 +605,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print stable JSON instead")
     status.set_defaults(func=cmd_status)
+
+    dashboard = commands.add_parser(
+        "dashboard",
+        parents=[connect],
+        help="serve a web page with the live instance (endpoints, replicas, charts, logs)",
+        description="Serve the operators' dashboard of the instance on 127.0.0.1 and print "
+        "its URL, which carries the token that opens it; the page acts with this command's "
+        "credentials, like `kubectl proxy`. See docs/dashboard.md.",
+    )
+    from turnout._dashboard import command as dashboard_command
+
+    dashboard_command.add_arguments(dashboard)
+    dashboard.set_defaults(func=cmd_dashboard)
 
     deploy = commands.add_parser(
         "deploy",

@@ -16,6 +16,7 @@ EXPECTED = {
     "DeadlineExceededError",
     "Client",
     "Command",
+    "Dashboard",
     "EndpointHandle",
     "HandleFuture",
     "InUseError",

@@ -604,6 +604,8 @@ class Replica(_message.Message):
     CPUS_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     """Unique id, "<backend>#<n>"."""
     backend: _builtins.str
@@ -627,6 +629,15 @@ class Replica(_message.Message):
     launcher (the controller's own machine); the node's IP address for the
     Ray launcher.
     """
+    restarts: _builtins.int
+    """How many times the controller started this replica again after it died
+    or failed its health checks (0 = never); counted since this controller
+    started (a restarted controller counts from 0).
+    """
+    last_error: _builtins.str
+    """Why it last died or failed to start, kept after it runs again (`error`
+    is cleared then); empty if it never did.
+    """
     @_builtins.property
     def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Cores it is pinned to; empty = not pinned."""
@@ -644,10 +655,12 @@ class Replica(_message.Message):
         cpus: _abc.Iterable[_builtins.int] | None = ...,
         log_path: _builtins.str = ...,
         node: _builtins.str = ...,
+        restarts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "log_path", b"log_path", "node", b"node", "pid", b"pid", "replica_id", b"replica_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "last_error", b"last_error", "log_path", b"log_path", "node", b"node", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
