@@ -353,7 +353,7 @@ def test_a_deploy_file_with_a_rollout_block_moves_the_endpoint_by_a_rollout(
 
 
 def test_a_shadow_phase_gates_on_the_match_rate(
-    client: turnout.Client, pair: Callable[..., tuple[str, str, str, str]], deploy: Deploy
+    client: turnout.Client, pair: Callable[..., tuple[str, str, str, str]]
 ) -> None:
     # "other" answers differently from "old": its copies differ, so it never
     # gets real traffic; "same" answers the same and goes on to the steps.
