@@ -23,6 +23,7 @@ from turnout.v1 import controller_pb2_grpc
 from turnout.v1 import rollout_pb2 as rpb
 
 from .control_plane import ControlPlane
+from .load_book import LoadBook
 from .rollouts import PlaneHost, Rollouts
 from .routing import RoutePublisher
 from .stats_book import StatsBook, WindowStats
@@ -134,8 +135,10 @@ class ControllerServicer(
         data_token: Callable[[str | None], str] = lambda presented: presented or "",
         principal: Callable[[str | None], str | None] = lambda presented: auth.ADMIN,
         stats: StatsBook | None = None,
+        loads: LoadBook | None = None,
         rollouts: Rollouts | None = None,
     ) -> None:
+        self._loads = LoadBook() if loads is None else loads
         self._data_token = data_token
         self._principal = principal
         self._stats = StatsBook() if stats is None else stats
@@ -267,6 +270,7 @@ class ControllerServicer(
             # Handles' counters live beside the proxy's, never in place of them.
             reporter = f"{HANDLE_REPORTS}{reporter}"
         self._stats.record(reporter, list(request.endpoints), request.counting_seconds)
+        self._loads.report(reporter, request.loads)
         return pb.ReportStatsResponse()
 
     def _names_routers(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from turnout._internal.cors import CorsPolicy
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import rollout_pb2 as rpb
 
@@ -35,6 +36,8 @@ class EndpointRecord:
     shadows: dict[str, float] = field(default_factory=dict)
     # Seconds a request may take; 0 = no limit.
     request_timeout: float = 0.0
+    # Cross-origin resource sharing, answered by the proxy; None = none.
+    cors: CorsPolicy | None = None
 
     def backends(self) -> set[str]:
         """Every backend this endpoint sends requests to, shadows included."""

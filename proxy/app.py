@@ -37,7 +37,7 @@ from turnout._sending.sender import Sender
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
-from . import http_codec, metrics
+from . import cors_answers, http_codec, metrics
 from .front_door import SERVED, ConnectionLimits, FrontDoor, Served
 from .workers import SharedCounters
 
@@ -164,10 +164,17 @@ class ProxyState:
         # Which of the proxy's processes this is (0 unless --workers N).
         self.worker_index = worker_index
         self.first_snapshot = self.sender.first_snapshot
-        self.registry = metrics.registry_for(self._own_counters, self._routes_version)
+        # Backend -> (replicas the controller wants, replicas in the snapshot).
+        self.replica_counts: dict[str, tuple[int, int]] = {}
+        self.registry = metrics.registry_for(
+            self._own_counters, self._routes_version, self._replica_counts
+        )
 
     def _routes_version(self) -> int:
         return self.router.table.version
+
+    def _replica_counts(self) -> dict[str, tuple[int, int]]:
+        return self.replica_counts
 
     def gauges(self) -> metrics.Gauges:
         return self.admission.queued(), self.router.pool.in_flight()
@@ -177,11 +184,16 @@ class ProxyState:
 
     def count_with(self, counters: SharedCounters) -> None:
         """Show ``counters`` (every worker's, summed) at /-/metrics."""
-        self.registry = metrics.registry_for(counters.read, self._routes_version)
+        self.registry = metrics.registry_for(
+            counters.read, self._routes_version, self._replica_counts
+        )
 
     def apply(self, snapshot: pb.RoutingSnapshot) -> None:
         """Serve ``snapshot`` from now on; must run on the event loop."""
         self.sender.apply(snapshot)
+        self.replica_counts = {
+            t.tag: (t.desired_replicas, len(t.replicas)) for t in snapshot.backends
+        }
         logger.info("serving routing version %d", snapshot.version)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -210,6 +222,22 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
     route = state.router.table.match(path)
     if route is None:
         return http_codec.json_error(404, "NotFound", f"no endpoint at {path}", request_id)
+    if route.cors is None:
+        return await http_codec.send(await _forward(state, request, route, request_id), request)
+    origin = request.headers.get("Origin")
+    preflight_method = request.headers.get(cors_answers.REQUEST_METHOD)
+    if request.method == "OPTIONS" and origin is not None and preflight_method is not None:
+        return cors_answers.preflight(route, origin, preflight_method, request, request_id)
+    response = await _forward(state, request, route, request_id)
+    cors_answers.add_headers(response, route.cors.headers_for(origin))
+    return await http_codec.send(response, request)
+
+
+async def _forward(
+    state: ProxyState, request: web.BaseRequest, route: EndpointRoute, request_id: str
+) -> web.Response:
+    """The answer of the endpoint's backend (or the proxy's error), not sent yet."""
+    path = request.path
     if request.method not in route.methods:
         return http_codec.json_error(
             405,
@@ -259,6 +287,8 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
         if method_name:
             message.method_name = method_name
         http_codec.fill(message.http, request, body)
+        if route.serves_app:
+            message.http.script_name = route.script_name
     except UnicodeEncodeError:
         return http_codec.json_error(
             400,
@@ -274,7 +304,7 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
         response[SERVED] = Served(failure.backend, replica)
     served = response[SERVED]
     served.endpoint, served.bytes_in = route.name, len(body)
-    return await http_codec.send(response, request)
+    return response
 
 
 async def _read_body(state: ProxyState, request: web.BaseRequest) -> bytes:

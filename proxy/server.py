@@ -166,7 +166,10 @@ async def serve(args: ProxyArgs) -> int:
 
     name = subscribers.proxy(index, args.subscriber_id)
     watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name, state.security))
-    state.spawn(StatsReporter(args.controller, state.sender.stats, name, state.security).run())
+    reporter = StatsReporter(
+        args.controller, state.sender.stats, name, state.security, state.sender.load
+    )
+    state.spawn(reporter.run())
     if counters is not None:
         state.spawn(counters.share_forever())
     workers = None

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from turnout._internal.rpc import TLSConfig
     from turnout._internal.version import __version__
     from turnout.api import (
+        autoscaling_status,
         connect,
         create_backend,
         create_endpoint,
@@ -98,6 +99,7 @@ _WHERE = {
     "UnimplementedError": "turnout.errors",
     "__version__": "turnout._internal.version",
     "accept_batch": "turnout.batching",
+    "autoscaling_status": "turnout.api",
     "connect": "turnout.api",
     "context": "turnout.batching",
     "create_backend": "turnout.api",
@@ -152,6 +154,7 @@ __all__ = [
     "UnimplementedError",
     "__version__",
     "accept_batch",
+    "autoscaling_status",
     "connect",
     "context",
     "create_backend",

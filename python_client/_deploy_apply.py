@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
 from turnout._internal import rpc
+from turnout._internal.cors import CorsPolicy
 from turnout.client import Client, call_controller
 from turnout.command import Command
 from turnout.config import BackendConfig
@@ -144,6 +145,7 @@ def _endpoint(message: pb.Endpoint) -> EndpointEntry:
         traffic={t.backend: t.weight for t in message.traffic},
         shadows={s.backend: s.proportion for s in message.shadows},
         request_timeout=message.request_timeout,
+        cors=CorsPolicy.from_proto(message.cors) if message.HasField("cors") else None,
     )
 
 
@@ -318,6 +320,7 @@ def _endpoint_step(change: EndpointChange, instance: Instance, out: TextIO, dry_
                 route=desired.route,
                 methods=list(desired.methods),
                 request_timeout=desired.request_timeout,
+                cors=desired.cors.to_dict() if desired.cors else False,
             )
         if change.rollout:
             (backend,) = desired.traffic
@@ -343,6 +346,7 @@ def _create_endpoint(client: Client, endpoint: EndpointEntry) -> None:
         route=endpoint.route,
         methods=list(endpoint.methods),
         request_timeout=endpoint.request_timeout or None,
+        cors=endpoint.cors.to_dict() if endpoint.cors else None,
     )
     if len(endpoint.traffic) > 1:
         client.set_traffic(endpoint.name, dict(endpoint.traffic))

@@ -183,7 +183,9 @@ class HandleRouter:
 
     async def _start(self) -> tuple[Sender[replica_pb2.HandleResponse], StatsReporter]:
         sender = Sender(self._connect, PythonAnswers())
-        reporter = StatsReporter(self.address, sender.stats, self.subscriber, self._security)
+        reporter = StatsReporter(
+            self.address, sender.stats, self.subscriber, self._security, sender.load
+        )
         sender.spawn(
             watch_routes(
                 self.address,

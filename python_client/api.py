@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from turnout._internal import replica_context, rollout_rules, tls_options
 from turnout._internal.latency import WINDOW_S
@@ -323,10 +323,16 @@ def create_backend(
     *init_args: Any,
     config: BackendConfig | dict[str, Any] | None = None,
     replica_options: dict[str, Any] | None = None,
+    interface: str = "auto",
 ) -> None:
     """See ``Client.create_backend``."""
     _current().create_backend(
-        tag, func_or_class, *init_args, config=config, replica_options=replica_options
+        tag,
+        func_or_class,
+        *init_args,
+        config=config,
+        replica_options=replica_options,
+        interface=interface,
     )
 
 
@@ -344,10 +350,11 @@ def create_endpoint(
     route: str | None = None,
     methods: Iterable[str] = ("GET",),
     request_timeout: float | None = None,
+    cors: dict[str, Any] | None = None,
 ) -> None:
     """See ``Client.create_endpoint``."""
     _current().create_endpoint(
-        name, backend, route=route, methods=methods, request_timeout=request_timeout
+        name, backend, route=route, methods=methods, request_timeout=request_timeout, cors=cors
     )
 
 
@@ -357,9 +364,12 @@ def update_endpoint(
     route: str | None = None,
     methods: Iterable[str] | None = None,
     request_timeout: float | None = None,
+    cors: dict[str, Any] | Literal[False] | None = None,
 ) -> None:
     """See ``Client.update_endpoint``."""
-    _current().update_endpoint(name, route=route, methods=methods, request_timeout=request_timeout)
+    _current().update_endpoint(
+        name, route=route, methods=methods, request_timeout=request_timeout, cors=cors
+    )
 
 
 def set_traffic(endpoint: str, traffic: dict[str, float]) -> None:
@@ -405,6 +415,11 @@ def list_backends() -> dict[str, dict[str, Any]]:
 def list_endpoints() -> dict[str, dict[str, Any]]:
     """See ``Client.list_endpoints``."""
     return _current().list_endpoints()
+
+
+def autoscaling_status(backend: str) -> dict[str, Any] | None:
+    """See ``Client.autoscaling_status``."""
+    return _current().autoscaling_status(backend)
 
 
 def list_replicas(backend: str | None = None) -> list[ReplicaInfo]:

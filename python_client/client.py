@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import grpc
 
 from turnout import _pickling
 from turnout._handle_router import HandleRouter
-from turnout._internal import auth, rollout_rules, rpc, tls_options, validation
+from turnout._internal import auth, rollout_rules, rpc, tls_options, validation, web_apps
+from turnout._internal.cors import CorsPolicy
 from turnout._internal.latency import WINDOW_S, check_window
 from turnout._internal.rpc import TLSConfig
 from turnout.command import Command
@@ -128,6 +129,17 @@ def _as_json(values: tuple[Any, ...]) -> str | None:
     return text if json.loads(text) == list(values) else None
 
 
+def _app_import_path(tag: str, app: Any) -> str:
+    path = web_apps.import_path_of(app)
+    if path is None:
+        raise InvalidArgumentError(
+            f"backend {tag!r} is a {web_apps.detect(app).upper()} app, which replicas import "
+            "rather than unpickle: define it at the top level of a module (not the main "
+            "script) and pass it from there, or pass its import path 'package.module:app'"
+        )
+    return path
+
+
 def _spec(
     tag: str, func_or_class: Callable[..., Any] | type | str | Command, init_args: tuple[Any, ...]
 ) -> pb.BackendSpec:
@@ -141,6 +153,10 @@ def _spec(
         return spec
     if isinstance(func_or_class, str):
         spec.import_path = func_or_class
+    elif web_apps.detect(func_or_class) != "handler":
+        # Apps hold locks and weak references that do not pickle (Flask's),
+        # or do not unpickle (Starlette's state): replicas import them.
+        spec.import_path = _app_import_path(tag, func_or_class)
     elif callable(func_or_class):
         if init_args and not inspect.isclass(func_or_class):
             raise InvalidArgumentError(
@@ -418,6 +434,7 @@ class Client:
         *init_args: Any,
         config: BackendConfig | dict[str, Any] | None = None,
         replica_options: dict[str, Any] | None = None,
+        interface: str = "auto",
     ) -> None:
         """Create a backend and wait until its replicas are serving.
 
@@ -448,11 +465,20 @@ class Client:
 
             serve.create_backend("counter", Counter, 10, config={"num_replicas": 2},
                                  replica_options={"num_cpus": 1})
+
+        A WSGI app (Flask, Django) or an ASGI app (FastAPI, Starlette), or
+        the import path of one, serves every path under its endpoint's route
+        (docs/apps.md); ``interface`` ("auto", "handler", "wsgi", "asgi")
+        says which it is when detection would be wrong::
+
+            serve.create_backend("api", "myproject.web:app")
         """
         _check_str(tag, "tag")
+        spec = _spec(tag, func_or_class, init_args)
+        spec.interface = web_apps.to_proto(interface)
         request = pb.CreateBackendRequest(
             tag=tag,
-            spec=_spec(tag, func_or_class, init_args),
+            spec=spec,
             config=BackendConfig.coerce(config).to_proto(),
             replica_options=validation.replica_options_from(replica_options),
         )
@@ -500,6 +526,38 @@ class Client:
         request = pb.DeleteBackendRequest(tag=_check_str(tag, "tag"))
         self._call(self._stub.DeleteBackend, request, timeout=_SLOW_TIMEOUT_S)
 
+    def autoscaling_status(self, backend: str) -> dict[str, Any] | None:
+        """Where an autoscaled backend stands; None for one with a fixed
+        ``num_replicas``. NotFoundError for an unknown backend.
+
+        ``{"desired_replicas", "running_replicas", "wanted_replicas", "load",
+        "last_decision", "last_reason", "last_decision_time"}``: the replicas
+        the controller wants (its last decision) and those RUNNING, what the
+        load asks for before the delays, the load (requests in flight and
+        queued, averaged over ``look_back_period_s``), and the last decision
+        ("up", "down" or None), why, and when (Unix time, None before the
+        first). docs/traffic.md, "Autoscaling", has the rules.
+
+        Example::
+
+            serve.create_backend("m", Model, config={"autoscaling_config": {"max_replicas": 4}})
+            serve.autoscaling_status("m")["desired_replicas"]   # 1
+        """
+        request = pb.GetBackendRequest(tag=_check_str(backend, "backend"))
+        reply = self._call(self._stub.GetBackend, request)
+        if not reply.backend.HasField("autoscaling_status"):
+            return None
+        status = reply.backend.autoscaling_status
+        return {
+            "desired_replicas": status.desired_replicas,
+            "running_replicas": status.running_replicas,
+            "wanted_replicas": status.wanted_replicas,
+            "load": status.load,
+            "last_decision": status.last_decision or None,
+            "last_reason": status.last_reason or None,
+            "last_decision_time": status.last_decision_time or None,
+        }
+
     def list_replicas(self, backend: str | None = None) -> list[ReplicaInfo]:
         """Replica processes (of one backend, or all) with state, address and pid."""
         request = pb.ListReplicasRequest(backend=_check_str(backend or "", "backend"))
@@ -530,17 +588,22 @@ class Client:
         route: str | None = None,
         methods: Iterable[str] = ("GET",),
         request_timeout: float | None = None,
+        cors: dict[str, Any] | None = None,
     ) -> None:
         """Create an endpoint, optionally on an HTTP route, sending all traffic to
         ``backend`` (required, positional or keyword; ``TypeError`` without it,
         as in Ray Serve). ``request_timeout`` (seconds) answers 504 to requests
         that take longer and cancels their work; ``X-Serve-Timeout-Ms``
-        overrides it.
+        overrides it. ``cors`` takes the options of Starlette's
+        CORSMiddleware (``allow_origins``, ``allow_methods``,
+        ``allow_headers``, ``expose_headers``, ``allow_credentials``,
+        ``max_age``); the proxy answers preflights itself (docs/apps.md, "CORS").
 
         Example::
 
             serve.create_endpoint("simple_endpoint", "simple_backend",
-                                  route="/simple", methods=["GET"])
+                                  route="/simple", methods=["GET"],
+                                  cors={"allow_origins": ["https://app.example"]})
         """
         _check_str(name, "name")
         if backend is None:
@@ -558,6 +621,8 @@ class Client:
             methods=_method_list(methods),
             request_timeout=float(_check_timeout(request_timeout) or 0),
         )
+        if cors is not None:
+            request.cors.CopyFrom(CorsPolicy.from_dict(cors).to_proto())
         self._call(self._stub.CreateEndpoint, request)
 
     def update_endpoint(
@@ -567,10 +632,12 @@ class Client:
         route: str | None = None,
         methods: Iterable[str] | None = None,
         request_timeout: float | None = None,
+        cors: dict[str, Any] | Literal[False] | None = None,
     ) -> None:
-        """Change an endpoint's route, methods or request timeout in place;
-        ``None`` keeps the current value, ``route=""`` takes the endpoint off
-        HTTP and ``request_timeout=0`` removes the limit. Its traffic and
+        """Change an endpoint's route, methods, request timeout or CORS policy
+        in place; ``None`` keeps the current value, ``route=""`` takes the
+        endpoint off HTTP, ``request_timeout=0`` removes the limit and
+        ``cors=False`` the CORS policy. Its traffic and
         shadows stay, and a request that fits both the old and the new shape
         never finds the endpoint missing (delete and create again would).
 
@@ -589,6 +656,10 @@ class Client:
             request.methods.extend(method_list)
         if _check_timeout(request_timeout) is not None:
             request.request_timeout = float(request_timeout or 0)
+        if cors is False:
+            request.clear_cors = True
+        elif cors is not None:
+            request.cors.CopyFrom(CorsPolicy.from_dict(cors).to_proto())
         self._call(self._stub.UpdateEndpoint, request)
 
     def set_traffic(self, endpoint: str, traffic: dict[str, float]) -> None:
@@ -608,15 +679,19 @@ class Client:
         self._call(self._stub.SetTraffic, pb.SetTrafficRequest(endpoint=endpoint, traffic=weights))
 
     def list_endpoints(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout"}}``
-        for every endpoint; ``route`` is None for one reachable only through
-        handles, ``request_timeout`` (seconds) None when there is no limit.
+        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout",
+        "serves_app", "cors"}}`` for every endpoint; ``route`` is None for one
+        reachable only through handles, ``request_timeout`` (seconds) None when
+        there is no limit, ``serves_app`` whether a WSGI/ASGI app serves the
+        paths under the route, ``cors`` the CORS options (every one filled in)
+        or None.
 
         Example::
 
             serve.list_endpoints()
             # {"model": {"route": "/model", "methods": ["GET"], "traffic": {"model": 1.0},
-            #            "shadows": {}, "request_timeout": None}}
+            #            "shadows": {}, "request_timeout": None, "serves_app": False,
+            #            "cors": None}}
         """
         reply = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
         return {
@@ -626,6 +701,8 @@ class Client:
                 "traffic": {t.backend: t.weight for t in e.traffic},
                 "shadows": {s.backend: s.proportion for s in e.shadows},
                 "request_timeout": e.request_timeout or None,
+                "serves_app": e.serves_app,
+                "cors": CorsPolicy.from_proto(e.cors).to_dict() if e.HasField("cors") else None,
             }
             for e in reply.endpoints
         }

@@ -21,6 +21,7 @@ JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
         traffic: {greeter: 1}               # or `backend: greeter`
         shadows: {greeter-v2: 0.1}          # share of requests copied
         request_timeout: 5                  # seconds; 0 = none
+        cors: {allow_origins: ["https://app.example"]}   # CORS options (docs/apps.md)
         # A change of `backend` made as a rollout the controller runs
         # (docs/traffic.md, "Rollouts"), not at once:
         rollout: {steps: [0.05, 0.5, 1], step_s: 60, slo: {max_error_rate: 0.01}}
@@ -37,7 +38,8 @@ from typing import Any, Literal
 
 import yaml
 
-from turnout._internal import backend_fields, rollout_rules, validation
+from turnout._internal import autoscaling, backend_fields, rollout_rules, validation
+from turnout._internal.cors import CorsPolicy
 from turnout.command import Command
 from turnout.config import DEFAULTS, BackendConfig
 from turnout.errors import TurnoutError
@@ -49,7 +51,7 @@ _TOP_KEYS = frozenset({"backends", "endpoints"})
 _BACKEND_KEYS = frozenset({"import_path", "command", "init_args", "config", "replica_options"})
 _COMMAND_KEYS = frozenset({"argv", "env", "cwd", "ready_timeout"})
 _ENDPOINT_KEYS = frozenset(
-    {"route", "methods", "backend", "traffic", "shadows", "request_timeout", "rollout"}
+    {"route", "methods", "backend", "traffic", "shadows", "request_timeout", "cors", "rollout"}
 )
 # A rollout block's keys: the keyword arguments of ``Client.rollout``.
 _ROLLOUT_KEYS = frozenset(
@@ -102,6 +104,7 @@ class EndpointEntry:
     traffic: Mapping[str, float] = field(default_factory=dict)
     shadows: Mapping[str, float] = field(default_factory=dict)
     request_timeout: float = 0.0
+    cors: CorsPolicy | None = None
     # A file's: how a change of its one backend is made (Client.rollout's
     # keyword arguments); None: at once.
     rollout: Mapping[str, Any] | None = None
@@ -331,6 +334,9 @@ def _backend(
     else:
         for key, value in config.items():
             _check(f"{where}.config.{key}", problems, BackendConfig.coerce, {key: value})
+        if len(problems) == before and ("autoscaling" in config or "autoscaling_config" in config):
+            # Checks between fields (num_replicas beside autoscaling).
+            _check(f"{where}.config", problems, BackendConfig.coerce, config)
     options = _replica_options(
         body.get("replica_options", {}), f"{where}.replica_options", problems
     )
@@ -429,6 +435,12 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointE
         problems.append(f"{where}.request_timeout: must be a number of seconds")
     else:
         _check(where, problems, validation.request_timeout, float(timeout))
+    cors = None
+    if "cors" in body:
+        try:
+            cors = CorsPolicy.from_dict(body["cors"])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{where}.cors: {exc}")
     rollout = _rollout(body.get("rollout"), traffic, f"{where}.rollout", problems)
     if len(problems) > before:
         return None
@@ -439,6 +451,7 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointE
         traffic=traffic,
         shadows=shadows,
         request_timeout=float(timeout),
+        cors=cors,
         rollout=rollout,
     )
 
@@ -545,8 +558,18 @@ def _reference_problems(wanted: DeployFile, current: State, prune: bool) -> list
 
 
 def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A file's config with every field it leaves out at its default."""
-    return {**DEFAULTS.to_dict(), **config}
+    """A file's config with every field it leaves out at its default (an
+    autoscaled backend's num_replicas is the controller's, so not compared)."""
+    given = dict(config)
+    if "autoscaling_config" in given:
+        given["autoscaling"] = given.pop("autoscaling_config")
+    effective = {**DEFAULTS.to_dict(), **given}
+    if effective.get("autoscaling") is not None:
+        effective["num_replicas"] = None
+        effective["autoscaling"] = autoscaling.to_dict(
+            autoscaling.from_dict(effective["autoscaling"])
+        )
+    return effective
 
 
 def _backend_change(
@@ -602,6 +625,9 @@ def _endpoint_change(wanted: EndpointEntry, serving: EndpointEntry) -> EndpointC
     if not math.isclose(wanted.request_timeout, serving.request_timeout, abs_tol=1e-9):
         old, new = _show(serving.request_timeout), _show(wanted.request_timeout)
         details.append(f"request_timeout: {old} -> {new}")
+    if wanted.cors != serving.cors:
+        old, new = (json.dumps(c.to_dict() if c else None) for c in (serving.cors, wanted.cors))
+        details.append(f"cors: {old} -> {new}")
     new_shape = bool(details)
     new_traffic = not _same_shares(wanted.traffic, serving.traffic)
     rollout = False

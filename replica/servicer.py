@@ -123,6 +123,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
 
     async def _handle_http(self, request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
         rid = request.request_id
+        if self._runtime.app is not None:
+            return await self._handle_app(request)
         http_request = codec.http_to_request(request.http)
         try:
             value = await self._runtime.handle(request.method_name, http_request, web=True)
@@ -143,6 +145,16 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             return codec.error_response(exc, rid)
         finally:
             http_request.close()
+
+    async def _handle_app(self, request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
+        """A WSGI/ASGI app's answer; what it raises (it handles its own errors
+        normally) is a 500 with the JSON error body, as for a handler."""
+        try:
+            return await self._runtime.serve_app(request.http)
+        except Exception as exc:
+            log.exception("request %s: the app raised", request.request_id)
+            _exit_if_out_of_memory(exc)
+            return codec.error_response(exc, request.request_id)
 
     async def _handle_call(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
         rid = request.request_id

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from turnout._internal import backend_fields, command_replica
+from turnout._internal import autoscaling, backend_fields, command_replica
 from turnout._internal.backend_fields import method_names
 from turnout._internal.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
@@ -219,14 +219,47 @@ def config_update(update: pb.BackendConfig) -> None:
         names = method_names(update.http_call_methods.names)
         del update.http_call_methods.names[:]
         update.http_call_methods.names.extend(names)
+    if update.HasField("autoscaling"):
+        if update.HasField("num_replicas"):
+            raise InvalidArgumentError(
+                "num_replicas and autoscaling_config are mutually exclusive: an autoscaled "
+                "backend's replica count is the controller's to decide (give initial_replicas "
+                "in autoscaling_config to choose where it starts)"
+            )
+        autoscaling.check(update.autoscaling)
 
 
 def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
-    """``requested`` with every unset field given its default."""
+    """``requested`` with every unset field given its default (an autoscaled
+    backend's num_replicas: the replicas it starts with)."""
     config_update(requested)
     config = pb.BackendConfig()
     config.CopyFrom(_DEFAULTS)
     config.MergeFrom(requested)
+    if config.HasField("autoscaling"):
+        config.num_replicas = autoscaling.policy(config.autoscaling).start_replicas
+    return config
+
+
+def merged_config(current: pb.BackendConfig, update: pb.BackendConfig) -> pb.BackendConfig:
+    """``current`` with the fields set in ``update`` (checked) changed.
+
+    Lists and the autoscaling config are replaced, not merged. Turning
+    autoscaling on keeps the replicas running, within its bounds; setting
+    num_replicas alone turns it off.
+    """
+    config_update(update)
+    config = pb.BackendConfig()
+    config.CopyFrom(current)
+    config.MergeFrom(update)
+    if update.HasField("http_call_methods"):
+        # MergeFrom appends repeated fields: the update replaces the list.
+        config.http_call_methods.CopyFrom(update.http_call_methods)
+    if update.HasField("autoscaling"):
+        config.autoscaling.CopyFrom(update.autoscaling)
+        config.num_replicas = autoscaling.policy(config.autoscaling).clamp(current.num_replicas)
+    elif update.HasField("num_replicas"):
+        config.ClearField("autoscaling")
     return config
 
 

@@ -259,6 +259,20 @@ class Sender(Generic[Answer]):
         finally:
             self._draining.difference_update(conns)
 
+    def load(self) -> list[pb.BackendLoad]:
+        """What this sender has at each backend now: requests in flight by
+        replica, and queued (the autoscaler's signal; backends with none are
+        left out)."""
+        loads: dict[str, pb.BackendLoad] = {}
+        for (backend, replica_id), count in self.router.pool.in_flight().items():
+            if count:
+                entry = loads.setdefault(backend, pb.BackendLoad(backend=backend))
+                entry.in_flight_by_replica[replica_id] = count
+        for backend, count in self.admission.queued().items():
+            if count:
+                loads.setdefault(backend, pb.BackendLoad(backend=backend)).queued = count
+        return list(loads.values())
+
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, holding a reference until it ends."""
         task = asyncio.create_task(work)

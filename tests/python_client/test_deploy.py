@@ -298,6 +298,64 @@ def test_traffic_may_go_to_a_backend_the_instance_has_unless_pruning() -> None:
         plan(parse({"endpoints": {"e": {"backend": "ghost"}}}), running)
 
 
+def test_an_endpoints_cors_policy_is_read_compared_and_updated_in_place() -> None:
+    backends = {"a": {"import_path": "m:a"}}
+    cors = {"allow_origins": ["https://app.example"], "max_age": 60}
+    plain = {"route": "/x", "backend": "a"}
+    before = parse({"backends": backends, "endpoints": {"e": plain}})
+    after = parse({"backends": backends, "endpoints": {"e": {**plain, "cors": cors}}})
+    policy = after.endpoints["e"].cors
+    assert policy is not None and policy.allow_origins == ("https://app.example",)
+    change = plan(after, _running(before)).endpoints[0]
+    assert change.action == "update" and change.new_shape
+    assert change.details[0].startswith('cors: null -> {"allow_origins": ["https://app.example"]')
+    assert plan(after, _running(after)).endpoints[0].action == "unchanged"
+    removed = plan(before, _running(after)).endpoints[0]
+    assert removed.new_shape and removed.details[0].endswith("-> null")
+
+
+def test_a_bad_cors_policy_names_the_endpoint_and_what_is_wrong() -> None:
+    problems = _problems(
+        {
+            "backends": {"a": {"import_path": "m:a"}},
+            "endpoints": {"e": {"backend": "a", "cors": {"allow_origins": ["nope"]}}},
+        }
+    )
+    assert len(problems) == 1 and problems[0].startswith("endpoints.e.cors: cors allow_origins")
+
+
+def _as_running(wanted: DeployFile) -> State:
+    """What an instance reports after deploying ``wanted``, read back through
+    the proto as the client reads it (an autoscaled num_replicas is None)."""
+    from turnout._internal import validation
+    from turnout.config import BackendConfig
+
+    state = _running(wanted)
+    for name, entry in state.backends.items():
+        sent = BackendConfig.coerce(dict(wanted.backends[name].config)).to_proto()
+        shown = BackendConfig.from_proto(validation.full_config(sent)).to_dict()
+        state.backends[name] = BackendEntry(
+            entry.name, entry.import_path, entry.init_args, shown, entry.replica_options
+        )
+    return state
+
+
+def test_an_autoscaled_backend_is_unchanged_by_the_same_file_and_updated_by_new_bounds() -> None:
+    rules = {"max_replicas": 4, "target_num_ongoing_requests_per_replica": 1}
+    before = parse(
+        {"backends": {"m": {"import_path": "a:b", "config": {"autoscaling_config": rules}}}}
+    )
+    (same,) = plan(before, _as_running(before)).backends
+    assert same.action == "unchanged"
+    after = parse(
+        {"backends": {"m": {"import_path": "a:b", "config": {"autoscaling": {"max_replicas": 6}}}}}
+    )
+    (change,) = plan(after, _as_running(before)).backends
+    assert change.config_update == {"autoscaling": {"max_replicas": 6}}
+    assert _problems({"backends": {"m": {"import_path": "a:b", "config": {
+        "num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}}}})  # fmt: skip
+
+
 # ---- rollout blocks ---------------------------------------------------------------
 
 _TWO = {"a": {"import_path": "m:a"}, "b": {"import_path": "m:b"}}

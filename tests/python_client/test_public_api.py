@@ -49,6 +49,7 @@ EXPECTED = {
     "list_backends",
     "list_endpoints",
     "list_replicas",
+    "autoscaling_status",
     "list_rollouts",
     "get_rollout",
     "rollout",
