@@ -443,3 +443,24 @@ def test_a_resumed_rollout_whose_endpoint_is_gone_ends_instead_of_retrying() -> 
         assert done.state == rpb.ROLLOUT_STATE_ABORTED and done.verdict.startswith("stopped:")
 
     run(scenario)
+
+
+def test_abort_after_the_old_backend_was_deleted_still_ends_the_rollout() -> None:
+    sim = SimulatedEndpoint()
+
+    async def scenario() -> None:
+        rollouts = make(sim)
+        await rollouts.start(request())
+        await until(lambda: rollouts.get("ep").current_step == 3)  # all on "new"
+        await sim.delete_backend("old")
+
+        async def refuse(endpoint: str, traffic: dict[str, float]) -> None:
+            raise NotFoundError("backend 'old' does not exist")
+
+        sim.set_traffic = refuse  # type: ignore[method-assign]
+        aborted = await rollouts.abort("ep")
+        assert aborted.state == rpb.ROLLOUT_STATE_ABORTED
+        assert "traffic left as it was" in aborted.verdict
+        assert sim.traffic["ep"] == {"new": 1.0}
+
+    run(scenario)
