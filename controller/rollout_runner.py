@@ -229,7 +229,18 @@ class RolloutRunner:
         step = f"step {r.current_step} of {len(r.steps)} ({r.steps[r.current_step - 1]:.4g})"
         if verdict.kind == rules.BREACH:
             # Off the new backend first, then say so.
-            await self._host.set_traffic(r.endpoint, {r.from_backend: 1.0})
+            try:
+                await self._host.set_traffic(r.endpoint, {r.from_backend: 1.0})
+            except TurnoutError as exc:
+                # The old backend is gone (deleted at the last step): the
+                # breach is still the news, with why nothing moved.
+                self._end(
+                    rpb.ROLLOUT_STATE_ABORTED,
+                    f"breach at {step}: {verdict.reason}; the traffic could not go back: {exc}",
+                    verdict.breaches,
+                )
+                self._save(r)
+                return
             self._end(
                 rpb.ROLLOUT_STATE_ROLLED_BACK,
                 f"rolled back at {step}: {verdict.reason}",

@@ -464,3 +464,26 @@ def test_abort_after_the_old_backend_was_deleted_still_ends_the_rollout() -> Non
         assert sim.traffic["ep"] == {"new": 1.0}
 
     run(scenario)
+
+
+def test_a_breach_when_the_old_backend_is_gone_keeps_its_evidence() -> None:
+    sim = SimulatedEndpoint()
+
+    async def scenario() -> None:
+        rollouts = make(sim)
+        await rollouts.start(request())
+        await until(lambda: rollouts.get("ep").current_step == 3)  # all on "new"
+        await sim.delete_backend("old")
+
+        async def refuse(endpoint: str, traffic: dict[str, float]) -> None:
+            raise NotFoundError("backend 'old' does not exist")
+
+        sim.set_traffic = refuse  # type: ignore[method-assign]
+        sim.failing["new"] = 0.5
+        await until_ended(rollouts)
+        done = rollouts.get("ep")
+        assert done.state == rpb.ROLLOUT_STATE_ABORTED
+        assert "could not go back" in done.verdict
+        assert [b.bound for b in done.evidence] == ["max_error_rate"]
+
+    run(scenario)
