@@ -120,18 +120,21 @@ class RolloutRunner:
         """Apply where the rollout stands (a resumed one included), then judge
         it every tick until it ends."""
         async with self.lock:
-            await self._enter()
+            await self._guard(self._enter)
         while not finished(self.rollout):
             await self._sleep(self._tick_s)
             async with self.lock:
                 if finished(self.rollout) or self.rollout.state == rpb.ROLLOUT_STATE_PAUSED:
                     return
-                try:
-                    await self._pass()
-                except TurnoutError as exc:
-                    # The plane refused (an endpoint deleted under us...): end, never loop on it.
-                    self._end(rpb.ROLLOUT_STATE_ABORTED, f"stopped: {exc}")
-                    self._save(self.rollout)
+                await self._guard(self._pass)
+
+    async def _guard(self, action: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await action()
+        except TurnoutError as exc:
+            # The plane refused (an endpoint deleted under us...): end, never loop on it.
+            self._end(rpb.ROLLOUT_STATE_ABORTED, f"stopped: {exc}")
+            self._save(self.rollout)
 
     async def _enter(self) -> None:
         """Start (or restart) the current phase: its traffic, its timer."""
@@ -226,7 +229,18 @@ class RolloutRunner:
         step = f"step {r.current_step} of {len(r.steps)} ({r.steps[r.current_step - 1]:.4g})"
         if verdict.kind == rules.BREACH:
             # Off the new backend first, then say so.
-            await self._host.set_traffic(r.endpoint, {r.from_backend: 1.0})
+            try:
+                await self._host.set_traffic(r.endpoint, {r.from_backend: 1.0})
+            except TurnoutError as exc:
+                # The old backend is gone (deleted at the last step): the
+                # breach is still the news, with why nothing moved.
+                self._end(
+                    rpb.ROLLOUT_STATE_ABORTED,
+                    f"breach at {step}: {verdict.reason}; the traffic could not go back: {exc}",
+                    verdict.breaches,
+                )
+                self._save(r)
+                return
             self._end(
                 rpb.ROLLOUT_STATE_ROLLED_BACK,
                 f"rolled back at {step}: {verdict.reason}",

@@ -30,7 +30,12 @@ from collections.abc import Awaitable, Callable
 
 from turnout._internal import rollout_rules as rules
 from turnout._internal import validation
-from turnout._internal.errors import InUseError, InvalidArgumentError, NotFoundError
+from turnout._internal.errors import (
+    InUseError,
+    InvalidArgumentError,
+    NotFoundError,
+    TurnoutError,
+)
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import rollout_pb2 as rpb
 
@@ -209,14 +214,20 @@ class Rollouts:
             if finished(rollout):
                 raise InUseError(f"endpoint {endpoint!r} has no rollout running to abort")
             await self._halt(endpoint)
-            if self._host.traffic(endpoint) is not None:
-                await self._host.set_traffic(endpoint, {rollout.from_backend: 1.0})
-                if rollout.state == rpb.ROLLOUT_STATE_SHADOW or (
-                    rollout.paused_state == rpb.ROLLOUT_STATE_SHADOW
-                ):
-                    await self._host.set_shadow(endpoint, rollout.to_backend, 0.0)
+            verdict = f"aborted; all traffic back on {rollout.from_backend!r}"
+            try:
+                if self._host.traffic(endpoint) is not None:
+                    await self._host.set_traffic(endpoint, {rollout.from_backend: 1.0})
+                    if rollout.state == rpb.ROLLOUT_STATE_SHADOW or (
+                        rollout.paused_state == rpb.ROLLOUT_STATE_SHADOW
+                    ):
+                        await self._host.set_shadow(endpoint, rollout.to_backend, 0.0)
+            except TurnoutError as exc:
+                # Its runner is stopped: the rollout ends either way, saying why
+                # the traffic stayed (the old backend deleted at the last step...).
+                verdict = f"aborted; traffic left as it was: {exc}"
             rollout.state = rpb.ROLLOUT_STATE_ABORTED
-            rollout.verdict = f"aborted; all traffic back on {rollout.from_backend!r}"
+            rollout.verdict = verdict
             rollout.ended_unix = self._wall()
             self._save(rollout)
         return self.get(endpoint)

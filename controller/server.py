@@ -97,6 +97,9 @@ class ControllerOptions:
     ray_address: str | None = None
     # Ray's runtime_env of every replica actor, as JSON (working_dir, pip, env_vars).
     ray_runtime_env: str | None = None
+    # Proxies prefer their node's replicas; which nodes get a proxy (controller_args).
+    ray_prefer_local_replicas: bool = False
+    ray_proxy_location: str = "WithReplicas"
 
     @property
     def admin_token_file(self) -> Path:
@@ -155,6 +158,8 @@ class Controller:
                 local,
                 self.store,
                 runtime_env=options.ray_runtime_env,
+                prefer_local_replicas=options.ray_prefer_local_replicas,
+                proxy_location=options.ray_proxy_location,
             )
             self.launcher, resources = on_ray, ClusterResources(on_ray)
         self.publisher = RoutePublisher()

@@ -242,6 +242,16 @@ class ControllerServicer(
     ) -> pb.ListReplicasResponse:
         return pb.ListReplicasResponse(replicas=self._plane.list_replicas(request.backend))
 
+    @_translate_errors
+    async def GetReplicaLog(
+        self, request: pb.GetReplicaLogRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetReplicaLogResponse:
+        offset = request.offset if request.HasField("offset") else None
+        chunk = await self._plane.replica_log(request.replica_id, offset, request.max_bytes)
+        return pb.GetReplicaLogResponse(
+            data=chunk.data, next_offset=chunk.next_offset, size=chunk.size
+        )
+
     async def WatchRoutes(
         self, request: pb.WatchRoutesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchRoutesResponse]:

@@ -17,6 +17,7 @@ Example::
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from turnout._dashboard.server import Dashboard
     from turnout._internal.rpc import TLSConfig
     from turnout._internal.version import __version__
     from turnout.api import (
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
         update_endpoint,
     )
     from turnout.batching import accept_batch, context
-    from turnout.client import Client, ReplicaInfo
+    from turnout.client import Client, ReplicaInfo, ReplicaLog
     from turnout.command import Command
     from turnout.config import BackendConfig
     from turnout.errors import (
@@ -79,6 +80,7 @@ _WHERE = {
     "DeadlineExceededError": "turnout.errors",
     "Client": "turnout.client",
     "Command": "turnout.command",
+    "Dashboard": "turnout._dashboard.server",
     "EndpointHandle": "turnout.handle",
     "HandleFuture": "turnout.handle",
     "InUseError": "turnout.errors",
@@ -90,6 +92,7 @@ _WHERE = {
     "PermissionDeniedError": "turnout.errors",
     "ReplicaInfo": "turnout.client",
     "Rollout": "turnout.rollouts",
+    "ReplicaLog": "turnout.client",
     "TLSConfig": "turnout._internal.rpc",
     "TokenFileError": "turnout.errors",
     "TurnoutError": "turnout.errors",
@@ -134,6 +137,7 @@ __all__ = [
     "DeadlineExceededError",
     "Client",
     "Command",
+    "Dashboard",
     "EndpointHandle",
     "HandleFuture",
     "InUseError",
@@ -145,6 +149,7 @@ __all__ = [
     "PermissionDeniedError",
     "ReplicaInfo",
     "Rollout",
+    "ReplicaLog",
     "TLSConfig",
     "TokenFileError",
     "TurnoutError",

@@ -11,7 +11,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import grpc
 
@@ -35,6 +36,9 @@ from turnout.rollouts import Rollout, describe
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 from turnout.v1 import rollout_pb2 as rpb
+
+if TYPE_CHECKING:
+    from turnout._dashboard.server import Dashboard
 
 Resp = TypeVar("Resp")
 
@@ -75,6 +79,24 @@ class ReplicaInfo:
     # The machine it runs on ("" = the controller's own; a node's IP address
     # on a Ray cluster).
     node: str = ""
+    # Times the controller started it again after it died or failed to
+    # start, and why the last time happened ("" = never).
+    restarts: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaLog:
+    """Part of one replica's log (``Client.replica_log``): ``data`` from some
+    byte offset on, ``next_offset`` to go on from, the log's ``size`` now."""
+
+    data: bytes
+    next_offset: int
+    size: int
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
 
 
 def call_controller(
@@ -318,6 +340,7 @@ class Client:
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._lock = threading.Lock()
         self._closed = False
+        self._dashboards: list[Dashboard] = []
         self._info = self._call(self._stub.GetInstance, pb.GetInstanceRequest())
         # Only once it answered: handles made from here on (and unpickled in
         # this process) reach the instance the same way.
@@ -426,6 +449,8 @@ class Client:
         with self._lock:
             if self._closed:
                 return
+            for dashboard in self._dashboards:
+                dashboard.stop()
             try:
                 self._call(self._stub.Shutdown, pb.ShutdownRequest(), timeout=_SLOW_TIMEOUT_S)
             except NotRunningError:
@@ -435,6 +460,35 @@ class Client:
                 self._channel.close()
                 if self._instance is not None:
                     self._instance.wait_stopped()
+
+    def serve_dashboard(
+        self,
+        port: int = 8265,
+        *,
+        host: str = "127.0.0.1",
+        https: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+    ) -> Dashboard:
+        """Serve the operators' dashboard of this instance from a thread of
+        this process, with this client's credentials, until ``stop()`` or
+        ``shutdown()``; port 0 picks a free one. Its ``url`` carries the token
+        that opens it. Beyond loopback it needs ``https=(cert, key)``
+        (docs/dashboard.md).
+
+        Example::
+
+            dashboard = client.serve_dashboard(port=0)
+            print(dashboard.url)  # http://127.0.0.1:40123/?token=...
+        """
+        from turnout._dashboard.server import Dashboard
+
+        files = None
+        if https is not None:
+            if not isinstance(https, tuple) or len(https) != 2:
+                raise TypeError("https must be a (certificate path, key path) tuple")
+            files = (Path(https[0]), Path(https[1]))
+        dashboard = Dashboard(self, host=host, port=port, https=files)
+        self._dashboards.append(dashboard)
+        return dashboard
 
     # ---- backends ---------------------------------------------------------
 
@@ -590,9 +644,43 @@ class Client:
                 gpus=r.gpus,
                 log_path=r.log_path,
                 node=r.node,
+                restarts=r.restarts,
+                last_error=r.last_error,
             )
             for r in reply.replicas
         ]
+
+    def replica_log(
+        self, replica_id: str, max_bytes: int = 0, offset: int | None = None
+    ) -> ReplicaLog:
+        """Part of a running replica's log, read by the controller where the
+        replica runs (a Ray node included): its last ``max_bytes`` (0 = 64 KiB;
+        at most 1 MiB), or from byte ``offset`` on (a previous answer's
+        ``next_offset``, to follow it; past the end, after a rotation: from
+        the start). NotFoundError for a replica id that does not run.
+
+        Example::
+
+            log = client.replica_log("model#1")
+            print(log.text)
+            more = client.replica_log("model#1", offset=log.next_offset)
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
+        if max_bytes < 0:
+            raise InvalidArgumentError(f"max_bytes must be >= 0, got {max_bytes}")
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+        if offset is not None and offset < 0:
+            raise InvalidArgumentError(f"offset must be >= 0, got {offset}")
+        request = pb.GetReplicaLogRequest(
+            replica_id=_check_str(replica_id, "replica_id"),
+            # Beyond the field's range: the controller's own "at most" answer.
+            max_bytes=min(max_bytes, 2**32 - 1),
+            offset=None if offset is None else min(offset, 2**64 - 1),
+        )
+        reply = self._call(self._stub.GetReplicaLog, request)
+        return ReplicaLog(reply.data, reply.next_offset, reply.size)
 
     # ---- endpoints --------------------------------------------------------
 

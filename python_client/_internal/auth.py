@@ -81,6 +81,7 @@ _READ_METHODS = frozenset(
         "GetEndpoint",
         "ListEndpoints",
         "ListReplicas",
+        "GetReplicaLog",
         "GetStats",
         "GetInstance",
         "GetRollout",

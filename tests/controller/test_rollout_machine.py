@@ -408,3 +408,82 @@ def test_a_shadow_phase_that_matches_goes_on_to_the_steps_and_delete_old_deletes
         assert sim.deleted == ["old"]
 
     run(scenario)
+
+
+def test_a_refused_traffic_change_ends_the_rollout_instead_of_looping() -> None:
+    sim = SimulatedEndpoint()
+
+    async def scenario() -> None:
+        rollouts = make(sim)
+        await rollouts.start(request())
+        await until(lambda: rollouts.get("ep").current_step == 1)
+        del sim.traffic["ep"]  # the endpoint deleted: its traffic cannot be set
+        await until_ended(rollouts)
+        done = rollouts.get("ep")
+        assert done.state == rpb.ROLLOUT_STATE_ABORTED and "deleted" in done.verdict
+
+    run(scenario)
+
+
+def test_a_resumed_rollout_whose_endpoint_is_gone_ends_instead_of_retrying() -> None:
+    sim = SimulatedEndpoint()
+    store = MemoryStore()
+    store.put_rollout(
+        request(
+            from_backend="old", state=rpb.ROLLOUT_STATE_STEPPING, current_step=2, steps=[0.1, 1.0]
+        )
+    )
+    del sim.traffic["ep"]
+
+    async def scenario() -> None:
+        rollouts = make(sim, store)
+        rollouts.resume_all()
+        await until_ended(rollouts)
+        done = rollouts.get("ep")
+        assert done.state == rpb.ROLLOUT_STATE_ABORTED and done.verdict.startswith("stopped:")
+
+    run(scenario)
+
+
+def test_abort_after_the_old_backend_was_deleted_still_ends_the_rollout() -> None:
+    sim = SimulatedEndpoint()
+
+    async def scenario() -> None:
+        rollouts = make(sim)
+        await rollouts.start(request())
+        await until(lambda: rollouts.get("ep").current_step == 3)  # all on "new"
+        await sim.delete_backend("old")
+
+        async def refuse(endpoint: str, traffic: dict[str, float]) -> None:
+            raise NotFoundError("backend 'old' does not exist")
+
+        sim.set_traffic = refuse  # type: ignore[method-assign]
+        aborted = await rollouts.abort("ep")
+        assert aborted.state == rpb.ROLLOUT_STATE_ABORTED
+        assert "traffic left as it was" in aborted.verdict
+        assert sim.traffic["ep"] == {"new": 1.0}
+
+    run(scenario)
+
+
+def test_a_breach_when_the_old_backend_is_gone_keeps_its_evidence() -> None:
+    sim = SimulatedEndpoint()
+
+    async def scenario() -> None:
+        rollouts = make(sim)
+        await rollouts.start(request())
+        await until(lambda: rollouts.get("ep").current_step == 3)  # all on "new"
+        await sim.delete_backend("old")
+
+        async def refuse(endpoint: str, traffic: dict[str, float]) -> None:
+            raise NotFoundError("backend 'old' does not exist")
+
+        sim.set_traffic = refuse  # type: ignore[method-assign]
+        sim.failing["new"] = 0.5
+        await until_ended(rollouts)
+        done = rollouts.get("ep")
+        assert done.state == rpb.ROLLOUT_STATE_ABORTED
+        assert "could not go back" in done.verdict
+        assert [b.bound for b in done.evidence] == ["max_error_rate"]
+
+    run(scenario)

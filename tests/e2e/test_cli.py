@@ -463,9 +463,17 @@ def test_logs_show_what_a_handler_printed(running: Home) -> None:
         finally:
             process.kill()
 
+    # One replica by its id: read through the controller (GetReplicaLog), as
+    # the replicas on a Ray cluster's other nodes are.
+    by_id = running.run("logs", "echo#1", "-n", "3").stdout.splitlines()
+    assert 0 < len(by_id) <= 3 and all(line.startswith("echo#1 | ") for line in by_id)
+    assert any(line.endswith("printed marker-two") for line in by_id)
+
     unknown = running.run("logs", "nope", check=False)
     assert unknown.returncode == 1
-    assert unknown.stderr.startswith("turnout: no backend named 'nope' (backends: echo, greeter")
+    assert unknown.stderr.startswith(
+        "turnout: no backend or running replica named 'nope' (backends: echo, greeter"
+    )
 
 
 # ---- instances of their own ---------------------------------------------------------

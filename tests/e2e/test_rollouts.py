@@ -350,3 +350,57 @@ def test_a_deploy_file_with_a_rollout_block_moves_the_endpoint_by_a_rollout(
         assert action(plan(parse(second), instance.state())) == "unchanged"
     finally:
         instance.close()
+
+
+def test_a_shadow_phase_gates_on_the_match_rate(
+    client: turnout.Client, pair: Callable[..., tuple[str, str, str, str]]
+) -> None:
+    # "other" answers differently from "old": its copies differ, so it never
+    # gets real traffic; "same" answers the same and goes on to the steps.
+    endpoint, old, other, url = pair(Version("old"), Version("other"))
+    same = f"{other}-same"
+    client.create_backend(same, Version, "old")
+    slo = {"min_requests": 10}
+    with Load(url) as load:
+        differs = client.rollout(
+            endpoint, other, steps=[1.0], step_s=1, slo=slo, shadow_s=1, min_match_rate=0.9
+        )
+        assert differs.wait(timeout=60) == "rolled_back", differs.info()
+        info = differs.info()
+        assert info["step"] == 0 and [b["bound"] for b in info["evidence"]] == ["min_match_rate"]
+        assert info["evidence"][0]["value"] == 0.0
+        assert client.list_endpoints()[endpoint]["shadows"] == {}
+        assert load.answers.get("other", 0) == 0  # its answers never reached a client
+        matches = client.rollout(endpoint, same, steps=[1.0], step_s=1, slo=slo, shadow_s=1)
+        assert matches.wait(timeout=60) == "succeeded", matches.info()
+    assert traffic(client, endpoint) == {same: 1.0}
+
+
+def test_the_read_role_reads_rollouts_and_only_admin_changes_them(
+    client: turnout.Client, pair: Callable[..., tuple[str, str, str, str]]
+) -> None:
+    from test_auth import handle_token
+
+    endpoint, old, new, _ = pair(Version("old"), Version("new"))
+    client.rollout(endpoint, new, steps=[0.5, 1.0], step_s=30)
+    read = handle_token(client)  # what user code holds: read, router, data
+    service = "turnout.v1.ControllerService"
+
+    def code(method: str, data: dict[str, Any]) -> str:
+        result = run_grpcurl(
+            client.controller_address,
+            f"{service}/{method}",
+            token=read,
+            reflect_token=client.token,
+            data=data,
+        )
+        return "OK" if result.returncode == 0 else result.stderr
+
+    assert code("GetRollout", {"endpoint": endpoint}) == "OK"
+    assert code("ListRollouts", {}) == "OK"
+    for method in ("PauseRollout", "AbortRollout", "StartRollout"):
+        data = {"rollout": {"endpoint": endpoint}} if method == "StartRollout" else {}
+        assert "PermissionDenied" in code(method, data or {"endpoint": endpoint}), method
+    assert client.get_rollout(endpoint).state in ("pending", "stepping")
+    client.get_rollout(endpoint).abort()
+    assert traffic(client, endpoint) == {old: 1.0}

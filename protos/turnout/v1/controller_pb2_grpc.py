@@ -112,6 +112,11 @@ class ControllerServiceStub:
                 request_serializer=turnout_dot_v1_dot_controller__pb2.ListReplicasRequest.SerializeToString,
                 response_deserializer=turnout_dot_v1_dot_controller__pb2.ListReplicasResponse.FromString,
                 _registered_method=True)
+        self.GetReplicaLog = channel.unary_unary(
+                '/turnout.v1.ControllerService/GetReplicaLog',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.GetReplicaLogRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.GetReplicaLogResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/turnout.v1.ControllerService/GetStats',
                 request_serializer=turnout_dot_v1_dot_controller__pb2.GetStatsRequest.SerializeToString,
@@ -270,6 +275,14 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReplicaLog(self, request, context):
+        """Part of one running replica's log, wherever it runs (a Ray node's
+        replica included): by default its last 64 KiB. Read role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """Counters summed over every router that reported: requests per backend,
         errors, and how shadow backends compared with the primary.
@@ -407,6 +420,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListReplicas,
                     request_deserializer=turnout_dot_v1_dot_controller__pb2.ListReplicasRequest.FromString,
                     response_serializer=turnout_dot_v1_dot_controller__pb2.ListReplicasResponse.SerializeToString,
+            ),
+            'GetReplicaLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReplicaLog,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.GetReplicaLogRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.GetReplicaLogResponse.SerializeToString,
             ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
@@ -839,6 +857,33 @@ class ControllerService:
             '/turnout.v1.ControllerService/ListReplicas',
             turnout_dot_v1_dot_controller__pb2.ListReplicasRequest.SerializeToString,
             turnout_dot_v1_dot_controller__pb2.ListReplicasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReplicaLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/GetReplicaLog',
+            turnout_dot_v1_dot_controller__pb2.GetReplicaLogRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.GetReplicaLogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,6 +74,10 @@ class ControllerServiceStub:
     """Sets (or, with proportion 0, removes) a shadow backend of an endpoint."""
     ListReplicas: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListReplicasRequest, _controller_pb2.ListReplicasResponse]
     """Replicas with their state, address and pid."""
+    GetReplicaLog: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetReplicaLogRequest, _controller_pb2.GetReplicaLogResponse]
+    """Part of one running replica's log, wherever it runs (a Ray node's
+    replica included): by default its last 64 KiB. Read role.
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetStatsRequest, _controller_pb2.GetStatsResponse]
     """Counters summed over every router that reported: requests per backend,
     errors, and how shadow backends compared with the primary.
@@ -142,6 +146,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Sets (or, with proportion 0, removes) a shadow backend of an endpoint."""
     ListReplicas: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListReplicasRequest, _controller_pb2.ListReplicasResponse]  # type: ignore[assignment]
     """Replicas with their state, address and pid."""
+    GetReplicaLog: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetReplicaLogRequest, _controller_pb2.GetReplicaLogResponse]  # type: ignore[assignment]
+    """Part of one running replica's log, wherever it runs (a Ray node's
+    replica included): by default its last 64 KiB. Read role.
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetStatsRequest, _controller_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counters summed over every router that reported: requests per backend,
     errors, and how shadow backends compared with the primary.
@@ -291,6 +299,16 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListReplicasResponse, _abc.Awaitable[_controller_pb2.ListReplicasResponse]]:
         """Replicas with their state, address and pid."""
+
+    @_abc_1.abstractmethod
+    def GetReplicaLog(
+        self,
+        request: _controller_pb2.GetReplicaLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GetReplicaLogResponse, _abc.Awaitable[_controller_pb2.GetReplicaLogResponse]]:
+        """Part of one running replica's log, wherever it runs (a Ray node's
+        replica included): by default its last 64 KiB. Read role.
+        """
 
     @_abc_1.abstractmethod
     def GetStats(
