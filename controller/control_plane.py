@@ -29,8 +29,9 @@ from turnout._internal.errors import (
 )
 from turnout.v1 import controller_pb2 as pb
 
-from . import adoption
+from . import adoption, log_tail
 from .launchers.base import Launcher
+from .log_tail import LogChunk
 from .replica_set import ReplicaSet, ReplicaStartError
 from .resources import ResourcePool
 from .routing import RoutePublisher
@@ -520,7 +521,23 @@ class ControlPlane:
         if backend.spec.interface != pb.BACKEND_INTERFACE_UNSPECIFIED:
             return backend.spec.interface in (pb.BACKEND_INTERFACE_WSGI, pb.BACKEND_INTERFACE_ASGI)
         replicas = self._sets.get(tag)
-        return replicas is not None and web_apps.is_app(replicas.capabilities.get("interface"))
+        if replicas is None:
+            return False
+        # What the running replicas report: after update_backend, the new code's.
+        reports = [s.child.report.capabilities for s in replicas.running() if s.child is not None]
+        return any(web_apps.is_app(c.get("interface")) for c in reports or [replicas.capabilities])
+
+    async def replica_log(self, replica_id: str, offset: int | None, max_bytes: int) -> LogChunk:
+        """Part of a running replica's log, read by its launcher where it runs
+        (``log_tail``: default and most bytes, what an offset past the end does)."""
+        size = log_tail.checked_max_bytes(max_bytes)
+        for replicas in self._sets.values():
+            for slot in replicas.running():
+                if slot.replica_id == replica_id and slot.child is not None:
+                    return await self._launcher.read_log(slot.child, offset, size)
+        raise NotFoundError(
+            f"no running replica {replica_id!r} (list_replicas() gives the ids, e.g. 'model#1')"
+        )
 
     def snapshot_parts(self) -> tuple[list[pb.Endpoint], list[pb.BackendTargets]]:
         endpoints = [self._endpoint_out(e) for e in self._store.endpoints().values()]
@@ -531,7 +548,9 @@ class ControlPlane:
                 tag=tag,
                 desired_replicas=record.config.num_replicas if record is not None else 0,
                 replicas=[
-                    pb.ReplicaTarget(replica_id=s.replica_id, address=s.child.address)
+                    pb.ReplicaTarget(
+                        replica_id=s.replica_id, address=s.child.address, node=s.child.node_id
+                    )
                     for s in replicas.running()
                     if s.child is not None
                 ],

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from turnout._internal.cors import CorsPolicy
 from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import rollout_pb2 as rpb
 
 from .launchers.local import local_handle
 from .store import LOCAL, BackendRecord, ChildRecord, EndpointRecord
@@ -52,6 +53,12 @@ CREATE TABLE IF NOT EXISTS endpoints (
     request_timeout REAL NOT NULL,
     cors TEXT NOT NULL DEFAULT ''  -- JSON CorsPolicy.to_dict(); '' = none
 );
+-- Each endpoint's current or last rollout. Files of earlier builds lack the
+-- table; it is created when they are opened, empty.
+CREATE TABLE IF NOT EXISTS rollouts (
+    endpoint TEXT PRIMARY KEY,
+    rollout BLOB NOT NULL    -- turnout.v1.Rollout
+);
 """
 )
 
@@ -69,6 +76,12 @@ class SqliteStore:
         self._backends = {record.tag: record for record in self._load_backends()}
         self._endpoints = {record.name: record for record in self._load_endpoints()}
         self._children = {record.name: record for record in self._load_children()}
+        self._rollouts = {
+            endpoint: data
+            for endpoint, data in self._db.execute(
+                "SELECT endpoint, rollout FROM rollouts ORDER BY rowid"
+            )
+        }
 
     def close(self) -> None:
         self._db.close()
@@ -266,3 +279,17 @@ class SqliteStore:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM children WHERE name = ?", (name,))
         self._children.pop(name, None)
+
+    def rollouts(self) -> dict[str, rpb.Rollout]:
+        return {name: rpb.Rollout.FromString(data) for name, data in self._rollouts.items()}
+
+    def put_rollout(self, rollout: rpb.Rollout) -> None:
+        data = rollout.SerializeToString()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO rollouts (endpoint, rollout) VALUES (?, ?) "
+                "ON CONFLICT(endpoint) DO UPDATE SET rollout=excluded.rollout",
+                (rollout.endpoint, data),
+            )
+        self._rollouts[rollout.endpoint] = data

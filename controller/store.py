@@ -13,6 +13,7 @@ from typing import Protocol
 
 from turnout._internal.cors import CorsPolicy
 from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import rollout_pb2 as rpb
 
 
 @dataclass
@@ -95,6 +96,10 @@ class Store(Protocol):
     def put_child(self, record: ChildRecord) -> None: ...
     def delete_child(self, name: str) -> None: ...
 
+    # Each endpoint's current or last rollout, keyed by endpoint.
+    def rollouts(self) -> dict[str, rpb.Rollout]: ...
+    def put_rollout(self, rollout: rpb.Rollout) -> None: ...
+
 
 class MemoryStore:
     """Desired state in this process only; lost when the controller exits."""
@@ -103,6 +108,7 @@ class MemoryStore:
         self._backends: dict[str, BackendRecord] = {}
         self._endpoints: dict[str, EndpointRecord] = {}
         self._children: dict[str, ChildRecord] = {}
+        self._rollouts: dict[str, bytes] = {}
 
     def backends(self) -> dict[str, BackendRecord]:
         return dict(self._backends)
@@ -130,3 +136,9 @@ class MemoryStore:
 
     def delete_child(self, name: str) -> None:
         self._children.pop(name, None)
+
+    def rollouts(self) -> dict[str, rpb.Rollout]:
+        return {name: rpb.Rollout.FromString(data) for name, data in self._rollouts.items()}
+
+    def put_rollout(self, rollout: rpb.Rollout) -> None:
+        self._rollouts[rollout.endpoint] = rollout.SerializeToString()

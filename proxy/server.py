@@ -136,6 +136,8 @@ async def serve(args: ProxyArgs) -> int:
         security=Security(tls=tls, token=token),
         system_token=system_token(args),
     )
+    if args.prefer_local_replicas:
+        state.router.pool.prefer_node = args.node_id
     counters = None
     if stats_dir is not None:
         counters = SharedCounters(stats_dir, index, state.router.stats, state.gauges)

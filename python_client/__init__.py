@@ -17,6 +17,7 @@ Example::
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from turnout._dashboard.server import Dashboard
     from turnout._internal.rpc import TLSConfig
     from turnout._internal.sse import EventStream, sse_event
     from turnout._internal.version import __version__
@@ -30,10 +31,13 @@ if TYPE_CHECKING:
         endpoint_stats,
         get_backend_config,
         get_handle,
+        get_rollout,
         init,
         list_backends,
         list_endpoints,
         list_replicas,
+        list_rollouts,
+        rollout,
         set_traffic,
         shadow_traffic,
         shutdown,
@@ -44,7 +48,7 @@ if TYPE_CHECKING:
         update_endpoint,
     )
     from turnout.batching import accept_batch, context
-    from turnout.client import Client, ReplicaInfo
+    from turnout.client import Client, ReplicaInfo, ReplicaLog
     from turnout.command import Command
     from turnout.config import BackendConfig
     from turnout.errors import (
@@ -67,6 +71,7 @@ if TYPE_CHECKING:
         UnimplementedError,
     )
     from turnout.handle import EndpointHandle, HandleFuture, HandleIterator
+    from turnout.rollouts import Rollout
 
 _WHERE = {
     "AlreadyExistsError": "turnout.errors",
@@ -76,6 +81,7 @@ _WHERE = {
     "DeadlineExceededError": "turnout.errors",
     "Client": "turnout.client",
     "Command": "turnout.command",
+    "Dashboard": "turnout._dashboard.server",
     "EndpointHandle": "turnout.handle",
     "EventStream": "turnout._internal.sse",
     "HandleFuture": "turnout.handle",
@@ -88,6 +94,8 @@ _WHERE = {
     "OverloadedError": "turnout.errors",
     "PermissionDeniedError": "turnout.errors",
     "ReplicaInfo": "turnout.client",
+    "Rollout": "turnout.rollouts",
+    "ReplicaLog": "turnout.client",
     "TLSConfig": "turnout._internal.rpc",
     "TokenFileError": "turnout.errors",
     "TurnoutError": "turnout.errors",
@@ -112,6 +120,9 @@ _WHERE = {
     "list_backends": "turnout.api",
     "list_endpoints": "turnout.api",
     "list_replicas": "turnout.api",
+    "list_rollouts": "turnout.api",
+    "get_rollout": "turnout.api",
+    "rollout": "turnout.api",
     "set_traffic": "turnout.api",
     "shadow_traffic": "turnout.api",
     "shutdown": "turnout.api",
@@ -130,6 +141,7 @@ __all__ = [
     "DeadlineExceededError",
     "Client",
     "Command",
+    "Dashboard",
     "EndpointHandle",
     "EventStream",
     "HandleFuture",
@@ -142,6 +154,8 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "ReplicaInfo",
+    "Rollout",
+    "ReplicaLog",
     "TLSConfig",
     "TokenFileError",
     "TurnoutError",
@@ -165,6 +179,9 @@ __all__ = [
     "list_backends",
     "list_endpoints",
     "list_replicas",
+    "list_rollouts",
+    "get_rollout",
+    "rollout",
     "set_traffic",
     "shadow_traffic",
     "shutdown",

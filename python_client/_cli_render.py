@@ -27,6 +27,8 @@ class Snapshot:
     replicas: Sequence[ReplicaInfo]
     # Autoscaled backends' status (Client.autoscaling_status), by backend.
     autoscaling: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Each endpoint's current or last rollout (``Rollout.info()``).
+    rollouts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, client: Client) -> Snapshot:
@@ -46,6 +48,7 @@ class Snapshot:
             backends=backends,
             replicas=sorted(client.list_replicas(), key=lambda r: (r.backend, r.replica_id)),
             autoscaling=autoscaling,
+            rollouts=client.list_rollouts(),
         )
 
     def replica_counts(self, backend: str) -> dict[str, int]:
@@ -68,7 +71,8 @@ def to_json(snapshot: Snapshot) -> str:
          "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...},
                              "autoscaling": {...} (autoscaled backends only)}},
          "replicas": [{"replica_id", "backend", "state", "pid", "address", "error",
-                       "cpus", "gpus", "log_path", "node"}]}
+                       "cpus", "gpus", "log_path", "node"}],
+         "rollouts": {endpoint: turnout.Rollout.info()}}
     """
     document = {
         "instance": {
@@ -91,6 +95,7 @@ def to_json(snapshot: Snapshot) -> str:
             for name, config in snapshot.backends.items()
         },
         "replicas": [{**asdict(r), "cpus": list(r.cpus)} for r in snapshot.replicas],
+        "rollouts": snapshot.rollouts,
     }
     return json.dumps(document, indent=2, sort_keys=True)
 
@@ -226,6 +231,8 @@ def to_text(snapshot: Snapshot) -> str:
     if replica_rows:
         header = ["REPLICA", "STATE", *(["NODE"] if nodes else []), "PID", "ADDRESS", "ERROR"]
         parts.append(table(header, replica_rows))
+    if snapshot.rollouts:
+        parts.append(rollout_table(snapshot.rollouts))
     return "\n\n".join(parts)
 
 
@@ -250,3 +257,42 @@ def _autoscaling_table(snapshot: Snapshot) -> str:
         )
     headers = ["AUTOSCALED", "MIN", "MAX", "LOAD", "ASKS", "DESIRED", "RUNNING", "LAST DECISION"]
     return table(headers, rows)
+
+
+def _window_text(window: Mapping[str, Any] | None) -> str:
+    if not window:
+        return "-"
+    p99 = window.get("p99")
+    latency = f" p99 {p99 * 1000:.3g}ms" if p99 is not None else ""
+    return f"{window['requests']} req {window['errors']} err{latency}"
+
+
+def rollout_table(rollouts: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each rollout's step, the numbers of its last window, and its verdict.
+
+    Example::
+
+        print(rollout_table(client.list_rollouts()))
+        # ROLLOUT  FROM  TO  STATE     STEP       NEW                     OLD  VERDICT
+        # model    v1    v2  stepping  2/4 (0.25) 52 req 0 err p99 12ms   ...  step 2 of 4 ...
+    """
+    rows = []
+    for endpoint, r in sorted(rollouts.items()):
+        steps = r["steps"]
+        step = f"{r['step']}/{len(steps)}"
+        if 0 < r["step"] <= len(steps):
+            step += f" ({_number(steps[r['step'] - 1])})"
+        rows.append(
+            [
+                endpoint,
+                r["from_backend"],
+                r["to_backend"],
+                r["state"],
+                step,
+                _window_text(r.get("new")),
+                _window_text(r.get("old")),
+                _first_line(r["verdict"]),
+            ]
+        )
+    header = ["ROLLOUT", "FROM", "TO", "STATE", "STEP", "NEW", "OLD", "VERDICT"]
+    return table(header, rows)

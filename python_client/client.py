@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import grpc
 
 from turnout import _pickling
 from turnout._handle_router import HandleRouter
-from turnout._internal import auth, rpc, tls_options, validation, web_apps
+from turnout._internal import auth, rollout_rules, rpc, tls_options, validation, web_apps
 from turnout._internal.cors import CorsPolicy
 from turnout._internal.latency import WINDOW_S, check_window
 from turnout._internal.rpc import TLSConfig
@@ -31,8 +32,13 @@ from turnout.errors import (
 )
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
+from turnout.rollouts import Rollout, describe
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
+from turnout.v1 import rollout_pb2 as rpb
+
+if TYPE_CHECKING:
+    from turnout._dashboard.server import Dashboard
 
 Resp = TypeVar("Resp")
 
@@ -73,6 +79,24 @@ class ReplicaInfo:
     # The machine it runs on ("" = the controller's own; a node's IP address
     # on a Ray cluster).
     node: str = ""
+    # Times the controller started it again after it died or failed to
+    # start, and why the last time happened ("" = never).
+    restarts: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaLog:
+    """Part of one replica's log (``Client.replica_log``): ``data`` from some
+    byte offset on, ``next_offset`` to go on from, the log's ``size`` now."""
+
+    data: bytes
+    next_offset: int
+    size: int
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
 
 
 def call_controller(
@@ -106,6 +130,12 @@ def _method_list(methods: Iterable[str]) -> list[str]:
     return [_check_str(m, "each method") for m in methods]
 
 
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 def _check_timeout(value: float | None) -> float | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise TypeError(f"request_timeout must be a number, got {type(value).__name__}")
@@ -122,10 +152,10 @@ def _as_json(values: tuple[Any, ...]) -> str | None:
 
 
 def _app_import_path(tag: str, app: Any) -> str:
-    path = web_apps.import_path_of(app)
+    path = web_apps.import_path_of(app, detected=False)
     if path is None:
         raise InvalidArgumentError(
-            f"backend {tag!r} is a {web_apps.detect(app).upper()} app, which replicas import "
+            f"backend {tag!r} is a web app, which replicas import "
             "rather than unpickle: define it at the top level of a module (not the main "
             "script) and pass it from there, or pass its import path 'package.module:app'"
         )
@@ -133,10 +163,19 @@ def _app_import_path(tag: str, app: Any) -> str:
 
 
 def _spec(
-    tag: str, func_or_class: Callable[..., Any] | type | str | Command, init_args: tuple[Any, ...]
+    tag: str,
+    func_or_class: Callable[..., Any] | type | str | Command,
+    init_args: tuple[Any, ...],
+    interface: str = "auto",
 ) -> pb.BackendSpec:
-    spec = pb.BackendSpec()
+    spec = pb.BackendSpec(interface=web_apps.to_proto(interface))
+    declared_app = spec.interface in (pb.BACKEND_INTERFACE_WSGI, pb.BACKEND_INTERFACE_ASGI)
     if isinstance(func_or_class, Command):
+        if spec.interface != pb.BACKEND_INTERFACE_UNSPECIFIED:
+            raise InvalidArgumentError(
+                f"backend {tag!r} is a command: it serves the replica protocol itself, "
+                "so it takes no interface"
+            )
         if init_args:
             raise InvalidArgumentError(
                 f"backend {tag!r} is a command: it takes no init args (put them in its argv)"
@@ -145,7 +184,9 @@ def _spec(
         return spec
     if isinstance(func_or_class, str):
         spec.import_path = func_or_class
-    elif web_apps.detect(func_or_class) != "handler":
+    elif not inspect.isclass(func_or_class) and (
+        declared_app or web_apps.detect(func_or_class) != "handler"
+    ):
         # Apps hold locks and weak references that do not pickle (Flask's),
         # or do not unpickle (Starlette's state): replicas import them.
         spec.import_path = _app_import_path(tag, func_or_class)
@@ -299,6 +340,7 @@ class Client:
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._lock = threading.Lock()
         self._closed = False
+        self._dashboards: list[Dashboard] = []
         self._info = self._call(self._stub.GetInstance, pb.GetInstanceRequest())
         # Only once it answered: handles made from here on (and unpickled in
         # this process) reach the instance the same way.
@@ -407,6 +449,8 @@ class Client:
         with self._lock:
             if self._closed:
                 return
+            for dashboard in self._dashboards:
+                dashboard.stop()
             try:
                 self._call(self._stub.Shutdown, pb.ShutdownRequest(), timeout=_SLOW_TIMEOUT_S)
             except NotRunningError:
@@ -416,6 +460,35 @@ class Client:
                 self._channel.close()
                 if self._instance is not None:
                     self._instance.wait_stopped()
+
+    def serve_dashboard(
+        self,
+        port: int = 8265,
+        *,
+        host: str = "127.0.0.1",
+        https: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+    ) -> Dashboard:
+        """Serve the operators' dashboard of this instance from a thread of
+        this process, with this client's credentials, until ``stop()`` or
+        ``shutdown()``; port 0 picks a free one. Its ``url`` carries the token
+        that opens it. Beyond loopback it needs ``https=(cert, key)``
+        (docs/dashboard.md).
+
+        Example::
+
+            dashboard = client.serve_dashboard(port=0)
+            print(dashboard.url)  # http://127.0.0.1:40123/?token=...
+        """
+        from turnout._dashboard.server import Dashboard
+
+        files = None
+        if https is not None:
+            if not isinstance(https, tuple) or len(https) != 2:
+                raise TypeError("https must be a (certificate path, key path) tuple")
+            files = (Path(https[0]), Path(https[1]))
+        dashboard = Dashboard(self, host=host, port=port, https=files)
+        self._dashboards.append(dashboard)
+        return dashboard
 
     # ---- backends ---------------------------------------------------------
 
@@ -466,31 +539,36 @@ class Client:
             serve.create_backend("api", "myproject.web:app")
         """
         _check_str(tag, "tag")
-        spec = _spec(tag, func_or_class, init_args)
-        spec.interface = web_apps.to_proto(interface)
         request = pb.CreateBackendRequest(
             tag=tag,
-            spec=spec,
+            spec=_spec(tag, func_or_class, init_args, interface),
             config=BackendConfig.coerce(config).to_proto(),
             replica_options=validation.replica_options_from(replica_options),
         )
         self._call(self._stub.CreateBackend, request, timeout=_SLOW_TIMEOUT_S)
 
     def update_backend(
-        self, tag: str, func_or_class: Callable[..., Any] | type | str | Command, *init_args: Any
+        self,
+        tag: str,
+        func_or_class: Callable[..., Any] | type | str | Command,
+        *init_args: Any,
+        interface: str = "auto",
     ) -> None:
         """Deploy new code under an existing tag without downtime.
 
         Replicas are replaced one at a time, each new one serving before an old
         one stops (and the old one finishing what it holds). If the new code
-        cannot start, nothing changes and the error is raised.
+        cannot start, nothing changes and the error is raised. ``interface``
+        is as for ``create_backend``, said again for the new code.
 
         Example::
 
             serve.update_backend("counter", CounterV2, 10)
         """
         _check_str(tag, "tag")
-        request = pb.UpdateBackendRequest(tag=tag, spec=_spec(tag, func_or_class, init_args))
+        request = pb.UpdateBackendRequest(
+            tag=tag, spec=_spec(tag, func_or_class, init_args, interface)
+        )
         self._call(self._stub.UpdateBackend, request, timeout=_SLOW_TIMEOUT_S)
 
     def get_backend_config(self, tag: str) -> BackendConfig:
@@ -566,9 +644,43 @@ class Client:
                 gpus=r.gpus,
                 log_path=r.log_path,
                 node=r.node,
+                restarts=r.restarts,
+                last_error=r.last_error,
             )
             for r in reply.replicas
         ]
+
+    def replica_log(
+        self, replica_id: str, max_bytes: int = 0, offset: int | None = None
+    ) -> ReplicaLog:
+        """Part of a running replica's log, read by the controller where the
+        replica runs (a Ray node included): its last ``max_bytes`` (0 = 64 KiB;
+        at most 1 MiB), or from byte ``offset`` on (a previous answer's
+        ``next_offset``, to follow it; past the end, after a rotation: from
+        the start). NotFoundError for a replica id that does not run.
+
+        Example::
+
+            log = client.replica_log("model#1")
+            print(log.text)
+            more = client.replica_log("model#1", offset=log.next_offset)
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
+        if max_bytes < 0:
+            raise InvalidArgumentError(f"max_bytes must be >= 0, got {max_bytes}")
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+        if offset is not None and offset < 0:
+            raise InvalidArgumentError(f"offset must be >= 0, got {offset}")
+        request = pb.GetReplicaLogRequest(
+            replica_id=_check_str(replica_id, "replica_id"),
+            # Beyond the field's range: the controller's own "at most" answer.
+            max_bytes=min(max_bytes, 2**32 - 1),
+            offset=None if offset is None else min(offset, 2**64 - 1),
+        )
+        reply = self._call(self._stub.GetReplicaLog, request)
+        return ReplicaLog(reply.data, reply.next_offset, reply.size)
 
     # ---- endpoints --------------------------------------------------------
 
@@ -717,6 +829,85 @@ class Client:
             endpoint=endpoint, backend=backend, proportion=float(proportion)
         )
         self._call(self._stub.ShadowTraffic, request)
+
+    # ---- rollouts ---------------------------------------------------------
+
+    def rollout(
+        self,
+        endpoint: str,
+        to_backend: str,
+        *,
+        steps: Iterable[float] = rollout_rules.DEFAULT_STEPS,
+        step_s: float = rollout_rules.DEFAULT_STEP_S,
+        slo: dict[str, Any] | None = None,
+        shadow_s: float | None = None,
+        shadow_proportion: float = 1.0,
+        min_match_rate: float = 1.0,
+        delete_old: bool = False,
+    ) -> Rollout:
+        """Move ``endpoint`` from the one backend it serves from to
+        ``to_backend`` in ``steps`` (shares of traffic, increasing, the last
+        1), each lasting ``step_s`` seconds, run by the controller.
+
+        Over each step the new backend is compared with the old one against
+        ``slo``: absolute bounds ``max_error_rate`` (0..1), ``max_p95_s``,
+        ``max_p99_s`` (seconds) and bounds relative to the old backend
+        ``max_error_rate_ratio``, ``max_latency_ratio`` (of p99s), judged once
+        the new backend answered ``min_requests`` (20) in the step; with no
+        bound given, ``max_error_rate`` is 0.01. A breach moves all traffic
+        back at once and the rollout ends "rolled_back" with the numbers
+        that breached. With ``shadow_s``, copies of ``shadow_proportion`` of
+        the requests go to the new backend first, for that long, and at
+        least ``min_match_rate`` of them must answer as the old one did.
+        With ``delete_old``, the old backend is deleted once the rollout
+        succeeded. One rollout per endpoint at a time.
+
+        Example::
+
+            rollout = serve.rollout("model", "model-v2", steps=[0.05, 0.5, 1.0], step_s=60,
+                                    slo={"max_error_rate": 0.01, "max_latency_ratio": 2.0})
+            rollout.wait()  # "succeeded", "rolled_back" or "aborted"
+        """
+        _check_str(endpoint, "endpoint")
+        _check_str(to_backend, "to_backend")
+        if isinstance(steps, str | bytes) or not isinstance(steps, Iterable):
+            raise TypeError(f"steps must be a list of numbers, got {type(steps).__name__}")
+        checked = rollout_rules.check_steps(list(steps))
+        request = rpb.Rollout(
+            endpoint=endpoint,
+            to_backend=to_backend,
+            steps=checked,
+            step_seconds=rollout_rules.check_step_s(step_s),
+            slo=rollout_rules.slo_from_dict(slo),
+            delete_old=bool(delete_old),
+        )
+        if shadow_s is not None:
+            shadow = rpb.RolloutShadow(
+                seconds=_number(shadow_s, "shadow_s"),
+                proportion=_number(shadow_proportion, "shadow_proportion"),
+                min_match_rate=_number(min_match_rate, "min_match_rate"),
+            )
+            if shadow.seconds <= 0:
+                raise InvalidArgumentError(f"shadow_s must be > 0, got {shadow_s!r}")
+            request.shadow.CopyFrom(rollout_rules.check_shadow(shadow))
+        self._call(self._stub.StartRollout, rpb.StartRolloutRequest(rollout=request))
+        return Rollout(endpoint, self._rollout_call)
+
+    def get_rollout(self, endpoint: str) -> Rollout:
+        """The current (or last) rollout of ``endpoint``; NotFoundError if it had none."""
+        _check_str(endpoint, "endpoint")
+        self._rollout_call("GetRollout", endpoint)
+        return Rollout(endpoint, self._rollout_call)
+
+    def list_rollouts(self) -> dict[str, dict[str, Any]]:
+        """``{endpoint: Rollout.info()}`` for each endpoint's current or last rollout."""
+        reply = self._call(self._stub.ListRollouts, rpb.ListRolloutsRequest())
+        return {r.endpoint: describe(r) for r in reply.rollouts}
+
+    def _rollout_call(self, name: str, endpoint: str) -> rpb.Rollout:
+        request = getattr(rpb, f"{name}Request")(endpoint=endpoint)
+        reply = self._call(getattr(self._stub, name), request)
+        return reply.rollout  # type: ignore[no-any-return]
 
     def get_handle(self, endpoint: str, missing_ok: bool = False) -> EndpointHandle:
         """A handle to call ``endpoint`` from Python.

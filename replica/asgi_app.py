@@ -54,6 +54,8 @@ class AsgiApp:
         # Lifespan state (ASGI 2.3): copied into every request's scope.
         self._state: dict[str, Any] = {}
         self._lifespan: asyncio.Task[None] | None = None
+        # Requests answered whose app call still runs (background tasks).
+        self._after_answer: set[asyncio.Future[None]] = set()
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
         self._from_app: asyncio.Queue[Message] = asyncio.Queue()
 
@@ -139,19 +141,44 @@ class AsgiApp:
                 if not message.get("more_body", False):
                     complete.set()
 
+        running = asyncio.ensure_future(self._run(scope, receive, send, complete, msg.path))
+        answered = asyncio.ensure_future(complete.wait())
         try:
-            await self.app(scope, receive, send)
-        except Exception:
-            if status is None or not complete.is_set():
-                raise
-            # Starlette's error middleware answers 500 itself, then re-raises
-            # for the server to log: the answer went out, so it stands.
-            log.exception("the ASGI app raised after answering request to %s", msg.path[:200])
-        finally:
-            complete.set()
+            await asyncio.wait({running, answered}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            running.cancel()
+            answered.cancel()
+            raise
+        if running.done():
+            answered.cancel()
+            running.result()  # what the app raised before it answered
+        else:
+            # Answered, and the app goes on (FastAPI's background tasks) with
+            # the answer already on its way, as behind uvicorn.
+            self._after_answer.add(running)
+            running.add_done_callback(self._after_answer.discard)
         if status is None:
             raise AppAnswerError("the ASGI app returned without sending http.response.start")
         return http_pb2.HttpResponse(status=status, headers=headers, body=b"".join(chunks))
+
+    async def _run(
+        self,
+        scope: Message,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+        complete: asyncio.Event,
+        path: str,
+    ) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            if not complete.is_set():
+                raise
+            # Starlette's error middleware answers 500 itself, then re-raises
+            # for the server to log: the answer went out, so it stands.
+            log.exception("the ASGI app raised after answering a request to %s", path[:200])
+        finally:
+            complete.set()
 
     def _scope(self, msg: http_pb2.HttpRequest) -> Message:
         scheme = msg.scheme or "http"

@@ -101,11 +101,11 @@ def is_app(interface: str | None) -> bool:
     return interface in ("wsgi", "asgi")
 
 
-def import_path_of(obj: Any) -> str | None:
+def import_path_of(obj: Any, detected: bool = True) -> str | None:
     """``"module:name"`` for a WSGI/ASGI app that an imported module (not the
     main script) holds at its top level, so replicas can import it; None for
-    anything else."""
-    if isinstance(obj, str) or detect(obj) == "handler":
+    anything else (with ``detected=False``, for any such object)."""
+    if isinstance(obj, str) or (detected and detect(obj) == "handler"):
         return None
     for name in sorted(sys.modules):
         module = sys.modules.get(name)

@@ -99,6 +99,21 @@ def test_create_starts_the_replicas_and_routes_to_them() -> None:
     run(scenario)
 
 
+def test_the_routing_snapshot_says_which_node_each_replica_runs_on() -> None:
+    # What proxies preferring their own node's replicas go by.
+    async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
+        await plane.create_backend(create("a", replicas=1))
+        launcher.node_id = "node-b"
+        await plane.update_backend_config("a", pb.BackendConfig(num_replicas=2))
+        _, backends = plane.snapshot_parts()
+        assert [(t.replica_id, t.node) for t in backends[0].replicas] == [
+            ("a#1", ""),
+            ("a#2", "node-b"),
+        ]
+
+    run(scenario)
+
+
 def test_scale_up_and_down_keeps_the_oldest_replicas() -> None:
     async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
         await plane.create_backend(create("a", replicas=1))

@@ -96,3 +96,34 @@ def test_a_state_file_from_before_cors_opens_with_no_policy(tmp_path: Path) -> N
     policy = CorsPolicy.from_dict({"allow_origins": ["*"]})
     store.put_endpoint(EndpointRecord(name="old", route="/old", methods=["GET"], cors=policy))
     assert SqliteStore(path).endpoints()["old"].cors == policy
+
+
+def test_rollouts_are_kept_per_endpoint_across_reopening(tmp_path: Path) -> None:
+    from turnout.v1 import rollout_pb2 as rpb
+
+    path = tmp_path / "state.db"
+    first = SqliteStore(path)
+    first.put_rollout(rpb.Rollout(endpoint="e", to_backend="v2", current_step=1))
+    first.put_rollout(rpb.Rollout(endpoint="e", to_backend="v2", current_step=2))
+    first.put_rollout(rpb.Rollout(endpoint="f", to_backend="v3"))
+    second = SqliteStore(path)  # no close(): as after a SIGKILL
+    assert {name: r.current_step for name, r in second.rollouts().items()} == {"e": 2, "f": 0}
+    first.close()
+    second.close()
+
+
+def test_a_state_file_of_a_build_without_rollouts_opens_with_none(tmp_path: Path) -> None:
+    import sqlite3
+
+    from turnout.v1 import rollout_pb2 as rpb
+
+    path = tmp_path / "state.db"
+    SqliteStore(path).put_backend(backend("a"))
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE rollouts")  # as the earlier build wrote it
+    db.close()
+    store = SqliteStore(path)
+    assert store.rollouts() == {} and list(store.backends()) == ["a"]
+    store.put_rollout(rpb.Rollout(endpoint="e"))
+    assert list(SqliteStore(path).rollouts()) == ["e"]
+    store.close()

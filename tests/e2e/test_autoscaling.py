@@ -11,11 +11,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+import pytest
 import requests
 from conftest import wait_until
 from test_recovery import Durable
 
 import turnout
+from turnout._internal import rpc
+from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import controller_pb2_grpc
 
 # Load: at most this many clients, each for at most this long.
 CLIENTS = 8
@@ -198,3 +203,38 @@ def test_load_through_handles_scales_too(
     assert failures == []
     client.delete_endpoint(name)
     client.delete_backend(name)
+
+
+def test_bad_autoscaling_configs_are_refused_over_grpc_and_in_python(
+    client: turnout.Client,
+) -> None:
+    config = pb.BackendConfig(
+        num_replicas=2, autoscaling=pb.AutoscalingConfig(min_replicas=1, max_replicas=3)
+    )
+    cases = {
+        "mutually exclusive": config,
+        "must be >= min_replicas": pb.BackendConfig(
+            autoscaling=pb.AutoscalingConfig(min_replicas=3, max_replicas=2)
+        ),
+        "target_ongoing_requests must be a number > 0": pb.BackendConfig(
+            autoscaling=pb.AutoscalingConfig(target_ongoing_requests=-1)
+        ),
+    }
+    spec = pb.BackendSpec(import_path="importable_backends:shout")
+    with rpc.channel(
+        client.controller_address, rpc.security_for(client.controller_address)
+    ) as channel:
+        stub = controller_pb2_grpc.ControllerServiceStub(channel)
+        for message, wrong in cases.items():
+            request = pb.CreateBackendRequest(tag="never-made", spec=spec, config=wrong)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.CreateBackend(request)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert message in (caught.value.details() or "")
+    with pytest.raises(turnout.InvalidArgumentError, match="mutually exclusive"):
+        client.create_backend(
+            "never-made",
+            _slow_pid(0),
+            config={"num_replicas": 2, "autoscaling_config": {"max_replicas": 3}},
+        )
+    assert "never-made" not in client.list_backends()

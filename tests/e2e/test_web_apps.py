@@ -181,6 +181,35 @@ def test_interface_names_an_app_that_detection_would_miss(
         client.delete_backend(name)
 
 
+def test_an_app_object_named_wsgi_travels_by_import_path_too(
+    client: turnout.Client, http: requests.Session, unique: Callable[[str], str]
+) -> None:
+    name = unique("wrapped-object")
+    client.create_backend(name, web_apps.wrapped_wsgi, interface="wsgi")
+    client.create_endpoint(name, name, route=f"/{name}")
+    try:
+        assert http.get(f"{client.http_address}/{name}/y").text == f"/{name}|/y"
+    finally:
+        client.delete_endpoint(name)
+        client.delete_backend(name)
+
+
+def test_a_handler_backend_updated_to_an_app_serves_paths_under_its_route(
+    client: turnout.Client, http: requests.Session, unique: Callable[[str], str]
+) -> None:
+    name = unique("becomes-app")
+    client.create_backend(name, "importable_backends:shout")
+    client.create_endpoint(name, name, route=f"/{name}")
+    try:
+        assert http.get(f"{client.http_address}/{name}/x").status_code == 404
+        client.update_backend(name, web_apps.raw_wsgi)
+        assert client.list_endpoints()[name]["serves_app"] is True
+        assert http.get(f"{client.http_address}/{name}/x").text == f"/{name}|/x"
+    finally:
+        client.delete_endpoint(name)
+        client.delete_backend(name)
+
+
 def test_an_unknown_interface_is_refused(client: turnout.Client) -> None:
     with pytest.raises(ValueError, match="interface must be one of"):
         client.create_backend("never", web_apps.raw_wsgi, interface="cgi")
@@ -192,5 +221,5 @@ def test_an_app_the_main_script_defines_is_refused_with_what_to_do(
     def app(environ: object, start_response: object) -> list[bytes]:
         return []
 
-    with pytest.raises(ValueError, match="WSGI app, which replicas import.*package.module:app"):
+    with pytest.raises(ValueError, match="web app, which replicas import.*package.module:app"):
         client.create_backend("never", app)

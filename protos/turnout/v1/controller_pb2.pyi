@@ -604,6 +604,8 @@ class Replica(_message.Message):
     CPUS_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     """Unique id, "<backend>#<n>"."""
     backend: _builtins.str
@@ -627,6 +629,15 @@ class Replica(_message.Message):
     launcher (the controller's own machine); the node's IP address for the
     Ray launcher.
     """
+    restarts: _builtins.int
+    """How many times the controller started this replica again after it died
+    or failed its health checks (0 = never); counted since this controller
+    started (a restarted controller counts from 0).
+    """
+    last_error: _builtins.str
+    """Why it last died or failed to start, kept after it runs again (`error`
+    is cleared then); empty if it never did.
+    """
     @_builtins.property
     def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Cores it is pinned to; empty = not pinned."""
@@ -644,10 +655,12 @@ class Replica(_message.Message):
         cpus: _abc.Iterable[_builtins.int] | None = ...,
         log_path: _builtins.str = ...,
         node: _builtins.str = ...,
+        restarts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "log_path", b"log_path", "node", b"node", "pid", b"pid", "replica_id", b"replica_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "last_error", b"last_error", "log_path", b"log_path", "node", b"node", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1554,6 +1567,71 @@ class ListReplicasResponse(_message.Message):
 Global___ListReplicasResponse: _TypeAlias = ListReplicasResponse  # noqa: Y015
 
 @_typing.final
+class GetReplicaLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    """A running replica's id, e.g. "model#1" (NOT_FOUND otherwise)."""
+    max_bytes: _builtins.int
+    """Most bytes to return; 0 = 65536 (64 KiB), at most 1048576 (1 MiB):
+    more is INVALID_ARGUMENT.
+    """
+    offset: _builtins.int
+    """Byte offset in the log to read from (a previous answer's next_offset,
+    to follow it); unset = the last max_bytes. An offset past the log's end
+    (the log was rotated meanwhile) reads from its start.
+    """
+    def __init__(
+        self,
+        *,
+        replica_id: _builtins.str = ...,
+        max_bytes: _builtins.int = ...,
+        offset: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "max_bytes", b"max_bytes", "offset", b"offset", "replica_id", b"replica_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
+    _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__offset) -> _WhichOneofReturnType__offset | None: ...
+
+Global___GetReplicaLogRequest: _TypeAlias = GetReplicaLogRequest  # noqa: Y015
+
+@_typing.final
+class GetReplicaLogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The log's bytes from offset on (UTF-8 text as the replica wrote it; the
+    first and last line may be cut).
+    """
+    next_offset: _builtins.int
+    """Where the next read goes on from: the offset read from plus len(data)."""
+    size: _builtins.int
+    """The log's size now, in bytes: next_offset < size means more is there."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        next_offset: _builtins.int = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "next_offset", b"next_offset", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReplicaLogResponse: _TypeAlias = GetReplicaLogResponse  # noqa: Y015
+
+@_typing.final
 class ReplicaTarget(_message.Message):
     """A running replica as routers see it."""
 
@@ -1561,18 +1639,25 @@ class ReplicaTarget(_message.Message):
 
     REPLICA_ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     address: _builtins.str
     """gRPC address "host:port"."""
+    node: _builtins.str
+    """The Ray node id of the node it runs on; empty for a replica on the
+    controller's own machine (an instance without a Ray cluster). A proxy
+    started with --ray-prefer-local-replicas prefers replicas of its node.
+    """
     def __init__(
         self,
         *,
         replica_id: _builtins.str = ...,
         address: _builtins.str = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "replica_id", b"replica_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node", b"node", "replica_id", b"replica_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
