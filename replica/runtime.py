@@ -375,8 +375,10 @@ class BackendRuntime:
 
     async def run_blocking(self, func: Callable[[], Any]) -> Any:
         """Run ``func`` on the handler threads: the next item of a streamed
-        answer's sync generator (``replica.streams``)."""
-        return await self._threads.run(func)
+        answer's sync generator (``replica.streams``), in a copy of this
+        task's context, so ``turnout.context`` in the generator's body is
+        the call's."""
+        return await self._threads.run(contextvars.copy_context().run, func)
 
     async def reconfigure(self, user_config_json: str) -> None:
         """Call the instance's ``reconfigure(user_config)`` (raises LoadError)."""

@@ -15,6 +15,7 @@ import pytest
 from werkzeug.exceptions import abort
 from werkzeug.wrappers import Request
 
+from turnout._internal.batching import context
 from turnout.replica.runtime import BackendRuntime, LoadedBackend
 from turnout.replica.servicer import Context, ReplicaServicer
 from turnout.v1 import http_pb2, replica_pb2
@@ -230,6 +231,10 @@ class Streams:
         yield "one"
         raise ValueError("mid-stream")
 
+    def web(self, request: Request) -> Iterator[str]:
+        # Runs at each next(), on a handler thread: the call's context still holds.
+        yield f"web={context.web}"
+
 
 @pytest.fixture
 def streaming() -> Iterator[ReplicaServicer]:
@@ -248,6 +253,7 @@ def test_unary_handle_answers_a_stream_whole(streaming: ReplicaServicer) -> None
     assert response.handler_seconds > 0
     items = handle(streaming, call_request(method_name="items"))
     assert cloudpickle.loads(items.pickled) == [0, 1, 2]
+    assert handle(streaming, http_request(method_name="web")).http.body == b"web=True"
 
 
 def test_unary_handle_of_a_stream_that_fails_part_way_is_an_error(
