@@ -210,6 +210,19 @@ def test_a_handler_backend_updated_to_an_app_serves_paths_under_its_route(
         client.delete_backend(name)
 
 
+def test_a_class_whose_instances_are_apps_takes_init_args(
+    client: turnout.Client, http: requests.Session, unique: Callable[[str], str]
+) -> None:
+    name = unique("greeting")
+    client.create_backend(name, web_apps.Greeting, "bonjour")
+    client.create_endpoint(name, name, route=f"/{name}")
+    try:
+        assert http.get(f"{client.http_address}/{name}/here").text == "bonjour from /here"
+    finally:
+        client.delete_endpoint(name)
+        client.delete_backend(name)
+
+
 def test_an_unknown_interface_is_refused(client: turnout.Client) -> None:
     with pytest.raises(ValueError, match="interface must be one of"):
         client.create_backend("never", web_apps.raw_wsgi, interface="cgi")

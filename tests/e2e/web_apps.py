@@ -157,3 +157,15 @@ class Wrapped:
 
 
 wrapped_wsgi = Wrapped(raw_wsgi)
+
+
+class Greeting:
+    """A class whose instances are WSGI apps: constructed once per replica
+    with its init args, like any class backend."""
+
+    def __init__(self, greeting: str) -> None:
+        self.greeting = greeting
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{self.greeting} from {environ['PATH_INFO']}".encode()]
