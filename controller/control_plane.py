@@ -509,7 +509,8 @@ class ControlPlane:
     def _endpoint_out(self, record: EndpointRecord) -> pb.Endpoint:
         """The endpoint as callers and routers see it, with whether it serves an app."""
         endpoint = _endpoint_proto(record)
-        endpoint.serves_app = any(self._is_app(tag) for tag in record.backends())
+        # By the backends that answer: a shadow alone does not make the route a prefix.
+        endpoint.serves_app = any(self._is_app(tag) for tag in record.traffic)
         return endpoint
 
     def _is_app(self, tag: str) -> bool:

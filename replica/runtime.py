@@ -174,7 +174,14 @@ class BackendRuntime:
         assert app is not None
         async with self._slots.hold():
             if isinstance(app, WsgiApp):
-                answer: http_pb2.HttpResponse = await self._run_sync(app.call, msg)
+                stop = threading.Event()
+                try:
+                    answer: http_pb2.HttpResponse = await self._run_sync(
+                        lambda request: app.call(request, stop), msg
+                    )
+                except asyncio.CancelledError:
+                    stop.set()  # the thread cannot be stopped, but the body can
+                    raise
                 return answer
             return await app.call(msg)
 

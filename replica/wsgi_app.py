@@ -10,6 +10,7 @@ mounted. The call runs on a handler thread; the whole answer is collected
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -37,7 +38,12 @@ class WsgiApp:
     def __init__(self, app: WsgiCallable) -> None:
         self.app = app
 
-    def call(self, msg: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+    def call(
+        self, msg: http_pb2.HttpRequest, stop: threading.Event | None = None
+    ) -> http_pb2.HttpResponse:
+        """The app's answer; once ``stop`` is set (its caller gave up: the
+        deadline passed) the body is read no further, so an endless body (a
+        stream) ends with its request instead of holding the thread forever."""
         environ = codec.app_environ(msg)
         started: list[Any] = []
         chunks: list[bytes] = []
@@ -54,6 +60,8 @@ class WsgiApp:
         result = self.app(environ, start_response)
         try:
             for chunk in result:
+                if stop is not None and stop.is_set():
+                    raise AppAnswerError("the request was abandoned while the app was answering")
                 if not isinstance(chunk, bytes | bytearray):
                     raise AppAnswerError(
                         f"the WSGI app yielded a {type(chunk).__name__}, not bytes"

@@ -132,7 +132,8 @@ class RouteTable:
         return self._by_name.get(name)
 
     def describe(self) -> dict[str, Any]:
-        """The JSON of ``GET /-/routing``: the version and each route's detail."""
+        """The JSON of ``GET /-/routing``: the version and each route's detail
+        (``serves_app`` and ``cors`` only on routes that have them)."""
         return {
             "version": self.version,
             "routes": {
@@ -141,6 +142,9 @@ class RouteTable:
                     "methods": sorted(r.declared),
                     "traffic": r.traffic,
                     "shadows": dict(r.shadows),
+                    # Only where set, so the plain shape stays as it was.
+                    **({"serves_app": True} if r.serves_app else {}),
+                    **({"cors": r.cors.to_dict()} if r.cors else {}),
                 }
                 for path, r in sorted(self._by_route.items())
             },

@@ -56,3 +56,13 @@ def test_exact_routes_and_longer_prefixes_win() -> None:
 def test_the_script_name_is_the_route_without_a_trailing_slash() -> None:
     routes = table(endpoint("root", "/", app=True), endpoint("api", "/api/", app=True))
     assert [routes.match(p).script_name for p in ("/x", "/api/x")] == ["", "/api"]  # type: ignore[union-attr]
+
+
+def test_the_routing_page_marks_app_routes_and_cors_policies() -> None:
+    plain = endpoint("h", "/h", app=False)
+    app = endpoint("api", "/api", app=True)
+    app.cors.allow_origins.append("*")
+    routes = table(plain, app).describe()["routes"]
+    assert "serves_app" not in routes["/h"] and "cors" not in routes["/h"]
+    assert routes["/api"]["serves_app"] is True
+    assert routes["/api"]["cors"]["allow_origins"] == ["*"]

@@ -3,6 +3,7 @@ FastAPI app (tests/e2e/web_apps.py) mounted under an endpoint's route."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -124,6 +125,28 @@ def test_a_handle_call_to_an_app_says_it_serves_http_only(
         client.get_handle(name).remote().result(timeout=30)
 
 
+def test_an_endless_wsgi_stream_ends_with_its_deadline(
+    client: turnout.Client, http: requests.Session, unique: Callable[[str], str], tmp_path: Path
+) -> None:
+    name = unique("endless")
+    client.create_backend(name, web_apps.flask_app)
+    client.create_endpoint(name, name, route=f"/{name}", request_timeout=0.5)
+    log = tmp_path / "ticks"
+    try:
+        answer = http.get(f"{client.http_address}/{name}/endless", params={"log": str(log)})
+        assert answer.status_code == 504
+        wait_until(lambda: log.exists())
+        # The generator is read no further: the handler thread is free again.
+        time.sleep(0.5)
+        ticks = log.stat().st_size
+        time.sleep(0.5)
+        assert log.stat().st_size == ticks
+        assert http.get(f"{client.http_address}/{name}/items/1").status_code == 200
+    finally:
+        client.delete_endpoint(name)
+        client.delete_backend(name)
+
+
 def test_asgi_lifespan_runs_at_start_and_stop(
     client: turnout.Client,
     http: requests.Session,
@@ -205,6 +228,19 @@ def test_a_handler_backend_updated_to_an_app_serves_paths_under_its_route(
         client.update_backend(name, web_apps.raw_wsgi)
         assert client.list_endpoints()[name]["serves_app"] is True
         assert http.get(f"{client.http_address}/{name}/x").text == f"/{name}|/x"
+    finally:
+        client.delete_endpoint(name)
+        client.delete_backend(name)
+
+
+def test_a_class_whose_instances_are_apps_takes_init_args(
+    client: turnout.Client, http: requests.Session, unique: Callable[[str], str]
+) -> None:
+    name = unique("greeting")
+    client.create_backend(name, web_apps.Greeting, "bonjour")
+    client.create_endpoint(name, name, route=f"/{name}")
+    try:
+        assert http.get(f"{client.http_address}/{name}/here").text == "bonjour from /here"
     finally:
         client.delete_endpoint(name)
         client.delete_backend(name)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,21 @@ def flask_get_cookie() -> dict[str, Any]:
 @flask_app.get("/go")
 def flask_go() -> Any:
     return flask.redirect(flask.url_for("flask_item", item_id=7))
+
+
+@flask_app.get("/endless")
+def flask_endless() -> flask.Response:
+    """Server-sent ticks forever; each one logged to the file ``?log=`` names."""
+    log = flask.request.args["log"]
+
+    def ticks() -> Iterator[bytes]:
+        while True:
+            with open(log, "a") as out:
+                out.write(".")
+            time.sleep(0.01)
+            yield b"data: tick\n\n"
+
+    return flask.Response(ticks(), mimetype="text/event-stream")
 
 
 @flask_app.get("/boom")
@@ -157,3 +173,15 @@ class Wrapped:
 
 
 wrapped_wsgi = Wrapped(raw_wsgi)
+
+
+class Greeting:
+    """A class whose instances are WSGI apps: constructed once per replica
+    with its init args, like any class backend."""
+
+    def __init__(self, greeting: str) -> None:
+        self.greeting = greeting
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [f"{self.greeting} from {environ['PATH_INFO']}".encode()]

@@ -4,6 +4,8 @@ and what its answer becomes (replica/wsgi_app.py, replica/asgi_app.py)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 from typing import Any
 
 import pytest
@@ -195,3 +197,20 @@ def test_work_after_the_answer_does_not_hold_the_answer_back() -> None:
         return answer.body, finished_first
 
     assert run(scenario()) == (b"now", False)
+
+
+def test_an_endless_wsgi_body_stops_once_its_caller_gave_up() -> None:
+    stop = threading.Event()
+    read: list[int] = []
+
+    def endless(environ: Any, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        for n in itertools.count():
+            read.append(n)
+            if n == 100:
+                stop.set()  # as the runtime does when the deadline passes
+            yield b"data: tick\n\n"
+
+    with pytest.raises(AppAnswerError, match="abandoned"):
+        WsgiApp(endless).call(request("/"), stop)
+    assert len(read) == 101
