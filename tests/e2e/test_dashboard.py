@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -89,6 +90,18 @@ class Slow:
         return "ok"
 
 
+class Slower:
+    """Takes long enough to start that its log can be opened meanwhile."""
+
+    def __init__(self) -> None:
+        print("slower replica starting", flush=True)
+        time.sleep(5)
+        print("slower replica ready", flush=True)
+
+    def __call__(self, request: Any) -> str:
+        return "ok"
+
+
 def two_backends(client: turnout.Client, unique: Callable[[str], str]) -> tuple[str, str, str]:
     name, a, b = unique("split"), unique("blue"), unique("green")
     client.create_backend(a, replies("blue"))
@@ -151,6 +164,50 @@ def test_the_page_lists_the_endpoints_and_replicas_the_test_made(
     shot(page, "overview")
 
 
+def talks(request: Any) -> str:
+    print(f"handled {request.args.get('n', '?')}", flush=True)
+    return "ok"
+
+
+def test_the_log_view_follows_a_replica_through_the_controller(
+    client: turnout.Client, page: Page, dashboard: turnout.Dashboard, unique: Callable[[str], str]
+) -> None:
+    backend = unique("talks")
+    client.create_backend(backend, talks)
+    client.create_endpoint(backend, backend, route=f"/{backend}")
+    (replica,) = client.list_replicas(backend)
+    requests.get(f"{client.http_address}/{backend}?n=first", timeout=10).raise_for_status()
+    page.get_by_role("button", name=f"Show log of {replica.replica_id}").click()
+    log = page.locator("#log")
+    expect(log).to_contain_text("handled first")
+    expect(page.locator("#log-path")).to_contain_text("read by the controller")
+    # Lines written while it is open show up without a reload, after the others.
+    for n in range(3):
+        requests.get(f"{client.http_address}/{backend}?n=later{n}", timeout=10)
+    expect(log).to_contain_text("handled later2")
+    text = log.inner_text()
+    assert text.count("handled first") == 1
+    assert text.index("handled first") < text.index("handled later0") < text.index("later2")
+
+    # The API: the last lines, then from next_offset only what was written since.
+    bearer = {"Authorization": f"Bearer {dashboard.token}"}
+    where = _api(dashboard, f"/api/log?replica={quote(replica.replica_id)}")
+    tail = requests.get(f"{where}&lines=1", headers=bearer, timeout=10).json()
+    assert len(tail["lines"]) == 1 and tail["lines"][0].endswith("handled later2")
+    quiet = requests.get(f"{where}&offset={tail['next_offset']}", headers=bearer, timeout=10)
+    assert quiet.json()["lines"] == []
+    requests.get(f"{client.http_address}/{backend}?n=last", timeout=10)
+    deadline = time.monotonic() + 10
+    lines: list[str] = []
+    while not lines and time.monotonic() < deadline:
+        more = requests.get(f"{where}&offset={tail['next_offset']}", headers=bearer, timeout=10)
+        lines = more.json()["lines"]
+        time.sleep(0.1)
+    assert len(lines) == 1 and lines[0].endswith("handled last") and not more.json()["reset"]
+    bad = requests.get(f"{where}&offset=-1", headers=bearer, timeout=10)
+    assert bad.status_code == 400 and "offset must be an integer" in bad.json()["message"]
+
+
 def test_a_traffic_change_made_with_the_sliders_reaches_the_instance_and_its_requests(
     client: turnout.Client, page: Page, unique: Callable[[str], str]
 ) -> None:
@@ -199,7 +256,7 @@ def test_a_killed_replica_shows_as_restarting_then_running(
     client: turnout.Client, page: Page, unique: Callable[[str], str]
 ) -> None:
     backend = unique("killed")
-    client.create_backend(backend, Slow)
+    client.create_backend(backend, Slower)
     (replica,) = client.list_replicas(backend)
     row = page.locator(f'tr[data-replica="{replica.replica_id}"]')
     expect(row.locator("[data-state]")).to_have_text("running")
@@ -208,7 +265,13 @@ def test_a_killed_replica_shows_as_restarting_then_running(
     expect(row.locator("[data-state]")).to_have_text("restarting")
     expect(row).to_contain_text("process exited with code -9")
     shot(page, "restarting")
+    # The controller reads running replicas' logs: the view says so, and
+    # shows the new process's log once it runs.
+    page.get_by_role("button", name=f"Show log of {replica.replica_id}").click()
+    expect(page.locator("#log")).to_contain_text("its log shows here once it runs")
     expect(row.locator("[data-state]")).to_have_text("running")
+    expect(page.locator("#log")).to_contain_text("slower replica ready")
+    expect(page.locator("#log-path")).to_contain_text("read by the controller")
     (again,) = client.list_replicas(backend)
     expect(row).to_contain_text(str(again.pid))
     assert again.pid != replica.pid and again.restarts == 1

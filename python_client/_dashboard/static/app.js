@@ -3,7 +3,9 @@
 "use strict";
 
 const POLL_MS = 1000;
-const LOG_POLL_MS = 2000;
+const LOG_POLL_MS = 1000;
+const LOG_LINES = 100;     // lines of the first read
+const LOG_KEEP = 1000;     // lines the view keeps as it follows
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = 6;
 
@@ -346,33 +348,51 @@ function replicasTable(b) {
 // ---- the log --------------------------------------------------------------------
 
 async function showLog(replica) {
-  state.log = replica;
+  state.log = {replica, offset: null, lines: []};
   $("log-section").hidden = false;
   $("log-title").textContent = `Log of ${replica}`;
+  $("log-path").textContent = "";
   $("log").textContent = "Loading…";
   await refreshLog(true);
   $("log").focus();
 }
 
+// The first read takes the last lines; each next one asks from where the
+// previous one ended (next_offset), so only new lines travel.
 async function refreshLog(first) {
-  const replica = state.log;
-  if (!replica) return;
+  const shown = state.log;
+  if (!shown || (shown.busy && !first)) return;
+  shown.busy = true;
+  const from = shown.offset === null ? "" : `&offset=${shown.offset}`;
   try {
-    const answer = await api(`/api/log?replica=${encodeURIComponent(replica)}&lines=100`);
-    if (state.log !== replica) return;
-    $("log-path").textContent = answer.path || "";
+    const answer = await api(`/api/log?replica=${encodeURIComponent(shown.replica)}` +
+      `&lines=${LOG_LINES}${from}`);
+    if (state.log !== shown) return;
+    $("log-path").textContent = answer.path ? `${answer.path} · read by the controller` : "";
     const pre = $("log");
+    if (answer.note) {
+      shown.offset = null;
+      shown.lines = [];
+      pre.textContent = answer.note;
+      return;
+    }
     const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-    pre.textContent = answer.note ? answer.note :
-      answer.lines.length ? answer.lines.join("\n") : "The log is empty so far.";
+    shown.lines = (answer.reset ? answer.lines : shown.lines.concat(answer.lines))
+      .slice(-LOG_KEEP);
+    const grew = shown.offset === null || answer.lines.length || answer.reset;
+    shown.offset = answer.next_offset;
+    if (!grew && pre.textContent !== "Loading…") return;
+    pre.textContent = shown.lines.length ? shown.lines.join("\n") : "The log is empty so far.";
     if (first || atEnd) pre.scrollTop = pre.scrollHeight;
   } catch (exc) {
-    if (state.log === replica) $("log").textContent = describeFailure(exc);
+    if (state.log === shown) $("log").textContent = describeFailure(exc);
+  } finally {
+    shown.busy = false;
   }
 }
 
 function closeLog() {
-  const replica = state.log;
+  const replica = state.log && state.log.replica;
   state.log = null;
   $("log-section").hidden = true;
   if (replica && $(idFor("log", replica))) $(idFor("log", replica)).focus();
