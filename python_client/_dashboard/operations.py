@@ -5,6 +5,7 @@ and errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import urllib.error
 import urllib.request
@@ -12,6 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from turnout._internal import autoscaling as autoscaling_fields
 from turnout.client import Client, ReplicaInfo
 from turnout.errors import InvalidArgumentError, NotFoundError
 
@@ -182,11 +184,30 @@ class Operations:
             },
             "endpoints": endpoint_list,
             "backends": [
-                {"tag": tag, "config": backends[tag], "replicas": by_backend[tag]}
+                {
+                    "tag": tag,
+                    "config": backends[tag],
+                    "replicas": by_backend[tag],
+                    "autoscaling": self._autoscaling(tag, backends[tag]),
+                }
                 for tag in sorted(by_backend)
             ],
             "history": self.history.series(endpoints),
         }
+
+    def _autoscaling(self, tag: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        """An autoscaled backend's rules (every default filled in) and where
+        it stands; None for a fixed ``num_replicas``."""
+        if not config.get("autoscaling"):
+            return None
+        try:
+            status = self.client.autoscaling_status(tag)
+        except NotFoundError:  # deleted since ListBackends
+            return None
+        if status is None:
+            return None
+        policy = autoscaling_fields.policy(autoscaling_fields.from_dict(config["autoscaling"]))
+        return {"policy": dataclasses.asdict(policy)} | status
 
     def log(
         self, replica_id: str, lines: int = LOG_LINES, offset: int | None = None

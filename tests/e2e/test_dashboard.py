@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -299,6 +300,51 @@ def test_requests_in_flight_show_on_their_replica(
         expect(cell).to_have_text("2")
         assert [call.result().text for call in calls] == ["slept", "slept"]
     expect(cell).to_have_text("0")
+
+
+def test_an_autoscaled_backend_shows_its_rules_counts_and_last_decision(
+    client: turnout.Client, page: Page, unique: Callable[[str], str]
+) -> None:
+    backend = unique("scaled")
+    rules = {"max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0.5}
+    client.create_backend(backend, sleeps, config={"autoscaling_config": rules})
+    client.create_endpoint(backend, backend, route=f"/{backend}")
+    box = page.get_by_role("group", name=f"Autoscaling of {backend}")
+    expect(box).to_contain_text("min 1 · max 2 · target 1 requests in flight per replica")
+    expect(box).to_contain_text("Desired 1 · running 1")
+    expect(box).to_contain_text("Last decision: none yet (it starts at 1)")
+    # Three requests in flight at a target of 1 ask for 3: max_replicas caps it at 2.
+    give_up = time.monotonic() + 60
+    with ThreadPoolExecutor(3) as pool:
+
+        def load() -> None:
+            while time.monotonic() < give_up and not done.is_set():
+                requests.get(f"{client.http_address}/{backend}?s=0.5", timeout=30)
+
+        done = threading.Event()
+        calls = [pool.submit(load) for _ in range(3)]
+        try:
+            expect(box).to_contain_text("Last decision: scaled up at ", timeout=45_000)
+            expect(box).to_contain_text("1 -> 2")
+            expect(box).to_contain_text("Desired 2 · running 2", timeout=30_000)
+            header = page.locator(f'article[data-backend="{backend}"] header')
+            expect(header).to_contain_text("2 of 2 replicas running (autoscaled)")
+            shot(page, "autoscaling")
+        finally:
+            done.set()
+            for call in calls:
+                call.result()
+    status = client.autoscaling_status(backend)
+    assert status is not None and status["last_decision"] == "up"
+    assert status["last_reason"] in box.inner_text()
+    # A fixed count replaces the rules: the confirmation says so first.
+    page.get_by_role("button", name=f"Scale {backend}").click()
+    page.get_by_label("Number of replicas", exact=True).fill("1")
+    page.get_by_role("button", name="Review change…").click()
+    expect(page.locator("#confirm-text")).to_contain_text(
+        "This turns autoscaling off (it keeps 1..2 replicas now)."
+    )
+    page.get_by_role("button", name="Cancel").last.click()
 
 
 def test_the_keyboard_reaches_every_change_and_escape_gives_the_focus_back(

@@ -315,15 +315,39 @@ function backendsView(data) {
       h("header", {class: "row"},
         h("h3", {id: titleId, text: b.tag}),
         h("span", {class: "muted"}, `${b.replicas.filter((r) => r.state === "RUNNING").length}` +
-          ` of ${b.config.num_replicas} replicas running`),
+          ` of ${b.autoscaling ? b.autoscaling.desired_replicas : b.config.num_replicas} ` +
+          `replicas running${b.autoscaling ? " (autoscaled)" : ""}`),
         h("button", {type: "button", id: idFor("scale", b.tag), "aria-label": `Scale ${b.tag}`,
           onclick: () => openScale(b)}, "Scale…")),
+      b.autoscaling ? autoscalingView(b) : null,
       h("details", {}, h("summary", {text: "Config"}),
         h("dl", {class: "config"}, config.map(([k, v]) => [h("dt", {text: k}),
           h("dd", {text: typeof v === "object" ? JSON.stringify(v) : String(v)})]))),
       b.replicas.length ? replicasTable(b) :
         h("p", {class: "empty", text: "No replicas (num_replicas is 0)."}));
   });
+}
+
+// What the autoscaler was told, what it decided last and why.
+function autoscalingView(b) {
+  const a = b.autoscaling;
+  const p = a.policy;
+  const decided = a.last_decision ?
+    [h("strong", {text: `scaled ${a.last_decision}`}),
+      ` at ${new Date(a.last_decision_time * 1000).toLocaleTimeString()}: `,
+    h("span", {class: "reason", text: a.last_reason || ""})] :
+    ["none yet (it starts at ", String(p.initial_replicas === null ? p.min_replicas :
+      p.initial_replicas), ")"];
+  return h("div", {class: "autoscaling", role: "group", "aria-label": `Autoscaling of ${b.tag}`},
+    h("p", {},
+      h("strong", {text: "Autoscaling"}),
+      ` min ${p.min_replicas} · max ${p.max_replicas} · target ${p.target_ongoing_requests} ` +
+      "requests in flight per replica · delays up " +
+      `${p.upscale_delay_s} s, down ${p.downscale_delay_s} s, over ${p.look_back_period_s} s`),
+    h("p", {},
+      `Desired ${a.desired_replicas} · running ${a.running_replicas} · load ` +
+      `${a.load.toFixed(2)} requests, asks for ${a.wanted_replicas}`),
+    h("p", {}, "Last decision: ", decided));
 }
 
 function replicasTable(b) {
@@ -550,8 +574,11 @@ function reviewScale() {
   const b = state.scale;
   const text = $("scale-count").value.trim();
   const count = /^\d+$/.test(text) ? Number(text) : text;
+  // A fixed count replaces the autoscaling rules (update_backend_config).
+  const off = b.autoscaling ? ` This turns autoscaling off (it keeps ${b.autoscaling.policy
+    .min_replicas}..${b.autoscaling.policy.max_replicas} replicas now).` : "";
   confirmChange(`Scale ${b.tag} from ${b.config.num_replicas} to ${count} replicas ` +
-    "(the dialog waits until they run).", "/api/scale", {backend: b.tag, num_replicas: count},
+    `(the dialog waits until they run).${off}`, "/api/scale", {backend: b.tag, num_replicas: count},
     `${b.tag} scaled to ${count} replicas.`);
 }
 
