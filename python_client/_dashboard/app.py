@@ -193,4 +193,6 @@ def make_app(operations: Operations, token: str, *, secure: bool = False) -> web
     app.router.add_post("/api/traffic", _change("set_traffic"))
     app.router.add_post("/api/scale", _change("scale"))
     app.router.add_post("/api/shadow/remove", _change("remove_shadow"))
+    for action in ("pause", "resume", "abort"):
+        app.router.add_post(f"/api/rollout/{action}", _change(f"{action}_rollout"))
     return app

@@ -146,6 +146,7 @@ class Operations:
         stats = client.endpoint_stats(window=SUMMARY_WINDOW_S)
         backends = client.list_backends()
         replicas = client.list_replicas()
+        rollouts = client.list_rollouts()
         in_flight = self.in_flight()
         # A backend being created has replicas before ListBackends shows it:
         # it is shown once it is there.
@@ -173,6 +174,7 @@ class Operations:
                         key: recent.get(key)
                         for key in ("window_s", "requests", "errors", "p50", "p95", "p99")
                     },
+                    "rollout": rollouts.get(name),
                 }
             )
         return {
@@ -286,3 +288,22 @@ class Operations:
         self.client.shadow_traffic(endpoint, backend, 0)
         self._overview = None
         return {"endpoint": endpoint, "backend": backend}
+
+    def pause_rollout(self, body: object) -> dict[str, Any]:
+        """``{"endpoint": name}``: ``get_rollout(name).pause()``; answers its info."""
+        return self._rollout(body, "pause")
+
+    def resume_rollout(self, body: object) -> dict[str, Any]:
+        """``{"endpoint": name}``: ``get_rollout(name).resume()``."""
+        return self._rollout(body, "resume")
+
+    def abort_rollout(self, body: object) -> dict[str, Any]:
+        """``{"endpoint": name}``: ``get_rollout(name).abort()``."""
+        return self._rollout(body, "abort")
+
+    def _rollout(self, body: object, action: str) -> dict[str, Any]:
+        endpoint = _field(body, "endpoint", str, "an endpoint's name")
+        rollout = self.client.get_rollout(endpoint)
+        getattr(rollout, action)()
+        self._overview = None
+        return rollout.info()

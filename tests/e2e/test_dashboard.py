@@ -347,6 +347,76 @@ def test_an_autoscaled_backend_shows_its_rules_counts_and_last_decision(
     page.get_by_role("button", name="Cancel").last.click()
 
 
+def test_a_rollout_shows_its_step_and_windows_and_pauses_resumes_and_aborts_from_the_page(
+    client: turnout.Client, page: Page, dashboard: turnout.Dashboard, unique: Callable[[str], str]
+) -> None:
+    name, a, b = two_backends(client, unique)
+    client.rollout(name, b, steps=[0.5, 1.0], step_s=120)
+    box = page.get_by_role("group", name=f"Rollout of {name}")
+    state = box.locator("[data-rollout-state]")
+    expect(state).to_have_text("stepping")
+    expect(box).to_contain_text(f"{a} → {b}")
+    expect(box).to_contain_text(f"step 1 of 2 (50% to {b}), 120 s each (steps 50%, 100%)")
+    # The windows judged: requests to each side, as the controller counted them.
+    new = box.locator('tr[data-window="new"]')
+    expect(new).to_contain_text(b)
+    expect(box.locator('tr[data-window="old"]')).to_contain_text(a)
+
+    def counted() -> int:
+        info = client.get_rollout(name).info()
+        return int(info["new"]["requests"]) if info["new"] else 0
+
+    with requests.Session() as http:
+        deadline = time.monotonic() + 30
+        while counted() < 5 and time.monotonic() < deadline:
+            for _ in range(5):
+                http.get(f"{client.http_address}/{name}", timeout=10).raise_for_status()
+            time.sleep(0.5)
+    time.sleep(2)  # the routers' last reports are in
+    fresh = counted()
+    assert fresh >= 5
+    expect(new.locator("td").nth(2)).to_have_text(str(fresh))
+    shot(page, "rollout")
+
+    page.get_by_role("button", name=f"Pause the rollout of {name}").click()
+    expect(page.locator("#confirm-text")).to_have_text(
+        f"Pause the rollout of {name} from {a} to {b} at step 1 of 2 (50% to {b}): "
+        f"the traffic stays {a} 0.50, {b} 0.50 until it is resumed."
+    )
+    page.get_by_role("button", name="Apply").click()
+    expect(state).to_have_text("paused")
+    assert client.get_rollout(name).state == "paused"
+
+    page.get_by_role("button", name=f"Resume the rollout of {name}").click()
+    expect(page.locator("#confirm-text")).to_contain_text("timed again from the start (120 s)")
+    page.get_by_role("button", name="Apply").click()
+    expect(state).to_have_text("stepping")
+    assert client.get_rollout(name).state == "stepping"
+
+    page.get_by_role("button", name=f"Abort the rollout of {name}").click()
+    expect(page.locator("#confirm-text")).to_have_text(
+        f"Abort the rollout of {name} from {a} to {b}: all traffic goes back to {a} "
+        f"(now {a} 0.50, {b} 0.50)."
+    )
+    page.get_by_role("button", name="Apply").click()
+    expect(state).to_have_text("aborted")
+    expect(box).to_contain_text("Last rollout")
+    expect(box.get_by_role("button")).to_have_count(0)
+    assert client.list_endpoints()[name]["traffic"] == {a: 1.0}
+
+    # The API's own refusals, as from Python.
+    bearer = {"Authorization": f"Bearer {dashboard.token}"}
+    again = requests.post(
+        _api(dashboard, "/api/rollout/resume"), json={"endpoint": name}, headers=bearer, timeout=10
+    )
+    assert again.status_code == 409 and again.json()["error"] == "InUseError"
+    assert "has no paused rollout to resume" in again.json()["message"]
+    none = requests.post(
+        _api(dashboard, "/api/rollout/pause"), json={"endpoint": a}, headers=bearer, timeout=10
+    )
+    assert none.status_code == 404
+
+
 def test_the_keyboard_reaches_every_change_and_escape_gives_the_focus_back(
     client: turnout.Client, page: Page, unique: Callable[[str], str]
 ) -> None:
@@ -456,6 +526,8 @@ def test_the_api_wants_the_token_same_origin_changes_and_json(dashboard: turnout
         ("/api/scale", {"backend": "b", "num_replicas": "2"}, 400, "must be an integer"),
         ("/api/scale", {"backend": "nope", "num_replicas": 1}, 404, "nope"),
         ("/api/shadow/remove", {"endpoint": "nope", "backend": "b"}, 404, "no endpoint 'nope'"),
+        ("/api/rollout/abort", {"endpoint": 3}, 400, "endpoint must be an endpoint's name"),
+        ("/api/rollout/pause", {"endpoint": "nope"}, 404, "nope"),
     ],
 )
 def test_bad_changes_get_the_status_and_message_of_the_api(

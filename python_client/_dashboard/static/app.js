@@ -184,6 +184,7 @@ function endpointCard(e, points, order, sampleS) {
     h("p", {class: "muted summary"},
       `Last ${r.window_s || 60} s: ${r.requests || 0} requests, ${r.errors || 0} errors · ` +
       `p50 ${ms(r.p50)} · p95 ${ms(r.p95)} · p99 ${ms(r.p99)}`),
+    e.rollout ? rolloutView(e) : null,
     shadowsView(e),
     h("div", {class: "grid"},
       chart(`Requests and errors of ${e.name}`, points, sampleS, [
@@ -195,6 +196,63 @@ function endpointCard(e, points, order, sampleS) {
         {key: "p95", label: "p95", color: "var(--c1)", scale: 1000},
         {key: "p99", label: "p99", color: "var(--c4)", scale: 1000},
       ], (v) => `${v.toFixed(v < 10 ? 1 : 0)} ms`)));
+}
+
+// ---- rollouts -------------------------------------------------------------------
+
+const ROLLOUT_ENDED = ["succeeded", "rolled_back", "aborted"];
+
+function stepText(ro) {
+  if (ro.state === "shadow") return "shadow phase";
+  if (!ro.step) return "before its first step";
+  return `step ${ro.step} of ${ro.steps.length} (${pct(ro.steps[ro.step - 1])} to ` +
+    `${ro.to_backend})`;
+}
+
+function rolloutView(e) {
+  const ro = e.rollout;
+  const ended = ROLLOUT_ENDED.includes(ro.state);
+  const where = `the rollout of ${e.name} from ${ro.from_backend} to ${ro.to_backend}`;
+  const at = stepText(ro);
+  const button = (action, label, text, done) => h("button", {type: "button",
+    id: idFor(`rollout-${action}`, e.name), "aria-label": `${label} the rollout of ${e.name}`,
+    onclick: () => confirmChange(text, `/api/rollout/${action}`, {endpoint: e.name}, done)},
+  label);
+  const buttons = [];
+  if (!ended && ro.state !== "paused") {
+    buttons.push(button("pause", "Pause", `Pause ${where} at ${at}: the traffic stays ` +
+      `${weights(e.traffic)} until it is resumed.`, `Rollout of ${e.name} paused.`));
+  }
+  if (ro.state === "paused") {
+    buttons.push(button("resume", "Resume", `Resume ${where} at ${at}: the step is timed ` +
+      `again from the start (${ro.step_s} s).`, `Rollout of ${e.name} resumed.`));
+  }
+  if (!ended) {
+    buttons.push(button("abort", "Abort", `Abort ${where}: all traffic goes back to ` +
+      `${ro.from_backend} (now ${weights(e.traffic)}).`, `Rollout of ${e.name} aborted.`));
+  }
+  const time = (unix) => new Date(unix * 1000).toLocaleTimeString();
+  const windows = [["new", ro.new], ["old", ro.old]].filter(([, w]) => w);
+  return h("div", {class: "rollout", role: "group", "aria-label": `Rollout of ${e.name}`},
+    h("div", {class: "row"},
+      h("strong", {text: ended ? "Last rollout" : "Rollout"}),
+      h("span", {}, `${ro.from_backend} → ${ro.to_backend}`),
+      h("span", {class: `state rollout-${ro.state}`, "data-rollout-state": ro.state,
+        text: ro.state.replace("_", " ")}),
+      h("span", {}, ended ? `ended ${ro.ended_at ? time(ro.ended_at) : ""}` :
+        `${at}, ${ro.step_s} s each (steps ${ro.steps.map(pct).join(", ")})`),
+      ...buttons),
+    ro.verdict ? h("p", {class: "verdict", text: ro.verdict}) : null,
+    ro.evidence.length ? h("ul", {class: "evidence", "aria-label": "Evidence"},
+      ro.evidence.map((ev) => h("li", {text: `${ev.bound}: ${ev.value} (limit ${ev.limit})`}))) :
+      null,
+    windows.length ? h("table", {"aria-label": `Last window judged of ${e.name}'s rollout`},
+      h("thead", {}, h("tr", {}, [`Over ${Math.round(windows[0][1].window_s)} s`, "Backend",
+        "Requests", "Errors", "p95", "p99"].map((t) => h("th", {scope: "col", text: t})))),
+      h("tbody", {}, windows.map(([side, w]) => h("tr", {"data-window": side},
+        h("td", {text: side}), h("td", {text: w.backend}), h("td", {text: w.requests}),
+        h("td", {text: w.errors}), h("td", {text: ms(w.p95)}), h("td", {text: ms(w.p99)}))))) :
+      null);
 }
 
 function splitBar(traffic, colorOf) {
