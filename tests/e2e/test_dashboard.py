@@ -119,7 +119,8 @@ def test_the_page_lists_the_endpoints_and_replicas_the_test_made(
     client: turnout.Client, page: Page, unique: Callable[[str], str]
 ) -> None:
     backend, name = unique("slow"), unique("listed")
-    client.create_backend(backend, Slow, config={"num_replicas": 2})
+    rules = {"min_replicas": 2, "max_replicas": 4}
+    client.create_backend(backend, Slow, config={"autoscaling_config": rules})
     client.create_endpoint(name, backend, route=f"/{name}", methods=["GET", "POST"])
     shadow = unique("copy")
     client.create_backend(shadow, replies("ok"))
@@ -162,7 +163,22 @@ def test_the_page_lists_the_endpoints_and_replicas_the_test_made(
     first = client.list_replicas(backend)[0].replica_id
     page.get_by_role("button", name=f"Show log of {first}").click()
     expect(page.locator("#log")).to_contain_text("slow replica ready")
+    expect(page.get_by_role("group", name=f"Autoscaling of {backend}")).to_contain_text(
+        "min 2 · max 4"
+    )
+    # A rollout under way, for the overview's picture too.
+    new = unique("slow-v2")
+    client.create_backend(new, Slow)
+    client.rollout(name, new, steps=[0.25, 1.0], step_s=300)
+    rollout = page.get_by_role("group", name=f"Rollout of {name}")
+    expect(rollout).to_contain_text(f"step 1 of 2 (25% to {new})")
+    with requests.Session() as http:
+        for _ in range(40):
+            http.get(f"{client.http_address}/{name}", timeout=10)
+    expect(rollout.locator('tr[data-window="new"]')).to_contain_text(new)
+    page.wait_for_timeout(2000)
     shot(page, "overview")
+    client.get_rollout(name).abort()
 
 
 def talks(request: Any) -> str:
