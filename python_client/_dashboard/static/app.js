@@ -450,6 +450,16 @@ async function refreshLog(first) {
     const answer = await api(`/api/log?replica=${encodeURIComponent(shown.replica)}` +
       `&lines=${LOG_LINES}${from}`);
     if (state.log !== shown) return;
+    if (shown.offset !== null && shown.path && answer.path && answer.path !== shown.path) {
+      // A new process of the replica, with a file of its own: from its tail.
+      shown.path = answer.path;
+      shown.offset = null;
+      shown.lines = [];
+      shown.busy = false;
+      await refreshLog(true);
+      return;
+    }
+    shown.path = answer.path || shown.path;
     $("log-path").textContent = answer.path ? `${answer.path} · read by the controller` : "";
     const pre = $("log");
     if (answer.note) {
