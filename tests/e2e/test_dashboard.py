@@ -433,6 +433,42 @@ def test_a_rollout_shows_its_step_and_windows_and_pauses_resumes_and_aborts_from
     assert none.status_code == 404
 
 
+def fails(request: Any) -> str:
+    raise RuntimeError("the new version is broken")
+
+
+def test_a_rolled_back_rollout_shows_its_verdict_and_the_breach(
+    client: turnout.Client, page: Page, unique: Callable[[str], str]
+) -> None:
+    name, a, broken = unique("guarded"), unique("good"), unique("broken")
+    client.create_backend(a, replies("good"))
+    client.create_backend(broken, fails)
+    client.create_endpoint(name, a, route=f"/{name}")
+    rollout = client.rollout(
+        name, broken, steps=[0.5, 1.0], step_s=60, slo={"max_error_rate": 0.01, "min_requests": 5}
+    )
+    with requests.Session() as http:
+        deadline = time.monotonic() + 40
+        while rollout.state == "stepping" and time.monotonic() < deadline:
+            for _ in range(5):
+                http.get(f"{client.http_address}/{name}", timeout=10)
+            time.sleep(0.2)
+    assert rollout.state == "rolled_back"
+    info = rollout.info()
+    box = page.get_by_role("group", name=f"Rollout of {name}")
+    expect(box.locator("[data-rollout-state]")).to_have_text("rolled back")
+    expect(box).to_contain_text("Last rollout")
+    expect(box.locator(".verdict")).to_have_text(info["verdict"])
+    (breach,) = info["evidence"]
+    expect(box.get_by_role("list", name="Evidence")).to_have_text(
+        f"{breach['bound']}: {breach['value']:.4g} (limit {breach['limit']:.4g})"
+    )
+    expect(box.locator('tr[data-window="new"] td').nth(3)).to_have_text(str(info["new"]["errors"]))
+    expect(box.get_by_role("button")).to_have_count(0)
+    expect(card(page, name)).to_contain_text(f"{a} 100%")
+    shot(page, "rolled-back")
+
+
 def test_the_keyboard_reaches_every_change_and_escape_gives_the_focus_back(
     client: turnout.Client, page: Page, unique: Callable[[str], str]
 ) -> None:

@@ -202,6 +202,9 @@ function endpointCard(e, points, order, sampleS) {
 
 const ROLLOUT_ENDED = ["succeeded", "rolled_back", "aborted"];
 
+// Four significant digits, without trailing zeros.
+const figure = (x) => String(Number(Number(x).toPrecision(4)));
+
 function stepText(ro) {
   if (ro.state === "shadow") return "shadow phase";
   if (!ro.step) return "before its first step";
@@ -244,7 +247,8 @@ function rolloutView(e) {
       ...buttons),
     ro.verdict ? h("p", {class: "verdict", text: ro.verdict}) : null,
     ro.evidence.length ? h("ul", {class: "evidence", "aria-label": "Evidence"},
-      ro.evidence.map((ev) => h("li", {text: `${ev.bound}: ${ev.value} (limit ${ev.limit})`}))) :
+      ro.evidence.map((ev) => h("li", {text: `${ev.bound}: ${figure(ev.value)} ` +
+        `(limit ${figure(ev.limit)})`}))) :
       null,
     windows.length ? h("table", {"aria-label": `Last window judged of ${e.name}'s rollout`},
       h("thead", {}, h("tr", {}, [`Over ${Math.round(windows[0][1].window_s)} s`, "Backend",
