@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from turnout.replica.asgi_app import AppStartError, AsgiApp
+from turnout.replica.streams import AppStream
 from turnout.replica.wsgi_app import AppAnswerError, WsgiApp
 from turnout.v1 import http_pb2
 
@@ -76,21 +77,25 @@ def test_an_asgi_app_gets_an_http_scope_and_the_whole_body() -> None:
         await send({"type": "http.response.body", "body": b"ts"})
         seen["after"] = await receive()
 
-    answer = run(
-        AsgiApp(app).call(
+    async def scenario() -> tuple[AppStream, list[bytes]]:
+        answer = await AsgiApp(app).call(
             request(
                 "/api/a%20b", "/api", query_string="x=1", body=b"data", remote_addr="10.0.0.1:5"
             )
         )
-    )
+        # more_body: the answer streams.
+        assert isinstance(answer, AppStream)
+        return answer, [chunk async for chunk in answer.chunks]
+
+    answer, chunks = run(scenario())
     scope = seen["scope"]
     assert (scope["type"], scope["path"], scope["root_path"]) == ("http", "/api/a b", "/api")
     assert (scope["raw_path"], scope["query_string"]) == (b"/api/a%20b", b"x=1")
     assert scope["server"] == ("h.example", 8080) and scope["client"] == ("10.0.0.1", 5)
     assert seen["message"] == {"type": "http.request", "body": b"data", "more_body": False}
     assert seen["after"] == {"type": "http.disconnect"}
-    assert (answer.status, answer.body) == (202, b"parts")
-    assert [(h.name, h.value) for h in answer.headers] == [("x-a", "1")]
+    assert (answer.start.status, chunks) == (202, [b"par", b"ts"])
+    assert [(h.name, h.value) for h in answer.start.headers] == [("x-a", "1")]
 
 
 def test_an_asgi_app_that_never_answers_is_an_error() -> None:
@@ -144,6 +149,7 @@ def test_lifespan_state_reaches_requests_and_shutdown_is_sent() -> None:
         await served.startup(5)
         answer = await served.call(request("/"))
         await served.shutdown(5)
+        assert isinstance(answer, http_pb2.HttpResponse)
         return answer.body
 
     assert run(scenario()) == b"from lifespan"
@@ -166,9 +172,10 @@ def test_an_app_without_lifespan_support_is_served_without_it() -> None:
     async def scenario() -> int:
         served = AsgiApp(app)
         await served.startup(5)
-        status = (await served.call(request("/"))).status
+        answer = await served.call(request("/"))
         await served.shutdown(5)
-        return status
+        assert isinstance(answer, http_pb2.HttpResponse)
+        return answer.status
 
     assert run(scenario()) == 204
 
@@ -192,6 +199,7 @@ def test_work_after_the_answer_does_not_hold_the_answer_back() -> None:
 
     async def scenario() -> tuple[bytes, bool]:
         answer = await AsgiApp(app).call(request("/"))
+        assert isinstance(answer, http_pb2.HttpResponse)
         finished_first = done.is_set()
         await asyncio.wait_for(done.wait(), 5)
         return answer.body, finished_first
