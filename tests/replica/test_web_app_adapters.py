@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from turnout.replica.asgi_app import AppStartError, AsgiApp
 from turnout.replica.streams import AppStream
-from turnout.replica.wsgi_app import AppAnswerError, WsgiApp
+from turnout.replica.wsgi_app import AppAnswerError, WsgiApp, WsgiStream
 from turnout.v1 import http_pb2
 
 
@@ -222,3 +223,74 @@ def test_an_endless_wsgi_body_stops_once_its_caller_gave_up() -> None:
     with pytest.raises(AppAnswerError, match="abandoned"):
         WsgiApp(endless).call(request("/"), stop)
     assert len(read) == 101
+
+
+def test_a_wsgi_body_of_unknown_length_streams_and_a_sized_one_does_not() -> None:
+    closed: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        kind = environ["PATH_INFO"]
+        headers = [("Content-Length", "2")] if kind == "/sized" else []
+
+        def body() -> Iterator[bytes]:
+            try:
+                yield b""  # PEP 3333: the head waits for a non-empty chunk
+                start_response("200 OK", headers)(b"w")  # write() goes first
+                yield b"a"
+                yield b"b"
+            finally:
+                closed.append(kind)
+
+        if kind == "/list":
+            start_response("200 OK", [])
+            return [b"a", b"b"]
+        return body()
+
+    served = WsgiApp(app)
+    for kind in ("/list", "/sized"):
+        answer = served.start(request(kind))
+        assert isinstance(answer, http_pb2.HttpResponse), kind
+    stream = served.start(request("/stream"))
+    assert isinstance(stream, WsgiStream)
+    assert stream.first == [b"w", b"", b"a"]
+    assert list(stream.rest) == [b"b"]
+    stream.close()
+    assert closed == ["/sized", "/stream"]
+    # Closed part-way: the generator's finally runs (the client went away).
+    stream = served.start(request("/stream"))
+    assert isinstance(stream, WsgiStream)
+    stream.close()
+    assert closed[-1] == "/stream"
+
+
+def test_an_asgi_stream_waits_for_its_reader_and_hears_it_leave() -> None:
+    sent: list[int] = []
+    heard: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for n in range(100):
+                await send({"type": "http.response.body", "body": b"x", "more_body": True})
+                sent.append(n)
+        except OSError:
+            heard.append((await receive())["type"])
+
+    async def scenario() -> tuple[int, int]:
+        answer = await AsgiApp(app).call(request("/"))
+        assert isinstance(answer, AppStream)
+        chunks = answer.chunks
+        await anext(chunks)
+        await asyncio.sleep(0.05)
+        ahead = len(sent)  # a queue of one chunk: the app waits
+        await chunks.aclose()  # type: ignore[attr-defined]
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        return ahead, len(sent)
+
+    ahead, total = run(scenario())
+    assert ahead <= 3 and total == ahead
+    assert heard == ["http.disconnect"]
