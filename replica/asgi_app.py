@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, MutableMapping
 from typing import Any
@@ -61,6 +62,7 @@ class AsgiApp:
         self._after_answer: set[asyncio.Future[None]] = set()
         self._to_app: asyncio.Queue[Message] = asyncio.Queue()
         self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._collect_pending = False
 
     async def startup(self, timeout: float) -> None:
         """Send ``lifespan.startup`` and wait for the app's answer; raises
@@ -157,6 +159,25 @@ class AsgiApp:
                 log.exception("the ASGI app raised after answering a request to %s", path[:200])
         finally:
             exchange.complete.set()
+            if exchange.gone.is_set():
+                self._collect_soon()
+
+    def _collect_soon(self) -> None:
+        """Collect young garbage once the loop is free: a stream cut off while
+        the app waited in ``send`` leaves its body's generator unclosed in a
+        reference cycle (Starlette does not close it), so its ``finally`` (a
+        model's generation stopped, a cursor closed) would wait for whenever
+        the collector next runs. One cheap generation-1 pass per loop turn,
+        however many streams ended in it."""
+        if self._collect_pending:
+            return
+        self._collect_pending = True
+
+        def collect() -> None:
+            self._collect_pending = False
+            gc.collect(1)
+
+        asyncio.get_running_loop().call_soon(collect)
 
     def _scope(self, msg: http_pb2.HttpRequest) -> Message:
         scheme = msg.scheme or "http"

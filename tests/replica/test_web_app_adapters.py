@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -294,3 +294,34 @@ def test_an_asgi_stream_waits_for_its_reader_and_hears_it_leave() -> None:
     ahead, total = run(scenario())
     assert ahead <= 3 and total == ahead
     assert heard == ["http.disconnect"]
+
+
+def test_a_starlette_stream_cut_off_in_send_has_its_body_closed_at_once() -> None:
+    from starlette.responses import StreamingResponse
+
+    closed: list[bool] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"x"  # faster than its reader: it waits in send
+                await asyncio.sleep(0)
+        finally:
+            closed.append(True)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await StreamingResponse(body())(scope, receive, send)
+
+    async def scenario() -> bool:
+        answer = await AsgiApp(app).call(request("/"))
+        assert isinstance(answer, AppStream)
+        await anext(answer.chunks)
+        await answer.chunks.aclose()  # type: ignore[attr-defined]
+        # Left to the collector, the generator's finally waited seconds or more.
+        for _ in range(50):
+            if closed:
+                break
+            await asyncio.sleep(0.01)
+        return bool(closed)
+
+    assert run(scenario())
