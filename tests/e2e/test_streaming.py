@@ -81,7 +81,7 @@ class AsyncEndless:
 
 
 class Counted:
-    """Yields 1 KiB chunks, writing how many it has produced to ``counter``."""
+    """Yields 16 KiB chunks, writing how many it has produced to ``counter``."""
 
     def __init__(self, counter: str, chunks: int) -> None:
         self.counter = Path(counter)
@@ -90,7 +90,7 @@ class Counted:
     def __call__(self, request: Any) -> Iterator[bytes]:
         for n in range(self.chunks):
             self.counter.write_text(str(n + 1))
-            yield bytes([n % 256]) * 1024
+            yield bytes([n % 256]) * 16384
 
 
 def big(request: Any) -> Iterator[bytes]:
@@ -207,8 +207,10 @@ def test_a_slow_reader_pauses_the_generator(deploy: Deploy, tmp_path: Path) -> N
             if count == settled:
                 break
             settled = count
-        # 2000 KiB produced would mean no back-pressure; what may be pulled
-        # is the credit window (8), plus what the socket buffers hold.
+        # All 2000 chunks (31 MiB) produced would mean no back-pressure; what
+        # may be pulled is the credit window (8), plus what the sockets buffer
+        # (the proxy's send buffer grows to tcp_wmem's most, 4 MiB by default:
+        # with 1 KiB chunks all 2000 fitted there and the test could not tell).
         assert settled < chunks // 2, settled
         received = 0
         sock.settimeout(30)
