@@ -246,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             servers[name] = (port, (("proxy", proxy.pid), ("replica", replica.pid)))
         results = _run(servers, connections, args.rounds, load)
     finally:
-        for process in started:
+        # Each proxy before its replica: a proxy whose replica went first
+        # prints the broken stream's traceback.
+        for process in reversed(started):
             _stop(process)
         _stop_process(bare_process)
     print(
