@@ -3,7 +3,9 @@ answers out in batches as they finish.
 
 Whatever answers are ready when the previous write completes go out as one
 message, so a busy replica pays gRPC's per-message cost once for many
-answers, and an idle one writes each answer at once.
+answers, and an idle one writes each answer at once. Each answer is
+serialised once, as it finishes, and a batch is framed around them
+(``turnout._internal.wire``): no answer is copied into a message again.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
+from turnout._internal import wire
 from turnout.v1 import replica_pb2
 
 # An answer message carries answers up to about this many bytes (more only
@@ -24,7 +27,8 @@ class NoPayload(Exception):
     """A HandleRequest with neither an HTTP request nor a Python call."""
 
 
-Respond = Callable[[replica_pb2.HandleRequest], Awaitable[replica_pb2.HandleResponse]]
+# A call's answer: the message, or a HandleResponse framed already (``wire``).
+Respond = Callable[[replica_pb2.HandleRequest], Awaitable[replica_pb2.HandleResponse | wire.Part]]
 
 
 async def serve_stream(
@@ -33,10 +37,19 @@ async def serve_stream(
     """A whole HandleStream: the answers to ``messages``, batched, until the
     sender stops and every call is answered; calls still running when the
     stream goes away are cancelled."""
+    async for batch in serve_stream_framed(respond, messages):
+        yield replica_pb2.HandleStreamResponse.FromString(batch)
+
+
+async def serve_stream_framed(
+    respond: Respond, messages: AsyncIterable[replica_pb2.HandleStreamRequest]
+) -> AsyncIterator[bytes]:
+    """``serve_stream``, each batch a serialised ``HandleStreamResponse``: for
+    a method registered with no response serialiser (no copy of the batch)."""
     stream = CallStream(respond)
     reader = asyncio.create_task(stream.read(messages))
     try:
-        async for batch in stream.answers():
+        async for batch in stream.framed_answers():
             yield batch
     finally:
         reader.cancel()
@@ -49,7 +62,7 @@ class CallStream:
     def __init__(self, respond: Respond) -> None:
         self._respond = respond
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._outbox: list[replica_pb2.StreamAnswer] = []
+        self._outbox: list[wire.Part] = []
         self._ready = asyncio.Event()
         self._reading = True
 
@@ -69,6 +82,11 @@ class CallStream:
 
     async def answers(self) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
         """Batches of answers, until the sender has stopped and every call is answered."""
+        async for batch in self.framed_answers():
+            yield replica_pb2.HandleStreamResponse.FromString(batch)
+
+    async def framed_answers(self) -> AsyncIterator[bytes]:
+        """``answers``, serialised."""
         while True:
             if not self._outbox:
                 if not self._reading and not self._running:
@@ -77,7 +95,7 @@ class CallStream:
                 self._ready.clear()
                 continue
             batch, self._outbox = _take_batch(self._outbox)
-            yield replica_pb2.HandleStreamResponse(answers=batch)
+            yield wire.stream_response(batch)
 
     def cancel(self) -> None:
         """The stream is gone: stop every call still running."""
@@ -85,18 +103,20 @@ class CallStream:
             task.cancel()
 
     async def _answer(self, call: replica_pb2.StreamCall) -> None:
-        answer = replica_pb2.StreamAnswer(id=call.id)
         try:
             if call.timeout:
                 async with asyncio.timeout(call.timeout):
                     response = await self._respond(call.request)
             else:
                 response = await self._respond(call.request)
-            answer.response.CopyFrom(response)
+            if not isinstance(response, tuple):
+                data = response.SerializeToString()
+                response = [data], len(data)
+            answer = wire.stream_answer(call.id, response)
         except TimeoutError:
-            answer.failure = replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED
+            answer = wire.failed_answer(call.id, replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED)
         except NoPayload:
-            answer.failure = replica_pb2.CALL_FAILURE_INVALID_ARGUMENT
+            answer = wire.failed_answer(call.id, replica_pb2.CALL_FAILURE_INVALID_ARGUMENT)
         except asyncio.CancelledError:
             # The sender gave up on it: nobody waits for an answer.
             return
@@ -106,16 +126,14 @@ class CallStream:
         self._outbox.append(answer)
 
 
-def _take_batch(
-    outbox: list[replica_pb2.StreamAnswer],
-) -> tuple[list[replica_pb2.StreamAnswer], list[replica_pb2.StreamAnswer]]:
+def _take_batch(outbox: list[wire.Part]) -> tuple[list[wire.Part], list[wire.Part]]:
     """The answers for the next message (at least one, at most about
     ``ANSWER_BATCH_BYTES``) and those left for the one after."""
     if len(outbox) == 1:  # the common case at low load: nothing to measure
         return outbox, []
     size = 0
-    for taken, answer in enumerate(outbox):
-        size += answer.ByteSize()
+    for taken, (_, answer_size) in enumerate(outbox):
+        size += answer_size
         if size > ANSWER_BATCH_BYTES and taken:
             return outbox[:taken], outbox[taken:]
     return outbox, []

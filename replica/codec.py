@@ -231,22 +231,25 @@ def _http_environ(msg: http_pb2.HttpRequest) -> dict[str, Any]:
         path_info = unquote_to_bytes(path).decode("latin-1")
     else:
         path_info = path
+    # Read out of the message once: each read of a bytes field is a copy
+    # (about 0.1 ms a MiB).
+    body = msg.body
     environ = _base_environ(
         method=msg.method.upper() or "GET",
         scheme=msg.scheme or "http",
         host=msg.host,
         path_info=path_info,
         query_string=query,
-        body=msg.body,
+        body=body,
     )
     raw_uri = path + (f"?{query}" if query else "")
     environ["REQUEST_URI"] = environ["RAW_URI"] = raw_uri.encode("utf-8").decode("latin-1")
     _add_headers(environ, [(h.name, h.value) for h in msg.headers])
     if msg.host:
         environ["HTTP_HOST"] = msg.host
-    if msg.body or "CONTENT_LENGTH" in environ:
+    if body or "CONTENT_LENGTH" in environ:
         # The proxy has already de-chunked the body: its length is the truth.
-        environ["CONTENT_LENGTH"] = str(len(msg.body))
+        environ["CONTENT_LENGTH"] = str(len(body))
     address, port = _split_host_port(msg.remote_addr)
     if address:
         environ["REMOTE_ADDR"] = address
