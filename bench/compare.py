@@ -4,7 +4,7 @@ Turnout (sync and async handlers, 1 MB bodies), one table of ratios.
 Run from the repository root, in the project's virtualenv, with wrk on PATH
 (``apt-get install wrk``)::
 
-    python bench/compare.py                  # 3 rounds of 3 s runs, about 3.5 minutes
+    python bench/compare.py                  # 3 rounds of 3 s runs, about 4 minutes
     python bench/compare.py --rounds 5 --body-bytes 262144
 
 What it loads, all side by side and in turn (the servers' order flips each
@@ -15,7 +15,8 @@ round, so a slow phase of a shared machine hits all of them):
   no Turnout code at all), ``sync`` (Turnout, ``def noop(request)``) and
   ``async`` (Turnout, ``async def``);
 - ``POST /echo`` with a body of ``--body-bytes`` (default 1 MiB) that comes
-  back as the answer, at 1 and 8 connections, on ``bare`` and ``sync``
+  back as the answer, at 1 and 8 connections, on ``bare``, ``floor+thread``
+  (its replica returns the body it got) and ``sync``
   (``def echo(request): return request.get_data()``).
 
 Each ratio is the median over rounds of the ratio of two runs of the same
@@ -97,8 +98,8 @@ def cells(body_bytes: int) -> list[Cell]:
     return [
         Cell("c=1", 1, 0, noop_servers),
         Cell("c=64", 64, 0, noop_servers),
-        Cell(f"{body} c=1", 1, body_bytes, ("bare", "sync")),
-        Cell(f"{body} c=8", 8, body_bytes, ("bare", "sync")),
+        Cell(f"{body} c=1", 1, body_bytes, ("bare", "floor+thread", "sync")),
+        Cell(f"{body} c=8", 8, body_bytes, ("bare", "floor+thread", "sync")),
     ]
 
 
@@ -113,6 +114,10 @@ def ratios(body_bytes: int) -> list[Ratio]:
         ("CPU/req", f"{body} c=8", "sync", "bare", "<= 1.5", lambda r: r <= 1.5),
         ("req/s", f"{body} c=1", "sync", "bare", "", None),
         ("CPU/req", f"{body} c=1", "sync", "bare", "", None),
+        ("req/s", f"{body} c=8", "sync", "floor+thread", "", None),
+        ("CPU/req", f"{body} c=8", "sync", "floor+thread", "", None),
+        ("req/s", f"{body} c=8", "floor+thread", "bare", "", None),
+        ("CPU/req", f"{body} c=8", "floor+thread", "bare", "", None),
         ("p50", "c=1", "floor", "bare", "", None),
         ("p50", "c=1", "floor+thread", "bare", "", None),
         ("p50", "c=1", "sync", "bare", "", None),
@@ -177,7 +182,8 @@ def run(wrk: str, servers: dict[str, Server], rounds: int, body_bytes: int) -> R
         for cell in cells(body_bytes):
             order = cell.servers if round_ % 2 == 0 else cell.servers[::-1]
             for name in order:
-                server = servers[f"{name}-echo" if cell.body_bytes and name != "bare" else name]
+                echo = cell.body_bytes and name in ("sync", "async")
+                server = servers[f"{name}-echo" if echo else name]
                 path = ECHO_PATH if cell.body_bytes else server.path
                 spec = LoadSpec(
                     HOST,
