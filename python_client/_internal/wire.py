@@ -31,9 +31,16 @@ _VARINT, _I64, _LEN = 0, 1, 2
 # One call or answer, framed: the pieces to join, and their total length.
 Part = tuple[list[bytes], int]
 
+_ONE_BYTE = [bytes((n,)) for n in range(0x80)]
+
 
 def varint(value: int) -> bytes:
     """``value`` (0 <= value < 2**64) as a protobuf varint."""
+    # Ids and lengths are mostly small: one or two bytes, without a loop.
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)
