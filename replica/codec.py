@@ -22,6 +22,7 @@ from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from turnout._internal import wire
 from turnout.v1 import http_pb2, replica_pb2
 
 JSON = "application/json"
@@ -135,6 +136,18 @@ def encode_http(value: object) -> http_pb2.HttpResponse:
     return _plain(200, JSON, body.encode("utf-8"))
 
 
+def encode_http_pieces(value: object) -> list[bytes]:
+    """``encode_http(value)`` serialised, as pieces to join. A ``str`` or
+    ``bytes`` body is never copied into a message: it follows the serialised
+    status and headers (made once per kind of answer) as a field of its own
+    (``wire.http_body``), which saves two copies of it (about 0.3 ms a MiB)."""
+    if isinstance(value, str):
+        return [_plain_head(200, TEXT), *wire.http_body(value.encode("utf-8"))]
+    if isinstance(value, bytes | bytearray):
+        return [_plain_head(200, OCTETS), *wire.http_body(bytes(value))]
+    return [encode_http(value).SerializeToString()]
+
+
 def _json_default(value: object) -> object:
     """What ``json`` cannot encode itself, encoded as Ray Serve's ``ServeEncoder``
     does: NumPy scalars and arrays (``tolist()``: Python numbers, nested lists),
@@ -199,6 +212,19 @@ def _plain(status: int, content_type: str, body: bytes) -> http_pb2.HttpResponse
 
 # (status, content type) -> the HttpResponse without a body, for _plain.
 _PLAIN: dict[tuple[int, str], http_pb2.HttpResponse] = {}
+
+
+def _plain_head(status: int, content_type: str) -> bytes:
+    """``_plain``'s answer without its body, serialised (kept per kind)."""
+    head = _PLAIN_HEADS.get((status, content_type))
+    if head is None:
+        head = _PLAIN_HEADS[status, content_type] = _plain(
+            status, content_type, b""
+        ).SerializeToString()
+    return head
+
+
+_PLAIN_HEADS: dict[tuple[int, str], bytes] = {}
 
 
 def _from_response(response: Response) -> http_pb2.HttpResponse:

@@ -14,8 +14,8 @@ import logging
 import os
 import time
 import traceback
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeVar
 
 import cloudpickle
 import grpc
@@ -120,7 +120,7 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         if request.WhichOneof("payload") != "http":
             return await self.respond(request)
         started = time.perf_counter()
-        http = (await self._handle_http(request)).SerializeToString()
+        http = await self._handle_http(request, codec.encode_http_pieces, _serialised)
         return wire.http_response(http, time.perf_counter() - started)
 
     async def respond(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
@@ -129,7 +129,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         started = time.perf_counter()
         payload = request.WhichOneof("payload")
         if payload == "http":
-            response = replica_pb2.HandleResponse(http=await self._handle_http(request))
+            http = await self._handle_http(request, codec.encode_http, _same)
+            response = replica_pb2.HandleResponse(http=http)
         elif payload == "call":
             response = await self._handle_call(request)
         else:
@@ -137,26 +138,33 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         response.handler_seconds = time.perf_counter() - started
         return response
 
-    async def _handle_http(self, request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
+    async def _handle_http(
+        self,
+        request: replica_pb2.HandleRequest,
+        encode: Callable[[object], Answer],
+        error: Callable[[http_pb2.HttpResponse], Answer],
+    ) -> Answer:
+        """The answer to an HTTP request: the handler's value as ``encode``
+        makes it, or an error answer as ``error`` makes it."""
         rid = request.request_id
         http_request = codec.http_to_request(request.http)
         try:
             value = await self._runtime.handle(request.method_name, http_request, web=True)
-            return codec.encode_http(value)
+            return encode(value)
         except MethodNotFound as exc:
             log.warning("request %s: %s", rid, exc)
-            return codec.error_response(exc, rid, status=404)
+            return error(codec.error_response(exc, rid, status=404))
         except BadBatch as exc:
             log.error("request %s: %s", rid, exc)
-            return codec.error_response(exc, rid)
+            return error(codec.error_response(exc, rid))
         except HTTPException as exc:
             # Flask's abort(): an intended answer, logged like an access line.
             log.info("request %s: handler aborted with %s", rid, exc)
-            return codec.error_response(exc, rid)
+            return error(codec.error_response(exc, rid))
         except Exception as exc:
             log.exception("request %s: %s", rid, _what_failed(exc))
             _exit_if_out_of_memory(exc)
-            return codec.error_response(exc, rid)
+            return error(codec.error_response(exc, rid))
         finally:
             http_request.close()
 
@@ -249,6 +257,17 @@ def _error(
             traceback="".join(traceback.format_exception(exc)) if with_traceback else "",
         )
     )
+
+
+Answer = TypeVar("Answer")
+
+
+def _same(http: http_pb2.HttpResponse) -> http_pb2.HttpResponse:
+    return http
+
+
+def _serialised(http: http_pb2.HttpResponse) -> list[bytes]:
+    return [http.SerializeToString()]
 
 
 def add_to_server(servicer: ReplicaServicer, server: grpc.aio.Server) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 
-from turnout.v1 import replica_pb2
+from turnout.v1 import http_pb2, replica_pb2
 
 # Protobuf wire types.
 _VARINT, _I64, _LEN = 0, 1, 2
@@ -63,6 +63,7 @@ _ANSWERS = _tag(replica_pb2.HandleStreamResponse, "answers", _LEN)
 _ANSWER_ID = _tag(replica_pb2.StreamAnswer, "id", _VARINT)
 _ANSWER_RESPONSE = _tag(replica_pb2.StreamAnswer, "response", _LEN)
 _ANSWER_FAILURE = _tag(replica_pb2.StreamAnswer, "failure", _VARINT)
+_HTTP_BODY = _tag(http_pb2.HttpResponse, "body", _LEN)
 _RESPONSE_HTTP = _tag(replica_pb2.HandleResponse, "http", _LEN)
 _RESPONSE_SECONDS = _tag(replica_pb2.HandleResponse, "handler_seconds", _I64)
 
@@ -80,11 +81,19 @@ def stream_call(call_id: int, request: bytes, timeout: float) -> Part:
     return pieces, size
 
 
-def http_response(http: bytes, handler_seconds: float) -> Part:
-    """A ``HandleResponse`` around a serialised ``HttpResponse``."""
-    head = _RESPONSE_HTTP + varint(len(http))
+def http_body(body: bytes) -> list[bytes]:
+    """An ``HttpResponse``'s body field: after the rest of the message
+    serialised, the message with that body (a parser takes fields in any
+    order), without copying ``body`` into a message first."""
+    return [_HTTP_BODY + varint(len(body)), body]
+
+
+def http_response(http: list[bytes], handler_seconds: float) -> Part:
+    """A ``HandleResponse`` around a serialised ``HttpResponse`` (in pieces)."""
+    size = sum(len(piece) for piece in http)
+    head = _RESPONSE_HTTP + varint(size)
     tail = _RESPONSE_SECONDS + struct.pack("<d", handler_seconds)
-    return [head, http, tail], len(head) + len(http) + len(tail)
+    return [head, *http, tail], len(head) + size + len(tail)
 
 
 def stream_answer(call_id: int, response: Part) -> Part:

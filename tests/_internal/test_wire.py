@@ -39,7 +39,7 @@ def test_a_batch_of_answers_is_the_message_protobuf_would_send() -> None:
     plain = replica_pb2.HandleResponse(pickled=b"p", handler_seconds=0.25)
     data = wire.stream_response(
         [
-            wire.stream_answer(1, wire.http_response(http.SerializeToString(), 0.5)),
+            wire.stream_answer(1, wire.http_response([http.SerializeToString()], 0.5)),
             wire.stream_answer(2, ([plain.SerializeToString()], plain.ByteSize())),
             wire.failed_answer(3, replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED),
             wire.stream_answer(4, ([b""], 0)),
