@@ -1,11 +1,14 @@
 """No-op throughput of Turnout on the two-node Ray test cluster: one node
 (one replica, its proxy) against two nodes (a replica and a proxy on each,
-the load split across both proxies), side by side.
+the load split across both proxies), side by side; then, on two nodes,
+proxies that spread over both nodes' replicas (the default) against proxies
+that prefer their own node's (``--ray-prefer-local-replicas``, a second
+instance), in alternating short rounds.
 
 Run as root from the repository root, in the project's virtualenv (with the
 dev extra, which brings ray and the cluster fixture)::
 
-    python bench/ray_two_nodes.py [--duration SECONDS] [--connections N]
+    python bench/ray_two_nodes.py [--duration SECONDS] [--connections N] [--rounds N]
 
 The "nodes" are network namespaces of this one machine (tests/ray/netns_cluster.py):
 both share its cores, so this measures what crossing nodes costs, not what a
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -69,9 +73,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=4, help="of spread against prefer-local")
     args = parser.parse_args()
     cluster = RayCluster().start()
     instance = TurnoutOnRay(cluster, cluster.root / "turnout")
+    local = TurnoutOnRay(
+        cluster,
+        cluster.root / "turnout-local",
+        controller_port=50076,
+        http_port=HTTP_PORT + 10,
+        ray_prefer_local_replicas=True,
+    )
     try:
         client = instance.start()
         head, worker = f"http://{HEAD_IP}:{HTTP_PORT}", f"http://{WORKER_IP}:{HTTP_PORT}"
@@ -96,7 +108,24 @@ def main() -> None:
         print(f"one node (1 replica, 1 proxy):            {one:8.0f} req/s")
         print(f"two nodes, head proxy only (2 replicas):  {head_only:8.0f} req/s")
         print(f"two nodes, both proxies (2 replicas):     {two:8.0f} req/s")
+        preferring = local.start()
+        preferring.create_backend("two", noop, config={"num_replicas": 2})
+        preferring.create_endpoint("two", backend="two", route="/two")
+        local_urls = [f"http://{ip}:{local.http_port}/two" for ip in (HEAD_IP, WORKER_IP)]
+        wait_ok(local_urls[1])
+        wrk(local_urls, args.connections, 2)  # warm-up
+        spread, near = [], []
+        for _ in range(args.rounds):
+            spread.append(wrk(urls, args.connections, args.duration / 2))
+            near.append(wrk(local_urls, args.connections, args.duration / 2))
+        ratios = " ".join(f"{n / s:.2f}" for n, s in zip(near, spread, strict=True))
+        print(
+            f"two nodes, both proxies, spread / prefer-local (median of {args.rounds} "
+            f"alternating rounds): {statistics.median(spread):8.0f} / "
+            f"{statistics.median(near):8.0f} req/s; prefer-local / spread per round: {ratios}"
+        )
     finally:
+        local.shutdown()
         instance.shutdown()
         cluster.close()
 

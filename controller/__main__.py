@@ -102,6 +102,8 @@ async def _main(args: ControllerArgs, instance_dir: Path) -> int:
         else (args.https_cert.absolute(), args.https_key.absolute()),
         ray_address=args.ray_address,
         ray_runtime_env=args.ray_runtime_env,
+        ray_prefer_local_replicas=args.ray_prefer_local_replicas,
+        ray_proxy_location=args.ray_proxy_location,
     )
     try:
         controller = Controller(options)

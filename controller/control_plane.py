@@ -13,10 +13,11 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from turnout._internal import backend_fields, validation
+from turnout._internal import autoscaling, backend_fields, validation, web_apps
+from turnout._internal.cors import CorsPolicy
 from turnout._internal.errors import (
     AlreadyExistsError,
     CapacityError,
@@ -28,8 +29,9 @@ from turnout._internal.errors import (
 )
 from turnout.v1 import controller_pb2 as pb
 
-from . import adoption
+from . import adoption, log_tail
 from .launchers.base import Launcher
+from .log_tail import LogChunk
 from .replica_set import ReplicaSet, ReplicaStartError
 from .resources import ResourcePool
 from .routing import RoutePublisher
@@ -67,6 +69,10 @@ class ControlPlane:
         # tag -> replicas counted for it while a change of it is in flight
         # (a backend being created, or the larger of old and new count).
         self._reserved: dict[str, int] = {}
+        # An autoscaled backend's status (the autoscaling loop's, once wired).
+        self.autoscaling_status: Callable[[str, pb.BackendConfig], pb.AutoscalingStatus] | None = (
+            None
+        )
 
     # ---- backends -------------------------------------------------------
 
@@ -240,12 +246,7 @@ class ControlPlane:
             async with self._lock:
                 record = self._backend_record(tag)
                 replicas = self._sets[tag]
-                config = pb.BackendConfig()
-                config.CopyFrom(record.config)
-                config.MergeFrom(update)
-                if update.HasField("http_call_methods"):
-                    # MergeFrom appends repeated fields: the update replaces the list.
-                    config.http_call_methods.CopyFrom(update.http_call_methods)
+                config = validation.merged_config(record.config, update)
                 _check_capabilities(tag, config, replicas.capabilities)
                 self._check_capacity(config.num_replicas, replacing=tag)
                 self._reserved[tag] = max(config.num_replicas, record.config.num_replicas)
@@ -310,6 +311,62 @@ class ControlPlane:
             await replicas.stop()
             await self.routes_changed()
 
+    # ---- autoscaling (turnout.controller.autoscale_loop) ----------------
+
+    def autoscaled(self) -> dict[str, pb.BackendConfig]:
+        """The config of every backend that autoscales, by tag."""
+        return {
+            tag: record.config
+            for tag, record in self._store.backends().items()
+            if record.config.HasField("autoscaling") and tag in self._sets
+        }
+
+    def room_for(self, tag: str) -> int:
+        """The most replicas ``tag`` may run, given the other backends'."""
+        counted = {tag: b.config.num_replicas for tag, b in self._store.backends().items()}
+        counted.update(self._reserved)
+        counted.pop(tag, None)
+        return max(0, self.max_replicas - sum(counted.values()))
+
+    async def autoscale(self, tag: str, count: int) -> bool:
+        """Scale an autoscaled backend to ``count`` replicas, as an admin
+        scale would (new ones serve before this returns; removed ones leave
+        the routes, then drain). False, nothing changed, when the backend is
+        gone, no longer autoscales, or ``count`` no longer fits."""
+        async with self._backend_lock(tag):
+            async with self._lock:
+                record = self._store.backends().get(tag)
+                replicas = self._sets.get(tag)
+                if record is None or replicas is None:
+                    return False
+                if not record.config.HasField("autoscaling"):
+                    return False
+                # Bounds changed since the decision are the ones that hold.
+                count = autoscaling.policy(record.config.autoscaling).clamp(count)
+                if count > record.config.num_replicas and count > self.room_for(tag):
+                    return False
+                config = pb.BackendConfig()
+                config.CopyFrom(record.config)
+                config.num_replicas = count
+                new = dataclasses.replace(record, config=config)
+                self._reserved[tag] = max(count, record.config.num_replicas)
+            try:
+                replicas.config = config
+                await replicas.scale(count)
+            except TurnoutError as exc:
+                replicas.config = record.config
+                logger.warning("backend %r: autoscaling to %d failed: %s", tag, count, exc)
+                # Whatever did start keeps serving; the next decision starts from here.
+                await replicas.scale(record.config.num_replicas)
+                return False
+            finally:
+                self._reserved.pop(tag, None)
+            async with self._lock:
+                if self._sets.get(tag) is replicas:
+                    self._store.put_backend(new)
+            await self.routes_changed()
+        return True
+
     # ---- endpoints ------------------------------------------------------
 
     async def create_endpoint(self, request: pb.CreateEndpointRequest) -> pb.Endpoint:
@@ -317,6 +374,7 @@ class ControlPlane:
         route = validation.route(request.route)
         methods = validation.methods(list(request.methods))
         timeout = validation.request_timeout(request.request_timeout)
+        cors = CorsPolicy.from_proto(request.cors) if request.HasField("cors") else None
         if not request.backend:
             # As Ray Serve: an endpoint without a backend would answer nothing.
             raise InvalidArgumentError("backend must be specified when creating an endpoint")
@@ -324,19 +382,27 @@ class ControlPlane:
             self._backend_record(request.backend)
             traffic = {request.backend: 1.0}
             record = EndpointRecord(
-                name=name, route=route, methods=methods, traffic=traffic, request_timeout=timeout
+                name=name,
+                route=route,
+                methods=methods,
+                traffic=traffic,
+                request_timeout=timeout,
+                cors=cors,
             )
             existing = self._store.endpoints().get(name)
             if existing is not None:
                 if existing == record:
-                    return _endpoint_proto(existing)
+                    return self._endpoint_out(existing)
                 raise AlreadyExistsError(f"endpoint {name!r} already exists with other content")
             self._check_route_free(route)
             self._store.put_endpoint(record)
             await self.routes_changed()
-        return _endpoint_proto(record)
+        return self._endpoint_out(record)
 
     async def update_endpoint(self, request: pb.UpdateEndpointRequest) -> pb.Endpoint:
+        if request.clear_cors and request.HasField("cors"):
+            raise InvalidArgumentError("set cors or clear_cors, not both")
+        new_cors = CorsPolicy.from_proto(request.cors) if request.HasField("cors") else None
         async with self._lock:
             record = self._endpoint_record(request.name)
             route = validation.route(request.route) if request.HasField("route") else record.route
@@ -353,11 +419,12 @@ class ControlPlane:
                 route=route,
                 methods=record.methods if methods is None else methods,
                 request_timeout=timeout,
+                cors=None if request.clear_cors else new_cors or record.cors,
             )
             if updated != record:
                 self._store.put_endpoint(updated)
                 await self.routes_changed()
-        return _endpoint_proto(updated)
+        return self._endpoint_out(updated)
 
     def _check_route_free(self, route: str) -> None:
         """Raise AlreadyExistsError when an endpoint serves ``route`` ("" never clashes)."""
@@ -370,10 +437,10 @@ class ControlPlane:
                 )
 
     def get_endpoint(self, name: str) -> pb.Endpoint:
-        return _endpoint_proto(self._endpoint_record(name))
+        return self._endpoint_out(self._endpoint_record(name))
 
     def list_endpoints(self) -> list[pb.Endpoint]:
-        return [_endpoint_proto(e) for e in self._store.endpoints().values()]
+        return [self._endpoint_out(e) for e in self._store.endpoints().values()]
 
     async def delete_endpoint(self, name: str) -> None:
         async with self._lock:
@@ -403,7 +470,7 @@ class ControlPlane:
             )
             self._store.put_endpoint(record)
             await self.routes_changed()
-        return _endpoint_proto(record)
+        return self._endpoint_out(record)
 
     async def shadow_traffic(self, endpoint: str, backend: str, proportion: float) -> pb.Endpoint:
         proportion = validation.proportion(proportion)
@@ -429,7 +496,7 @@ class ControlPlane:
             record = dataclasses.replace(record, shadows=shadows)
             self._store.put_endpoint(record)
             await self.routes_changed()
-        return _endpoint_proto(record)
+        return self._endpoint_out(record)
 
     # ---- replicas and routing --------------------------------------------
 
@@ -439,14 +506,52 @@ class ControlPlane:
             return self._sets[backend].describe()
         return [r for replicas in self._sets.values() for r in replicas.describe()]
 
+    def _endpoint_out(self, record: EndpointRecord) -> pb.Endpoint:
+        """The endpoint as callers and routers see it, with whether it serves an app."""
+        endpoint = _endpoint_proto(record)
+        # By the backends that answer: a shadow alone does not make the route a prefix.
+        endpoint.serves_app = any(self._is_app(tag) for tag in record.traffic)
+        return endpoint
+
+    def _is_app(self, tag: str) -> bool:
+        """Whether a backend is a WSGI/ASGI app: as its spec says, else as its
+        replicas detected (docs/apps.md)."""
+        backend = self._store.backends().get(tag)
+        if backend is None:
+            return False
+        if backend.spec.interface != pb.BACKEND_INTERFACE_UNSPECIFIED:
+            return backend.spec.interface in (pb.BACKEND_INTERFACE_WSGI, pb.BACKEND_INTERFACE_ASGI)
+        replicas = self._sets.get(tag)
+        if replicas is None:
+            return False
+        # What the running replicas report: after update_backend, the new code's.
+        reports = [s.child.report.capabilities for s in replicas.running() if s.child is not None]
+        return any(web_apps.is_app(c.get("interface")) for c in reports or [replicas.capabilities])
+
+    async def replica_log(self, replica_id: str, offset: int | None, max_bytes: int) -> LogChunk:
+        """Part of a running replica's log, read by its launcher where it runs
+        (``log_tail``: default and most bytes, what an offset past the end does)."""
+        size = log_tail.checked_max_bytes(max_bytes)
+        for replicas in self._sets.values():
+            for slot in replicas.running():
+                if slot.replica_id == replica_id and slot.child is not None:
+                    return await self._launcher.read_log(slot.child, offset, size)
+        raise NotFoundError(
+            f"no running replica {replica_id!r} (list_replicas() gives the ids, e.g. 'model#1')"
+        )
+
     def snapshot_parts(self) -> tuple[list[pb.Endpoint], list[pb.BackendTargets]]:
-        endpoints = [_endpoint_proto(e) for e in self._store.endpoints().values()]
+        endpoints = [self._endpoint_out(e) for e in self._store.endpoints().values()]
         backends = []
         for tag, replicas in self._sets.items():
+            record = self._store.backends().get(tag)
             targets = pb.BackendTargets(
                 tag=tag,
+                desired_replicas=record.config.num_replicas if record is not None else 0,
                 replicas=[
-                    pb.ReplicaTarget(replica_id=s.replica_id, address=s.child.address)
+                    pb.ReplicaTarget(
+                        replica_id=s.replica_id, address=s.child.address, node=s.child.node_id
+                    )
                     for s in replicas.running()
                     if s.child is not None
                 ],
@@ -497,12 +602,20 @@ class ControlPlane:
 
     def _backend(self, tag: str) -> pb.Backend:
         record = self._backend_record(tag)
-        return pb.Backend(
+        backend = pb.Backend(
             tag=tag,
             config=record.config,
             replicas=self._sets[tag].describe(),
             replica_options=record.options,
         )
+        if record.config.HasField("autoscaling"):
+            if self.autoscaling_status is not None:
+                status = self.autoscaling_status(tag, record.config)
+            else:
+                status = pb.AutoscalingStatus(desired_replicas=record.config.num_replicas)
+            status.running_replicas = len(self._sets[tag].running())
+            backend.autoscaling_status.CopyFrom(status)
+        return backend
 
 
 def replica_digest(record: BackendRecord) -> str:
@@ -561,4 +674,5 @@ def _endpoint_proto(record: EndpointRecord) -> pb.Endpoint:
         traffic=[pb.TrafficWeight(backend=b, weight=w) for b, w in record.traffic.items()],
         shadows=[pb.ShadowTarget(backend=b, proportion=p) for b, p in record.shadows.items()],
         request_timeout=record.request_timeout,
+        cors=record.cors.to_proto() if record.cors else None,
     )

@@ -62,6 +62,10 @@ class ReplicaSlot:
     child: Child | None = None
     allocation: Allocation = field(default_factory=Allocation)
     error: str = ""
+    # Restarts after a death or failed start, and why the last one happened
+    # (kept once it runs again, for operators: ListReplicas).
+    restarts: int = 0
+    last_error: str = ""
     stopping: bool = False
     # What it runs (``replica_digest`` of the backend when it started).
     digest: str = ""
@@ -81,6 +85,8 @@ class ReplicaSlot:
             cpus=self.allocation.cpus,
             log_path=child.log_path if child else "",
             node=child.node if child else "",
+            restarts=self.restarts,
+            last_error=self.last_error,
         )
 
 
@@ -327,6 +333,8 @@ class ReplicaSet:
                     code = report.code or "INTERNAL"
                     slot.started.set_exception(ReplicaStartError(code, slot.error))
                     return
+                slot.last_error = slot.error
+                slot.restarts += 1
                 await self._on_change()
                 await asyncio.sleep(backoff.next())
                 continue
@@ -344,7 +352,8 @@ class ReplicaSet:
                 return
             slot.child = None
             slot.state = pb.REPLICA_STATE_FAILED
-            slot.error = reason
+            slot.error = slot.last_error = reason
+            slot.restarts += 1
             logger.warning("replica %s: %s; restarting", slot.replica_id, reason)
             await self._on_change()
             if time.monotonic() - began >= STABLE_AFTER_S:

@@ -29,10 +29,13 @@ from turnout._internal.version import __version__
 from turnout.v1 import controller_pb2 as pb
 
 from . import adoption
+from .autoscale_loop import AutoscaleLoop
 from .control_plane import ControlPlane
 from .launchers.base import Child, Launcher, ProxySpec
 from .launchers.local import LocalLauncher
+from .load_book import LoadBook
 from .resources import ResourcePool
+from .rollouts import PlaneHost, Rollouts
 from .routing import RoutePublisher
 from .servicer import ControllerServicer, add_to_server
 from .sqlite_store import SqliteStore
@@ -94,6 +97,9 @@ class ControllerOptions:
     ray_address: str | None = None
     # Ray's runtime_env of every replica actor, as JSON (working_dir, pip, env_vars).
     ray_runtime_env: str | None = None
+    # Proxies prefer their node's replicas; which nodes get a proxy (controller_args).
+    ray_prefer_local_replicas: bool = False
+    ray_proxy_location: str = "WithReplicas"
 
     @property
     def admin_token_file(self) -> Path:
@@ -152,6 +158,8 @@ class Controller:
                 local,
                 self.store,
                 runtime_env=options.ray_runtime_env,
+                prefer_local_replicas=options.ray_prefer_local_replicas,
+                proxy_location=options.ray_proxy_location,
             )
             self.launcher, resources = on_ray, ClusterResources(on_ray)
         self.publisher = RoutePublisher()
@@ -165,6 +173,13 @@ class Controller:
         )
         # What routers report; controller code reads recent windows from it.
         self.stats = StatsBook()
+        # The load routers report, and the loop that scales autoscaled backends by it.
+        self.loads = LoadBook()
+        self.autoscaler = AutoscaleLoop(self.plane, self.loads)
+        self.plane.autoscaling_status = self.autoscaler.status
+        self._autoscale_task: asyncio.Task[None] | None = None
+        # Rollouts the controller runs, from the store (resumed once serving).
+        self.rollouts = Rollouts(self.store, PlaneHost(self.plane, self.stats))
         self.health = health.aio.HealthServicer()
         self.address = ""
         self.http_address = ""
@@ -208,6 +223,8 @@ class Controller:
                 self._data_token,
                 self.verifier.principal,
                 self.stats,
+                self.loads,
+                self.rollouts,
             ),
             server,
         )
@@ -236,6 +253,8 @@ class Controller:
         self.http_address = f"{scheme}://{proxy.address}"
         instance.http_address = self.http_address
         self._proxy_task = asyncio.create_task(self._supervise_proxy())
+        self._autoscale_task = asyncio.create_task(self.autoscaler.run(), name="autoscaling")
+        self.rollouts.resume_all()
         for service in ("", "turnout.v1.ControllerService"):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         logger.info("controller on %s, proxy on %s", self.address, self.http_address)
@@ -308,6 +327,11 @@ class Controller:
     async def _shutdown(self) -> None:
         self._stopping = True
         await self.health.enter_graceful_shutdown()
+        if self._autoscale_task is not None:
+            self._autoscale_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._autoscale_task
+        await self.rollouts.stop()
         await self.plane.stop()
         if self._proxy_task is not None:
             self._proxy_task.cancel()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 
 from turnout._internal import auth, validation
@@ -19,10 +20,14 @@ from turnout._internal.errors import TurnoutError, status_for
 from turnout._internal.latency import WINDOW_S
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
+from turnout.v1 import rollout_pb2 as rpb
 
 from .control_plane import ControlPlane
+from .load_book import LoadBook
+from .rollouts import PlaneHost, Rollouts
 from .routing import RoutePublisher
 from .stats_book import StatsBook, WindowStats
+from .store import MemoryStore
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +77,9 @@ def add_to_server(servicer: ControllerServicer, server: grpc.aio.Server) -> None
 def _add_service(servicer: ControllerServicer, server: grpc.aio.Server, service: Any) -> None:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
+        # Messages may come from any file of turnout.v1 (rollout.proto's too).
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
         implementation = getattr(servicer, method.name)
         if method.server_streaming:
             handlers[method.name] = grpc.unary_stream_rpc_method_handler(
@@ -129,10 +135,16 @@ class ControllerServicer(
         data_token: Callable[[str | None], str] = lambda presented: presented or "",
         principal: Callable[[str | None], str | None] = lambda presented: auth.ADMIN,
         stats: StatsBook | None = None,
+        loads: LoadBook | None = None,
+        rollouts: Rollouts | None = None,
     ) -> None:
+        self._loads = LoadBook() if loads is None else loads
         self._data_token = data_token
         self._principal = principal
         self._stats = StatsBook() if stats is None else stats
+        self._rollouts = (
+            Rollouts(MemoryStore(), PlaneHost(plane, self._stats)) if rollouts is None else rollouts
+        )
         self._plane = plane
         self._publisher = publisher
         self._instance = instance
@@ -230,6 +242,16 @@ class ControllerServicer(
     ) -> pb.ListReplicasResponse:
         return pb.ListReplicasResponse(replicas=self._plane.list_replicas(request.backend))
 
+    @_translate_errors
+    async def GetReplicaLog(
+        self, request: pb.GetReplicaLogRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetReplicaLogResponse:
+        offset = request.offset if request.HasField("offset") else None
+        chunk = await self._plane.replica_log(request.replica_id, offset, request.max_bytes)
+        return pb.GetReplicaLogResponse(
+            data=chunk.data, next_offset=chunk.next_offset, size=chunk.size
+        )
+
     async def WatchRoutes(
         self, request: pb.WatchRoutesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.WatchRoutesResponse]:
@@ -258,6 +280,7 @@ class ControllerServicer(
             # Handles' counters live beside the proxy's, never in place of them.
             reporter = f"{HANDLE_REPORTS}{reporter}"
         self._stats.record(reporter, list(request.endpoints), request.counting_seconds)
+        self._loads.report(reporter, request.loads)
         return pb.ReportStatsResponse()
 
     def _names_routers(self, context: grpc.aio.ServicerContext[Any, Any]) -> bool:
@@ -282,6 +305,42 @@ class ControllerServicer(
             endpoints=self._stats.totals(),
             recent=[_window_proto(endpoint, backend, w) for endpoint, backend, w in recent],
         )
+
+    @_translate_errors
+    async def StartRollout(
+        self, request: rpb.StartRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rpb.StartRolloutResponse:
+        return rpb.StartRolloutResponse(rollout=await self._rollouts.start(request.rollout))
+
+    @_translate_errors
+    async def GetRollout(
+        self, request: rpb.GetRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rpb.GetRolloutResponse:
+        return rpb.GetRolloutResponse(rollout=self._rollouts.get(request.endpoint))
+
+    @_translate_errors
+    async def ListRollouts(
+        self, request: rpb.ListRolloutsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rpb.ListRolloutsResponse:
+        return rpb.ListRolloutsResponse(rollouts=self._rollouts.list())
+
+    @_translate_errors
+    async def PauseRollout(
+        self, request: rpb.PauseRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rpb.PauseRolloutResponse:
+        return rpb.PauseRolloutResponse(rollout=await self._rollouts.pause(request.endpoint))
+
+    @_translate_errors
+    async def ResumeRollout(
+        self, request: rpb.ResumeRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rpb.ResumeRolloutResponse:
+        return rpb.ResumeRolloutResponse(rollout=await self._rollouts.resume(request.endpoint))
+
+    @_translate_errors
+    async def AbortRollout(
+        self, request: rpb.AbortRolloutRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> rpb.AbortRolloutResponse:
+        return rpb.AbortRolloutResponse(rollout=await self._rollouts.abort(request.endpoint))
 
     async def GetInstance(
         self, request: pb.GetInstanceRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -12,7 +12,9 @@ import json
 import sqlite3
 from pathlib import Path
 
+from turnout._internal.cors import CorsPolicy
 from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import rollout_pb2 as rpb
 
 from .launchers.local import local_handle
 from .store import LOCAL, BackendRecord, ChildRecord, EndpointRecord
@@ -48,7 +50,14 @@ CREATE TABLE IF NOT EXISTS endpoints (
     methods TEXT NOT NULL,   -- JSON list
     traffic TEXT NOT NULL,   -- JSON {backend: weight}
     shadows TEXT NOT NULL,   -- JSON {backend: proportion}
-    request_timeout REAL NOT NULL
+    request_timeout REAL NOT NULL,
+    cors TEXT NOT NULL DEFAULT ''  -- JSON CorsPolicy.to_dict(); '' = none
+);
+-- Each endpoint's current or last rollout. Files of earlier builds lack the
+-- table; it is created when they are opened, empty.
+CREATE TABLE IF NOT EXISTS rollouts (
+    endpoint TEXT PRIMARY KEY,
+    rollout BLOB NOT NULL    -- turnout.v1.Rollout
 );
 """
 )
@@ -63,9 +72,16 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._migrate()
         self._db.executescript(_SCHEMA)
+        self._add_columns()
         self._backends = {record.tag: record for record in self._load_backends()}
         self._endpoints = {record.name: record for record in self._load_endpoints()}
         self._children = {record.name: record for record in self._load_children()}
+        self._rollouts = {
+            endpoint: data
+            for endpoint, data in self._db.execute(
+                "SELECT endpoint, rollout FROM rollouts ORDER BY rowid"
+            )
+        }
 
     def close(self) -> None:
         self._db.close()
@@ -94,6 +110,13 @@ class SqliteStore:
                 ],
             )
 
+    def _add_columns(self) -> None:
+        """Columns added since a state file may have been written: an older
+        file's endpoints get them with their defaults (no CORS policy)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(endpoints)")}
+        if "cors" not in columns:
+            self._db.execute("ALTER TABLE endpoints ADD COLUMN cors TEXT NOT NULL DEFAULT ''")
+
     def _load_backends(self) -> list[BackendRecord]:
         rows = self._db.execute("SELECT tag, spec, config, options FROM backends ORDER BY rowid")
         return [
@@ -108,7 +131,7 @@ class SqliteStore:
 
     def _load_endpoints(self) -> list[EndpointRecord]:
         rows = self._db.execute(
-            "SELECT name, route, methods, traffic, shadows, request_timeout "
+            "SELECT name, route, methods, traffic, shadows, request_timeout, cors "
             "FROM endpoints ORDER BY rowid"
         )
         return [
@@ -119,8 +142,9 @@ class SqliteStore:
                 traffic=json.loads(traffic),
                 shadows=json.loads(shadows),
                 request_timeout=timeout,
+                cors=CorsPolicy.from_dict(json.loads(cors)) if cors else None,
             )
-            for name, route, methods, traffic, shadows, timeout in rows
+            for name, route, methods, traffic, shadows, timeout, cors in rows
         ]
 
     def _load_children(self) -> list[ChildRecord]:
@@ -192,10 +216,11 @@ class SqliteStore:
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT INTO endpoints (name, route, methods, traffic, shadows, request_timeout) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET route=excluded.route, "
-                "methods=excluded.methods, traffic=excluded.traffic, shadows=excluded.shadows, "
-                "request_timeout=excluded.request_timeout",
+                "INSERT INTO endpoints (name, route, methods, traffic, shadows, request_timeout, "
+                "cors) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "route=excluded.route, methods=excluded.methods, traffic=excluded.traffic, "
+                "shadows=excluded.shadows, request_timeout=excluded.request_timeout, "
+                "cors=excluded.cors",
                 (
                     record.name,
                     record.route,
@@ -203,6 +228,7 @@ class SqliteStore:
                     json.dumps(record.traffic),
                     json.dumps(record.shadows),
                     record.request_timeout,
+                    json.dumps(record.cors.to_dict()) if record.cors else "",
                 ),
             )
         self._endpoints[record.name] = record
@@ -253,3 +279,17 @@ class SqliteStore:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM children WHERE name = ?", (name,))
         self._children.pop(name, None)
+
+    def rollouts(self) -> dict[str, rpb.Rollout]:
+        return {name: rpb.Rollout.FromString(data) for name, data in self._rollouts.items()}
+
+    def put_rollout(self, rollout: rpb.Rollout) -> None:
+        data = rollout.SerializeToString()
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO rollouts (endpoint, rollout) VALUES (?, ?) "
+                "ON CONFLICT(endpoint) DO UPDATE SET rollout=excluded.rollout",
+                (rollout.endpoint, data),
+            )
+        self._rollouts[rollout.endpoint] = data

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from turnout._internal.cors import CorsPolicy
 from turnout.v1 import controller_pb2 as pb
+from turnout.v1 import rollout_pb2 as rpb
 
 
 @dataclass
@@ -34,6 +36,8 @@ class EndpointRecord:
     shadows: dict[str, float] = field(default_factory=dict)
     # Seconds a request may take; 0 = no limit.
     request_timeout: float = 0.0
+    # Cross-origin resource sharing, answered by the proxy; None = none.
+    cors: CorsPolicy | None = None
 
     def backends(self) -> set[str]:
         """Every backend this endpoint sends requests to, shadows included."""
@@ -92,6 +96,10 @@ class Store(Protocol):
     def put_child(self, record: ChildRecord) -> None: ...
     def delete_child(self, name: str) -> None: ...
 
+    # Each endpoint's current or last rollout, keyed by endpoint.
+    def rollouts(self) -> dict[str, rpb.Rollout]: ...
+    def put_rollout(self, rollout: rpb.Rollout) -> None: ...
+
 
 class MemoryStore:
     """Desired state in this process only; lost when the controller exits."""
@@ -100,6 +108,7 @@ class MemoryStore:
         self._backends: dict[str, BackendRecord] = {}
         self._endpoints: dict[str, EndpointRecord] = {}
         self._children: dict[str, ChildRecord] = {}
+        self._rollouts: dict[str, bytes] = {}
 
     def backends(self) -> dict[str, BackendRecord]:
         return dict(self._backends)
@@ -127,3 +136,9 @@ class MemoryStore:
 
     def delete_child(self, name: str) -> None:
         self._children.pop(name, None)
+
+    def rollouts(self) -> dict[str, rpb.Rollout]:
+        return {name: rpb.Rollout.FromString(data) for name, data in self._rollouts.items()}
+
+    def put_rollout(self, rollout: rpb.Rollout) -> None:
+        self._rollouts[rollout.endpoint] = rollout.SerializeToString()

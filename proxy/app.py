@@ -30,14 +30,15 @@ from turnout._internal.proxy_args import (
     DEFAULT_READ_TIMEOUT_S,
 )
 from turnout._internal.rpc import Security
-from turnout._sending import failures
+from turnout._sending import failures, streams
 from turnout._sending.replica_link import ReplicaLink
 from turnout._sending.route_table import EndpointRoute
 from turnout._sending.sender import Sender
+from turnout._sending.streams import ChunkStream
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
-from . import http_codec, metrics
+from . import cors_answers, http_codec, metrics, streaming
 from .front_door import SERVED, ConnectionLimits, FrontDoor, Served
 from .workers import SharedCounters
 
@@ -79,7 +80,7 @@ class HttpAnswers:
 
     def read(
         self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
-    ) -> tuple[web.Response, Hashable | None, bool]:
+    ) -> tuple[web.StreamResponse, Hashable | None, bool]:
         """The answer, what shadows compare with (status and body; None for the
         proxy's own error), and whether it counts as failed (a 5xx); stamped
         with who answered, for the access log."""
@@ -113,6 +114,18 @@ class HttpAnswers:
             )
         # The body is not copied again: the answer's is the reply's.
         return response, (response.status, response.body), response.status >= 500
+
+    def read_stream(
+        self, stream: ChunkStream, request_id: str, backend: str, replica_id: str
+    ) -> web.StreamResponse:
+        """The head of a streamed answer (``streaming.send`` writes its body),
+        or a 502 when the head cannot be sent; stamped like ``read``'s."""
+        streamed = streaming.answer(stream, request_id, replica_id)
+        if isinstance(streamed, http_codec.BadResponse):
+            message = f"backend {backend!r} sent an answer HTTP cannot carry: {streamed}"
+            streamed = _failed(502, "BadResponse", message, request_id)[0]
+        streamed[SERVED] = Served(backend, replica_id)
+        return streamed
 
     def key(self, reply: replica_pb2.HandleResponse) -> Hashable | None:
         """What two answers must share to count as the same (status and body)."""
@@ -156,6 +169,7 @@ class ProxyState:
                 connect, security=self.security, max_response_bytes=max_response_bytes
             ),
             self.answers,
+            self.answers,
         )
         self.router = self.sender.router
         self.admission = self.sender.admission
@@ -166,10 +180,17 @@ class ProxyState:
         # Which of the proxy's processes this is (0 unless --workers N).
         self.worker_index = worker_index
         self.first_snapshot = self.sender.first_snapshot
-        self.registry = metrics.registry_for(self._own_counters, self._routes_version)
+        # Backend -> (replicas the controller wants, replicas in the snapshot).
+        self.replica_counts: dict[str, tuple[int, int]] = {}
+        self.registry = metrics.registry_for(
+            self._own_counters, self._routes_version, self._replica_counts
+        )
 
     def _routes_version(self) -> int:
         return self.router.table.version
+
+    def _replica_counts(self) -> dict[str, tuple[int, int]]:
+        return self.replica_counts
 
     def gauges(self) -> metrics.Gauges:
         return self.admission.queued(), self.router.pool.in_flight()
@@ -179,11 +200,16 @@ class ProxyState:
 
     def count_with(self, counters: SharedCounters) -> None:
         """Show ``counters`` (every worker's, summed) at /-/metrics."""
-        self.registry = metrics.registry_for(counters.read, self._routes_version)
+        self.registry = metrics.registry_for(
+            counters.read, self._routes_version, self._replica_counts
+        )
 
     def apply(self, snapshot: pb.RoutingSnapshot) -> None:
         """Serve ``snapshot`` from now on; must run on the event loop."""
         self.sender.apply(snapshot)
+        self.replica_counts = {
+            t.tag: (t.desired_replicas, len(t.replicas)) for t in snapshot.backends
+        }
         logger.info("serving routing version %d", snapshot.version)
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
@@ -212,6 +238,22 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
     route = state.router.table.match(path)
     if route is None:
         return http_codec.json_error(404, "NotFound", f"no endpoint at {path}", request_id)
+    if route.cors is None:
+        return await _send(await _forward(state, request, route, request_id), request)
+    origin = request.headers.get("Origin")
+    preflight_method = request.headers.get(cors_answers.REQUEST_METHOD)
+    if request.method == "OPTIONS" and origin is not None and preflight_method is not None:
+        return cors_answers.preflight(route, origin, preflight_method, request, request_id)
+    response = await _forward(state, request, route, request_id)
+    cors_answers.add_headers(response, route.cors.headers_for(origin))
+    return await _send(response, request)
+
+
+async def _forward(
+    state: ProxyState, request: web.BaseRequest, route: EndpointRoute, request_id: str
+) -> web.StreamResponse:
+    """The answer of the endpoint's backend (or the proxy's error), not sent yet."""
+    path = request.path
     if request.method not in route.methods:
         return http_codec.json_error(
             405,
@@ -261,6 +303,8 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
         if method_name:
             message.method_name = method_name
         http_codec.fill(message.http, request, body)
+        if route.serves_app:
+            message.http.script_name = route.script_name
     except UnicodeEncodeError:
         return http_codec.json_error(
             400,
@@ -269,14 +313,24 @@ async def handle(state: ProxyState, request: web.BaseRequest) -> web.StreamRespo
             request_id,
         )
     try:
-        response = await state.sender.send(route, message, shard_key, deadline)
+        response = await state.sender.send(
+            route, message, shard_key, deadline, streams.DEFAULT_WINDOW
+        )
     except failures.SendFailure as failure:
         response = _failure_response(state, failure, request_id)
         replica = failure.replica_id if isinstance(failure, failures.CallFailed) else ""
         response[SERVED] = Served(failure.backend, replica)
     served = response[SERVED]
     served.endpoint, served.bytes_in = route.name, len(body)
-    return await http_codec.send(response, request)
+    return response
+
+
+async def _send(response: web.StreamResponse, request: web.BaseRequest) -> web.StreamResponse:
+    """Send ``response``: a streamed answer chunk by chunk, any other as
+    ``http_codec.send`` does."""
+    if type(response) is streaming.StreamedAnswer:
+        return await streaming.send(response, request)
+    return await http_codec.send(response, request)  # type: ignore[arg-type]
 
 
 async def _read_body(state: ProxyState, request: web.BaseRequest) -> bytes:

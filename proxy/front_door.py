@@ -17,6 +17,7 @@ import json
 import logging
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -129,6 +130,8 @@ class _Connection(RequestHandler):
         self._refused: asyncio.TimerHandle | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_count = 0
+        # Called when the client goes away (a streamed answer's disconnect hook).
+        self.on_lost: list[Callable[[], None]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         door = self._door
@@ -216,7 +219,25 @@ class _Connection(RequestHandler):
         if self._counted:
             self._counted = False
             self._door.open_connections -= 1
+        callbacks, self.on_lost = self.on_lost, []
+        for callback in callbacks:
+            callback()
         super().connection_lost(exc)
+
+
+def on_disconnect(request: web.BaseRequest, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` when the client of ``request`` disconnects (aiohttp
+    tells a handler only when it next writes); returns what undoes it."""
+    connection = request.protocol
+    if not isinstance(connection, _Connection):
+        return lambda: None
+    connection.on_lost.append(callback)
+
+    def forget() -> None:
+        if callback in connection.on_lost:
+            connection.on_lost.remove(callback)
+
+    return forget
 
 
 class AcceptErrors:
@@ -279,6 +300,8 @@ class Served:
     endpoint: str = ""
     # The request body's bytes the proxy read.
     bytes_in: int = 0
+    # Why a streamed answer ended in an error after its head went out ("" = it did not).
+    stream_error: str = ""
 
 
 SERVED = web.ResponseKey("turnout.served", Served)
@@ -321,7 +344,9 @@ class JsonAccessLog(AbstractAccessLogger):
 
     ``path`` is the request target as sent; ``endpoint``, ``backend``,
     ``replica`` and ``handler_seconds`` are null where no replica answered
-    (a 404, a 503 without replicas). JSON escapes what a client sends, so no
+    (a 404, a 503 without replicas). A streamed answer is logged when it
+    ends, with every byte it wrote; one that failed after its status went
+    out has ``"stream_error"`` too. JSON escapes what a client sends, so no
     request can start a line or a field.
     """
 
@@ -345,4 +370,7 @@ class JsonAccessLog(AbstractAccessLogger):
             "backend": served.backend or None,
             "replica": served.replica or None,
         }
+        if served.stream_error:
+            # A streamed answer whose status went out before it failed.
+            entry["stream_error"] = served.stream_error
         self.logger.info("%s", json.dumps(entry))

@@ -53,10 +53,21 @@ class Counters:
             self.in_flight[key] = self.in_flight.get(key, 0) + n
 
 
+# Backend -> (replicas the controller wants, replicas routed to), from the
+# routing snapshot this process serves.
+ReplicaCounts = Callable[[], dict[str, tuple[int, int]]]
+
+
 class RouterCollector(Collector):
-    def __init__(self, counters: Callable[[], Counters], routes_version: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        counters: Callable[[], Counters],
+        routes_version: Callable[[], int],
+        replica_counts: ReplicaCounts | None = None,
+    ) -> None:
         self._counters = counters
         self._routes_version = routes_version
+        self._replica_counts = replica_counts
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -127,6 +138,27 @@ class RouterCollector(Collector):
             in_flight.add_metric([backend, replica], count)
         yield from (requests, errors, sent, compared, durations, handler, version, queued)
         yield in_flight
+        if self._replica_counts is not None:
+            yield from _replica_gauges(self._replica_counts())
+
+
+def _replica_gauges(counts: dict[str, tuple[int, int]]) -> Iterator[Metric]:
+    desired = GaugeMetricFamily(
+        "turnout_backend_desired_replicas",
+        "Replicas the controller wants for the backend (num_replicas, or the "
+        "autoscaler's last decision).",
+        labels=["backend"],
+    )
+    running = GaugeMetricFamily(
+        "turnout_backend_running_replicas",
+        "Replicas of the backend requests are routed to (RUNNING).",
+        labels=["backend"],
+    )
+    for backend, (want, have) in sorted(counts.items()):
+        if want:
+            desired.add_metric([backend], want)
+        running.add_metric([backend], have)
+    yield from (desired, running)
 
 
 def _add_histogram(
@@ -137,12 +169,14 @@ def _add_histogram(
 
 
 def registry_for(
-    counters: Callable[[], Counters], routes_version: Callable[[], int]
+    counters: Callable[[], Counters],
+    routes_version: Callable[[], int],
+    replica_counts: ReplicaCounts | None = None,
 ) -> CollectorRegistry:
-    """A registry whose one collector reads ``counters()`` and
-    ``routes_version()`` at each scrape."""
+    """A registry whose one collector reads ``counters()``,
+    ``routes_version()`` and ``replica_counts()`` at each scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RouterCollector(counters, routes_version))
+    registry.register(RouterCollector(counters, routes_version, replica_counts))
     return registry
 
 

@@ -136,6 +136,8 @@ async def serve(args: ProxyArgs) -> int:
         security=Security(tls=tls, token=token),
         system_token=system_token(args),
     )
+    if args.prefer_local_replicas:
+        state.router.pool.prefer_node = args.node_id
     counters = None
     if stats_dir is not None:
         counters = SharedCounters(stats_dir, index, state.router.stats, state.gauges)
@@ -166,7 +168,10 @@ async def serve(args: ProxyArgs) -> int:
 
     name = subscribers.proxy(index, args.subscriber_id)
     watcher = asyncio.create_task(watch_routes(args.controller, state.apply, name, state.security))
-    state.spawn(StatsReporter(args.controller, state.sender.stats, name, state.security).run())
+    reporter = StatsReporter(
+        args.controller, state.sender.stats, name, state.security, state.sender.load
+    )
+    state.spawn(reporter.run())
     if counters is not None:
         state.spawn(counters.share_forever())
     workers = None

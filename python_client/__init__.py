@@ -17,9 +17,12 @@ Example::
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from turnout._dashboard.server import Dashboard
     from turnout._internal.rpc import TLSConfig
+    from turnout._internal.sse import EventStream, sse_event
     from turnout._internal.version import __version__
     from turnout.api import (
+        autoscaling_status,
         connect,
         create_backend,
         create_endpoint,
@@ -28,10 +31,13 @@ if TYPE_CHECKING:
         endpoint_stats,
         get_backend_config,
         get_handle,
+        get_rollout,
         init,
         list_backends,
         list_endpoints,
         list_replicas,
+        list_rollouts,
+        rollout,
         set_traffic,
         shadow_traffic,
         shutdown,
@@ -42,7 +48,7 @@ if TYPE_CHECKING:
         update_endpoint,
     )
     from turnout.batching import accept_batch, context
-    from turnout.client import Client, ReplicaInfo
+    from turnout.client import Client, ReplicaInfo, ReplicaLog
     from turnout.command import Command
     from turnout.config import BackendConfig
     from turnout.errors import (
@@ -64,7 +70,8 @@ if TYPE_CHECKING:
         UnavailableError,
         UnimplementedError,
     )
-    from turnout.handle import EndpointHandle, HandleFuture
+    from turnout.handle import EndpointHandle, HandleFuture, HandleIterator
+    from turnout.rollouts import Rollout
 
 _WHERE = {
     "AlreadyExistsError": "turnout.errors",
@@ -74,8 +81,11 @@ _WHERE = {
     "DeadlineExceededError": "turnout.errors",
     "Client": "turnout.client",
     "Command": "turnout.command",
+    "Dashboard": "turnout._dashboard.server",
     "EndpointHandle": "turnout.handle",
+    "EventStream": "turnout._internal.sse",
     "HandleFuture": "turnout.handle",
+    "HandleIterator": "turnout.handle",
     "InUseError": "turnout.errors",
     "InvalidArgumentError": "turnout.errors",
     "MethodNotFoundError": "turnout.errors",
@@ -84,6 +94,8 @@ _WHERE = {
     "OverloadedError": "turnout.errors",
     "PermissionDeniedError": "turnout.errors",
     "ReplicaInfo": "turnout.client",
+    "Rollout": "turnout.rollouts",
+    "ReplicaLog": "turnout.client",
     "TLSConfig": "turnout._internal.rpc",
     "TokenFileError": "turnout.errors",
     "TurnoutError": "turnout.errors",
@@ -93,6 +105,7 @@ _WHERE = {
     "UnimplementedError": "turnout.errors",
     "__version__": "turnout._internal.version",
     "accept_batch": "turnout.batching",
+    "autoscaling_status": "turnout.api",
     "connect": "turnout.api",
     "context": "turnout.batching",
     "create_backend": "turnout.api",
@@ -102,10 +115,14 @@ _WHERE = {
     "endpoint_stats": "turnout.api",
     "get_backend_config": "turnout.api",
     "get_handle": "turnout.api",
+    "sse_event": "turnout._internal.sse",
     "init": "turnout.api",
     "list_backends": "turnout.api",
     "list_endpoints": "turnout.api",
     "list_replicas": "turnout.api",
+    "list_rollouts": "turnout.api",
+    "get_rollout": "turnout.api",
+    "rollout": "turnout.api",
     "set_traffic": "turnout.api",
     "shadow_traffic": "turnout.api",
     "shutdown": "turnout.api",
@@ -124,8 +141,11 @@ __all__ = [
     "DeadlineExceededError",
     "Client",
     "Command",
+    "Dashboard",
     "EndpointHandle",
+    "EventStream",
     "HandleFuture",
+    "HandleIterator",
     "InUseError",
     "InvalidArgumentError",
     "MethodNotFoundError",
@@ -134,6 +154,8 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "ReplicaInfo",
+    "Rollout",
+    "ReplicaLog",
     "TLSConfig",
     "TokenFileError",
     "TurnoutError",
@@ -143,6 +165,7 @@ __all__ = [
     "UnimplementedError",
     "__version__",
     "accept_batch",
+    "autoscaling_status",
     "connect",
     "context",
     "create_backend",
@@ -156,9 +179,13 @@ __all__ = [
     "list_backends",
     "list_endpoints",
     "list_replicas",
+    "list_rollouts",
+    "get_rollout",
+    "rollout",
     "set_traffic",
     "shadow_traffic",
     "shutdown",
+    "sse_event",
     "start",
     "stat",
     "update_backend",

@@ -138,3 +138,72 @@ def _pump(follower: _Follower, out: TextIO) -> None:
     *lines, follower.partial = data.split(b"\n")
     for line in lines:
         out.write(follower.source.prefix(line.decode("utf-8", errors="replace")) + "\n")
+
+
+# ---- logs read through the controller (GetReplicaLog) ---------------------------
+
+# (replica id, byte offset or None for the end) -> (bytes read, next offset).
+Fetch = Callable[[str, "int | None"], tuple[bytes, int]]
+REMOTE_POLL_S = 1.0
+
+
+def remote_tail(
+    fetch: Fetch, replica_ids: Sequence[str], count: int, out: TextIO
+) -> dict[str, int]:
+    """Print the last ``count`` complete lines of each replica's log, read
+    through the controller (the log may be on another machine); returns the
+    offset after the last complete line of each, where ``remote_follow`` goes on.
+
+    Example::
+
+        offsets = remote_tail(lambda r, o: (b"a\\nb\\n", 4), ["model#1"], 10, sys.stdout)
+    """
+    offsets = {}
+    for replica_id in replica_ids:
+        data, next_offset = fetch(replica_id, None)
+        start = next_offset - len(data)
+        complete = data[: data.rfind(b"\n") + 1]
+        lines = complete.decode("utf-8", errors="replace").splitlines()
+        if start > 0 and lines:
+            lines = lines[1:]  # the chunk began inside a line
+        for line in lines[-count:] if count > 0 else []:
+            out.write(f"{replica_id} | {line}\n")
+        offsets[replica_id] = start + len(complete)
+    out.flush()
+    return offsets
+
+
+def remote_follow(
+    fetch: Fetch,
+    offsets: Mapping[str, int],
+    out: TextIO,
+    refresh: Callable[[], Sequence[str]] | None = None,
+    gone: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Print what is appended to each replica's log from ``offsets`` on (what
+    ``remote_tail`` returned), polling the controller, until Ctrl-C. A
+    replica whose read raises one of ``gone`` is dropped; ``refresh`` gives
+    the replica ids now (new ones are read from their start)."""
+    at = dict(offsets)
+    partial: dict[str, bytes] = {}
+    try:
+        while True:
+            for replica_id, offset in list(at.items()):
+                try:
+                    data, next_offset = fetch(replica_id, offset)
+                except gone:
+                    del at[replica_id]
+                    continue
+                if next_offset - len(data) < offset:  # rotated: read from the start
+                    partial[replica_id] = b""
+                at[replica_id] = next_offset
+                *lines, partial[replica_id] = (partial.get(replica_id, b"") + data).split(b"\n")
+                for line in lines:
+                    out.write(f"{replica_id} | {line.decode('utf-8', errors='replace')}\n")
+            out.flush()
+            if refresh is not None:
+                for replica_id in refresh():
+                    at.setdefault(replica_id, 0)
+            time.sleep(REMOTE_POLL_S)
+    except KeyboardInterrupt:
+        return

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from turnout.client import Client, ReplicaInfo
@@ -24,17 +25,30 @@ class Snapshot:
     endpoints: Mapping[str, Mapping[str, Any]]
     backends: Mapping[str, Mapping[str, Any]]
     replicas: Sequence[ReplicaInfo]
+    # Autoscaled backends' status (Client.autoscaling_status), by backend.
+    autoscaling: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Each endpoint's current or last rollout (``Rollout.info()``).
+    rollouts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def read(cls, client: Client) -> Snapshot:
+        backends = client.list_backends()
+        autoscaling: dict[str, Mapping[str, Any]] = {}
+        for name, config in backends.items():
+            if config.get("autoscaling") is not None:
+                status = client.autoscaling_status(name)
+                if status is not None:
+                    autoscaling[name] = status
         return cls(
             controller_address=client.controller_address,
             controller_pid=client.controller_pid,
             http_address=client.http_address,
             log_dir=client.log_dir,
             endpoints=client.list_endpoints(),
-            backends=client.list_backends(),
+            backends=backends,
             replicas=sorted(client.list_replicas(), key=lambda r: (r.backend, r.replica_id)),
+            autoscaling=autoscaling,
+            rollouts=client.list_rollouts(),
         )
 
     def replica_counts(self, backend: str) -> dict[str, int]:
@@ -52,10 +66,13 @@ def to_json(snapshot: Snapshot) -> str:
 
         {"instance": {"controller_address": ..., "controller_pid": ..., "http_address": ...,
                       "log_dir": ...},
-         "endpoints": {name: {"route", "methods", "traffic", "shadows", "request_timeout"}},
-         "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...}}},
+         "endpoints": {name: {"route", "methods", "traffic", "shadows", "request_timeout",
+                              "serves_app", "cors"}},
+         "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...},
+                             "autoscaling": {...} (autoscaled backends only)}},
          "replicas": [{"replica_id", "backend", "state", "pid", "address", "error",
-                       "cpus", "gpus", "log_path", "node"}]}
+                       "cpus", "gpus", "log_path", "node"}],
+         "rollouts": {endpoint: turnout.Rollout.info()}}
     """
     document = {
         "instance": {
@@ -66,10 +83,19 @@ def to_json(snapshot: Snapshot) -> str:
         },
         "endpoints": snapshot.endpoints,
         "backends": {
-            name: {"config": config, "replicas": snapshot.replica_counts(name)}
+            name: {
+                "config": config,
+                "replicas": snapshot.replica_counts(name),
+                **(
+                    {"autoscaling": snapshot.autoscaling[name]}
+                    if name in snapshot.autoscaling
+                    else {}
+                ),
+            }
             for name, config in snapshot.backends.items()
         },
         "replicas": [{**asdict(r), "cpus": list(r.cpus)} for r in snapshot.replicas],
+        "rollouts": snapshot.rollouts,
     }
     return json.dumps(document, indent=2, sort_keys=True)
 
@@ -115,9 +141,29 @@ def _config_text(config: Mapping[str, Any]) -> str:
     changed = [
         f"{key}={_number(value) if _is_number(value) else json.dumps(value)}"
         for key, value in sorted(config.items())
-        if key != "num_replicas" and value is not None and value != defaults.get(key)
+        if key not in ("num_replicas", "autoscaling")
+        and value is not None
+        and value != defaults.get(key)
     ]
     return " ".join(changed) or "defaults"
+
+
+def _route_text(endpoint: Mapping[str, Any]) -> str:
+    """The route; an app's, which serves the paths under it too, with "/*"."""
+    route = endpoint["route"]
+    if not route:
+        return "-"
+    return f"{route.rstrip('/')}/*" if endpoint.get("serves_app") else str(route)
+
+
+def _cors_text(cors: Mapping[str, Any]) -> str:
+    """The CORS options other than the origins, as key=value."""
+    shown = [
+        f"{key}={','.join(value) if isinstance(value, list) else json.dumps(value)}"
+        for key, value in cors.items()
+        if key != "allow_origins" and value not in ([], False)
+    ]
+    return " ".join(shown)
 
 
 def to_text(snapshot: Snapshot) -> str:
@@ -129,7 +175,7 @@ def to_text(snapshot: Snapshot) -> str:
     endpoint_rows = [
         [
             name,
-            str(e["route"] or "-"),
+            _route_text(e),
             ",".join(e["methods"]),
             _shares(e["traffic"]),
             _shares(e["shadows"]),
@@ -142,13 +188,22 @@ def to_text(snapshot: Snapshot) -> str:
         if endpoint_rows
         else "No endpoints."
     )
+    cors_rows = [
+        [name, ",".join(e["cors"]["allow_origins"]), _cors_text(e["cors"])]
+        for name, e in sorted(snapshot.endpoints.items())
+        if e.get("cors")
+    ]
+    if cors_rows:
+        parts.append(table(["ENDPOINT", "CORS ORIGINS", "CORS OPTIONS"], cors_rows))
     backend_rows = []
     for name, config in sorted(snapshot.backends.items()):
         counts = snapshot.replica_counts(name)
+        scaled = snapshot.autoscaling.get(name)
+        wanted = config.get("num_replicas") if scaled is None else scaled["desired_replicas"]
         backend_rows.append(
             [
                 name,
-                str(config.get("num_replicas")),
+                str(wanted) + ("" if scaled is None else " (auto)"),
                 *(str(counts[state]) for state in REPLICA_STATES),
                 _config_text(config),
             ]
@@ -158,6 +213,8 @@ def to_text(snapshot: Snapshot) -> str:
         if backend_rows
         else "No backends."
     )
+    if snapshot.autoscaling:
+        parts.append(_autoscaling_table(snapshot))
     # A NODE column once replicas run on more than the controller's machine.
     nodes = any(r.node for r in snapshot.replicas)
     replica_rows = [
@@ -174,4 +231,68 @@ def to_text(snapshot: Snapshot) -> str:
     if replica_rows:
         header = ["REPLICA", "STATE", *(["NODE"] if nodes else []), "PID", "ADDRESS", "ERROR"]
         parts.append(table(header, replica_rows))
+    if snapshot.rollouts:
+        parts.append(rollout_table(snapshot.rollouts))
     return "\n\n".join(parts)
+
+
+def _autoscaling_table(snapshot: Snapshot) -> str:
+    """Autoscaled backends: bounds, load, what it asks for, the last decision."""
+    rows = []
+    for name, status in sorted(snapshot.autoscaling.items()):
+        rules = snapshot.backends.get(name, {}).get("autoscaling") or {}
+        at = status.get("last_decision_time")
+        ago = f" ({time.time() - at:.0f}s ago)" if at else ""
+        rows.append(
+            [
+                name,
+                str(rules.get("min_replicas", 1)),
+                str(rules.get("max_replicas", 1)),
+                f"{status['load']:.2f}",
+                str(status["wanted_replicas"]),
+                str(status["desired_replicas"]),
+                str(status["running_replicas"]),
+                _first_line(status.get("last_reason") or "-") + ago,
+            ]
+        )
+    headers = ["AUTOSCALED", "MIN", "MAX", "LOAD", "ASKS", "DESIRED", "RUNNING", "LAST DECISION"]
+    return table(headers, rows)
+
+
+def _window_text(window: Mapping[str, Any] | None) -> str:
+    if not window:
+        return "-"
+    p99 = window.get("p99")
+    latency = f" p99 {p99 * 1000:.3g}ms" if p99 is not None else ""
+    return f"{window['requests']} req {window['errors']} err{latency}"
+
+
+def rollout_table(rollouts: Mapping[str, Mapping[str, Any]]) -> str:
+    """Each rollout's step, the numbers of its last window, and its verdict.
+
+    Example::
+
+        print(rollout_table(client.list_rollouts()))
+        # ROLLOUT  FROM  TO  STATE     STEP       NEW                     OLD  VERDICT
+        # model    v1    v2  stepping  2/4 (0.25) 52 req 0 err p99 12ms   ...  step 2 of 4 ...
+    """
+    rows = []
+    for endpoint, r in sorted(rollouts.items()):
+        steps = r["steps"]
+        step = f"{r['step']}/{len(steps)}"
+        if 0 < r["step"] <= len(steps):
+            step += f" ({_number(steps[r['step'] - 1])})"
+        rows.append(
+            [
+                endpoint,
+                r["from_backend"],
+                r["to_backend"],
+                r["state"],
+                step,
+                _window_text(r.get("new")),
+                _window_text(r.get("old")),
+                _first_line(r["verdict"]),
+            ]
+        )
+    header = ["ROLLOUT", "FROM", "TO", "STATE", "STEP", "NEW", "OLD", "VERDICT"]
+    return table(header, rows)

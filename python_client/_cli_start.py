@@ -77,6 +77,9 @@ class StartOptions:
     ray_address: str | None = None
     # Ray's runtime_env of every replica (JSON); needs ray_address.
     ray_runtime_env: str | None = None
+    # Proxies prefer their node's replicas; which nodes get a proxy (docs/ray-cluster.md).
+    ray_prefer_local_replicas: bool = False
+    ray_proxy_location: str = "WithReplicas"
 
     @property
     def pid_file(self) -> Path:
@@ -117,6 +120,8 @@ def controller_argv(options: StartOptions, ready_fd: int) -> list[str]:
             https_key=None if options.https is None else options.https[1],
             ray_address=options.ray_address,
             ray_runtime_env=options.ray_runtime_env,
+            ray_prefer_local_replicas=options.ray_prefer_local_replicas,
+            ray_proxy_location=options.ray_proxy_location,
         )
     )
 

@@ -11,12 +11,14 @@ can compare them with the file.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
-from turnout._internal import rpc
+from turnout._internal import rpc, web_apps
+from turnout._internal.cors import CorsPolicy
 from turnout.client import Client, call_controller
 from turnout.command import Command
 from turnout.config import BackendConfig
@@ -29,6 +31,7 @@ from turnout.deploy import (
     State,
 )
 from turnout.errors import TurnoutError
+from turnout.rollouts import ENDED
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
 
@@ -79,9 +82,17 @@ class Instance:
             reply = self._call(self._stub.GetBackend, pb.GetBackendRequest(tag=item.tag))
             backends[item.tag] = _backend(reply.backend)
         endpoints = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
+        rolling = {
+            name: info["to_backend"]
+            for name, info in self.client.list_rollouts().items()
+            if info["state"] not in ENDED
+        }
         return State(
             backends=backends,
-            endpoints={e.name: _endpoint(e) for e in endpoints.endpoints},
+            endpoints={
+                e.name: dataclasses.replace(_endpoint(e), rolling_to=rolling.get(e.name))
+                for e in endpoints.endpoints
+            },
         )
 
     # ---- changing -----------------------------------------------------------
@@ -103,7 +114,9 @@ class Instance:
 def _spec(backend: BackendEntry) -> pb.BackendSpec:
     if backend.command is not None:
         return pb.BackendSpec(command=backend.command.to_proto())
-    spec = pb.BackendSpec(import_path=backend.import_path or "")
+    spec = pb.BackendSpec(
+        import_path=backend.import_path or "", interface=web_apps.to_proto(backend.interface)
+    )
     if backend.init_args:
         spec.init_args_json = json.dumps(list(backend.init_args))
     return spec
@@ -123,7 +136,17 @@ def _backend(message: pb.Backend) -> BackendEntry:
         command=Command.from_proto(spec.command) if spec.HasField("command") else None,
         config=BackendConfig.from_proto(message.config).to_dict(),
         replica_options=message.replica_options,
+        interface=_interface(spec.interface),
     )
+
+
+def _interface(value: int) -> str:
+    """The interface a running backend's spec names ("auto" when it names
+    none, or one this client does not know)."""
+    try:
+        return web_apps.from_proto(value) or "auto"
+    except ValueError:
+        return "auto"
 
 
 def _endpoint(message: pb.Endpoint) -> EndpointEntry:
@@ -134,6 +157,7 @@ def _endpoint(message: pb.Endpoint) -> EndpointEntry:
         traffic={t.backend: t.weight for t in message.traffic},
         shadows={s.backend: s.proportion for s in message.shadows},
         request_timeout=message.request_timeout,
+        cors=CorsPolicy.from_proto(message.cors) if message.HasField("cors") else None,
     )
 
 
@@ -308,13 +332,20 @@ def _endpoint_step(change: EndpointChange, instance: Instance, out: TextIO, dry_
                 route=desired.route,
                 methods=list(desired.methods),
                 request_timeout=desired.request_timeout,
+                cors=desired.cors.to_dict() if desired.cors else False,
             )
-        if change.new_traffic:
+        if change.rollout:
+            (backend,) = desired.traffic
+            client.rollout(change.name, backend, **dict(desired.rollout or {}))
+        elif change.new_traffic:
             client.set_traffic(change.name, dict(desired.traffic))
         for backend, proportion in change.shadow_updates.items():
             client.shadow_traffic(change.name, backend, proportion)
 
-    _step(out, label, f"updating{_describe(change)}", update, "updated")
+    done = "updated"
+    if change.rollout:
+        done += f"; rollout started (`turnout rollout status {change.name}` follows it)"
+    _step(out, label, f"updating{_describe(change)}", update, done)
 
 
 def _create_endpoint(client: Client, endpoint: EndpointEntry) -> None:
@@ -327,6 +358,7 @@ def _create_endpoint(client: Client, endpoint: EndpointEntry) -> None:
         route=endpoint.route,
         methods=list(endpoint.methods),
         request_timeout=endpoint.request_timeout or None,
+        cors=endpoint.cors.to_dict() if endpoint.cors else None,
     )
     if len(endpoint.traffic) > 1:
         client.set_traffic(endpoint.name, dict(endpoint.traffic))

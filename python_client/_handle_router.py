@@ -10,6 +10,8 @@ into the handler's value or a ``turnout.errors`` exception.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -35,10 +37,11 @@ from turnout._internal.errors import (
     UnavailableError,
 )
 from turnout._internal.rpc import Security
-from turnout._sending import failures, loop_thread
+from turnout._sending import failures, loop_thread, streams
 from turnout._sending.controller_link import StatsReporter, watch_routes
 from turnout._sending.replica_link import ReplicaLink
 from turnout._sending.sender import Sender
+from turnout._sending.streams import ChunkStream
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc, http_pb2, replica_pb2
 
@@ -61,6 +64,8 @@ class CallOptions:
     http_headers: tuple[tuple[str, str], ...] = ()
     # Seconds the call may take, queueing included; None = no limit.
     timeout: float | None = None
+    # Whether remote() gives an iterator of a streamed answer's items.
+    stream: bool = False
 
 
 class PythonAnswers:
@@ -69,8 +74,14 @@ class PythonAnswers:
 
     def read(
         self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
-    ) -> tuple[replica_pb2.HandleResponse, Hashable | None, bool]:
+    ) -> tuple[replica_pb2.HandleResponse | ChunkStream, Hashable | None, bool]:
         return reply, self.key(reply), reply.WhichOneof("result") != "pickled"
+
+    def read_stream(
+        self, stream: ChunkStream, request_id: str, backend: str, replica_id: str
+    ) -> replica_pb2.HandleResponse | ChunkStream:
+        """A streamed answer: the stream itself (a ``HandleStream`` reads it)."""
+        return stream
 
     def key(self, reply: replica_pb2.HandleResponse) -> Hashable | None:
         """What two answers must share to count as the same."""
@@ -181,9 +192,16 @@ class HandleRouter:
         self._sender, self._reporter = self._thread.submit(self._start()).result()
         self._thread.on_stop(self._sender.close)
 
-    async def _start(self) -> tuple[Sender[replica_pb2.HandleResponse], StatsReporter]:
-        sender = Sender(self._connect, PythonAnswers())
-        reporter = StatsReporter(self.address, sender.stats, self.subscriber, self._security)
+    async def _start(
+        self,
+    ) -> tuple[Sender[replica_pb2.HandleResponse | ChunkStream], StatsReporter]:
+        answers = PythonAnswers()
+        sender: Sender[replica_pb2.HandleResponse | ChunkStream] = Sender(
+            self._connect, answers, answers
+        )
+        reporter = StatsReporter(
+            self.address, sender.stats, self.subscriber, self._security, sender.load
+        )
         sender.spawn(
             watch_routes(
                 self.address,
@@ -225,21 +243,35 @@ class HandleRouter:
         has it; a call to a full backend waits in the sender's bounded queue
         and is sent when a replica has a free slot.
         """
-        message = replica_pb2.HandleRequest(
-            request_id=uuid.uuid4().hex,
-            method_name=options.method_name,
-            call=replica_pb2.PythonCall(
-                pickled_data=b"" if data is None else cloudpickle.dumps(data),
-                pickled_kwargs=cloudpickle.dumps(kwargs) if kwargs else b"",
-                http_method=options.http_method,
-                headers=[http_pb2.Header(name=n, value=v) for n, v in options.http_headers],
-            ),
-        )
+        message = _message(options, data, kwargs)
         deadline = None if options.timeout is None else time.monotonic() + options.timeout
         work = self._thread.submit(self._call(endpoint, options.shard_key, deadline, message))
         result: Future[Any] = Future()
         work.add_done_callback(lambda done: _settle(result, done))
         return result
+
+    def submit_stream(
+        self, endpoint: str, options: CallOptions, data: Any, kwargs: dict[str, Any]
+    ) -> HandleStream:
+        """Send one call whose answer streams; never blocks (as ``submit``)."""
+        message = _message(options, data, kwargs)
+        deadline = None if options.timeout is None else time.monotonic() + options.timeout
+        opened = self._thread.submit(self._open(endpoint, options.shard_key, deadline, message))
+        return HandleStream(self._thread, opened, endpoint)
+
+    async def _open(
+        self,
+        endpoint: str,
+        shard_key: str,
+        deadline: float | None,
+        message: replica_pb2.HandleRequest,
+    ) -> replica_pb2.HandleResponse | ChunkStream:
+        sender = self._sender
+        try:
+            route = await sender.route_named(endpoint, ENDPOINT_WAIT_S, deadline)
+            return await sender.send(route, message, shard_key, deadline, streams.DEFAULT_WINDOW)
+        except failures.SendFailure as failure:
+            raise _error(failure) from None
 
     async def _call(
         self,
@@ -254,4 +286,85 @@ class HandleRouter:
             reply = await sender.send(route, message, shard_key, deadline)
         except failures.SendFailure as failure:
             raise _error(failure) from None
-        return _decode(reply, endpoint)
+        return _decode(reply, endpoint)  # type: ignore[arg-type]
+
+
+def _message(options: CallOptions, data: Any, kwargs: dict[str, Any]) -> replica_pb2.HandleRequest:
+    return replica_pb2.HandleRequest(
+        request_id=uuid.uuid4().hex,
+        method_name=options.method_name,
+        call=replica_pb2.PythonCall(
+            pickled_data=b"" if data is None else cloudpickle.dumps(data),
+            pickled_kwargs=cloudpickle.dumps(kwargs) if kwargs else b"",
+            http_method=options.http_method,
+            headers=[http_pb2.Header(name=n, value=v) for n, v in options.http_headers],
+        ),
+    )
+
+
+# What HandleStream.next returns after the last item.
+END = object()
+
+
+class HandleStream:
+    """The loop side of a ``HandleIterator``: the opened call, its stream
+    (or its one answer, when the handler did not stream), items decoded."""
+
+    def __init__(
+        self,
+        thread: loop_thread.LoopThread,
+        opened: Future[replica_pb2.HandleResponse | ChunkStream],
+        endpoint: str,
+    ) -> None:
+        self.thread = thread
+        self._opened = opened
+        self._endpoint = endpoint
+        self._stream: ChunkStream | None = None
+        self._over = False
+
+    async def next(self) -> Any:
+        """The next item, ``END`` after the last; raises the turnout error of
+        the call (``BackendError`` when the handler raised mid-stream)."""
+        if self._over:
+            return END
+        if self._stream is None:
+            try:
+                reply = await asyncio.wrap_future(self._opened)
+            except BaseException:
+                self._over = True
+                raise
+            if type(reply) is not ChunkStream:
+                # The handler did not stream: its one value is the one item.
+                self._over = True
+                return _decode(reply, self._endpoint)  # type: ignore[arg-type]
+            self._stream = reply
+        try:
+            chunk = await self._stream.next()
+        except streams.StreamFailed as exc:
+            self._over = True
+            if exc.by_reader:
+                return END
+            raise _stream_error(exc, self._endpoint) from None
+        if chunk is None:
+            self._over = True
+            return END
+        return cloudpickle.loads(chunk)
+
+    async def close(self) -> None:
+        """Stop reading: the replica cancels the handler if it still runs."""
+        self._over = True
+        if self._stream is not None:
+            self._stream.cancel()
+        elif not self._opened.cancel():
+            with contextlib.suppress(BaseException):
+                reply = await asyncio.wrap_future(self._opened)
+                if type(reply) is ChunkStream:
+                    reply.cancel()
+
+
+def _stream_error(exc: streams.StreamFailed, endpoint: str) -> TurnoutError:
+    if exc.error is not None:
+        return BackendError(exc.error.type, exc.error.message, exc.error.traceback)
+    if exc.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceededError(f"the stream of endpoint {endpoint!r} did not end in time")
+    return UnavailableError(f"the stream of endpoint {endpoint!r} broke: {exc.message}")

@@ -9,13 +9,21 @@ from __future__ import annotations
 import atexit
 import contextlib
 import itertools
+import json
 import os
+import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from turnout._internal import replica_context, tls_options
+from turnout._internal import (
+    controller_args,
+    replica_context,
+    rollout_rules,
+    tls_options,
+    validation,
+)
 from turnout._internal.latency import WINDOW_S
 from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.rpc import TLSConfig
@@ -25,6 +33,7 @@ from turnout.config import BackendConfig
 from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
+from turnout.rollouts import Rollout
 
 DEFAULT_NAME = "default"
 
@@ -52,6 +61,10 @@ def init(
     tls: TLSConfig | None = None,
     token: str | None = None,
     ray_address: str | None = None,
+    ray_runtime_env: Mapping[str, Any] | None = None,
+    ray_prefer_local_replicas: bool = False,
+    ray_proxy_location: str = "WithReplicas",
+    dashboard: bool = False,
 ) -> Client:
     """Connect to a Turnout instance, starting one if needed.
 
@@ -85,6 +98,16 @@ def init(
     ``ray_address="host:port"`` (a Ray cluster's GCS, this machine one of its
     nodes) runs the started instance's replicas as Ray actors across the
     cluster (``pip install 'turnout[ray]'``); see docs/ray-cluster.md.
+    With it, ``ray_runtime_env={...}`` is the Ray runtime_env of every
+    replica (only ``working_dir``, a folder here or a URI, ``pip``,
+    ``env_vars`` and ``py_modules``: the code import-path backends need),
+    ``ray_prefer_local_replicas=True`` makes each node's proxy send
+    to replicas on its own node while one there has room, and
+    ``ray_proxy_location="EveryNode"`` puts a proxy on every live node (the
+    default, ``"WithReplicas"``: on each node with replicas).
+    ``dashboard=True`` also serves the operators' dashboard of the instance
+    on 127.0.0.1 (port 8265, else a free one) and prints its URL to stderr;
+    see docs/dashboard.md.
     With an ``address`` ("host:port" or "unix:/path" of a controller) it
     connects to that instance, over TLS when ``tls`` is given, presenting
     ``token`` (else ``$TURNOUT_TOKEN_FILE``, ``$TURNOUT_TOKEN``, the default
@@ -146,10 +169,14 @@ def init(
         raise TypeError(f"max_replicas must be an int, got {type(max_replicas).__name__}")
     if max_replicas is not None and max_replicas < 1:
         raise InvalidArgumentError(f"max_replicas must be >= 1, got {max_replicas}")
+    if not isinstance(dashboard, bool):
+        raise TypeError(f"dashboard must be a bool, got {type(dashboard).__name__}")
     if ray_address is not None and not isinstance(ray_address, str):
         raise TypeError(f"ray_address must be a str, got {type(ray_address).__name__}")
     if ray_address is not None and ":" not in ray_address:
         raise InvalidArgumentError(f"ray_address must be host:port, got {ray_address!r}")
+    _check_ray_options(ray_address, ray_prefer_local_replicas, ray_proxy_location)
+    runtime_env_json = _ray_runtime_env(ray_address, ray_runtime_env)
     with _lock:
         client = _clients.get(name)
         if client is not None and client.closed:
@@ -180,10 +207,65 @@ def init(
                 max_replicas=max_replicas,
                 tls=tls,
                 ray_address=ray_address,
+                ray_runtime_env=runtime_env_json,
+                ray_prefer_local_replicas=ray_prefer_local_replicas,
+                ray_proxy_location=ray_proxy_location,
             )
         _clients[name] = client
         _current_name = name
-        return client
+    if dashboard:
+        _serve_dashboard(client)
+    return client
+
+
+def _serve_dashboard(client: Client) -> None:
+    from turnout._dashboard import DEFAULT_PORT
+
+    try:
+        served = client.serve_dashboard(DEFAULT_PORT)
+    except InvalidArgumentError:  # the port is taken (another dashboard)
+        served = client.serve_dashboard(0)
+    print(f"Turnout dashboard: {served.url}", file=sys.stderr, flush=True)
+
+
+def _ray_runtime_env(ray_address: str | None, runtime_env: object) -> str | None:
+    """The instance's runtime_env as JSON, checked (``validation.runtime_env``)."""
+    if runtime_env is None:
+        return None
+    if not isinstance(runtime_env, Mapping):
+        raise TypeError(f"ray_runtime_env must be a dict, got {type(runtime_env).__name__}")
+    if ray_address is None:
+        raise InvalidArgumentError("ray_runtime_env needs ray_address")
+    try:
+        text = json.dumps(dict(runtime_env), sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(
+            f"ray_runtime_env must be JSON (dicts, lists, str, numbers): {exc}"
+        ) from None
+    validation.runtime_env(text, instance=True)
+    return text
+
+
+def _check_ray_options(
+    ray_address: str | None, prefer_local_replicas: object, proxy_location: object
+) -> None:
+    if not isinstance(prefer_local_replicas, bool):
+        raise TypeError(
+            f"ray_prefer_local_replicas must be a bool, got {type(prefer_local_replicas).__name__}"
+        )
+    if not isinstance(proxy_location, str):
+        raise TypeError(f"ray_proxy_location must be a str, got {type(proxy_location).__name__}")
+    if proxy_location not in controller_args.RAY_PROXY_LOCATIONS:
+        raise InvalidArgumentError(
+            f"ray_proxy_location must be one of {', '.join(controller_args.RAY_PROXY_LOCATIONS)}, "
+            f"got {proxy_location!r}"
+        )
+    for flag, given in (
+        ("ray_prefer_local_replicas", prefer_local_replicas),
+        ("ray_proxy_location", proxy_location != controller_args.WITH_REPLICAS),
+    ):
+        if given and ray_address is None:
+            raise InvalidArgumentError(f"{flag} needs ray_address")
 
 
 def _start_local(
@@ -199,6 +281,9 @@ def _start_local(
     max_replicas: int | None,
     tls: TLSConfig | None = None,
     ray_address: str | None = None,
+    ray_runtime_env: str | None = None,
+    ray_prefer_local_replicas: bool = False,
+    ray_proxy_location: str = "WithReplicas",
 ) -> Client:
     if tls is not None and not isinstance(tls, TLSConfig):
         raise TypeError(f"tls must be a turnout.TLSConfig, got {type(tls).__name__}")
@@ -217,6 +302,9 @@ def _start_local(
         max_replicas=max_replicas,
         tls=tls,
         ray_address=ray_address,
+        ray_runtime_env=ray_runtime_env,
+        ray_prefer_local_replicas=ray_prefer_local_replicas,
+        ray_proxy_location=ray_proxy_location,
     )
     try:
         client = Client(instance.address, tls=tls, token=instance.token, _instance=instance)
@@ -322,18 +410,27 @@ def create_backend(
     *init_args: Any,
     config: BackendConfig | dict[str, Any] | None = None,
     replica_options: dict[str, Any] | None = None,
+    interface: str = "auto",
 ) -> None:
     """See ``Client.create_backend``."""
     _current().create_backend(
-        tag, func_or_class, *init_args, config=config, replica_options=replica_options
+        tag,
+        func_or_class,
+        *init_args,
+        config=config,
+        replica_options=replica_options,
+        interface=interface,
     )
 
 
 def update_backend(
-    tag: str, func_or_class: Callable[..., Any] | type | str | Command, *init_args: Any
+    tag: str,
+    func_or_class: Callable[..., Any] | type | str | Command,
+    *init_args: Any,
+    interface: str = "auto",
 ) -> None:
     """See ``Client.update_backend``."""
-    _current().update_backend(tag, func_or_class, *init_args)
+    _current().update_backend(tag, func_or_class, *init_args, interface=interface)
 
 
 def create_endpoint(
@@ -343,10 +440,11 @@ def create_endpoint(
     route: str | None = None,
     methods: Iterable[str] = ("GET",),
     request_timeout: float | None = None,
+    cors: dict[str, Any] | None = None,
 ) -> None:
     """See ``Client.create_endpoint``."""
     _current().create_endpoint(
-        name, backend, route=route, methods=methods, request_timeout=request_timeout
+        name, backend, route=route, methods=methods, request_timeout=request_timeout, cors=cors
     )
 
 
@@ -356,9 +454,12 @@ def update_endpoint(
     route: str | None = None,
     methods: Iterable[str] | None = None,
     request_timeout: float | None = None,
+    cors: dict[str, Any] | Literal[False] | None = None,
 ) -> None:
     """See ``Client.update_endpoint``."""
-    _current().update_endpoint(name, route=route, methods=methods, request_timeout=request_timeout)
+    _current().update_endpoint(
+        name, route=route, methods=methods, request_timeout=request_timeout, cors=cors
+    )
 
 
 def set_traffic(endpoint: str, traffic: dict[str, float]) -> None:
@@ -406,6 +507,11 @@ def list_endpoints() -> dict[str, dict[str, Any]]:
     return _current().list_endpoints()
 
 
+def autoscaling_status(backend: str) -> dict[str, Any] | None:
+    """See ``Client.autoscaling_status``."""
+    return _current().autoscaling_status(backend)
+
+
 def list_replicas(backend: str | None = None) -> list[ReplicaInfo]:
     """See ``Client.list_replicas``."""
     return _current().list_replicas(backend)
@@ -419,3 +525,39 @@ def delete_endpoint(name: str) -> None:
 def delete_backend(tag: str) -> None:
     """See ``Client.delete_backend``."""
     _current().delete_backend(tag)
+
+
+def rollout(
+    endpoint: str,
+    to_backend: str,
+    *,
+    steps: Iterable[float] = rollout_rules.DEFAULT_STEPS,
+    step_s: float = rollout_rules.DEFAULT_STEP_S,
+    slo: dict[str, Any] | None = None,
+    shadow_s: float | None = None,
+    shadow_proportion: float = 1.0,
+    min_match_rate: float = 1.0,
+    delete_old: bool = False,
+) -> Rollout:
+    """See ``Client.rollout``."""
+    return _current().rollout(
+        endpoint,
+        to_backend,
+        steps=steps,
+        step_s=step_s,
+        slo=slo,
+        shadow_s=shadow_s,
+        shadow_proportion=shadow_proportion,
+        min_match_rate=min_match_rate,
+        delete_old=delete_old,
+    )
+
+
+def get_rollout(endpoint: str) -> Rollout:
+    """See ``Client.get_rollout``."""
+    return _current().get_rollout(endpoint)
+
+
+def list_rollouts() -> dict[str, dict[str, Any]]:
+    """See ``Client.list_rollouts``."""
+    return _current().list_rollouts()

@@ -5,7 +5,8 @@
     turnout start [--detach]          run an instance (controller, HTTP proxy, replicas)
     turnout status [--json]           endpoints, backends, replicas
     turnout deploy FILE [--prune]     make the instance match a YAML or JSON file
-    turnout logs BACKEND [-f]         tail a backend's replica logs (or controller, proxy)
+    turnout logs BACKEND [-f]         tail a backend's (or one replica's) logs, or controller, proxy
+    turnout rollout start|status|pause|resume|abort   rollouts the controller runs
     turnout stop                      shut the instance down
     turnout replica-check ADDRESS     check a replica (any language) against the contract
 
@@ -24,15 +25,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from turnout import _cli_logs, _cli_render, _cli_start
+from turnout import _cli_logs, _cli_render, _cli_rollout, _cli_start
 from turnout._conformance import check as replica_check
 from turnout._deploy_apply import Instance, apply
-from turnout._internal import auth, logs, paths, tls_options
+from turnout._internal import auth, controller_args, logs, paths, tls_options, validation
 from turnout._internal.proxy_args import ACCESS_LOG_FORMATS
 from turnout._internal.version import __version__
 from turnout.client import Client
 from turnout.deploy import DeployFileError, Plan, load_file, plan
-from turnout.errors import NotRunningError, TurnoutError
+from turnout.errors import InvalidArgumentError, NotRunningError, TurnoutError
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 ADDRESS_ENV = "TURNOUT_ADDRESS"
@@ -98,6 +99,18 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
             "(drop --no-access-log)",
             EXIT_USAGE,
         )
+    for flag, given in (
+        ("--ray-runtime-env", args.ray_runtime_env is not None),
+        ("--ray-prefer-local-replicas", args.ray_prefer_local_replicas),
+        ("--ray-proxy-location", args.ray_proxy_location != controller_args.WITH_REPLICAS),
+    ):
+        if given and args.ray_address is None:
+            raise CliError(f"{flag} needs --ray-address", EXIT_USAGE)
+    if args.ray_runtime_env is not None:
+        try:
+            validation.runtime_env(args.ray_runtime_env, instance=True)
+        except TurnoutError as exc:
+            raise CliError(str(exc), EXIT_USAGE) from None
     try:
         tls = tls_options.from_args(args)
     except TurnoutError as exc:
@@ -123,6 +136,8 @@ def _start_options(args: argparse.Namespace) -> _cli_start.StartOptions:
         ),
         ray_address=args.ray_address,
         ray_runtime_env=args.ray_runtime_env,
+        ray_prefer_local_replicas=args.ray_prefer_local_replicas,
+        ray_proxy_location=args.ray_proxy_location,
     )
 
 
@@ -206,6 +221,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from turnout._dashboard import command
+
+    try:
+        return command.run(_connect(args), args)
+    except InvalidArgumentError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
 # ---- deploy -----------------------------------------------------------------------
 
 
@@ -268,6 +292,40 @@ def _with_output(log: Path, label: str) -> list[_cli_logs.LogSource]:
     ]
 
 
+def _replica_ids(client: Client, name: str) -> list[str]:
+    """The running replicas ``name`` means: a backend's, or one replica id."""
+    if name in client.list_backends():
+        replicas = client.list_replicas(name)
+    else:
+        replicas = [r for r in client.list_replicas() if r.replica_id == name]
+    return sorted(r.replica_id for r in replicas if r.state == "RUNNING")
+
+
+def _remote_logs(client: Client, args: argparse.Namespace) -> int:
+    """``turnout logs`` through the controller (GetReplicaLog): for replicas
+    whose log files are not on this machine (a Ray node's, or a controller
+    elsewhere), or a replica named by its id."""
+    replica_ids = _replica_ids(client, args.name)
+    if not replica_ids:
+        raise CliError(f"{args.name!r} has no running replica to read the log of")
+
+    def fetch(replica_id: str, offset: int | None) -> tuple[bytes, int]:
+        chunk = client.replica_log(replica_id, offset=offset)
+        return chunk.data, chunk.next_offset
+
+    offsets = _cli_logs.remote_tail(fetch, replica_ids, args.lines, sys.stdout)
+    if args.follow:
+
+        def refresh() -> list[str]:
+            try:
+                return _replica_ids(client, args.name)
+            except TurnoutError:
+                return []  # the controller may be restarting; keep following
+
+        _cli_logs.remote_follow(fetch, offsets, sys.stdout, refresh, gone=(TurnoutError,))
+    return 0
+
+
 def _log_sources(client: Client, name: str) -> list[_cli_logs.LogSource]:
     if name in _PROCESS_LOGS:
         log_dir = Path(client.log_dir)
@@ -277,9 +335,12 @@ def _log_sources(client: Client, name: str) -> list[_cli_logs.LogSource]:
         ]
     backends = client.list_backends()
     if name not in backends:
+        if _replica_ids(client, name):
+            return []  # one replica, by its id: read through the controller
         known = ", ".join(sorted(backends)) or "none"
         raise CliError(
-            f"no backend named {name!r} (backends: {known}; also: {', '.join(_PROCESS_LOGS)})"
+            f"no backend or running replica named {name!r} (backends: {known}; also: "
+            f"{', '.join(_PROCESS_LOGS)})"
         )
     replicas = sorted(client.list_replicas(name), key=lambda r: r.replica_id)
     return [
@@ -293,9 +354,11 @@ def _log_sources(client: Client, name: str) -> list[_cli_logs.LogSource]:
 def cmd_logs(args: argparse.Namespace) -> int:
     client = _connect(args)
     sources = _log_sources(client, args.name)
-    if not sources:
-        raise CliError(f"backend {args.name!r} has no replica logs yet")
     present = [s for s in sources if s.path.exists()]
+    if args.name not in _PROCESS_LOGS and not present:
+        # Not on this machine (replicas on a Ray cluster's nodes, a controller
+        # elsewhere), or one replica by id: the controller reads them.
+        return _remote_logs(client, args)
     if not present:
         raise CliError(
             f"cannot read {sources[0].path}: no such file here (does the controller run on "
@@ -461,8 +524,20 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument(
         "--ray-runtime-env",
         metavar="JSON",
-        help="Ray runtime_env of every replica (working_dir, pip, env_vars): the code "
+        help="Ray runtime_env of every replica (working_dir, py_modules, pip, env_vars): the code "
         "import-path backends need, on every node; see docs/ray-cluster.md",
+    )
+    start.add_argument(
+        "--ray-prefer-local-replicas",
+        action="store_true",
+        help="each node's proxy sends to replicas on its own node while one there has room",
+    )
+    start.add_argument(
+        "--ray-proxy-location",
+        choices=controller_args.RAY_PROXY_LOCATIONS,
+        default=controller_args.WITH_REPLICAS,
+        help="which nodes of the Ray cluster get an HTTP proxy: those with replicas "
+        "(WithReplicas, the default) or every live node (EveryNode)",
     )
     tls_options.add_arguments(start, server=True)
     start.add_argument(
@@ -531,6 +606,19 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print stable JSON instead")
     status.set_defaults(func=cmd_status)
 
+    dashboard = commands.add_parser(
+        "dashboard",
+        parents=[connect],
+        help="serve a web page with the live instance (endpoints, replicas, charts, logs)",
+        description="Serve the operators' dashboard of the instance on 127.0.0.1 and print "
+        "its URL, which carries the token that opens it; the page acts with this command's "
+        "credentials, like `kubectl proxy`. See docs/dashboard.md.",
+    )
+    from turnout._dashboard import command as dashboard_command
+
+    dashboard_command.add_arguments(dashboard)
+    dashboard.set_defaults(func=cmd_dashboard)
+
     deploy = commands.add_parser(
         "deploy",
         parents=[connect],
@@ -558,9 +646,15 @@ def _parser() -> argparse.ArgumentParser:
         description="Print the last lines of the log files of each replica of BACKEND, each "
         "line prefixed with the replica id: its log (<id> | ...) and what it printed "
         "(<id> out | ...). `controller`, `proxy` and `access` (the proxy's access log) name "
-        "those logs instead. The files are read on this machine.",
+        "those logs instead. The files are read on this machine; a replica's log that is not "
+        "here (a Ray node's replica, a controller elsewhere), or a replica named by its id, is "
+        "read through the controller (GetReplicaLog).",
     )
-    logs.add_argument("name", metavar="BACKEND", help="a backend tag, or controller, proxy, access")
+    logs.add_argument(
+        "name",
+        metavar="BACKEND",
+        help="a backend tag, a replica id (model#1), or controller, proxy, access",
+    )
     logs.add_argument(
         "-n", "--lines", type=int, default=20, help="lines per file to print first (20)"
     )
@@ -603,6 +697,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--list", action="store_true", help="list the rules and exit")
     tls_options.add_arguments(check, server=False)
     check.set_defaults(func=cmd_replica_check)
+
+    _cli_rollout.add_parser(commands, [connect], _connect)
     return parser
 
 

@@ -11,13 +11,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import grpc
 
 from turnout import _pickling
 from turnout._handle_router import HandleRouter
-from turnout._internal import auth, rpc, tls_options, validation
+from turnout._internal import auth, rollout_rules, rpc, tls_options, validation, web_apps
+from turnout._internal.cors import CorsPolicy
 from turnout._internal.latency import WINDOW_S, check_window
 from turnout._internal.rpc import TLSConfig
 from turnout.command import Command
@@ -30,8 +32,13 @@ from turnout.errors import (
 )
 from turnout.handle import EndpointHandle
 from turnout.instance import LocalInstance
+from turnout.rollouts import Rollout, describe
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc
+from turnout.v1 import rollout_pb2 as rpb
+
+if TYPE_CHECKING:
+    from turnout._dashboard.server import Dashboard
 
 Resp = TypeVar("Resp")
 
@@ -72,6 +79,24 @@ class ReplicaInfo:
     # The machine it runs on ("" = the controller's own; a node's IP address
     # on a Ray cluster).
     node: str = ""
+    # Times the controller started it again after it died or failed to
+    # start, and why the last time happened ("" = never).
+    restarts: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class ReplicaLog:
+    """Part of one replica's log (``Client.replica_log``): ``data`` from some
+    byte offset on, ``next_offset`` to go on from, the log's ``size`` now."""
+
+    data: bytes
+    next_offset: int
+    size: int
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", errors="replace")
 
 
 def call_controller(
@@ -105,6 +130,12 @@ def _method_list(methods: Iterable[str]) -> list[str]:
     return [_check_str(m, "each method") for m in methods]
 
 
+def _number(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
 def _check_timeout(value: float | None) -> float | None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise TypeError(f"request_timeout must be a number, got {type(value).__name__}")
@@ -120,11 +151,31 @@ def _as_json(values: tuple[Any, ...]) -> str | None:
     return text if json.loads(text) == list(values) else None
 
 
+def _app_import_path(tag: str, app: Any) -> str:
+    path = web_apps.import_path_of(app, detected=False)
+    if path is None:
+        raise InvalidArgumentError(
+            f"backend {tag!r} is a web app, which replicas import "
+            "rather than unpickle: define it at the top level of a module (not the main "
+            "script) and pass it from there, or pass its import path 'package.module:app'"
+        )
+    return path
+
+
 def _spec(
-    tag: str, func_or_class: Callable[..., Any] | type | str | Command, init_args: tuple[Any, ...]
+    tag: str,
+    func_or_class: Callable[..., Any] | type | str | Command,
+    init_args: tuple[Any, ...],
+    interface: str = "auto",
 ) -> pb.BackendSpec:
-    spec = pb.BackendSpec()
+    spec = pb.BackendSpec(interface=web_apps.to_proto(interface))
+    declared_app = spec.interface in (pb.BACKEND_INTERFACE_WSGI, pb.BACKEND_INTERFACE_ASGI)
     if isinstance(func_or_class, Command):
+        if spec.interface != pb.BACKEND_INTERFACE_UNSPECIFIED:
+            raise InvalidArgumentError(
+                f"backend {tag!r} is a command: it serves the replica protocol itself, "
+                "so it takes no interface"
+            )
         if init_args:
             raise InvalidArgumentError(
                 f"backend {tag!r} is a command: it takes no init args (put them in its argv)"
@@ -133,6 +184,12 @@ def _spec(
         return spec
     if isinstance(func_or_class, str):
         spec.import_path = func_or_class
+    elif not inspect.isclass(func_or_class) and (
+        declared_app or web_apps.detect(func_or_class) != "handler"
+    ):
+        # Apps hold locks and weak references that do not pickle (Flask's),
+        # or do not unpickle (Starlette's state): replicas import them.
+        spec.import_path = _app_import_path(tag, func_or_class)
     elif callable(func_or_class):
         if init_args and not inspect.isclass(func_or_class):
             raise InvalidArgumentError(
@@ -283,6 +340,7 @@ class Client:
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
         self._lock = threading.Lock()
         self._closed = False
+        self._dashboards: list[Dashboard] = []
         self._info = self._call(self._stub.GetInstance, pb.GetInstanceRequest())
         # Only once it answered: handles made from here on (and unpickled in
         # this process) reach the instance the same way.
@@ -391,6 +449,8 @@ class Client:
         with self._lock:
             if self._closed:
                 return
+            for dashboard in self._dashboards:
+                dashboard.stop()
             try:
                 self._call(self._stub.Shutdown, pb.ShutdownRequest(), timeout=_SLOW_TIMEOUT_S)
             except NotRunningError:
@@ -401,6 +461,35 @@ class Client:
                 if self._instance is not None:
                     self._instance.wait_stopped()
 
+    def serve_dashboard(
+        self,
+        port: int = 8265,
+        *,
+        host: str = "127.0.0.1",
+        https: tuple[str | os.PathLike[str], str | os.PathLike[str]] | None = None,
+    ) -> Dashboard:
+        """Serve the operators' dashboard of this instance from a thread of
+        this process, with this client's credentials, until ``stop()`` or
+        ``shutdown()``; port 0 picks a free one. Its ``url`` carries the token
+        that opens it. Beyond loopback it needs ``https=(cert, key)``
+        (docs/dashboard.md).
+
+        Example::
+
+            dashboard = client.serve_dashboard(port=0)
+            print(dashboard.url)  # http://127.0.0.1:40123/?token=...
+        """
+        from turnout._dashboard.server import Dashboard
+
+        files = None
+        if https is not None:
+            if not isinstance(https, tuple) or len(https) != 2:
+                raise TypeError("https must be a (certificate path, key path) tuple")
+            files = (Path(https[0]), Path(https[1]))
+        dashboard = Dashboard(self, host=host, port=port, https=files)
+        self._dashboards.append(dashboard)
+        return dashboard
+
     # ---- backends ---------------------------------------------------------
 
     def create_backend(
@@ -410,6 +499,7 @@ class Client:
         *init_args: Any,
         config: BackendConfig | dict[str, Any] | None = None,
         replica_options: dict[str, Any] | None = None,
+        interface: str = "auto",
     ) -> None:
         """Create a backend and wait until its replicas are serving.
 
@@ -440,31 +530,45 @@ class Client:
 
             serve.create_backend("counter", Counter, 10, config={"num_replicas": 2},
                                  replica_options={"num_cpus": 1})
+
+        A WSGI app (Flask, Django) or an ASGI app (FastAPI, Starlette), or
+        the import path of one, serves every path under its endpoint's route
+        (docs/apps.md); ``interface`` ("auto", "handler", "wsgi", "asgi")
+        says which it is when detection would be wrong::
+
+            serve.create_backend("api", "myproject.web:app")
         """
         _check_str(tag, "tag")
         request = pb.CreateBackendRequest(
             tag=tag,
-            spec=_spec(tag, func_or_class, init_args),
+            spec=_spec(tag, func_or_class, init_args, interface),
             config=BackendConfig.coerce(config).to_proto(),
             replica_options=validation.replica_options_from(replica_options),
         )
         self._call(self._stub.CreateBackend, request, timeout=_SLOW_TIMEOUT_S)
 
     def update_backend(
-        self, tag: str, func_or_class: Callable[..., Any] | type | str | Command, *init_args: Any
+        self,
+        tag: str,
+        func_or_class: Callable[..., Any] | type | str | Command,
+        *init_args: Any,
+        interface: str = "auto",
     ) -> None:
         """Deploy new code under an existing tag without downtime.
 
         Replicas are replaced one at a time, each new one serving before an old
         one stops (and the old one finishing what it holds). If the new code
-        cannot start, nothing changes and the error is raised.
+        cannot start, nothing changes and the error is raised. ``interface``
+        is as for ``create_backend``, said again for the new code.
 
         Example::
 
             serve.update_backend("counter", CounterV2, 10)
         """
         _check_str(tag, "tag")
-        request = pb.UpdateBackendRequest(tag=tag, spec=_spec(tag, func_or_class, init_args))
+        request = pb.UpdateBackendRequest(
+            tag=tag, spec=_spec(tag, func_or_class, init_args, interface)
+        )
         self._call(self._stub.UpdateBackend, request, timeout=_SLOW_TIMEOUT_S)
 
     def get_backend_config(self, tag: str) -> BackendConfig:
@@ -492,6 +596,38 @@ class Client:
         request = pb.DeleteBackendRequest(tag=_check_str(tag, "tag"))
         self._call(self._stub.DeleteBackend, request, timeout=_SLOW_TIMEOUT_S)
 
+    def autoscaling_status(self, backend: str) -> dict[str, Any] | None:
+        """Where an autoscaled backend stands; None for one with a fixed
+        ``num_replicas``. NotFoundError for an unknown backend.
+
+        ``{"desired_replicas", "running_replicas", "wanted_replicas", "load",
+        "last_decision", "last_reason", "last_decision_time"}``: the replicas
+        the controller wants (its last decision) and those RUNNING, what the
+        load asks for before the delays, the load (requests in flight and
+        queued, averaged over ``look_back_period_s``), and the last decision
+        ("up", "down" or None), why, and when (Unix time, None before the
+        first). docs/traffic.md, "Autoscaling", has the rules.
+
+        Example::
+
+            serve.create_backend("m", Model, config={"autoscaling_config": {"max_replicas": 4}})
+            serve.autoscaling_status("m")["desired_replicas"]   # 1
+        """
+        request = pb.GetBackendRequest(tag=_check_str(backend, "backend"))
+        reply = self._call(self._stub.GetBackend, request)
+        if not reply.backend.HasField("autoscaling_status"):
+            return None
+        status = reply.backend.autoscaling_status
+        return {
+            "desired_replicas": status.desired_replicas,
+            "running_replicas": status.running_replicas,
+            "wanted_replicas": status.wanted_replicas,
+            "load": status.load,
+            "last_decision": status.last_decision or None,
+            "last_reason": status.last_reason or None,
+            "last_decision_time": status.last_decision_time or None,
+        }
+
     def list_replicas(self, backend: str | None = None) -> list[ReplicaInfo]:
         """Replica processes (of one backend, or all) with state, address and pid."""
         request = pb.ListReplicasRequest(backend=_check_str(backend or "", "backend"))
@@ -508,9 +644,43 @@ class Client:
                 gpus=r.gpus,
                 log_path=r.log_path,
                 node=r.node,
+                restarts=r.restarts,
+                last_error=r.last_error,
             )
             for r in reply.replicas
         ]
+
+    def replica_log(
+        self, replica_id: str, max_bytes: int = 0, offset: int | None = None
+    ) -> ReplicaLog:
+        """Part of a running replica's log, read by the controller where the
+        replica runs (a Ray node included): its last ``max_bytes`` (0 = 64 KiB;
+        at most 1 MiB), or from byte ``offset`` on (a previous answer's
+        ``next_offset``, to follow it; past the end, after a rotation: from
+        the start). NotFoundError for a replica id that does not run.
+
+        Example::
+
+            log = client.replica_log("model#1")
+            print(log.text)
+            more = client.replica_log("model#1", offset=log.next_offset)
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int):
+            raise TypeError(f"max_bytes must be an int, got {type(max_bytes).__name__}")
+        if max_bytes < 0:
+            raise InvalidArgumentError(f"max_bytes must be >= 0, got {max_bytes}")
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)):
+            raise TypeError(f"offset must be an int, got {type(offset).__name__}")
+        if offset is not None and offset < 0:
+            raise InvalidArgumentError(f"offset must be >= 0, got {offset}")
+        request = pb.GetReplicaLogRequest(
+            replica_id=_check_str(replica_id, "replica_id"),
+            # Beyond the field's range: the controller's own "at most" answer.
+            max_bytes=min(max_bytes, 2**32 - 1),
+            offset=None if offset is None else min(offset, 2**64 - 1),
+        )
+        reply = self._call(self._stub.GetReplicaLog, request)
+        return ReplicaLog(reply.data, reply.next_offset, reply.size)
 
     # ---- endpoints --------------------------------------------------------
 
@@ -522,17 +692,22 @@ class Client:
         route: str | None = None,
         methods: Iterable[str] = ("GET",),
         request_timeout: float | None = None,
+        cors: dict[str, Any] | None = None,
     ) -> None:
         """Create an endpoint, optionally on an HTTP route, sending all traffic to
         ``backend`` (required, positional or keyword; ``TypeError`` without it,
         as in Ray Serve). ``request_timeout`` (seconds) answers 504 to requests
         that take longer and cancels their work; ``X-Serve-Timeout-Ms``
-        overrides it.
+        overrides it. ``cors`` takes the options of Starlette's
+        CORSMiddleware (``allow_origins``, ``allow_methods``,
+        ``allow_headers``, ``expose_headers``, ``allow_credentials``,
+        ``max_age``); the proxy answers preflights itself (docs/apps.md, "CORS").
 
         Example::
 
             serve.create_endpoint("simple_endpoint", "simple_backend",
-                                  route="/simple", methods=["GET"])
+                                  route="/simple", methods=["GET"],
+                                  cors={"allow_origins": ["https://app.example"]})
         """
         _check_str(name, "name")
         if backend is None:
@@ -550,6 +725,8 @@ class Client:
             methods=_method_list(methods),
             request_timeout=float(_check_timeout(request_timeout) or 0),
         )
+        if cors is not None:
+            request.cors.CopyFrom(CorsPolicy.from_dict(cors).to_proto())
         self._call(self._stub.CreateEndpoint, request)
 
     def update_endpoint(
@@ -559,10 +736,12 @@ class Client:
         route: str | None = None,
         methods: Iterable[str] | None = None,
         request_timeout: float | None = None,
+        cors: dict[str, Any] | Literal[False] | None = None,
     ) -> None:
-        """Change an endpoint's route, methods or request timeout in place;
-        ``None`` keeps the current value, ``route=""`` takes the endpoint off
-        HTTP and ``request_timeout=0`` removes the limit. Its traffic and
+        """Change an endpoint's route, methods, request timeout or CORS policy
+        in place; ``None`` keeps the current value, ``route=""`` takes the
+        endpoint off HTTP, ``request_timeout=0`` removes the limit and
+        ``cors=False`` the CORS policy. Its traffic and
         shadows stay, and a request that fits both the old and the new shape
         never finds the endpoint missing (delete and create again would).
 
@@ -581,6 +760,10 @@ class Client:
             request.methods.extend(method_list)
         if _check_timeout(request_timeout) is not None:
             request.request_timeout = float(request_timeout or 0)
+        if cors is False:
+            request.clear_cors = True
+        elif cors is not None:
+            request.cors.CopyFrom(CorsPolicy.from_dict(cors).to_proto())
         self._call(self._stub.UpdateEndpoint, request)
 
     def set_traffic(self, endpoint: str, traffic: dict[str, float]) -> None:
@@ -600,15 +783,19 @@ class Client:
         self._call(self._stub.SetTraffic, pb.SetTrafficRequest(endpoint=endpoint, traffic=weights))
 
     def list_endpoints(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout"}}``
-        for every endpoint; ``route`` is None for one reachable only through
-        handles, ``request_timeout`` (seconds) None when there is no limit.
+        """``{name: {"route", "methods", "traffic", "shadows", "request_timeout",
+        "serves_app", "cors"}}`` for every endpoint; ``route`` is None for one
+        reachable only through handles, ``request_timeout`` (seconds) None when
+        there is no limit, ``serves_app`` whether a WSGI/ASGI app serves the
+        paths under the route, ``cors`` the CORS options (every one filled in)
+        or None.
 
         Example::
 
             serve.list_endpoints()
             # {"model": {"route": "/model", "methods": ["GET"], "traffic": {"model": 1.0},
-            #            "shadows": {}, "request_timeout": None}}
+            #            "shadows": {}, "request_timeout": None, "serves_app": False,
+            #            "cors": None}}
         """
         reply = self._call(self._stub.ListEndpoints, pb.ListEndpointsRequest())
         return {
@@ -618,6 +805,8 @@ class Client:
                 "traffic": {t.backend: t.weight for t in e.traffic},
                 "shadows": {s.backend: s.proportion for s in e.shadows},
                 "request_timeout": e.request_timeout or None,
+                "serves_app": e.serves_app,
+                "cors": CorsPolicy.from_proto(e.cors).to_dict() if e.HasField("cors") else None,
             }
             for e in reply.endpoints
         }
@@ -640,6 +829,85 @@ class Client:
             endpoint=endpoint, backend=backend, proportion=float(proportion)
         )
         self._call(self._stub.ShadowTraffic, request)
+
+    # ---- rollouts ---------------------------------------------------------
+
+    def rollout(
+        self,
+        endpoint: str,
+        to_backend: str,
+        *,
+        steps: Iterable[float] = rollout_rules.DEFAULT_STEPS,
+        step_s: float = rollout_rules.DEFAULT_STEP_S,
+        slo: dict[str, Any] | None = None,
+        shadow_s: float | None = None,
+        shadow_proportion: float = 1.0,
+        min_match_rate: float = 1.0,
+        delete_old: bool = False,
+    ) -> Rollout:
+        """Move ``endpoint`` from the one backend it serves from to
+        ``to_backend`` in ``steps`` (shares of traffic, increasing, the last
+        1), each lasting ``step_s`` seconds, run by the controller.
+
+        Over each step the new backend is compared with the old one against
+        ``slo``: absolute bounds ``max_error_rate`` (0..1), ``max_p95_s``,
+        ``max_p99_s`` (seconds) and bounds relative to the old backend
+        ``max_error_rate_ratio``, ``max_latency_ratio`` (of p99s), judged once
+        the new backend answered ``min_requests`` (20) in the step; with no
+        bound given, ``max_error_rate`` is 0.01. A breach moves all traffic
+        back at once and the rollout ends "rolled_back" with the numbers
+        that breached. With ``shadow_s``, copies of ``shadow_proportion`` of
+        the requests go to the new backend first, for that long, and at
+        least ``min_match_rate`` of them must answer as the old one did.
+        With ``delete_old``, the old backend is deleted once the rollout
+        succeeded. One rollout per endpoint at a time.
+
+        Example::
+
+            rollout = serve.rollout("model", "model-v2", steps=[0.05, 0.5, 1.0], step_s=60,
+                                    slo={"max_error_rate": 0.01, "max_latency_ratio": 2.0})
+            rollout.wait()  # "succeeded", "rolled_back" or "aborted"
+        """
+        _check_str(endpoint, "endpoint")
+        _check_str(to_backend, "to_backend")
+        if isinstance(steps, str | bytes) or not isinstance(steps, Iterable):
+            raise TypeError(f"steps must be a list of numbers, got {type(steps).__name__}")
+        checked = rollout_rules.check_steps(list(steps))
+        request = rpb.Rollout(
+            endpoint=endpoint,
+            to_backend=to_backend,
+            steps=checked,
+            step_seconds=rollout_rules.check_step_s(step_s),
+            slo=rollout_rules.slo_from_dict(slo),
+            delete_old=bool(delete_old),
+        )
+        if shadow_s is not None:
+            shadow = rpb.RolloutShadow(
+                seconds=_number(shadow_s, "shadow_s"),
+                proportion=_number(shadow_proportion, "shadow_proportion"),
+                min_match_rate=_number(min_match_rate, "min_match_rate"),
+            )
+            if shadow.seconds <= 0:
+                raise InvalidArgumentError(f"shadow_s must be > 0, got {shadow_s!r}")
+            request.shadow.CopyFrom(rollout_rules.check_shadow(shadow))
+        self._call(self._stub.StartRollout, rpb.StartRolloutRequest(rollout=request))
+        return Rollout(endpoint, self._rollout_call)
+
+    def get_rollout(self, endpoint: str) -> Rollout:
+        """The current (or last) rollout of ``endpoint``; NotFoundError if it had none."""
+        _check_str(endpoint, "endpoint")
+        self._rollout_call("GetRollout", endpoint)
+        return Rollout(endpoint, self._rollout_call)
+
+    def list_rollouts(self) -> dict[str, dict[str, Any]]:
+        """``{endpoint: Rollout.info()}`` for each endpoint's current or last rollout."""
+        reply = self._call(self._stub.ListRollouts, rpb.ListRolloutsRequest())
+        return {r.endpoint: describe(r) for r in reply.rollouts}
+
+    def _rollout_call(self, name: str, endpoint: str) -> rpb.Rollout:
+        request = getattr(rpb, f"{name}Request")(endpoint=endpoint)
+        reply = self._call(getattr(self._stub, name), request)
+        return reply.rollout  # type: ignore[no-any-return]
 
     def get_handle(self, endpoint: str, missing_ok: bool = False) -> EndpointHandle:
         """A handle to call ``endpoint`` from Python.

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from typing import Any
 
+from turnout._internal import autoscaling as autoscaling_fields
 from turnout._internal import backend_fields
 from turnout._internal.backend_fields import (
     LIFECYCLE_METHODS,
@@ -72,6 +73,15 @@ class BackendConfig:
             and every public method. Handles may call any public method.
             ``reconfigure`` and ``check_health`` are never callable by requests.
 
+        autoscaling: the controller picks the number of replicas from the
+            load (requests in flight and queued per replica), as Ray Serve
+            2.x's ``autoscaling_config`` (a dict of its keys ``min_replicas``,
+            ``max_replicas``, ``target_ongoing_requests``, ``upscale_delay_s``,
+            ``downscale_delay_s``, ``initial_replicas``, ``look_back_period_s``;
+            also given as ``autoscaling_config``); not with ``num_replicas``
+            (default: none, a fixed ``num_replicas``). docs/traffic.md,
+            "Autoscaling", has the rules.
+
     Every field applies to the running replicas without restarting them,
     except ``http_call_methods``: changing it restarts the replicas one at a
     time (no downtime).
@@ -89,8 +99,27 @@ class BackendConfig:
     queue_timeout: float | None = None
     http_call_methods: list[str] | None = None
     health_check_timeout: float | None = None
+    autoscaling: dict[str, Any] | None = None
+    # Ray Serve 2.x's name of ``autoscaling``.
+    autoscaling_config: InitVar[dict[str, Any] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, autoscaling_config: dict[str, Any] | None) -> None:
+        if autoscaling_config is not None:
+            if self.autoscaling is not None:
+                raise InvalidArgumentError(
+                    "give autoscaling or autoscaling_config (the same field), not both"
+                )
+            self.autoscaling = autoscaling_config
+        if self.autoscaling is not None:
+            # Normalised (aliases resolved), checked as the controller will.
+            message = autoscaling_fields.from_dict(self.autoscaling)
+            self.autoscaling = autoscaling_fields.to_dict(message)
+            if self.num_replicas is not None:
+                raise InvalidArgumentError(
+                    "num_replicas and autoscaling_config are mutually exclusive: an "
+                    "autoscaled backend's replica count is the controller's to decide "
+                    "(give initial_replicas in autoscaling_config to choose where it starts)"
+                )
         # Type checks here; bounds in the table, shared with the controller.
         for row in backend_fields.NUMBER_FIELDS:
             value = getattr(self, row.name)
@@ -119,7 +148,7 @@ class BackendConfig:
             return value
         if not isinstance(value, dict):
             raise TypeError(f"config must be a dict or BackendConfig, got {type(value).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls)} | {"autoscaling_config"}
         unknown = sorted(str(k) for k in value if k not in known)
         if unknown:
             raise InvalidArgumentError(
@@ -139,6 +168,8 @@ class BackendConfig:
             # Set even when empty: an empty list (only handles may call) is not "unset".
             message.http_call_methods.SetInParent()
             message.http_call_methods.names.extend(self.http_call_methods)
+        if self.autoscaling is not None:
+            message.autoscaling.CopyFrom(autoscaling_fields.from_dict(self.autoscaling))
         return message
 
     @classmethod
@@ -152,6 +183,12 @@ class BackendConfig:
             values["user_config"] = json.loads(message.user_config_json)
         if message.HasField("http_call_methods"):
             values["http_call_methods"] = list(message.http_call_methods.names)
+        if message.HasField("autoscaling"):
+            # num_replicas is then the controller's current count, not a
+            # setting: shown by autoscaling_status(), left out here so that a
+            # config read back can be given again.
+            values.pop("num_replicas", None)
+            values["autoscaling"] = autoscaling_fields.to_dict(message.autoscaling)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
         init_args: ["hello"]                # JSON values, given to the class
         config: {num_replicas: 2}           # BackendConfig fields
         replica_options: {num_cpus: 1}      # num_cpus, num_gpus, env, memory (bytes), ...
+        interface: auto                     # or handler, wsgi, asgi (docs/apps.md)
     endpoints:
       greet:
         route: /greet                       # omit for handles only
@@ -21,6 +22,10 @@ JSON file into a ``DeployFile``; ``plan`` compares it with an instance's
         traffic: {greeter: 1}               # or `backend: greeter`
         shadows: {greeter-v2: 0.1}          # share of requests copied
         request_timeout: 5                  # seconds; 0 = none
+        cors: {allow_origins: ["https://app.example"]}   # CORS options (docs/apps.md)
+        # A change of `backend` made as a rollout the controller runs
+        # (docs/traffic.md, "Rollouts"), not at once:
+        rollout: {steps: [0.05, 0.5, 1], step_s: 60, slo: {max_error_rate: 0.01}}
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from typing import Any, Literal
 
 import yaml
 
-from turnout._internal import backend_fields, validation
+from turnout._internal import autoscaling, backend_fields, rollout_rules, validation, web_apps
+from turnout._internal.cors import CorsPolicy
 from turnout.command import Command
 from turnout.config import DEFAULTS, BackendConfig
 from turnout.errors import TurnoutError
@@ -43,9 +49,17 @@ from turnout.v1 import controller_pb2 as pb
 Action = Literal["create", "update", "delete", "unchanged", "kept"]
 
 _TOP_KEYS = frozenset({"backends", "endpoints"})
-_BACKEND_KEYS = frozenset({"import_path", "command", "init_args", "config", "replica_options"})
+_BACKEND_KEYS = frozenset(
+    {"import_path", "command", "init_args", "config", "replica_options", "interface"}
+)
 _COMMAND_KEYS = frozenset({"argv", "env", "cwd", "ready_timeout"})
-_ENDPOINT_KEYS = frozenset({"route", "methods", "backend", "traffic", "shadows", "request_timeout"})
+_ENDPOINT_KEYS = frozenset(
+    {"route", "methods", "backend", "traffic", "shadows", "request_timeout", "cors", "rollout"}
+)
+# A rollout block's keys: the keyword arguments of ``Client.rollout``.
+_ROLLOUT_KEYS = frozenset(
+    {"steps", "step_s", "slo", "shadow_s", "shadow_proportion", "min_match_rate", "delete_old"}
+)
 _WEIGHT_TOLERANCE = 1e-9
 
 
@@ -81,6 +95,8 @@ class BackendEntry:
     replica_options: pb.ReplicaOptions = field(default_factory=pb.ReplicaOptions)
     # The program a command backend runs (its import_path is None).
     command: Command | None = None
+    # What the code is: "auto" (detected), "handler", "wsgi" or "asgi".
+    interface: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -93,6 +109,12 @@ class EndpointEntry:
     traffic: Mapping[str, float] = field(default_factory=dict)
     shadows: Mapping[str, float] = field(default_factory=dict)
     request_timeout: float = 0.0
+    cors: CorsPolicy | None = None
+    # A file's: how a change of its one backend is made (Client.rollout's
+    # keyword arguments); None: at once.
+    rollout: Mapping[str, Any] | None = None
+    # An instance's: the backend a running rollout moves it to.
+    rolling_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +161,8 @@ class EndpointChange:
     new_traffic: bool = False
     shadow_updates: Mapping[str, float] = field(default_factory=dict)
     details: tuple[str, ...] = ()
+    # The new traffic is reached by a rollout (desired.rollout) instead of SetTraffic.
+    rollout: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,9 +339,19 @@ def _backend(
     else:
         for key, value in config.items():
             _check(f"{where}.config.{key}", problems, BackendConfig.coerce, {key: value})
+        if len(problems) == before and ("autoscaling" in config or "autoscaling_config" in config):
+            # Checks between fields (num_replicas beside autoscaling).
+            _check(f"{where}.config", problems, BackendConfig.coerce, config)
     options = _replica_options(
         body.get("replica_options", {}), f"{where}.replica_options", problems
     )
+    interface = body.get("interface", "auto")
+    try:
+        web_apps.to_proto(interface)
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{where}.interface: {exc}")
+    if command is not None and interface != "auto":
+        problems.append(f"{where}.interface: a command serves the replica protocol itself")
     if len(problems) > before or options is None:
         return None
     return BackendEntry(
@@ -327,6 +361,7 @@ def _backend(
         config=dict(config),
         replica_options=options,
         command=command,
+        interface=interface,
     )
 
 
@@ -413,6 +448,13 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointE
         problems.append(f"{where}.request_timeout: must be a number of seconds")
     else:
         _check(where, problems, validation.request_timeout, float(timeout))
+    cors = None
+    if "cors" in body:
+        try:
+            cors = CorsPolicy.from_dict(body["cors"])
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{where}.cors: {exc}")
+    rollout = _rollout(body.get("rollout"), traffic, f"{where}.rollout", problems)
     if len(problems) > before:
         return None
     return EndpointEntry(
@@ -422,7 +464,39 @@ def _endpoint(name: str, body: dict[str, Any], problems: list[str]) -> EndpointE
         traffic=traffic,
         shadows=shadows,
         request_timeout=float(timeout),
+        cors=cors,
+        rollout=rollout,
     )
+
+
+def _rollout(
+    body: Any, traffic: Mapping[str, float], where: str, problems: list[str]
+) -> dict[str, Any] | None:
+    """A rollout block, checked as the controller will check it."""
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        problems.append(f"{where}: must be a mapping such as {{steps: [0.1, 1], step_s: 60}}")
+        return None
+    _unknown_keys(body, _ROLLOUT_KEYS, where, problems)
+    if len(traffic) != 1:
+        problems.append(f"{where}: needs `backend:` (the one backend the rollout ends on)")
+    steps = body.get("steps", list(rollout_rules.DEFAULT_STEPS))
+    if not isinstance(steps, list):
+        problems.append(f"{where}.steps: must be a list such as [0.05, 0.5, 1]")
+    else:
+        _check(f"{where}.steps", problems, rollout_rules.check_steps, steps)
+    _check(f"{where}.step_s", problems, rollout_rules.check_step_s, body.get("step_s", 60.0))
+    if not isinstance(body.get("slo", {}), dict):
+        problems.append(f"{where}.slo: must map bounds to numbers")
+    else:
+        _check(f"{where}.slo", problems, rollout_rules.slo_from_dict, body.get("slo"))
+    for key in ("shadow_s", "shadow_proportion", "min_match_rate"):
+        if key in body and not _is_number(body[key]):
+            problems.append(f"{where}.{key}: must be a number")
+    if "delete_old" in body and not isinstance(body["delete_old"], bool):
+        problems.append(f"{where}.delete_old: must be true or false")
+    return dict(body)
 
 
 def _shares(body: Any, where: str, problems: list[str]) -> dict[str, float]:
@@ -497,8 +571,18 @@ def _reference_problems(wanted: DeployFile, current: State, prune: bool) -> list
 
 
 def _effective(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A file's config with every field it leaves out at its default."""
-    return {**DEFAULTS.to_dict(), **config}
+    """A file's config with every field it leaves out at its default (an
+    autoscaled backend's num_replicas is the controller's, so not compared)."""
+    given = dict(config)
+    if "autoscaling_config" in given:
+        given["autoscaling"] = given.pop("autoscaling_config")
+    effective = {**DEFAULTS.to_dict(), **given}
+    if effective.get("autoscaling") is not None:
+        effective["num_replicas"] = None
+        effective["autoscaling"] = autoscaling.to_dict(
+            autoscaling.from_dict(effective["autoscaling"])
+        )
+    return effective
 
 
 def _backend_change(
@@ -511,6 +595,8 @@ def _backend_change(
     if running.init_args is None or wanted_args != list(running.init_args):
         before = "(pickled)" if running.init_args is None else json.dumps(list(running.init_args))
         details.append(f"init_args: {before} -> {json.dumps(wanted_args)}")
+    if wanted.interface != running.interface:
+        details.append(f"interface: {running.interface} -> {wanted.interface}")
     new_code = bool(details)
     update: dict[str, Any] = {}
     for key, value in _effective(wanted.config).items():
@@ -554,13 +640,26 @@ def _endpoint_change(wanted: EndpointEntry, serving: EndpointEntry) -> EndpointC
     if not math.isclose(wanted.request_timeout, serving.request_timeout, abs_tol=1e-9):
         old, new = _show(serving.request_timeout), _show(wanted.request_timeout)
         details.append(f"request_timeout: {old} -> {new}")
+    if wanted.cors != serving.cors:
+        old, new = (json.dumps(c.to_dict() if c else None) for c in (serving.cors, wanted.cors))
+        details.append(f"cors: {old} -> {new}")
     new_shape = bool(details)
     new_traffic = not _same_shares(wanted.traffic, serving.traffic)
+    rollout = False
+    if new_traffic and wanted.rollout is not None:
+        if serving.rolling_to is not None and serving.rolling_to in wanted.traffic:
+            # The rollout the file asked for runs: the traffic is on its way.
+            new_traffic = False
+        elif len(serving.traffic) == 1:
+            rollout = True
     if new_traffic:
         old, new = _shares_text(serving.traffic), _shares_text(wanted.traffic)
-        details.append(f"traffic: {old} -> {new}")
+        how = "rollout" if rollout else "traffic"
+        details.append(f"{how}: {old} -> {new}")
     shadow_updates: dict[str, float] = {}
     for backend in sorted(set(wanted.shadows) | set(serving.shadows)):
+        if backend == serving.rolling_to:
+            continue  # a rollout's shadow phase is the rollout's
         new_share, old_share = wanted.shadows.get(backend, 0.0), serving.shadows.get(backend, 0.0)
         if abs(new_share - old_share) > _WEIGHT_TOLERANCE:
             shadow_updates[backend] = new_share
@@ -574,6 +673,7 @@ def _endpoint_change(wanted: EndpointEntry, serving: EndpointEntry) -> EndpointC
         new_traffic=new_traffic,
         shadow_updates=shadow_updates,
         details=tuple(details),
+        rollout=rollout,
     )
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-from collections.abc import Generator, Iterable, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Literal, overload
 
-from turnout._handle_router import CallOptions, HandleRouter
+from turnout._handle_router import END, CallOptions, HandleRouter, HandleStream
 from turnout.errors import InvalidArgumentError
 
 _HTTP_METHODS = frozenset(
@@ -48,6 +49,73 @@ class HandleFuture:
         return asyncio.wrap_future(self._future).__await__()
 
 
+class HandleIterator(Iterator[Any], AsyncIterator[Any]):
+    """The items of a streamed answer, from ``handle.options(stream=True).remote()``.
+
+    Iterate it (``for item in it``) or, from asyncio code, ``async for item in
+    it``. Each item is what the handler's generator yielded, as it comes;
+    only a few items wait in this process (the replica pauses the generator
+    until they are read). A handler that raises part-way raises its
+    ``BackendError`` here, after the items before it; the handle's
+    ``timeout`` covers the whole stream. ``close()`` (or leaving a ``with``
+    block) stops the handler. A handler that returns a plain value gives
+    that one value as the only item.
+
+    Example::
+
+        tokens = serve.get_handle("llm").options(stream=True)
+        for token in tokens.remote("Once upon a time"):
+            print(token, end="")
+    """
+
+    def __init__(self, stream: HandleStream) -> None:
+        self._stream = stream
+        self._closed = False
+
+    def __iter__(self) -> HandleIterator:
+        return self
+
+    def __next__(self) -> Any:
+        item = self._stream.thread.submit(self._stream.next()).result()
+        if item is END:
+            raise StopIteration
+        return item
+
+    def __aiter__(self) -> HandleIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await asyncio.wrap_future(self._stream.thread.submit(self._stream.next()))
+        if item is END:
+            raise StopAsyncIteration
+        return item
+
+    def close(self) -> None:
+        """Stop reading; the replica cancels the handler. Returns at once."""
+        if not self._closed:
+            self._closed = True
+            self._stream.thread.submit(self._stream.close())
+
+    def __enter__(self) -> HandleIterator:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # An iterator dropped before its end must not hold a replica's slot
+        # until the deadline (or forever).
+        try:
+            self.close()
+        except Exception:  # noqa: S110 - the loop thread may be gone at exit
+            pass
+
+
 class EndpointHandle:
     """Calls one endpoint from Python, following its traffic policy.
 
@@ -63,6 +131,8 @@ class EndpointHandle:
         print(handle.remote(name="ada").result())         # request.args["name"] == "ada"
         explain = handle.options(method_name="explain")
         result = await explain.remote([1, 2, 3])          # from async code
+        for item in handle.options(stream=True).remote():  # a generator's items
+            print(item)
     """
 
     def __init__(
@@ -90,6 +160,7 @@ class EndpointHandle:
         router = HandleRouter.for_address(self._address, self._token)
         return HandleFuture(router.submit(self._endpoint, self._options, data, kwargs))
 
+    @overload
     def options(
         self,
         method_name: str | None = None,
@@ -98,6 +169,30 @@ class EndpointHandle:
         http_method: str | None = None,
         http_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         timeout: float | None = None,
+        stream: Literal[True],
+    ) -> StreamingHandle: ...
+
+    @overload
+    def options(
+        self,
+        method_name: str | None = None,
+        *,
+        shard_key: str | None = None,
+        http_method: str | None = None,
+        http_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        timeout: float | None = None,
+        stream: Literal[False] | None = None,
+    ) -> EndpointHandle: ...
+
+    def options(
+        self,
+        method_name: str | None = None,
+        *,
+        shard_key: str | None = None,
+        http_method: str | None = None,
+        http_headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        timeout: float | None = None,
+        stream: bool | None = None,
     ) -> EndpointHandle:
         """A new handle with some call options changed.
 
@@ -110,6 +205,9 @@ class EndpointHandle:
         - ``timeout``: seconds a call may take, waiting for a free replica
           included; then it raises ``DeadlineExceededError`` and the replica is
           told to cancel the work (an ``async def`` handler is cancelled).
+          For a streamed answer it covers the whole stream.
+        - ``stream``: ``True`` makes ``remote()`` return a ``HandleIterator``
+          of the items the handler's generator yields, as they come.
         """
         changes: dict[str, Any] = {}
         if method_name is not None:
@@ -132,20 +230,31 @@ class EndpointHandle:
             if not timeout > 0:
                 raise InvalidArgumentError(f"timeout must be > 0 seconds, got {timeout}")
             changes["timeout"] = float(timeout)
-        return EndpointHandle(
-            self._address,
-            self._endpoint,
-            dataclasses.replace(self._options, **changes),
-            token=self._token,
-        )
+        if stream is not None:
+            if not isinstance(stream, bool):
+                raise TypeError(f"stream must be a bool, got {type(stream).__name__}")
+            changes["stream"] = stream
+        options = dataclasses.replace(self._options, **changes)
+        kind = StreamingHandle if options.stream else EndpointHandle
+        return kind(self._address, self._endpoint, options, token=self._token)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Only the address, endpoint and options travel (never the token); the unpickled handle
         # follows the controller from whatever process it lands in.
-        return (EndpointHandle, (self._address, self._endpoint, self._options))
+        return (type(self), (self._address, self._endpoint, self._options))
 
     def __repr__(self) -> str:
         return f"EndpointHandle(endpoint={self._endpoint!r}, controller={self._address!r})"
+
+
+class StreamingHandle(EndpointHandle):
+    """A handle whose ``remote()`` streams: ``handle.options(stream=True)``."""
+
+    def remote(self, data: Any = None, **kwargs: Any) -> HandleIterator:  # type: ignore[override]
+        """Call the endpoint; returns at once a ``HandleIterator`` of the
+        handler's streamed items."""
+        router = HandleRouter.for_address(self._address, self._token)
+        return HandleIterator(router.submit_stream(self._endpoint, self._options, data, kwargs))
 
 
 def _str(value: object, what: str) -> str:

@@ -106,6 +106,9 @@ class LocalInstance:
         max_replicas: int | None = None,
         tls: TLSConfig | None = None,
         ray_address: str | None = None,
+        ray_runtime_env: str | None = None,
+        ray_prefer_local_replicas: bool = False,
+        ray_proxy_location: str = "WithReplicas",
     ) -> LocalInstance:
         """Start an instance; ``keep_dir`` keeps the instance directory after it stops."""
         instance_dir = Path(tempfile.mkdtemp(prefix="turnout-"))
@@ -126,6 +129,9 @@ class LocalInstance:
             max_replicas=max_replicas,
             tls=tls,
             ray_address=ray_address,
+            ray_runtime_env=ray_runtime_env,
+            ray_prefer_local_replicas=ray_prefer_local_replicas,
+            ray_proxy_location=ray_proxy_location,
         )
         try:
             process, report = _spawn(options, instance_dir, 0)

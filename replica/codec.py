@@ -276,7 +276,7 @@ def _http_environ(msg: http_pb2.HttpRequest) -> dict[str, Any]:
     if body or "CONTENT_LENGTH" in environ:
         # The proxy has already de-chunked the body: its length is the truth.
         environ["CONTENT_LENGTH"] = str(len(body))
-    address, port = _split_host_port(msg.remote_addr)
+    address, port = split_host_port(msg.remote_addr)
     if address:
         environ["REMOTE_ADDR"] = address
     if port:
@@ -284,10 +284,22 @@ def _http_environ(msg: http_pb2.HttpRequest) -> dict[str, Any]:
     return environ
 
 
+def app_environ(msg: http_pb2.HttpRequest) -> dict[str, Any]:
+    """The WSGI environ for an app mounted at ``msg.script_name``: that prefix
+    is ``SCRIPT_NAME``, the rest of the path ``PATH_INFO``."""
+    environ = _http_environ(msg)
+    prefix = msg.script_name.rstrip("/")
+    path_info: str = environ["PATH_INFO"]
+    if prefix and (path_info == prefix or path_info.startswith(prefix + "/")):
+        environ["SCRIPT_NAME"] = prefix
+        environ["PATH_INFO"] = path_info[len(prefix) :]
+    return environ
+
+
 def _base_environ(
     *, method: str, scheme: str, host: str, path_info: str, query_string: str, body: bytes
 ) -> dict[str, Any]:
-    server_name, server_port = _split_host_port(host)
+    server_name, server_port = split_host_port(host)
     return {
         "REQUEST_METHOD": method,
         "SCRIPT_NAME": "",
@@ -343,7 +355,7 @@ def _environ_key(name: str) -> str:
     return key
 
 
-def _split_host_port(hostport: str) -> tuple[str, str]:
+def split_host_port(hostport: str) -> tuple[str, str]:
     """Split "host", "host:port", "[v6]:port" or a bare IPv6 address."""
     if hostport.startswith("["):
         host, _, rest = hostport[1:].partition("]")

@@ -26,13 +26,15 @@ from typing import Any
 
 import cloudpickle
 
-from turnout._internal import backend_fields
+from turnout._internal import backend_fields, web_apps
 from turnout._internal.backend_fields import request_callable
 from turnout._internal.batching import accepts_batch, set_call_context
+from turnout.replica.asgi_app import AppStartError, AsgiApp
 from turnout.replica.batcher import Batcher
 from turnout.replica.handler_threads import HandlerThreads
 from turnout.replica.slots import Slots
-from turnout.v1 import controller_pb2
+from turnout.replica.wsgi_app import WsgiApp
+from turnout.v1 import controller_pb2, http_pb2
 
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 
@@ -122,6 +124,9 @@ class BackendRuntime:
         self._running_in_threads = 0
         # Sync calls still running in a thread after their caller gave up.
         self._abandoned: set[_ThreadCall] = set()
+        # A WSGI or ASGI app serves every HTTP request itself (docs/apps.md).
+        self.interface: web_apps.Interface = "handler"
+        self.app: WsgiApp | AsgiApp | None = None
 
     @classmethod
     def load(cls, request: controller_pb2.CreateBackendRequest) -> BackendRuntime:
@@ -143,9 +148,59 @@ class BackendRuntime:
             float(limits["batch_wait_timeout"]),
             http_methods,
         )
+        runtime._mount_app(request.spec.interface)
         runtime._check_batching(max_batch)
         runtime._check_http_call_methods()
         return runtime
+
+    def _mount_app(self, declared: int) -> None:
+        """Serve the backend as a WSGI or ASGI app if it is one (or is said to be)."""
+        try:
+            interface = web_apps.from_proto(declared) or web_apps.detect(self.backend.target)
+        except ValueError as exc:
+            raise LoadError(INVALID_ARGUMENT, str(exc)) from None
+        if interface != "handler" and not callable(self.backend.target):
+            raise LoadError(INVALID_ARGUMENT, f"a {interface} app must be callable")
+        self.interface = interface
+        if interface == "wsgi":
+            self.app = WsgiApp(self.backend.target)
+        elif interface == "asgi":
+            self.app = AsgiApp(self.backend.target)
+
+    async def serve_app(self, msg: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+        """The app's answer to one HTTP request (a WSGI app on a handler thread,
+        an ASGI app on the loop), within ``max_concurrent_queries``."""
+        app = self.app
+        assert app is not None
+        async with self._slots.hold():
+            if isinstance(app, WsgiApp):
+                stop = threading.Event()
+                try:
+                    answer: http_pb2.HttpResponse = await self._run_sync(
+                        lambda request: app.call(request, stop), msg
+                    )
+                except asyncio.CancelledError:
+                    stop.set()  # the thread cannot be stopped, but the body can
+                    raise
+                return answer
+            return await app.call(msg)
+
+    async def start_app(self, timeout: float) -> None:
+        """An ASGI app's lifespan startup; its failure is a LoadError."""
+        if isinstance(self.app, AsgiApp):
+            try:
+                await self.app.startup(timeout)
+            except AppStartError as exc:
+                raise LoadError(
+                    INVALID_ARGUMENT,
+                    f"the ASGI app's lifespan startup failed: {exc.message}",
+                    exc.detail,
+                ) from None
+
+    async def stop_app(self, timeout: float) -> None:
+        """An ASGI app's lifespan shutdown, at the replica's stop."""
+        if isinstance(self.app, AsgiApp):
+            await self.app.shutdown(timeout)
 
     def _check_batching(self, max_batch_size: int) -> None:
         if max_batch_size > 1 and not self.batch_methods():
@@ -207,6 +262,7 @@ class BackendRuntime:
             "batch_methods": self.batch_methods(),
             "reconfigure": self._instance_has("reconfigure"),
             "check_health": self.has_check_health,
+            "interface": self.interface,
         }
 
     def batch_methods(self) -> list[str]:
@@ -246,6 +302,11 @@ class BackendRuntime:
         ``web`` says whether the request came over HTTP (``turnout.context.web``);
         only HTTP requests are held to ``http_call_methods``.
         """
+        if self.app is not None:
+            raise MethodNotFound(
+                f"backend {self.backend.tag!r} is a {self.interface.upper()} app: it answers "
+                "HTTP requests on its endpoint's route, not handle calls"
+            )
         if web and self.http_call_methods is not None:
             name = method_name or "__call__"
             if name not in self.http_call_methods:
@@ -322,6 +383,13 @@ class BackendRuntime:
                     if call.running:
                         self._abandoned.add(call)
             raise
+
+    async def run_blocking(self, func: Callable[[], Any]) -> Any:
+        """Run ``func`` on the handler threads: the next item of a streamed
+        answer's sync generator (``replica.streams``), in a copy of this
+        task's context, so ``turnout.context`` in the generator's body is
+        the call's."""
+        return await self._threads.run(contextvars.copy_context().run, func)
 
     async def reconfigure(self, user_config_json: str) -> None:
         """Call the instance's ``reconfigure(user_config)`` (raises LoadError)."""

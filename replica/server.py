@@ -67,6 +67,8 @@ SHUTDOWN_GRACE = 5.0
 DRAIN_QUIET_S = 0.2
 # A check_health() that takes longer than this counts as failed.
 HEALTH_CHECK_TIMEOUT = 10.0
+# Seconds an ASGI app may take for its lifespan startup, and for its shutdown.
+APP_LIFESPAN_TIMEOUT_S = 60.0
 
 
 class BackendHealth(health.aio.HealthServicer):  # type: ignore[misc]  # untyped base
@@ -246,6 +248,11 @@ async def serve(
     grace: float = SHUTDOWN_GRACE,
     verifier: auth.Verifier | None = None,
 ) -> int:
+    try:
+        await runtime.start_app(APP_LIFESPAN_TIMEOUT_S)
+    except LoadError as exc:
+        log.error("%s\n%s", exc.message, exc.traceback)
+        return _give_up(options, exc.code, exc.message, exc.traceback, logged=True)
     if runtime.has_check_health:
         # On the loop the later checks run on: an async check_health() may
         # create loop-bound objects the first time.
@@ -304,6 +311,7 @@ async def serve(
     began = loop.time()
     await servicer.drain(DRAIN_QUIET_S, grace)
     await server.stop(grace=max(0.0, grace - (loop.time() - began)))
+    await runtime.stop_app(APP_LIFESPAN_TIMEOUT_S)
     log.info("stopped")
     return 0
 

@@ -23,7 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from turnout._internal import backend_fields, wire
 from turnout._internal.child_process import OUT_OF_MEMORY_EXIT, memory_limit
-from turnout.replica import codec
+from turnout.replica import codec, streams
 from turnout.replica.batcher import BadBatch
 from turnout.replica.call_stream import NoPayload, serve_stream_framed
 from turnout.replica.runtime import BackendRuntime, LoadError, MethodNotFound
@@ -94,7 +94,11 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             # The sender has given up already: running it would be wasted work.
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before start")
         try:
-            return await self.respond(request)
+            response = await self.respond(request)
+            if isinstance(response, streams.Outgoing):
+                # A unary call cannot stream: the stream is answered whole.
+                return await response.collect()
+            return response
         except NoPayload:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "HandleRequest has no payload")
         raise AssertionError("context.abort returned")  # pragma: no cover
@@ -113,26 +117,36 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
 
     async def _respond_framed(
         self, request: replica_pb2.HandleRequest
-    ) -> replica_pb2.HandleResponse | wire.Part:
+    ) -> replica_pb2.HandleResponse | wire.Part | streams.Outgoing:
         """``respond``, an HTTP answer framed around its serialised
         ``HttpResponse``: no copy of it into a ``HandleResponse`` (about
         0.3 ms a MiB of body)."""
         if request.WhichOneof("payload") != "http":
             return await self.respond(request)
         started = time.perf_counter()
-        http = await self._handle_http(request, codec.encode_http_pieces, _serialised)
+        http = await self._handle_http(request, started, codec.encode_http_pieces, _serialised)
+        if isinstance(http, streams.Outgoing):
+            return http
         return wire.http_response(http, time.perf_counter() - started)
 
-    async def respond(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
+    async def respond(
+        self, request: replica_pb2.HandleRequest
+    ) -> replica_pb2.HandleResponse | streams.Outgoing:
         """The answer to one request, whichever way it came, with the time
-        spent on it (``handler_seconds``: senders show it beside their own)."""
+        spent on it (``handler_seconds``: senders show it beside their own);
+        an ``Outgoing`` when the handler's answer streams."""
         started = time.perf_counter()
         payload = request.WhichOneof("payload")
         if payload == "http":
-            http = await self._handle_http(request, codec.encode_http, _same)
+            http = await self._handle_http(request, started, codec.encode_http, _same)
+            if isinstance(http, streams.Outgoing):
+                return http
             response = replica_pb2.HandleResponse(http=http)
         elif payload == "call":
-            response = await self._handle_call(request)
+            answered = await self._handle_call(request, started)
+            if isinstance(answered, streams.Outgoing):
+                return answered
+            response = answered
         else:
             raise NoPayload
         response.handler_seconds = time.perf_counter() - started
@@ -141,15 +155,30 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
     async def _handle_http(
         self,
         request: replica_pb2.HandleRequest,
+        started: float,
         encode: Callable[[object], Answer],
         error: Callable[[http_pb2.HttpResponse], Answer],
-    ) -> Answer:
+    ) -> Answer | streams.Outgoing:
         """The answer to an HTTP request: the handler's value as ``encode``
-        makes it, or an error answer as ``error`` makes it."""
+        makes it (an app's answer, or an error answer, as ``error`` makes
+        it), or an ``Outgoing`` when the handler's answer streams."""
         rid = request.request_id
+        if self._runtime.app is not None:
+            return error(await self._handle_app(request))
         http_request = codec.http_to_request(request.http)
+        streaming = False
         try:
             value = await self._runtime.handle(request.method_name, http_request, web=True)
+            if streams.is_stream(value):
+                # The request stays open while the stream runs (a generator
+                # may read it lazily): closing the stream closes it.
+                streaming = True
+                first, chunks = await streams.start_stream(
+                    streams.open_items(value, self._runtime.run_blocking),
+                    streams.encode_chunk,
+                    http_request.close,
+                )
+                return self._http_outgoing(rid, started, streams.http_start(value, first), chunks)
             return encode(value)
         except MethodNotFound as exc:
             log.warning("request %s: %s", rid, exc)
@@ -166,9 +195,54 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             _exit_if_out_of_memory(exc)
             return error(codec.error_response(exc, rid))
         finally:
-            http_request.close()
+            if not streaming:
+                http_request.close()
 
-    async def _handle_call(self, request: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
+    async def _handle_app(self, request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
+        """A WSGI/ASGI app's answer; what it raises (it handles its own errors
+        normally) is a 500 with the JSON error body, as for a handler."""
+        try:
+            return await self._runtime.serve_app(request.http)
+        except Exception as exc:
+            log.exception("request %s: the app raised", request.request_id)
+            _exit_if_out_of_memory(exc)
+            return codec.error_response(exc, request.request_id)
+
+    def _http_outgoing(
+        self,
+        rid: str,
+        started: float,
+        start: replica_pb2.StreamStart,
+        chunks: AsyncIterator[bytes],
+    ) -> streams.Outgoing:
+        def fail(exc: BaseException) -> replica_pb2.RemoteError:
+            log.error("request %s: stream failed: %s", rid, _describe(exc), exc_info=exc)
+            # As an HTTP error body: no traceback leaves the replica.
+            return replica_pb2.RemoteError(
+                kind=replica_pb2.ERROR_KIND_USER, type=type(exc).__name__, message=str(exc)
+            )
+
+        async def collect() -> replica_pb2.HandleResponse:
+            body = bytearray()
+            try:
+                async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                    async for chunk in chunks:
+                        body += chunk
+                http = http_pb2.HttpResponse(
+                    status=start.status, headers=start.headers, body=bytes(body)
+                )
+            except Exception as exc:
+                log.exception("request %s: stream failed", rid)
+                http = codec.error_response(exc, rid)
+            response = replica_pb2.HandleResponse(http=http)
+            response.handler_seconds = time.perf_counter() - started
+            return response
+
+        return streams.Outgoing(start, chunks, fail, collect, started)
+
+    async def _handle_call(
+        self, request: replica_pb2.HandleRequest, started: float
+    ) -> replica_pb2.HandleResponse | streams.Outgoing:
         rid = request.request_id
         try:
             call_request = codec.call_to_request(request.call)
@@ -189,6 +263,8 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             return _error(replica_pb2.ERROR_KIND_USER, exc, with_traceback=True)
         finally:
             call_request.close()
+        if streams.is_item_stream(value):
+            return await self._call_outgoing(rid, started, value)
         try:
             return replica_pb2.HandleResponse(pickled=cloudpickle.dumps(value))
         except Exception as exc:
@@ -198,6 +274,42 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             )
             log.error("request %s: %s", rid, bad, exc_info=exc)
             return _error(replica_pb2.ERROR_KIND_BAD_RETURN, bad, with_traceback=False)
+
+    async def _call_outgoing(
+        self, rid: str, started: float, value: Any
+    ) -> replica_pb2.HandleResponse | streams.Outgoing:
+        """A Python call's generator as a stream of pickled items (or, when
+        its first item fails, the error answer)."""
+        items = streams.open_items(value, self._runtime.run_blocking)
+        try:
+            _, chunks = await streams.start_stream(items, _pickled_item)
+        except codec.BadReturnValue as exc:
+            log.error("request %s: %s", rid, exc)
+            return _error(replica_pb2.ERROR_KIND_BAD_RETURN, exc, with_traceback=False)
+        except Exception as exc:
+            log.exception("request %s: %s", rid, _what_failed(exc))
+            return _error(replica_pb2.ERROR_KIND_USER, exc, with_traceback=True)
+
+        def fail(exc: BaseException) -> replica_pb2.RemoteError:
+            log.error("request %s: stream failed: %s", rid, _describe(exc), exc_info=exc)
+            kind = replica_pb2.ERROR_KIND_USER
+            if isinstance(exc, codec.BadReturnValue):
+                kind = replica_pb2.ERROR_KIND_BAD_RETURN
+            return _error(kind, exc, with_traceback=True).error
+
+        async def collect() -> replica_pb2.HandleResponse:
+            collected = []
+            try:
+                async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                    async for chunk in chunks:
+                        collected.append(cloudpickle.loads(chunk))
+                response = replica_pb2.HandleResponse(pickled=cloudpickle.dumps(collected))
+            except Exception as exc:
+                response = replica_pb2.HandleResponse(error=fail(exc))
+            response.handler_seconds = time.perf_counter() - started
+            return response
+
+        return streams.Outgoing(replica_pb2.StreamStart(), chunks, fail, collect, started)
 
     async def Reconfigure(
         self,
@@ -238,6 +350,20 @@ def _exit_out_of_memory() -> None:
     for handler in logging.getLogger().handlers:
         handler.flush()
     os._exit(OUT_OF_MEMORY_EXIT)
+
+
+def _pickled_item(item: object) -> list[bytes]:
+    try:
+        return [cloudpickle.dumps(item)]
+    except Exception as exc:
+        raise codec.BadReturnValue(
+            f"the stream yielded a {codec.type_name(item)}, which cannot be pickled: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _what_failed(exc: Exception) -> str:

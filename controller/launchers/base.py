@@ -21,6 +21,7 @@ from typing import Protocol
 from turnout._internal.readiness import Readiness
 from turnout.v1 import replica_pb2
 
+from ..log_tail import LogChunk
 from ..store import ChildRecord
 
 # How long SIGTERM (or the launcher's graceful stop) gets before a kill.
@@ -56,6 +57,10 @@ class ProxySpec:
     workers: int = 1
     # The token file the protected system paths check; None = open.
     system_token_file: Path | None = None
+    # Its node's id on a Ray cluster ("" = none), and whether it prefers that
+    # node's replicas (--ray-prefer-local-replicas).
+    node_id: str = ""
+    prefer_local_replicas: bool = False
 
 
 class Child(Protocol):
@@ -95,6 +100,13 @@ class Child(Protocol):
     def node(self) -> str:
         """The machine it runs on, as this launcher names it ("" = the
         controller's own)."""
+        ...
+
+    @property
+    def node_id(self) -> str:
+        """The id of that machine in the routing snapshot (a Ray node id;
+        "" = the controller's own): proxies preferring their own node's
+        replicas compare it with theirs."""
         ...
 
     async def wait(self) -> int | None:
@@ -157,6 +169,11 @@ class Launcher(Protocol):
         self, child: Child, request: replica_pb2.ReconfigureRequest, timeout: float
     ) -> None:
         """Change a running replica in place; raises ReconfigureError with its reason."""
+        ...
+
+    async def read_log(self, child: Child, offset: int | None, max_bytes: int) -> LogChunk:
+        """Up to ``max_bytes`` of a replica's log from ``offset`` (None: its
+        end), read where the replica runs (``log_tail.read_chunk``)."""
         ...
 
     async def stop_all(self) -> None:

@@ -44,6 +44,7 @@ from turnout._internal.spawn import AsyncChild, spawn_async
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
+from ..log_tail import LogChunk, read_chunk
 from ..store import LOCAL, PROXY, ChildRecord, Store
 from .base import STOP_TIMEOUT_S, Child, ProxySpec, ReconfigureError, SpawnError
 
@@ -150,6 +151,10 @@ class ChildProcess:
     @property
     def node(self) -> str:
         return ""  # the controller's own machine
+
+    @property
+    def node_id(self) -> str:
+        return ""
 
     @property
     def ok(self) -> bool:
@@ -275,7 +280,7 @@ COMMAND_OUTPUT_SHOWN = 1000
 COMMAND_EXIT_WAIT_S = 2.0
 
 
-def _command_spec(spec: bytes) -> pb.CreateBackendRequest | None:
+def command_spec(spec: bytes) -> pb.CreateBackendRequest | None:
     """The spec when it is a command backend's; None for a Python backend's
     (and for one that cannot be read: the Python replica says why)."""
     try:
@@ -285,7 +290,7 @@ def _command_spec(spec: bytes) -> pb.CreateBackendRequest | None:
     return request if request.spec.HasField("command") else None
 
 
-async def _command_report(
+async def command_report(
     fd: int, process: asyncio.subprocess.Process, argv: list[str], timeout: float, output: Path
 ) -> Readiness:
     """What a command replica reported on ``fd`` (closed after); a silence, a
@@ -410,7 +415,7 @@ class LocalLauncher:
         its handle is filled in here) with extra environment variables, pinned
         to the record's cores. The spec reaches it on its stdin, so nothing
         of the backend's code is written to the controller's disk."""
-        command = _command_spec(spec)
+        command = command_spec(spec)
         if command is not None:
             return await self._start_command(record, command, env)
         log_path = self.replica_log_path(record.backend, record.name)
@@ -482,7 +487,7 @@ class LocalLauncher:
 
             def report() -> Awaitable[Readiness]:
                 fd = spawned.take_ready_fd()
-                return _command_report(fd, spawned.process, argv, timeout, output)
+                return command_report(fd, spawned.process, argv, timeout, output)
 
             return await self._take(name, spawned, log_path, record, record.cpus, report)
 
@@ -500,6 +505,8 @@ class LocalLauncher:
             access_log_format=spec.access_log_format,
             protect_system_paths=spec.system_token_file is not None,
             system_token_file=spec.system_token_file,
+            node_id=spec.node_id,
+            prefer_local_replicas=spec.prefer_local_replicas,
             https_cert=None if https is None else https[0],
             https_key=None if https is None else https[1],
             tls=self.security.tls,
@@ -663,6 +670,11 @@ class LocalLauncher:
                 )
             except grpc.aio.AioRpcError as exc:
                 raise ReconfigureError(exc.details() or exc.code().name) from None
+
+    async def read_log(self, child: Child, offset: int | None, max_bytes: int) -> LogChunk:
+        if not child.log_path:
+            return LogChunk()
+        return await asyncio.to_thread(read_chunk, Path(child.log_path), offset, max_bytes)
 
     def _record(self, child: ChildProcess, record: ChildRecord) -> None:
         self._store.put_child(record)

@@ -35,15 +35,16 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from turnout._internal import auth, proxy_args, replica_args
+from turnout._internal import auth, command_replica, controller_args, proxy_args, replica_args
 from turnout._internal.backoff import Backoff
-from turnout._internal.errors import InvalidArgumentError
+from turnout._internal.errors import InvalidArgumentError, UnavailableError
 from turnout._internal.proxy_args import ProxyArgs
 from turnout._internal.readiness import Readiness
 from turnout._internal.replica_args import ReplicaArgs
@@ -52,6 +53,7 @@ from turnout._internal.spawn import spawn_async
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
 
+from ..log_tail import LogChunk, read_chunk
 from ..resources import Allocation, ResourcePool
 from ..store import PROXY, ChildRecord, Store
 from .base import STOP_TIMEOUT_S, Child, ProxySpec, SpawnError
@@ -60,6 +62,8 @@ from .local import (
     READY_TIMEOUT_S,
     LocalLauncher,
     child_environment,
+    command_report,
+    command_spec,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,6 +78,10 @@ ACTOR_READY_TIMEOUT_S = READY_TIMEOUT_S + 30.0
 LEAVE_TIMEOUT_S = 5.0
 # How long adoption waits for a recorded actor to say whether its replica lives.
 ADOPT_TIMEOUT_S = 10.0
+# How long GetReplicaLog waits for a replica's actor to read its log.
+READ_LOG_TIMEOUT_S = 10.0
+# A replica's log file, in its actor's private folder on the node.
+REPLICA_LOG = "replica.log"
 # How long placement waits for Ray's view of a node's free resources to show
 # what replicas stopped just before freed (it lags by up to about a second),
 # polling every PLACEMENT_POLL_S; then the best node with room is taken.
@@ -83,6 +91,9 @@ PLACEMENT_POLL_S = 0.2
 NODE_PROXY_PREFIX = "proxy@"
 NODE_PROXY_BACKOFF_INITIAL_S = 0.5
 NODE_PROXY_BACKOFF_MAX_S = 10.0
+# With --ray-proxy-location EveryNode: how often the cluster's nodes are
+# listed, so that a node that joins gets its proxy within this many seconds.
+NODE_WATCH_S = 5.0
 # How long a node where a replica's actor vanished gets no new replicas
 # (while another node can take them): Ray's default to call a node dead is ~15 s.
 SUSPECT_S = 30.0
@@ -151,16 +162,7 @@ class Request:
 
     @classmethod
     def of_spec(cls, spec: bytes) -> Request:
-        request = pb.CreateBackendRequest.FromString(spec)
-        if request.spec.HasField("command"):
-            # The actor runs turnout.replica; a program of another language
-            # would need its command, cwd and files on the node.
-            raise SpawnError(
-                "INVALID_ARGUMENT",
-                "command backends do not run on a Ray cluster yet; serve them from an "
-                "instance without --ray-address",
-            )
-        return cls.of_options(request.replica_options)
+        return cls.of_options(pb.CreateBackendRequest.FromString(spec).replica_options)
 
     def fits(self, resources: Mapping[str, float]) -> bool:
         return (
@@ -401,6 +403,10 @@ class ProcessHost:
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
 
+    def read_log(self, offset: int | None, max_bytes: int) -> LogChunk:
+        """Part of its replica's log (``log_tail.read_chunk``), for GetReplicaLog."""
+        return read_chunk(self._files / REPLICA_LOG, offset, max_bytes)
+
     def report(self) -> str:
         """What the process reported (JSON); a crash if it is no longer running."""
         return (self._report if self.alive() else Readiness.crashed()).to_json()
@@ -434,6 +440,14 @@ class ProcessHost:
         await process.wait()
 
 
+def _python_path(actors: str, given: str) -> dict[str, str]:
+    """The replica's PYTHONPATH: the actor's first (Ray puts the runtime_env's
+    py_modules there), then the controller's (where pickled backends'
+    modules import from), each folder once."""
+    parts = [p for p in (*actors.split(os.pathsep), *given.split(os.pathsep)) if p]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(parts))} if parts else {}
+
+
 class ReplicaHost(ProcessHost):
     """The actor of one replica: ``python -m turnout.replica`` bound to its
     node's address, the spec on its stdin."""
@@ -448,13 +462,19 @@ class ReplicaHost(ProcessHost):
         # only listed names of it (``child_environment``), so pass them on.
         runtime_env = ray.get_runtime_context().runtime_env or {}
         env = {**dict(runtime_env.get("env_vars") or {}), **env}
+        env.update(_python_path(os.environ.get("PYTHONPATH", ""), env.get("PYTHONPATH", "")))
+        command = command_spec(spec)
+        if command is not None:
+            return await self._start_command(replica_id, command, env, security, credentials_file)
         options = ReplicaArgs(
             replica_id=replica_id,
             spec_fd=0,
             host=self.node_ip(),
             parent_pid=os.getpid(),
-            # stderr: Ray keeps each actor's output in its node's log folder.
-            log_file=None,
+            # Read back through the actor (GetReplicaLog, `turnout logs`); what
+            # the handler prints goes to stdout and stderr, which Ray keeps
+            # with the actor's output in its node's log folder.
+            log_file=self._files / REPLICA_LOG,
             security=security,
             credentials_file=credentials_file,
         )
@@ -463,6 +483,78 @@ class ReplicaHost(ProcessHost):
             return replica_args.command(dataclasses.replace(options, ready_fd=ready_fd))
 
         return await self._run(argv, f"replica {replica_id}", env, spec)
+
+    async def _start_command(
+        self,
+        replica_id: str,
+        request: pb.CreateBackendRequest,
+        env: dict[str, str],
+        security: Security,
+        credentials_file: Path | None,
+    ) -> dict[str, Any]:
+        """A command backend's replica (docs/replica-protocol.md) on this
+        node, as the local launcher starts one: its program with Turnout's
+        variables, bound to the node's address, its output in the log that
+        GetReplicaLog reads. The program, and its ``cwd``, must be on the
+        node (installed there, or in the runtime_env's working_dir, where the
+        actor runs: the default cwd)."""
+        import ray
+
+        command = request.spec.command
+        argv = list(command.argv)
+        output = self._files / REPLICA_LOG
+        timeout = command.ready_timeout if command.HasField("ready_timeout") else READY_TIMEOUT_S
+        # Turnout's own variables are the replica's, never the controller's.
+        passed = {k: v for k, v in env.items() if k not in command_replica.NAMES}
+        inherited = {k: v for k, v in os.environ.items() if k not in command_replica.NAMES}
+
+        def ready_env(ready_fd: int) -> dict[str, str]:
+            return command_replica.environment(
+                replica_id=replica_id,
+                backend=request.tag,
+                config=request.config,
+                ready_fd=ready_fd,
+                host=self.node_ip(),
+                credentials_file=credentials_file,
+                parent_pid=os.getpid(),
+                tls=security.tls,
+            )
+
+        try:
+            with output.open("ab") as out:
+                spawned = await spawn_async(
+                    lambda _: argv,
+                    ready_env=ready_env,
+                    stdout=out,
+                    stderr=out,
+                    env=child_environment(inherited, {**passed, **command.env}),
+                    cwd=command.cwd or None,
+                    process_group=0,
+                )
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
+            self._report = Readiness.failed(
+                "INVALID_ARGUMENT",
+                f"cannot start the command {argv} on node {self.node_ip()}: {exc}",
+            )
+            return {
+                "report": self._report.to_json(),
+                "node_id": ray.get_runtime_context().get_node_id(),
+                "node_ip": self.node_ip(),
+                "pid": 0,
+            }
+        self._process = spawned.process
+        report = await command_report(
+            spawned.take_ready_fd(), spawned.process, argv, timeout, output
+        )
+        self._report = report
+        if not report.ok:
+            await self._end(0.0)
+        return {
+            "report": report.to_json(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": self.node_ip(),
+            "pid": spawned.process.pid,
+        }
 
 
 class ProxyHost(ProcessHost):
@@ -549,6 +641,15 @@ class RayChild:
             ray.kill(self.actor, no_restart=True)
 
 
+def _ready_timeout(spec: bytes) -> float:
+    """How long a replica's actor may take to report: a command backend's
+    own ready_timeout, if longer, on top of Ray's start of the actor."""
+    command = command_spec(spec)
+    if command is None or not command.spec.command.HasField("ready_timeout"):
+        return ACTOR_READY_TIMEOUT_S
+    return max(ACTOR_READY_TIMEOUT_S, command.spec.command.ready_timeout + 30.0)
+
+
 def _ray(child: Child) -> RayChild | None:
     return child if isinstance(child, RayChild) else None
 
@@ -564,6 +665,8 @@ class RayLauncher:
         store: Store,
         *,
         runtime_env: str | None = None,
+        prefer_local_replicas: bool = False,
+        proxy_location: str = controller_args.WITH_REPLICAS,
     ) -> None:
         import ray
 
@@ -599,6 +702,9 @@ class RayLauncher:
         self._node_proxies: dict[str, RayChild] = {}
         self._proxy_keepers: dict[str, asyncio.Task[None]] = {}
         self._adopted_proxies = self._find_node_proxies()
+        self._prefer_local = prefer_local_replicas
+        self._proxy_location = proxy_location
+        self._node_watch: asyncio.Task[None] | None = None
         self._stopping = False
         logger.info("on the Ray cluster at %s, namespace %s", address, namespace)
 
@@ -712,15 +818,15 @@ class RayLauncher:
             ),
         )
         material = self._material("handle")
+        timeout = _ready_timeout(spec)
         try:
             started = await asyncio.wait_for(
-                actor.start.remote(record.name, spec, self._environment(env), material),
-                ACTOR_READY_TIMEOUT_S,
+                actor.start.remote(record.name, spec, self._environment(env), material), timeout
             )
         except TimeoutError:
             child.kill()
             self._forget(child)
-            child.report = Readiness.timed_out(child.name, ACTOR_READY_TIMEOUT_S)
+            child.report = Readiness.timed_out(child.name, timeout)
             return child
         except Exception as exc:  # Ray could not run the actor at all
             child.kill()
@@ -880,9 +986,28 @@ class RayLauncher:
 
     async def start_proxy(self, spec: ProxySpec) -> Child:
         """The controller's own proxy (a local process); each other node
-        with replicas gets one of its own, started as replicas land there."""
+        with replicas gets one of its own, started as replicas land there
+        (with --ray-proxy-location EveryNode: each other live node)."""
         self._proxy_spec = spec
-        return await self.local.start_proxy(spec)
+        if self._proxy_location == controller_args.EVERY_NODE and self._node_watch is None:
+            self._node_watch = asyncio.create_task(self._watch_nodes(), name="proxy per node")
+        return await self.local.start_proxy(
+            dataclasses.replace(
+                spec, node_id=self._own_node, prefer_local_replicas=self._prefer_local
+            )
+        )
+
+    async def _watch_nodes(self) -> None:
+        """A proxy on every live node, those that join later included."""
+        while not self._stopping:
+            try:
+                nodes = await asyncio.to_thread(self.nodes)
+            except Exception as exc:  # the GCS briefly unreachable: next round
+                logger.warning("cannot list the Ray cluster's nodes: %s", exc)
+                nodes = []
+            for node in nodes:
+                self._want_proxy(node.node_id, node.ip)
+            await asyncio.sleep(NODE_WATCH_S)
 
     def node_proxies(self) -> dict[str, str]:
         """node address -> the HTTP address of its proxy, for those serving."""
@@ -962,6 +1087,8 @@ class RayLauncher:
             controller=spec.controller_address,
             port=spec.port,
             subscriber_id=f"proxy@{node_ip}",
+            node_id=node_id,
+            prefer_local_replicas=self._prefer_local,
             protect_system_paths=spec.system_token_file is not None,
         )
         material = dataclasses.replace(
@@ -1010,12 +1137,31 @@ class RayLauncher:
     ) -> None:
         await self.local.reconfigure(child, request, timeout)
 
+    async def read_log(self, child: Child, offset: int | None, max_bytes: int) -> LogChunk:
+        """A replica's log, read on its node by its actor."""
+        mine = _ray(child)
+        if mine is None:
+            return await self.local.read_log(child, offset, max_bytes)
+        try:
+            chunk: LogChunk = await asyncio.wait_for(
+                mine.actor.read_log.remote(offset, max_bytes), READ_LOG_TIMEOUT_S
+            )
+        except Exception as exc:  # the actor (or its node) is gone, or slow
+            raise UnavailableError(
+                f"cannot read the log of {child.name} on node {mine.node_ip}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return chunk
+
     async def stop_all(self) -> None:
         self._stopping = True
         children = dict(self._children)
         proxies = list(self._node_proxies.values())
         await asyncio.gather(*(child.stop() for child in [*children, *proxies]))
         await asyncio.gather(*children.values(), return_exceptions=True)
+        if self._node_watch is not None:
+            self._node_watch.cancel()
+            await asyncio.gather(self._node_watch, return_exceptions=True)
         for keeper in list(self._proxy_keepers.values()):
             keeper.cancel()
         await asyncio.gather(*self._proxy_keepers.values(), return_exceptions=True)

@@ -81,8 +81,11 @@ _READ_METHODS = frozenset(
         "GetEndpoint",
         "ListEndpoints",
         "ListReplicas",
+        "GetReplicaLog",
         "GetStats",
         "GetInstance",
+        "GetRollout",
+        "ListRollouts",
     }
 )
 _OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})

@@ -44,6 +44,7 @@ class Kind(enum.Enum):
     SECONDS = "seconds"  # int or float, finite, within the field's bounds; double
     JSON = "json"  # any JSON-compatible value; JSON text in the proto
     METHOD_NAMES = "method names"  # list of method names; a MethodNames message
+    AUTOSCALING = "autoscaling"  # dict of Ray 2.x's keys; an AutoscalingConfig message
 
 
 class Change(enum.Enum):
@@ -88,6 +89,8 @@ class BackendField:
             return f">= {self.minimum:g}"
         if self.kind is Kind.SECONDS:
             return f"{self.minimum:g} to {self.maximum:g}"
+        if self.kind is Kind.AUTOSCALING:
+            return "docs/traffic.md"
         return "JSON-compatible" if self.kind is Kind.JSON else "method names"
 
 
@@ -121,6 +124,7 @@ FIELDS: tuple[BackendField, ...] = (
     _seconds("queue_timeout", 30.0, Change.LIVE, senders=True),
     BackendField("http_call_methods", Kind.METHOD_NAMES, None, "", Change.NEW_REPLICAS),
     _seconds("health_check_timeout", 10.0, Change.LIVE, minimum=MIN_HEALTH_CHECK_S),
+    BackendField("autoscaling", Kind.AUTOSCALING, None, "", Change.LIVE),
 )
 FIELD: Mapping[str, BackendField] = {f.name: f for f in FIELDS}
 NAMES: tuple[str, ...] = tuple(FIELD)
@@ -232,6 +236,8 @@ def _wire_value(config: pb.BackendConfig, row: BackendField) -> object:
         return None
     if row.kind is Kind.METHOD_NAMES:
         return list(config.http_call_methods.names)
+    if row.kind is Kind.AUTOSCALING:
+        return config.autoscaling.SerializeToString(deterministic=True)
     return getattr(config, row.wire_name)
 
 

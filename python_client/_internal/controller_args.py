@@ -12,16 +12,21 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import child_process, tls_options
+from . import child_process, tls_options, validation
+from .errors import InvalidArgumentError
 from .proxy_args import ACCESS_LOG_FORMATS
 from .rpc import Security, TLSConfig
 
 MODULE = "turnout.controller"
+# Where node proxies run on a Ray cluster (like Ray Serve's proxy_location):
+# on each node with replicas of the instance (the default), or on every live node.
+WITH_REPLICAS = "WithReplicas"
+EVERY_NODE = "EveryNode"
+RAY_PROXY_LOCATIONS = (WITH_REPLICAS, EVERY_NODE)
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,12 @@ class ControllerArgs:
     insecure: bool = False
     # A Ray cluster (host:port of its GCS) that runs the replicas; None = local processes.
     ray_address: str | None = None
-    # Ray's runtime_env (JSON) of every replica actor: working_dir, pip, env_vars...
+    # Ray's runtime_env (JSON) of every replica actor: working_dir, py_modules, pip, env_vars.
     ray_runtime_env: str | None = None
+    # Each proxy sends to replicas on its own node while one there has room.
+    ray_prefer_local_replicas: bool = False
+    # RAY_PROXY_LOCATIONS: which nodes get a proxy.
+    ray_proxy_location: str = WITH_REPLICAS
 
 
 def parser() -> argparse.ArgumentParser:
@@ -158,6 +167,19 @@ def parser() -> argparse.ArgumentParser:
         help='Ray runtime_env of every replica (e.g. \'{"working_dir": ".", "pip": '
         '["torch"]}\'): the code import-path backends need, on every node',
     )
+    parser.add_argument(
+        "--ray-prefer-local-replicas",
+        action="store_true",
+        help="each proxy sends to replicas on its own node while one there has room "
+        "(default: to any node's)",
+    )
+    parser.add_argument(
+        "--ray-proxy-location",
+        choices=RAY_PROXY_LOCATIONS,
+        default=WITH_REPLICAS,
+        help=f"which nodes get an HTTP proxy: those with replicas ({WITH_REPLICAS}, the "
+        f"default) or every live node ({EVERY_NODE})",
+    )
     tls_options.add_arguments(parser, server=True)
     return parser
 
@@ -173,10 +195,15 @@ def parse(argv: Sequence[str]) -> ControllerArgs:
         if ns.ray_address is None:
             p.error("--ray-runtime-env needs --ray-address")
         try:
-            if not isinstance(json.loads(ns.ray_runtime_env), dict):
-                raise ValueError("not an object")
-        except ValueError as exc:
-            p.error(f"--ray-runtime-env must be a JSON object: {exc}")
+            validation.runtime_env(ns.ray_runtime_env, instance=True)
+        except InvalidArgumentError as exc:
+            p.error(str(exc))
+    for flag, given in (
+        ("--ray-prefer-local-replicas", ns.ray_prefer_local_replicas),
+        ("--ray-proxy-location", ns.ray_proxy_location != WITH_REPLICAS),
+    ):
+        if given and ns.ray_address is None:
+            p.error(f"{flag} needs --ray-address")
     if ns.max_replicas is not None and ns.max_replicas < 1:
         p.error(f"--max-replicas must be >= 1, got {ns.max_replicas}")
     if ns.proxy_workers < 1:
@@ -216,6 +243,8 @@ def parse(argv: Sequence[str]) -> ControllerArgs:
         insecure=ns.insecure,
         ray_address=ns.ray_address,
         ray_runtime_env=ns.ray_runtime_env,
+        ray_prefer_local_replicas=ns.ray_prefer_local_replicas,
+        ray_proxy_location=ns.ray_proxy_location,
     )
 
 
@@ -237,6 +266,7 @@ def to_argv(options: ControllerArgs) -> list[str]:
         "--no-access-log": not options.access_log,
         "--protect-system-paths": options.protect_system_paths,
         "--insecure": options.insecure,
+        "--ray-prefer-local-replicas": options.ray_prefer_local_replicas,
     }
     args += [flag for flag, on in flags.items() if on]
     if options.access_log_format != "text":
@@ -253,6 +283,8 @@ def to_argv(options: ControllerArgs) -> list[str]:
     args += _optional("--https-key", options.https_key)
     args += _optional("--ray-address", options.ray_address)
     args += _optional("--ray-runtime-env", options.ray_runtime_env)
+    if options.ray_proxy_location != WITH_REPLICAS:
+        args += ["--ray-proxy-location", options.ray_proxy_location]
     args += tls_options.argv(Security(tls=options.tls))
     return args
 

@@ -53,6 +53,10 @@ class ProxyArgs:
     # What it follows routes and reports stats under ("-<n>" added for a
     # worker): each proxy of an instance needs its own (a node's proxy on Ray).
     subscriber_id: str = "proxy"
+    # The Ray node id of the node it runs on ("" = not on a Ray cluster), and
+    # whether it sends to replicas of that node first (ReplicaPool.prefer_node).
+    node_id: str = ""
+    prefer_local_replicas: bool = False
     credentials_file: Path | None = None
     ready_fd: int | None = None
     parent_pid: int | None = None
@@ -133,6 +137,14 @@ def parser() -> argparse.ArgumentParser:
         "instance (default 'proxy')",
     )
     parser.add_argument(
+        "--node-id", default="", help="the Ray node id of its node (set by the Ray launcher)"
+    )
+    parser.add_argument(
+        "--prefer-local-replicas",
+        action="store_true",
+        help="send to replicas on its own node (--node-id) while one there has room",
+    )
+    parser.add_argument(
         "--credentials-file", type=Path, help="the proxy's token (0600 JSON, from the controller)"
     )
     parser.add_argument("--ready-fd", type=int, help="pipe to report readiness on")
@@ -176,6 +188,8 @@ def parse(argv: Sequence[str]) -> ProxyArgs:
         p.error("HTTPS needs both --https-cert and --https-key")
     if ns.protect_system_paths and ns.system_token_file is None:
         p.error("--protect-system-paths needs --system-token-file")
+    if ns.prefer_local_replicas and not ns.node_id:
+        p.error("--prefer-local-replicas needs --node-id")
     tls = None
     if any((ns.tls_cert, ns.tls_key, ns.tls_ca, ns.tls_server_name)):
         tls = TLSConfig(
@@ -193,7 +207,7 @@ def to_argv(options: ProxyArgs) -> list[str]:
     for name in (
         "max_body_bytes", "max_response_bytes", "read_timeout", "idle_timeout",
         "max_connections", "workers", "worker_index", "stats_dir", "subscriber_id",
-        "credentials_file",
+        "node_id", "credentials_file",
         "ready_fd", "parent_pid", "log_file", "access_log", "access_log_format",
         "system_token_file",
         "https_cert", "https_key",
@@ -207,6 +221,8 @@ def to_argv(options: ProxyArgs) -> list[str]:
             ]
     if options.protect_system_paths:
         args.append("--protect-system-paths")
+    if options.prefer_local_replicas:
+        args.append("--prefer-local-replicas")
     args += tls_options.argv(Security(tls=options.tls))
     return args
 

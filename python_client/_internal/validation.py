@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from turnout._internal import backend_fields, command_replica
+from turnout._internal import autoscaling, backend_fields, command_replica
 from turnout._internal.backend_fields import method_names
 from turnout._internal.errors import InvalidArgumentError
 from turnout.v1 import controller_pb2 as pb
@@ -219,14 +220,47 @@ def config_update(update: pb.BackendConfig) -> None:
         names = method_names(update.http_call_methods.names)
         del update.http_call_methods.names[:]
         update.http_call_methods.names.extend(names)
+    if update.HasField("autoscaling"):
+        if update.HasField("num_replicas"):
+            raise InvalidArgumentError(
+                "num_replicas and autoscaling_config are mutually exclusive: an autoscaled "
+                "backend's replica count is the controller's to decide (give initial_replicas "
+                "in autoscaling_config to choose where it starts)"
+            )
+        autoscaling.check(update.autoscaling)
 
 
 def full_config(requested: pb.BackendConfig) -> pb.BackendConfig:
-    """``requested`` with every unset field given its default."""
+    """``requested`` with every unset field given its default (an autoscaled
+    backend's num_replicas: the replicas it starts with)."""
     config_update(requested)
     config = pb.BackendConfig()
     config.CopyFrom(_DEFAULTS)
     config.MergeFrom(requested)
+    if config.HasField("autoscaling"):
+        config.num_replicas = autoscaling.policy(config.autoscaling).start_replicas
+    return config
+
+
+def merged_config(current: pb.BackendConfig, update: pb.BackendConfig) -> pb.BackendConfig:
+    """``current`` with the fields set in ``update`` (checked) changed.
+
+    Lists and the autoscaling config are replaced, not merged. Turning
+    autoscaling on keeps the replicas running, within its bounds; setting
+    num_replicas alone turns it off.
+    """
+    config_update(update)
+    config = pb.BackendConfig()
+    config.CopyFrom(current)
+    config.MergeFrom(update)
+    if update.HasField("http_call_methods"):
+        # MergeFrom appends repeated fields: the update replaces the list.
+        config.http_call_methods.CopyFrom(update.http_call_methods)
+    if update.HasField("autoscaling"):
+        config.autoscaling.CopyFrom(update.autoscaling)
+        config.num_replicas = autoscaling.policy(config.autoscaling).clamp(current.num_replicas)
+    elif update.HasField("num_replicas"):
+        config.ClearField("autoscaling")
     return config
 
 
@@ -253,7 +287,9 @@ _PLACEMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]*$")
 RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
 MAX_REPLICAS_PER_NODE = 1_000_000
 MAX_RUNTIME_ENV_BYTES = 64 * 1024
-RUNTIME_ENV_KEYS = ("working_dir", "pip", "env_vars")
+RUNTIME_ENV_KEYS = ("working_dir", "pip", "env_vars", "py_modules")
+# Most entries of a runtime_env's py_modules.
+MAX_PY_MODULES = 64
 
 
 @dataclass(frozen=True)
@@ -382,7 +418,8 @@ def _ray_option_problems(
         found.append(
             OptionProblem(
                 "runtime_env",
-                f"must be a dict (working_dir, pip, env_vars), got {_type(runtime_env)}",
+                f"must be a dict (working_dir, py_modules, pip, env_vars), got "
+                f"{_type(runtime_env)}",
                 TypeError,
             )
         )
@@ -503,15 +540,39 @@ def _placement(resources: dict[str, float], selector: dict[str, str]) -> None:
             )
 
 
-def runtime_env(value: str) -> dict[str, Any]:
-    """A backend's Ray runtime_env (JSON): an object with only the keys
-    ``RUNTIME_ENV_KEYS``, bounded in size and depth; env_vars maps str to str."""
+def _is_uri(value: object) -> bool:
+    return isinstance(value, str) and "://" in value
+
+
+def runtime_env(value: str, instance: bool = False) -> dict[str, Any]:
+    """A Ray runtime_env (JSON): an object with only the keys
+    ``RUNTIME_ENV_KEYS``, bounded in size and depth; env_vars maps str to str,
+    pip and py_modules are lists of str. A backend's (the default) must name
+    its working_dir and py_modules by URI; the instance's (``instance``,
+    ``--ray-runtime-env``, uploaded by Ray from the controller's machine) may
+    name local folders, which must exist.
+
+    Example::
+
+        runtime_env('{"working_dir": ".", "pip": ["numpy"]}', instance=True)
+    """
+    name = "--ray-runtime-env" if instance else "runtime_env"
     size = len(value.encode("utf-8", "surrogatepass"))
     if size > MAX_RUNTIME_ENV_BYTES:
-        raise InvalidArgumentError(f"runtime_env is {size} bytes; at most {MAX_RUNTIME_ENV_BYTES}")
-    parsed = json_text(value, "runtime_env")
+        raise InvalidArgumentError(f"{name} is {size} bytes; at most {MAX_RUNTIME_ENV_BYTES}")
+    parsed = json_text(value, name)
     if not isinstance(parsed, dict):
-        raise InvalidArgumentError("runtime_env must be a JSON object")
+        raise InvalidArgumentError(f"{name} must be a JSON object")
+    if instance:
+        unknown = sorted(k for k in parsed if k not in RUNTIME_ENV_KEYS)
+        if unknown:
+            raise InvalidArgumentError(
+                f"{name} keys {shown(unknown)} are not supported; known: "
+                f"{', '.join(RUNTIME_ENV_KEYS)}"
+            )
+        _runtime_env_lists(parsed, name)
+        _instance_paths(parsed)
+        return parsed
     unknown = sorted(k for k in parsed if k not in RUNTIME_ENV_KEYS)
     if unknown:
         raise InvalidArgumentError(
@@ -527,14 +588,54 @@ def runtime_env(value: str) -> dict[str, Any]:
             "runtime_env working_dir must be a URI (s3://, gs://, https://...zip); a local "
             "folder goes in the instance's --ray-runtime-env"
         )
+    modules = parsed.get("py_modules", [])
+    if isinstance(modules, list) and not all(_is_uri(m) for m in modules):
+        raise InvalidArgumentError(
+            "runtime_env py_modules must be URIs (s3://, gs://, https://...zip); local "
+            "folders go in the instance's --ray-runtime-env"
+        )
+    _runtime_env_lists(parsed, name)
+    return parsed
+
+
+def _instance_paths(parsed: dict[str, Any]) -> None:
+    """The instance's working_dir and py_modules: URIs, or folders (or
+    files) here that Ray uploads: they must exist."""
+    working_dir = parsed.get("working_dir")
+    if working_dir is not None:
+        if not isinstance(working_dir, str) or not working_dir:
+            raise InvalidArgumentError(
+                "--ray-runtime-env working_dir must be a folder or a URI (a str)"
+            )
+        if not _is_uri(working_dir) and not os.path.isdir(working_dir):
+            raise InvalidArgumentError(
+                f"--ray-runtime-env working_dir {shown(working_dir)} is not a folder here"
+            )
+    modules = parsed.get("py_modules", [])
+    if isinstance(modules, list):
+        for module in modules:
+            if isinstance(module, str) and not _is_uri(module) and not os.path.exists(module):
+                raise InvalidArgumentError(
+                    f"--ray-runtime-env py_modules entry {shown(module)} does not exist here"
+                )
+
+
+def _runtime_env_lists(parsed: dict[str, Any], name: str) -> None:
     pip = parsed.get("pip", [])
     if not isinstance(pip, list) or not all(isinstance(p, str) and p for p in pip):
-        raise InvalidArgumentError("runtime_env pip must be a list of requirement strs")
+        raise InvalidArgumentError(f"{name} pip must be a list of requirement strs")
+    modules = parsed.get("py_modules", [])
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise InvalidArgumentError(f"{name} py_modules must be a list of strs")
+    if len(modules) > MAX_PY_MODULES:
+        raise InvalidArgumentError(f"{name} py_modules: at most {MAX_PY_MODULES} entries")
     env_vars = parsed.get("env_vars", {})
     if not isinstance(env_vars, dict) or not all(isinstance(v, str) for v in env_vars.values()):
-        raise InvalidArgumentError("runtime_env env_vars must map names to str values")
-    _environment(env_vars)
-    return parsed
+        raise InvalidArgumentError(f"{name} env_vars must map names to str values")
+    try:
+        _environment(env_vars)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(f"{name} env_vars: {exc}") from None
 
 
 def _environment(env: dict[str, str]) -> None:

@@ -23,6 +23,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 
+from google.protobuf.message import Message
+
 from turnout.v1 import http_pb2, replica_pb2
 
 # Protobuf wire types.
@@ -59,6 +61,14 @@ _CANCELLED = _tag(replica_pb2.HandleStreamRequest, "cancelled_ids", _LEN)
 _CALL_ID = _tag(replica_pb2.StreamCall, "id", _VARINT)
 _CALL_REQUEST = _tag(replica_pb2.StreamCall, "request", _LEN)
 _CALL_TIMEOUT = _tag(replica_pb2.StreamCall, "timeout", _I64)
+_CALL_WINDOW = _tag(replica_pb2.StreamCall, "stream_window", _VARINT)
+_CREDITS = _tag(replica_pb2.HandleStreamRequest, "credits", _LEN)
+_CREDIT_ID = _tag(replica_pb2.StreamCredit, "id", _VARINT)
+_CREDIT_CHUNKS = _tag(replica_pb2.StreamCredit, "chunks", _VARINT)
+_FRAMES = _tag(replica_pb2.HandleStreamResponse, "frames", _LEN)
+_FRAME_ID = _tag(replica_pb2.StreamFrame, "id", _VARINT)
+_FRAME_CHUNK = _tag(replica_pb2.StreamFrame, "chunk", _LEN)
+_CHUNK_DATA = _tag(replica_pb2.StreamChunk, "data", _LEN)
 _ANSWERS = _tag(replica_pb2.HandleStreamResponse, "answers", _LEN)
 _ANSWER_ID = _tag(replica_pb2.StreamAnswer, "id", _VARINT)
 _ANSWER_RESPONSE = _tag(replica_pb2.StreamAnswer, "response", _LEN)
@@ -68,9 +78,9 @@ _RESPONSE_HTTP = _tag(replica_pb2.HandleResponse, "http", _LEN)
 _RESPONSE_SECONDS = _tag(replica_pb2.HandleResponse, "handler_seconds", _I64)
 
 
-def stream_call(call_id: int, request: bytes, timeout: float) -> Part:
+def stream_call(call_id: int, request: bytes, timeout: float, stream_window: int = 0) -> Part:
     """A ``StreamCall`` around a serialised ``HandleRequest`` (timeout in
-    seconds, 0 = none)."""
+    seconds, 0 = none; ``stream_window`` in chunks, 0 = no streamed answer)."""
     head = b"".join((_CALL_ID, varint(call_id), _CALL_REQUEST, varint(len(request))))
     pieces = [head, request]
     size = len(head) + len(request)
@@ -78,7 +88,28 @@ def stream_call(call_id: int, request: bytes, timeout: float) -> Part:
         tail = _CALL_TIMEOUT + struct.pack("<d", timeout)
         pieces.append(tail)
         size += len(tail)
+    if stream_window:
+        window = _CALL_WINDOW + varint(stream_window)
+        pieces.append(window)
+        size += len(window)
     return pieces, size
+
+
+def serialised(message: Message) -> Part:
+    """Any message serialised, as a part (frames and responses that carry no
+    large body gain nothing from framing by hand)."""
+    data = message.SerializeToString()
+    return [data], len(data)
+
+
+def stream_chunk(call_id: int, data: bytes) -> Part:
+    """A ``StreamFrame`` carrying a ``StreamChunk`` of ``data``, without
+    copying ``data`` into a message (chunks are up to 1 MiB)."""
+    chunk_size = len(_CHUNK_DATA) + len(varint(len(data))) + len(data)
+    head = b"".join(
+        (_FRAME_ID, varint(call_id), _FRAME_CHUNK, varint(chunk_size), _CHUNK_DATA)
+    ) + varint(len(data))
+    return [head, data], len(head) + len(data)
 
 
 def http_body(body: bytes) -> list[bytes]:
@@ -116,15 +147,27 @@ def _batch(tag: bytes, parts: Iterable[Part], pieces: list[bytes]) -> bytes:
     return b"".join(pieces)
 
 
-def stream_request(calls: Iterable[Part], cancelled_ids: Sequence[int] = ()) -> bytes:
-    """A ``HandleStreamRequest``: ``calls`` and the ids of calls given up on."""
+def stream_request(
+    calls: Iterable[Part],
+    cancelled_ids: Sequence[int] = (),
+    credits: Sequence[tuple[int, int]] = (),
+) -> bytes:
+    """A ``HandleStreamRequest``: ``calls``, the ids of calls given up on, and
+    ``credits`` as (call id, chunks) for streamed answers."""
     pieces: list[bytes] = []
     if cancelled_ids:
         packed = b"".join(varint(i) for i in cancelled_ids)
         pieces += (_CANCELLED, varint(len(packed)), packed)
+    for call_id, chunks in credits:
+        credit = b"".join((_CREDIT_ID, varint(call_id), _CREDIT_CHUNKS, varint(chunks)))
+        pieces += (_CREDITS, varint(len(credit)), credit)
     return _batch(_CALLS, calls, pieces)
 
 
-def stream_response(answers: Iterable[Part]) -> bytes:
-    """A ``HandleStreamResponse`` carrying ``answers``."""
-    return _batch(_ANSWERS, answers, [])
+def stream_response(answers: Iterable[Part], frames: Iterable[Part] = ()) -> bytes:
+    """A ``HandleStreamResponse`` carrying ``answers`` and ``frames`` of
+    streamed answers (``stream_chunk``'s, or ``serialised`` frames)."""
+    pieces: list[bytes] = []
+    for part, size in frames:
+        pieces += (_FRAMES, varint(size), *part)
+    return _batch(_ANSWERS, answers, pieces)

@@ -1,5 +1,5 @@
 """A sender's two conversations with the controller: routing snapshots in
-(acknowledged), counters out. Both outlive a controller that is down or
+(acknowledged), counters and load out. Both outlive a controller that is down or
 restarting."""
 
 from __future__ import annotations
@@ -121,13 +121,23 @@ async def _acknowledge(
 
 
 class StatsReporter:
-    """Sends a router's counters to the controller when they changed."""
+    """Sends a router's counters to the controller when they changed, and its
+    load (``load()``: requests in flight and queued) every time while it has
+    any, and once more when it has none left, so the autoscaler sees the
+    load fall."""
 
     def __init__(
-        self, controller_address: str, stats: RouterStats, reporter_id: str, security: Security
+        self,
+        controller_address: str,
+        stats: RouterStats,
+        reporter_id: str,
+        security: Security,
+        load: Callable[[], list[pb.BackendLoad]] | None = None,
     ) -> None:
         self._address = controller_address
         self._stats = stats
+        self._load = load
+        self._had_load = False
         self.reporter_id = reporter_id
         self._security = security
         self._metadata = auth.metadata(security.token)
@@ -148,7 +158,8 @@ class StatsReporter:
     async def flush(self) -> None:
         """Report now if the counters changed since the last report."""
         changes = self._stats.changes
-        if changes == self._reported:
+        loads = self._load() if self._load is not None else []
+        if changes == self._reported and not loads and not self._had_load:
             return
         if self._stub is None:
             self._channel = aio_channel(self._address, self._security)
@@ -158,6 +169,7 @@ class StatsReporter:
             reporter_id=self.reporter_id,
             endpoints=counters,
             counting_seconds=self._stats.counting_seconds(),
+            loads=loads,
         )
         try:
             await self._stub.ReportStats(request, timeout=ACK_TIMEOUT_S, metadata=self._metadata)
@@ -168,3 +180,4 @@ class StatsReporter:
             logger.exception("stats report failed")
             return
         self._reported = changes
+        self._had_load = bool(loads)

@@ -18,14 +18,17 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import grpc
 
 from turnout._internal import auth, wire
 from turnout._internal.rpc import CHANNEL_OPTIONS, Security, aio_channel
 from turnout.v1 import replica_pb2, replica_pb2_grpc
+
+from .streams import ChunkStream
 
 if TYPE_CHECKING:
     from turnout.v1.replica_pb2_grpc import ReplicaServiceAsyncStub
@@ -119,14 +122,25 @@ class ReplicaLink:
         self, request: replica_pb2.HandleRequest, timeout: float | None
     ) -> replica_pb2.HandleResponse:
         """Send one request and wait up to ``timeout`` seconds (None = no limit)
-        for its answer; raises ``ReplicaCallError`` when there is none."""
+        for its answer; raises ``ReplicaCallError`` when there is none. A
+        handler's stream comes back whole, as one answer."""
+        # Without a window the replica never streams.
+        return cast(replica_pb2.HandleResponse, await self.handle_streamed(request, timeout, 0))
+
+    async def handle_streamed(
+        self, request: replica_pb2.HandleRequest, timeout: float | None, stream_window: int
+    ) -> replica_pb2.HandleResponse | ChunkStream:
+        """As ``handle``, but an answer that streams comes back as a
+        ``ChunkStream`` as soon as its head arrives, with ``stream_window``
+        chunks of credit and ``timeout`` covering the whole stream (a replica
+        that cannot stream answers it whole)."""
         if not self._streaming:
             return await self.unary(request, timeout)
         stream = self._stream
         if stream is None or stream.failed:
             stream = self._stream = _CallStream(self.channel, self._metadata)
         try:
-            return await stream.call(request, timeout)
+            return await stream.call(request, timeout, stream_window)
         except ReplicaCallError as exc:
             if exc.code != grpc.StatusCode.UNIMPLEMENTED:
                 raise
@@ -178,10 +192,16 @@ class _CallStream:
             )(wait_for_ready=False, metadata=metadata)
         )
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[replica_pb2.HandleResponse]] = {}
+        self._waiting: dict[int, asyncio.Future[replica_pb2.HandleResponse | ChunkStream]] = {}
         # (id, the StreamCall framed) of each call not written yet.
         self._outbox: list[tuple[int, wire.Part]] = []
         self._cancelled: list[int] = []
+        # Streamed answers whose head arrived, by call id, and credit to send.
+        self._streams: dict[int, ChunkStream] = {}
+        # (window, deadline) of calls that may stream, until their head arrives.
+        self._windows: dict[int, tuple[int, float | None]] = {}
+        # (call id, chunks) of credit not written yet.
+        self._credits: list[tuple[int, int]] = []
         self._wake = asyncio.Event()
         self._answered = asyncio.Event()
         self._idle = asyncio.Event()
@@ -192,19 +212,26 @@ class _CallStream:
 
     @property
     def in_flight(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._streams)
 
     async def call(
-        self, request: replica_pb2.HandleRequest, timeout: float | None
-    ) -> replica_pb2.HandleResponse:
+        self, request: replica_pb2.HandleRequest, timeout: float | None, stream_window: int = 0
+    ) -> replica_pb2.HandleResponse | ChunkStream:
         call_id = next(self._ids)
-        answer: asyncio.Future[replica_pb2.HandleResponse] = (
+        answer: asyncio.Future[replica_pb2.HandleResponse | ChunkStream] = (
             asyncio.get_running_loop().create_future()
         )
         self._waiting[call_id] = answer
         self._idle.clear()
+        if stream_window:
+            self._windows[call_id] = (
+                stream_window,
+                None if timeout is None else time.monotonic() + timeout,
+            )
         # Serialised once, here; the batch is framed around it (``wire``).
-        framed = wire.stream_call(call_id, request.SerializeToString(), timeout or 0.0)
+        framed = wire.stream_call(
+            call_id, request.SerializeToString(), timeout or 0.0, stream_window
+        )
         self._outbox.append((call_id, framed))
         self._wake.set()
         try:
@@ -224,8 +251,44 @@ class _CallStream:
 
     def _forget(self, call_id: int) -> None:
         self._waiting.pop(call_id, None)
-        if not self._waiting:
+        self._windows.pop(call_id, None)
+        if not self._waiting and not self._streams:
             self._idle.set()
+
+    def _grant(self, call_id: int, chunks: int) -> None:
+        if call_id in self._streams:
+            self._credits.append((call_id, chunks))
+            self._wake.set()
+
+    def _cancel_stream(self, call_id: int) -> None:
+        if self._streams.pop(call_id, None) is not None:
+            self._cancelled.append(call_id)
+            self._wake.set()
+            self._forget(call_id)
+
+    def _deliver_frames(self, frames: Iterable[replica_pb2.StreamFrame]) -> None:
+        for frame in frames:
+            call_id = frame.id
+            if frame.HasField("start"):
+                waiter = self._waiting.get(call_id)
+                window, deadline = self._windows.get(call_id, (0, None))
+                if waiter is None or waiter.done() or not window:
+                    self._cancelled.append(call_id)  # given up on already
+                    self._wake.set()
+                    continue
+                stream = ChunkStream(
+                    call_id, frame.start, window, deadline, self._grant, self._cancel_stream
+                )
+                self._streams[call_id] = stream
+                waiter.set_result(stream)
+                continue
+            known = self._streams.get(call_id)
+            if known is None:
+                continue  # cancelled by its reader
+            known.feed(frame)
+            if frame.HasField("end"):
+                del self._streams[call_id]
+                self._forget(call_id)
 
     async def _write(self) -> None:
         try:
@@ -236,8 +299,9 @@ class _CallStream:
                 self._wake.clear()
                 calls, self._outbox = self._outbox, []
                 cancelled, self._cancelled = self._cancelled, []
+                credits, self._credits = self._credits, []
                 await self._rpc.write(
-                    wire.stream_request([framed for _, framed in calls], cancelled)
+                    wire.stream_request([framed for _, framed in calls], cancelled, credits)
                 )
         except asyncio.CancelledError:
             raise
@@ -261,6 +325,8 @@ class _CallStream:
             async for message in self._rpc:
                 self._answered.set()
                 self._deliver(message.answers)
+                if message.frames:
+                    self._deliver_frames(message.frames)
                 # Not kept while waiting for the next message: its answers
                 # (large bodies, perhaps) are their callers' now.
                 del message
@@ -286,6 +352,9 @@ class _CallStream:
     def _fail(self, error: ReplicaCallError) -> None:
         self.failed = True
         self._writer.cancel()
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.broke(error.code, error.details)
         unsent = {call_id for call_id, _ in self._outbox}
         for call_id, waiter in self._waiting.items():
             if waiter.done():

@@ -19,6 +19,8 @@ class ReplicaConn:
 
     replica_id: str
     address: str
+    # The node it runs on (the snapshot's ReplicaTarget.node; "" = the controller's machine).
+    node: str = ""
     # None only where the pool was made without a way to connect (tests of the choice).
     link: ReplicaLink | None = None
     outstanding: int = 0
@@ -35,10 +37,20 @@ Connect = Callable[[str], ReplicaLink]
 
 
 class ReplicaPool:
-    """The replicas of every backend, with one connection to each."""
+    """The replicas of every backend, with one connection to each.
 
-    def __init__(self, connect: Connect | None = None) -> None:
+    ``prefer_node``: a node id (a proxy's own, on a Ray cluster); ``pick``
+    then takes a replica on that node while one there has room, and any
+    other only when none has. "" (the default) = no preference.
+
+    Example::
+
+        pool = ReplicaPool(prefer_node="node-a")
+    """
+
+    def __init__(self, connect: Connect | None = None, prefer_node: str = "") -> None:
         self._connect = connect
+        self.prefer_node = prefer_node
         self._backends: dict[str, list[ReplicaConn]] = {}
         self._by_address: dict[str, ReplicaConn] = {}
         self._limits: dict[str, SenderLimits] = {}
@@ -63,7 +75,7 @@ class ReplicaPool:
                 conn = self._by_address.get(target.address) or by_address.get(target.address)
                 if conn is None:
                     link = None if self._connect is None else self._connect(target.address)
-                    conn = ReplicaConn(target.replica_id, target.address, link)
+                    conn = ReplicaConn(target.replica_id, target.address, target.node, link)
                 by_address[target.address] = conn
                 conns.append(conn)
             backends[targets.tag] = conns
@@ -87,6 +99,12 @@ class ReplicaPool:
         while the replica set is unchanged, and adding a replica moves only the
         keys that the new one wins. ``exclude`` names replicas not to use (ones
         a retry already failed on).
+
+        With ``prefer_node`` (and no shard key: a key stays on its replica,
+        wherever that is), the choice is made among the replicas on that node
+        that have room, if there are any: crossing to another node costs a
+        network hop, but a full or missing local replica does not hold a
+        request back while another node has room.
         """
         conns = self._backends.get(backend)
         if exclude and conns:
@@ -97,6 +115,10 @@ class ReplicaPool:
         if shard_key:
             pinned = max(conns, key=lambda c: stable_fraction(shard_key, backend, c.replica_id))
             return pinned if pinned.outstanding < limit else None
+        if self.prefer_node:
+            local = [c for c in conns if c.node == self.prefer_node and c.outstanding < limit]
+            if local:
+                conns = local
         least = min(c.outstanding for c in conns)
         if least >= limit:
             return None

@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from turnout._internal.cors import CorsPolicy
 from turnout.v1 import controller_pb2 as pb
 
 _UNIT = float(2**64)
@@ -43,6 +44,10 @@ class EndpointRoute:
     request_timeout: float = 0.0
     # The endpoint's methods as the controller lists them (no implied HEAD).
     declared: tuple[str, ...] = ()
+    # A WSGI/ASGI app: the route is a prefix, sent on as the app's SCRIPT_NAME.
+    serves_app: bool = False
+    # Cross-origin resource sharing the proxy answers; None = none.
+    cors: CorsPolicy | None = None
 
     @classmethod
     def from_proto(cls, endpoint: pb.Endpoint) -> EndpointRoute:
@@ -61,7 +66,14 @@ class EndpointRoute:
             traffic={t.backend: t.weight for t in endpoint.traffic},
             shadows=tuple((s.backend, s.proportion) for s in endpoint.shadows),
             request_timeout=endpoint.request_timeout,
+            serves_app=endpoint.serves_app,
+            cors=CorsPolicy.from_proto(endpoint.cors) if endpoint.HasField("cors") else None,
         )
+
+    @property
+    def script_name(self) -> str:
+        """What an app sees as its SCRIPT_NAME: the route without a trailing "/"."""
+        return self.route.rstrip("/")
 
     def choose_backend(self, rng: random.Random, shard_key: str = "") -> str | None:
         """A backend drawn by weight; None when the endpoint has no traffic.
@@ -89,6 +101,12 @@ class RouteTable:
         self.version = version
         self._by_name = {e.name: e for e in endpoints}
         self._by_route = {e.route: e for e in endpoints if e.route}
+        # Routes of apps, which also serve the paths under them: longest first.
+        self._prefixes = sorted(
+            (e for e in endpoints if e.route and e.serves_app),
+            key=lambda e: len(e.route),
+            reverse=True,
+        )
 
     @classmethod
     def empty(cls) -> RouteTable:
@@ -99,14 +117,23 @@ class RouteTable:
         return cls(snapshot.version, [EndpointRoute.from_proto(e) for e in snapshot.endpoints])
 
     def match(self, path: str) -> EndpointRoute | None:
-        """The endpoint on exactly this HTTP path."""
-        return self._by_route.get(path)
+        """The endpoint on exactly this HTTP path, else the app whose route is
+        the longest prefix of it ("/api" serves "/api/x", not "/apix")."""
+        exact = self._by_route.get(path)
+        if exact is not None or not self._prefixes:
+            return exact
+        for endpoint in self._prefixes:
+            prefix = endpoint.route.rstrip("/")
+            if path.startswith(prefix + "/"):
+                return endpoint
+        return None
 
     def endpoint(self, name: str) -> EndpointRoute | None:
         return self._by_name.get(name)
 
     def describe(self) -> dict[str, Any]:
-        """The JSON of ``GET /-/routing``: the version and each route's detail."""
+        """The JSON of ``GET /-/routing``: the version and each route's detail
+        (``serves_app`` and ``cors`` only on routes that have them)."""
         return {
             "version": self.version,
             "routes": {
@@ -115,6 +142,9 @@ class RouteTable:
                     "methods": sorted(r.declared),
                     "traffic": r.traffic,
                     "shadows": dict(r.shadows),
+                    # Only where set, so the plain shape stays as it was.
+                    **({"serves_app": True} if r.serves_app else {}),
+                    **({"cors": r.cors.to_dict()} if r.cors else {}),
                 }
                 for path, r in sorted(self._by_route.items())
             },

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine, Hashable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import grpc
 
@@ -38,6 +38,7 @@ from .replica_pool import Connect, ReplicaConn
 from .route_table import EndpointRoute
 from .router import Router
 from .stats import compare
+from .streams import ChunkStream, OnEnd
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +74,28 @@ class Reader(Protocol[Answer_co]):
         ...
 
 
+class StreamReader(Protocol[Answer_co]):
+    """How a shell reads a streamed answer (``send`` with a stream window)."""
+
+    def read_stream(
+        self, stream: ChunkStream, request_id: str, backend: str, replica_id: str
+    ) -> Answer_co:
+        """The shell's answer to stream. It is counted when the stream ends;
+        a shell that cannot send it must ``cancel`` the stream."""
+        ...
+
+
 class Sender(Generic[Answer]):
     """Routes, admission, replica links, retries, shadows and counters of one
     router (the proxy process, or the handles of one process)."""
 
-    def __init__(self, connect: Connect, reader: Reader[Answer]) -> None:
+    def __init__(
+        self,
+        connect: Connect,
+        reader: Reader[Answer],
+        stream_reader: StreamReader[Answer] | None = None,
+    ) -> None:
+        self._stream_reader = stream_reader
         self.router = Router(connect)
         self.admission = Admission(self.router)
         self.stats = self.router.stats
@@ -146,11 +164,16 @@ class Sender(Generic[Answer]):
         message: replica_pb2.HandleRequest,
         shard_key: str = "",
         deadline: float | None = None,
+        stream_window: int = 0,
     ) -> Answer:
         """Send ``message`` to the endpoint of ``route``; the reader's answer.
 
         ``deadline`` (``time.monotonic``) bounds the wait for a free replica
-        and the call. Raises a ``SendFailure`` when no replica answered.
+        and the call, a streamed answer's whole stream included. Raises a
+        ``SendFailure`` when no replica answered. With a ``stream_window``
+        (chunks), an answer that streams reaches the reader as a
+        ``ChunkStream``; its replica slot and its counts are held until the
+        stream is over.
         """
         started = time.monotonic()
         backend = route.choose_backend(self.router.rng, shard_key)
@@ -162,6 +185,7 @@ class Sender(Generic[Answer]):
             primary = self._send_shadows(route, message)
         failed = True
         handler_seconds = 0.0
+        streamed: ChunkStream | None = None
         try:
             # Inline, not a coroutine of its own: this is every request's path.
             rid = message.request_id
@@ -175,7 +199,17 @@ class Sender(Generic[Answer]):
                         raise ReplicaCallError(
                             grpc.StatusCode.DEADLINE_EXCEEDED, "timed out in queue"
                         )
-                    reply = await conn.link.handle(message, remaining)  # type: ignore[union-attr]
+                    if stream_window and self._stream_reader is not None:
+                        reply = await conn.link.handle_streamed(  # type: ignore[union-attr]
+                            message, remaining, stream_window
+                        )
+                        if type(reply) is ChunkStream:
+                            streamed = reply
+                            streamed.when_done(
+                                self._stream_done(route.name, backend, conn, started)
+                            )
+                    else:
+                        reply = await conn.link.handle(message, remaining)  # type: ignore[union-attr]
                 except ReplicaCallError as exc:
                     failure = CallFailed(backend, conn.replica_id, exc.code, exc.details)
                     if failure.never_delivered and len(tried) < MAX_CONNECT_RETRIES:
@@ -192,8 +226,14 @@ class Sender(Generic[Answer]):
                     logger.exception("forwarding request %s to %s failed", rid, conn.replica_id)
                     raise ForwardFailed(backend) from None
                 finally:
-                    self.admission.release(backend, conn)
+                    if streamed is None:
+                        self.admission.release(backend, conn)
                 break
+            if streamed is not None:
+                assert self._stream_reader is not None
+                failed = False
+                return self._stream_reader.read_stream(streamed, rid, backend, conn.replica_id)
+            reply = cast(replica_pb2.HandleResponse, reply)
             handler_seconds = reply.handler_seconds
             answer, key, failed = self._reader.read(reply, rid, backend, conn.replica_id)
             if primary is not None:
@@ -203,8 +243,20 @@ class Sender(Generic[Answer]):
             if primary is not None and not primary.done():
                 # No answer to compare with: the shadows count as failed.
                 primary.set_result(None)
+            if streamed is None:
+                seconds = time.monotonic() - started
+                self.stats.answered(route.name, backend, failed, seconds, handler_seconds)
+
+    def _stream_done(self, endpoint: str, backend: str, conn: ReplicaConn, started: float) -> OnEnd:
+        """What ends a streamed answer's call: its slot freed, and it counted
+        (a stream that ended in an error as failed) with its whole time."""
+
+        def done(failed: bool, handler_seconds: float) -> None:
+            self.admission.release(backend, conn)
             seconds = time.monotonic() - started
-            self.stats.answered(route.name, backend, failed, seconds, handler_seconds)
+            self.stats.answered(endpoint, backend, failed, seconds, handler_seconds)
+
+        return done
 
     # ---- shadows ------------------------------------------------------------
 
@@ -258,6 +310,20 @@ class Sender(Generic[Answer]):
             await _close(conns, DRAIN_GRACE_S)
         finally:
             self._draining.difference_update(conns)
+
+    def load(self) -> list[pb.BackendLoad]:
+        """What this sender has at each backend now: requests in flight by
+        replica, and queued (the autoscaler's signal; backends with none are
+        left out)."""
+        loads: dict[str, pb.BackendLoad] = {}
+        for (backend, replica_id), count in self.router.pool.in_flight().items():
+            if count:
+                entry = loads.setdefault(backend, pb.BackendLoad(backend=backend))
+                entry.in_flight_by_replica[replica_id] = count
+        for backend, count in self.admission.queued().items():
+            if count:
+                loads.setdefault(backend, pb.BackendLoad(backend=backend)).queued = count
+        return list(loads.values())
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, holding a reference until it ends."""

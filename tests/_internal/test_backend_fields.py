@@ -28,6 +28,7 @@ def test_backend_config_has_exactly_the_fields_of_the_table_in_order() -> None:
         Kind.SECONDS: float | None,
         Kind.JSON: typing.Any,
         Kind.METHOD_NAMES: list[str] | None,
+        Kind.AUTOSCALING: dict[str, Any] | None,
     }
     for row in FIELDS:
         assert hints[row.name] == python_type[row.kind], row.name

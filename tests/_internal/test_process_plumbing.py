@@ -88,7 +88,8 @@ def test_each_command_line_reads_back_as_it_was_built() -> None:
         allow_pickled_code=False, protect_system_paths=True, system_token_file=Path("/t"),
         https_cert=Path("/h.pem"),
         https_key=Path("/h.key"), tls=tls, insecure=True, ready_fd=9, owner_pid=1,
-        remove_instance_dir=True, instance_dir=Path("/s"),
+        remove_instance_dir=True, instance_dir=Path("/s"), ray_address="10.0.0.1:6379",
+        ray_prefer_local_replicas=True, ray_proxy_location="EveryNode",
     )  # fmt: skip
     assert controller_args.parse(controller_args.to_argv(controller)) == controller
     proxy = proxy_args.ProxyArgs(
@@ -96,7 +97,7 @@ def test_each_command_line_reads_back_as_it_was_built() -> None:
         idle_timeout=0.0, max_connections=5, workers=2, worker_index=1, stats_dir=Path("/d"),
         credentials_file=Path("/cr"), ready_fd=4, parent_pid=2, log_file=Path("/p.log"),
         access_log=Path("/a.log"), access_log_format="json", protect_system_paths=True,
-        system_token_file=Path("/t"),
+        system_token_file=Path("/t"), node_id="abc123", prefer_local_replicas=True,
         https_cert=Path("/h.pem"), https_key=Path("/h.key"), tls=tls,
     )  # fmt: skip
     assert proxy_args.parse(proxy_args.to_argv(proxy)) == proxy

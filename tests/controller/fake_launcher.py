@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from turnout._internal.readiness import Readiness
 from turnout.controller.launchers.base import Child, ProxySpec, ReconfigureError
+from turnout.controller.log_tail import LogChunk
 from turnout.controller.store import PROXY, ChildRecord, MemoryStore, Store
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
@@ -33,6 +34,7 @@ class FakeChild:
     pid: int = 0
     log_path: str = ""
     node: str = ""
+    node_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -72,6 +74,8 @@ class FakeLauncher:
         self.reconfigured: list[tuple[str, replica_pb2.ReconfigureRequest]] = []
         # What replicas say their code can do.
         self.capabilities = dict(CAPABILITIES)
+        # The node id replicas started from now on run on (a Ray node's, say).
+        self.node_id = ""
 
     def live(self, name_prefix: str = "") -> list[FakeChild]:
         return [c for c in self.children if not c.exited.done() and c.name.startswith(name_prefix)]
@@ -95,7 +99,7 @@ class FakeLauncher:
         request = pb.CreateBackendRequest.FromString(spec)
         refusal = self.refusals.get(request.spec.import_path)
         child = self._child(record, refusal or Readiness(ok=True, capabilities=self.capabilities))
-        child.spec, child.env = request, env
+        child.spec, child.env, child.node_id = request, env, self.node_id
         return child
 
     async def start_proxy(self, spec: ProxySpec) -> FakeChild:
@@ -130,6 +134,13 @@ class FakeLauncher:
         if child.name in self.reconfigure_refusals:
             raise ReconfigureError(self.reconfigure_refusals[child.name])
         self.reconfigured.append((child.name, request))
+
+    async def read_log(self, child: Child, offset: int | None, max_bytes: int) -> LogChunk:
+        data = f"log of {child.name}\n".encode()
+        start = len(data) - min(max_bytes, len(data)) if offset is None else offset
+        return LogChunk(
+            data[start : start + max_bytes], min(len(data), start + max_bytes), len(data)
+        )
 
     async def stop_all(self) -> None:
         for child in self.live():

@@ -99,6 +99,21 @@ def test_create_starts_the_replicas_and_routes_to_them() -> None:
     run(scenario)
 
 
+def test_the_routing_snapshot_says_which_node_each_replica_runs_on() -> None:
+    # What proxies preferring their own node's replicas go by.
+    async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
+        await plane.create_backend(create("a", replicas=1))
+        launcher.node_id = "node-b"
+        await plane.update_backend_config("a", pb.BackendConfig(num_replicas=2))
+        _, backends = plane.snapshot_parts()
+        assert [(t.replica_id, t.node) for t in backends[0].replicas] == [
+            ("a#1", ""),
+            ("a#2", "node-b"),
+        ]
+
+    run(scenario)
+
+
 def test_scale_up_and_down_keeps_the_oldest_replicas() -> None:
     async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
         await plane.create_backend(create("a", replicas=1))
@@ -350,5 +365,28 @@ def test_pickled_code_is_refused_when_the_instance_takes_none() -> None:
         with pytest.raises(PermissionDeniedError, match="does not accept pickled code"):
             await plane.create_backend(request)
         assert launcher.children == []
+
+    run(scenario)
+
+
+def test_an_endpoint_serves_an_app_when_a_backend_of_its_traffic_is_one() -> None:
+    async def scenario(plane: ControlPlane, launcher: FakeLauncher) -> None:
+        await plane.create_backend(create("handler"))
+        app = create("app")
+        app.spec.interface = pb.BACKEND_INTERFACE_WSGI
+        await plane.create_backend(app)
+        launcher.capabilities = {**launcher.capabilities, "interface": "asgi"}
+        await plane.create_backend(create("detected"))
+        request = pb.CreateEndpointRequest(name="e", route="/e", backend="handler")
+        assert not (await plane.create_endpoint(request)).serves_app
+        # A shadow answers no client: the route stays exact.
+        assert not (await plane.shadow_traffic("e", "app", 0.5)).serves_app
+        traffic = [pb.TrafficWeight(backend="handler", weight=0.5)]
+        traffic.append(pb.TrafficWeight(backend="app", weight=0.5))
+        assert (await plane.set_traffic("e", traffic)).serves_app
+        only = [pb.TrafficWeight(backend="detected", weight=1)]
+        assert (await plane.set_traffic("e", only)).serves_app
+        endpoints, _ = plane.snapshot_parts()
+        assert [e.serves_app for e in endpoints] == [True]
 
     run(scenario)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from turnout._internal.cors import CorsPolicy
 from turnout.controller.sqlite_store import SqliteStore
 from turnout.controller.store import BackendRecord, EndpointRecord, MemoryStore, Store
 from turnout.v1 import controller_pb2 as pb
@@ -63,3 +65,65 @@ def test_sqlite_state_survives_reopening(tmp_path: Path) -> None:
     assert second.endpoints() == {"e": endpoint("e", request_timeout=1.5)}
     first.close()
     second.close()
+
+
+def test_an_endpoints_cors_policy_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    policy = CorsPolicy.from_dict(
+        {"allow_origins": ["https://app.example"], "allow_credentials": True, "max_age": 60}
+    )
+    SqliteStore(path).put_endpoint(endpoint("e", cors=policy))
+    assert SqliteStore(path).endpoints()["e"].cors == policy
+
+
+def test_a_state_file_from_before_cors_opens_with_no_policy(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as db:
+        # The endpoints table as builds before CORS wrote it.
+        db.execute(
+            "CREATE TABLE endpoints (name TEXT PRIMARY KEY, route TEXT NOT NULL, "
+            "methods TEXT NOT NULL, traffic TEXT NOT NULL, shadows TEXT NOT NULL, "
+            "request_timeout REAL NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO endpoints VALUES ('old', '/old', '[\"GET\"]', '{\"a\": 1.0}', '{}', 0)"
+        )
+    db.close()
+    store = SqliteStore(path)
+    assert store.endpoints()["old"] == EndpointRecord(
+        name="old", route="/old", methods=["GET"], traffic={"a": 1.0}
+    )
+    policy = CorsPolicy.from_dict({"allow_origins": ["*"]})
+    store.put_endpoint(EndpointRecord(name="old", route="/old", methods=["GET"], cors=policy))
+    assert SqliteStore(path).endpoints()["old"].cors == policy
+
+
+def test_rollouts_are_kept_per_endpoint_across_reopening(tmp_path: Path) -> None:
+    from turnout.v1 import rollout_pb2 as rpb
+
+    path = tmp_path / "state.db"
+    first = SqliteStore(path)
+    first.put_rollout(rpb.Rollout(endpoint="e", to_backend="v2", current_step=1))
+    first.put_rollout(rpb.Rollout(endpoint="e", to_backend="v2", current_step=2))
+    first.put_rollout(rpb.Rollout(endpoint="f", to_backend="v3"))
+    second = SqliteStore(path)  # no close(): as after a SIGKILL
+    assert {name: r.current_step for name, r in second.rollouts().items()} == {"e": 2, "f": 0}
+    first.close()
+    second.close()
+
+
+def test_a_state_file_of_a_build_without_rollouts_opens_with_none(tmp_path: Path) -> None:
+    import sqlite3
+
+    from turnout.v1 import rollout_pb2 as rpb
+
+    path = tmp_path / "state.db"
+    SqliteStore(path).put_backend(backend("a"))
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE rollouts")  # as the earlier build wrote it
+    db.close()
+    store = SqliteStore(path)
+    assert store.rollouts() == {} and list(store.backends()) == ["a"]
+    store.put_rollout(rpb.Rollout(endpoint="e"))
+    assert list(SqliteStore(path).rollouts()) == ["e"]
+    store.close()

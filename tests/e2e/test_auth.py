@@ -88,6 +88,10 @@ def test_every_kind_of_call_needs_the_right_token(client: turnout.Client, deploy
     assert code(admin_unary, client.token, data={"name": "nothing-here"}) == "NotFound"
     assert code(read_unary, handle) == "OK"
     assert code(read_unary, proxy) == "PermissionDenied"
+    # A replica's log is read-role: past the check, an unknown id is NotFound.
+    log = "turnout.v1.ControllerService/GetReplicaLog"
+    assert code(log, handle, data={"replica_id": "none#1"}) == "NotFound"
+    assert code(log, proxy, data={"replica_id": "none#1"}) == "PermissionDenied"
     # Server streaming: the routing stream (a router's); reflection (bidi) needs read.
     watch = "turnout.v1.RouterService/WatchRoutes"
     assert code(watch, None) == "Unauthenticated"

@@ -54,6 +54,20 @@ class SlowStart(Greeter):
 
         time.sleep(seconds)
         super().__init__("slow")
+
+
+def mounted(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [(environ["SCRIPT_NAME"] + "|" + environ["PATH_INFO"]).encode()]
+
+
+class Wrapped:
+    # A WSGI app whose signature does not say so: deploy files name its interface.
+    def __call__(self, *args):
+        return mounted(*args)
+
+
+wrapped = Wrapped()
 """
 
 
@@ -291,6 +305,8 @@ def test_status_shows_endpoints_backends_and_replicas(running: Home) -> None:
         "traffic": {"greeter": 1.0},
         "shadows": {},
         "request_timeout": 5.0,
+        "serves_app": False,
+        "cors": None,
     }
     assert document["endpoints"]["echo"]["request_timeout"] is None
     assert document["backends"]["greeter"]["config"]["num_replicas"] == 2
@@ -344,6 +360,37 @@ def test_deploy_is_idempotent_updates_and_prunes(running: Home) -> None:
     assert pruned.splitlines()[-1] == "Deployed: 0 created, 0 updated, 4 unchanged, 2 removed."
     assert requests.get(f"{running.http}/canary").status_code == 404
     assert set(status_json(running)["backends"]) == {"greeter", "echo"}
+
+
+def test_deploy_sets_changes_and_removes_an_endpoints_cors_policy(running: Home) -> None:
+    endpoint = "  open:\n    route: /open\n    backend: greeter\n"
+    cors = "    cors: {allow_origins: ['https://app.example'], max_age: 30}\n"
+    first = running.run("deploy", running.write("cors.yaml", BASE + endpoint + cors)).stdout
+    assert "endpoint open: creating... created" in first
+    preflight = requests.options(
+        f"{running.http}/open",
+        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
+        timeout=30,
+    )
+    assert preflight.status_code == 204 and preflight.headers["Access-Control-Max-Age"] == "30"
+    assert "endpoint open: unchanged" in running.run("deploy", "cors.yaml").stdout
+    assert "CORS ORIGINS" in running.run("status").stdout
+    removed = running.run("deploy", running.write("plain.yaml", BASE + endpoint)).stdout
+    assert "endpoint open: updating (cors: " in removed and "-> null)... updated" in removed
+    answer = requests.get(f"{running.http}/open", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    running.run("deploy", "base.yaml", "--prune")
+
+
+def test_deploy_serves_a_web_app_whose_interface_the_file_names(running: Home) -> None:
+    site = "  site:\n    import_path: cli_app:wrapped\n    interface: wsgi\n"
+    endpoint = "  site:\n    route: /site\n    backend: site\n"
+    text = BASE.replace("backends:\n", "backends:\n" + site) + endpoint
+    assert created("site", 1, running.run("deploy", running.write("site.yaml", text)).stdout)
+    assert requests.get(f"{running.http}/site/a/b", timeout=30).text == "/site|/a/b"
+    assert "backend site: unchanged" in running.run("deploy", "site.yaml").stdout
+    assert "site /site/* GET" in " ".join(running.run("status").stdout.split())
+    running.run("deploy", "base.yaml", "--prune")
 
 
 def test_deploy_shows_replicas_coming_up(running: Home) -> None:
@@ -416,9 +463,17 @@ def test_logs_show_what_a_handler_printed(running: Home) -> None:
         finally:
             process.kill()
 
+    # One replica by its id: read through the controller (GetReplicaLog), as
+    # the replicas on a Ray cluster's other nodes are.
+    by_id = running.run("logs", "echo#1", "-n", "3").stdout.splitlines()
+    assert 0 < len(by_id) <= 3 and all(line.startswith("echo#1 | ") for line in by_id)
+    assert any(line.endswith("printed marker-two") for line in by_id)
+
     unknown = running.run("logs", "nope", check=False)
     assert unknown.returncode == 1
-    assert unknown.stderr.startswith("turnout: no backend named 'nope' (backends: echo, greeter")
+    assert unknown.stderr.startswith(
+        "turnout: no backend or running replica named 'nope' (backends: echo, greeter"
+    )
 
 
 # ---- instances of their own ---------------------------------------------------------

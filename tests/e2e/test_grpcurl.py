@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -126,3 +128,60 @@ def test_errors_carry_status_codes(client: turnout.Client) -> None:
     assert result.returncode != 0
     assert "NotFound" in result.stderr
     assert "does-not-exist" in result.stderr
+
+
+def test_get_replica_log_reads_a_replicas_log_in_pieces(
+    client: turnout.Client, url: Callable[[str], str], unique: Any
+) -> None:
+    name = unique("chatty")
+    marker = f"marker-{name}"
+
+    def chatty(request: object) -> str:
+        print(marker)
+        return "ok"
+
+    client.create_backend(name, chatty)
+    client.create_endpoint(name, backend=name, route=f"/{name}")
+    assert requests.get(url(f"/{name}")).text == "ok"
+    [replica] = client.list_replicas(name)
+    method = "turnout.v1.ControllerService/GetReplicaLog"
+
+    def read(**request: Any) -> dict[str, Any]:
+        reply: dict[str, Any] = json.loads(
+            grpcurl(client, method, data={"replicaId": replica.replica_id, **request})
+        )
+        return reply
+
+    def printed() -> bool:
+        return marker in base64.b64decode(read().get("data", "")).decode()
+
+    wait_until(printed)
+    whole = read(offset=0, maxBytes=1024 * 1024)
+    data = base64.b64decode(whole["data"])
+    # uint64 fields are JSON strings (grpcurl prints the proto's field
+    # names); the whole log, from its start.
+    assert int(whole["next_offset"]) == len(data) == int(whole["size"])
+    first = read(offset=0, maxBytes=10)
+    assert base64.b64decode(first["data"]) == data[:10] and int(first["next_offset"]) == 10
+    rest = read(offset=10, maxBytes=1024 * 1024)
+    assert base64.b64decode(rest["data"]) == data[10:]
+    # The Python client reads the same.
+    assert client.replica_log(replica.replica_id, offset=0, max_bytes=10).data == data[:10]
+
+    for request, code, text in (
+        ({"replicaId": f"{name}#99"}, "NotFound", "no running replica"),
+        (
+            {"replicaId": replica.replica_id, "maxBytes": 2 * 1024 * 1024},
+            "InvalidArgument",
+            "1 MiB",
+        ),
+    ):
+        result = run_grpcurl(client.controller_address, method, token=client.token, data=request)
+        assert result.returncode != 0 and code in result.stderr and text in result.stderr
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)

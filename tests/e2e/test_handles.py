@@ -75,7 +75,7 @@ def test_options_make_new_handles(client: turnout.Client, deploy: Deploy) -> Non
     with pytest.raises(turnout.InvalidArgumentError):
         plain.options(http_method="FETCH")
     with pytest.raises(TypeError):
-        plain.options(shard_key=42)  # type: ignore[arg-type]
+        plain.options(shard_key=42)  # type: ignore[call-overload]
 
 
 def test_errors_through_handles(client: turnout.Client, deploy: Deploy) -> None:

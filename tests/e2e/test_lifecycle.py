@@ -138,7 +138,8 @@ STATEFUL = textwrap.dedent(
         client.create_backend("a", lambda request: "a")
         client.create_backend("b", lambda request: "b")
         client.create_backend("c", lambda request: "c")
-        client.create_endpoint("e", "a", route="/e", methods=["GET", "POST"], request_timeout=9)
+        client.create_endpoint("e", "a", route="/e", methods=["GET", "POST"], request_timeout=9,
+                               cors={"allow_origins": ["https://app.example"]})
         client.set_traffic("e", {"a": 0.25, "b": 0.75})
         client.shadow_traffic("e", "c", 0.5)
     answers = {requests.get(client.http_address + "/e").text for _ in range(40)}
@@ -177,6 +178,15 @@ def test_desired_state_comes_back_from_the_state_file(tmp_path: Path) -> None:
                 "traffic": {"a": 0.25, "b": 0.75},
                 "shadows": {"c": 0.5},
                 "request_timeout": 9.0,
+                "serves_app": False,
+                "cors": {
+                    "allow_origins": ["https://app.example"],
+                    "allow_methods": [],
+                    "allow_headers": [],
+                    "expose_headers": [],
+                    "allow_credentials": False,
+                    "max_age": 600,
+                },
             }
         }
     )

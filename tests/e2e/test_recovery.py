@@ -444,3 +444,25 @@ def test_owned_instance_writes_no_access_log_by_default(
     logs = Path(client.log_dir)
     assert (logs / "proxy.log").exists() and (logs / "controller.log").exists()
     assert not (logs / "proxy-access.log").exists()
+
+
+def test_a_restarted_controller_keeps_an_apps_prefix_and_a_cors_policy(
+    make_durable: MakeDurable,
+) -> None:
+    here = str(Path(__file__).resolve().parent)
+    durable = make_durable(env={"PYTHONPATH": os.pathsep.join([here, *sys.path])})
+    client = durable.start()
+    client.create_backend("site", "web_apps:raw_wsgi")
+    client.create_endpoint("site", "site", route="/site", cors={"allow_origins": ["*"]})
+    [before] = client.list_replicas("site")
+    durable.kill_controller()
+    client = durable.start()
+    [after] = client.list_replicas("site")
+    assert (after.state, after.pid) == ("RUNNING", before.pid)
+    # The routes the new controller publishes still make /site a prefix.
+    client.update_endpoint("site", request_timeout=30)
+    answer = requests.get(
+        client.http_address + "/site/a", headers={"Origin": "https://x.example"}, timeout=10
+    )
+    assert answer.text == "/site|/a"
+    assert answer.headers["Access-Control-Allow-Origin"] == "*"

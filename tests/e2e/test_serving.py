@@ -172,6 +172,11 @@ def test_killed_replica_is_replaced_and_serves_again(
         return any(r.state == "RUNNING" and r.pid not in (0, old) for r in replicas)
 
     wait_until(replaced)
+    # The operator sees that it was restarted, and why (issue 20).
+    (replica,) = client.list_replicas(app.backend)
+    assert replica.restarts == 1
+    assert replica.last_error == "process exited with code -9"
+    assert replica.error == ""
 
     def serves_from_new_pid() -> bool:
         reply = http.get(app.url)

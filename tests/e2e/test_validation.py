@@ -150,6 +150,41 @@ GRPC_CASES: list[tuple[str, grpc.StatusCode, Callable[[Any], Any]]] = [
             )
         ),
     ),
+    (
+        "unknown backend interface",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateBackend(
+            pb.CreateBackendRequest(
+                tag="bad-interface",
+                spec=pb.BackendSpec(import_path="importable_backends:shout", interface=9),  # type: ignore[arg-type]
+            )
+        ),
+    ),
+    (
+        "CORS policy without origins",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.CreateEndpoint(
+            pb.CreateEndpointRequest(name="e7", backend="v-backend", cors=pb.CorsPolicy())
+        ),
+    ),
+    (
+        "CORS origin with a path",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.UpdateEndpoint(
+            pb.UpdateEndpointRequest(
+                name="v-endpoint", cors=pb.CorsPolicy(allow_origins=["https://a.example/x"])
+            )
+        ),
+    ),
+    (
+        "CORS set and cleared at once",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        lambda s: s.UpdateEndpoint(
+            pb.UpdateEndpointRequest(
+                name="v-endpoint", cors=pb.CorsPolicy(allow_origins=["*"]), clear_cors=True
+            )
+        ),
+    ),
 ]
 
 

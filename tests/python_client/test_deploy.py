@@ -71,6 +71,7 @@ def _running(wanted: DeployFile) -> State:
                 init_args=b.init_args,
                 config={**DEFAULTS.to_dict(), **b.config},
                 replica_options=b.replica_options,
+                interface=b.interface,
             )
             for name, b in wanted.backends.items()
         },
@@ -296,3 +297,125 @@ def test_traffic_may_go_to_a_backend_the_instance_has_unless_pruning() -> None:
     assert caught.value.problems == ["endpoints.e.traffic.py: no backend of that name in the file"]
     with pytest.raises(DeployFileError, match="endpoints.e.traffic.ghost"):
         plan(parse({"endpoints": {"e": {"backend": "ghost"}}}), running)
+
+
+def test_an_endpoints_cors_policy_is_read_compared_and_updated_in_place() -> None:
+    backends = {"a": {"import_path": "m:a"}}
+    cors = {"allow_origins": ["https://app.example"], "max_age": 60}
+    plain = {"route": "/x", "backend": "a"}
+    before = parse({"backends": backends, "endpoints": {"e": plain}})
+    after = parse({"backends": backends, "endpoints": {"e": {**plain, "cors": cors}}})
+    policy = after.endpoints["e"].cors
+    assert policy is not None and policy.allow_origins == ("https://app.example",)
+    change = plan(after, _running(before)).endpoints[0]
+    assert change.action == "update" and change.new_shape
+    assert change.details[0].startswith('cors: null -> {"allow_origins": ["https://app.example"]')
+    assert plan(after, _running(after)).endpoints[0].action == "unchanged"
+    removed = plan(before, _running(after)).endpoints[0]
+    assert removed.new_shape and removed.details[0].endswith("-> null")
+
+
+def test_a_bad_cors_policy_names_the_endpoint_and_what_is_wrong() -> None:
+    problems = _problems(
+        {
+            "backends": {"a": {"import_path": "m:a"}},
+            "endpoints": {"e": {"backend": "a", "cors": {"allow_origins": ["nope"]}}},
+        }
+    )
+    assert len(problems) == 1 and problems[0].startswith("endpoints.e.cors: cors allow_origins")
+
+
+def _as_running(wanted: DeployFile) -> State:
+    """What an instance reports after deploying ``wanted``, read back through
+    the proto as the client reads it (an autoscaled num_replicas is None)."""
+    from turnout._internal import validation
+    from turnout.config import BackendConfig
+
+    state = _running(wanted)
+    for name, entry in state.backends.items():
+        sent = BackendConfig.coerce(dict(wanted.backends[name].config)).to_proto()
+        shown = BackendConfig.from_proto(validation.full_config(sent)).to_dict()
+        state.backends[name] = BackendEntry(
+            entry.name, entry.import_path, entry.init_args, shown, entry.replica_options
+        )
+    return state
+
+
+def test_an_autoscaled_backend_is_unchanged_by_the_same_file_and_updated_by_new_bounds() -> None:
+    rules = {"max_replicas": 4, "target_num_ongoing_requests_per_replica": 1}
+    before = parse(
+        {"backends": {"m": {"import_path": "a:b", "config": {"autoscaling_config": rules}}}}
+    )
+    (same,) = plan(before, _as_running(before)).backends
+    assert same.action == "unchanged"
+    after = parse(
+        {"backends": {"m": {"import_path": "a:b", "config": {"autoscaling": {"max_replicas": 6}}}}}
+    )
+    (change,) = plan(after, _as_running(before)).backends
+    assert change.config_update == {"autoscaling": {"max_replicas": 6}}
+    assert _problems({"backends": {"m": {"import_path": "a:b", "config": {
+        "num_replicas": 2, "autoscaling_config": {"max_replicas": 2}}}}})  # fmt: skip
+
+
+# ---- rollout blocks ---------------------------------------------------------------
+
+_TWO = {"a": {"import_path": "m:a"}, "b": {"import_path": "m:b"}}
+
+
+def test_a_rollout_block_makes_a_backend_change_a_rollout() -> None:
+    import dataclasses
+
+    before = parse({"backends": _TWO, "endpoints": {"e": {"backend": "a"}}})
+    block = {"steps": [0.1, 1], "step_s": 30, "slo": {"max_error_rate": 0.01}}
+    after = parse({"backends": _TWO, "endpoints": {"e": {"backend": "b", "rollout": block}}})
+    assert after.endpoints["e"].rollout == block
+    change = plan(after, _running(before)).endpoints[0]
+    assert change.action == "update" and change.rollout and change.new_traffic
+    assert change.details == ("rollout: a 1 -> b 1",)
+    # Deployed again while that rollout runs (traffic split on its way): nothing to do.
+    serving = _running(before)
+    moving = dataclasses.replace(
+        serving.endpoints["e"], traffic={"a": 0.9, "b": 0.1}, rolling_to="b"
+    )
+    running = State(backends=serving.backends, endpoints={"e": moving})
+    assert plan(after, running).endpoints[0].action == "unchanged"
+    # Without the block the same change is one SetTraffic.
+    plain = parse({"backends": _TWO, "endpoints": {"e": {"backend": "b"}}})
+    change = plan(plain, _running(before)).endpoints[0]
+    assert change.new_traffic and not change.rollout
+
+
+def test_bad_rollout_blocks_are_refused_with_their_field() -> None:
+    problems = _problems(
+        {
+            "backends": _TWO,
+            "endpoints": {
+                "e": {"backend": "b", "rollout": {"steps": [0.5, 0.1], "step_s": -1, "x": 1}},
+                "f": {"traffic": {"a": 0.5, "b": 0.5}, "rollout": {"slo": {"max_eror": 1}}},
+                "g": {"backend": "b", "rollout": [1]},
+            },
+        }
+    )
+    text = "\n".join(problems)
+    assert "endpoints.e.rollout.x: unknown field" in text
+    assert "endpoints.e.rollout.steps: steps must be increasing" in text
+    assert "endpoints.e.rollout.step_s" in text
+    assert "endpoints.f.rollout: needs `backend:`" in text
+    assert "endpoints.f.rollout.slo: unknown slo key" in text
+    assert "endpoints.g.rollout: must be a mapping" in text
+
+
+def test_a_backends_interface_is_read_compared_and_checked() -> None:
+    app = {"import_path": "web:app"}
+    before = parse({"backends": {"a": app}})
+    after = parse({"backends": {"a": {**app, "interface": "wsgi"}}})
+    assert (before.backends["a"].interface, after.backends["a"].interface) == ("auto", "wsgi")
+    change = plan(after, _running(before)).backends[0]
+    assert change.new_code and change.details == ("interface: auto -> wsgi",)
+    problems = _problems({"backends": {"a": {**app, "interface": "cgi"}}})
+    assert problems == [
+        "backends.a.interface: interface must be one of 'auto', 'handler', 'wsgi', 'asgi', "
+        "not 'cgi'"
+    ]
+    problems = _problems({"backends": {"a": {"command": ["node", "r.js"], "interface": "wsgi"}}})
+    assert problems == ["backends.a.interface: a command serves the replica protocol itself"]

@@ -349,6 +349,8 @@ class TurnoutOnRay:
     controller_port: int = CONTROLLER_PORT
     http_port: int = HTTP_PORT
     ray_runtime_env: str | None = None
+    ray_prefer_local_replicas: bool = False
+    ray_proxy_location: str = controller_args.WITH_REPLICAS
     # TLS on every gRPC hop (mutual); None: plaintext with --insecure.
     tls: TLSConfig | None = None
 
@@ -377,6 +379,8 @@ class TurnoutOnRay:
             allow_pickled_code=True,
             ray_address=self.cluster.address,
             ray_runtime_env=self.ray_runtime_env,
+            ray_prefer_local_replicas=self.ray_prefer_local_replicas,
+            ray_proxy_location=self.ray_proxy_location,
         )
         return self.cluster.head.exec_argv(controller_args.command(options))
 

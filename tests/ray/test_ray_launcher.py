@@ -5,9 +5,12 @@ address, answering through the proxy; a replica no node can hold is refused."""
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import os
+import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -148,10 +151,59 @@ def test_weighted_traffic_across_backends_on_different_nodes(
     assert 15 <= got["right"] <= 60 and got["left"] + got["right"] == REQUESTS * 2
 
 
-def test_a_command_backend_is_refused_with_the_reason(client: turnout.Client) -> None:
-    with pytest.raises(InvalidArgumentError, match="command backends do not run on a Ray"):
-        client.create_backend("program", turnout.Command(["sleep", "60"]))
-    assert "program" not in client.list_backends()
+NODE_REPLICA = Path(__file__).resolve().parents[2] / "examples" / "node-replica"
+NPM_CI_TIMEOUT_S = 300.0
+
+
+def node_replica() -> Path:
+    """examples/node-replica with its dependencies (`npm ci`, once), as
+    tests/e2e installs it: the nodes share this machine's disk."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm, "the command backend test needs node and npm on PATH (Node 18 or later)"
+    installed = NODE_REPLICA / "node_modules" / ".package-lock.json"
+    if (
+        not installed.exists()
+        or installed.stat().st_mtime < (NODE_REPLICA / "package-lock.json").stat().st_mtime
+    ):
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_REPLICA,
+            check=True,
+            timeout=NPM_CI_TIMEOUT_S,
+            capture_output=True,
+        )
+    return NODE_REPLICA
+
+
+def test_a_command_backend_runs_on_both_nodes(
+    client: turnout.Client, turnout_on_ray: TurnoutOnRay
+) -> None:
+    """A replica in another language (the Node.js example): each replica's
+    actor starts the program on its node, bound to the node's address."""
+    program = turnout.Command(["node", "replica.js"], cwd=node_replica())
+    client.create_backend("program", program, config={"num_replicas": 2})
+    client.create_endpoint("program", backend="program", route="/program", methods=["POST"])
+    assert hosts_of(client, "program") == [HEAD_IP, WORKER_IP]
+    for proxy in (turnout_on_ray.http_address, WORKER_PROXY):
+        wait_until(functools.partial(answers_post, f"{proxy}/program"), f"/program via {proxy}")
+        with requests.Session() as http:
+            for _ in range(10):
+                reply = http.post(f"{proxy}/program", data=b"across", timeout=30)
+                assert reply.content == b"across" and reply.headers["X-Seen-Method"] == "POST"
+    # What the program writes is the log GetReplicaLog (`turnout logs`) reads.
+    [remote] = [r for r in client.list_replicas("program") if r.node == WORKER_IP]
+    assert "serving on " + remote.address in client.replica_log(remote.replica_id).text
+    # A program that is not on the node is the backend's error, with the reason.
+    with pytest.raises(InvalidArgumentError, match="cannot start the command"):
+        client.create_backend("missing", turnout.Command(["/no/such/program"]))
+    assert "missing" not in client.list_backends()
+
+
+def answers_post(url: str) -> bool:
+    try:
+        return requests.post(url, data=b"x", timeout=10).status_code == 200
+    except requests.RequestException:
+        return False
 
 
 def test_a_backend_bigger_than_every_node_is_refused(client: turnout.Client) -> None:
@@ -211,12 +263,19 @@ def hello(request):
 def test_an_import_path_backend_comes_with_the_runtime_envs_working_dir(
     ray_cluster: RayCluster, tmp_path: Path
 ) -> None:
-    """Code that is on no node: Ray ships the working_dir to each replica's
-    node, and the runtime_env's env_vars reach the replica."""
+    """Code that is on no node: Ray ships the working_dir (and py_modules) to
+    each replica's node, and the runtime_env's env_vars reach the replica."""
     code = tmp_path / "code"
     code.mkdir()
     (code / "shipped_backend.py").write_text(SHIPPED)
-    runtime_env = {"working_dir": str(code), "env_vars": {"SHIPPED_GREETING": "hello"}}
+    package = tmp_path / "lib" / "shipped_package"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(SHIPPED.replace('"shipped "', '"packaged "'))
+    runtime_env = {
+        "working_dir": str(code),
+        "py_modules": [str(package)],
+        "env_vars": {"SHIPPED_GREETING": "hello"},
+    }
     instance = TurnoutOnRay(
         ray_cluster,
         tmp_path / "instance",
@@ -244,6 +303,12 @@ def test_an_import_path_backend_comes_with_the_runtime_envs_working_dir(
         )
         client.create_endpoint("own", backend="own", route="/own")
         assert requests.get(f"{instance.http_address}/own", timeout=30).text == "shipped own"
+        # A package of py_modules imports on either node.
+        client.create_backend("pkg", "shipped_package:hello", config={"num_replicas": 2})
+        client.create_endpoint("pkg", backend="pkg", route="/pkg")
+        assert hosts_of(client, "pkg") == [HEAD_IP, WORKER_IP]
+        got = {requests.get(f"{instance.http_address}/pkg", timeout=30).text for _ in range(10)}
+        assert got == {"packaged hello"}
     finally:
         instance.shutdown()
 

@@ -15,6 +15,7 @@ import pytest
 from werkzeug.exceptions import abort
 from werkzeug.wrappers import Request
 
+from turnout._internal.batching import context
 from turnout.replica.runtime import BackendRuntime, LoadedBackend
 from turnout.replica.servicer import Context, ReplicaServicer
 from turnout.v1 import http_pb2, replica_pb2
@@ -212,3 +213,54 @@ def test_reconfigure_with_limits_only_changes_them_without_calling_reconfigure(
     with pytest.raises(RuntimeError, match="INVALID_ARGUMENT: .*accept_batch"):
         asyncio.run(servicer.Reconfigure(replica_pb2.ReconfigureRequest(max_batch_size=4), context))
     assert runtime.max_batch_size == 1
+
+
+# --- streams answered on unary Handle (a sender that cannot stream) ------------
+
+
+class Streams:
+    def __call__(self, request: Request) -> Iterator[str]:
+        # Read lazily, after the handler returned: the request is still open.
+        yield "body was "
+        yield request.get_data(as_text=True)
+
+    def items(self, request: Request) -> Iterator[int]:
+        yield from range(3)
+
+    def broken(self, request: Request) -> Iterator[str]:
+        yield "one"
+        raise ValueError("mid-stream")
+
+    def web(self, request: Request) -> Iterator[str]:
+        # Runs at each next(), on a handler thread: the call's context still holds.
+        yield f"web={context.web}"
+
+
+@pytest.fixture
+def streaming() -> Iterator[ReplicaServicer]:
+    runtime = BackendRuntime(LoadedBackend(tag="s", target=Streams(), is_instance=True), 4)
+    yield ReplicaServicer(runtime)
+    runtime.close()
+
+
+def test_unary_handle_answers_a_stream_whole(streaming: ReplicaServicer) -> None:
+    response = handle(streaming, http_request())
+    assert response.http.status == 200
+    assert response.http.body == b'body was {"x": 1}'
+    assert [(h.name, h.value) for h in response.http.headers] == [
+        ("Content-Type", "text/plain; charset=utf-8")
+    ]
+    assert response.handler_seconds > 0
+    items = handle(streaming, call_request(method_name="items"))
+    assert cloudpickle.loads(items.pickled) == [0, 1, 2]
+    assert handle(streaming, http_request(method_name="web")).http.body == b"web=True"
+
+
+def test_unary_handle_of_a_stream_that_fails_part_way_is_an_error(
+    streaming: ReplicaServicer,
+) -> None:
+    response = handle(streaming, http_request(method_name="broken"))
+    assert response.http.status == 500
+    assert json.loads(response.http.body)["message"] == "mid-stream"
+    failed = handle(streaming, call_request(method_name="broken"))
+    assert (failed.error.type, failed.error.message) == ("ValueError", "mid-stream")

@@ -19,6 +19,44 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _BackendInterface:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BackendInterfaceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BackendInterface.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BACKEND_INTERFACE_UNSPECIFIED: _BackendInterface.ValueType  # 0
+    """Detected: a WSGI app (a sync callable taking exactly (environ,
+    start_response)), an ASGI app (an async callable taking exactly (scope,
+    receive, send)), else a handler.
+    """
+    BACKEND_INTERFACE_HANDLER: _BackendInterface.ValueType  # 1
+    """A handler: called with a Flask-compatible request per request."""
+    BACKEND_INTERFACE_WSGI: _BackendInterface.ValueType  # 2
+    """A WSGI application (Flask, Django): serves every path under its route."""
+    BACKEND_INTERFACE_ASGI: _BackendInterface.ValueType  # 3
+    """An ASGI 3 application (FastAPI, Starlette): serves every path under its
+    route, on the replica's event loop, with lifespan events.
+    """
+
+class BackendInterface(_BackendInterface, metaclass=_BackendInterfaceEnumTypeWrapper):
+    """How a replica calls its backend."""
+
+BACKEND_INTERFACE_UNSPECIFIED: BackendInterface.ValueType  # 0
+"""Detected: a WSGI app (a sync callable taking exactly (environ,
+start_response)), an ASGI app (an async callable taking exactly (scope,
+receive, send)), else a handler.
+"""
+BACKEND_INTERFACE_HANDLER: BackendInterface.ValueType  # 1
+"""A handler: called with a Flask-compatible request per request."""
+BACKEND_INTERFACE_WSGI: BackendInterface.ValueType  # 2
+"""A WSGI application (Flask, Django): serves every path under its route."""
+BACKEND_INTERFACE_ASGI: BackendInterface.ValueType  # 3
+"""An ASGI 3 application (FastAPI, Starlette): serves every path under its
+route, on the replica's event loop, with lifespan events.
+"""
+Global___BackendInterface: _TypeAlias = BackendInterface  # noqa: Y015
+
 class _ReplicaState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -69,6 +107,7 @@ class BackendConfig(_message.Message):
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     HTTP_CALL_METHODS_FIELD_NUMBER: _builtins.int
     HEALTH_CHECK_TIMEOUT_FIELD_NUMBER: _builtins.int
+    AUTOSCALING_FIELD_NUMBER: _builtins.int
     num_replicas: _builtins.int
     """Number of replica processes. Default 1; must be >= 1."""
     max_concurrent_queries: _builtins.int
@@ -116,6 +155,15 @@ class BackendConfig(_message.Message):
         restarts the replicas one at a time.
         """
 
+    @_builtins.property
+    def autoscaling(self) -> Global___AutoscalingConfig:
+        """Set = the controller picks the number of replicas from the load the
+        senders report (docs/traffic.md, "Autoscaling"), and num_replicas holds
+        the count it last decided (given in a create or update together with
+        this, INVALID_ARGUMENT). An update that sets num_replicas alone turns
+        autoscaling off. Unset = a fixed num_replicas.
+        """
+
     def __init__(
         self,
         *,
@@ -131,10 +179,11 @@ class BackendConfig(_message.Message):
         queue_timeout: _builtins.float | None = ...,
         http_call_methods: Global___MethodNames | None = ...,
         health_check_timeout: _builtins.float | None = ...,
+        autoscaling: Global___AutoscalingConfig | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "autoscaling", b"autoscaling", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout", "_graceful_shutdown_timeout", b"_graceful_shutdown_timeout", "_health_check_failure_threshold", b"_health_check_failure_threshold", "_health_check_period", b"_health_check_period", "_health_check_timeout", b"_health_check_timeout", "_max_batch_size", b"_max_batch_size", "_max_concurrent_queries", b"_max_concurrent_queries", "_max_queued_requests", b"_max_queued_requests", "_num_replicas", b"_num_replicas", "_queue_timeout", b"_queue_timeout", "_user_config_json", b"_user_config_json", "autoscaling", b"autoscaling", "batch_wait_timeout", b"batch_wait_timeout", "graceful_shutdown_timeout", b"graceful_shutdown_timeout", "health_check_failure_threshold", b"health_check_failure_threshold", "health_check_period", b"health_check_period", "health_check_timeout", b"health_check_timeout", "http_call_methods", b"http_call_methods", "max_batch_size", b"max_batch_size", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "num_replicas", b"num_replicas", "queue_timeout", b"queue_timeout", "user_config_json", b"user_config_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__batch_wait_timeout: _TypeAlias = _typing.Literal["batch_wait_timeout"]  # noqa: Y015
     _WhichOneofArgType__batch_wait_timeout: _TypeAlias = _typing.Literal["_batch_wait_timeout", b"_batch_wait_timeout"]  # noqa: Y015
@@ -182,6 +231,94 @@ class BackendConfig(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__user_config_json) -> _WhichOneofReturnType__user_config_json | None: ...
 
 Global___BackendConfig: _TypeAlias = BackendConfig  # noqa: Y015
+
+@_typing.final
+class AutoscalingConfig(_message.Message):
+    """How the controller scales a backend's replicas with its load (Ray Serve
+    2.x's names). Unset fields take their defaults; an update replaces the
+    whole message.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_REPLICAS_FIELD_NUMBER: _builtins.int
+    MAX_REPLICAS_FIELD_NUMBER: _builtins.int
+    TARGET_ONGOING_REQUESTS_FIELD_NUMBER: _builtins.int
+    UPSCALE_DELAY_S_FIELD_NUMBER: _builtins.int
+    DOWNSCALE_DELAY_S_FIELD_NUMBER: _builtins.int
+    INITIAL_REPLICAS_FIELD_NUMBER: _builtins.int
+    LOOK_BACK_PERIOD_S_FIELD_NUMBER: _builtins.int
+    min_replicas: _builtins.int
+    """Fewest replicas. Default 1; must be >= 1."""
+    max_replicas: _builtins.int
+    """Most replicas. Default 1 (as Ray); must be >= min_replicas. The
+    instance's --max-replicas (all backends together) caps it further.
+    """
+    target_ongoing_requests: _builtins.float
+    """Requests in flight or queued per replica the controller aims at: it
+    wants ceil(load / target_ongoing_requests) replicas. Default 2; > 0.
+    """
+    upscale_delay_s: _builtins.float
+    """Seconds the load must keep asking for more replicas before the
+    controller adds them. Default 30; 0 to 86400.
+    """
+    downscale_delay_s: _builtins.float
+    """Seconds the load must keep asking for fewer replicas before the
+    controller removes them (drained first). Default 600; 0 to 86400.
+    """
+    initial_replicas: _builtins.int
+    """Replicas the backend starts with. Default min_replicas; within
+    [min_replicas, max_replicas].
+    """
+    look_back_period_s: _builtins.float
+    """Seconds of load reports averaged into one load figure. Default 30;
+    0.1 to 86400.
+    """
+    def __init__(
+        self,
+        *,
+        min_replicas: _builtins.int | None = ...,
+        max_replicas: _builtins.int | None = ...,
+        target_ongoing_requests: _builtins.float | None = ...,
+        upscale_delay_s: _builtins.float | None = ...,
+        downscale_delay_s: _builtins.float | None = ...,
+        initial_replicas: _builtins.int | None = ...,
+        look_back_period_s: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_downscale_delay_s", b"_downscale_delay_s", "_initial_replicas", b"_initial_replicas", "_look_back_period_s", b"_look_back_period_s", "_max_replicas", b"_max_replicas", "_min_replicas", b"_min_replicas", "_target_ongoing_requests", b"_target_ongoing_requests", "_upscale_delay_s", b"_upscale_delay_s", "downscale_delay_s", b"downscale_delay_s", "initial_replicas", b"initial_replicas", "look_back_period_s", b"look_back_period_s", "max_replicas", b"max_replicas", "min_replicas", b"min_replicas", "target_ongoing_requests", b"target_ongoing_requests", "upscale_delay_s", b"upscale_delay_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_downscale_delay_s", b"_downscale_delay_s", "_initial_replicas", b"_initial_replicas", "_look_back_period_s", b"_look_back_period_s", "_max_replicas", b"_max_replicas", "_min_replicas", b"_min_replicas", "_target_ongoing_requests", b"_target_ongoing_requests", "_upscale_delay_s", b"_upscale_delay_s", "downscale_delay_s", b"downscale_delay_s", "initial_replicas", b"initial_replicas", "look_back_period_s", b"look_back_period_s", "max_replicas", b"max_replicas", "min_replicas", b"min_replicas", "target_ongoing_requests", b"target_ongoing_requests", "upscale_delay_s", b"upscale_delay_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__downscale_delay_s: _TypeAlias = _typing.Literal["downscale_delay_s"]  # noqa: Y015
+    _WhichOneofArgType__downscale_delay_s: _TypeAlias = _typing.Literal["_downscale_delay_s", b"_downscale_delay_s"]  # noqa: Y015
+    _WhichOneofReturnType__initial_replicas: _TypeAlias = _typing.Literal["initial_replicas"]  # noqa: Y015
+    _WhichOneofArgType__initial_replicas: _TypeAlias = _typing.Literal["_initial_replicas", b"_initial_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__look_back_period_s: _TypeAlias = _typing.Literal["look_back_period_s"]  # noqa: Y015
+    _WhichOneofArgType__look_back_period_s: _TypeAlias = _typing.Literal["_look_back_period_s", b"_look_back_period_s"]  # noqa: Y015
+    _WhichOneofReturnType__max_replicas: _TypeAlias = _typing.Literal["max_replicas"]  # noqa: Y015
+    _WhichOneofArgType__max_replicas: _TypeAlias = _typing.Literal["_max_replicas", b"_max_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__min_replicas: _TypeAlias = _typing.Literal["min_replicas"]  # noqa: Y015
+    _WhichOneofArgType__min_replicas: _TypeAlias = _typing.Literal["_min_replicas", b"_min_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__target_ongoing_requests: _TypeAlias = _typing.Literal["target_ongoing_requests"]  # noqa: Y015
+    _WhichOneofArgType__target_ongoing_requests: _TypeAlias = _typing.Literal["_target_ongoing_requests", b"_target_ongoing_requests"]  # noqa: Y015
+    _WhichOneofReturnType__upscale_delay_s: _TypeAlias = _typing.Literal["upscale_delay_s"]  # noqa: Y015
+    _WhichOneofArgType__upscale_delay_s: _TypeAlias = _typing.Literal["_upscale_delay_s", b"_upscale_delay_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__downscale_delay_s) -> _WhichOneofReturnType__downscale_delay_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__initial_replicas) -> _WhichOneofReturnType__initial_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__look_back_period_s) -> _WhichOneofReturnType__look_back_period_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_replicas) -> _WhichOneofReturnType__max_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_replicas) -> _WhichOneofReturnType__min_replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target_ongoing_requests) -> _WhichOneofReturnType__target_ongoing_requests | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__upscale_delay_s) -> _WhichOneofReturnType__upscale_delay_s | None: ...
+
+Global___AutoscalingConfig: _TypeAlias = AutoscalingConfig  # noqa: Y015
 
 @_typing.final
 class ReplicaOptions(_message.Message):
@@ -339,6 +476,7 @@ class BackendSpec(_message.Message):
     COMMAND_FIELD_NUMBER: _builtins.int
     PICKLED_INIT_ARGS_FIELD_NUMBER: _builtins.int
     INIT_ARGS_JSON_FIELD_NUMBER: _builtins.int
+    INTERFACE_FIELD_NUMBER: _builtins.int
     pickled_callable: _builtins.bytes
     """A cloudpickled function or class (what the Python client sends)."""
     import_path: _builtins.str
@@ -348,6 +486,10 @@ class BackendSpec(_message.Message):
     init_args_json: _builtins.str
     """JSON array of constructor arguments, for clients without Python. Empty = [].
     At most one of pickled_init_args and init_args_json may be set.
+    """
+    interface: Global___BackendInterface.ValueType
+    """What kind of callable the source is; unset = detected by the replica
+    (docs/apps.md, "Detection"). Set it when detection would be wrong.
     """
     @_builtins.property
     def command(self) -> Global___Command:
@@ -364,10 +506,11 @@ class BackendSpec(_message.Message):
         command: Global___Command | None = ...,
         pickled_init_args: _builtins.bytes = ...,
         init_args_json: _builtins.str = ...,
+        interface: Global___BackendInterface.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "import_path", b"import_path", "pickled_callable", b"pickled_callable", "source", b"source"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "import_path", b"import_path", "init_args_json", b"init_args_json", "pickled_callable", b"pickled_callable", "pickled_init_args", b"pickled_init_args", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "import_path", b"import_path", "init_args_json", b"init_args_json", "interface", b"interface", "pickled_callable", b"pickled_callable", "pickled_init_args", b"pickled_init_args", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["pickled_callable", "import_path", "command"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -461,6 +604,8 @@ class Replica(_message.Message):
     CPUS_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     """Unique id, "<backend>#<n>"."""
     backend: _builtins.str
@@ -484,6 +629,15 @@ class Replica(_message.Message):
     launcher (the controller's own machine); the node's IP address for the
     Ray launcher.
     """
+    restarts: _builtins.int
+    """How many times the controller started this replica again after it died
+    or failed its health checks (0 = never); counted since this controller
+    started (a restarted controller counts from 0).
+    """
+    last_error: _builtins.str
+    """Why it last died or failed to start, kept after it runs again (`error`
+    is cleared then); empty if it never did.
+    """
     @_builtins.property
     def cpus(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Cores it is pinned to; empty = not pinned."""
@@ -501,10 +655,12 @@ class Replica(_message.Message):
         cpus: _abc.Iterable[_builtins.int] | None = ...,
         log_path: _builtins.str = ...,
         node: _builtins.str = ...,
+        restarts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "log_path", b"log_path", "node", b"node", "pid", b"pid", "replica_id", b"replica_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "cpus", b"cpus", "error", b"error", "gpus", b"gpus", "last_error", b"last_error", "log_path", b"log_path", "node", b"node", "pid", b"pid", "replica_id", b"replica_id", "restarts", b"restarts", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -519,6 +675,7 @@ class Backend(_message.Message):
     CONFIG_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     REPLICA_OPTIONS_FIELD_NUMBER: _builtins.int
+    AUTOSCALING_STATUS_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     @_builtins.property
     def spec(self) -> Global___BackendSpec:
@@ -534,6 +691,10 @@ class Backend(_message.Message):
 
     @_builtins.property
     def replica_options(self) -> Global___ReplicaOptions: ...
+    @_builtins.property
+    def autoscaling_status(self) -> Global___AutoscalingStatus:
+        """Set when config.autoscaling is: what the autoscaler wants and decided."""
+
     def __init__(
         self,
         *,
@@ -542,14 +703,65 @@ class Backend(_message.Message):
         config: Global___BackendConfig | None = ...,
         replicas: _abc.Iterable[Global___Replica] | None = ...,
         replica_options: Global___ReplicaOptions | None = ...,
+        autoscaling_status: Global___AutoscalingStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "replica_options", b"replica_options", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["autoscaling_status", b"autoscaling_status", "config", b"config", "replica_options", b"replica_options", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "replica_options", b"replica_options", "replicas", b"replicas", "spec", b"spec", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["autoscaling_status", b"autoscaling_status", "config", b"config", "replica_options", b"replica_options", "replicas", b"replicas", "spec", b"spec", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Backend: _TypeAlias = Backend  # noqa: Y015
+
+@_typing.final
+class AutoscalingStatus(_message.Message):
+    """Where an autoscaled backend stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESIRED_REPLICAS_FIELD_NUMBER: _builtins.int
+    RUNNING_REPLICAS_FIELD_NUMBER: _builtins.int
+    LOAD_FIELD_NUMBER: _builtins.int
+    WANTED_REPLICAS_FIELD_NUMBER: _builtins.int
+    LAST_DECISION_FIELD_NUMBER: _builtins.int
+    LAST_REASON_FIELD_NUMBER: _builtins.int
+    LAST_DECISION_TIME_FIELD_NUMBER: _builtins.int
+    desired_replicas: _builtins.int
+    """Replicas the controller wants now (the last decision, clamped)."""
+    running_replicas: _builtins.int
+    """Replicas RUNNING (in the routing snapshot) now."""
+    load: _builtins.float
+    """Requests in flight or queued at the backend, averaged over
+    look_back_period_s, summed over every sender that reported.
+    """
+    wanted_replicas: _builtins.int
+    """Replicas the load asks for (ceil(load / target_ongoing_requests)),
+    before the delays and the bounds.
+    """
+    last_decision: _builtins.str
+    """The last scaling decision: "up", "down" or "" (none yet)."""
+    last_reason: _builtins.str
+    """Why, in words (the numbers it was decided on)."""
+    last_decision_time: _builtins.float
+    """When, in seconds since the Unix epoch; 0 = none yet."""
+    def __init__(
+        self,
+        *,
+        desired_replicas: _builtins.int = ...,
+        running_replicas: _builtins.int = ...,
+        load: _builtins.float = ...,
+        wanted_replicas: _builtins.int = ...,
+        last_decision: _builtins.str = ...,
+        last_reason: _builtins.str = ...,
+        last_decision_time: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_replicas", b"desired_replicas", "last_decision", b"last_decision", "last_decision_time", b"last_decision_time", "last_reason", b"last_reason", "load", b"load", "running_replicas", b"running_replicas", "wanted_replicas", b"wanted_replicas"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AutoscalingStatus: _TypeAlias = AutoscalingStatus  # noqa: Y015
 
 @_typing.final
 class TrafficWeight(_message.Message):
@@ -611,6 +823,8 @@ class Endpoint(_message.Message):
     TRAFFIC_FIELD_NUMBER: _builtins.int
     SHADOWS_FIELD_NUMBER: _builtins.int
     REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
+    SERVES_APP_FIELD_NUMBER: _builtins.int
+    CORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     route: _builtins.str
     """HTTP route such as "/simple"; empty = reachable through handles only."""
@@ -618,6 +832,11 @@ class Endpoint(_message.Message):
     """Seconds a request may take before the client gets 504 and the replica is
     told to cancel it. 0 = no limit. A request's X-Serve-Timeout-Ms header (or
     a handle's timeout option) overrides it.
+    """
+    serves_app: _builtins.bool
+    """Whether a backend of its traffic is a WSGI or ASGI app: then the route is
+    a prefix ("/api" serves "/api" and "/api/..."), passed to the app as
+    SCRIPT_NAME (root_path). Set by the controller; ignored in requests.
     """
     @_builtins.property
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -627,6 +846,10 @@ class Endpoint(_message.Message):
     def traffic(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrafficWeight]: ...
     @_builtins.property
     def shadows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowTarget]: ...
+    @_builtins.property
+    def cors(self) -> Global___CorsPolicy:
+        """Cross-origin resource sharing, answered by the proxy; unset = none."""
+
     def __init__(
         self,
         *,
@@ -636,14 +859,80 @@ class Endpoint(_message.Message):
         traffic: _abc.Iterable[Global___TrafficWeight] | None = ...,
         shadows: _abc.Iterable[Global___ShadowTarget] | None = ...,
         request_timeout: _builtins.float = ...,
+        serves_app: _builtins.bool = ...,
+        cors: Global___CorsPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cors", b"cors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route", "shadows", b"shadows", "traffic", b"traffic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cors", b"cors", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route", "serves_app", b"serves_app", "shadows", b"shadows", "traffic", b"traffic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Endpoint: _TypeAlias = Endpoint  # noqa: Y015
+
+@_typing.final
+class CorsPolicy(_message.Message):
+    """Cross-origin resource sharing for an endpoint, as Starlette's
+    CORSMiddleware takes it. The proxy answers preflight OPTIONS requests
+    itself (the replica is not called) and adds the headers to every answer to
+    an allowed origin; a request from any other origin gets no CORS header.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_ORIGINS_FIELD_NUMBER: _builtins.int
+    ALLOW_METHODS_FIELD_NUMBER: _builtins.int
+    ALLOW_HEADERS_FIELD_NUMBER: _builtins.int
+    EXPOSE_HEADERS_FIELD_NUMBER: _builtins.int
+    ALLOW_CREDENTIALS_FIELD_NUMBER: _builtins.int
+    MAX_AGE_FIELD_NUMBER: _builtins.int
+    allow_credentials: _builtins.bool
+    """Whether cookies and Authorization may be sent (Access-Control-Allow-
+    Credentials); with "*" origins the request's own origin is echoed.
+    """
+    max_age: _builtins.int
+    """Seconds a browser may cache a preflight answer. Default 600; 0 to 86400."""
+    @_builtins.property
+    def allow_origins(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Origins allowed, exactly as browsers send them ("https://a.example"), or
+        "*" for any. At least one.
+        """
+
+    @_builtins.property
+    def allow_methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Methods a preflight allows (upper case), or "*". Empty = the endpoint's
+        methods.
+        """
+
+    @_builtins.property
+    def allow_headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Request headers a preflight allows (matched case-insensitively), or "*".
+        Empty = only the CORS-safelisted ones.
+        """
+
+    @_builtins.property
+    def expose_headers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Response headers a browser's script may read beyond the safelisted ones."""
+
+    def __init__(
+        self,
+        *,
+        allow_origins: _abc.Iterable[_builtins.str] | None = ...,
+        allow_methods: _abc.Iterable[_builtins.str] | None = ...,
+        allow_headers: _abc.Iterable[_builtins.str] | None = ...,
+        expose_headers: _abc.Iterable[_builtins.str] | None = ...,
+        allow_credentials: _builtins.bool = ...,
+        max_age: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_age", b"_max_age", "max_age", b"max_age"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_age", b"_max_age", "allow_credentials", b"allow_credentials", "allow_headers", b"allow_headers", "allow_methods", b"allow_methods", "allow_origins", b"allow_origins", "expose_headers", b"expose_headers", "max_age", b"max_age"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_age: _TypeAlias = _typing.Literal["max_age"]  # noqa: Y015
+    _WhichOneofArgType__max_age: _TypeAlias = _typing.Literal["_max_age", b"_max_age"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_age) -> _WhichOneofReturnType__max_age | None: ...
+
+Global___CorsPolicy: _TypeAlias = CorsPolicy  # noqa: Y015
 
 @_typing.final
 class CreateBackendRequest(_message.Message):
@@ -906,6 +1195,7 @@ class CreateEndpointRequest(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
     REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique name; non-empty."""
     backend: _builtins.str
@@ -920,6 +1210,10 @@ class CreateEndpointRequest(_message.Message):
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Allowed HTTP methods (any case). Empty = ["GET"]."""
 
+    @_builtins.property
+    def cors(self) -> Global___CorsPolicy:
+        """Cross-origin resource sharing; unset = none. See CorsPolicy."""
+
     def __init__(
         self,
         *,
@@ -928,10 +1222,11 @@ class CreateEndpointRequest(_message.Message):
         route: _builtins.str = ...,
         methods: _abc.Iterable[_builtins.str] | None = ...,
         request_timeout: _builtins.float = ...,
+        cors: Global___CorsPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cors", b"cors"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "cors", b"cors", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -965,6 +1260,8 @@ class UpdateEndpointRequest(_message.Message):
     ROUTE_FIELD_NUMBER: _builtins.int
     METHODS_FIELD_NUMBER: _builtins.int
     REQUEST_TIMEOUT_FIELD_NUMBER: _builtins.int
+    CORS_FIELD_NUMBER: _builtins.int
+    CLEAR_CORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The endpoint to change; it must exist."""
     route: _builtins.str
@@ -975,9 +1272,15 @@ class UpdateEndpointRequest(_message.Message):
     """New seconds per request before 504; 0 = no limit. Unset = keep the
     current timeout.
     """
+    clear_cors: _builtins.bool
+    """Remove the endpoint's CORS policy (cors must then be unset)."""
     @_builtins.property
     def methods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """New allowed HTTP methods (any case). Empty = keep the current ones."""
+
+    @_builtins.property
+    def cors(self) -> Global___CorsPolicy:
+        """New CORS policy. Unset = keep the current one; see clear_cors."""
 
     def __init__(
         self,
@@ -986,10 +1289,12 @@ class UpdateEndpointRequest(_message.Message):
         route: _builtins.str | None = ...,
         methods: _abc.Iterable[_builtins.str] | None = ...,
         request_timeout: _builtins.float | None = ...,
+        cors: Global___CorsPolicy | None = ...,
+        clear_cors: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "cors", b"cors", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout", "_route", b"_route", "clear_cors", b"clear_cors", "cors", b"cors", "methods", b"methods", "name", b"name", "request_timeout", b"request_timeout", "route", b"route"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__request_timeout: _TypeAlias = _typing.Literal["request_timeout"]  # noqa: Y015
     _WhichOneofArgType__request_timeout: _TypeAlias = _typing.Literal["_request_timeout", b"_request_timeout"]  # noqa: Y015
@@ -1262,6 +1567,71 @@ class ListReplicasResponse(_message.Message):
 Global___ListReplicasResponse: _TypeAlias = ListReplicasResponse  # noqa: Y015
 
 @_typing.final
+class GetReplicaLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    """A running replica's id, e.g. "model#1" (NOT_FOUND otherwise)."""
+    max_bytes: _builtins.int
+    """Most bytes to return; 0 = 65536 (64 KiB), at most 1048576 (1 MiB):
+    more is INVALID_ARGUMENT.
+    """
+    offset: _builtins.int
+    """Byte offset in the log to read from (a previous answer's next_offset,
+    to follow it); unset = the last max_bytes. An offset past the log's end
+    (the log was rotated meanwhile) reads from its start.
+    """
+    def __init__(
+        self,
+        *,
+        replica_id: _builtins.str = ...,
+        max_bytes: _builtins.int = ...,
+        offset: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "max_bytes", b"max_bytes", "offset", b"offset", "replica_id", b"replica_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
+    _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__offset) -> _WhichOneofReturnType__offset | None: ...
+
+Global___GetReplicaLogRequest: _TypeAlias = GetReplicaLogRequest  # noqa: Y015
+
+@_typing.final
+class GetReplicaLogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    NEXT_OFFSET_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The log's bytes from offset on (UTF-8 text as the replica wrote it; the
+    first and last line may be cut).
+    """
+    next_offset: _builtins.int
+    """Where the next read goes on from: the offset read from plus len(data)."""
+    size: _builtins.int
+    """The log's size now, in bytes: next_offset < size means more is there."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        next_offset: _builtins.int = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "next_offset", b"next_offset", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReplicaLogResponse: _TypeAlias = GetReplicaLogResponse  # noqa: Y015
+
+@_typing.final
 class ReplicaTarget(_message.Message):
     """A running replica as routers see it."""
 
@@ -1269,18 +1639,25 @@ class ReplicaTarget(_message.Message):
 
     REPLICA_ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     address: _builtins.str
     """gRPC address "host:port"."""
+    node: _builtins.str
+    """The Ray node id of the node it runs on; empty for a replica on the
+    controller's own machine (an instance without a Ray cluster). A proxy
+    started with --ray-prefer-local-replicas prefers replicas of its node.
+    """
     def __init__(
         self,
         *,
         replica_id: _builtins.str = ...,
         address: _builtins.str = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "replica_id", b"replica_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node", b"node", "replica_id", b"replica_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1297,6 +1674,7 @@ class BackendTargets(_message.Message):
     MAX_CONCURRENT_QUERIES_FIELD_NUMBER: _builtins.int
     MAX_QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
+    DESIRED_REPLICAS_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     max_concurrent_queries: _builtins.int
     """Most requests a sender may have outstanding at one replica."""
@@ -1304,6 +1682,11 @@ class BackendTargets(_message.Message):
     """Most requests a sender queues for this backend when its replicas are full."""
     queue_timeout: _builtins.float
     """Seconds a request may wait in that queue."""
+    desired_replicas: _builtins.int
+    """Replicas the controller wants for this backend (num_replicas, or the
+    autoscaler's last decision), shown at the proxy's /-/metrics beside the
+    replicas listed here. 0 = not said (an older controller).
+    """
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaTarget]: ...
     def __init__(
@@ -1314,10 +1697,11 @@ class BackendTargets(_message.Message):
         max_concurrent_queries: _builtins.int = ...,
         max_queued_requests: _builtins.int = ...,
         queue_timeout: _builtins.float = ...,
+        desired_replicas: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "queue_timeout", b"queue_timeout", "replicas", b"replicas", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_replicas", b"desired_replicas", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "queue_timeout", b"queue_timeout", "replicas", b"replicas", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1665,6 +2049,7 @@ class ReportStatsRequest(_message.Message):
     REPORTER_ID_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     COUNTING_SECONDS_FIELD_NUMBER: _builtins.int
+    LOADS_FIELD_NUMBER: _builtins.int
     reporter_id: _builtins.str
     """Stable id of the reporting router; a later report replaces an earlier one."""
     counting_seconds: _builtins.float
@@ -1674,20 +2059,78 @@ class ReportStatsRequest(_message.Message):
     """
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndpointStats]: ...
+    @_builtins.property
+    def loads(self) -> _containers.RepeatedCompositeFieldContainer[Global___BackendLoad]:
+        """What the reporter has in flight and queued now, per backend: the
+        autoscaler's load signal. Empty = nothing (or an older reporter).
+        """
+
     def __init__(
         self,
         *,
         reporter_id: _builtins.str = ...,
         endpoints: _abc.Iterable[Global___EndpointStats] | None = ...,
         counting_seconds: _builtins.float = ...,
+        loads: _abc.Iterable[Global___BackendLoad] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["counting_seconds", b"counting_seconds", "endpoints", b"endpoints", "reporter_id", b"reporter_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counting_seconds", b"counting_seconds", "endpoints", b"endpoints", "loads", b"loads", "reporter_id", b"reporter_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportStatsRequest: _TypeAlias = ReportStatsRequest  # noqa: Y015
+
+@_typing.final
+class BackendLoad(_message.Message):
+    """One sender's load on one backend, at the moment of a report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class InFlightByReplicaEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    BACKEND_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_BY_REPLICA_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    backend: _builtins.str
+    queued: _builtins.int
+    """Requests waiting in the sender for a free replica."""
+    @_builtins.property
+    def in_flight_by_replica(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Requests sent and not answered yet, by replica id."""
+
+    def __init__(
+        self,
+        *,
+        backend: _builtins.str = ...,
+        in_flight_by_replica: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        queued: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "in_flight_by_replica", b"in_flight_by_replica", "queued", b"queued"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackendLoad: _TypeAlias = BackendLoad  # noqa: Y015
 
 @_typing.final
 class ReportStatsResponse(_message.Message):

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from turnout.v1 import controller_pb2 as turnout_dot_v1_dot_controller__pb2
+from turnout.v1 import rollout_pb2 as turnout_dot_v1_dot_rollout__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -111,6 +112,11 @@ class ControllerServiceStub:
                 request_serializer=turnout_dot_v1_dot_controller__pb2.ListReplicasRequest.SerializeToString,
                 response_deserializer=turnout_dot_v1_dot_controller__pb2.ListReplicasResponse.FromString,
                 _registered_method=True)
+        self.GetReplicaLog = channel.unary_unary(
+                '/turnout.v1.ControllerService/GetReplicaLog',
+                request_serializer=turnout_dot_v1_dot_controller__pb2.GetReplicaLogRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_controller__pb2.GetReplicaLogResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/turnout.v1.ControllerService/GetStats',
                 request_serializer=turnout_dot_v1_dot_controller__pb2.GetStatsRequest.SerializeToString,
@@ -125,6 +131,36 @@ class ControllerServiceStub:
                 '/turnout.v1.ControllerService/Shutdown',
                 request_serializer=turnout_dot_v1_dot_controller__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=turnout_dot_v1_dot_controller__pb2.ShutdownResponse.FromString,
+                _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/turnout.v1.ControllerService/StartRollout',
+                request_serializer=turnout_dot_v1_dot_rollout__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_rollout__pb2.StartRolloutResponse.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/turnout.v1.ControllerService/GetRollout',
+                request_serializer=turnout_dot_v1_dot_rollout__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_rollout__pb2.GetRolloutResponse.FromString,
+                _registered_method=True)
+        self.ListRollouts = channel.unary_unary(
+                '/turnout.v1.ControllerService/ListRollouts',
+                request_serializer=turnout_dot_v1_dot_rollout__pb2.ListRolloutsRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_rollout__pb2.ListRolloutsResponse.FromString,
+                _registered_method=True)
+        self.PauseRollout = channel.unary_unary(
+                '/turnout.v1.ControllerService/PauseRollout',
+                request_serializer=turnout_dot_v1_dot_rollout__pb2.PauseRolloutRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_rollout__pb2.PauseRolloutResponse.FromString,
+                _registered_method=True)
+        self.ResumeRollout = channel.unary_unary(
+                '/turnout.v1.ControllerService/ResumeRollout',
+                request_serializer=turnout_dot_v1_dot_rollout__pb2.ResumeRolloutRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_rollout__pb2.ResumeRolloutResponse.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/turnout.v1.ControllerService/AbortRollout',
+                request_serializer=turnout_dot_v1_dot_rollout__pb2.AbortRolloutRequest.SerializeToString,
+                response_deserializer=turnout_dot_v1_dot_rollout__pb2.AbortRolloutResponse.FromString,
                 _registered_method=True)
 
 
@@ -239,6 +275,14 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReplicaLog(self, request, context):
+        """Part of one running replica's log, wherever it runs (a Ray node's
+        replica included): by default its last 64 KiB. Read role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetStats(self, request, context):
         """Counters summed over every router that reported: requests per backend,
         errors, and how shadow backends compared with the primary.
@@ -256,6 +300,49 @@ class ControllerServiceServicer:
 
     def Shutdown(self, request, context):
         """Stops every process of the instance, then the controller itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRollout(self, request, context):
+        """Starts a rollout of an endpoint to another backend, run by the controller
+        (rollout.proto); one per endpoint at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """An endpoint's current or last rollout.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRollouts(self, request, context):
+        """Every endpoint's current or last rollout.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseRollout(self, request, context):
+        """Holds a running rollout at its step; traffic stays as it is.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeRollout(self, request, context):
+        """Goes on with a paused rollout, timing its step again from the start.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Ends a rollout and moves all traffic back to the old backend.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -334,6 +421,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     request_deserializer=turnout_dot_v1_dot_controller__pb2.ListReplicasRequest.FromString,
                     response_serializer=turnout_dot_v1_dot_controller__pb2.ListReplicasResponse.SerializeToString,
             ),
+            'GetReplicaLog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReplicaLog,
+                    request_deserializer=turnout_dot_v1_dot_controller__pb2.GetReplicaLogRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_controller__pb2.GetReplicaLogResponse.SerializeToString,
+            ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
                     request_deserializer=turnout_dot_v1_dot_controller__pb2.GetStatsRequest.FromString,
@@ -348,6 +440,36 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=turnout_dot_v1_dot_controller__pb2.ShutdownRequest.FromString,
                     response_serializer=turnout_dot_v1_dot_controller__pb2.ShutdownResponse.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=turnout_dot_v1_dot_rollout__pb2.StartRolloutRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_rollout__pb2.StartRolloutResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=turnout_dot_v1_dot_rollout__pb2.GetRolloutRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_rollout__pb2.GetRolloutResponse.SerializeToString,
+            ),
+            'ListRollouts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRollouts,
+                    request_deserializer=turnout_dot_v1_dot_rollout__pb2.ListRolloutsRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_rollout__pb2.ListRolloutsResponse.SerializeToString,
+            ),
+            'PauseRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseRollout,
+                    request_deserializer=turnout_dot_v1_dot_rollout__pb2.PauseRolloutRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_rollout__pb2.PauseRolloutResponse.SerializeToString,
+            ),
+            'ResumeRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeRollout,
+                    request_deserializer=turnout_dot_v1_dot_rollout__pb2.ResumeRolloutRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_rollout__pb2.ResumeRolloutResponse.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=turnout_dot_v1_dot_rollout__pb2.AbortRolloutRequest.FromString,
+                    response_serializer=turnout_dot_v1_dot_rollout__pb2.AbortRolloutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -746,6 +868,33 @@ class ControllerService:
             _registered_method=True)
 
     @staticmethod
+    def GetReplicaLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/GetReplicaLog',
+            turnout_dot_v1_dot_controller__pb2.GetReplicaLogRequest.SerializeToString,
+            turnout_dot_v1_dot_controller__pb2.GetReplicaLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetStats(request,
             target,
             options=(),
@@ -816,6 +965,168 @@ class ControllerService:
             '/turnout.v1.ControllerService/Shutdown',
             turnout_dot_v1_dot_controller__pb2.ShutdownRequest.SerializeToString,
             turnout_dot_v1_dot_controller__pb2.ShutdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/StartRollout',
+            turnout_dot_v1_dot_rollout__pb2.StartRolloutRequest.SerializeToString,
+            turnout_dot_v1_dot_rollout__pb2.StartRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/GetRollout',
+            turnout_dot_v1_dot_rollout__pb2.GetRolloutRequest.SerializeToString,
+            turnout_dot_v1_dot_rollout__pb2.GetRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRollouts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/ListRollouts',
+            turnout_dot_v1_dot_rollout__pb2.ListRolloutsRequest.SerializeToString,
+            turnout_dot_v1_dot_rollout__pb2.ListRolloutsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/PauseRollout',
+            turnout_dot_v1_dot_rollout__pb2.PauseRolloutRequest.SerializeToString,
+            turnout_dot_v1_dot_rollout__pb2.PauseRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/ResumeRollout',
+            turnout_dot_v1_dot_rollout__pb2.ResumeRolloutRequest.SerializeToString,
+            turnout_dot_v1_dot_rollout__pb2.ResumeRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/turnout.v1.ControllerService/AbortRollout',
+            turnout_dot_v1_dot_rollout__pb2.AbortRolloutRequest.SerializeToString,
+            turnout_dot_v1_dot_rollout__pb2.AbortRolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

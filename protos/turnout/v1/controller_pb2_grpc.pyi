@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from grpc import aio as _aio
 from turnout.v1 import controller_pb2 as _controller_pb2
+from turnout.v1 import rollout_pb2 as _rollout_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -73,6 +74,10 @@ class ControllerServiceStub:
     """Sets (or, with proportion 0, removes) a shadow backend of an endpoint."""
     ListReplicas: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListReplicasRequest, _controller_pb2.ListReplicasResponse]
     """Replicas with their state, address and pid."""
+    GetReplicaLog: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetReplicaLogRequest, _controller_pb2.GetReplicaLogResponse]
+    """Part of one running replica's log, wherever it runs (a Ray node's
+    replica included): by default its last 64 KiB. Read role.
+    """
     GetStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetStatsRequest, _controller_pb2.GetStatsResponse]
     """Counters summed over every router that reported: requests per backend,
     errors, and how shadow backends compared with the primary.
@@ -81,6 +86,20 @@ class ControllerServiceStub:
     """Where this instance's processes listen."""
     Shutdown: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]
     """Stops every process of the instance, then the controller itself."""
+    StartRollout: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.StartRolloutRequest, _rollout_pb2.StartRolloutResponse]
+    """Starts a rollout of an endpoint to another backend, run by the controller
+    (rollout.proto); one per endpoint at a time.
+    """
+    GetRollout: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.GetRolloutRequest, _rollout_pb2.GetRolloutResponse]
+    """An endpoint's current or last rollout."""
+    ListRollouts: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.ListRolloutsRequest, _rollout_pb2.ListRolloutsResponse]
+    """Every endpoint's current or last rollout."""
+    PauseRollout: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.PauseRolloutRequest, _rollout_pb2.PauseRolloutResponse]
+    """Holds a running rollout at its step; traffic stays as it is."""
+    ResumeRollout: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.ResumeRolloutRequest, _rollout_pb2.ResumeRolloutResponse]
+    """Goes on with a paused rollout, timing its step again from the start."""
+    AbortRollout: _grpc.UnaryUnaryMultiCallable[_rollout_pb2.AbortRolloutRequest, _rollout_pb2.AbortRolloutResponse]
+    """Ends a rollout and moves all traffic back to the old backend."""
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -127,6 +146,10 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Sets (or, with proportion 0, removes) a shadow backend of an endpoint."""
     ListReplicas: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListReplicasRequest, _controller_pb2.ListReplicasResponse]  # type: ignore[assignment]
     """Replicas with their state, address and pid."""
+    GetReplicaLog: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetReplicaLogRequest, _controller_pb2.GetReplicaLogResponse]  # type: ignore[assignment]
+    """Part of one running replica's log, wherever it runs (a Ray node's
+    replica included): by default its last 64 KiB. Read role.
+    """
     GetStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetStatsRequest, _controller_pb2.GetStatsResponse]  # type: ignore[assignment]
     """Counters summed over every router that reported: requests per backend,
     errors, and how shadow backends compared with the primary.
@@ -135,6 +158,20 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Where this instance's processes listen."""
     Shutdown: _aio.UnaryUnaryMultiCallable[_controller_pb2.ShutdownRequest, _controller_pb2.ShutdownResponse]  # type: ignore[assignment]
     """Stops every process of the instance, then the controller itself."""
+    StartRollout: _aio.UnaryUnaryMultiCallable[_rollout_pb2.StartRolloutRequest, _rollout_pb2.StartRolloutResponse]  # type: ignore[assignment]
+    """Starts a rollout of an endpoint to another backend, run by the controller
+    (rollout.proto); one per endpoint at a time.
+    """
+    GetRollout: _aio.UnaryUnaryMultiCallable[_rollout_pb2.GetRolloutRequest, _rollout_pb2.GetRolloutResponse]  # type: ignore[assignment]
+    """An endpoint's current or last rollout."""
+    ListRollouts: _aio.UnaryUnaryMultiCallable[_rollout_pb2.ListRolloutsRequest, _rollout_pb2.ListRolloutsResponse]  # type: ignore[assignment]
+    """Every endpoint's current or last rollout."""
+    PauseRollout: _aio.UnaryUnaryMultiCallable[_rollout_pb2.PauseRolloutRequest, _rollout_pb2.PauseRolloutResponse]  # type: ignore[assignment]
+    """Holds a running rollout at its step; traffic stays as it is."""
+    ResumeRollout: _aio.UnaryUnaryMultiCallable[_rollout_pb2.ResumeRolloutRequest, _rollout_pb2.ResumeRolloutResponse]  # type: ignore[assignment]
+    """Goes on with a paused rollout, timing its step again from the start."""
+    AbortRollout: _aio.UnaryUnaryMultiCallable[_rollout_pb2.AbortRolloutRequest, _rollout_pb2.AbortRolloutResponse]  # type: ignore[assignment]
+    """Ends a rollout and moves all traffic back to the old backend."""
 
 class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
     """The control plane. It owns desired state (backends, endpoints, traffic),
@@ -264,6 +301,16 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Replicas with their state, address and pid."""
 
     @_abc_1.abstractmethod
+    def GetReplicaLog(
+        self,
+        request: _controller_pb2.GetReplicaLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GetReplicaLogResponse, _abc.Awaitable[_controller_pb2.GetReplicaLogResponse]]:
+        """Part of one running replica's log, wherever it runs (a Ray node's
+        replica included): by default its last 64 KiB. Read role.
+        """
+
+    @_abc_1.abstractmethod
     def GetStats(
         self,
         request: _controller_pb2.GetStatsRequest,
@@ -288,6 +335,56 @@ class ControllerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ShutdownResponse, _abc.Awaitable[_controller_pb2.ShutdownResponse]]:
         """Stops every process of the instance, then the controller itself."""
+
+    @_abc_1.abstractmethod
+    def StartRollout(
+        self,
+        request: _rollout_pb2.StartRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.StartRolloutResponse, _abc.Awaitable[_rollout_pb2.StartRolloutResponse]]:
+        """Starts a rollout of an endpoint to another backend, run by the controller
+        (rollout.proto); one per endpoint at a time.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRollout(
+        self,
+        request: _rollout_pb2.GetRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.GetRolloutResponse, _abc.Awaitable[_rollout_pb2.GetRolloutResponse]]:
+        """An endpoint's current or last rollout."""
+
+    @_abc_1.abstractmethod
+    def ListRollouts(
+        self,
+        request: _rollout_pb2.ListRolloutsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.ListRolloutsResponse, _abc.Awaitable[_rollout_pb2.ListRolloutsResponse]]:
+        """Every endpoint's current or last rollout."""
+
+    @_abc_1.abstractmethod
+    def PauseRollout(
+        self,
+        request: _rollout_pb2.PauseRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.PauseRolloutResponse, _abc.Awaitable[_rollout_pb2.PauseRolloutResponse]]:
+        """Holds a running rollout at its step; traffic stays as it is."""
+
+    @_abc_1.abstractmethod
+    def ResumeRollout(
+        self,
+        request: _rollout_pb2.ResumeRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.ResumeRolloutResponse, _abc.Awaitable[_rollout_pb2.ResumeRolloutResponse]]:
+        """Goes on with a paused rollout, timing its step again from the start."""
+
+    @_abc_1.abstractmethod
+    def AbortRollout(
+        self,
+        request: _rollout_pb2.AbortRolloutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rollout_pb2.AbortRolloutResponse, _abc.Awaitable[_rollout_pb2.AbortRolloutResponse]]:
+        """Ends a rollout and moves all traffic back to the old backend."""
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

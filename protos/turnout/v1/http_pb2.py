@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15turnout/v1/http.proto\x12\nturnout.v1\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xa7\x01\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x14\n\x0cquery_string\x18\x05 \x01(\t\x12#\n\x07headers\x18\x06 \x03(\x0b\x32\x12.turnout.v1.Header\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x13\n\x0bremote_addr\x18\x08 \x01(\t\"Q\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12#\n\x07headers\x18\x02 \x03(\x0b\x32\x12.turnout.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15turnout/v1/http.proto\x12\nturnout.v1\"%\n\x06Header\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xbc\x01\n\x0bHttpRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\x14\n\x0cquery_string\x18\x05 \x01(\t\x12#\n\x07headers\x18\x06 \x03(\x0b\x32\x12.turnout.v1.Header\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x13\n\x0bremote_addr\x18\x08 \x01(\t\x12\x13\n\x0bscript_name\x18< \x01(\t\"Q\n\x0cHttpResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12#\n\x07headers\x18\x02 \x03(\x0b\x32\x12.turnout.v1.Header\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEADER']._serialized_start=37
   _globals['_HEADER']._serialized_end=74
   _globals['_HTTPREQUEST']._serialized_start=77
-  _globals['_HTTPREQUEST']._serialized_end=244
-  _globals['_HTTPRESPONSE']._serialized_start=246
-  _globals['_HTTPRESPONSE']._serialized_end=327
+  _globals['_HTTPREQUEST']._serialized_end=265
+  _globals['_HTTPRESPONSE']._serialized_start=267
+  _globals['_HTTPRESPONSE']._serialized_end=348
 # @@protoc_insertion_point(module_scope)

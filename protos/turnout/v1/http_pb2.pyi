@@ -60,6 +60,7 @@ class HttpRequest(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
     REMOTE_ADDR_FIELD_NUMBER: _builtins.int
+    SCRIPT_NAME_FIELD_NUMBER: _builtins.int
     method: _builtins.str
     """Method in upper case, e.g. "GET"."""
     scheme: _builtins.str
@@ -74,6 +75,10 @@ class HttpRequest(_message.Message):
     """Raw request body; empty when there is none."""
     remote_addr: _builtins.str
     """Client address, "ip" or "ip:port"; empty when unknown."""
+    script_name: _builtins.str
+    """The endpoint's route when it serves a WSGI/ASGI app, e.g. "/api": the
+    app's SCRIPT_NAME (ASGI root_path), and path is under it. Empty otherwise.
+    """
     @_builtins.property
     def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Header]:
         """Headers in the order received."""
@@ -89,10 +94,11 @@ class HttpRequest(_message.Message):
         headers: _abc.Iterable[Global___Header] | None = ...,
         body: _builtins.bytes = ...,
         remote_addr: _builtins.str = ...,
+        script_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "host", b"host", "method", b"method", "path", b"path", "query_string", b"query_string", "remote_addr", b"remote_addr", "scheme", b"scheme"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "headers", b"headers", "host", b"host", "method", b"method", "path", b"path", "query_string", b"query_string", "remote_addr", b"remote_addr", "scheme", b"scheme", "script_name", b"script_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from turnout.v1 import http_pb2 as turnout_dot_v1_dot_http__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18turnout/v1/replica.proto\x12\nturnout.v1\x1a\x15turnout/v1/http.proto\"\xd6\x01\n\x12ReconfigureRequest\x12\x18\n\x10user_config_json\x18\x01 \x01(\t\x12#\n\x16max_concurrent_queries\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0emax_batch_size\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x1f\n\x12\x62\x61tch_wait_timeout\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x19\n\x17_max_concurrent_queriesB\x11\n\x0f_max_batch_sizeB\x15\n\x13_batch_wait_timeout\"\x15\n\x13ReconfigureResponse\"t\n\nPythonCall\x12\x14\n\x0cpickled_data\x18\x01 \x01(\x0c\x12\x16\n\x0epickled_kwargs\x18\x02 \x01(\x0c\x12\x13\n\x0bhttp_method\x18\x03 \x01(\t\x12#\n\x07headers\x18\x04 \x03(\x0b\x32\x12.turnout.v1.Header\"\x94\x01\n\rHandleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bmethod_name\x18\x02 \x01(\t\x12\'\n\x04http\x18\x03 \x01(\x0b\x32\x17.turnout.v1.HttpRequestH\x00\x12&\n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x16.turnout.v1.PythonCallH\x00\x42\t\n\x07payload\"d\n\x0bRemoteError\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.turnout.v1.ErrorKind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\x9a\x01\n\x0eHandleResponse\x12(\n\x04http\x18\x01 \x01(\x0b\x32\x18.turnout.v1.HttpResponseH\x00\x12\x11\n\x07pickled\x18\x02 \x01(\x0cH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.turnout.v1.RemoteErrorH\x00\x12\x17\n\x0fhandler_seconds\x18\x46 \x01(\x01\x42\x08\n\x06result\"S\n\x13HandleStreamRequest\x12%\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x16.turnout.v1.StreamCall\x12\x15\n\rcancelled_ids\x18\x02 \x03(\x04\"U\n\nStreamCall\x12\n\n\x02id\x18\x01 \x01(\x04\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.turnout.v1.HandleRequest\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\"A\n\x14HandleStreamResponse\x12)\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x18.turnout.v1.StreamAnswer\"\x81\x01\n\x0cStreamAnswer\x12\n\n\x02id\x18\x01 \x01(\x04\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.turnout.v1.HandleResponseH\x00\x12*\n\x07\x66\x61ilure\x18\x03 \x01(\x0e\x32\x17.turnout.v1.CallFailureH\x00\x42\t\n\x07outcome*\x92\x01\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45RROR_KIND_USER\x10\x01\x12\x1f\n\x1b\x45RROR_KIND_METHOD_NOT_FOUND\x10\x02\x12\x19\n\x15\x45RROR_KIND_BAD_RETURN\x10\x03\x12\x18\n\x14\x45RROR_KIND_BAD_BATCH\x10\x04*r\n\x0b\x43\x61llFailure\x12\x1c\n\x18\x43\x41LL_FAILURE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x43\x41LL_FAILURE_DEADLINE_EXCEEDED\x10\x01\x12!\n\x1d\x43\x41LL_FAILURE_INVALID_ARGUMENT\x10\x02\x32\xf8\x01\n\x0eReplicaService\x12?\n\x06Handle\x12\x19.turnout.v1.HandleRequest\x1a\x1a.turnout.v1.HandleResponse\x12U\n\x0cHandleStream\x12\x1f.turnout.v1.HandleStreamRequest\x1a .turnout.v1.HandleStreamResponse(\x01\x30\x01\x12N\n\x0bReconfigure\x12\x1e.turnout.v1.ReconfigureRequest\x1a\x1f.turnout.v1.ReconfigureResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18turnout/v1/replica.proto\x12\nturnout.v1\x1a\x15turnout/v1/http.proto\"\xd6\x01\n\x12ReconfigureRequest\x12\x18\n\x10user_config_json\x18\x01 \x01(\t\x12#\n\x16max_concurrent_queries\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x1b\n\x0emax_batch_size\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x1f\n\x12\x62\x61tch_wait_timeout\x18\x04 \x01(\x01H\x02\x88\x01\x01\x42\x19\n\x17_max_concurrent_queriesB\x11\n\x0f_max_batch_sizeB\x15\n\x13_batch_wait_timeout\"\x15\n\x13ReconfigureResponse\"t\n\nPythonCall\x12\x14\n\x0cpickled_data\x18\x01 \x01(\x0c\x12\x16\n\x0epickled_kwargs\x18\x02 \x01(\x0c\x12\x13\n\x0bhttp_method\x18\x03 \x01(\t\x12#\n\x07headers\x18\x04 \x03(\x0b\x32\x12.turnout.v1.Header\"\x94\x01\n\rHandleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bmethod_name\x18\x02 \x01(\t\x12\'\n\x04http\x18\x03 \x01(\x0b\x32\x17.turnout.v1.HttpRequestH\x00\x12&\n\x04\x63\x61ll\x18\x04 \x01(\x0b\x32\x16.turnout.v1.PythonCallH\x00\x42\t\n\x07payload\"d\n\x0bRemoteError\x12#\n\x04kind\x18\x01 \x01(\x0e\x32\x15.turnout.v1.ErrorKind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\x9a\x01\n\x0eHandleResponse\x12(\n\x04http\x18\x01 \x01(\x0b\x32\x18.turnout.v1.HttpResponseH\x00\x12\x11\n\x07pickled\x18\x02 \x01(\x0cH\x00\x12(\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x17.turnout.v1.RemoteErrorH\x00\x12\x17\n\x0fhandler_seconds\x18\x46 \x01(\x01\x42\x08\n\x06result\"~\n\x13HandleStreamRequest\x12%\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x16.turnout.v1.StreamCall\x12\x15\n\rcancelled_ids\x18\x02 \x03(\x04\x12)\n\x07\x63redits\x18\x32 \x03(\x0b\x32\x18.turnout.v1.StreamCredit\"*\n\x0cStreamCredit\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x0e\n\x06\x63hunks\x18\x02 \x01(\r\"l\n\nStreamCall\x12\n\n\x02id\x18\x01 \x01(\x04\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.turnout.v1.HandleRequest\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\x12\x15\n\rstream_window\x18\x32 \x01(\r\"j\n\x14HandleStreamResponse\x12)\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x18.turnout.v1.StreamAnswer\x12\'\n\x06\x66rames\x18\x32 \x03(\x0b\x32\x17.turnout.v1.StreamFrame\"\x9c\x01\n\x0bStreamFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12(\n\x05start\x18\x02 \x01(\x0b\x32\x17.turnout.v1.StreamStartH\x00\x12(\n\x05\x63hunk\x18\x03 \x01(\x0b\x32\x17.turnout.v1.StreamChunkH\x00\x12$\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x15.turnout.v1.StreamEndH\x00\x42\x07\n\x05\x66rame\"B\n\x0bStreamStart\x12\x0e\n\x06status\x18\x01 \x01(\r\x12#\n\x07headers\x18\x02 \x03(\x0b\x32\x12.turnout.v1.Header\"\x1b\n\x0bStreamChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"v\n\tStreamEnd\x12&\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x17.turnout.v1.RemoteError\x12(\n\x07\x66\x61ilure\x18\x02 \x01(\x0e\x32\x17.turnout.v1.CallFailure\x12\x17\n\x0fhandler_seconds\x18\x03 \x01(\x01\"\x81\x01\n\x0cStreamAnswer\x12\n\n\x02id\x18\x01 \x01(\x04\x12.\n\x08response\x18\x02 \x01(\x0b\x32\x1a.turnout.v1.HandleResponseH\x00\x12*\n\x07\x66\x61ilure\x18\x03 \x01(\x0e\x32\x17.turnout.v1.CallFailureH\x00\x42\t\n\x07outcome*\x92\x01\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45RROR_KIND_USER\x10\x01\x12\x1f\n\x1b\x45RROR_KIND_METHOD_NOT_FOUND\x10\x02\x12\x19\n\x15\x45RROR_KIND_BAD_RETURN\x10\x03\x12\x18\n\x14\x45RROR_KIND_BAD_BATCH\x10\x04*r\n\x0b\x43\x61llFailure\x12\x1c\n\x18\x43\x41LL_FAILURE_UNSPECIFIED\x10\x00\x12\"\n\x1e\x43\x41LL_FAILURE_DEADLINE_EXCEEDED\x10\x01\x12!\n\x1d\x43\x41LL_FAILURE_INVALID_ARGUMENT\x10\x02\x32\xf8\x01\n\x0eReplicaService\x12?\n\x06Handle\x12\x19.turnout.v1.HandleRequest\x1a\x1a.turnout.v1.HandleResponse\x12U\n\x0cHandleStream\x12\x1f.turnout.v1.HandleStreamRequest\x1a .turnout.v1.HandleStreamResponse(\x01\x30\x01\x12N\n\x0bReconfigure\x12\x1e.turnout.v1.ReconfigureRequest\x1a\x1f.turnout.v1.ReconfigureResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'turnout.v1.replica_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORKIND']._serialized_start=1203
-  _globals['_ERRORKIND']._serialized_end=1349
-  _globals['_CALLFAILURE']._serialized_start=1351
-  _globals['_CALLFAILURE']._serialized_end=1465
+  _globals['_ERRORKIND']._serialized_start=1730
+  _globals['_ERRORKIND']._serialized_end=1876
+  _globals['_CALLFAILURE']._serialized_start=1878
+  _globals['_CALLFAILURE']._serialized_end=1992
   _globals['_RECONFIGUREREQUEST']._serialized_start=64
   _globals['_RECONFIGUREREQUEST']._serialized_end=278
   _globals['_RECONFIGURERESPONSE']._serialized_start=280
@@ -49,13 +49,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HANDLERESPONSE']._serialized_start=675
   _globals['_HANDLERESPONSE']._serialized_end=829
   _globals['_HANDLESTREAMREQUEST']._serialized_start=831
-  _globals['_HANDLESTREAMREQUEST']._serialized_end=914
-  _globals['_STREAMCALL']._serialized_start=916
-  _globals['_STREAMCALL']._serialized_end=1001
-  _globals['_HANDLESTREAMRESPONSE']._serialized_start=1003
-  _globals['_HANDLESTREAMRESPONSE']._serialized_end=1068
-  _globals['_STREAMANSWER']._serialized_start=1071
-  _globals['_STREAMANSWER']._serialized_end=1200
-  _globals['_REPLICASERVICE']._serialized_start=1468
-  _globals['_REPLICASERVICE']._serialized_end=1716
+  _globals['_HANDLESTREAMREQUEST']._serialized_end=957
+  _globals['_STREAMCREDIT']._serialized_start=959
+  _globals['_STREAMCREDIT']._serialized_end=1001
+  _globals['_STREAMCALL']._serialized_start=1003
+  _globals['_STREAMCALL']._serialized_end=1111
+  _globals['_HANDLESTREAMRESPONSE']._serialized_start=1113
+  _globals['_HANDLESTREAMRESPONSE']._serialized_end=1219
+  _globals['_STREAMFRAME']._serialized_start=1222
+  _globals['_STREAMFRAME']._serialized_end=1378
+  _globals['_STREAMSTART']._serialized_start=1380
+  _globals['_STREAMSTART']._serialized_end=1446
+  _globals['_STREAMCHUNK']._serialized_start=1448
+  _globals['_STREAMCHUNK']._serialized_end=1475
+  _globals['_STREAMEND']._serialized_start=1477
+  _globals['_STREAMEND']._serialized_end=1595
+  _globals['_STREAMANSWER']._serialized_start=1598
+  _globals['_STREAMANSWER']._serialized_end=1727
+  _globals['_REPLICASERVICE']._serialized_start=1995
+  _globals['_REPLICASERVICE']._serialized_end=2243
 # @@protoc_insertion_point(module_scope)

@@ -300,14 +300,22 @@ class HandleStreamRequest(_message.Message):
 
     CALLS_FIELD_NUMBER: _builtins.int
     CANCELLED_IDS_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamCall]:
         """New calls, each run at once, concurrently with the others."""
 
     @_builtins.property
     def cancelled_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Ids of calls the sender no longer waits for (its deadline passed): their
-        handlers are cancelled, and they get no answer.
+        """Ids of calls the sender no longer waits for (its deadline passed, or the
+        reader of a streamed answer went away): their handlers are cancelled, and
+        they get no answer (no further frames).
+        """
+
+    @_builtins.property
+    def credits(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamCredit]:
+        """More room for streamed answers: each names a call whose chunks the
+        sender has consumed (docs/replica-protocol.md, "Streamed answers").
         """
 
     def __init__(
@@ -315,14 +323,41 @@ class HandleStreamRequest(_message.Message):
         *,
         calls: _abc.Iterable[Global___StreamCall] | None = ...,
         cancelled_ids: _abc.Iterable[_builtins.int] | None = ...,
+        credits: _abc.Iterable[Global___StreamCredit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "cancelled_ids", b"cancelled_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "cancelled_ids", b"cancelled_ids", "credits", b"credits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HandleStreamRequest: _TypeAlias = HandleStreamRequest  # noqa: Y015
+
+@_typing.final
+class StreamCredit(_message.Message):
+    """Room for more chunks of one streamed answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The StreamCall whose answer streams."""
+    chunks: _builtins.int
+    """Chunks the replica may send beyond what it was allowed so far; > 0."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        chunks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamCredit: _TypeAlias = StreamCredit  # noqa: Y015
 
 @_typing.final
 class StreamCall(_message.Message):
@@ -331,6 +366,7 @@ class StreamCall(_message.Message):
     ID_FIELD_NUMBER: _builtins.int
     REQUEST_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    STREAM_WINDOW_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Chosen by the sender, unique among its calls in flight on this stream;
     the answer carries it back.
@@ -338,7 +374,14 @@ class StreamCall(_message.Message):
     timeout: _builtins.float
     """Seconds the sender waits for the answer, counted from when the replica
     reads the call (the hop is local); 0 = no limit. Past it the handler is
-    cancelled and the answer is a DEADLINE_EXCEEDED failure.
+    cancelled and the answer is a DEADLINE_EXCEEDED failure. For a streamed
+    answer it covers the whole stream, to its StreamEnd.
+    """
+    stream_window: _builtins.int
+    """Chunks of a streamed answer the sender takes before it sends credit
+    (StreamCredit); 0 = the sender cannot take a streamed answer, so a
+    handler's stream is collected and answered as one HandleResponse (an
+    HTTP body of every chunk joined, a Python call's list of the items).
     """
     @_builtins.property
     def request(self) -> Global___HandleRequest:
@@ -350,10 +393,11 @@ class StreamCall(_message.Message):
         id: _builtins.int = ...,
         request: Global___HandleRequest | None = ...,
         timeout: _builtins.float = ...,
+        stream_window: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "request", b"request", "stream_window", b"stream_window", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -366,22 +410,165 @@ class HandleStreamResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ANSWERS_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamAnswer]:
-        """Answers of calls that finished, in any order; each call gets at most one."""
+        """Answers of calls that finished, in any order; each call gets at most one.
+        A call whose answer streams gets frames instead (never both).
+        """
+
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___StreamFrame]:
+        """Frames of streamed answers, in order within each call (calls
+        interleave): one StreamStart, StreamChunks, one StreamEnd.
+        """
 
     def __init__(
         self,
         *,
         answers: _abc.Iterable[Global___StreamAnswer] | None = ...,
+        frames: _abc.Iterable[Global___StreamFrame] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers", "frames", b"frames"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HandleStreamResponse: _TypeAlias = HandleStreamResponse  # noqa: Y015
+
+@_typing.final
+class StreamFrame(_message.Message):
+    """One piece of a streamed answer (docs/replica-protocol.md, "Streamed answers")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The id of the StreamCall it answers."""
+    @_builtins.property
+    def start(self) -> Global___StreamStart:
+        """First: the answer's head."""
+
+    @_builtins.property
+    def chunk(self) -> Global___StreamChunk:
+        """Then any number of chunks, each only with credit for it."""
+
+    @_builtins.property
+    def end(self) -> Global___StreamEnd:
+        """Last: how the stream ended."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        start: Global___StreamStart | None = ...,
+        chunk: Global___StreamChunk | None = ...,
+        end: Global___StreamEnd | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "frame", b"frame", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "frame", b"frame", "id", b"id", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["start", "chunk", "end"]  # noqa: Y015
+    _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_frame) -> _WhichOneofReturnType_frame | None: ...
+
+Global___StreamFrame: _TypeAlias = StreamFrame  # noqa: Y015
+
+@_typing.final
+class StreamStart(_message.Message):
+    """The head of a streamed answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    status: _builtins.int
+    """HTTP status of an HTTP answer (200-599); 0 for a Python call."""
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[_http_pb2.Header]:
+        """HTTP headers of an HTTP answer, without Content-Length (the body goes
+        out chunked); empty for a Python call.
+        """
+
+    def __init__(
+        self,
+        *,
+        status: _builtins.int = ...,
+        headers: _abc.Iterable[_http_pb2.Header] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamStart: _TypeAlias = StreamStart  # noqa: Y015
+
+@_typing.final
+class StreamChunk(_message.Message):
+    """One chunk of a streamed answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """Body bytes of an HTTP answer (at most 1 MiB per chunk); a cloudpickled
+    item of a Python call's stream.
+    """
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamChunk: _TypeAlias = StreamChunk  # noqa: Y015
+
+@_typing.final
+class StreamEnd(_message.Message):
+    """The end of a streamed answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    FAILURE_FIELD_NUMBER: _builtins.int
+    HANDLER_SECONDS_FIELD_NUMBER: _builtins.int
+    failure: Global___CallFailure.ValueType
+    """Set when the call's timeout ended the stream (DEADLINE_EXCEEDED)."""
+    handler_seconds: _builtins.float
+    """Seconds from when the replica started on the call to this end (as
+    HandleResponse.handler_seconds); 0 = not measured.
+    """
+    @_builtins.property
+    def error(self) -> Global___RemoteError:
+        """Unset: the stream ended cleanly. Set: the handler raised while the
+        stream ran (for HTTP answers without a traceback, which stays in the
+        replica log); an HTTP client's connection is then aborted.
+        """
+
+    def __init__(
+        self,
+        *,
+        error: Global___RemoteError | None = ...,
+        failure: Global___CallFailure.ValueType = ...,
+        handler_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "failure", b"failure", "handler_seconds", b"handler_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamEnd: _TypeAlias = StreamEnd  # noqa: Y015
 
 @_typing.final
 class StreamAnswer(_message.Message):

@@ -1,0 +1,19 @@
+# A FastAPI app served whole by Turnout: "examples.fastapi_app:app" in docs/apps.md.
+import contextlib
+
+from fastapi import FastAPI, Request
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    # Runs once per replica, before it takes requests: load the model here.
+    yield {"model": {"answer": 42}}
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+@app.get("/ask/{name}")
+async def ask(name: str, request: Request, polite: bool = False):
+    answer = request.state.model["answer"]
+    return {"to": name, "answer": answer, "polite": polite, "root_path": request.scope["root_path"]}
