@@ -105,11 +105,12 @@ def serialised(message: Message) -> Part:
 def stream_chunk(call_id: int, data: bytes) -> Part:
     """A ``StreamFrame`` carrying a ``StreamChunk`` of ``data``, without
     copying ``data`` into a message (chunks are up to 1 MiB)."""
-    chunk_size = len(_CHUNK_DATA) + len(varint(len(data))) + len(data)
-    head = b"".join(
-        (_FRAME_ID, varint(call_id), _FRAME_CHUNK, varint(chunk_size), _CHUNK_DATA)
-    ) + varint(len(data))
-    return [head, data], len(head) + len(data)
+    if not data:  # protobuf leaves an empty field out
+        head = b"".join((_FRAME_ID, varint(call_id), _FRAME_CHUNK, varint(0)))
+        return [head], len(head)
+    field = _CHUNK_DATA + varint(len(data))
+    head = b"".join((_FRAME_ID, varint(call_id), _FRAME_CHUNK, varint(len(field) + len(data))))
+    return [head, field, data], len(head) + len(field) + len(data)
 
 
 def http_body(body: bytes) -> list[bytes]:
@@ -141,10 +142,9 @@ def failed_answer(call_id: int, failure: int) -> Part:
     return [data], len(data)
 
 
-def _batch(tag: bytes, parts: Iterable[Part], pieces: list[bytes]) -> bytes:
+def _repeated(tag: bytes, parts: Iterable[Part], pieces: list[bytes]) -> None:
     for part, size in parts:
         pieces += (tag, varint(size), *part)
-    return b"".join(pieces)
 
 
 def stream_request(
@@ -154,20 +154,22 @@ def stream_request(
 ) -> bytes:
     """A ``HandleStreamRequest``: ``calls``, the ids of calls given up on, and
     ``credits`` as (call id, chunks) for streamed answers."""
+    # Fields in number order, as protobuf writes them.
     pieces: list[bytes] = []
+    _repeated(_CALLS, calls, pieces)
     if cancelled_ids:
         packed = b"".join(varint(i) for i in cancelled_ids)
         pieces += (_CANCELLED, varint(len(packed)), packed)
     for call_id, chunks in credits:
         credit = b"".join((_CREDIT_ID, varint(call_id), _CREDIT_CHUNKS, varint(chunks)))
         pieces += (_CREDITS, varint(len(credit)), credit)
-    return _batch(_CALLS, calls, pieces)
+    return b"".join(pieces)
 
 
 def stream_response(answers: Iterable[Part], frames: Iterable[Part] = ()) -> bytes:
     """A ``HandleStreamResponse`` carrying ``answers`` and ``frames`` of
     streamed answers (``stream_chunk``'s, or ``serialised`` frames)."""
     pieces: list[bytes] = []
-    for part, size in frames:
-        pieces += (_FRAMES, varint(size), *part)
-    return _batch(_ANSWERS, answers, pieces)
+    _repeated(_ANSWERS, answers, pieces)
+    _repeated(_FRAMES, frames, pieces)
+    return b"".join(pieces)

@@ -83,6 +83,8 @@ def test_streamed_calls_and_credits_are_the_message_protobuf_would_send() -> Non
         ],
     )
     assert replica_pb2.HandleStreamRequest.FromString(data) == expected
+    # Byte for byte, too: fields in number order, as protobuf writes them.
+    assert data == expected.SerializeToString()
 
 
 def test_stream_frames_beside_answers_are_the_message_protobuf_would_send() -> None:
@@ -118,6 +120,7 @@ def test_stream_frames_beside_answers_are_the_message_protobuf_would_send() -> N
     assert parsed == expected
     # An empty chunk is still a chunk, not a frame without one.
     assert parsed.frames[1].WhichOneof("frame") == "chunk"
+    assert data == expected.SerializeToString()
 
 
 def test_frames_alone_are_a_batch_too() -> None:
