@@ -1,7 +1,9 @@
 # A FastAPI app served whole by Turnout: "examples.fastapi_app:app" in docs/apps.md.
+import asyncio
 import contextlib
 
 from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 
 @contextlib.asynccontextmanager
@@ -17,3 +19,13 @@ app = FastAPI(lifespan=lifespan)
 async def ask(name: str, request: Request, polite: bool = False):
     answer = request.state.model["answer"]
     return {"to": name, "answer": answer, "polite": polite, "root_path": request.scope["root_path"]}
+
+
+@app.get("/tokens")
+async def tokens():
+    async def words():
+        for word in ["Once", "upon", "a", "time"]:
+            await asyncio.sleep(0.2)  # a model producing its next token
+            yield word + "\n"
+
+    return StreamingResponse(words(), media_type="text/plain")

@@ -1,5 +1,7 @@
 # A Flask app served whole by Turnout: "examples.flask_api:app" in docs/apps.md.
-from flask import Flask, redirect, request, url_for
+import time
+
+from flask import Flask, Response, redirect, request, stream_with_context, url_for
 
 app = Flask(__name__)
 
@@ -17,3 +19,14 @@ def create_item():
 @app.get("/latest")
 def latest():
     return redirect(url_for("item", item_id=42))
+
+
+@app.get("/export")
+def export():
+    # A body of unknown length streams: each row leaves as it is made.
+    def rows():
+        for n in range(int(request.args.get("rows", 3))):
+            time.sleep(0.2)  # a slow query's next row
+            yield f"{n},row {n}\n"
+
+    return Response(stream_with_context(rows()), mimetype="text/csv")

@@ -71,7 +71,7 @@ def to_json(snapshot: Snapshot) -> str:
          "backends": {name: {"config": {...}, "replicas": {"RUNNING": 2, ...},
                              "autoscaling": {...} (autoscaled backends only)}},
          "replicas": [{"replica_id", "backend", "state", "pid", "address", "error",
-                       "cpus", "gpus", "log_path", "node"}],
+                       "cpus", "gpus", "log_path", "node", "restarts", "last_error"}],
          "rollouts": {endpoint: turnout.Rollout.info()}}
     """
     document = {
@@ -224,12 +224,24 @@ def to_text(snapshot: Snapshot) -> str:
             *([r.node or "-"] if nodes else []),
             str(r.pid or "-"),
             r.address or "-",
+            str(r.restarts),
             _first_line(r.error),
+            # Why it was last started again: still the news once it runs.
+            _first_line(r.last_error) if r.last_error != r.error else "",
         ]
         for r in snapshot.replicas
     ]
     if replica_rows:
-        header = ["REPLICA", "STATE", *(["NODE"] if nodes else []), "PID", "ADDRESS", "ERROR"]
+        header = [
+            "REPLICA",
+            "STATE",
+            *(["NODE"] if nodes else []),
+            "PID",
+            "ADDRESS",
+            "RESTARTS",
+            "ERROR",
+            "LAST ERROR",
+        ]
         parts.append(table(header, replica_rows))
     if snapshot.rollouts:
         parts.append(rollout_table(snapshot.rollouts))

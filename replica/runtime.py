@@ -14,6 +14,7 @@ import asyncio
 import contextvars
 import importlib
 import inspect
+import itertools
 import json
 import os
 import sys
@@ -29,12 +30,14 @@ import cloudpickle
 from turnout._internal import backend_fields, web_apps
 from turnout._internal.backend_fields import request_callable
 from turnout._internal.batching import accepts_batch, set_call_context
+from turnout.replica import streams
 from turnout.replica.asgi_app import AppStartError, AsgiApp
 from turnout.replica.batcher import Batcher
 from turnout.replica.handler_threads import HandlerThreads
 from turnout.replica.slots import Slots
-from turnout.replica.wsgi_app import WsgiApp
-from turnout.v1 import controller_pb2, http_pb2
+from turnout.replica.streams import AppStream
+from turnout.replica.wsgi_app import WsgiApp, WsgiStream
+from turnout.v1 import controller_pb2, http_pb2, replica_pb2
 
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 
@@ -167,23 +170,51 @@ class BackendRuntime:
         elif interface == "asgi":
             self.app = AsgiApp(self.backend.target)
 
-    async def serve_app(self, msg: http_pb2.HttpRequest) -> http_pb2.HttpResponse:
+    async def serve_app(self, msg: http_pb2.HttpRequest) -> http_pb2.HttpResponse | AppStream:
         """The app's answer to one HTTP request (a WSGI app on a handler thread,
-        an ASGI app on the loop), within ``max_concurrent_queries``."""
+        an ASGI app on the loop), within ``max_concurrent_queries``; an
+        ``AppStream`` when its body streams (the slot is freed once the head
+        is known, as for a handler that returns a generator)."""
         app = self.app
         assert app is not None
         async with self._slots.hold():
             if isinstance(app, WsgiApp):
-                stop = threading.Event()
-                try:
-                    answer: http_pb2.HttpResponse = await self._run_sync(
-                        lambda request: app.call(request, stop), msg
-                    )
-                except asyncio.CancelledError:
-                    stop.set()  # the thread cannot be stopped, but the body can
-                    raise
-                return answer
+                return await self._serve_wsgi(app, msg)
             return await app.call(msg)
+
+    async def _serve_wsgi(
+        self, app: WsgiApp, msg: http_pb2.HttpRequest
+    ) -> http_pb2.HttpResponse | AppStream:
+        stop = threading.Event()
+        # One context for the whole answer: Flask's stream_with_context pushes
+        # the request context in the first chunk's next() and pops it in the
+        # last one's (or in close()), which a fresh copy per chunk would refuse.
+        context = contextvars.copy_context()
+        try:
+            answer: http_pb2.HttpResponse | WsgiStream = await self._run_sync(
+                lambda request: context.run(app.start, request, stop), msg
+            )
+        except asyncio.CancelledError:
+            stop.set()  # the thread cannot be stopped, but the body can
+            raise
+        if isinstance(answer, http_pb2.HttpResponse):
+            return answer
+        stream = answer
+
+        async def in_context(pull: Callable[[], Any]) -> Any:
+            return await self._threads.run(context.run, pull)
+
+        items = streams.open_iterable(
+            itertools.chain(stream.first, stream.rest),
+            in_context,
+            lambda: context.run(stream.close),
+        )
+        _, chunks = await streams.start_stream(items, streams.encode_chunk)
+        start = replica_pb2.StreamStart(
+            status=stream.status,
+            headers=[h for h in stream.headers if h.name.lower() != "content-length"],
+        )
+        return AppStream(start, chunks)
 
     async def start_app(self, timeout: float) -> None:
         """An ASGI app's lifespan startup; its failure is a LoadError."""

@@ -164,7 +164,10 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
         it), or an ``Outgoing`` when the handler's answer streams."""
         rid = request.request_id
         if self._runtime.app is not None:
-            return error(await self._handle_app(request))
+            app_answer = await self._handle_app(request, started)
+            if isinstance(app_answer, streams.Outgoing):
+                return app_answer
+            return error(app_answer)
         http_request = codec.http_to_request(request.http)
         streaming = False
         try:
@@ -198,15 +201,21 @@ class ReplicaServicer(replica_pb2_grpc.ReplicaServiceServicer):
             if not streaming:
                 http_request.close()
 
-    async def _handle_app(self, request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
-        """A WSGI/ASGI app's answer; what it raises (it handles its own errors
-        normally) is a 500 with the JSON error body, as for a handler."""
+    async def _handle_app(
+        self, request: replica_pb2.HandleRequest, started: float
+    ) -> http_pb2.HttpResponse | streams.Outgoing:
+        """A WSGI/ASGI app's answer, streamed as a handler's when its body
+        streams; what it raises (it handles its own errors normally) is a 500
+        with the JSON error body, as for a handler."""
         try:
-            return await self._runtime.serve_app(request.http)
+            answer = await self._runtime.serve_app(request.http)
         except Exception as exc:
             log.exception("request %s: the app raised", request.request_id)
             _exit_if_out_of_memory(exc)
             return codec.error_response(exc, request.request_id)
+        if isinstance(answer, streams.AppStream):
+            return self._http_outgoing(request.request_id, started, answer.start, answer.chunks)
+        return answer
 
     def _http_outgoing(
         self,

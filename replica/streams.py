@@ -7,13 +7,14 @@ werkzeug/Flask ``Response`` whose body is an iterable of unknown length
 they return decides. A sync generator's ``next()`` runs on the handler
 threads, so a generator that sleeps between chunks never stalls the loop.
 
-Another source of a streamed HTTP answer (an ASGI app's ``more_body``
-messages, a WSGI app's iterable) plugs in the same way: return an
+Another source of a streamed HTTP answer plugs in the same way: return an
 ``Outgoing`` from ``ReplicaServicer._handle_http`` (``_http_outgoing`` builds
 one from a ``StreamStart`` and an async iterator of body chunks, each at most
 ``MAX_CHUNK_BYTES``; closing the iterator must stop the source), and
 ``call_stream`` sends it as frames with credit, or whole to a sender that
-cannot stream.
+cannot stream. A WSGI or ASGI app's streamed body (an iterable of unknown
+length; ``more_body`` messages) comes as an ``AppStream`` from
+``BackendRuntime.serve_app`` and goes out that way.
 
 Example (what a handler may return)::
 
@@ -93,6 +94,21 @@ async def open_chunks(result: Any, run_sync: RunSync) -> AsyncIterator[bytes]:
                 yield chunk
 
 
+def open_iterable(
+    source: Iterator[Any], run_sync: RunSync, close: Callable[[], object] | None
+) -> AsyncIterator[Any]:
+    """The items of a blocking iterator, each ``next()`` on ``run_sync``;
+    closing it calls ``close`` on a thread, after any ``next()`` still running."""
+    return _pull_sync(source, run_sync, close)
+
+
+def split_chunk(data: bytes) -> list[bytes]:
+    """``data`` cut to chunks of at most ``MAX_CHUNK_BYTES`` (none when empty)."""
+    if len(data) <= MAX_CHUNK_BYTES:
+        return [data] if data else []
+    return [data[start : start + MAX_CHUNK_BYTES] for start in range(0, len(data), MAX_CHUNK_BYTES)]
+
+
 def encode_chunk(item: object) -> list[bytes]:
     """An HTTP stream's item as body chunks: ``str`` as UTF-8, ``bytes`` as
     they are, none for an empty one, large ones cut to ``MAX_CHUNK_BYTES``.
@@ -103,9 +119,7 @@ def encode_chunk(item: object) -> list[bytes]:
         data = bytes(item)
     else:
         raise StreamTypeError(f"a streamed answer yields str or bytes, not {type(item).__name__}")
-    if len(data) <= MAX_CHUNK_BYTES:
-        return [data] if data else []
-    return [data[start : start + MAX_CHUNK_BYTES] for start in range(0, len(data), MAX_CHUNK_BYTES)]
+    return split_chunk(data)
 
 
 END = object()
@@ -221,6 +235,15 @@ def _close_aside(close: Callable[[], object]) -> None:
 def _ignore_result(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+@dataclass
+class AppStream:
+    """A WSGI or ASGI app's streamed answer: its head and its body chunks
+    (each at most ``MAX_CHUNK_BYTES``; closing them stops the app)."""
+
+    start: replica_pb2.StreamStart
+    chunks: AsyncIterator[bytes]
 
 
 @dataclass

@@ -147,12 +147,22 @@ async def _overview(request: web.Request) -> web.Response:
     return _reply(await asyncio.to_thread(request.app[OPERATIONS].overview))
 
 
+def _count(request: web.Request, name: str, default: int | None) -> int | None:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise TypeError(f"{name} must be an integer >= 0, got {text!r}")
+    return int(text)
+
+
 async def _log(request: web.Request) -> web.Response:
     replica = request.query.get("replica", "")
-    text = request.query.get("lines", str(LOG_LINES))
-    if not text.isdigit():
-        raise TypeError(f"lines must be an integer, got {text!r}")
-    return _reply(await asyncio.to_thread(request.app[OPERATIONS].log, replica, int(text)))
+    lines = _count(request, "lines", LOG_LINES)
+    assert lines is not None
+    offset = _count(request, "offset", None)
+    operations = request.app[OPERATIONS]
+    return _reply(await asyncio.to_thread(operations.log, replica, lines, offset))
 
 
 def _change(name: str) -> Handler:
@@ -183,4 +193,6 @@ def make_app(operations: Operations, token: str, *, secure: bool = False) -> web
     app.router.add_post("/api/traffic", _change("set_traffic"))
     app.router.add_post("/api/scale", _change("scale"))
     app.router.add_post("/api/shadow/remove", _change("remove_shadow"))
+    for action in ("pause", "resume", "abort"):
+        app.router.add_post(f"/api/rollout/{action}", _change(f"{action}_rollout"))
     return app

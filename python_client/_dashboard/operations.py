@@ -5,15 +5,15 @@ and errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from turnout._cli_logs import last_lines
+from turnout._internal import autoscaling as autoscaling_fields
 from turnout.client import Client, ReplicaInfo
 from turnout.errors import InvalidArgumentError, NotFoundError
 
@@ -23,6 +23,8 @@ from .history import SAMPLE_S, History
 SUMMARY_WINDOW_S = 60.0
 LOG_LINES = 100
 MAX_LOG_LINES = 1000
+# One read of a log: the tail's 100 lines, or what two seconds add, fit well.
+LOG_BYTES = 256 * 1024
 _METRICS_TIMEOUT_S = 2.0
 # Pages poll every second: several open ones share one read of the instance.
 OVERVIEW_TTL_S = 0.5
@@ -38,6 +40,30 @@ def _field(body: object, name: str, kind: type | tuple[type, ...], what: str) ->
     if isinstance(value, bool) or not isinstance(value, kind):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
     return value
+
+
+def complete_lines(data: bytes, end: int, tail: bool, limit: int) -> tuple[list[str], int]:
+    """The complete lines of ``data`` (the log's bytes up to offset ``end``)
+    and the offset to go on from. In a ``tail`` read that began mid-log the
+    first line may be cut: it is dropped. A last line without its line end
+    yet is left for the next read, unless it fills a whole read (``limit``
+    bytes): it might never end.
+
+    Example::
+
+        complete_lines(b"lo\\nnext\\npart", 15, True, 4096)   # (["next"], 11)
+    """
+    body = data
+    if tail and end > len(data):
+        cut = data.find(b"\n")
+        body = b"" if cut < 0 else data[cut + 1 :]
+    last = body.rfind(b"\n")
+    if last < 0 and len(data) < limit:
+        return [], end - len(body)
+    if last >= 0:
+        end -= len(body) - last - 1
+        body = body[: last + 1]
+    return body.decode("utf-8", errors="replace").splitlines(), end
 
 
 def _replica(replica: ReplicaInfo, in_flight: dict[str, int] | None) -> dict[str, Any]:
@@ -120,6 +146,7 @@ class Operations:
         stats = client.endpoint_stats(window=SUMMARY_WINDOW_S)
         backends = client.list_backends()
         replicas = client.list_replicas()
+        rollouts = client.list_rollouts()
         in_flight = self.in_flight()
         # A backend being created has replicas before ListBackends shows it:
         # it is shown once it is there.
@@ -147,6 +174,7 @@ class Operations:
                         key: recent.get(key)
                         for key in ("window_s", "requests", "errors", "p50", "p95", "p99")
                     },
+                    "rollout": rollouts.get(name),
                 }
             )
         return {
@@ -158,32 +186,75 @@ class Operations:
             },
             "endpoints": endpoint_list,
             "backends": [
-                {"tag": tag, "config": backends[tag], "replicas": by_backend[tag]}
+                {
+                    "tag": tag,
+                    "config": backends[tag],
+                    "replicas": by_backend[tag],
+                    "autoscaling": self._autoscaling(tag, backends[tag]),
+                }
                 for tag in sorted(by_backend)
             ],
             "history": self.history.series(endpoints),
         }
 
-    def log(self, replica_id: str, lines: int = LOG_LINES) -> dict[str, Any]:
-        """The last ``lines`` lines of a replica's log, read on this machine."""
+    def _autoscaling(self, tag: str, config: dict[str, Any]) -> dict[str, Any] | None:
+        """An autoscaled backend's rules (every default filled in) and where
+        it stands; None for a fixed ``num_replicas``."""
+        if not config.get("autoscaling"):
+            return None
+        try:
+            status = self.client.autoscaling_status(tag)
+        except NotFoundError:  # deleted since ListBackends
+            return None
+        if status is None:
+            return None
+        policy = autoscaling_fields.policy(autoscaling_fields.from_dict(config["autoscaling"]))
+        return {"policy": dataclasses.asdict(policy)} | status
+
+    def log(
+        self, replica_id: str, lines: int = LOG_LINES, offset: int | None = None
+    ) -> dict[str, Any]:
+        """A replica's log, read by the controller where the replica runs (a
+        Ray node included): its last ``lines`` complete lines, or, with
+        ``offset`` (a previous answer's ``next_offset``), the complete lines
+        written since. ``reset`` says the log started again (rotated): the
+        lines replace what was shown. A replica that does not run has a
+        ``note`` instead."""
         if not 1 <= lines <= MAX_LOG_LINES:
             raise InvalidArgumentError(f"lines must be 1..{MAX_LOG_LINES}, got {lines}")
+        if offset is not None and offset < 0:
+            raise InvalidArgumentError(f"offset must be >= 0, got {offset}")
         for replica in self.client.list_replicas():
             if replica.replica_id == replica_id:
                 break
         else:
             raise NotFoundError(f"no replica {replica_id!r}")
-        path = Path(replica.log_path) if replica.log_path else None
-        if path is None or not path.is_file():
-            where = f"on node {replica.node}" if replica.node else "on the controller's machine"
+        try:
+            chunk = self.client.replica_log(replica_id, LOG_BYTES, offset)
+        except NotFoundError:
+            # Starting again, or failed: the controller reads running
+            # replicas' logs (and names no file for the others).
             return {
                 "replica": replica_id,
                 "path": replica.log_path,
                 "lines": [],
-                "note": f"the log is {where}, not on the machine the dashboard runs on",
+                "next_offset": 0,
+                "reset": True,
+                "note": f"{replica_id} is {replica.state.lower()}: its log shows here "
+                "once it runs (the controller reads the logs of running replicas)",
             }
-        text, _ = last_lines(path, lines)
-        return {"replica": replica_id, "path": str(path), "lines": text, "note": ""}
+        start = chunk.next_offset - len(chunk.data)
+        text, next_offset = complete_lines(chunk.data, chunk.next_offset, offset is None, LOG_BYTES)
+        if offset is None:
+            text = text[-lines:]
+        return {
+            "replica": replica_id,
+            "path": replica.log_path,
+            "lines": text,
+            "next_offset": next_offset,
+            "reset": offset is not None and start != offset,
+            "note": "",
+        }
 
     # ---- changing ------------------------------------------------------------
 
@@ -217,3 +288,22 @@ class Operations:
         self.client.shadow_traffic(endpoint, backend, 0)
         self._overview = None
         return {"endpoint": endpoint, "backend": backend}
+
+    def pause_rollout(self, body: object) -> dict[str, Any]:
+        """``{"endpoint": name}``: ``get_rollout(name).pause()``; answers its info."""
+        return self._rollout(body, "pause")
+
+    def resume_rollout(self, body: object) -> dict[str, Any]:
+        """``{"endpoint": name}``: ``get_rollout(name).resume()``."""
+        return self._rollout(body, "resume")
+
+    def abort_rollout(self, body: object) -> dict[str, Any]:
+        """``{"endpoint": name}``: ``get_rollout(name).abort()``."""
+        return self._rollout(body, "abort")
+
+    def _rollout(self, body: object, action: str) -> dict[str, Any]:
+        endpoint = _field(body, "endpoint", str, "an endpoint's name")
+        rollout = self.client.get_rollout(endpoint)
+        getattr(rollout, action)()
+        self._overview = None
+        return rollout.info()

@@ -9,11 +9,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -89,6 +91,18 @@ class Slow:
         return "ok"
 
 
+class Slower:
+    """Takes long enough to start that its log can be opened meanwhile."""
+
+    def __init__(self) -> None:
+        print("slower replica starting", flush=True)
+        time.sleep(5)
+        print("slower replica ready", flush=True)
+
+    def __call__(self, request: Any) -> str:
+        return "ok"
+
+
 def two_backends(client: turnout.Client, unique: Callable[[str], str]) -> tuple[str, str, str]:
     name, a, b = unique("split"), unique("blue"), unique("green")
     client.create_backend(a, replies("blue"))
@@ -105,7 +119,8 @@ def test_the_page_lists_the_endpoints_and_replicas_the_test_made(
     client: turnout.Client, page: Page, unique: Callable[[str], str]
 ) -> None:
     backend, name = unique("slow"), unique("listed")
-    client.create_backend(backend, Slow, config={"num_replicas": 2})
+    rules = {"min_replicas": 2, "max_replicas": 4}
+    client.create_backend(backend, Slow, config={"autoscaling_config": rules})
     client.create_endpoint(name, backend, route=f"/{name}", methods=["GET", "POST"])
     shadow = unique("copy")
     client.create_backend(shadow, replies("ok"))
@@ -148,7 +163,66 @@ def test_the_page_lists_the_endpoints_and_replicas_the_test_made(
     first = client.list_replicas(backend)[0].replica_id
     page.get_by_role("button", name=f"Show log of {first}").click()
     expect(page.locator("#log")).to_contain_text("slow replica ready")
+    expect(page.get_by_role("group", name=f"Autoscaling of {backend}")).to_contain_text(
+        "min 2 · max 4"
+    )
+    # A rollout under way, for the overview's picture too.
+    new = unique("slow-v2")
+    client.create_backend(new, Slow)
+    client.rollout(name, new, steps=[0.25, 1.0], step_s=300)
+    rollout = page.get_by_role("group", name=f"Rollout of {name}")
+    expect(rollout).to_contain_text(f"step 1 of 2 (25% to {new})")
+    with requests.Session() as http:
+        for _ in range(40):
+            http.get(f"{client.http_address}/{name}", timeout=10)
+    expect(rollout.locator('tr[data-window="new"]')).to_contain_text(new)
+    page.wait_for_timeout(2000)
     shot(page, "overview")
+    client.get_rollout(name).abort()
+
+
+def talks(request: Any) -> str:
+    print(f"handled {request.args.get('n', '?')}", flush=True)
+    return "ok"
+
+
+def test_the_log_view_follows_a_replica_through_the_controller(
+    client: turnout.Client, page: Page, dashboard: turnout.Dashboard, unique: Callable[[str], str]
+) -> None:
+    backend = unique("talks")
+    client.create_backend(backend, talks)
+    client.create_endpoint(backend, backend, route=f"/{backend}")
+    (replica,) = client.list_replicas(backend)
+    requests.get(f"{client.http_address}/{backend}?n=first", timeout=10).raise_for_status()
+    page.get_by_role("button", name=f"Show log of {replica.replica_id}").click()
+    log = page.locator("#log")
+    expect(log).to_contain_text("handled first")
+    expect(page.locator("#log-path")).to_contain_text("read by the controller")
+    # Lines written while it is open show up without a reload, after the others.
+    for n in range(3):
+        requests.get(f"{client.http_address}/{backend}?n=later{n}", timeout=10)
+    expect(log).to_contain_text("handled later2")
+    text = log.inner_text()
+    assert text.count("handled first") == 1
+    assert text.index("handled first") < text.index("handled later0") < text.index("later2")
+
+    # The API: the last lines, then from next_offset only what was written since.
+    bearer = {"Authorization": f"Bearer {dashboard.token}"}
+    where = _api(dashboard, f"/api/log?replica={quote(replica.replica_id)}")
+    tail = requests.get(f"{where}&lines=1", headers=bearer, timeout=10).json()
+    assert len(tail["lines"]) == 1 and tail["lines"][0].endswith("handled later2")
+    quiet = requests.get(f"{where}&offset={tail['next_offset']}", headers=bearer, timeout=10)
+    assert quiet.json()["lines"] == []
+    requests.get(f"{client.http_address}/{backend}?n=last", timeout=10)
+    deadline = time.monotonic() + 10
+    lines: list[str] = []
+    while not lines and time.monotonic() < deadline:
+        more = requests.get(f"{where}&offset={tail['next_offset']}", headers=bearer, timeout=10)
+        lines = more.json()["lines"]
+        time.sleep(0.1)
+    assert len(lines) == 1 and lines[0].endswith("handled last") and not more.json()["reset"]
+    bad = requests.get(f"{where}&offset=-1", headers=bearer, timeout=10)
+    assert bad.status_code == 400 and "offset must be an integer" in bad.json()["message"]
 
 
 def test_a_traffic_change_made_with_the_sliders_reaches_the_instance_and_its_requests(
@@ -199,7 +273,7 @@ def test_a_killed_replica_shows_as_restarting_then_running(
     client: turnout.Client, page: Page, unique: Callable[[str], str]
 ) -> None:
     backend = unique("killed")
-    client.create_backend(backend, Slow)
+    client.create_backend(backend, Slower)
     (replica,) = client.list_replicas(backend)
     row = page.locator(f'tr[data-replica="{replica.replica_id}"]')
     expect(row.locator("[data-state]")).to_have_text("running")
@@ -208,7 +282,13 @@ def test_a_killed_replica_shows_as_restarting_then_running(
     expect(row.locator("[data-state]")).to_have_text("restarting")
     expect(row).to_contain_text("process exited with code -9")
     shot(page, "restarting")
+    # The controller reads running replicas' logs: the view says so, and
+    # shows the new process's log once it runs.
+    page.get_by_role("button", name=f"Show log of {replica.replica_id}").click()
+    expect(page.locator("#log")).to_contain_text("its log shows here once it runs")
     expect(row.locator("[data-state]")).to_have_text("running")
+    expect(page.locator("#log")).to_contain_text("slower replica ready")
+    expect(page.locator("#log-path")).to_contain_text("read by the controller")
     (again,) = client.list_replicas(backend)
     expect(row).to_contain_text(str(again.pid))
     assert again.pid != replica.pid and again.restarts == 1
@@ -236,6 +316,157 @@ def test_requests_in_flight_show_on_their_replica(
         expect(cell).to_have_text("2")
         assert [call.result().text for call in calls] == ["slept", "slept"]
     expect(cell).to_have_text("0")
+
+
+def test_an_autoscaled_backend_shows_its_rules_counts_and_last_decision(
+    client: turnout.Client, page: Page, unique: Callable[[str], str]
+) -> None:
+    backend = unique("scaled")
+    rules = {"max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 0.5}
+    client.create_backend(backend, sleeps, config={"autoscaling_config": rules})
+    client.create_endpoint(backend, backend, route=f"/{backend}")
+    box = page.get_by_role("group", name=f"Autoscaling of {backend}")
+    expect(box).to_contain_text("min 1 · max 2 · target 1 requests in flight per replica")
+    expect(box).to_contain_text("Desired 1 · running 1")
+    expect(box).to_contain_text("Last decision: none yet (it starts at 1)")
+    # Three requests in flight at a target of 1 ask for 3: max_replicas caps it at 2.
+    give_up = time.monotonic() + 60
+    with ThreadPoolExecutor(3) as pool:
+
+        def load() -> None:
+            while time.monotonic() < give_up and not done.is_set():
+                requests.get(f"{client.http_address}/{backend}?s=0.5", timeout=30)
+
+        done = threading.Event()
+        calls = [pool.submit(load) for _ in range(3)]
+        try:
+            expect(box).to_contain_text("Last decision: scaled up at ", timeout=45_000)
+            expect(box).to_contain_text("1 -> 2")
+            expect(box).to_contain_text("Desired 2 · running 2", timeout=30_000)
+            header = page.locator(f'article[data-backend="{backend}"] header')
+            expect(header).to_contain_text("2 of 2 replicas running (autoscaled)")
+            shot(page, "autoscaling")
+        finally:
+            done.set()
+            for call in calls:
+                call.result()
+    status = client.autoscaling_status(backend)
+    assert status is not None and status["last_decision"] == "up"
+    assert status["last_reason"] in box.inner_text()
+    # A fixed count replaces the rules: the confirmation says so first.
+    page.get_by_role("button", name=f"Scale {backend}").click()
+    page.get_by_label("Number of replicas", exact=True).fill("1")
+    page.get_by_role("button", name="Review change…").click()
+    expect(page.locator("#confirm-text")).to_contain_text(
+        "This turns autoscaling off (it keeps 1..2 replicas now)."
+    )
+    page.get_by_role("button", name="Cancel").last.click()
+
+
+def test_a_rollout_shows_its_step_and_windows_and_pauses_resumes_and_aborts_from_the_page(
+    client: turnout.Client, page: Page, dashboard: turnout.Dashboard, unique: Callable[[str], str]
+) -> None:
+    name, a, b = two_backends(client, unique)
+    client.rollout(name, b, steps=[0.5, 1.0], step_s=120)
+    box = page.get_by_role("group", name=f"Rollout of {name}")
+    state = box.locator("[data-rollout-state]")
+    expect(state).to_have_text("stepping")
+    expect(box).to_contain_text(f"{a} → {b}")
+    expect(box).to_contain_text(f"step 1 of 2 (50% to {b}), 120 s each (steps 50%, 100%)")
+    # The windows judged: requests to each side, as the controller counted them.
+    new = box.locator('tr[data-window="new"]')
+    expect(new).to_contain_text(b)
+    expect(box.locator('tr[data-window="old"]')).to_contain_text(a)
+
+    def counted() -> int:
+        info = client.get_rollout(name).info()
+        return int(info["new"]["requests"]) if info["new"] else 0
+
+    with requests.Session() as http:
+        deadline = time.monotonic() + 30
+        while counted() < 5 and time.monotonic() < deadline:
+            for _ in range(5):
+                http.get(f"{client.http_address}/{name}", timeout=10).raise_for_status()
+            time.sleep(0.5)
+    time.sleep(2)  # the routers' last reports are in
+    fresh = counted()
+    assert fresh >= 5
+    expect(new.locator("td").nth(2)).to_have_text(str(fresh))
+    shot(page, "rollout")
+
+    page.get_by_role("button", name=f"Pause the rollout of {name}").click()
+    expect(page.locator("#confirm-text")).to_have_text(
+        f"Pause the rollout of {name} from {a} to {b} at step 1 of 2 (50% to {b}): "
+        f"the traffic stays {a} 0.50, {b} 0.50 until it is resumed."
+    )
+    page.get_by_role("button", name="Apply").click()
+    expect(state).to_have_text("paused")
+    assert client.get_rollout(name).state == "paused"
+
+    page.get_by_role("button", name=f"Resume the rollout of {name}").click()
+    expect(page.locator("#confirm-text")).to_contain_text("timed again from the start (120 s)")
+    page.get_by_role("button", name="Apply").click()
+    expect(state).to_have_text("stepping")
+    assert client.get_rollout(name).state == "stepping"
+
+    page.get_by_role("button", name=f"Abort the rollout of {name}").click()
+    expect(page.locator("#confirm-text")).to_have_text(
+        f"Abort the rollout of {name} from {a} to {b}: all traffic goes back to {a} "
+        f"(now {a} 0.50, {b} 0.50)."
+    )
+    page.get_by_role("button", name="Apply").click()
+    expect(state).to_have_text("aborted")
+    expect(box).to_contain_text("Last rollout")
+    expect(box.get_by_role("button")).to_have_count(0)
+    assert client.list_endpoints()[name]["traffic"] == {a: 1.0}
+
+    # The API's own refusals, as from Python.
+    bearer = {"Authorization": f"Bearer {dashboard.token}"}
+    again = requests.post(
+        _api(dashboard, "/api/rollout/resume"), json={"endpoint": name}, headers=bearer, timeout=10
+    )
+    assert again.status_code == 409 and again.json()["error"] == "InUseError"
+    assert "has no paused rollout to resume" in again.json()["message"]
+    none = requests.post(
+        _api(dashboard, "/api/rollout/pause"), json={"endpoint": a}, headers=bearer, timeout=10
+    )
+    assert none.status_code == 404
+
+
+def fails(request: Any) -> str:
+    raise RuntimeError("the new version is broken")
+
+
+def test_a_rolled_back_rollout_shows_its_verdict_and_the_breach(
+    client: turnout.Client, page: Page, unique: Callable[[str], str]
+) -> None:
+    name, a, broken = unique("guarded"), unique("good"), unique("broken")
+    client.create_backend(a, replies("good"))
+    client.create_backend(broken, fails)
+    client.create_endpoint(name, a, route=f"/{name}")
+    rollout = client.rollout(
+        name, broken, steps=[0.5, 1.0], step_s=60, slo={"max_error_rate": 0.01, "min_requests": 5}
+    )
+    with requests.Session() as http:
+        deadline = time.monotonic() + 40
+        while rollout.state == "stepping" and time.monotonic() < deadline:
+            for _ in range(5):
+                http.get(f"{client.http_address}/{name}", timeout=10)
+            time.sleep(0.2)
+    assert rollout.state == "rolled_back"
+    info = rollout.info()
+    box = page.get_by_role("group", name=f"Rollout of {name}")
+    expect(box.locator("[data-rollout-state]")).to_have_text("rolled back")
+    expect(box).to_contain_text("Last rollout")
+    expect(box.locator(".verdict")).to_have_text(info["verdict"])
+    (breach,) = info["evidence"]
+    expect(box.get_by_role("list", name="Evidence")).to_have_text(
+        f"{breach['bound']}: {breach['value']:.4g} (limit {breach['limit']:.4g})"
+    )
+    expect(box.locator('tr[data-window="new"] td').nth(3)).to_have_text(str(info["new"]["errors"]))
+    expect(box.get_by_role("button")).to_have_count(0)
+    expect(card(page, name)).to_contain_text(f"{a} 100%")
+    shot(page, "rolled-back")
 
 
 def test_the_keyboard_reaches_every_change_and_escape_gives_the_focus_back(
@@ -347,6 +578,8 @@ def test_the_api_wants_the_token_same_origin_changes_and_json(dashboard: turnout
         ("/api/scale", {"backend": "b", "num_replicas": "2"}, 400, "must be an integer"),
         ("/api/scale", {"backend": "nope", "num_replicas": 1}, 404, "nope"),
         ("/api/shadow/remove", {"endpoint": "nope", "backend": "b"}, 404, "no endpoint 'nope'"),
+        ("/api/rollout/abort", {"endpoint": 3}, 400, "endpoint must be an endpoint's name"),
+        ("/api/rollout/pause", {"endpoint": "nope"}, 404, "nope"),
     ],
 )
 def test_bad_changes_get_the_status_and_message_of_the_api(

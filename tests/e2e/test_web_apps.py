@@ -3,12 +3,16 @@ FastAPI app (tests/e2e/web_apps.py) mounted under an endpoint's route."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
+from http.client import HTTPConnection, IncompleteRead
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 import requests
+import sseclient
 import web_apps
 from conftest import wait_until
 
@@ -133,18 +137,137 @@ def test_an_endless_wsgi_stream_ends_with_its_deadline(
     client.create_endpoint(name, name, route=f"/{name}", request_timeout=0.5)
     log = tmp_path / "ticks"
     try:
-        answer = http.get(f"{client.http_address}/{name}/endless", params={"log": str(log)})
-        assert answer.status_code == 504
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            answer = http.get(f"{client.http_address}/{name}/endless", params={"log": str(log)})
         wait_until(lambda: log.exists())
         # The generator is read no further: the handler thread is free again.
         time.sleep(0.5)
         ticks = log.stat().st_size
         time.sleep(0.5)
         assert log.stat().st_size == ticks
-        assert http.get(f"{client.http_address}/{name}/items/1").status_code == 200
+        answer = http.get(f"{client.http_address}/{name}/items/1")
+        assert answer.status_code == 200
     finally:
         client.delete_endpoint(name)
         client.delete_backend(name)
+
+
+# ---- streamed bodies (Flask generators, FastAPI StreamingResponse) ---------
+
+
+def test_a_streamed_body_arrives_chunk_by_chunk(mounted: str, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    params = {"gate": str(gate), "who": "ada"}
+    with requests.get(f"{mounted}/gated", params=params, stream=True, timeout=30) as response:
+        assert response.status_code == 200
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        assert "Content-Length" not in response.headers
+        assert response.headers["Content-Type"].startswith("text/plain")
+        lines = response.iter_lines()
+        # The first chunk arrives while the app still waits: not buffered.
+        assert next(lines) == b"first"
+        gate.touch()
+        # Flask's request, read inside the generator (stream_with_context).
+        assert list(lines) == [b"ada"]
+
+
+def test_whole_answers_keep_their_content_length(mounted: str, http: requests.Session) -> None:
+    answer = http.get(f"{mounted}/items/3")
+    assert answer.status_code == 200
+    assert answer.headers["Content-Length"] == str(len(answer.content))
+    assert "Transfer-Encoding" not in answer.headers
+
+
+def test_a_client_going_away_stops_the_apps_stream(mounted: str, tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    response = requests.get(
+        f"{mounted}/lines", params={"closed": str(closed)}, stream=True, timeout=30
+    )
+    lines = response.iter_lines()
+    assert next(lines) == b"0"
+    assert next(lines) == b"1"
+    assert not closed.exists()
+    response.close()  # the client goes away mid-stream
+    # WSGI: the iterable's close(); ASGI: http.disconnect, and Starlette
+    # cancels the body.
+    wait_until(closed.exists, timeout=30)
+
+
+def test_the_deadline_covers_the_apps_whole_stream(mounted: str, tmp_path: Path) -> None:
+    closed = tmp_path / "closed"
+    received = b""
+    with (
+        pytest.raises(requests.exceptions.ChunkedEncodingError),
+        requests.get(
+            f"{mounted}/lines",
+            params={"closed": str(closed)},
+            stream=True,
+            timeout=30,
+            # Long enough for the head on a loaded machine; the stream's own
+            # end is a minute away.
+            headers={"X-Serve-Timeout-Ms": "2000"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        for chunk in response.iter_content(None):
+            received += chunk
+    # Cut off part-way: no final chunk, and the body's finally ran.
+    assert received.startswith(b"0\n")
+    wait_until(closed.exists, timeout=30)
+
+
+def test_a_slow_reader_pauses_the_apps_stream(mounted: str, tmp_path: Path) -> None:
+    counter = tmp_path / "count"
+    target = urlsplit(f"{mounted}/counted")
+    with socket.create_connection((target.hostname, target.port), timeout=30) as sock:
+        # A small receive buffer, so what the kernel holds is small too: the
+        # count below is what back-pressure lets through.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        query = urlencode({"count": str(counter)})
+        sock.sendall(f"GET {target.path}?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        sock.recv(1024)
+        wait_until(counter.exists)
+        settled = -1
+        for _ in range(50):
+            time.sleep(0.1)
+            count = int(counter.read_text() or 0)
+            if count == settled:
+                break
+            settled = count
+        # All 2000 KiB produced would mean no back-pressure: what may be
+        # pulled is the credit window, plus what the socket buffers hold.
+        assert settled < web_apps.COUNTED_CHUNKS // 2, settled
+        sock.settimeout(30)
+        while True:
+            data = sock.recv(1 << 16)
+            if not data or data.endswith(b"0\r\n\r\n"):
+                break
+    assert int(counter.read_text()) == web_apps.COUNTED_CHUNKS
+
+
+def test_server_sent_events_from_an_app_parse(mounted: str) -> None:
+    with requests.get(f"{mounted}/events", stream=True, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        events = list(sseclient.SSEClient(response.iter_content(None)).events())
+    assert [e.data for e in events] == ['{"n": 0}', '{"n": 1}', '{"n": 2}']
+
+
+def test_an_error_part_way_through_an_apps_stream_aborts_it(
+    mounted: str, http: requests.Session
+) -> None:
+    target = urlsplit(f"{mounted}/broken")
+    connection = HTTPConnection(target.hostname or "", target.port, timeout=30)
+    try:
+        connection.request("GET", target.path)
+        answer = connection.getresponse()
+        assert answer.status == 200  # the head went out before the app failed
+        with pytest.raises(IncompleteRead) as info:
+            answer.read()
+        assert info.value.partial == b"partial\n"
+    finally:
+        connection.close()
+    # The replica goes on serving.
+    assert http.get(f"{mounted}/items/1").status_code == 200
 
 
 def test_asgi_lifespan_runs_at_start_and_stop(

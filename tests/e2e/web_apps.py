@@ -1,6 +1,8 @@
 """Real web apps served as backends: a Flask (WSGI) app and FastAPI (ASGI)
 apps, each exercising what a team's existing app does (path parameters,
-query strings, forms, uploads, cookies, redirects, errors, lifespan).
+query strings, forms, uploads, cookies, redirects, errors, lifespan, and
+streamed bodies: Flask generators and ``stream_with_context``,
+``turnout.EventStream``, FastAPI's ``StreamingResponse``).
 
 Replicas import them by path ("web_apps:flask_app"): ``create_backend``
 given the object finds it here. The lifespan markers go to the folder named
@@ -9,6 +11,7 @@ by ``LIFESPAN_DIR`` in the replica's environment.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
@@ -18,9 +21,32 @@ from typing import Any
 
 import flask
 from fastapi import Cookie, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+
+import turnout
 
 LIFESPAN_DIR = "WEB_APPS_LIFESPAN_DIR"
+# Every bounded wait of a streamed body below, in 10 ms steps: 30 s.
+STEPS = 3000
+# The back-pressure body: this many chunks of 1 KiB.
+COUNTED_CHUNKS = 2000
+
+
+def _gate_opened(gate: str) -> bool:
+    for _ in range(STEPS):
+        if os.path.exists(gate):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+async def _gate_opened_async(gate: str) -> bool:
+    for _ in range(STEPS):
+        if os.path.exists(gate):
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
 
 flask_app = flask.Flask(__name__)
 
@@ -85,6 +111,66 @@ def flask_boom() -> str:
     raise RuntimeError("the Flask view failed")
 
 
+@flask_app.get("/gated")
+def flask_gated() -> flask.Response:
+    """ "first", then, once the file ``?gate=`` names exists, the ``who``
+    query parameter: read in the generator, through stream_with_context."""
+    gate = flask.request.args["gate"]
+
+    def body() -> Iterator[str]:
+        yield "first\n"
+        if not _gate_opened(gate):
+            yield "gate never opened\n"
+            return
+        yield flask.request.args.get("who", "nobody") + "\n"
+
+    return flask.Response(flask.stream_with_context(body()), mimetype="text/plain")
+
+
+@flask_app.get("/lines")
+def flask_lines() -> flask.Response:
+    """A numbered line every 20 ms, forever; touches ``?closed=`` once the
+    body is closed (the client went away, or the deadline passed)."""
+    closed = flask.request.args["closed"]
+
+    def body() -> Iterator[bytes]:
+        try:
+            for n in range(STEPS):
+                yield f"{n}\n".encode()
+                time.sleep(0.02)
+        finally:
+            Path(closed).touch()
+
+    return flask.Response(body(), mimetype="text/plain")
+
+
+@flask_app.get("/counted")
+def flask_counted() -> flask.Response:
+    """COUNTED_CHUNKS chunks of 1 KiB, the count so far in ``?count=``."""
+    count = flask.request.args["count"]
+
+    def body() -> Iterator[bytes]:
+        for n in range(1, COUNTED_CHUNKS + 1):
+            Path(count).write_text(str(n))
+            yield b"x" * 1024
+
+    return flask.Response(body(), mimetype="application/octet-stream")
+
+
+@flask_app.get("/events")
+def flask_events() -> turnout.EventStream:
+    return turnout.EventStream({"n": n} for n in range(3))
+
+
+@flask_app.get("/broken")
+def flask_broken() -> flask.Response:
+    def body() -> Iterator[bytes]:
+        yield b"partial\n"
+        raise RuntimeError("the Flask stream failed")
+
+    return flask.Response(body(), mimetype="text/plain")
+
+
 @contextlib.asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     folder = os.environ.get(LIFESPAN_DIR)
@@ -144,6 +230,59 @@ async def fastapi_go(request: Request) -> RedirectResponse:
 @fastapi_app.get("/boom")
 async def fastapi_boom() -> dict[str, Any]:
     raise RuntimeError("the FastAPI route failed")
+
+
+@fastapi_app.get("/gated")
+async def fastapi_gated(gate: str, who: str = "nobody") -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        yield "first\n"
+        if not await _gate_opened_async(gate):
+            yield "gate never opened\n"
+            return
+        yield who + "\n"
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
+@fastapi_app.get("/lines")
+async def fastapi_lines(closed: str) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            for n in range(STEPS):
+                yield f"{n}\n".encode()
+                await asyncio.sleep(0.02)
+        finally:
+            Path(closed).touch()
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
+@fastapi_app.get("/counted")
+async def fastapi_counted(count: str) -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        for n in range(1, COUNTED_CHUNKS + 1):
+            Path(count).write_text(str(n))
+            yield b"x" * 1024
+
+    return StreamingResponse(body(), media_type="application/octet-stream")
+
+
+@fastapi_app.get("/events")
+async def fastapi_events() -> StreamingResponse:
+    async def body() -> AsyncIterator[str]:
+        for n in range(3):
+            yield turnout.sse_event({"n": n})
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+@fastapi_app.get("/broken")
+async def fastapi_broken() -> StreamingResponse:
+    async def body() -> AsyncIterator[bytes]:
+        yield b"partial\n"
+        raise RuntimeError("the FastAPI stream failed")
+
+    return StreamingResponse(body(), media_type="text/plain")
 
 
 @contextlib.asynccontextmanager

@@ -50,3 +50,15 @@ def test_the_page_loads_nothing_from_elsewhere() -> None:
     for path in static.iterdir():
         text = path.read_text().replace("http://www.w3.org/2000/svg", "")
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, path
+
+
+def test_a_log_read_gives_complete_lines_and_where_to_go_on() -> None:
+    from turnout._dashboard.operations import complete_lines
+
+    # A tail that began mid-log drops its cut first line; a last line without
+    # its end waits for the next read, which starts where it starts.
+    assert complete_lines(b"ut\nwhole\npart", 20, True, 4096) == (["whole"], 16)
+    assert complete_lines(b"part of it\n", 27, False, 4096) == (["part of it"], 27)
+    assert complete_lines(b"no end yet", 10, False, 4096) == ([], 0)
+    # A line longer than a whole read is given as it is, or it never would be.
+    assert complete_lines(b"xxxx", 4, False, 4) == (["xxxx"], 4)

@@ -34,6 +34,24 @@ def test_replicas_on_cluster_nodes_show_their_node() -> None:
     assert [row.split()[2] for row in rows] == ["10.200.0.1", "10.200.0.2"]
 
 
+def test_each_replica_shows_its_restarts_and_why_it_was_last_restarted() -> None:
+    again = dataclasses.replace(
+        replica("b#1"), restarts=2, last_error="process exited with code -9\nTraceback ..."
+    )
+    failing = dataclasses.replace(
+        replica("b#2"), state="FAILED", restarts=1, error="boom", last_error="boom"
+    )
+    lines = to_text(snapshot(again, failing, replica("b#3"))).splitlines()
+    header = next(line for line in lines if line.startswith("REPLICA"))
+    assert header.split()[-4:] == ["RESTARTS", "ERROR", "LAST", "ERROR"]
+    rows = {line.split()[0]: line for line in lines if line.startswith("b#")}
+    assert rows["b#1"].split()[4] == "2"
+    assert rows["b#1"].endswith("process exited with code -9 ...")
+    # The current error once, not again as the last one.
+    assert rows["b#2"].split()[4] == "1" and rows["b#2"].count("boom") == 1
+    assert rows["b#3"].split()[4:] == ["0"]
+
+
 def endpoint(**extra: object) -> dict[str, object]:
     return {
         "route": "/api",

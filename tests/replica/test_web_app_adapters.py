@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
 from turnout.replica.asgi_app import AppStartError, AsgiApp
-from turnout.replica.wsgi_app import AppAnswerError, WsgiApp
+from turnout.replica.streams import AppStream
+from turnout.replica.wsgi_app import AppAnswerError, WsgiApp, WsgiStream
 from turnout.v1 import http_pb2
 
 
@@ -76,21 +78,25 @@ def test_an_asgi_app_gets_an_http_scope_and_the_whole_body() -> None:
         await send({"type": "http.response.body", "body": b"ts"})
         seen["after"] = await receive()
 
-    answer = run(
-        AsgiApp(app).call(
+    async def scenario() -> tuple[AppStream, list[bytes]]:
+        answer = await AsgiApp(app).call(
             request(
                 "/api/a%20b", "/api", query_string="x=1", body=b"data", remote_addr="10.0.0.1:5"
             )
         )
-    )
+        # more_body: the answer streams.
+        assert isinstance(answer, AppStream)
+        return answer, [chunk async for chunk in answer.chunks]
+
+    answer, chunks = run(scenario())
     scope = seen["scope"]
     assert (scope["type"], scope["path"], scope["root_path"]) == ("http", "/api/a b", "/api")
     assert (scope["raw_path"], scope["query_string"]) == (b"/api/a%20b", b"x=1")
     assert scope["server"] == ("h.example", 8080) and scope["client"] == ("10.0.0.1", 5)
     assert seen["message"] == {"type": "http.request", "body": b"data", "more_body": False}
     assert seen["after"] == {"type": "http.disconnect"}
-    assert (answer.status, answer.body) == (202, b"parts")
-    assert [(h.name, h.value) for h in answer.headers] == [("x-a", "1")]
+    assert (answer.start.status, chunks) == (202, [b"par", b"ts"])
+    assert [(h.name, h.value) for h in answer.start.headers] == [("x-a", "1")]
 
 
 def test_an_asgi_app_that_never_answers_is_an_error() -> None:
@@ -144,6 +150,7 @@ def test_lifespan_state_reaches_requests_and_shutdown_is_sent() -> None:
         await served.startup(5)
         answer = await served.call(request("/"))
         await served.shutdown(5)
+        assert isinstance(answer, http_pb2.HttpResponse)
         return answer.body
 
     assert run(scenario()) == b"from lifespan"
@@ -166,9 +173,10 @@ def test_an_app_without_lifespan_support_is_served_without_it() -> None:
     async def scenario() -> int:
         served = AsgiApp(app)
         await served.startup(5)
-        status = (await served.call(request("/"))).status
+        answer = await served.call(request("/"))
         await served.shutdown(5)
-        return status
+        assert isinstance(answer, http_pb2.HttpResponse)
+        return answer.status
 
     assert run(scenario()) == 204
 
@@ -192,6 +200,7 @@ def test_work_after_the_answer_does_not_hold_the_answer_back() -> None:
 
     async def scenario() -> tuple[bytes, bool]:
         answer = await AsgiApp(app).call(request("/"))
+        assert isinstance(answer, http_pb2.HttpResponse)
         finished_first = done.is_set()
         await asyncio.wait_for(done.wait(), 5)
         return answer.body, finished_first
@@ -214,3 +223,105 @@ def test_an_endless_wsgi_body_stops_once_its_caller_gave_up() -> None:
     with pytest.raises(AppAnswerError, match="abandoned"):
         WsgiApp(endless).call(request("/"), stop)
     assert len(read) == 101
+
+
+def test_a_wsgi_body_of_unknown_length_streams_and_a_sized_one_does_not() -> None:
+    closed: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        kind = environ["PATH_INFO"]
+        headers = [("Content-Length", "2")] if kind == "/sized" else []
+
+        def body() -> Iterator[bytes]:
+            try:
+                yield b""  # PEP 3333: the head waits for a non-empty chunk
+                start_response("200 OK", headers)(b"w")  # write() goes first
+                yield b"a"
+                yield b"b"
+            finally:
+                closed.append(kind)
+
+        if kind == "/list":
+            start_response("200 OK", [])
+            return [b"a", b"b"]
+        return body()
+
+    served = WsgiApp(app)
+    for kind in ("/list", "/sized"):
+        answer = served.start(request(kind))
+        assert isinstance(answer, http_pb2.HttpResponse), kind
+    stream = served.start(request("/stream"))
+    assert isinstance(stream, WsgiStream)
+    assert stream.first == [b"w", b"", b"a"]
+    assert list(stream.rest) == [b"b"]
+    stream.close()
+    assert closed == ["/sized", "/stream"]
+    # Closed part-way: the generator's finally runs (the client went away).
+    stream = served.start(request("/stream"))
+    assert isinstance(stream, WsgiStream)
+    stream.close()
+    assert closed[-1] == "/stream"
+
+
+def test_an_asgi_stream_waits_for_its_reader_and_hears_it_leave() -> None:
+    sent: list[int] = []
+    heard: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for n in range(100):
+                await send({"type": "http.response.body", "body": b"x", "more_body": True})
+                sent.append(n)
+        except OSError:
+            heard.append((await receive())["type"])
+
+    async def scenario() -> tuple[int, int]:
+        answer = await AsgiApp(app).call(request("/"))
+        assert isinstance(answer, AppStream)
+        chunks = answer.chunks
+        await anext(chunks)
+        await asyncio.sleep(0.05)
+        ahead = len(sent)  # a queue of one chunk: the app waits
+        await chunks.aclose()  # type: ignore[attr-defined]
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.01)
+        return ahead, len(sent)
+
+    ahead, total = run(scenario())
+    assert ahead <= 3 and total == ahead
+    assert heard == ["http.disconnect"]
+
+
+def test_a_starlette_stream_cut_off_in_send_has_its_body_closed_at_once() -> None:
+    from starlette.responses import StreamingResponse
+
+    closed: list[bool] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"x"  # faster than its reader: it waits in send
+                await asyncio.sleep(0)
+        finally:
+            closed.append(True)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await StreamingResponse(body())(scope, receive, send)
+
+    async def scenario() -> bool:
+        answer = await AsgiApp(app).call(request("/"))
+        assert isinstance(answer, AppStream)
+        await anext(answer.chunks)
+        await answer.chunks.aclose()  # type: ignore[attr-defined]
+        # Left to the collector, the generator's finally waited seconds or more.
+        for _ in range(50):
+            if closed:
+                break
+            await asyncio.sleep(0.01)
+        return bool(closed)
+
+    assert run(scenario())

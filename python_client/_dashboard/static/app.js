@@ -3,7 +3,9 @@
 "use strict";
 
 const POLL_MS = 1000;
-const LOG_POLL_MS = 2000;
+const LOG_POLL_MS = 1000;
+const LOG_LINES = 100;     // lines of the first read
+const LOG_KEEP = 1000;     // lines the view keeps as it follows
 const SVG = "http://www.w3.org/2000/svg";
 const COLORS = 6;
 
@@ -182,6 +184,7 @@ function endpointCard(e, points, order, sampleS) {
     h("p", {class: "muted summary"},
       `Last ${r.window_s || 60} s: ${r.requests || 0} requests, ${r.errors || 0} errors · ` +
       `p50 ${ms(r.p50)} · p95 ${ms(r.p95)} · p99 ${ms(r.p99)}`),
+    e.rollout ? rolloutView(e) : null,
     shadowsView(e),
     h("div", {class: "grid"},
       chart(`Requests and errors of ${e.name}`, points, sampleS, [
@@ -193,6 +196,67 @@ function endpointCard(e, points, order, sampleS) {
         {key: "p95", label: "p95", color: "var(--c1)", scale: 1000},
         {key: "p99", label: "p99", color: "var(--c4)", scale: 1000},
       ], (v) => `${v.toFixed(v < 10 ? 1 : 0)} ms`)));
+}
+
+// ---- rollouts -------------------------------------------------------------------
+
+const ROLLOUT_ENDED = ["succeeded", "rolled_back", "aborted"];
+
+// Four significant digits, without trailing zeros.
+const figure = (x) => String(Number(Number(x).toPrecision(4)));
+
+function stepText(ro) {
+  if (ro.state === "shadow") return "shadow phase";
+  if (!ro.step) return "before its first step";
+  return `step ${ro.step} of ${ro.steps.length} (${pct(ro.steps[ro.step - 1])} to ` +
+    `${ro.to_backend})`;
+}
+
+function rolloutView(e) {
+  const ro = e.rollout;
+  const ended = ROLLOUT_ENDED.includes(ro.state);
+  const where = `the rollout of ${e.name} from ${ro.from_backend} to ${ro.to_backend}`;
+  const at = stepText(ro);
+  const button = (action, label, text, done) => h("button", {type: "button",
+    id: idFor(`rollout-${action}`, e.name), "aria-label": `${label} the rollout of ${e.name}`,
+    onclick: () => confirmChange(text, `/api/rollout/${action}`, {endpoint: e.name}, done)},
+  label);
+  const buttons = [];
+  if (!ended && ro.state !== "paused") {
+    buttons.push(button("pause", "Pause", `Pause ${where} at ${at}: the traffic stays ` +
+      `${weights(e.traffic)} until it is resumed.`, `Rollout of ${e.name} paused.`));
+  }
+  if (ro.state === "paused") {
+    buttons.push(button("resume", "Resume", `Resume ${where} at ${at}: the step is timed ` +
+      `again from the start (${ro.step_s} s).`, `Rollout of ${e.name} resumed.`));
+  }
+  if (!ended) {
+    buttons.push(button("abort", "Abort", `Abort ${where}: all traffic goes back to ` +
+      `${ro.from_backend} (now ${weights(e.traffic)}).`, `Rollout of ${e.name} aborted.`));
+  }
+  const time = (unix) => new Date(unix * 1000).toLocaleTimeString();
+  const windows = [["new", ro.new], ["old", ro.old]].filter(([, w]) => w);
+  return h("div", {class: "rollout", role: "group", "aria-label": `Rollout of ${e.name}`},
+    h("div", {class: "row"},
+      h("strong", {text: ended ? "Last rollout" : "Rollout"}),
+      h("span", {}, `${ro.from_backend} → ${ro.to_backend}`),
+      h("span", {class: `state rollout-${ro.state}`, "data-rollout-state": ro.state,
+        text: ro.state.replace("_", " ")}),
+      h("span", {}, ended ? `ended ${ro.ended_at ? time(ro.ended_at) : ""}` :
+        `${at}, ${ro.step_s} s each (steps ${ro.steps.map(pct).join(", ")})`),
+      ...buttons),
+    ro.verdict ? h("p", {class: "verdict", text: ro.verdict}) : null,
+    ro.evidence.length ? h("ul", {class: "evidence", "aria-label": "Evidence"},
+      ro.evidence.map((ev) => h("li", {text: `${ev.bound}: ${figure(ev.value)} ` +
+        `(limit ${figure(ev.limit)})`}))) :
+      null,
+    windows.length ? h("table", {"aria-label": `Last window judged of ${e.name}'s rollout`},
+      h("thead", {}, h("tr", {}, [`Over ${Math.round(windows[0][1].window_s)} s`, "Backend",
+        "Requests", "Errors", "p95", "p99"].map((t) => h("th", {scope: "col", text: t})))),
+      h("tbody", {}, windows.map(([side, w]) => h("tr", {"data-window": side},
+        h("td", {text: side}), h("td", {text: w.backend}), h("td", {text: w.requests}),
+        h("td", {text: w.errors}), h("td", {text: ms(w.p95)}), h("td", {text: ms(w.p99)}))))) :
+      null);
 }
 
 function splitBar(traffic, colorOf) {
@@ -313,15 +377,39 @@ function backendsView(data) {
       h("header", {class: "row"},
         h("h3", {id: titleId, text: b.tag}),
         h("span", {class: "muted"}, `${b.replicas.filter((r) => r.state === "RUNNING").length}` +
-          ` of ${b.config.num_replicas} replicas running`),
+          ` of ${b.autoscaling ? b.autoscaling.desired_replicas : b.config.num_replicas} ` +
+          `replicas running${b.autoscaling ? " (autoscaled)" : ""}`),
         h("button", {type: "button", id: idFor("scale", b.tag), "aria-label": `Scale ${b.tag}`,
           onclick: () => openScale(b)}, "Scale…")),
+      b.autoscaling ? autoscalingView(b) : null,
       h("details", {}, h("summary", {text: "Config"}),
         h("dl", {class: "config"}, config.map(([k, v]) => [h("dt", {text: k}),
           h("dd", {text: typeof v === "object" ? JSON.stringify(v) : String(v)})]))),
       b.replicas.length ? replicasTable(b) :
         h("p", {class: "empty", text: "No replicas (num_replicas is 0)."}));
   });
+}
+
+// What the autoscaler was told, what it decided last and why.
+function autoscalingView(b) {
+  const a = b.autoscaling;
+  const p = a.policy;
+  const decided = a.last_decision ?
+    [h("strong", {text: `scaled ${a.last_decision}`}),
+      ` at ${new Date(a.last_decision_time * 1000).toLocaleTimeString()}: `,
+    h("span", {class: "reason", text: a.last_reason || ""})] :
+    ["none yet (it starts at ", String(p.initial_replicas === null ? p.min_replicas :
+      p.initial_replicas), ")"];
+  return h("div", {class: "autoscaling", role: "group", "aria-label": `Autoscaling of ${b.tag}`},
+    h("p", {},
+      h("strong", {text: "Autoscaling"}),
+      ` min ${p.min_replicas} · max ${p.max_replicas} · target ${p.target_ongoing_requests} ` +
+      "requests in flight per replica · delays up " +
+      `${p.upscale_delay_s} s, down ${p.downscale_delay_s} s, over ${p.look_back_period_s} s`),
+    h("p", {},
+      `Desired ${a.desired_replicas} · running ${a.running_replicas} · load ` +
+      `${a.load.toFixed(2)} requests, asks for ${a.wanted_replicas}`),
+    h("p", {}, "Last decision: ", decided));
 }
 
 function replicasTable(b) {
@@ -346,33 +434,61 @@ function replicasTable(b) {
 // ---- the log --------------------------------------------------------------------
 
 async function showLog(replica) {
-  state.log = replica;
+  state.log = {replica, offset: null, lines: []};
   $("log-section").hidden = false;
   $("log-title").textContent = `Log of ${replica}`;
+  $("log-path").textContent = "";
   $("log").textContent = "Loading…";
   await refreshLog(true);
   $("log").focus();
 }
 
+// The first read takes the last lines; each next one asks from where the
+// previous one ended (next_offset), so only new lines travel.
 async function refreshLog(first) {
-  const replica = state.log;
-  if (!replica) return;
+  const shown = state.log;
+  if (!shown || (shown.busy && !first)) return;
+  shown.busy = true;
+  const from = shown.offset === null ? "" : `&offset=${shown.offset}`;
   try {
-    const answer = await api(`/api/log?replica=${encodeURIComponent(replica)}&lines=100`);
-    if (state.log !== replica) return;
-    $("log-path").textContent = answer.path || "";
+    const answer = await api(`/api/log?replica=${encodeURIComponent(shown.replica)}` +
+      `&lines=${LOG_LINES}${from}`);
+    if (state.log !== shown) return;
+    if (shown.offset !== null && shown.path && answer.path && answer.path !== shown.path) {
+      // A new process of the replica, with a file of its own: from its tail.
+      shown.path = answer.path;
+      shown.offset = null;
+      shown.lines = [];
+      shown.busy = false;
+      await refreshLog(true);
+      return;
+    }
+    shown.path = answer.path || shown.path;
+    $("log-path").textContent = answer.path ? `${answer.path} · read by the controller` : "";
     const pre = $("log");
+    if (answer.note) {
+      shown.offset = null;
+      shown.lines = [];
+      pre.textContent = answer.note;
+      return;
+    }
     const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-    pre.textContent = answer.note ? answer.note :
-      answer.lines.length ? answer.lines.join("\n") : "The log is empty so far.";
+    shown.lines = (answer.reset ? answer.lines : shown.lines.concat(answer.lines))
+      .slice(-LOG_KEEP);
+    const grew = shown.offset === null || answer.lines.length || answer.reset;
+    shown.offset = answer.next_offset;
+    if (!grew && pre.textContent !== "Loading…") return;
+    pre.textContent = shown.lines.length ? shown.lines.join("\n") : "The log is empty so far.";
     if (first || atEnd) pre.scrollTop = pre.scrollHeight;
   } catch (exc) {
-    if (state.log === replica) $("log").textContent = describeFailure(exc);
+    if (state.log === shown) $("log").textContent = describeFailure(exc);
+  } finally {
+    shown.busy = false;
   }
 }
 
 function closeLog() {
-  const replica = state.log;
+  const replica = state.log && state.log.replica;
   state.log = null;
   $("log-section").hidden = true;
   if (replica && $(idFor("log", replica))) $(idFor("log", replica)).focus();
@@ -530,8 +646,11 @@ function reviewScale() {
   const b = state.scale;
   const text = $("scale-count").value.trim();
   const count = /^\d+$/.test(text) ? Number(text) : text;
+  // A fixed count replaces the autoscaling rules (update_backend_config).
+  const off = b.autoscaling ? ` This turns autoscaling off (it keeps ${b.autoscaling.policy
+    .min_replicas}..${b.autoscaling.policy.max_replicas} replicas now).` : "";
   confirmChange(`Scale ${b.tag} from ${b.config.num_replicas} to ${count} replicas ` +
-    "(the dialog waits until they run).", "/api/scale", {backend: b.tag, num_replicas: count},
+    `(the dialog waits until they run).${off}`, "/api/scale", {backend: b.tag, num_replicas: count},
     `${b.tag} scaled to ${count} replicas.`);
 }
 
