@@ -5,6 +5,14 @@ Run from the repository root, in the project's virtualenv, with wrk on PATH::
     python bench/ab.py --env-b GRPC_EXPERIMENTS=-event_engine_client --connections 1,64
     python bench/ab.py --workers-b 2 --connections 16,64 --rounds 6
     python bench/ab.py --tls-b cert.pem,cert.key,ca.pem --connections 1,64
+    python bench/ab.py --body-bytes 1048576 --connections 1,8
+    python bench/ab.py --env-b PYTHONPATH="$(bench/tree_at.sh main)" --connections 1,64
+
+``--body-bytes N`` loads ``POST /echo`` with an N-byte body that the handler
+(``def echo(request): return request.get_data()``) sends back, instead of
+``GET /noop``. ``bench/tree_at.sh REV`` builds an importable tree of another
+commit: on set-up B's ``PYTHONPATH`` it runs that commit's controller, proxy
+and replicas against the working tree's.
 
 ``--tls-b CERT,KEY,CA`` runs set-up B with mutual TLS on every gRPC hop
 (``CA`` may be left out: TLS without client certificates); the certificate
@@ -31,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from http_noop import (
+    ECHO_PATH,
     HOST,
     PATH,
     LoadResult,
@@ -57,12 +66,25 @@ class Side:
     processes: Processes
     runs: dict[int, list[LoadResult]] = field(default_factory=dict)
 
-    def load(self, wrk: str, connections: int) -> LoadResult:
+    def load(self, wrk: str, connections: int, body_bytes: int = 0) -> LoadResult:
         """One short wrk run (after its own warm-up), as ``http_noop.py`` makes them."""
         spec = LoadSpec(
-            HOST, _http_port(self.client), PATH, connections, WARMUP_S, RUN_S, self.processes
+            HOST,
+            _http_port(self.client),
+            ECHO_PATH if body_bytes else PATH,
+            connections,
+            WARMUP_S,
+            RUN_S,
+            self.processes,
+            body_bytes,
         )
         return wrk_load(wrk, self.label, spec)
+
+
+def echo(request: object) -> bytes:
+    """The body handler of ``--body-bytes``: the request's body back."""
+    data: bytes = request.get_data()  # type: ignore[attr-defined]
+    return data
 
 
 def start(
@@ -81,6 +103,8 @@ def start(
     client = Client(instance.address, tls=tls, _instance=instance)
     client.create_backend("noop", noop)
     client.create_endpoint("noop", "noop", route=PATH)
+    client.create_backend("echo", echo)
+    client.create_endpoint("echo", "echo", route=ECHO_PATH, methods=["POST"])
     return Side(label, client, turnout_processes(client))
 
 
@@ -122,6 +146,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     parser.add_argument("--connections", default="16,64", help="comma list (default 16,64)")
     parser.add_argument("--rounds", type=int, default=4, help="A B / B A rounds (default 4)")
+    parser.add_argument(
+        "--body-bytes",
+        type=int,
+        default=0,
+        help="POST bodies of this many bytes to an echo handler (default 0: GET /noop)",
+    )
     return parser.parse_args(argv)
 
 
@@ -153,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, env, workers, tls in setups(args):
             sides.append(start(label, env, workers, tls))
         for c, side in in_turn(sides, connections, args.rounds):
-            side.runs.setdefault(c, []).append(side.load(wrk, c))
+            side.runs.setdefault(c, []).append(side.load(wrk, c, args.body_bytes))
         for c in connections:
             for side in sides:
                 runs = side.runs[c]

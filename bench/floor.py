@@ -37,6 +37,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 # Older gRPC engine, as Turnout's launcher sets for its proxy and replicas.
 os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_client,-event_engine_listener")
@@ -53,6 +54,8 @@ from http_noop import (  # noqa: E402  (the environment must be set before grpc 
 )
 
 _METHOD = "/floor.Floor/Stream"
+# Batches of large bodies (compare.py's) pass gRPC's default 4 MiB limit.
+_NO_LIMITS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 _START_TIMEOUT_S = 30.0
 WARMUP_S = 1.0
 RUN_S = 3.0
@@ -78,7 +81,9 @@ def _same(data: bytes) -> bytes:
 
 
 def noop(payload: bytes) -> bytes:
-    return b"ok"
+    """``ok``, or for ``/echo`` the request's body (``compare.py``'s large bodies)."""
+    path, _, body = payload.partition(b"\n")
+    return body if path == b"/echo" else b"ok"
 
 
 # ---- the replica: a grpc.aio server answering every call ---------------------
@@ -124,7 +129,7 @@ async def serve_replica(thread_hop: bool) -> None:
     handler = grpc.stream_stream_rpc_method_handler(
         stream, request_deserializer=_same, response_serializer=_same
     )
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=_NO_LIMITS)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("floor.Floor", {"Stream": handler}),)
     )
@@ -141,7 +146,7 @@ async def serve_proxy(replica_port: int) -> None:
     import grpc
     from aiohttp import web
 
-    channel = grpc.aio.insecure_channel(f"{HOST}:{replica_port}")
+    channel = grpc.aio.insecure_channel(f"{HOST}:{replica_port}", options=_NO_LIMITS)
     call = channel.stream_stream(_METHOD, request_serializer=_same, response_deserializer=_same)(
         wait_for_ready=True
     )
@@ -169,12 +174,22 @@ async def serve_proxy(replica_port: int) -> None:
         body = await request.read()
         next_id += 1
         answer = waiting[next_id] = loop.create_future()
-        outbox.append((next_id, request.raw_path.encode() + body))
+        outbox.append((next_id, b"%s\n%s" % (request.raw_path.encode(), body)))
         wake.set()
         return web.Response(body=await answer)
 
     tasks = [asyncio.create_task(write()), asyncio.create_task(read())]
-    runner = web.ServerRunner(web.Server(handle), access_log=None)
+
+    def make_request(
+        message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+    ) -> web.BaseRequest:
+        # Bodies up to Turnout's default limit (16 MiB), not aiohttp's 1 MiB.
+        return web.BaseRequest(
+            message, payload, protocol, writer, task, loop, client_max_size=16 * 2**20
+        )
+
+    server = web.Server(handle, request_factory=make_request)
+    runner = web.ServerRunner(server, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, HOST, 0)
     await site.start()
@@ -246,7 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             servers[name] = (port, (("proxy", proxy.pid), ("replica", replica.pid)))
         results = _run(servers, connections, args.rounds, load)
     finally:
-        for process in started:
+        # Each proxy before its replica: a proxy whose replica went first
+        # prints the broken stream's traceback.
+        for process in reversed(started):
             _stop(process)
         _stop_process(bare_process)
     print(

@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 
 HOST = "127.0.0.1"
 PATH = "/noop"
+# Where the bare server (and bench/compare.py's Turnout) echo a POSTed body.
+ECHO_PATH = "/echo"
 # Children are started with "spawn" so they inherit no threads, sockets or
 # gRPC state from this process (fork after grpc is imported is unsafe).
 _SPAWN = multiprocessing.get_context("spawn")
@@ -190,6 +193,8 @@ class LoadSpec:
     warmup_s: float
     duration_s: float
     processes: Processes = ()
+    # > 0: each request is a POST with a body of this many bytes (wrk only).
+    body_bytes: int = 0
 
 
 @dataclass
@@ -292,6 +297,8 @@ def _loadgen_child(spec: LoadSpec, out: Connection) -> None:
 
 def builtin_load(server: str, spec: LoadSpec) -> LoadResult:
     """Run the asyncio load generator in a separate process (own GIL, own core)."""
+    if spec.body_bytes:
+        raise RuntimeError("the built-in load generator sends no bodies: install wrk")
     receive, send = _SPAWN.Pipe(duplex=False)
     process = _SPAWN.Process(target=_loadgen_child, args=(spec, send), daemon=True)
     process.start()
@@ -360,6 +367,25 @@ def wrk_load(wrk: str, server: str, spec: LoadSpec) -> LoadResult:
     threads = str(max(1, min(spec.connections, os.cpu_count() or 1)))
     base = [wrk, "-t", threads, "-c", str(spec.connections)]
     timeout = spec.warmup_s + spec.duration_s + _LOAD_GRACE_S
+    with contextlib.ExitStack() as stack:
+        if spec.body_bytes:
+            script = stack.enter_context(tempfile.NamedTemporaryFile("w", suffix=".lua"))
+            script.write(_post_script(spec.body_bytes))
+            script.flush()
+            base += ["-s", script.name]
+        return _wrk_runs(base, url, server, spec, timeout)
+
+
+def _post_script(body_bytes: int) -> str:
+    """A wrk script that POSTs ``body_bytes`` bytes with every request."""
+    return (
+        'wrk.method = "POST"\n'
+        f'wrk.body = string.rep("x", {body_bytes})\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    )
+
+
+def _wrk_runs(base: list[str], url: str, server: str, spec: LoadSpec, timeout: float) -> LoadResult:
     if spec.warmup_s > 0:
         warm = [*base, "-d", f"{max(1, round(spec.warmup_s))}s", url]
         subprocess.run(warm, check=True, capture_output=True, timeout=timeout)
@@ -379,8 +405,13 @@ async def _serve_bare(out: Connection) -> None:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application()
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(body=await request.read(), content_type="application/octet-stream")
+
+    # Bodies up to Turnout's default limit (16 MiB), not aiohttp's 1 MiB.
+    app = web.Application(client_max_size=16 * 2**20)
     app.router.add_get(PATH, hello)
+    app.router.add_post(ECHO_PATH, echo)
     # No access log, as Turnout's proxy: compare the HTTP paths, not logging.
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

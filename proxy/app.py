@@ -98,10 +98,12 @@ class HttpAnswers:
                 f"replica {replica_id} of backend {backend!r} sent no valid HTTP answer",
                 request_id,
             )
-        if len(reply.http.body) > self.max_response_bytes:
+        # Read out of the message once: each read of a bytes field is a copy.
+        body = reply.http.body
+        if len(body) > self.max_response_bytes:
             return _failed(*self.too_large(backend), request_id)
         try:
-            response = http_codec.from_proto(reply.http, request_id)
+            response = http_codec.from_proto(reply.http, request_id, body)
         except http_codec.BadResponse as exc:
             logger.warning("replica %s answered request %s: %s", replica_id, request_id, exc)
             return _failed(

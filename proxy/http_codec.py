@@ -71,9 +71,12 @@ STREAM_MIN_BYTES = 1024 * 1024
 _SLICE_BYTES = 256 * 1024
 
 
-def from_proto(reply: http_pb2.HttpResponse, request_id: str) -> web.Response:
-    """The answer to send, its body read out of ``reply`` once; raises
-    ``BadResponse`` for a header that HTTP cannot carry."""
+def from_proto(
+    reply: http_pb2.HttpResponse, request_id: str, body: bytes | None = None
+) -> web.Response:
+    """The answer to send, with ``body`` (``reply.body`` when None: pass it
+    when read already, since each read is a copy); raises ``BadResponse`` for
+    a header that HTTP cannot carry."""
     pairs = []
     for header in reply.headers:
         name, value = header.name, header.value
@@ -82,7 +85,11 @@ def from_proto(reply: http_pb2.HttpResponse, request_id: str) -> web.Response:
         if name.lower() not in _SKIPPED_RESPONSE_HEADERS:
             pairs.append((name, value))
     pairs.append(("X-Request-Id", request_id))
-    return web.Response(status=reply.status, headers=CIMultiDict(pairs), body=reply.body)
+    return web.Response(
+        status=reply.status,
+        headers=CIMultiDict(pairs),
+        body=reply.body if body is None else body,
+    )
 
 
 async def send(response: web.Response, request: web.BaseRequest) -> web.StreamResponse:

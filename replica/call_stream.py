@@ -3,7 +3,9 @@ answers out in batches as they finish.
 
 Whatever answers are ready when the previous write completes go out as one
 message, so a busy replica pays gRPC's per-message cost once for many
-answers, and an idle one writes each answer at once.
+answers, and an idle one writes each answer at once. Each answer (and
+frame) is serialised once, as it finishes, and a batch is framed around them
+(``turnout._internal.wire``): no answer is copied into a message again.
 
 A handler whose answer streams (``replica.streams``) answers with frames
 instead: a ``StreamStart``, ``StreamChunk``s and a ``StreamEnd``, batched
@@ -18,8 +20,8 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from typing import TypeVar
 
+from turnout._internal import wire
 from turnout.replica.streams import Outgoing
 from turnout.v1 import replica_pb2
 
@@ -34,7 +36,12 @@ class NoPayload(Exception):
     """A HandleRequest with neither an HTTP request nor a Python call."""
 
 
-Respond = Callable[[replica_pb2.HandleRequest], Awaitable[replica_pb2.HandleResponse | Outgoing]]
+# A call's answer: the message, a HandleResponse framed already (``wire``),
+# or a stream.
+Respond = Callable[
+    [replica_pb2.HandleRequest],
+    Awaitable[replica_pb2.HandleResponse | wire.Part | Outgoing],
+]
 
 
 class _Credit:
@@ -60,10 +67,19 @@ async def serve_stream(
     """A whole HandleStream: the answers to ``messages``, batched, until the
     sender stops and every call is answered; calls still running when the
     stream goes away are cancelled."""
+    async for batch in serve_stream_framed(respond, messages):
+        yield replica_pb2.HandleStreamResponse.FromString(batch)
+
+
+async def serve_stream_framed(
+    respond: Respond, messages: AsyncIterable[replica_pb2.HandleStreamRequest]
+) -> AsyncIterator[bytes]:
+    """``serve_stream``, each batch a serialised ``HandleStreamResponse``: for
+    a method registered with no response serialiser (no copy of the batch)."""
     stream = CallStream(respond)
     reader = asyncio.create_task(stream.read(messages))
     try:
-        async for batch in stream.answers():
+        async for batch in stream.framed_answers():
             yield batch
     finally:
         reader.cancel()
@@ -76,8 +92,8 @@ class CallStream:
     def __init__(self, respond: Respond) -> None:
         self._respond = respond
         self._running: dict[int, asyncio.Task[None]] = {}
-        self._outbox: list[replica_pb2.StreamAnswer] = []
-        self._frames: list[replica_pb2.StreamFrame] = []
+        self._outbox: list[wire.Part] = []
+        self._frames: list[wire.Part] = []
         # Calls whose answer streams, by id: the credit their chunks wait for.
         self._credits: dict[int, _Credit] = {}
         self._ready = asyncio.Event()
@@ -103,11 +119,16 @@ class CallStream:
 
     async def answers(self) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
         """Batches of answers, until the sender has stopped and every call is answered."""
+        async for batch in self.framed_answers():
+            yield replica_pb2.HandleStreamResponse.FromString(batch)
+
+    async def framed_answers(self) -> AsyncIterator[bytes]:
+        """``answers``, serialised."""
         while True:
             if not self._outbox:
                 if self._frames:
                     frames, self._frames = _take_batch(self._frames)
-                    yield replica_pb2.HandleStreamResponse(frames=frames)
+                    yield wire.stream_response((), frames)
                     continue
                 if not self._reading and not self._running:
                     return
@@ -117,9 +138,9 @@ class CallStream:
             batch, self._outbox = _take_batch(self._outbox)
             if self._frames:
                 frames, self._frames = _take_batch(self._frames)
-                yield replica_pb2.HandleStreamResponse(answers=batch, frames=frames)
+                yield wire.stream_response(batch, frames)
                 continue
-            yield replica_pb2.HandleStreamResponse(answers=batch)
+            yield wire.stream_response(batch)
 
     def cancel(self) -> None:
         """The stream is gone: stop every call still running."""
@@ -127,8 +148,7 @@ class CallStream:
             task.cancel()
 
     async def _answer(self, call: replica_pb2.StreamCall) -> None:
-        answer = replica_pb2.StreamAnswer(id=call.id)
-        response: replica_pb2.HandleResponse | Outgoing | None
+        response: replica_pb2.HandleResponse | wire.Part | Outgoing | None
         try:
             if call.timeout:
                 async with asyncio.timeout(call.timeout):
@@ -141,15 +161,17 @@ class CallStream:
                     response = await self._stream(call, response)
             if response is None:
                 return  # streamed: its frames were the answer
-            answer.response.CopyFrom(response)
+            if not isinstance(response, tuple):
+                response = wire.serialised(response)
+            answer = wire.stream_answer(call.id, response)
         except TimeoutError:
             if call.id in self._credits:
                 # Part of the answer went out already: the stream ends here.
                 self._end(call.id, replica_pb2.StreamEnd(failure=_DEADLINE))
                 return
-            answer.failure = replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED
+            answer = wire.failed_answer(call.id, _DEADLINE)
         except NoPayload:
-            answer.failure = replica_pb2.CALL_FAILURE_INVALID_ARGUMENT
+            answer = wire.failed_answer(call.id, replica_pb2.CALL_FAILURE_INVALID_ARGUMENT)
         except asyncio.CancelledError:
             # The sender gave up on it: nobody waits for an answer.
             return
@@ -168,7 +190,7 @@ class CallStream:
         if not call.stream_window:
             return await out.collect()
         credit = self._credits[call.id] = _Credit(call.stream_window)
-        self._emit(replica_pb2.StreamFrame(id=call.id, start=out.start))
+        self._emit(wire.serialised(replica_pb2.StreamFrame(id=call.id, start=out.start)))
         end = replica_pb2.StreamEnd()
         async with contextlib.aclosing(out.chunks):  # type: ignore[type-var]
             try:
@@ -180,38 +202,32 @@ class CallStream:
                     if chunk is None:
                         break
                     credit.available -= 1
-                    self._emit(
-                        replica_pb2.StreamFrame(
-                            id=call.id, chunk=replica_pb2.StreamChunk(data=chunk)
-                        )
-                    )
+                    self._emit(wire.stream_chunk(call.id, chunk))
             except Exception as exc:
                 end.error.CopyFrom(out.fail(exc))
         end.handler_seconds = time.perf_counter() - out.started
         self._end(call.id, end)
         return None
 
-    def _emit(self, frame: replica_pb2.StreamFrame) -> None:
+    def _emit(self, frame: wire.Part) -> None:
         self._frames.append(frame)
         self._ready.set()
 
     def _end(self, call_id: int, end: replica_pb2.StreamEnd) -> None:
-        self._emit(replica_pb2.StreamFrame(id=call_id, end=end))
+        self._emit(wire.serialised(replica_pb2.StreamFrame(id=call_id, end=end)))
 
 
 _DEADLINE = replica_pb2.CALL_FAILURE_DEADLINE_EXCEEDED
 
-_Item = TypeVar("_Item", replica_pb2.StreamAnswer, replica_pb2.StreamFrame)
 
-
-def _take_batch(outbox: list[_Item]) -> tuple[list[_Item], list[_Item]]:
+def _take_batch(outbox: list[wire.Part]) -> tuple[list[wire.Part], list[wire.Part]]:
     """The answers for the next message (at least one, at most about
     ``ANSWER_BATCH_BYTES``) and those left for the one after."""
     if len(outbox) == 1:  # the common case at low load: nothing to measure
         return outbox, []
     size = 0
-    for taken, answer in enumerate(outbox):
-        size += answer.ByteSize()
+    for taken, (_, answer_size) in enumerate(outbox):
+        size += answer_size
         if size > ANSWER_BATCH_BYTES and taken:
             return outbox[:taken], outbox[taken:]
     return outbox, []

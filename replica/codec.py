@@ -22,6 +22,7 @@ from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
+from turnout._internal import wire
 from turnout.v1 import http_pb2, replica_pb2
 
 JSON = "application/json"
@@ -135,6 +136,18 @@ def encode_http(value: object) -> http_pb2.HttpResponse:
     return _plain(200, JSON, body.encode("utf-8"))
 
 
+def encode_http_pieces(value: object) -> list[bytes]:
+    """``encode_http(value)`` serialised, as pieces to join. A ``str`` or
+    ``bytes`` body is never copied into a message: it follows the serialised
+    status and headers (made once per kind of answer) as a field of its own
+    (``wire.http_body``), which saves two copies of it (about 0.3 ms a MiB)."""
+    if isinstance(value, str):
+        return [_plain_head(200, TEXT), *wire.http_body(value.encode("utf-8"))]
+    if isinstance(value, bytes | bytearray):
+        return [_plain_head(200, OCTETS), *wire.http_body(bytes(value))]
+    return [encode_http(value).SerializeToString()]
+
+
 def _json_default(value: object) -> object:
     """What ``json`` cannot encode itself, encoded as Ray Serve's ``ServeEncoder``
     does: NumPy scalars and arrays (``tolist()``: Python numbers, nested lists),
@@ -201,6 +214,19 @@ def _plain(status: int, content_type: str, body: bytes) -> http_pb2.HttpResponse
 _PLAIN: dict[tuple[int, str], http_pb2.HttpResponse] = {}
 
 
+def _plain_head(status: int, content_type: str) -> bytes:
+    """``_plain``'s answer without its body, serialised (kept per kind)."""
+    head = _PLAIN_HEADS.get((status, content_type))
+    if head is None:
+        head = _PLAIN_HEADS[status, content_type] = _plain(
+            status, content_type, b""
+        ).SerializeToString()
+    return head
+
+
+_PLAIN_HEADS: dict[tuple[int, str], bytes] = {}
+
+
 def _from_response(response: Response) -> http_pb2.HttpResponse:
     try:
         body = response.get_data()
@@ -231,22 +257,25 @@ def _http_environ(msg: http_pb2.HttpRequest) -> dict[str, Any]:
         path_info = unquote_to_bytes(path).decode("latin-1")
     else:
         path_info = path
+    # Read out of the message once: each read of a bytes field is a copy
+    # (about 0.1 ms a MiB).
+    body = msg.body
     environ = _base_environ(
         method=msg.method.upper() or "GET",
         scheme=msg.scheme or "http",
         host=msg.host,
         path_info=path_info,
         query_string=query,
-        body=msg.body,
+        body=body,
     )
     raw_uri = path + (f"?{query}" if query else "")
     environ["REQUEST_URI"] = environ["RAW_URI"] = raw_uri.encode("utf-8").decode("latin-1")
     _add_headers(environ, [(h.name, h.value) for h in msg.headers])
     if msg.host:
         environ["HTTP_HOST"] = msg.host
-    if msg.body or "CONTENT_LENGTH" in environ:
+    if body or "CONTENT_LENGTH" in environ:
         # The proxy has already de-chunked the body: its length is the truth.
-        environ["CONTENT_LENGTH"] = str(len(msg.body))
+        environ["CONTENT_LENGTH"] = str(len(body))
     address, port = split_host_port(msg.remote_addr)
     if address:
         environ["REMOTE_ADDR"] = address

@@ -346,11 +346,15 @@ class BackendRuntime:
                     "(see its http_call_methods)"
                 )
         handler, is_async, batched = self._handler(method_name)
-        async with self._slots.hold():
+        # Not ``async with self._slots.hold()``: see Slots.hold.
+        await self._slots.acquire()
+        try:
             if batched:
                 batcher = self._batcher(method_name or "__call__", handler, is_async)
                 return await batcher.submit(request, web)
             return await self._invoke(handler, request, None, web, is_async)
+        finally:
+            self._slots.release()
 
     def _handler(self, method_name: str) -> tuple[Callable[[Any], Any], bool, bool]:
         """The handler with what ``handle`` needs to know of it, worked out once."""

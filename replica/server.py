@@ -51,8 +51,8 @@ from turnout._internal.readiness import Readiness
 from turnout._internal.replica_args import STUCK_CALL_GRACE_S, ReplicaArgs
 from turnout._internal.rpc import SERVER_OPTIONS, add_port, aio_server
 from turnout.replica.runtime import INVALID_ARGUMENT, BackendRuntime, LoadError
-from turnout.replica.servicer import ReplicaServicer
-from turnout.v1 import controller_pb2, replica_pb2, replica_pb2_grpc
+from turnout.replica.servicer import ReplicaServicer, add_to_server
+from turnout.v1 import controller_pb2, replica_pb2
 
 log = logging.getLogger("turnout.replica")
 
@@ -268,7 +268,7 @@ async def serve(
 
     server = aio_server(options.security, SERVER_OPTIONS, auth.interceptors(verifier, "replica"))
     servicer = ReplicaServicer(runtime)
-    replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     grace_s = options.stuck_call_grace_s
     health_servicer = BackendHealth(
         runtime, STUCK_CALL_GRACE_S if grace_s is None else grace_s, verifier

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, cast
 
 import grpc
 
-from turnout._internal import auth
+from turnout._internal import auth, wire
 from turnout._internal.rpc import CHANNEL_OPTIONS, Security, aio_channel
 from turnout.v1 import replica_pb2, replica_pb2_grpc
 
@@ -34,6 +34,12 @@ if TYPE_CHECKING:
     from turnout.v1.replica_pb2_grpc import ReplicaServiceAsyncStub
 
 logger = logging.getLogger(__name__)
+
+# HandleStream's method, called with requests framed by ``wire`` (bytes):
+# the generated stub would build and copy a message per batch.
+_HANDLE_STREAM = "/{}/HandleStream".format(
+    replica_pb2.DESCRIPTOR.services_by_name["ReplicaService"].full_name
+)
 
 # Coalescing under load, like Nagle's algorithm: with at least HOLD_IN_FLIGHT
 # calls sent and not yet answered, the writer holds new calls until the next
@@ -132,7 +138,7 @@ class ReplicaLink:
             return await self.unary(request, timeout)
         stream = self._stream
         if stream is None or stream.failed:
-            stream = self._stream = _CallStream(self.stub, self._metadata)
+            stream = self._stream = _CallStream(self.channel, self._metadata)
         try:
             return await stream.call(request, timeout, stream_window)
         except ReplicaCallError as exc:
@@ -175,19 +181,27 @@ class _CallStream:
     """One ``HandleStream`` call: requests out in batches, answers matched by id."""
 
     def __init__(
-        self, stub: ReplicaServiceAsyncStub, metadata: tuple[tuple[str, str], ...] = ()
+        self, channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...] = ()
     ) -> None:
         # The token goes once per stream, not per request.
-        self._rpc = stub.HandleStream(wait_for_ready=False, metadata=metadata)
+        self._rpc: grpc.aio.StreamStreamCall[bytes, replica_pb2.HandleStreamResponse] = (
+            channel.stream_stream(
+                _HANDLE_STREAM,
+                request_serializer=None,  # bytes from ``wire``, sent as they are
+                response_deserializer=replica_pb2.HandleStreamResponse.FromString,
+            )(wait_for_ready=False, metadata=metadata)
+        )
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[replica_pb2.HandleResponse | ChunkStream]] = {}
-        self._outbox: list[replica_pb2.StreamCall] = []
+        # (id, the StreamCall framed) of each call not written yet.
+        self._outbox: list[tuple[int, wire.Part]] = []
         self._cancelled: list[int] = []
         # Streamed answers whose head arrived, by call id, and credit to send.
         self._streams: dict[int, ChunkStream] = {}
         # (window, deadline) of calls that may stream, until their head arrives.
         self._windows: dict[int, tuple[int, float | None]] = {}
-        self._credits: list[replica_pb2.StreamCredit] = []
+        # (call id, chunks) of credit not written yet.
+        self._credits: list[tuple[int, int]] = []
         self._wake = asyncio.Event()
         self._answered = asyncio.Event()
         self._idle = asyncio.Event()
@@ -214,18 +228,11 @@ class _CallStream:
                 stream_window,
                 None if timeout is None else time.monotonic() + timeout,
             )
-            self._outbox.append(
-                replica_pb2.StreamCall(
-                    id=call_id,
-                    request=request,
-                    timeout=timeout or 0.0,
-                    stream_window=stream_window,
-                )
-            )
-        else:
-            self._outbox.append(
-                replica_pb2.StreamCall(id=call_id, request=request, timeout=timeout or 0.0)
-            )
+        # Serialised once, here; the batch is framed around it (``wire``).
+        framed = wire.stream_call(
+            call_id, request.SerializeToString(), timeout or 0.0, stream_window
+        )
+        self._outbox.append((call_id, framed))
         self._wake.set()
         try:
             if timeout is None:
@@ -250,7 +257,7 @@ class _CallStream:
 
     def _grant(self, call_id: int, chunks: int) -> None:
         if call_id in self._streams:
-            self._credits.append(replica_pb2.StreamCredit(id=call_id, chunks=chunks))
+            self._credits.append((call_id, chunks))
             self._wake.set()
 
     def _cancel_stream(self, call_id: int) -> None:
@@ -292,16 +299,9 @@ class _CallStream:
                 self._wake.clear()
                 calls, self._outbox = self._outbox, []
                 cancelled, self._cancelled = self._cancelled, []
-                if self._credits:
-                    credits, self._credits = self._credits, []
-                    await self._rpc.write(
-                        replica_pb2.HandleStreamRequest(
-                            calls=calls, cancelled_ids=cancelled, credits=credits
-                        )
-                    )
-                    continue
+                credits, self._credits = self._credits, []
                 await self._rpc.write(
-                    replica_pb2.HandleStreamRequest(calls=calls, cancelled_ids=cancelled)
+                    wire.stream_request([framed for _, framed in calls], cancelled, credits)
                 )
         except asyncio.CancelledError:
             raise
@@ -355,7 +355,7 @@ class _CallStream:
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream.broke(error.code, error.details)
-        unsent = {call.id for call in self._outbox}
+        unsent = {call_id for call_id, _ in self._outbox}
         for call_id, waiter in self._waiting.items():
             if waiter.done():
                 continue

@@ -489,3 +489,14 @@ def test_a_malformed_json_body_read_by_the_handler_is_a_camel_case_400(
     assert json_body(answer)["error"] == "BadRequest"
     assert codec.camel_case("I'm a teapot") == "ImATeapot"
     assert codec.camel_case("Request Entity Too Large") == "RequestEntityTooLarge"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ok", "", "é" * 1000, b"\x00\xff" * 70_000, bytearray(b"raw"), {"a": [1, 2]}, None],
+    ids=["str", "empty", "unicode", "bytes", "bytearray", "json", "none"],
+)
+def test_the_answer_in_pieces_reads_back_as_the_same_http_answer(value: object) -> None:
+    # The stream path sends these pieces; a sender parses them as HttpResponse.
+    joined = b"".join(codec.encode_http_pieces(value))
+    assert http_pb2.HttpResponse.FromString(joined) == codec.encode_http(value)
