@@ -212,14 +212,11 @@ def test_a_slow_reader_pauses_the_generator(deploy: Deploy, tmp_path: Path) -> N
         # (the proxy's send buffer grows to tcp_wmem's most, 4 MiB by default:
         # with 1 KiB chunks all 2000 fitted there and the test could not tell).
         assert settled < chunks // 2, settled
-        received = 0
-        sock.settimeout(30)
-        while True:
-            data = sock.recv(1 << 16)
-            if not data or data.endswith(b"0\r\n\r\n"):
-                break
-            received += len(data)
-    assert int(counter.read_text()) == chunks
+    # The reader left while the generator was paused: it is stopped there,
+    # not run on to its end (draining 31 MiB through a 4 KiB window instead
+    # would take minutes).
+    time.sleep(1)
+    assert int(counter.read_text()) < chunks
 
 
 def test_a_gigabyte_streams_with_bounded_proxy_memory(
