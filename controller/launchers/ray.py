@@ -378,12 +378,23 @@ class ProcessHost:
         ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         return ip
 
+    def _started(self, pid: int) -> dict[str, Any]:
+        """What a start answers the launcher: the readiness report, where the
+        process runs, and its pid (0: none was started)."""
+        import ray
+
+        return {
+            "report": self._report.to_json(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": self.node_ip(),
+            "pid": pid,
+        }
+
     async def _run(
         self, argv: Callable[[int], list[str]], what: str, env: dict[str, str], stdin: bytes | None
     ) -> dict[str, Any]:
         """Start ``argv(ready_fd)`` and wait for its report; the report (as
         JSON), with the node's id and address and the process's pid."""
-        import ray
 
         spawned = await spawn_async(
             argv, stdin_data=stdin, env=child_environment(os.environ, env), process_group=0
@@ -393,12 +404,7 @@ class ProcessHost:
         self._report = report
         if not report.ok:
             await self._end(0.0)
-        return {
-            "report": report.to_json(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "node_ip": self.node_ip(),
-            "pid": spawned.process.pid,
-        }
+        return self._started(spawned.process.pid)
 
     def alive(self) -> bool:
         return self._process is not None and self._process.returncode is None
@@ -498,7 +504,6 @@ class ReplicaHost(ProcessHost):
         GetReplicaLog reads. The program, and its ``cwd``, must be on the
         node (installed there, or in the runtime_env's working_dir, where the
         actor runs: the default cwd)."""
-        import ray
 
         command = request.spec.command
         argv = list(command.argv)
@@ -536,12 +541,7 @@ class ReplicaHost(ProcessHost):
                 "INVALID_ARGUMENT",
                 f"cannot start the command {argv} on node {self.node_ip()}: {exc}",
             )
-            return {
-                "report": self._report.to_json(),
-                "node_id": ray.get_runtime_context().get_node_id(),
-                "node_ip": self.node_ip(),
-                "pid": 0,
-            }
+            return self._started(0)
         self._process = spawned.process
         report = await command_report(
             spawned.take_ready_fd(), spawned.process, argv, timeout, output
@@ -549,12 +549,7 @@ class ReplicaHost(ProcessHost):
         self._report = report
         if not report.ok:
             await self._end(0.0)
-        return {
-            "report": report.to_json(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "node_ip": self.node_ip(),
-            "pid": spawned.process.pid,
-        }
+        return self._started(spawned.process.pid)
 
 
 class ProxyHost(ProcessHost):
