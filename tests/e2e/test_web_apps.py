@@ -234,15 +234,13 @@ def test_a_slow_reader_pauses_the_apps_stream(mounted: str, tmp_path: Path) -> N
             if count == settled:
                 break
             settled = count
-        # All 2000 KiB produced would mean no back-pressure: what may be
-        # pulled is the credit window, plus what the socket buffers hold.
+        # All of it produced would mean no back-pressure: what may be pulled
+        # is the credit window, plus what the socket buffers hold.
         assert settled < web_apps.COUNTED_CHUNKS // 2, settled
-        sock.settimeout(30)
-        while True:
-            data = sock.recv(1 << 16)
-            if not data or data.endswith(b"0\r\n\r\n"):
-                break
-    assert int(counter.read_text()) == web_apps.COUNTED_CHUNKS
+    # The reader left while the app was paused: it is stopped there, not run
+    # on to its end (draining 31 MiB through a 4 KiB window would take minutes).
+    time.sleep(1)
+    assert int(counter.read_text()) < web_apps.COUNTED_CHUNKS
 
 
 def test_server_sent_events_from_an_app_parse(mounted: str) -> None:

@@ -30,6 +30,10 @@ LIFESPAN_DIR = "WEB_APPS_LIFESPAN_DIR"
 STEPS = 3000
 # The back-pressure body: this many chunks of 1 KiB.
 COUNTED_CHUNKS = 2000
+# 16 KiB each, 31 MiB in all: more than the proxy's socket send buffer can
+# hold (it grows to tcp_wmem's most, 4 MiB by default), so a count that stops
+# short is back-pressure, not the kernel's buffering.
+COUNTED_CHUNK_BYTES = 16384
 
 
 def _gate_opened(gate: str) -> bool:
@@ -146,13 +150,13 @@ def flask_lines() -> flask.Response:
 
 @flask_app.get("/counted")
 def flask_counted() -> flask.Response:
-    """COUNTED_CHUNKS chunks of 1 KiB, the count so far in ``?count=``."""
+    """COUNTED_CHUNKS chunks of 16 KiB, the count so far in ``?count=``."""
     count = flask.request.args["count"]
 
     def body() -> Iterator[bytes]:
         for n in range(1, COUNTED_CHUNKS + 1):
             Path(count).write_text(str(n))
-            yield b"x" * 1024
+            yield b"x" * COUNTED_CHUNK_BYTES
 
     return flask.Response(body(), mimetype="application/octet-stream")
 
@@ -262,7 +266,7 @@ async def fastapi_counted(count: str) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         for n in range(1, COUNTED_CHUNKS + 1):
             Path(count).write_text(str(n))
-            yield b"x" * 1024
+            yield b"x" * COUNTED_CHUNK_BYTES
 
     return StreamingResponse(body(), media_type="application/octet-stream")
 
