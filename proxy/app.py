@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Hashable
 from typing import Any
 
 import grpc
-from aiohttp import web
+from aiohttp import StreamReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from turnout._internal import auth
@@ -336,10 +336,29 @@ async def _send(response: web.StreamResponse, request: web.BaseRequest) -> web.S
 async def _read_body(state: ProxyState, request: web.BaseRequest) -> bytes:
     """The whole body, within the read timeout; as sent (a gzip body stays
     gzip, with its Content-Encoding: the handler decides)."""
-    if not state.read_timeout:
-        return await request.read()
+    if not request.body_exists:
+        return b""
+    content = request.content
+    # A body that has arrived whole cannot be late: no timer for it.
+    if not state.read_timeout or content.is_eof():
+        return await _read_all(content, state.max_body_bytes)
     async with asyncio.timeout(state.read_timeout):
-        return await request.read()
+        return await _read_all(content, state.max_body_bytes)
+
+
+async def _read_all(content: StreamReader, limit: int) -> bytes:
+    """The body as it arrives, joined once (``BaseRequest.read`` copies it
+    twice: into a bytearray, then into bytes); 413 past ``limit`` bytes
+    (0 = no limit), as ``client_max_size`` does."""
+    chunks = []
+    size = 0
+    while chunk := await content.readany():
+        size += len(chunk)
+        if limit and size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        chunks.append(chunk)
+    # One chunk (a small body) is returned as it is, not copied.
+    return b"".join(chunks)
 
 
 def _utf8(text: str) -> str:

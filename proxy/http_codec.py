@@ -71,6 +71,26 @@ STREAM_MIN_BYTES = 1024 * 1024
 _SLICE_BYTES = 256 * 1024
 
 
+# Answers repeat their headers (a Content-Type above all): each short pair
+# is checked once and its verdict kept, up to this many pairs; past that, and
+# for longer ones, every time (a replica sending new values each time could
+# otherwise fill the proxy's memory: at most about 1 MiB here).
+_CHECKED_MAX = 4096
+_CHECKED_MAX_CHARS = 256
+_checked: dict[tuple[str, str], bool] = {}
+
+
+def _check(name: str, value: str) -> bool:
+    """Whether the header is passed on (False: aiohttp sets it); raises
+    ``BadResponse`` when HTTP cannot carry it."""
+    if not _HEADER_NAME.fullmatch(name) or _BAD_VALUE.search(value):
+        raise BadResponse(f"the replica sent an invalid header {name[:64]!r}")
+    passed = name.lower() not in _SKIPPED_RESPONSE_HEADERS
+    if len(_checked) < _CHECKED_MAX and len(name) + len(value) <= _CHECKED_MAX_CHARS:
+        _checked[(name, value)] = passed
+    return passed
+
+
 def from_proto(
     reply: http_pb2.HttpResponse, request_id: str, body: bytes | None = None
 ) -> web.Response:
@@ -79,11 +99,12 @@ def from_proto(
     a header that HTTP cannot carry."""
     pairs = []
     for header in reply.headers:
-        name, value = header.name, header.value
-        if not _HEADER_NAME.fullmatch(name) or _BAD_VALUE.search(value):
-            raise BadResponse(f"the replica sent an invalid header {name[:64]!r}")
-        if name.lower() not in _SKIPPED_RESPONSE_HEADERS:
-            pairs.append((name, value))
+        pair = (header.name, header.value)
+        passed = _checked.get(pair)
+        if passed is None:
+            passed = _check(*pair)
+        if passed:
+            pairs.append(pair)
     pairs.append(("X-Request-Id", request_id))
     return web.Response(
         status=reply.status,

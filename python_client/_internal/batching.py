@@ -10,10 +10,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 BATCH_ATTRIBUTE = "_turnout_accept_batch"
 
-_batch_size: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "turnout_batch_size", default=None
+# (batch_size, web) of the running call: one variable, so a call sets one
+# (each set copies the context's mapping; this is on every call's path).
+_call: contextvars.ContextVar[tuple[int | None, bool]] = contextvars.ContextVar(
+    "turnout_call", default=(None, False)
 )
-_web: contextvars.ContextVar[bool] = contextvars.ContextVar("turnout_web", default=False)
 
 
 def accept_batch(handler: F) -> F:
@@ -52,11 +53,11 @@ class Context:
 
     @property
     def batch_size(self) -> int | None:
-        return _batch_size.get()
+        return _call.get()[0]
 
     @property
     def web(self) -> bool:
-        return _web.get()
+        return _call.get()[1]
 
 
 context = Context()
@@ -64,5 +65,4 @@ context = Context()
 
 def set_call_context(batch_size: int | None, web: bool) -> None:
     """Called by the replica before it runs a handler (in the handler's context)."""
-    _batch_size.set(batch_size)
-    _web.set(web)
+    _call.set((batch_size, web))

@@ -6,12 +6,15 @@ import asyncio
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-from aiohttp import web
+import pytest
+from aiohttp import StreamReader, web
+from aiohttp.base_protocol import BaseProtocol
 from yarl import URL
 
+from turnout.proxy import app as app_module
 from turnout.proxy import http_codec
 from turnout.proxy.app import ProxyState, build_server
 from turnout.v1 import controller_pb2 as pb
@@ -268,3 +271,69 @@ def test_request_reaches_the_proto_intact() -> None:
     assert [h.value for h in message.headers if h.name == "X-Multi"] == ["1", "2"]
     assert message.remote_addr.startswith("127.0.0.1:")
     assert message.scheme == "http"
+
+
+def test_answer_headers_are_checked_on_every_answer() -> None:
+    good = http_pb2.HttpResponse(
+        status=200,
+        headers=[
+            http_pb2.Header(name="Content-Type", value="text/plain"),
+            http_pb2.Header(name="Content-Length", value="999"),
+        ],
+    )
+    bad = http_pb2.HttpResponse(
+        status=200, headers=[http_pb2.Header(name="Content-Type", value="text/plain\r\nX-Evil: 1")]
+    )
+    for _ in range(3):
+        # The same pairs again: kept, skipped and refused as the first time.
+        response = http_codec.from_proto(good, "rid")
+        assert list(response.headers.items()) == [
+            ("Content-Type", "text/plain"),
+            ("X-Request-Id", "rid"),
+        ]
+        with pytest.raises(http_codec.BadResponse):
+            http_codec.from_proto(bad, "rid")
+
+
+def test_a_replica_sending_new_header_values_cannot_grow_the_proxy() -> None:
+    for i in range(http_codec._CHECKED_MAX + 100):
+        reply = http_pb2.HttpResponse(
+            status=200, headers=[http_pb2.Header(name="X-Count", value=str(i))]
+        )
+        assert http_codec.from_proto(reply, "rid").headers["X-Count"] == str(i)
+    long_value = http_pb2.HttpResponse(
+        status=200, headers=[http_pb2.Header(name="X-Long", value="v" * 10_000)]
+    )
+    assert http_codec.from_proto(long_value, "rid").headers["X-Long"] == "v" * 10_000
+    assert len(http_codec._checked) <= http_codec._CHECKED_MAX
+
+
+def test_a_chunked_body_over_the_limit_is_refused_and_one_within_is_read_whole() -> None:
+    async def chunks(count: int) -> AsyncIterator[bytes]:
+        for _ in range(count):
+            yield b"x" * 100
+            await asyncio.sleep(0)
+
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        async with session.post(base + "/model", data=chunks(11)) as reply:
+            assert reply.status == 413
+            assert (await reply.json())["error"] == "PayloadTooLarge"
+        # Within the limit, the whole body is read: the request goes on to
+        # find no replica (this proxy has none), not a 400 or 413.
+        async with session.post(base + "/model", data=chunks(10)) as reply:
+            assert reply.status == 503
+            assert (await reply.json())["error"] == "NoReplica"
+
+    run_proxy(scenario)
+
+
+def test_a_body_in_many_pieces_is_joined_in_order() -> None:
+    async def main() -> bytes:
+        loop = asyncio.get_running_loop()
+        content = StreamReader(BaseProtocol(loop), 2**16, loop=loop)
+        for piece in (b"ab", b"", b"cd", b"e"):
+            content.feed_data(piece)
+        content.feed_eof()
+        return await app_module._read_all(content, 5)
+
+    assert asyncio.run(main()) == b"abcde"
