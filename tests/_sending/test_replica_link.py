@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 import grpc
 import pytest
 
 from turnout._internal.rpc import never_delivered
-from turnout._sending import replica_link
+from turnout._sending import failures, replica_link
 from turnout._sending.replica_link import ReplicaCallError, ReplicaLink
+from turnout._sending.route_table import stable_fraction
+from turnout._sending.sender import Sender
 from turnout.replica.call_stream import CallStream, NoPayload, serve_stream
+from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
 
 
@@ -407,3 +410,77 @@ def test_a_call_not_yet_sent_when_its_stream_fails_is_never_delivered_whatever_t
         assert not any(never_delivered(o.code, o.details) for o in others)
 
     with_replica(replica, scenario, max_receive_bytes=TOO_LARGE)
+
+
+class Replies:
+    """A sender's reader that keeps the reply as it is."""
+
+    def read(
+        self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
+    ) -> tuple[replica_pb2.HandleResponse, Hashable | None, bool]:
+        return reply, None, False
+
+    def key(self, reply: replica_pb2.HandleResponse) -> Hashable | None:
+        return None
+
+
+def test_the_sender_retries_a_call_not_yet_sent_on_another_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the link's "never delivered" is for: the call held when its
+    # replica's stream fails (here INTERNAL) is answered by the other replica,
+    # while the calls that replica saw fail with the stream's code.
+    monkeypatch.setattr(replica_link, "HOLD_S", 30.0)
+    failing, answering = FailingStreamReplica("INTERNAL"), StreamReplica()
+
+    async def main() -> None:
+        servers, addresses = [], []
+        for servicer in (failing, answering):
+            server = grpc.aio.server()
+            replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
+            addresses.append(f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}")
+            await server.start()
+            servers.append(server)
+        it: Sender[replica_pb2.HandleResponse] = Sender(ReplicaLink, Replies())
+        replicas = [
+            pb.ReplicaTarget(replica_id=f"b#{i}", address=a) for i, a in enumerate(addresses)
+        ]
+        it.apply(
+            pb.RoutingSnapshot(
+                version=1,
+                endpoints=[
+                    pb.Endpoint(name="e", traffic=[pb.TrafficWeight(backend="b", weight=1)])
+                ],
+                backends=[pb.BackendTargets(tag="b", replicas=replicas)],
+            )
+        )
+        # A key that the failing replica wins: every call goes there first.
+        key = next(
+            k
+            for k in (f"k{i}" for i in range(1000))
+            if stable_fraction(k, "b", "b#0") > stable_fraction(k, "b", "b#1")
+        )
+        try:
+            route = await it.route_named("e", 5.0, None)
+            sent = [
+                asyncio.create_task(it.send(route, request(f"s{i}"), key))
+                for i in range(replica_link.HOLD_IN_FLIGHT)
+            ]
+            while failing.received < len(sent):
+                await asyncio.sleep(0.001)
+            held = asyncio.create_task(it.send(route, request("held"), key))
+            await asyncio.sleep(0.05)
+            failing.fail.set()
+            reply = await held
+            assert reply.http.body == b"held"
+            outcomes = await asyncio.gather(*sent, return_exceptions=True)
+            assert all(
+                isinstance(o, failures.CallFailed) and o.code == grpc.StatusCode.INTERNAL
+                for o in outcomes
+            ), outcomes
+        finally:
+            await it.close()
+            for server in servers:
+                await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(main(), 30))
