@@ -51,8 +51,10 @@ HOLD_IN_FLIGHT = 8
 HOLD_S = 0.002
 HOLD_MAX_CALLS = 32
 
-# Said of calls still waiting to be written when their stream failed: they
-# never reached the replica. Worded so that ``never_delivered`` recognises it.
+# Said of calls still waiting to be written when their stream failed, with
+# the stream's own code and details after it: they never reached the
+# replica, whatever ended the stream. Worded so that ``never_delivered``
+# recognises it.
 _UNSENT = "failed to connect: the stream to the replica ended before the call was sent"
 
 
