@@ -1,6 +1,6 @@
 """The handles' shell around the one sender: Python call in, Python value out.
 
-One ``HandleRouter`` per controller address and process follows the
+One ``HandleRouter`` per controller address, token and process follows the
 controller's routes with the same ``turnout._sending.Sender`` as the HTTP
 proxy, on the process's handle loop (``turnout._sending.loop_thread``), so
 a handle works from any thread and any event loop (or none). This module only
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -154,31 +155,56 @@ def _settle(future: Future[Any], done: Future[Any]) -> None:
         pass
 
 
+def _fingerprint(token: str | None) -> str | None:
+    """What tells tokens apart in ``HandleRouter._routers``: a digest, so the
+    token itself is not kept (or shown in a dump of the table) twice."""
+    return None if token is None else hashlib.sha256(token.encode()).hexdigest()
+
+
 class HandleRouter:
     _lock = threading.Lock()
-    _routers: dict[tuple[int, str], HandleRouter] = {}
+    # By (pid, controller address, fingerprint of the token): one router per
+    # identity, since a router presents its token on every call (routes, data
+    # token, reports). A second client of the same instance with another
+    # token (another role, a rotated token) gets a router of its own instead
+    # of acting as the first one; clients with the same token share one.
+    # Also under the fingerprint of None: handles given no token, and the
+    # router their token was found for when first used.
+    _routers: dict[tuple[int, str, str | None], HandleRouter] = {}
 
     @classmethod
     def for_address(cls, address: str, token: str | None = None) -> HandleRouter:
-        """The process's router for this controller, started on first use with
-        ``token`` (None: found as ``turnout.auth.find_token`` says)."""
+        """The process's router for this controller and ``token``, started on
+        first use (None: the token found as ``turnout.auth.find_token`` says,
+        when the first such handle is used)."""
         # Keyed by pid too: after a fork the child needs a loop of its own.
-        key = (os.getpid(), address)
+        pid = os.getpid()
+        key = (pid, address, _fingerprint(token))
         with cls._lock:
             router = cls._routers.get(key)
             if router is None:
                 known = rpc.security_for(address).token
-                router = cls._routers[key] = cls(
-                    address, token or known or auth.find_token(address=address)
-                )
+                used = token or known or auth.find_token(address=address)
+                # The router of the token actually used, when one runs already.
+                used_key = (pid, address, _fingerprint(used))
+                router = cls._routers.get(used_key)
+                if router is None:
+                    router = cls._routers[used_key] = cls(address, used)
+                cls._routers[key] = router
             return router
 
     @classmethod
     def flush_local(cls, address: str) -> None:
-        """Report this process's handle counters for ``address`` now, if it has any."""
+        """Report this process's handle counters for ``address`` now, those of
+        each of its tokens, if it has any."""
+        pid = os.getpid()
         with cls._lock:
-            router = cls._routers.get((os.getpid(), address))
-        if router is not None:
+            routers = {
+                id(router): router
+                for (owner, at, _), router in cls._routers.items()
+                if owner == pid and at == address
+            }
+        for router in routers.values():
             router.flush_stats()
 
     def __init__(self, address: str, token: str | None = None) -> None:

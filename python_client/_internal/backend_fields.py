@@ -286,10 +286,11 @@ def sender_limits(targets: pb.BackendTargets | pb.BackendConfig) -> SenderLimits
     """The limits of one backend, from its routing snapshot entry (or config).
 
     A field that is unset takes its default. Where the message has no
-    presence for it (``BackendTargets`` today), unset reads as 0, so a 0
-    counts as the default, as it always has: a ``queue_timeout`` of 0 cannot
-    travel until that field is ``optional`` in the proto, and then this
-    honours it with no change here.
+    presence for it (``BackendTargets``), a ``<name>_set`` flag beside it
+    says whether it was given (``queue_timeout_set``: so that a
+    ``queue_timeout`` of 0 means 0); without one, or with the flag false (a
+    snapshot from an older controller), unset reads as 0, so a 0 counts as
+    the default, as it always has.
     """
     fields = targets.DESCRIPTOR.fields_by_name
     values: dict[str, Any] = {}
@@ -297,7 +298,10 @@ def sender_limits(targets: pb.BackendTargets | pb.BackendConfig) -> SenderLimits
         if fields[name].has_presence:
             given = targets.HasField(name)  # type: ignore[arg-type]
         else:
-            given = bool(getattr(targets, name))
+            flag = f"{name}_set"
+            given = bool(getattr(targets, name)) or (
+                flag in fields and bool(getattr(targets, flag))
+            )
         if given:
             values[name] = getattr(targets, name)
     return SenderLimits(**values)
@@ -307,6 +311,10 @@ def with_sender_limits(targets: pb.BackendTargets, config: pb.BackendConfig) -> 
     """``targets`` (a routing snapshot entry) given ``config``'s sender limits,
     as the controller publishes them; returns ``targets``."""
     limits = sender_limits(config)
+    fields = targets.DESCRIPTOR.fields_by_name
     for name in SENDER_FIELDS:
         setattr(targets, name, getattr(limits, name))
+        # Said even when it is 0, where the field itself cannot say it.
+        if f"{name}_set" in fields:
+            setattr(targets, f"{name}_set", True)
     return targets

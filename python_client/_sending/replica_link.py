@@ -51,8 +51,10 @@ HOLD_IN_FLIGHT = 8
 HOLD_S = 0.002
 HOLD_MAX_CALLS = 32
 
-# Said of calls still waiting to be written when their stream failed: they
-# never reached the replica. Worded so that ``never_delivered`` recognises it.
+# Said of calls still waiting to be written when their stream failed, with
+# the stream's own code and details after it: they never reached the
+# replica, whatever ended the stream. Worded so that ``never_delivered``
+# recognises it.
 _UNSENT = "failed to connect: the stream to the replica ended before the call was sent"
 
 
@@ -356,12 +358,24 @@ class _CallStream:
         for stream in streams.values():
             stream.broke(error.code, error.details)
         unsent = {call_id for call_id, _ in self._outbox}
+        # A call still in the outbox never reached the replica, whatever ended
+        # the stream (UNAVAILABLE, CANCELLED when a draining link is closed,
+        # RESOURCE_EXHAUSTED when another call's answer was too large,
+        # INTERNAL, ...): it is reported as never delivered, so the sender
+        # may retry it on another replica, with the stream's own code and
+        # details after ``_UNSENT`` so that logs still say why. That holds for
+        # UNAUTHENTICATED and PERMISSION_DENIED too: another replica of the
+        # same backend most likely refuses the same token, but the retry is
+        # harmless (the replica never ran the call; the sender retries at
+        # most MAX_CONNECT_RETRIES times), a replica that rotated its
+        # credentials may take it, and the one rule needs no exceptions.
+        unsent_details = f"{_UNSENT} ({error.code.name}: {error.details})"
         for call_id, waiter in self._waiting.items():
             if waiter.done():
                 continue
             # Each caller raises an exception of its own (see _FAILURES).
-            if call_id in unsent and error.code == grpc.StatusCode.UNAVAILABLE:
-                waiter.set_exception(ReplicaCallError(grpc.StatusCode.UNAVAILABLE, _UNSENT))
+            if call_id in unsent:
+                waiter.set_exception(ReplicaCallError(grpc.StatusCode.UNAVAILABLE, unsent_details))
             else:
                 waiter.set_exception(ReplicaCallError(error.code, error.details))
 

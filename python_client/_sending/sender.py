@@ -213,9 +213,14 @@ class Sender(Generic[Answer]):
                 except ReplicaCallError as exc:
                     failure = CallFailed(backend, conn.replica_id, exc.code, exc.details)
                     if failure.never_delivered and len(tried) < MAX_CONNECT_RETRIES:
-                        # ... and retry on another if one cannot be connected to.
+                        # ... and retry on another if one cannot be connected to
+                        # (or its stream ended before the call was sent: the
+                        # details say what ended it).
                         logger.info(
-                            "replica %s unreachable; retrying request %s", conn.replica_id, rid
+                            "replica %s unreachable; retrying request %s: %s",
+                            conn.replica_id,
+                            rid,
+                            exc.details,
                         )
                         tried |= {conn.replica_id}
                         continue

@@ -156,6 +156,18 @@ def test_sender_limits_from_a_snapshot_and_from_a_config() -> None:
     assert backend_fields.sender_limits(targets) == SenderLimits(queue_timeout=2.0)
 
 
+def test_a_queue_timeout_of_0_reaches_senders_as_0() -> None:
+    # BackendTargets.queue_timeout has no presence: queue_timeout_set says
+    # that its 0 is the backend's (refuse at once), not "unset".
+    targets = backend_fields.with_sender_limits(pb.BackendTargets(tag="a"), _full(queue_timeout=0))
+    assert targets.queue_timeout == 0 and targets.queue_timeout_set
+    received = pb.BackendTargets.FromString(targets.SerializeToString())
+    assert backend_fields.sender_limits(received) == SenderLimits(queue_timeout=0.0)
+    # A snapshot from a controller without the flag: its 0 is the default.
+    older = pb.BackendTargets(tag="a", queue_timeout=0)
+    assert backend_fields.sender_limits(older) == SenderLimits()
+
+
 def test_the_docstring_names_every_field_and_its_default() -> None:
     doc = BackendConfig.__doc__ or ""
     for row in FIELDS:

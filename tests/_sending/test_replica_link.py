@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from typing import Any
 
 import grpc
 import pytest
 
 from turnout._internal.rpc import never_delivered
-from turnout._sending import replica_link
+from turnout._sending import failures, replica_link
 from turnout._sending.replica_link import ReplicaCallError, ReplicaLink
+from turnout._sending.route_table import stable_fraction
+from turnout._sending.sender import Sender
 from turnout.replica.call_stream import CallStream, NoPayload, serve_stream
+from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import http_pb2, replica_pb2, replica_pb2_grpc
 
 
@@ -97,13 +100,17 @@ class UnaryOnlyReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
 Scenario = Callable[[ReplicaLink], Awaitable[None]]
 
 
-def with_replica(servicer: replica_pb2_grpc.ReplicaServiceServicer, scenario: Scenario) -> None:
+def with_replica(
+    servicer: replica_pb2_grpc.ReplicaServiceServicer,
+    scenario: Scenario,
+    max_receive_bytes: int | None = None,
+) -> None:
     async def main() -> None:
         server = grpc.aio.server()
         replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        link = ReplicaLink(f"127.0.0.1:{port}")
+        link = ReplicaLink(f"127.0.0.1:{port}", max_receive_bytes)
         try:
             await scenario(link)
         finally:
@@ -311,3 +318,169 @@ def test_each_failure_raises_an_exception_of_its_own() -> None:
     # A shared exception would be the same object, its traceback one raise longer each time.
     assert len({id(exc) for exc in caught}) == 5
     assert len(set(depths)) == 1
+
+
+class FailingStreamReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
+    """Takes calls on HandleStream without answering; once ``fail`` is set,
+    ends the stream as ``how`` says: aborts it with that status code, or
+    ("too large") answers its first call with more than the proxy receives."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.received = 0
+        self.fail = asyncio.Event()
+
+    async def Handle(
+        self, request: replica_pb2.HandleRequest, context: Any
+    ) -> replica_pb2.HandleResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        raise AssertionError("abort returned")
+
+    async def HandleStream(
+        self, request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest], context: Any
+    ) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
+        async def take() -> None:
+            async for message in request_iterator:
+                self.received += len(message.calls)
+
+        taking = asyncio.create_task(take())
+        try:
+            await self.fail.wait()
+            if self.how == "too large":
+                big = http_pb2.HttpResponse(status=200, body=b"x" * (TOO_LARGE * 4))
+                answer = replica_pb2.HandleResponse(http=big)
+                yield replica_pb2.HandleStreamResponse(
+                    answers=[replica_pb2.StreamAnswer(id=1, response=answer)]
+                )
+                await asyncio.sleep(30)  # the proxy ends the stream first
+            elif self.how != "link closed":
+                await context.abort(getattr(grpc.StatusCode, self.how), "the replica gave up")
+            await asyncio.sleep(30)
+        finally:
+            taking.cancel()
+
+
+# The proxy's receive limit in the "too large" case (bytes).
+TOO_LARGE = 16 * 1024
+
+
+@pytest.mark.parametrize(
+    ("how", "code"),
+    [
+        ("too large", grpc.StatusCode.RESOURCE_EXHAUSTED),
+        ("link closed", grpc.StatusCode.CANCELLED),
+        ("INTERNAL", grpc.StatusCode.INTERNAL),
+        ("PERMISSION_DENIED", grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+def test_a_call_not_yet_sent_when_its_stream_fails_is_never_delivered_whatever_the_code(
+    monkeypatch: pytest.MonkeyPatch, how: str, code: grpc.StatusCode
+) -> None:
+    # With HOLD_IN_FLIGHT calls unanswered the writer holds the next one, and
+    # for 30 s only an answer would end the hold: it is still unsent when
+    # the stream fails.
+    monkeypatch.setattr(replica_link, "HOLD_S", 30.0)
+    replica = FailingStreamReplica(how)
+
+    async def scenario(link: ReplicaLink) -> None:
+        sent = [
+            asyncio.create_task(link.handle(request(f"s{i}"), None))
+            for i in range(replica_link.HOLD_IN_FLIGHT)
+        ]
+        while replica.received < len(sent):
+            await asyncio.sleep(0.001)
+        held = asyncio.create_task(link.handle(request("held"), None))
+        await asyncio.sleep(0.05)  # long enough to be written, were it not held
+        assert replica.received == len(sent)
+        if how == "link closed":
+            # A draining link closed under its calls once its grace is over.
+            await link.close(0.01)
+        else:
+            replica.fail.set()
+        outcomes = await asyncio.gather(held, *sent, return_exceptions=True)
+        assert all(isinstance(o, ReplicaCallError) for o in outcomes), outcomes
+        unsent, *others = (o for o in outcomes if isinstance(o, ReplicaCallError))
+        # The replica never saw it: another replica may take it ...
+        assert unsent.code == grpc.StatusCode.UNAVAILABLE
+        assert never_delivered(unsent.code, unsent.details)
+        # ... and the log still says what ended the stream.
+        assert code.name in unsent.details
+        # The calls it did see may have run: they fail with the stream's code.
+        assert {o.code for o in others} == {code}
+        assert not any(never_delivered(o.code, o.details) for o in others)
+
+    with_replica(replica, scenario, max_receive_bytes=TOO_LARGE)
+
+
+class Replies:
+    """A sender's reader that keeps the reply as it is."""
+
+    def read(
+        self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
+    ) -> tuple[replica_pb2.HandleResponse, Hashable | None, bool]:
+        return reply, None, False
+
+    def key(self, reply: replica_pb2.HandleResponse) -> Hashable | None:
+        return None
+
+
+def test_the_sender_retries_a_call_not_yet_sent_on_another_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What the link's "never delivered" is for: the call held when its
+    # replica's stream fails (here INTERNAL) is answered by the other replica,
+    # while the calls that replica saw fail with the stream's code.
+    monkeypatch.setattr(replica_link, "HOLD_S", 30.0)
+    failing, answering = FailingStreamReplica("INTERNAL"), StreamReplica()
+
+    async def main() -> None:
+        servers, addresses = [], []
+        for servicer in (failing, answering):
+            server = grpc.aio.server()
+            replica_pb2_grpc.add_ReplicaServiceServicer_to_server(servicer, server)
+            addresses.append(f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}")
+            await server.start()
+            servers.append(server)
+        it: Sender[replica_pb2.HandleResponse] = Sender(ReplicaLink, Replies())
+        replicas = [
+            pb.ReplicaTarget(replica_id=f"b#{i}", address=a) for i, a in enumerate(addresses)
+        ]
+        it.apply(
+            pb.RoutingSnapshot(
+                version=1,
+                endpoints=[
+                    pb.Endpoint(name="e", traffic=[pb.TrafficWeight(backend="b", weight=1)])
+                ],
+                backends=[pb.BackendTargets(tag="b", replicas=replicas)],
+            )
+        )
+        # A key that the failing replica wins: every call goes there first.
+        key = next(
+            k
+            for k in (f"k{i}" for i in range(1000))
+            if stable_fraction(k, "b", "b#0") > stable_fraction(k, "b", "b#1")
+        )
+        try:
+            route = await it.route_named("e", 5.0, None)
+            sent = [
+                asyncio.create_task(it.send(route, request(f"s{i}"), key))
+                for i in range(replica_link.HOLD_IN_FLIGHT)
+            ]
+            while failing.received < len(sent):
+                await asyncio.sleep(0.001)
+            held = asyncio.create_task(it.send(route, request("held"), key))
+            await asyncio.sleep(0.05)
+            failing.fail.set()
+            reply = await held
+            assert reply.http.body == b"held"
+            outcomes = await asyncio.gather(*sent, return_exceptions=True)
+            assert all(
+                isinstance(o, failures.CallFailed) and o.code == grpc.StatusCode.INTERNAL
+                for o in outcomes
+            ), outcomes
+        finally:
+            await it.close()
+            for server in servers:
+                await server.stop(None)
+
+    asyncio.run(asyncio.wait_for(main(), 30))

@@ -20,8 +20,10 @@ from test_cli import Home
 from test_grpcurl import run_grpcurl
 
 import turnout
+from turnout._handle_router import HandleRouter
 from turnout._internal import rpc
 from turnout.controller.launchers.local import child_environment
+from turnout.handle import EndpointHandle
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import controller_pb2_grpc, http_pb2, replica_pb2, replica_pb2_grpc
 
@@ -192,6 +194,40 @@ def test_user_code_cannot_speak_for_the_proxy(client: turnout.Client, unique: An
             stalled.cancel()
     # It answered once the real proxy applied the change: the route serves at once.
     assert requests.get(f"{client.http_address}/{name}", timeout=30).text == "here"
+
+
+def test_handles_of_clients_with_other_tokens_each_present_their_own(
+    client: turnout.Client, deploy: Deploy
+) -> None:
+    served = deploy(echo)
+    address = client.controller_address
+    # A token rotated out (or mistyped), used first in this process: its
+    # handles get nothing, not even routes, so the call waits out its deadline ...
+    stale = EndpointHandle(address, served.backend, token=WRONG).options(timeout=3)
+    with pytest.raises(turnout.DeadlineExceededError):
+        stale.remote().result(30)
+    # ... and does not turn away the admin client's handles, nor they it.
+    assert client.get_handle(served.backend).remote().result(30) == "here"
+    with pytest.raises(turnout.DeadlineExceededError):
+        stale.remote().result(30)
+    # A second client with the handle role's token: a router of its own, and
+    # the same one for every handle with that token.
+    remembered = rpc.security_for(address)
+    try:
+        reader = turnout.Client(address, token=handle_token(client))
+        assert reader.get_handle(served.backend).remote().result(30) == "here"
+        with pytest.raises(turnout.PermissionDeniedError):
+            reader.delete_endpoint(served.backend)
+    finally:
+        # A Client remembers how it reached the address, for handles made
+        # without a token: the session's other tests expect the admin's.
+        rpc.remember(address, remembered)
+    routers = {
+        token: HandleRouter.for_address(address, token)
+        for token in (client.token, reader.token, WRONG)
+    }
+    assert len({id(r) for r in routers.values()}) == 3
+    assert HandleRouter.for_address(address, reader.token) is routers[reader.token]
 
 
 def test_replicas_never_see_the_admin_token(client: turnout.Client, deploy: Deploy) -> None:

@@ -239,6 +239,25 @@ def test_queue_expiry_and_deadlines_through_each_shell(
         assert holder.result() == Outcome({"slow": True})
 
 
+@pytest.mark.parametrize("shell", SHELLS)
+def test_a_queue_timeout_of_0_refuses_at_once_through_each_shell(
+    client: turnout.Client, deploy: Deploy, shells: Shells, shell: str, tmp_path: Path
+) -> None:
+    # 0 s is a value of its own (fail at once when every replica is full),
+    # not "unset" (the default, 30 s): it must reach both senders as 0.
+    target = deploy(slow, config={"max_concurrent_queries": 1, "queue_timeout": 0})
+    name = target.backend
+    assert client.get_backend_config(name).queue_timeout == 0
+    mark = tmp_path / "started"
+    with ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(shells.call, shell, name, mark=str(mark), s="6")
+        wait_until(mark.exists)
+        # The only slot is taken: refused, not queued until its own deadline
+        # (which a sender that took 0 for the default would wait out).
+        assert shells.call(shell, name, timeout=4).error == OVERLOADED[shell]
+        assert holder.result() == Outcome({"slow": True})
+
+
 # ---- paths that need a replica the controller does not list -------------
 
 

@@ -1675,17 +1675,28 @@ class BackendTargets(_message.Message):
     MAX_QUEUED_REQUESTS_FIELD_NUMBER: _builtins.int
     QUEUE_TIMEOUT_FIELD_NUMBER: _builtins.int
     DESIRED_REPLICAS_FIELD_NUMBER: _builtins.int
+    QUEUE_TIMEOUT_SET_FIELD_NUMBER: _builtins.int
     tag: _builtins.str
     max_concurrent_queries: _builtins.int
     """Most requests a sender may have outstanding at one replica."""
     max_queued_requests: _builtins.int
     """Most requests a sender queues for this backend when its replicas are full."""
     queue_timeout: _builtins.float
-    """Seconds a request may wait in that queue."""
+    """Seconds a request may wait in that queue. 0 is the default (30 s) unless
+    queue_timeout_set says it is the backend's own 0.
+    """
     desired_replicas: _builtins.int
     """Replicas the controller wants for this backend (num_replicas, or the
     autoscaler's last decision), shown at the proxy's /-/metrics beside the
     replicas listed here. 0 = not said (an older controller).
+    """
+    queue_timeout_set: _builtins.bool
+    """True: queue_timeout says the backend's value, 0 s included (refuse at
+    once when every replica is full). Default false: a controller from before
+    this field, whose 0 in queue_timeout means the default, 30 s. The
+    controller still fills queue_timeout for senders that do not read this.
+    (Field 5 cannot become `optional`: buf's FILE check refuses a change of
+    presence.)
     """
     @_builtins.property
     def replicas(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaTarget]: ...
@@ -1698,10 +1709,11 @@ class BackendTargets(_message.Message):
         max_queued_requests: _builtins.int = ...,
         queue_timeout: _builtins.float = ...,
         desired_replicas: _builtins.int = ...,
+        queue_timeout_set: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_replicas", b"desired_replicas", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "queue_timeout", b"queue_timeout", "replicas", b"replicas", "tag", b"tag"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_replicas", b"desired_replicas", "max_concurrent_queries", b"max_concurrent_queries", "max_queued_requests", b"max_queued_requests", "queue_timeout", b"queue_timeout", "queue_timeout_set", b"queue_timeout_set", "replicas", b"replicas", "tag", b"tag"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
