@@ -21,3 +21,13 @@ def test_no_two_test_modules_share_a_name() -> None:
         name: paths for name, paths in by_name.items() if len(paths) > 1 and name != "conftest.py"
     }
     assert not shared, f"rename one of each: {shared}"
+
+
+def test_the_ray_suite_shares_one_worker_and_other_modules_keep_theirs() -> None:
+    import xdist_groups
+
+    ray_modules = sorted((TESTS / "ray").glob("test_*.py"))
+    assert len(ray_modules) > 1
+    scopes = {xdist_groups.scope_of(f"tests/ray/{m.name}::test_x") for m in ray_modules}
+    assert scopes == {xdist_groups.RAY_GROUP}
+    assert xdist_groups.scope_of("tests/e2e/test_cli.py::test_a[1]") == "tests/e2e/test_cli.py"
