@@ -295,16 +295,15 @@ async def _forward(
     except ValueError as exc:
         return http_codec.json_error(400, "BadRequest", str(exc), request_id)
     deadline = time.monotonic() + timeout if timeout else None
-    message = replica_pb2.HandleRequest()
-    message.request_id = request_id
     try:
         shard_key = _utf8(request.headers.get(SHARD_KEY_HEADER, ""))
-        method_name = request.headers.get(CALL_METHOD_HEADER)
-        if method_name:
-            message.method_name = method_name
-        http_codec.fill(message.http, request, body)
-        if route.serves_app:
-            message.http.script_name = route.script_name
+        message = http_codec.encode(
+            request,
+            body,
+            request_id,
+            request.headers.get(CALL_METHOD_HEADER),
+            route.script_name if route.serves_app else "",
+        )
     except UnicodeEncodeError:
         return http_codec.json_error(
             400,

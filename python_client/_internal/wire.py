@@ -13,7 +13,7 @@ as the messages of replica.proto; field numbers come from its descriptors.
 Example::
 
     request = replica_pb2.HandleRequest(request_id="r1")
-    data = stream_request([stream_call(7, request.SerializeToString(), 2.5)], [3])
+    data = stream_request([stream_call(7, serialised(request), 2.5)], [3])
     message = replica_pb2.HandleStreamRequest.FromString(data)
     assert message.calls[0].id == 7 and message.cancelled_ids == [3]
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from google.protobuf.message import Message
 
@@ -78,12 +79,14 @@ _RESPONSE_HTTP = _tag(replica_pb2.HandleResponse, "http", _LEN)
 _RESPONSE_SECONDS = _tag(replica_pb2.HandleResponse, "handler_seconds", _I64)
 
 
-def stream_call(call_id: int, request: bytes, timeout: float, stream_window: int = 0) -> Part:
-    """A ``StreamCall`` around a serialised ``HandleRequest`` (timeout in
-    seconds, 0 = none; ``stream_window`` in chunks, 0 = no streamed answer)."""
-    head = b"".join((_CALL_ID, varint(call_id), _CALL_REQUEST, varint(len(request))))
-    pieces = [head, request]
-    size = len(head) + len(request)
+def stream_call(call_id: int, request: Part, timeout: float, stream_window: int = 0) -> Part:
+    """A ``StreamCall`` around a ``HandleRequest`` in pieces (``serialised``'s,
+    or a ``Request``'s part); timeout in seconds, 0 = none; ``stream_window``
+    in chunks, 0 = no streamed answer."""
+    request_pieces, request_size = request
+    head = b"".join((_CALL_ID, varint(call_id), _CALL_REQUEST, varint(request_size)))
+    pieces = [head, *request_pieces]
+    size = len(head) + request_size
     if timeout:
         tail = _CALL_TIMEOUT + struct.pack("<d", timeout)
         pieces.append(tail)
@@ -93,6 +96,30 @@ def stream_call(call_id: int, request: bytes, timeout: float, stream_window: int
         pieces.append(window)
         size += len(window)
     return pieces, size
+
+
+class Request(NamedTuple):
+    """A ``HandleRequest`` framed already, in pieces (the proxy's: a body is
+    one of them, never copied into a message), with the id the sender logs.
+
+    Example::
+
+        framed = Request("r1", serialised(replica_pb2.HandleRequest(request_id="r1")))
+        assert framed.message().request_id == "r1"
+    """
+
+    request_id: str
+    part: Part
+
+    def message(self) -> replica_pb2.HandleRequest:
+        """As a message, for the rare paths that need one (shadows, a replica
+        without ``HandleStream``)."""
+        return replica_pb2.HandleRequest.FromString(b"".join(self.part[0]))
+
+
+def tag(message: type, name: str) -> bytes:
+    """The tag of a length-delimited field (string, bytes or message) of ``message``."""
+    return _tag(message, name, _LEN)
 
 
 def serialised(message: Message) -> Part:

@@ -58,6 +58,10 @@ HOLD_MAX_CALLS = 32
 _UNSENT = "failed to connect: the stream to the replica ended before the call was sent"
 
 
+# What a link sends: a message (handles'), or one framed already (the proxy's).
+Outgoing = replica_pb2.HandleRequest | wire.Request
+
+
 class ReplicaCallError(Exception):
     """A call that got no ``HandleResponse``: what gRPC status it amounts to."""
 
@@ -120,9 +124,7 @@ class ReplicaLink:
         self._stream: _CallStream | None = None
         self._streaming = True
 
-    async def handle(
-        self, request: replica_pb2.HandleRequest, timeout: float | None
-    ) -> replica_pb2.HandleResponse:
+    async def handle(self, request: Outgoing, timeout: float | None) -> replica_pb2.HandleResponse:
         """Send one request and wait up to ``timeout`` seconds (None = no limit)
         for its answer; raises ``ReplicaCallError`` when there is none. A
         handler's stream comes back whole, as one answer."""
@@ -130,7 +132,7 @@ class ReplicaLink:
         return cast(replica_pb2.HandleResponse, await self.handle_streamed(request, timeout, 0))
 
     async def handle_streamed(
-        self, request: replica_pb2.HandleRequest, timeout: float | None, stream_window: int
+        self, request: Outgoing, timeout: float | None, stream_window: int
     ) -> replica_pb2.HandleResponse | ChunkStream:
         """As ``handle``, but an answer that streams comes back as a
         ``ChunkStream`` as soon as its head arrives, with ``stream_window``
@@ -151,9 +153,9 @@ class ReplicaLink:
                 self._streaming = False
             return await self.unary(request, timeout)
 
-    async def unary(
-        self, request: replica_pb2.HandleRequest, timeout: float | None
-    ) -> replica_pb2.HandleResponse:
+    async def unary(self, request: Outgoing, timeout: float | None) -> replica_pb2.HandleResponse:
+        if isinstance(request, wire.Request):
+            request = request.message()
         try:
             # wait_for_ready=False: a replica that cannot be reached fails the
             # call at once instead of holding it.
@@ -217,7 +219,7 @@ class _CallStream:
         return len(self._waiting) + len(self._streams)
 
     async def call(
-        self, request: replica_pb2.HandleRequest, timeout: float | None, stream_window: int = 0
+        self, request: Outgoing, timeout: float | None, stream_window: int = 0
     ) -> replica_pb2.HandleResponse | ChunkStream:
         call_id = next(self._ids)
         answer: asyncio.Future[replica_pb2.HandleResponse | ChunkStream] = (
@@ -230,10 +232,9 @@ class _CallStream:
                 stream_window,
                 None if timeout is None else time.monotonic() + timeout,
             )
-        # Serialised once, here; the batch is framed around it (``wire``).
-        framed = wire.stream_call(
-            call_id, request.SerializeToString(), timeout or 0.0, stream_window
-        )
+        # Serialised once (here, or by the proxy), then framed into the batch.
+        part = request.part if isinstance(request, wire.Request) else wire.serialised(request)
+        framed = wire.stream_call(call_id, part, timeout or 0.0, stream_window)
         self._outbox.append((call_id, framed))
         self._wake.set()
         try:

@@ -33,7 +33,7 @@ from turnout.v1 import replica_pb2
 
 from .admission import Admission
 from .failures import CallFailed, EndpointMissing, ForwardFailed, NoBackend, TooManyAwaiting
-from .replica_link import ReplicaCallError
+from .replica_link import Outgoing, ReplicaCallError
 from .replica_pool import Connect, ReplicaConn
 from .route_table import EndpointRoute
 from .router import Router
@@ -161,7 +161,7 @@ class Sender(Generic[Answer]):
     async def send(
         self,
         route: EndpointRoute,
-        message: replica_pb2.HandleRequest,
+        message: Outgoing,
         shard_key: str = "",
         deadline: float | None = None,
         stream_window: int = 0,
@@ -266,14 +266,17 @@ class Sender(Generic[Answer]):
     # ---- shadows ------------------------------------------------------------
 
     def _send_shadows(
-        self, route: EndpointRoute, message: replica_pb2.HandleRequest
+        self, route: EndpointRoute, message: Outgoing
     ) -> asyncio.Future[Hashable | None] | None:
         targets = self.router.shadow_targets(route)
         if not targets:
             return None
         primary: asyncio.Future[Hashable | None] = asyncio.get_running_loop().create_future()
-        copy = replica_pb2.HandleRequest()
-        copy.CopyFrom(message)
+        if isinstance(message, replica_pb2.HandleRequest):
+            copy = replica_pb2.HandleRequest()
+            copy.CopyFrom(message)
+        else:
+            copy = message.message()
         copy.request_id = message.request_id + "-shadow"
         for backend, conn in targets:
             self.spawn(self._shadow(route.name, backend, conn, copy, primary))

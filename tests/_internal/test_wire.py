@@ -24,7 +24,7 @@ def test_varints_read_back_as_protobuf_reads_them(value: int) -> None:
 def test_a_batch_of_calls_is_the_message_protobuf_would_send() -> None:
     calls = [(1, request(b""), 0.0), (2**40, request(b"x" * 70_000), 2.5), (3, request(b"y"), 0.0)]
     data = wire.stream_request(
-        [wire.stream_call(i, r.SerializeToString(), t) for i, r, t in calls], [5, 6]
+        [wire.stream_call(i, wire.serialised(r), t) for i, r, t in calls], [5, 6]
     )
     expected = replica_pb2.HandleStreamRequest(
         calls=[replica_pb2.StreamCall(id=i, request=r, timeout=t) for i, r, t in calls],
@@ -63,9 +63,9 @@ def test_a_batch_of_answers_is_the_message_protobuf_would_send() -> None:
 def test_streamed_calls_and_credits_are_the_message_protobuf_would_send() -> None:
     data = wire.stream_request(
         [
-            wire.stream_call(1, request(b"a").SerializeToString(), 0.0, 16),
-            wire.stream_call(2, request(b"b").SerializeToString(), 1.5, 2**20),
-            wire.stream_call(3, request(b"c").SerializeToString(), 0.0),
+            wire.stream_call(1, wire.serialised(request(b"a")), 0.0, 16),
+            wire.stream_call(2, wire.serialised(request(b"b")), 1.5, 2**20),
+            wire.stream_call(3, wire.serialised(request(b"c")), 0.0),
         ],
         [9],
         [(1, 4), (2**40, 1)],
@@ -128,3 +128,25 @@ def test_frames_alone_are_a_batch_too() -> None:
     parsed = replica_pb2.HandleStreamResponse.FromString(data)
     assert not parsed.answers
     assert parsed.frames[0].chunk.data == b"only"
+
+
+def test_a_request_framed_in_pieces_reads_back_and_is_sent_without_a_copy_of_its_body() -> None:
+    body = b"b" * 100_000
+    # HandleRequest(request_id="r1", http=HttpRequest(body=...)), the body a piece of its own.
+    body_field = wire.tag(http_pb2.HttpRequest, "body") + wire.varint(len(body))
+    head = b"".join(
+        (
+            replica_pb2.HandleRequest(request_id="r1").SerializeToString(),
+            wire.tag(replica_pb2.HandleRequest, "http"),
+            wire.varint(len(body_field) + len(body)),
+            body_field,
+        )
+    )
+    framed = wire.Request("r1", ([head, body], len(head) + len(body)))
+    expected = replica_pb2.HandleRequest(request_id="r1", http=http_pb2.HttpRequest(body=body))
+    assert framed.message() == expected
+    call = wire.stream_call(4, framed.part, 0.0)
+    assert any(piece is body for piece in call[0])
+    data = wire.stream_request([call])
+    (sent,) = replica_pb2.HandleStreamRequest.FromString(data).calls
+    assert sent.id == 4 and sent.request == expected

@@ -18,7 +18,7 @@ from turnout.proxy import app as app_module
 from turnout.proxy import http_codec
 from turnout.proxy.app import ProxyState, build_server
 from turnout.v1 import controller_pb2 as pb
-from turnout.v1 import http_pb2
+from turnout.v1 import http_pb2, replica_pb2
 
 SNAPSHOT = pb.RoutingSnapshot(
     version=5,
@@ -235,9 +235,8 @@ def test_request_reaches_the_proto_intact() -> None:
     seen: list[http_pb2.HttpRequest] = []
 
     async def capture(request: web.Request) -> web.Response:
-        message = http_pb2.HttpRequest()
-        http_codec.fill(message, request, await request.read())
-        seen.append(message)
+        framed = http_codec.encode(request, await request.read(), "rid")
+        seen.append(framed.message().http)
         reply = http_pb2.HttpResponse(
             status=201,
             headers=[
@@ -271,6 +270,49 @@ def test_request_reaches_the_proto_intact() -> None:
     assert [h.value for h in message.headers if h.name == "X-Multi"] == ["1", "2"]
     assert message.remote_addr.startswith("127.0.0.1:")
     assert message.scheme == "http"
+
+
+def test_a_request_framed_by_hand_is_the_message_protobuf_would_build() -> None:
+    seen: list[replica_pb2.HandleRequest] = []
+    expected: list[replica_pb2.HandleRequest] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        body = await request.read()
+        framed = http_codec.encode(request, body, "rid", "predict", "/app")
+        seen.append(framed.message())
+        # What protobuf builds from the same request, field by field.
+        message = replica_pb2.HandleRequest(request_id="rid", method_name="predict")
+        http = message.http
+        http.method, http.scheme, http.host = request.method, request.scheme, request.host
+        http.path, _, query = request.raw_path.partition("?")
+        http.query_string = query
+        http.body = body
+        for name, value in request.raw_headers:
+            http.headers.add(name=name.decode("latin-1"), value=value.decode("latin-1"))
+        assert request.transport is not None
+        http.remote_addr = "{}:{}".format(*request.transport.get_extra_info("peername")[:2])
+        http.script_name = "/app"
+        expected.append(message)
+        # Byte for byte as protobuf writes it (fields in number order).
+        assert b"".join(framed.part[0]) == message.SerializeToString()
+        assert framed.part[1] == message.ByteSize()
+        return web.Response(text="ok")
+
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        url = URL(f"{base}/x/%C3%A9?q=%C3%A9&empty=", encoded=True)
+        # A header value with bytes above 127 (the client sends é as UTF-8; HTTP
+        # headers are read as Latin-1), an empty value, a long one.
+        headers = {"X-Latin": "caf\u00e9", "X-Empty": "", "X-Long": "v" * 300}
+        async with session.post(url, data=b"\x00\xff" * 100, headers=headers) as reply:
+            assert reply.status == 200
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", capture)
+    serve(app, scenario)
+    assert seen == expected
+    (message,) = seen
+    assert [h.value for h in message.http.headers if h.name == "X-Latin"] == ["caf\u00c3\u00a9"]
+    assert message.http.body == b"\x00\xff" * 100
 
 
 def test_answer_headers_are_checked_on_every_answer() -> None:
