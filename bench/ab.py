@@ -81,6 +81,16 @@ class Side:
         return wrk_load(wrk, self.label, spec)
 
 
+def _by_process(runs: list[LoadResult]) -> str:
+    """Median CPU per request of each kind of process (proxy, replica, ...)."""
+    names = sorted({name for r in runs for name in r.cpu_us_per_req_by_process})
+    medians = (
+        (name, statistics.median(r.cpu_us_per_req_by_process.get(name, 0.0) for r in runs))
+        for name in names
+    )
+    return " ".join(f"{name} {value:.0f}" for name, value in medians)
+
+
 def echo(request: object) -> bytes:
     """The body handler of ``--body-bytes``: the request's body back."""
     data: bytes = request.get_data()  # type: ignore[attr-defined]
@@ -191,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"c={c:<3} {side.label:40} req/s {statistics.median(r.rps for r in runs):7.0f}"
                     f"  p50 {statistics.median(r.p50_ms for r in runs):6.2f} ms"
                     f"  CPU {statistics.median(r.server_cpu_us_per_req for r in runs):5.0f} us/req"
+                    f" ({_by_process(runs)})"
                     f"  runs {[round(r.rps) for r in runs]}"
                 )
     finally:

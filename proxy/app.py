@@ -90,7 +90,7 @@ class HttpAnswers:
 
     def _read(
         self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
-    ) -> tuple[web.Response, Hashable | None, bool]:
+    ) -> tuple[web.StreamResponse, Hashable | None, bool]:
         if reply.WhichOneof("result") != "http" or not http_codec.valid_status(reply.http.status):
             return _failed(
                 502,
@@ -329,7 +329,7 @@ async def _send(response: web.StreamResponse, request: web.BaseRequest) -> web.S
     ``http_codec.send`` does."""
     if type(response) is streaming.StreamedAnswer:
         return await streaming.send(response, request)
-    return await http_codec.send(response, request)  # type: ignore[arg-type]
+    return await http_codec.send(response, request)
 
 
 async def _read_body(state: ProxyState, request: web.BaseRequest) -> bytes:

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import re
+from typing import cast
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.helpers import rfc822_formatted_time
+from aiohttp.http import SERVER_SOFTWARE, HttpVersion11
+from aiohttp.http_writer import _serialize_headers
 from multidict import CIMultiDict
 
 from turnout._internal import wire
@@ -175,9 +179,15 @@ def _check(name: str, value: str) -> bool:
     return passed
 
 
-def from_proto(
-    reply: http_pb2.HttpResponse, request_id: str, body: bytes | None = None
-) -> web.Response:
+class Answer(web.Response):
+    """A replica's whole answer, which ``send`` writes: head and body in one
+    write, the head built from headers checked already. aiohttp's own
+    ``prepare`` and ``write_eof`` build and write a head through a dozen
+    Python calls, several of them coroutines (bench/RESULTS.md). Anywhere
+    else it is an aiohttp ``Response`` like any other."""
+
+
+def from_proto(reply: http_pb2.HttpResponse, request_id: str, body: bytes | None = None) -> Answer:
     """The answer to send, with ``body`` (``reply.body`` when None: pass it
     when read already, since each read is a copy); raises ``BadResponse`` for
     a header that HTTP cannot carry."""
@@ -190,21 +200,65 @@ def from_proto(
         if passed:
             pairs.append(pair)
     pairs.append(("X-Request-Id", request_id))
-    return web.Response(
+    return Answer(
         status=reply.status,
         headers=CIMultiDict(pairs),
         body=reply.body if body is None else body,
     )
 
 
-async def send(response: web.Response, request: web.BaseRequest) -> web.StreamResponse:
-    """``response`` as the handler's return value: a large body is written
-    now, in slices, each once the socket has taken the last; a small one is
-    left to aiohttp (one write with the head)."""
-    body = response.body
-    if not isinstance(body, bytes) or len(body) < STREAM_MIN_BYTES or request.method == "HEAD":
+# Answers aiohttp writes itself: no body (HEAD, 204, 304) or another HTTP version.
+_NO_BODY_STATUSES = frozenset({204, 304})
+
+
+async def send(response: web.StreamResponse, request: web.BaseRequest) -> web.StreamResponse:
+    """``response`` as the handler's return value. A replica's ``Answer`` is
+    written now: a large body in slices, each once the socket has taken the
+    last; any other with its head in one write. What is left (the proxy's own
+    answers, HEAD, 204, 304, HTTP/1.0) aiohttp sends."""
+    if type(response) is not Answer:
         return response
+    body = cast(bytes, response.body)  # an Answer's always is
+    if (
+        request.method == "HEAD"
+        or response.status in _NO_BODY_STATUSES
+        or request.version != HttpVersion11
+    ):
+        return response
+    if len(body) >= STREAM_MIN_BYTES:
+        return await _send_in_slices(response, body, request)
+    headers = response.headers
+    headers[hdrs.CONTENT_LENGTH] = str(len(body))
+    # As aiohttp's Response sets them (RFC 9110 8.3, 6.6.1; aiohttp's Server).
+    if body:
+        headers.setdefault(hdrs.CONTENT_TYPE, "application/octet-stream")
+    if hdrs.DATE not in headers:
+        headers[hdrs.DATE] = rfc822_formatted_time()
+    headers.setdefault(hdrs.SERVER, SERVER_SOFTWARE)
+    keep_alive = response.keep_alive
+    if keep_alive is None:
+        keep_alive = request.keep_alive
+    if not keep_alive and hdrs.CONNECTION not in headers:
+        headers[hdrs.CONNECTION] = "close"
+    head = _serialize_headers(f"HTTP/1.1 {response.status} {response.reason}", headers)
+    writer = request._payload_writer
+    try:
+        await writer.write_eof(head + body if body else head)
+    except ConnectionError:
+        keep_alive = False  # the client left; aiohttp closes the connection
+    # Sent: aiohttp's prepare and write_eof do nothing more, its access log
+    # reads what was written.
+    response._eof_sent = True
+    response._body_length = writer.output_size
+    response._keep_alive = keep_alive
+    return response
+
+
+async def _send_in_slices(
+    response: Answer, body: bytes, request: web.BaseRequest
+) -> web.StreamResponse:
     streamed = web.StreamResponse(status=response.status, headers=response.headers)
+    streamed.update(response)
     streamed.content_length = len(body)
     view = memoryview(body)
     try:

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 class StreamedAnswer(web.StreamResponse):
     """The head of a streamed answer, with the stream its body comes from."""
 
-    def __init__(self, stream: ChunkStream, response: web.Response) -> None:
+    def __init__(self, stream: ChunkStream, response: web.StreamResponse) -> None:
         super().__init__(status=response.status, headers=response.headers)
         self.stream = stream
 

@@ -9,6 +9,7 @@ import gzip
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -388,3 +389,193 @@ def test_no_client_can_forge_a_json_access_log_field() -> None:
     assert entries[0]["endpoint"] == "app" and entries[0]["replica"] == "a#0"
     assert entries[2]["request_id"] != FORGED.decode() and entries[2]["endpoint"] is None
     assert [e["status"] for e in entries] == [200, entries[1]["status"], 404]
+
+
+# Answers a replica may send, by request target: the proxy writes their heads
+# itself (``http_codec.send``), and must write what aiohttp's Response would.
+ANSWERS = {
+    "/app?typed": http_pb2.HttpResponse(
+        status=201,
+        headers=[
+            http_pb2.Header(name="Content-Type", value="text/plain; charset=utf-8"),
+            http_pb2.Header(name="Set-Cookie", value="a=1"),
+            http_pb2.Header(name="Set-Cookie", value="b=2"),
+        ],
+        body=b"made",
+    ),
+    "/app?untyped": http_pb2.HttpResponse(status=200, body=b"\x00\xffbin"),
+    "/app?empty": http_pb2.HttpResponse(status=200),
+    "/app?dated": http_pb2.HttpResponse(
+        status=404,
+        headers=[
+            http_pb2.Header(name="Date", value="Tue, 01 Dec 2026 10:00:00 GMT"),
+            http_pb2.Header(name="Server", value="model/1"),
+        ],
+        body=b"gone",
+    ),
+    "/app?unnamed": http_pb2.HttpResponse(status=299, body=b"?"),
+}
+
+
+def by_path(request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
+    return ANSWERS[f"{request.http.path}?{request.http.query_string}"]
+
+
+async def aiohttp_answers() -> dict[str, tuple[str, list[tuple[str, str]], bytes]]:
+    """What a bare aiohttp server writes for each of ``ANSWERS``, with the
+    proxy's X-Request-Id: the status line, the headers in order, the body."""
+
+    async def answer(request: web.BaseRequest) -> web.Response:
+        reply = ANSWERS[request.raw_path]
+        headers = [(h.name, h.value) for h in reply.headers] + [("X-Request-Id", "rid")]
+        return web.Response(status=reply.status, headers=headers, body=reply.body)
+
+    runner = web.ServerRunner(web.Server(answer), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        return {path: await raw_answer(f"http://{host}:{port}", path) for path in ANSWERS}
+    finally:
+        await runner.cleanup()
+
+
+async def raw_answer(base: str, path: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    head = f"GET {path} HTTP/1.1\r\nHost: x\r\nX-Request-Id: rid\r\nConnection: close\r\n\r\n"
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head.encode())
+        async with asyncio.timeout(10):
+            data = await reader.read()
+    finally:
+        writer.close()
+    head_part, _, body = data.partition(b"\r\n\r\n")
+    status_line, *lines = head_part.decode("latin-1").split("\r\n")
+    pairs = [(name, value) for name, value in (line.split(": ", 1) for line in lines)]
+    return status_line, pairs, body
+
+
+def test_a_replica_answer_has_the_head_aiohttp_would_write() -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        expected = await aiohttp_answers()
+        for path in ANSWERS:
+            status_line, pairs, body = await raw_answer(base, path)
+            want_line, want_pairs, want_body = expected[path]
+            assert (status_line, body) == (want_line, want_body), path
+            # Date changes by the second; the proxy's must be one, and current.
+            dates = [value for name, value in pairs if name == "Date"]
+            assert len(dates) == 1, path
+            if path == "/app?dated":
+                assert dates == ["Tue, 01 Dec 2026 10:00:00 GMT"]
+            pairs = [(n, "DATE" if n == "Date" else v) for n, v in pairs]
+            want_pairs = [(n, "DATE" if n == "Date" else v) for n, v in want_pairs]
+            assert pairs == want_pairs, path
+        assert ("Content-Type", "application/octet-stream") in expected["/app?untyped"][1]
+
+    serve(by_path, scenario)
+
+
+def test_answers_on_one_connection_keep_it_open_until_the_client_closes_it() -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            # Three requests in one write (pipelined); the last asks to close.
+            writer.write(
+                b"GET /app?typed HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /app?empty HTTP/1.1\r\nHost: x\r\n\r\n"
+                b"GET /app?dated HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            )
+            async with asyncio.timeout(10):
+                data = await reader.read()  # returns once the proxy closes
+        finally:
+            writer.close()
+        answers = data.split(b"HTTP/1.1 ")[1:]
+        assert [a.split(b"\r\n", 1)[0] for a in answers] == [
+            b"201 Created",
+            b"200 OK",
+            b"404 Not Found",
+        ]
+        assert answers[0].endswith(b"\r\n\r\nmade") and answers[2].endswith(b"\r\n\r\ngone")
+        assert b"Connection: close" not in answers[0] + answers[1]
+        assert b"\r\nConnection: close\r\n" in answers[2]
+
+    serve(by_path, scenario)
+
+
+def test_http_1_0_and_head_requests_are_answered_as_aiohttp_answers_them() -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        status, headers, body = await raw(base, b"GET /app?typed HTTP/1.0\r\nHost: x\r\n\r\n")
+        assert (status, body) == (201, b"made")
+        assert headers["Content-Length"] == "4"
+        status, headers, body = await raw(
+            base,
+            b"GET /app?typed HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+            b"GET /app?empty HTTP/1.0\r\nHost: x\r\n\r\n",
+        )
+        # Kept alive for the second request, which HTTP/1.0 then closes.
+        assert headers["Connection"] == "keep-alive"
+        first, _, second = body.partition(b"HTTP/1.0 200 OK\r\n")
+        assert first == b"made" and b"Content-Length: 0\r\n" in second
+        status, headers, body = await raw(
+            base, b"HEAD /app?typed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert (status, headers["Content-Length"], body) == (201, "4", b"")
+
+    serve(by_path, scenario)
+
+
+def test_an_answer_the_client_left_before_is_dropped_and_the_proxy_serves_on(
+    caplog: Any,
+) -> None:
+    def slow(request: replica_pb2.HandleRequest) -> http_pb2.HttpResponse:
+        if request.http.query_string == "slow":
+            time.sleep(0.3)
+        return http_pb2.HttpResponse(status=200, body=b"late")
+
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        host, port = base.removeprefix("http://").split(":")
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /app?slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            writer.close()  # gone before the answer
+            await writer.wait_closed()
+        await asyncio.sleep(0.6)
+        async with session.get(base + "/app?fast") as reply:
+            assert reply.status == 200 and await reply.read() == b"late"
+
+    with caplog.at_level(logging.WARNING):
+        serve(slow, scenario)
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_the_json_access_log_counts_what_a_replica_answer_wrote() -> None:
+    lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    access = logging.getLogger("test.access.bytes")
+    access.handlers[:] = [Capture()]
+    access.setLevel(logging.INFO)
+    access.propagate = False
+
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        for path in ("/app?typed", "/app?empty"):
+            async with session.get(base + path) as reply:
+                await reply.read()
+
+    serve(
+        by_path,
+        scenario,
+        server_options={"access_log": access, "access_log_class": JsonAccessLog},
+    )
+    entries = [json.loads(line) for line in lines]
+    assert [(e["status"], e["bytes_out"], e["replica"]) for e in entries] == [
+        (201, 4, "a#0"),
+        (200, 0, "a#0"),
+    ]
