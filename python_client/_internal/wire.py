@@ -39,11 +39,13 @@ _ONE_BYTE = [bytes((n,)) for n in range(0x80)]
 
 def varint(value: int) -> bytes:
     """``value`` (0 <= value < 2**64) as a protobuf varint."""
-    # Ids and lengths are mostly small: one or two bytes, without a loop.
+    # Ids and lengths are mostly small: up to three bytes without a loop.
     if value < 0x80:
         return _ONE_BYTE[value]
     if value < 0x4000:
         return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0x200000:  # call ids of a long-lived stream
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
     out = bytearray()
     while value > 0x7F:
         out.append((value & 0x7F) | 0x80)

@@ -206,6 +206,7 @@ class _CallStream:
         self._windows: dict[int, tuple[int, float | None]] = {}
         # (call id, chunks) of credit not written yet.
         self._credits: list[tuple[int, int]] = []
+        self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._answered = asyncio.Event()
         self._idle = asyncio.Event()
@@ -223,10 +224,11 @@ class _CallStream:
     ) -> replica_pb2.HandleResponse | ChunkStream:
         call_id = next(self._ids)
         answer: asyncio.Future[replica_pb2.HandleResponse | ChunkStream] = (
-            asyncio.get_running_loop().create_future()
+            self._loop.create_future()
         )
         self._waiting[call_id] = answer
-        self._idle.clear()
+        if self._idle.is_set():
+            self._idle.clear()
         if stream_window:
             self._windows[call_id] = (
                 stream_window,

@@ -15,7 +15,9 @@ def request(body: bytes, path: str = "/p") -> replica_pb2.HandleRequest:
     return message
 
 
-@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**32, 2**64 - 1])
+@pytest.mark.parametrize(
+    "value", [0, 1, 127, 128, 300, 16383, 16384, 100_000, 2**21 - 1, 2**21, 2**32, 2**64 - 1]
+)
 def test_varints_read_back_as_protobuf_reads_them(value: int) -> None:
     data = wire.stream_request([], [value])
     assert list(replica_pb2.HandleStreamRequest.FromString(data).cancelled_ids) == [value]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from turnout._sending.stats import RouterStats, compare
 from turnout.controller.stats_book import StatsBook
 from turnout.v1 import controller_pb2 as pb
@@ -25,6 +27,34 @@ def test_router_stats_count_answers_errors_and_shadows() -> None:
     assert report.shadows[0] == pb.ShadowStats(
         backend="cand", sent=3, matched=1, differed=1, failed=1
     )
+
+
+def test_answers_counted_from_several_threads_while_read_are_all_counted_once() -> None:
+    stats = RouterStats()
+    per_thread = 5_000  # past the pending bound several times over
+    reads: list[int] = []
+
+    def answer(backend: str) -> None:
+        for _ in range(per_thread):
+            stats.answered("e", backend, failed=False, seconds=0.001, handler_seconds=0.0005)
+
+    def read() -> None:
+        for _ in range(200):
+            reads.append(sum(dict(c.requests_by_backend).get("v1", 0) for _, c in stats.items()))
+
+    threads = [threading.Thread(target=answer, args=(b,)) for b in ("v1", "v2", "v1")]
+    threads.append(threading.Thread(target=read))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    (report,) = stats.to_proto()
+    assert dict(report.requests_by_backend) == {"v1": 2 * per_thread, "v2": per_thread}
+    assert sum(report.latency_by_backend["v1"].counts) == 2 * per_thread
+    assert sum(report.handler_latency_by_backend["v2"].counts) == per_thread
+    # What readers saw only grew, and the changes count says every answer.
+    assert reads == sorted(reads)
+    assert stats.changes == 3 * per_thread
 
 
 def report(requests: int, matched: int) -> list[pb.EndpointStats]:
