@@ -32,7 +32,6 @@ from typing import Any, Protocol
 import aiohttp
 import grpc
 from google.protobuf.message import DecodeError
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from turnout._internal import auth, command_replica, logs, proxy_args, replica_args
 from turnout._internal.processes import AdoptedProcess, command_line, start_time
@@ -47,6 +46,7 @@ from turnout.v1 import replica_pb2, replica_pb2_grpc
 from ..log_tail import LogChunk, read_chunk
 from ..store import LOCAL, PROXY, ChildRecord, Store
 from .base import STOP_TIMEOUT_S, Child, ProxySpec, ReconfigureError, SpawnError
+from .health_channels import HealthChannels
 
 logger = logging.getLogger(__name__)
 
@@ -232,25 +232,6 @@ def _leads_group(pid: int) -> bool:
         return False
 
 
-async def health_ok(address: str, security: Security, token: str | None, timeout: float) -> bool:
-    """True when the replica's grpc.health.v1 service says SERVING in time.
-    ``token`` (the controller's) makes the replica run its backend's
-    check_health(); a probe without one gets the last result."""
-    async with aio_channel(address, security) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            reply = await stub.Check(
-                health_pb2.HealthCheckRequest(service=""),
-                timeout=timeout,
-                wait_for_ready=True,
-                metadata=auth.metadata(token),
-            )
-        except grpc.aio.AioRpcError as exc:
-            logger.warning("health check of %s failed: %s", address, exc.details())
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
 async def proxy_healthz(address: str, timeout: float, https: bool = False) -> bool:
     """True when the proxy at host:port answers ``GET /-/healthz`` with 200.
 
@@ -375,6 +356,8 @@ class LocalLauncher:
         self._spawn_slots = asyncio.Semaphore(SPAWN_CONCURRENCY)
         # principal -> its credentials (set by the controller); None: no checks.
         self.credentials: Callable[[str], auth.ChildCredentials] | None = None
+        # Health checks of its replicas, and of the Ray launcher's.
+        self.health_channels = HealthChannels()
 
     @property
     def control_token(self) -> str | None:
@@ -654,7 +637,9 @@ class LocalLauncher:
         )
 
     async def healthy(self, child: Child, timeout: float) -> bool:
-        return await health_ok(child.address, self.security, self.control_token, timeout)
+        return await self.health_channels.check(
+            child, child.address, self.security, self.control_token, timeout
+        )
 
     async def proxy_healthy(self, child: Child, timeout: float) -> bool:
         return await proxy_healthz(child.address, timeout, https=self.https is not None)
@@ -696,6 +681,7 @@ class LocalLauncher:
             self._children.pop(child, None)
             if child.record is not None:
                 self._forget(child.record)
+            await self.health_channels.forget(child)
 
         self._children[child] = asyncio.create_task(reap(), name=f"reap {child.name}")
 
@@ -704,3 +690,4 @@ class LocalLauncher:
         children = dict(self._children)
         await asyncio.gather(*(child.stop() for child in children))
         await asyncio.gather(*children.values(), return_exceptions=True)
+        await self.health_channels.close()

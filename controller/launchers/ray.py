@@ -974,6 +974,8 @@ class RayLauncher:
                 await child.stop(0.0)
             self._children.pop(child, None)
             self._forget(child)
+            # Its health checks went through the local launcher.
+            await self.local.health_channels.forget(child)
 
         self._children[child] = asyncio.create_task(reap(), name=f"reap {child.name}")
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import pytest
+from sending_helpers import Replies
 
 from turnout._internal.rpc import never_delivered
 from turnout._sending import failures, replica_link
@@ -34,7 +35,14 @@ def echo(message: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
 
 
 class Unimplemented:
-    """What a replica built against another replica.proto answers."""
+    """What a replica built against another replica.proto answers; a
+    subclass overrides the methods it does implement."""
+
+    async def Handle(
+        self, request: replica_pb2.HandleRequest, context: Any
+    ) -> replica_pb2.HandleResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        raise AssertionError("abort returned")
 
     async def Reconfigure(
         self, request: replica_pb2.ReconfigureRequest, context: Any
@@ -50,12 +58,6 @@ class StreamReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
         self.delay = delay
         self.calls_per_message: list[int] = []
         self.cancelled: list[int] = []
-
-    async def Handle(
-        self, request: replica_pb2.HandleRequest, context: Any
-    ) -> replica_pb2.HandleResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
-        raise AssertionError("abort returned")
 
     async def respond(self, message: replica_pb2.HandleRequest) -> replica_pb2.HandleResponse:
         if message.WhichOneof("payload") is None:
@@ -280,12 +282,6 @@ def test_a_stream_to_nowhere_is_never_delivered() -> None:
 class TimingOutReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceServicer):
     """Answers every call on the stream with "the call's timeout passed"."""
 
-    async def Handle(
-        self, request: replica_pb2.HandleRequest, context: Any
-    ) -> replica_pb2.HandleResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
-        raise AssertionError("abort returned")
-
     async def HandleStream(
         self, request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest], context: Any
     ) -> AsyncIterator[replica_pb2.HandleStreamResponse]:
@@ -329,12 +325,6 @@ class FailingStreamReplica(Unimplemented, replica_pb2_grpc.ReplicaServiceService
         self.how = how
         self.received = 0
         self.fail = asyncio.Event()
-
-    async def Handle(
-        self, request: replica_pb2.HandleRequest, context: Any
-    ) -> replica_pb2.HandleResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
-        raise AssertionError("abort returned")
 
     async def HandleStream(
         self, request_iterator: AsyncIterator[replica_pb2.HandleStreamRequest], context: Any
@@ -410,18 +400,6 @@ def test_a_call_not_yet_sent_when_its_stream_fails_is_never_delivered_whatever_t
         assert not any(never_delivered(o.code, o.details) for o in others)
 
     with_replica(replica, scenario, max_receive_bytes=TOO_LARGE)
-
-
-class Replies:
-    """A sender's reader that keeps the reply as it is."""
-
-    def read(
-        self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
-    ) -> tuple[replica_pb2.HandleResponse, Hashable | None, bool]:
-        return reply, None, False
-
-    def key(self, reply: replica_pb2.HandleResponse) -> Hashable | None:
-        return None
 
 
 def test_the_sender_retries_a_call_not_yet_sent_on_another_replica(

@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable
 
 import pytest
+from sending_helpers import Replies
 
 from turnout._sending import failures, sender
 from turnout._sending.replica_link import ReplicaLink
 from turnout._sending.sender import Sender
 from turnout.v1 import controller_pb2 as pb
 from turnout.v1 import replica_pb2
-
-
-class Replies:
-    """A reader that keeps the reply as it is."""
-
-    def read(
-        self, reply: replica_pb2.HandleResponse, request_id: str, backend: str, replica_id: str
-    ) -> tuple[replica_pb2.HandleResponse, Hashable | None, bool]:
-        return reply, None, False
-
-    def key(self, reply: replica_pb2.HandleResponse) -> Hashable | None:
-        return None
 
 
 def no_link(address: str) -> ReplicaLink:
