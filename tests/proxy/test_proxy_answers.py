@@ -339,18 +339,24 @@ ACCESS_LINE = re.compile(
 FORGED = b'" 200 0 0.1 rid=forged "'
 
 
-def forged_access_lines(access_log_class: type[AbstractAccessLogger]) -> list[str]:
-    """What the access log wrote for three requests that try to forge fields."""
+def captured_access_log(name: str) -> tuple[logging.Logger, list[str]]:
+    """A logger for the proxy's access log, and the lines it will write."""
     lines: list[str] = []
 
     class Capture(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             lines.append(record.getMessage())
 
-    access = logging.getLogger("test.access")
+    access = logging.getLogger(name)
     access.handlers[:] = [Capture()]
     access.setLevel(logging.INFO)
     access.propagate = False
+    return access, lines
+
+
+def forged_access_lines(access_log_class: type[AbstractAccessLogger]) -> list[str]:
+    """What the access log wrote for three requests that try to forge fields."""
+    access, lines = captured_access_log("test.access")
 
     async def scenario(session: aiohttp.ClientSession, base: str) -> None:
         for head in (
@@ -553,16 +559,7 @@ def test_an_answer_the_client_left_before_is_dropped_and_the_proxy_serves_on(
 
 
 def test_the_json_access_log_counts_what_a_replica_answer_wrote() -> None:
-    lines: list[str] = []
-
-    class Capture(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    access = logging.getLogger("test.access.bytes")
-    access.handlers[:] = [Capture()]
-    access.setLevel(logging.INFO)
-    access.propagate = False
+    access, lines = captured_access_log("test.access.bytes")
 
     async def scenario(session: aiohttp.ClientSession, base: str) -> None:
         for path in ("/app?typed", "/app?empty"):
